@@ -1,0 +1,50 @@
+"""Celeriac: a distributed task queue that speaks Celery's protocol.
+
+>>> from celeriac import Celeriac
+>>> app = Celeriac("proj")
+>>> @app.task
+... def add(x: int, y: int) -> int:
+...     return x + y
+"""
+
+from celeriac import states
+from celeriac.app import Celeriac
+from celeriac.canvas import Signature, chain, signature
+from celeriac.exceptions import (
+    CeleriacError,
+    ConfigurationError,
+    Ignore,
+    NotRegistered,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+    TimeoutError,
+)
+from celeriac.result import AsyncResult, EagerResult
+from celeriac.tasks.context import Request
+from celeriac.tasks.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "Celeriac",
+    "CeleriacError",
+    "ConfigurationError",
+    "EagerResult",
+    "Ignore",
+    "NotRegistered",
+    "Reject",
+    "Request",
+    "Retry",
+    "Signature",
+    "SoftTimeLimitExceeded",
+    "Task",
+    "TimeLimitExceeded",
+    "TimeoutError",
+    "__version__",
+    "chain",
+    "signature",
+    "states",
+]

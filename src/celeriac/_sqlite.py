@@ -1,0 +1,115 @@
+"""One SQLite file shared by threads and processes: connections, transactions, change polling.
+
+Each thread of each process gets its own connection (sqlite3 connections must not cross threads or
+a ``fork``). The file runs in WAL mode so readers never block the writer, and writers queue on
+``busy_timeout`` instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from celeriac.exceptions import BrokerError, CeleriacError, ConfigurationError
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///rel.db`` is relative to the working directory, ``sqlite:////abs.db`` absolute."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "sqlite":
+        raise ConfigurationError(f"not an sqlite:// URL: {url!r}")
+    path = rest.split("?", 1)[0]
+    if path.startswith("/"):
+        path = path[1:]
+    if not path:
+        raise ConfigurationError(f"sqlite URL {url!r} names no file; use sqlite:///file.db")
+    return str(Path(path).expanduser().resolve())
+
+
+class SQLiteFile:
+    """Per-thread connections to one database file, with its schema applied once."""
+
+    def __init__(
+        self, path: str, schema: str, error: type[CeleriacError] = BrokerError
+    ) -> None:
+        self.path = path
+        self._error = error
+        self._schema = schema
+        self._local = threading.local()
+        self._pid = os.getpid()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+            self._local = threading.local()
+            self._pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit is durable against process crashes; only an OS crash
+            # or power loss can lose the last transactions.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(self._schema)
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot open SQLite database {self.path}: {exc}") from exc
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, taken up front so that concurrent writers queue, not deadlock."""
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(f"SQLite {self.path}: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(f"SQLite {self.path}: {exc}") from exc
+            raise
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "anything new?" probe."""
+        row = self.connection().execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid():
+            conn.close()
+        self._local = threading.local()
+
+
+def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) -> int:
+    """Sleep in ``interval`` steps until another connection commits or ``until`` passes."""
+    while True:
+        current = db.data_version()
+        if current != last:
+            return current
+        remaining = until - time.time()
+        if remaining <= 0:
+            return current
+        time.sleep(min(interval, remaining))

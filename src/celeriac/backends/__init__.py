@@ -1,0 +1,39 @@
+"""Result backends, chosen by URL scheme and imported only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from celeriac.backends.base import DisabledBackend, EncodedResult, ResultBackend
+from celeriac.exceptions import ConfigurationError
+
+BACKENDS: dict[str, str] = {
+    "memory": "celeriac.backends.memory:MemoryBackend",
+    "sqlite": "celeriac.backends.sqlite:SQLiteBackend",
+}
+
+
+def create_backend(
+    url: str | None,
+    *,
+    serializer: str = "json",
+    accept: Sequence[str] = ("json",),
+    expires: float | None = 86400.0,
+) -> ResultBackend:
+    if not url or url in ("disabled", "disabled://"):
+        return DisabledBackend()
+    scheme = url.partition("://")[0].lower()
+    target = BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
+        raise ConfigurationError(
+            f"no result backend for URL scheme {scheme!r} in {url!r}; known: {known}"
+        )
+    module_name, _, cls_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    backend: ResultBackend = cls(url, serializer=serializer, accept=accept, expires=expires)
+    return backend
+
+
+__all__ = ["BACKENDS", "DisabledBackend", "EncodedResult", "ResultBackend", "create_backend"]

@@ -1,0 +1,130 @@
+"""The result backend interface: shared logic here, a few storage primitives per backend.
+
+Every backend keeps Celery's rule that a SUCCESS is final: a late duplicate execution can never
+turn a stored success into a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from celeriac.exceptions import BackendError, TimeoutError
+from celeriac.protocol.results import make_meta, pending_meta
+from celeriac.protocol.serializers import SerializerRegistry, default_registry
+from celeriac.states import READY_STATES
+
+#: (task_id, state, encoded meta document)
+EncodedResult = tuple[str, str, bytes]
+
+
+class ResultBackend(ABC):
+    """Stores task states and results."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        serializer: str = "json",
+        accept: Sequence[str] = ("json",),
+        expires: float | None = 86400.0,
+        registry: SerializerRegistry = default_registry,
+    ) -> None:
+        self.url = url
+        self.serializer = serializer
+        self.registry = registry
+        self.accept = registry.content_types(accept)
+        self.content_type = registry.get(serializer).content_type
+        self.expires = expires
+
+    # -- primitives a backend supplies --------------------------------------------------------
+    @abstractmethod
+    def _store(self, items: Sequence[EncodedResult]) -> None:
+        """Write results in one go; never replace a stored SUCCESS."""
+
+    @abstractmethod
+    def _load(self, task_id: str) -> bytes | None:
+        """The encoded document, or None when there is none (or it expired)."""
+
+    @abstractmethod
+    def _delete(self, task_id: str) -> None: ...
+
+    def _change_token(self) -> Any:
+        """Read before a result is loaded; :meth:`_wait_for_change` returns once it moves."""
+        return None
+
+    def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
+        """Block until the result may have changed, at most ``timeout`` s (default: a short sleep)."""
+        time.sleep(min(timeout, 0.05))
+
+    def close(self) -> None:  # noqa: B027
+        """Release connections held by this process."""
+
+    # -- shared logic --------------------------------------------------------------------------
+    def encode_meta(self, meta: dict[str, Any]) -> bytes:
+        return self.registry.get(self.serializer).dumps(meta)
+
+    def decode_meta(self, data: bytes) -> dict[str, Any]:
+        meta = self.registry.loads(data, self.content_type, self.accept | {self.content_type})
+        if not isinstance(meta, dict):
+            raise BackendError("stored result is not a document")
+        return meta
+
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        *,
+        traceback: str | None = None,
+        **fields: Any,
+    ) -> None:
+        meta = make_meta(task_id, state, result, traceback=traceback, **fields)
+        self._store([(task_id, state, self.encode_meta(meta))])
+
+    def store_encoded(self, items: Sequence[EncodedResult]) -> None:
+        """Store results the worker already encoded, in one batch."""
+        if items:
+            self._store(items)
+
+    def get_meta(self, task_id: str) -> dict[str, Any]:
+        data = self._load(task_id)
+        return pending_meta(task_id) if data is None else self.decode_meta(data)
+
+    def wait_for(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The document once the task is ready; :class:`TimeoutError` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            token = self._change_token()
+            meta = self.get_meta(task_id)
+            if meta.get("status") in READY_STATES:
+                return meta
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"task {task_id} not ready after {timeout}s (state {meta.get('status')})"
+                )
+            self._wait_for_change(task_id, token, min(remaining, 1.0))
+
+    def forget(self, task_id: str) -> None:
+        self._delete(task_id)
+
+
+class DisabledBackend(ResultBackend):
+    """Stands in when no result backend is configured: storing is a no-op, reading an error."""
+
+    def __init__(self) -> None:
+        super().__init__("disabled://")
+
+    def _store(self, items: Sequence[EncodedResult]) -> None:
+        pass
+
+    def _load(self, task_id: str) -> bytes | None:
+        raise BackendError(
+            "no result backend is configured; set result_backend (e.g. 'sqlite:///results.db')"
+        )
+
+    def _delete(self, task_id: str) -> None:
+        pass

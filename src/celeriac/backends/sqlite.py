@@ -1,0 +1,83 @@
+"""Results in an SQLite file (by default the broker's own file)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celeriac._sqlite import SQLiteFile, path_from_url, wait_for_change
+from celeriac.backends.base import EncodedResult, ResultBackend
+from celeriac.exceptions import BackendError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS celeriac_results (
+    task_id    TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    meta       BLOB NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS celeriac_results_expiry
+    ON celeriac_results (expires_at) WHERE expires_at IS NOT NULL;
+"""
+
+# A stored SUCCESS is final: the WHERE on the upsert makes that atomic.
+_UPSERT = """
+INSERT INTO celeriac_results (task_id, status, meta, expires_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (task_id) DO UPDATE
+   SET status = excluded.status, meta = excluded.meta, expires_at = excluded.expires_at
+ WHERE celeriac_results.status != 'SUCCESS'
+"""
+
+_SWEEP_EVERY = 60.0
+
+
+class SQLiteBackend(ResultBackend):
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.db = SQLiteFile(path_from_url(url), SCHEMA, BackendError)
+        self.polling_interval = 0.002
+        self._last_sweep = 0.0
+
+    def _store(self, items: Sequence[EncodedResult]) -> None:
+        now = time.time()
+        expires_at = now + self.expires if self.expires else None
+        try:
+            with self.db.write() as conn:
+                conn.executemany(
+                    _UPSERT, [(tid, state, data, expires_at) for tid, state, data in items]
+                )
+                if now - self._last_sweep > _SWEEP_EVERY:
+                    self._last_sweep = now
+                    conn.execute("DELETE FROM celeriac_results WHERE expires_at < ?", (now,))
+        except sqlite3.Error as exc:
+            raise BackendError(f"storing {len(items)} result(s) failed: {exc}") from exc
+
+    def _load(self, task_id: str) -> bytes | None:
+        try:
+            row = (
+                self.db.connection()
+                .execute(
+                    "SELECT meta FROM celeriac_results WHERE task_id = ?"
+                    " AND (expires_at IS NULL OR expires_at > ?)",
+                    (task_id, time.time()),
+                )
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise BackendError(f"reading result {task_id} failed: {exc}") from exc
+        return None if row is None else bytes(row[0])
+
+    def _delete(self, task_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM celeriac_results WHERE task_id = ?", (task_id,))
+
+    def _change_token(self) -> Any:
+        return self.db.data_version()
+
+    def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
+        wait_for_change(self.db, token, time.time() + timeout, self.polling_interval)
+
+    def close(self) -> None:
+        self.db.close()

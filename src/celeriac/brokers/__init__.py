@@ -1,0 +1,30 @@
+"""Brokers, chosen by URL scheme. Each lives in its own module, imported only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.exceptions import ConfigurationError
+
+#: URL scheme -> "module:class"; a new broker is one module plus one line here.
+BROKERS: dict[str, str] = {
+    "memory": "celeriac.brokers.memory:MemoryBroker",
+    "sqlite": "celeriac.brokers.sqlite:SQLiteBroker",
+}
+
+
+def create_broker(url: str, transport_options: dict[str, Any] | None = None) -> Broker:
+    scheme = url.partition("://")[0].lower()
+    target = BROKERS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(BROKERS))
+        raise ConfigurationError(f"no broker for URL scheme {scheme!r} in {url!r}; known: {known}")
+    module_name, _, cls_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    broker: Broker = cls(url, transport_options)
+    return broker
+
+
+__all__ = ["BROKERS", "Broker", "DeadLetter", "Delivery", "create_broker"]

@@ -1,0 +1,123 @@
+"""The broker interface: leased delivery.
+
+A message is *published* to a queue, optionally not before an ETA (the broker holds it, never a
+worker). A consumer *fetches* messages under a lease: until the lease ends nobody else gets them.
+The consumer then *acks* (done), *requeues* (give back, optionally later), *extends* the lease (still
+working on it) or *dead-letters* it (with a reason, for a person to look at). A lease that ends
+without any of these (its worker died) makes the message deliverable again, with its delivery count
+one higher.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celeriac.protocol.message import Message
+
+DEFAULT_VISIBILITY_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed to a consumer under a lease."""
+
+    message: Message
+    queue: str
+    #: The broker's handle for ack/requeue/extend; opaque to everyone else.
+    tag: Any
+    #: 1 on first delivery; more when a lease ran out or the message was requeued.
+    delivery_count: int = 1
+
+    @property
+    def redelivered(self) -> bool:
+        return self.delivery_count > 1
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message a worker gave up on, with the reason."""
+
+    id: Any
+    queue: str
+    reason: str
+    failed_at: float
+    message: Message
+
+
+class Broker(ABC):
+    """Carries task messages from clients to workers with at-least-once delivery."""
+
+    #: True when several processes can share the broker (not the in-memory one).
+    shared_between_processes: bool = True
+
+    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.transport_options = dict(transport_options or {})
+        self.visibility_timeout = float(
+            self.transport_options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT)
+        )
+
+    @abstractmethod
+    def publish(
+        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+    ) -> None:
+        """Store ``message`` on ``queue``; not deliverable before ``eta`` (unix seconds).
+
+        Returns only once the broker has the message; raises :class:`BrokerError` otherwise.
+        """
+
+    @abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages, waiting up to ``timeout`` s for the first."""
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove finished messages for good."""
+
+    @abstractmethod
+    def requeue(
+        self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
+    ) -> None:
+        """Give a message back, deliverable now or at ``delay_until``.
+
+        ``count=False`` means the message was never worked on (a worker shutting down returns its
+        prefetched messages), so the delivery does not count towards ``worker_max_deliveries``.
+        """
+
+    @abstractmethod
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        """Renew the lease of messages still being worked on by a full visibility timeout."""
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a message to the dead-letter store with a reason; it is not delivered again."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every message waiting on ``queue`` (ready or delayed); returns how many."""
+
+    @abstractmethod
+    def depth(self, queue: str) -> int:
+        """Messages on ``queue`` that are ready, delayed or leased."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest dead-lettered messages."""
+
+    @abstractmethod
+    def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
+        """Publish dead letters (all, or those with ``ids``) to their queues again."""
+
+    @abstractmethod
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; returns how many."""
+
+    def close(self) -> None:  # noqa: B027 - optional for brokers holding nothing
+        """Release connections held by this process."""
+
+    def lease_until(self) -> float:
+        return time.time() + self.visibility_timeout

@@ -1,0 +1,285 @@
+"""The embedded default broker: one SQLite file, safe for many processes on one machine.
+
+A message row is in one of three states: ready (0), delayed (1: waiting for its ETA) or leased
+(2: a worker has it until ``visible_at``). Delayed and leased rows share one index on
+``visible_at``, so promoting due ETAs and recovering a dead worker's messages is one range scan,
+done inside the same transaction that claims the next batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celeriac._sqlite import SQLiteFile, path_from_url
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.exceptions import BrokerError
+from celeriac.protocol.message import Message
+
+READY, DELAYED, LEASED = 0, 1, 2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS celeriac_messages (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL,
+    priority         INTEGER NOT NULL DEFAULT 0,
+    state            INTEGER NOT NULL,
+    visible_at       REAL    NOT NULL,
+    delivery_count   INTEGER NOT NULL DEFAULT 0,
+    headers          TEXT    NOT NULL,
+    properties       TEXT    NOT NULL,
+    content_type     TEXT    NOT NULL,
+    content_encoding TEXT    NOT NULL,
+    body             BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS celeriac_messages_ready
+    ON celeriac_messages (queue, priority DESC, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS celeriac_messages_timed
+    ON celeriac_messages (visible_at) WHERE state > 0;
+CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue            TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    failed_at        REAL    NOT NULL,
+    headers          TEXT    NOT NULL,
+    properties       TEXT    NOT NULL,
+    content_type     TEXT    NOT NULL,
+    content_encoding TEXT    NOT NULL,
+    body             BLOB    NOT NULL
+);
+"""
+
+_CLAIM = """
+UPDATE celeriac_messages
+   SET state = 2, visible_at = ?, delivery_count = delivery_count + 1
+ WHERE id IN (SELECT id FROM celeriac_messages
+               WHERE state = 0 AND queue = ?
+               ORDER BY priority DESC, id LIMIT ?)
+RETURNING id, queue, delivery_count, headers, properties, content_type, content_encoding, body
+"""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+class SQLiteBroker(Broker):
+    """Leased delivery over one SQLite file in WAL mode.
+
+    ``broker_transport_options``: ``visibility_timeout`` (s, default 30; leases are renewed while
+    a task runs, so this is how long a dead worker's messages wait) and ``polling_interval`` (s
+    between checks for new messages when idle, default 0.005; a check reads one counter and costs
+    microseconds).
+    """
+
+    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, transport_options)
+        self.db = SQLiteFile(path_from_url(url), SCHEMA)
+        self.polling_interval = float(self.transport_options.get("polling_interval", 0.005))
+        self._next_due = 0.0
+        self._rotation = 0
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(
+        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+    ) -> None:
+        now = time.time()
+        delayed = eta is not None and eta > now
+        row = (
+            queue,
+            priority,
+            DELAYED if delayed else READY,
+            eta if delayed else now,
+            _dumps(message.headers),
+            _dumps(message.properties),
+            message.content_type,
+            message.content_encoding,
+            message.body,
+        )
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    "INSERT INTO celeriac_messages (queue, priority, state, visible_at, headers,"
+                    " properties, content_type, content_encoding, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+        except sqlite3.Error as exc:
+            raise BrokerError(f"publish to {queue!r} failed: {exc}") from exc
+
+    # -- consuming --------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        deadline = time.time() + timeout
+        last_version = -1
+        while True:
+            version = self.db.data_version()
+            now = time.time()
+            # Only claim when someone committed since our last look or a delayed/leased row
+            # came due: an idle worker then costs one counter read per polling interval.
+            if version != last_version or now >= self._next_due:
+                last_version = version
+                got = self._claim(queues, limit, now)
+                if got:
+                    return got
+            if now >= deadline:
+                return []
+            time.sleep(min(self.polling_interval, max(0.0, deadline - now)))
+
+    def _claim(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        lease_until = now + self.visibility_timeout
+        # Rotate the starting queue so one busy queue cannot starve the others.
+        order = list(queues)
+        if len(order) > 1:
+            self._rotation = (self._rotation + 1) % len(order)
+            order = order[self._rotation :] + order[: self._rotation]
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    "UPDATE celeriac_messages SET state = 0 WHERE state > 0 AND visible_at <= ?",
+                    (now,),
+                )
+                for queue in order:
+                    if len(out) >= limit:
+                        break
+                    for row in conn.execute(_CLAIM, (lease_until, queue, limit - len(out))):
+                        out.append(_delivery(row))
+                nxt = conn.execute(
+                    "SELECT MIN(visible_at) FROM celeriac_messages WHERE state > 0"
+                ).fetchone()[0]
+        except sqlite3.Error as exc:
+            raise BrokerError(f"fetch failed: {exc}") from exc
+        self._next_due = float(nxt) if nxt is not None else float("inf")
+        out.sort(key=lambda d: d.tag[0])
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        # The delivery count is part of the handle: a worker whose lease ran out and was
+        # re-delivered elsewhere must not delete the copy the other worker is running.
+        with self.db.write() as conn:
+            conn.executemany(
+                "DELETE FROM celeriac_messages WHERE id = ? AND delivery_count = ?",
+                [d.tag for d in deliveries],
+            )
+
+    def requeue(
+        self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
+    ) -> None:
+        now = time.time()
+        delayed = delay_until is not None and delay_until > now
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE celeriac_messages SET state = ?, visible_at = ?,"
+                " delivery_count = delivery_count - ? WHERE id = ? AND delivery_count = ?",
+                (
+                    DELAYED if delayed else READY,
+                    delay_until if delayed else now,
+                    0 if count else 1,
+                    *delivery.tag,
+                ),
+            )
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        until = time.time() + self.visibility_timeout
+        with self.db.write() as conn:
+            conn.executemany(
+                "UPDATE celeriac_messages SET visible_at = ?"
+                " WHERE id = ? AND delivery_count = ? AND state = 2",
+                [(until, *d.tag) for d in deliveries],
+            )
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        m = delivery.message
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO celeriac_dead_letters (queue, reason, failed_at, headers, properties,"
+                " content_type, content_encoding, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.queue,
+                    reason,
+                    time.time(),
+                    _dumps(m.headers),
+                    _dumps(m.properties),
+                    m.content_type,
+                    m.content_encoding,
+                    m.body,
+                ),
+            )
+            conn.execute(
+                "DELETE FROM celeriac_messages WHERE id = ? AND delivery_count = ?", delivery.tag
+            )
+
+    # -- administration ---------------------------------------------------------------------
+    def purge(self, queue: str) -> int:
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "DELETE FROM celeriac_messages WHERE queue = ? AND state != 2", (queue,)
+            )
+            return cur.rowcount
+
+    def depth(self, queue: str) -> int:
+        row = (
+            self.db.connection()
+            .execute("SELECT COUNT(*) FROM celeriac_messages WHERE queue = ?", (queue,))
+            .fetchone()
+        )
+        return int(row[0])
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = (
+            self.db.connection()
+            .execute(
+                "SELECT id, queue, reason, failed_at, headers, properties, content_type,"
+                " content_encoding, body FROM celeriac_dead_letters ORDER BY id LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
+        return [
+            DeadLetter(
+                id=r[0],
+                queue=r[1],
+                reason=r[2],
+                failed_at=r[3],
+                message=Message(json.loads(r[4]), json.loads(r[5]), bytes(r[8]), r[6], r[7]),
+            )
+            for r in rows
+        ]
+
+    def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
+        now = time.time()
+        where, params = ("", ()) if ids is None else (
+            f" WHERE id IN ({','.join('?' * len(ids))})",
+            tuple(ids),
+        )
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "INSERT INTO celeriac_messages (queue, priority, state, visible_at, headers,"
+                " properties, content_type, content_encoding, body)"
+                f" SELECT queue, 0, 0, ?, headers, properties, content_type, content_encoding, body"
+                f" FROM celeriac_dead_letters{where} ORDER BY id",
+                (now, *params),
+            )
+            moved = cur.rowcount
+            conn.execute(f"DELETE FROM celeriac_dead_letters{where}", params)
+        return moved
+
+    def purge_dead_letters(self) -> int:
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM celeriac_dead_letters").rowcount
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    msg_id, queue, count, headers, properties, ctype, cenc, body = row
+    message = Message(json.loads(headers), json.loads(properties), bytes(body), ctype, cenc)
+    return Delivery(message=message, queue=queue, tag=(msg_id, count), delivery_count=count)

@@ -1,0 +1,137 @@
+"""Every error Celeriac raises on purpose.
+
+::
+
+    CeleriacError
+    ├── ConfigurationError          a bad setting, URL or app path
+    ├── ProtocolError               a message that cannot be understood
+    │   ├── DecodeError             the body does not decode with its content type
+    │   ├── ContentDisallowed       the content type is not in ``accept_content``
+    │   └── MessageTooLarge         the encoded message exceeds ``broker_max_message_size``
+    ├── BrokerError                 the broker failed or is unreachable
+    ├── BackendError                the result backend failed, or none is configured
+    ├── NotRegistered               no task by that name
+    ├── InvalidTaskArguments        the arguments do not fit the task's signature
+    ├── TimeoutError                ``AsyncResult.get()`` waited too long (also a builtin TimeoutError)
+    ├── TaskRevokedError            the task was revoked or expired
+    ├── WorkerLostError             the process running the task died
+    ├── TimeLimitExceeded           the hard time limit killed the task
+    └── RemoteTaskError             base of exceptions rebuilt from a result whose type is not importable here
+
+Control flow inside tasks (not errors): :class:`Retry`, :class:`Reject`, :class:`Ignore`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class CeleriacError(Exception):
+    """Root of every error Celeriac raises on purpose."""
+
+
+class ConfigurationError(CeleriacError):
+    """A setting, URL or app path is invalid."""
+
+
+class ProtocolError(CeleriacError):
+    """A message cannot be understood."""
+
+
+class DecodeError(ProtocolError):
+    """A body does not decode with its declared content type."""
+
+
+class ContentDisallowed(ProtocolError):
+    """A message's content type is not listed in ``accept_content``."""
+
+
+class MessageTooLarge(ProtocolError):
+    """An encoded message exceeds ``broker_max_message_size``."""
+
+
+class BrokerError(CeleriacError):
+    """The broker failed or could not be reached."""
+
+
+class BackendError(CeleriacError):
+    """The result backend failed, or no result backend is configured."""
+
+
+class NotRegistered(CeleriacError, KeyError):
+    """No task is registered under this name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class InvalidTaskArguments(CeleriacError, TypeError):
+    """The arguments of a message do not fit the task's signature."""
+
+
+class TimeoutError(CeleriacError, builtins.TimeoutError):  # noqa: A001 - mirrors Celery's name
+    """Waiting for a result took longer than the timeout."""
+
+
+class TaskRevokedError(CeleriacError):
+    """The task was revoked, or expired before it started."""
+
+
+class WorkerLostError(CeleriacError):
+    """The process executing the task exited before the task finished."""
+
+
+class TimeLimitExceeded(CeleriacError):
+    """The task ran past its hard time limit and was killed."""
+
+
+class SoftTimeLimitExceeded(CeleriacError):
+    """Raised inside a task when its soft time limit passes; the task may catch it."""
+
+
+class RemoteTaskError(CeleriacError):
+    """An exception raised by a task whose type cannot be imported here.
+
+    Subclasses are created on the fly with the remote type's name, so ``repr()`` reads like the
+    original; ``exc_module`` and ``exc_type`` say where it came from.
+    """
+
+    exc_module: str = ""
+    exc_type: str = ""
+
+
+class Retry(Exception):  # noqa: N818 - Celery's name, and it is control flow, not an error
+    """Raised by ``Task.retry()``: the task will run again later."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: float | None = None,
+        *,
+        eta: float | None = None,
+        new_args: tuple[Any, ...] | None = None,
+        new_kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.exc = exc
+        self.when = when
+        self.eta = eta
+        self.new_args = new_args
+        self.new_kwargs = new_kwargs
+        self.options = options or {}
+        super().__init__(message or (f"Retry in {when}s" if when is not None else "Retry"))
+
+
+class Reject(Exception):  # noqa: N818
+    """Raised by a task to reject its message (dead-letter it, or requeue when ``requeue``)."""
+
+    def __init__(self, reason: Any = None, requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason)
+
+
+class Ignore(Exception):  # noqa: N818
+    """Raised by a task so that the worker stores no state for it."""

@@ -1,0 +1,182 @@
+"""Body serializers keyed by name and by content type, and the ``accept_content`` gate.
+
+JSON is always available, msgpack when the package is installed, pickle only when a user lists it
+in ``accept_content`` (a pickle body runs code while it is decoded, so it is never accepted by
+default).
+"""
+
+from __future__ import annotations
+
+import bz2
+import datetime as dt
+import decimal
+import json
+import pickle
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celeriac.exceptions import ConfigurationError, ContentDisallowed, DecodeError
+
+
+@dataclass(frozen=True, slots=True)
+class Serializer:
+    name: str
+    content_type: str
+    content_encoding: str
+    dumps: Callable[[Any], bytes]
+    loads: Callable[[bytes], Any]
+
+
+def _json_default(obj: Any) -> Any:
+    # One-way conversions, the same Celery's encoder makes, so peers read the same values.
+    if isinstance(obj, dt.datetime | dt.date | dt.time):
+        return obj.isoformat()
+    if isinstance(obj, uuid.UUID | decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", errors="replace")
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_json_encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return _json_encoder.encode(obj).encode("utf-8")
+
+
+def _json_loads(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def _pickle_dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=4)
+
+
+def _pickle_loads(data: bytes) -> Any:
+    return pickle.loads(data)  # noqa: S301 - only reached when the user accepts pickle
+
+
+JSON = Serializer("json", "application/json", "utf-8", _json_dumps, _json_loads)
+PICKLE = Serializer(
+    "pickle", "application/x-python-serialize", "binary", _pickle_dumps, _pickle_loads
+)
+
+
+def _msgpack() -> Serializer | None:
+    try:
+        import msgpack
+    except ImportError:
+        return None
+
+    def dumps(obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True, default=_json_default)  # type: ignore[no-any-return]
+
+    def loads(data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False)
+
+    return Serializer("msgpack", "application/x-msgpack", "binary", dumps, loads)
+
+
+COMPRESSIONS: dict[str, tuple[str, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    # kombu labels zlib streams application/x-gzip; we produce and read the same.
+    "gzip": ("application/x-gzip", zlib.compress, zlib.decompress),
+    "zlib": ("application/x-zlib", zlib.compress, zlib.decompress),
+    "bzip2": ("application/x-bz2", bz2.compress, bz2.decompress),
+}
+_DECOMPRESS_BY_TYPE = {ctype: dec for ctype, _, dec in COMPRESSIONS.values()}
+
+
+class SerializerRegistry:
+    """Serializers by name and content type."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Serializer] = {}
+        self._by_type: dict[str, Serializer] = {}
+
+    def register(self, serializer: Serializer) -> None:
+        self._by_name[serializer.name] = serializer
+        self._by_type[serializer.content_type] = serializer
+
+    def get(self, name: str) -> Serializer:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            hint = " (install the 'msgpack' package)" if name == "msgpack" else ""
+            known = ", ".join(sorted(self._by_name))
+            raise ConfigurationError(
+                f"unknown serializer {name!r}{hint}; known: {known}"
+            ) from None
+
+    def content_types(self, names: Iterable[str]) -> frozenset[str]:
+        """Content types for ``accept_content`` entries (names or content types)."""
+        types = set()
+        for entry in names:
+            if "/" in entry:
+                types.add(entry)
+            else:
+                types.add(self.get(entry).content_type)
+        return frozenset(types)
+
+    def dumps(
+        self, obj: Any, name: str, compression: str | None = None
+    ) -> tuple[bytes, str, str, str | None]:
+        """Serialize ``obj``: ``(body, content_type, content_encoding, compression_type)``."""
+        ser = self.get(name)
+        body = ser.dumps(obj)
+        if compression is None:
+            return body, ser.content_type, ser.content_encoding, None
+        try:
+            ctype, compress, _ = COMPRESSIONS[compression]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown compression {compression!r}; known: {', '.join(COMPRESSIONS)}"
+            ) from None
+        return compress(body), ser.content_type, ser.content_encoding, ctype
+
+    def loads(
+        self,
+        body: bytes,
+        content_type: str,
+        accept: frozenset[str],
+        compression: str | None = None,
+    ) -> Any:
+        """Decode a body, refusing content types not in ``accept`` before touching the bytes."""
+        if content_type not in accept:
+            raise ContentDisallowed(
+                f"refusing to decode content type {content_type!r}: it is not in accept_content "
+                f"({', '.join(sorted(accept))})"
+            )
+        ser = self._by_type.get(content_type)
+        if ser is None:
+            raise DecodeError(f"no serializer for content type {content_type!r}")
+        if compression:
+            decompress = _DECOMPRESS_BY_TYPE.get(compression)
+            if decompress is None:
+                raise DecodeError(f"unknown compression {compression!r}")
+            try:
+                body = decompress(body)
+            except Exception as exc:
+                raise DecodeError(f"cannot decompress body ({compression}): {exc}") from exc
+        try:
+            return ser.loads(body)
+        except Exception as exc:
+            raise DecodeError(f"cannot decode {content_type} body: {exc}") from exc
+
+
+def _build_default() -> SerializerRegistry:
+    reg = SerializerRegistry()
+    reg.register(JSON)
+    reg.register(PICKLE)
+    mp = _msgpack()
+    if mp is not None:
+        reg.register(mp)
+    return reg
+
+
+default_registry = _build_default()

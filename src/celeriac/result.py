@@ -1,0 +1,166 @@
+"""Handles on task results: :class:`AsyncResult` and, for tasks run here, :class:`EagerResult`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from celeriac import states
+from celeriac.protocol.results import exception_from_dict
+from celeriac.protocol.timeutil import parse_iso
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from celeriac.app import Celeriac
+    from celeriac.backends.base import ResultBackend
+
+R = TypeVar("R")
+
+
+class AsyncResult(Generic[R]):
+    """The state and outcome of a task, read from the result backend.
+
+    ``get()`` returns the task's value (typed with the task's return type) or raises the task's
+    exception, rebuilt as its original type when that type is importable here.
+    """
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - Celery's name
+        app: Celeriac | None = None,
+        *,
+        backend: ResultBackend | None = None,
+        task_name: str | None = None,
+    ) -> None:
+        if backend is None and app is None:
+            raise ValueError("AsyncResult needs an app or a backend")
+        self.id = id
+        self.app = app
+        self._backend = backend
+        self.task_name = task_name
+        self._cache: dict[str, Any] | None = None
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            assert self.app is not None
+            self._backend = self.app.backend
+        return self._backend
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def _get_meta(self) -> dict[str, Any]:
+        if self._cache is not None:
+            return self._cache
+        meta = self.backend.get_meta(self.id)
+        if meta.get("status") in states.READY_STATES:
+            self._cache = meta
+        return meta
+
+    @property
+    def state(self) -> str:
+        return str(self._get_meta().get("status", states.PENDING))
+
+    status = state
+
+    @property
+    def info(self) -> Any:
+        """The value for SUCCESS, the exception for failures, progress meta otherwise."""
+        meta = self._get_meta()
+        if meta.get("status") in states.EXCEPTION_STATES:
+            return exception_from_dict(meta.get("result"))
+        return meta.get("result")
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:
+        tb = self._get_meta().get("traceback")
+        return str(tb) if tb is not None else None
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        import datetime as dt
+
+        ts = parse_iso(self._get_meta().get("date_done"))
+        return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Wait for the task and return its value; re-raise its exception when ``propagate``."""
+        meta = self._cache or self.backend.wait_for(self.id, timeout)
+        self._cache = meta
+        if meta.get("status") in states.PROPAGATE_STATES:
+            exc = exception_from_dict(meta.get("result"))
+            if propagate:
+                raise exc
+            return exc  # type: ignore[return-value]
+        return meta.get("result")  # type: ignore[no-any-return]
+
+    wait = get
+
+    def forget(self) -> None:
+        self._cache = None
+        self.backend.forget(self.id)
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            return self.id == other.id
+        return isinstance(other, str) and other == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+class EagerResult(AsyncResult[R]):
+    """The outcome of a task run in this process by ``apply()`` or eager mode."""
+
+    def __init__(self, id: str, meta: dict[str, Any], exc: BaseException | None = None) -> None:  # noqa: A002
+        super().__init__(id, backend=_NO_BACKEND)
+        self._cache = meta
+        self._exc = exc
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        meta = self._cache or {}
+        if meta.get("status") in states.PROPAGATE_STATES:
+            exc = self._exc or exception_from_dict(meta.get("result"))
+            if propagate:
+                raise exc
+            return exc  # type: ignore[return-value]
+        return meta.get("result")  # type: ignore[no-any-return]
+
+    @property
+    def info(self) -> Any:
+        if self._exc is not None:
+            return self._exc
+        return super().info
+
+    result = info
+
+    def forget(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+
+def _make_no_backend() -> ResultBackend:
+    from celeriac.backends.base import DisabledBackend
+
+    return DisabledBackend()
+
+
+_NO_BACKEND = _make_no_backend()

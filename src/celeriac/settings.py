@@ -1,0 +1,195 @@
+"""Settings with Celery's names, in one typed object.
+
+Precedence, highest first: keyword arguments to :class:`~celeriac.Celeriac` and
+``app.conf.update()``, then ``app.config_from_object()``, then the environment
+(``CELERIAC_BROKER_URL``, ``CELERIAC_RESULT_BACKEND``), then the defaults below. A name that is not
+a setting is an error that names the closest one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import importlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celeriac.exceptions import ConfigurationError
+
+DEFAULT_BROKER_URL = "sqlite:///celeriac.sqlite3"
+ENV_VARS = {"broker_url": "CELERIAC_BROKER_URL", "result_backend": "CELERIAC_RESULT_BACKEND"}
+
+
+@dataclass
+class Settings:
+    """Every setting Celeriac reads; names and meanings follow Celery's where Celery has one."""
+
+    # Broker
+    broker_url: str = DEFAULT_BROKER_URL
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
+    broker_connection_timeout: float = 4.0
+    #: Largest encoded message body accepted at publish (bytes); bigger ones raise MessageTooLarge.
+    broker_max_message_size: int = 16 * 1024 * 1024
+
+    # Results
+    #: None means: the broker's own store when it has one (SQLite, memory), otherwise no results.
+    result_backend: str | None = None
+    result_serializer: str = "json"
+    result_accept_content: list[str] | None = None
+    result_expires: float | None = 86400.0
+    result_extended: bool = False
+
+    # Messages and tasks
+    task_serializer: str = "json"
+    task_compression: str | None = None
+    accept_content: list[str] = field(default_factory=lambda: ["json"])
+    task_default_queue: str = "celery"
+    task_default_priority: int | None = None
+    task_routes: Any = None
+    task_queues: Any = None
+    task_create_missing_queues: bool = True
+    #: Celeriac acknowledges after the task by default: a worker that dies loses nothing.
+    task_acks_late: bool = True
+    task_acks_on_failure_or_timeout: bool = True
+    task_reject_on_worker_lost: bool = True
+    task_always_eager: bool = False
+    task_eager_propagates: bool = False
+    task_store_eager_result: bool = False
+    task_ignore_result: bool = False
+    task_store_errors_even_if_ignored: bool = False
+    task_track_started: bool = False
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
+    task_default_rate_limit: str | None = None
+    task_default_retry_delay: float = 180.0
+    task_max_retries: int | None = 3
+    task_annotations: Any = None
+    task_protocol: int = 2
+    task_send_sent_event: bool = False
+
+    # Worker
+    worker_concurrency: int | None = None
+    worker_pool: str = "prefork"
+    worker_prefetch_multiplier: int = 4
+    worker_max_tasks_per_child: int | None = None
+    worker_max_memory_per_child: int | None = None
+    worker_send_task_events: bool = False
+    worker_hostname: str | None = None
+    #: A message delivered this many times without being acknowledged (its worker died each
+    #: time) is dead-lettered instead of run again.
+    worker_max_deliveries: int = 5
+    worker_log_format: str = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+    # Misc
+    imports: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    timezone: str = "UTC"
+    enable_utc: bool = True
+    beat_schedule: dict[str, Any] = field(default_factory=dict)
+
+    _explicit: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, var in ENV_VARS.items():
+            value = os.environ.get(var)
+            if value:
+                setattr(self, name, value)
+
+    # -- mapping-style access, as Celery's app.conf offers --------------------------------
+    def __getitem__(self, name: str) -> Any:
+        self._check(name)
+        return getattr(self, name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.update({name: value})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(setting_names())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default) if name in _NAMES else default
+
+    def update(self, mapping: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        """Set several settings; unknown names raise :class:`ConfigurationError`."""
+        items = {**(dict(mapping) if mapping else {}), **kwargs}
+        for name in items:
+            self._check(name)
+        for name, value in items.items():
+            setattr(self, name, _coerce(name, value))
+            self._explicit.add(name)
+
+    def setdefaults(self, mapping: Mapping[str, Any]) -> None:
+        """Set settings that were not set explicitly (config objects and presets use this)."""
+        for name in mapping:
+            self._check(name)
+        for name, value in mapping.items():
+            if name not in self._explicit:
+                setattr(self, name, _coerce(name, value))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in setting_names()}
+
+    @staticmethod
+    def _check(name: str) -> None:
+        if name not in _NAMES:
+            close = difflib.get_close_matches(name.lower(), _NAMES, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown setting {name!r}{hint}")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "result_expires" and isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if name in ("accept_content", "result_accept_content", "imports", "include") and isinstance(
+        value, str
+    ):
+        return [value]
+    if name in ("accept_content", "result_accept_content", "imports", "include") and isinstance(
+        value, tuple | set | frozenset
+    ):
+        return list(value)
+    return value
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")]
+
+
+_NAMES = frozenset(setting_names())
+
+
+def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, Any]:
+    """Settings held by a module, class, mapping or ``"module"``/``"module:attr"`` path.
+
+    Without a namespace, every public lowercase attribute that is not a module, class or function
+    must be a setting. With ``namespace="CELERY"``, only ``CELERY_*`` names are read (Django's
+    habit), lowercased without the prefix.
+    """
+    if isinstance(obj, str):
+        obj = _import_object(obj)
+    items = dict(obj) if isinstance(obj, Mapping) else {k: getattr(obj, k) for k in dir(obj)}
+    found: dict[str, Any] = {}
+    prefix = f"{namespace}_" if namespace else None
+    for key, value in items.items():
+        if key.startswith("_"):
+            continue
+        if prefix is not None:
+            if key.startswith(prefix):
+                found[key[len(prefix) :].lower()] = value
+            continue
+        if not key.islower() or callable(value) or type(value).__name__ == "module":
+            continue
+        found[key] = value
+    return found
+
+
+def _import_object(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import config module {module_name!r}: {exc}") from exc
+    return getattr(module, attr) if attr else module

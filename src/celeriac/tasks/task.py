@@ -1,0 +1,224 @@
+"""``Task[P, R]``: a registered function that can be called here or sent to a worker.
+
+The decorator keeps the function's parameters (``P``) and return type (``R``) for type checkers:
+``add.delay("x", [])`` on ``def add(x: int, y: int) -> int`` is a type error, and
+``add.delay(1, 2).get()`` is an ``int``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from celeriac.exceptions import InvalidTaskArguments, Retry
+from celeriac.tasks.context import Request, current_request
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.canvas.signature import Signature
+    from celeriac.result import AsyncResult, EagerResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_EMPTY_REQUEST = Request()
+
+
+class Task(Generic[P, R]):
+    """A task: call it to run it here, ``delay()``/``apply_async()`` to send it to a worker."""
+
+    #: Options a task accepts from the decorator, with their defaults (None: the app's setting).
+    OPTIONS: dict[str, Any] = {
+        "queue": None,
+        "ignore_result": None,
+        "acks_late": None,
+        "serializer": None,
+        "compression": None,
+        "priority": None,
+        "max_retries": None,
+        "default_retry_delay": None,
+        "time_limit": None,
+        "soft_time_limit": None,
+        "rate_limit": None,
+        "expires": None,
+        "autoretry_for": (),
+        "dont_autoretry_for": (),
+        "retry_kwargs": None,
+        "retry_backoff": False,
+        "retry_backoff_max": 600,
+        "retry_jitter": True,
+        "track_started": None,
+        "typing": True,
+        "shadow": None,
+    }
+
+    def __init__(
+        self,
+        app: Celeriac,
+        fun: Callable[..., Any],
+        *,
+        name: str,
+        bind: bool = False,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - set(self.OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+        self.app = app
+        self.fun = fun
+        self.name = name
+        self.bind = bind
+        self.__name__ = getattr(fun, "__name__", name)
+        self.__doc__ = fun.__doc__
+        self.__module__ = fun.__module__
+        self.__wrapped__ = fun
+        for key, default in self.OPTIONS.items():
+            setattr(self, key, options.get(key, default))
+        self.is_coroutine = inspect.iscoroutinefunction(fun)
+        self._signature: inspect.Signature | None = None
+
+    # -- calling -------------------------------------------------------------------------------
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.bind:
+            return self.fun(self, *args, **kwargs)  # type: ignore[no-any-return]
+        return self.fun(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self(*args, **kwargs)
+
+    def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`InvalidTaskArguments` when the arguments do not fit the signature."""
+        if not self.typing:
+            return
+        if self._signature is None:
+            sig = inspect.signature(self.fun)
+            if self.bind:
+                params = list(sig.parameters.values())[1:]
+                sig = sig.replace(parameters=params)
+            self._signature = sig
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidTaskArguments(f"{self.name}{self._signature}: {exc}") from None
+
+    @property
+    def request(self) -> Request:
+        """The request of the current execution of this task (an empty one outside tasks)."""
+        req = current_request()
+        return req if req is not None and req.task == self.name else _EMPTY_REQUEST
+
+    # -- sending -------------------------------------------------------------------------------
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task to a worker with these arguments."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Send the task with options: ``countdown``, ``eta``, ``expires``, ``queue``,
+        ``priority``, ``task_id``, ``headers``, ``link``, ``link_error``, ``serializer``, ...
+        """
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, task_id=options.get("task_id"))
+        self.check_arguments(args, kwargs)
+        return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        retries: int = 0,
+        throw: bool | None = None,
+        **options: Any,
+    ) -> EagerResult[R]:
+        """Run the task here, now, and wrap the outcome in an :class:`EagerResult`."""
+        from celeriac.worker.eager import run_eagerly
+
+        return run_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id,
+                           retries=retries, throw=throw)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with partial arguments."""
+        return self.app.signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: callbacks do not prepend a parent's result."""
+        return self.app.signature(self.name, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        return self.app.signature(self.name, args or (), kwargs or {}, options=options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        return self.app.AsyncResult(task_id, task_name=self.name)
+
+    # -- retrying ------------------------------------------------------------------------------
+    def retry(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        countdown: float | None = None,
+        eta: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Ask for this task to run again later (a new message; the worker is not blocked).
+
+        Raises :class:`Retry` (or ``exc`` when retries are exhausted); call it as
+        ``raise self.retry(exc=exc)``.
+        """
+        req = self.request
+        limit = max_retries if max_retries is not None else self.effective_max_retries()
+        if limit is not None and req.retries >= limit:
+            if exc is not None:
+                raise exc
+            from celeriac.exceptions import CeleriacError
+
+            raise CeleriacError(f"{self.name}[{req.id}]: can't retry, max_retries={limit} reached")
+        if countdown is None and eta is None:
+            countdown = self.effective_retry_delay()
+        retry = Retry(
+            exc=exc, when=countdown, eta=eta, new_args=args, new_kwargs=kwargs, options=options
+        )
+        if throw:
+            raise retry
+        return retry
+
+    def effective_max_retries(self) -> int | None:
+        if self.max_retries is not None:
+            return int(self.max_retries)
+        return self.app.conf.task_max_retries
+
+    def effective_retry_delay(self) -> float:
+        if self.default_retry_delay is not None:
+            return float(self.default_retry_delay)
+        return float(self.app.conf.task_default_retry_delay)
+
+    def autoretry_countdown(self, retries: int) -> float:
+        """Delay before automatic retry number ``retries + 1``."""
+        if not self.retry_backoff:
+            kwargs = self.retry_kwargs or {}
+            return float(kwargs.get("countdown", self.effective_retry_delay()))
+        factor = 1 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(float(self.retry_backoff_max), factor * (2**retries))
+        if self.retry_jitter:
+            delay = random.uniform(0, delay)  # noqa: S311 - jitter, not security
+        return delay
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name}>"

@@ -1,0 +1,17 @@
+"""Runs each task in the consumer's own thread, one at a time. Simple and easy to debug."""
+
+from __future__ import annotations
+
+from celeriac.worker.executor import Job, execute
+from celeriac.worker.pools.base import Pool
+
+
+class SoloPool(Pool):
+    def start(self) -> None:
+        pass
+
+    def submit(self, job: Job) -> None:
+        self.on_outcome(execute(self.app, job))
+
+    def stop(self, *, cold: bool = False) -> list[Job]:
+        return []
