@@ -1,0 +1,1 @@
+"""The ``celeriac`` command: thin click commands over the public API."""

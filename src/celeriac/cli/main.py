@@ -1,0 +1,234 @@
+"""``celeriac`` — the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from celeriac import __version__
+from celeriac.app import Celeriac
+from celeriac.exceptions import CeleriacError
+from celeriac.cli.loading import load_app
+
+
+class _State:
+    def __init__(self, app_spec: str | None) -> None:
+        self.app_spec = app_spec
+        self._app: Celeriac | None = None
+
+    @property
+    def app(self) -> Celeriac:
+        if self._app is None:
+            if not self.app_spec:
+                raise click.UsageError("this command needs an app: celeriac -A proj ...")
+            try:
+                self._app = load_app(self.app_spec)
+            except CeleriacError as exc:
+                raise click.ClickException(str(exc)) from exc
+        return self._app
+
+
+pass_state = click.make_pass_decorator(_State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-A", "--app", "app_spec", metavar="MODULE[:APP]", envvar="CELERIAC_APP",
+              help="The app to use, e.g. proj or proj:app.")
+@click.version_option(__version__, prog_name="celeriac")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None) -> None:
+    """Celeriac: a distributed task queue that speaks Celery's protocol."""
+    ctx.obj = _State(app_spec)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+@cli.command()
+@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the default queue).")
+@click.option("-c", "--concurrency", type=int, help="Tasks run at once (default: CPU count).")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
+              help="Where tasks run (default: prefork).")
+@click.option("-l", "--loglevel", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error", "critical"],
+                                case_sensitive=False))
+@click.option("-n", "--hostname", help="Node name (default: celeriac@<host>).")
+@click.option("--prefetch-multiplier", type=int, help="Messages leased per slot.")
+@click.option("--max-tasks-per-child", type=int, help="Replace a prefork child after N tasks.")
+@pass_state
+def worker(state: _State, queues: str | None, concurrency: int | None, pool: str | None,
+           loglevel: str, hostname: str | None, prefetch_multiplier: int | None,
+           max_tasks_per_child: int | None) -> None:
+    """Consume queues and run their tasks."""
+    from celeriac.worker import Worker
+
+    app = state.app
+    setup_logging(loglevel, app.conf.worker_log_format)
+    w = Worker(
+        app,
+        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        concurrency=concurrency,
+        pool=pool,
+        hostname=hostname,
+        prefetch_multiplier=prefetch_multiplier,
+        max_tasks_per_child=max_tasks_per_child,
+    )
+    try:
+        w.start()
+    except CeleriacError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _json_arg(value: str | None, kind: type, what: str) -> Any:
+    if value is None:
+        return kind()
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, kind):
+        raise click.BadParameter(f"{what} must be a JSON {kind.__name__}")
+    return parsed
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-a", "--args", "args_json", help="Positional arguments as a JSON list.")
+@click.option("-k", "--kwargs", "kwargs_json", help="Keyword arguments as a JSON object.")
+@click.option("--countdown", type=float, help="Run no earlier than this many seconds from now.")
+@click.option("--expires", type=float, help="Drop the task if not started within N seconds.")
+@click.option("-Q", "--queue", help="Queue to send to.")
+@click.option("--priority", type=int)
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@pass_state
+def call(state: _State, name: str, args_json: str | None, kwargs_json: str | None,
+         countdown: float | None, expires: float | None, queue: str | None,
+         priority: int | None, wait: bool, timeout: float) -> None:
+    """Send a task by name; print its id, or its result with --wait."""
+    args = _json_arg(args_json, list, "--args")
+    kwargs = _json_arg(kwargs_json, dict, "--kwargs")
+    try:
+        result = state.app.send_task(name, args, kwargs, countdown=countdown, expires=expires,
+                                     queue=queue, priority=priority)
+        if not wait:
+            click.echo(result.id)
+            return
+        value = result.get(timeout=timeout)
+    except CeleriacError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the task's own exception, reported plainly
+        raise click.ClickException(f"task failed: {type(exc).__name__}: {exc}") from exc
+    click.echo(json.dumps(value) if not isinstance(value, str) else value)
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--traceback", "show_tb", is_flag=True, help="Print the traceback of a failure.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result document.")
+@pass_state
+def result(state: _State, task_id: str, show_tb: bool, as_json: bool) -> None:
+    """Show the state and result of a task."""
+    try:
+        meta = state.app.backend.get_meta(task_id)
+    except CeleriacError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(meta, indent=2, default=str))
+        return
+    status = meta.get("status")
+    if status == "SUCCESS":
+        value = meta.get("result")
+        click.echo(value if isinstance(value, str) else json.dumps(value))
+    elif status in ("FAILURE", "REVOKED", "RETRY"):
+        err = meta.get("result") or {}
+        click.echo(f"{status}: {err.get('exc_type')}: {', '.join(map(str, err.get('exc_message') or []))}")
+        if show_tb and meta.get("traceback"):
+            click.echo(meta["traceback"])
+    else:
+        click.echo(str(status))
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("-Q", "--queues", help="Comma-separated queues (default: the default queue).")
+@pass_state
+def purge(state: _State, force: bool, queues: str | None) -> None:
+    """Delete every waiting message from the queues."""
+    app = state.app
+    names = [q.strip() for q in queues.split(",")] if queues else [app.conf.task_default_queue]
+    if not force:
+        click.confirm(f"Delete all waiting messages from {', '.join(names)}?", abort=True)
+    total = sum(app.broker.purge(q) for q in names)
+    click.echo(f"purged {total} message(s) from {', '.join(names)}")
+
+
+@cli.group()
+def dlq() -> None:
+    """Inspect, replay or purge dead-lettered messages."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def dlq_list(state: _State, limit: int, as_json: bool) -> None:
+    """List dead letters with the reason each was set aside."""
+    from rich.console import Console
+    from rich.table import Table
+
+    letters = state.app.broker.dead_letters(limit)
+    if as_json:
+        click.echo(json.dumps([
+            {"id": d.id, "queue": d.queue, "reason": d.reason, "failed_at": d.failed_at,
+             "task": d.message.headers.get("task"), "task_id": d.message.task_id}
+            for d in letters], indent=2))
+        return
+    table = Table(title=f"{len(letters)} dead letter(s)")
+    for col in ("id", "queue", "task", "task id", "reason"):
+        table.add_column(col)
+    for d in letters:
+        table.add_row(str(d.id), d.queue, str(d.message.headers.get("task")),
+                      str(d.message.task_id), d.reason)
+    Console().print(table)
+
+
+@dlq.command("replay")
+@click.argument("ids", nargs=-1, type=int)
+@pass_state
+def dlq_replay(state: _State, ids: tuple[int, ...]) -> None:
+    """Put dead letters (all, or the given ids) back on their queues."""
+    n = state.app.broker.replay_dead_letters(list(ids) if ids else None)
+    click.echo(f"replayed {n} message(s)")
+
+
+@dlq.command("purge")
+@click.option("-f", "--force", is_flag=True)
+@pass_state
+def dlq_purge(state: _State, force: bool) -> None:
+    """Delete every dead letter."""
+    if not force:
+        click.confirm("Delete all dead letters?", abort=True)
+    click.echo(f"deleted {state.app.broker.purge_dead_letters()} dead letter(s)")
+
+
+@cli.command()
+@click.option("-n", "--tasks", "count", type=int, default=2000, show_default=True,
+              help="How many tasks to send.")
+@click.option("-c", "--concurrency", type=int, default=2, show_default=True)
+@click.option("--dir", "workdir", type=click.Path(file_okay=False),
+              help="Where to keep the SQLite file (default: a temporary directory).")
+def demo(count: int, concurrency: int, workdir: str | None) -> None:
+    """Start a worker and a client on an embedded SQLite file and run tasks through them."""
+    from celeriac.cli.demo import run_demo
+
+    sys.exit(run_demo(count=count, concurrency=concurrency, workdir=workdir))
+
+
+def main() -> None:
+    cli(prog_name="celeriac")
