@@ -36,9 +36,7 @@ def path_from_url(url: str) -> str:
 class SQLiteFile:
     """Per-thread connections to one database file, with its schema applied once."""
 
-    def __init__(
-        self, path: str, schema: str, error: type[CeleriacError] = BrokerError
-    ) -> None:
+    def __init__(self, path: str, schema: str, error: type[CeleriacError] = BrokerError) -> None:
         self.path = path
         self._error = error
         self._schema = schema
@@ -59,7 +57,10 @@ class SQLiteFile:
     def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
             )
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]

@@ -18,6 +18,7 @@ from celeriac.exceptions import ConfigurationError, MessageTooLarge
 from celeriac.protocol.message import Message, build_task_message, new_id
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.result import AsyncResult
+from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.settings import Settings, settings_from_object
 from celeriac.tasks.context import current_request
 from celeriac.tasks.registry import TaskRegistry
@@ -28,9 +29,24 @@ R = TypeVar("R")
 
 #: Options Celery's apply_async accepts that mean nothing for Celeriac's brokers.
 _IGNORED_OPTIONS = frozenset(
-    {"exchange", "mandatory", "immediate", "retry", "retry_policy", "add_to_parent", "connection",
-     "producer", "publisher", "expiration", "reply_to", "declare", "stamped_headers", "stamps",
-     "exchange_type", "delivery_mode"}
+    {
+        "exchange",
+        "mandatory",
+        "immediate",
+        "retry",
+        "retry_policy",
+        "add_to_parent",
+        "connection",
+        "producer",
+        "publisher",
+        "expiration",
+        "reply_to",
+        "declare",
+        "stamped_headers",
+        "stamps",
+        "exchange_type",
+        "delivery_mode",
+    }
 )
 
 
@@ -99,13 +115,20 @@ class Celeriac:
         self, *, bind: Literal[False] = ..., name: str | None = ..., **options: Any
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
+    def task(  # type: ignore[misc]  # mypy cannot match **options across the overloads
+        self,
+        fun: Callable[..., Any] | None = None,
+        /,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(name=..., bind=True)``."""
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            name = options.pop("name", None) or self.gen_task_name(f)
-            bind = bool(options.pop("bind", False))
-            task: Task[Any, Any] = Task(self, f, name=name, bind=bind, **options)
+            task_name = name or self.gen_task_name(f)
+            task: Task[Any, Any] = Task(self, f, name=task_name, bind=bind, **options)
             self.tasks.register(task)
             return task
 
@@ -130,7 +153,7 @@ class Celeriac:
     ) -> Signature:
         return Signature(name, args, kwargs, app=self, **options)
 
-    def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult[Any]:  # noqa: N802
+    def AsyncResult(self, task_id: str, task_name: str | None = None) -> _AsyncResult[Any]:
         return AsyncResult(task_id, self, task_name=task_name)
 
     # -- connections ----------------------------------------------------------------------
@@ -195,7 +218,7 @@ class Celeriac:
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
+    ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
         message, queue, priority, eta = self.prepare_message(name, args, kwargs, **options)
         self.broker.publish(message, queue=queue, priority=priority, eta=eta)
@@ -264,15 +287,20 @@ class Celeriac:
         if priority is None:
             priority = conf.task_default_priority or 0
         ser = serializer or (task.serializer if task is not None else None) or conf.task_serializer
-        comp = compression or (task.compression if task is not None else None) or conf.task_compression
+        comp = (
+            compression or (task.compression if task is not None else None) or conf.task_compression
+        )
         if ignore_result is None:
             ignore_result = bool(
-                (task.ignore_result if task is not None and task.ignore_result is not None
-                 else conf.task_ignore_result)
+                task.ignore_result
+                if task is not None and task.ignore_result is not None
+                else conf.task_ignore_result
             )
         if task is not None:
             time_limit = time_limit if time_limit is not None else task.time_limit
-            soft_time_limit = soft_time_limit if soft_time_limit is not None else task.soft_time_limit
+            soft_time_limit = (
+                soft_time_limit if soft_time_limit is not None else task.soft_time_limit
+            )
             shadow = shadow or task.shadow
         message = build_task_message(
             self.serializers,

@@ -12,11 +12,11 @@
     ├── BackendError                the result backend failed, or none is configured
     ├── NotRegistered               no task by that name
     ├── InvalidTaskArguments        the arguments do not fit the task's signature
-    ├── TimeoutError                ``AsyncResult.get()`` waited too long (also a builtin TimeoutError)
+    ├── TimeoutError                ``AsyncResult.get()`` waited too long (a builtin one too)
     ├── TaskRevokedError            the task was revoked or expired
     ├── WorkerLostError             the process running the task died
     ├── TimeLimitExceeded           the hard time limit killed the task
-    └── RemoteTaskError             base of exceptions rebuilt from a result whose type is not importable here
+    └── RemoteTaskError             a task's exception whose type is not importable here
 
 Control flow inside tasks (not errors): :class:`Retry`, :class:`Reject`, :class:`Ignore`.
 """
@@ -70,7 +70,7 @@ class InvalidTaskArguments(CeleriacError, TypeError):
     """The arguments of a message do not fit the task's signature."""
 
 
-class TimeoutError(CeleriacError, builtins.TimeoutError):  # noqa: A001 - mirrors Celery's name
+class TimeoutError(CeleriacError, builtins.TimeoutError):
     """Waiting for a result took longer than the timeout."""
 
 
@@ -101,7 +101,7 @@ class RemoteTaskError(CeleriacError):
     exc_type: str = ""
 
 
-class Retry(Exception):  # noqa: N818 - Celery's name, and it is control flow, not an error
+class Retry(Exception):
     """Raised by ``Task.retry()``: the task will run again later."""
 
     def __init__(
@@ -124,7 +124,7 @@ class Retry(Exception):  # noqa: N818 - Celery's name, and it is control flow, n
         super().__init__(message or (f"Retry in {when}s" if when is not None else "Retry"))
 
 
-class Reject(Exception):  # noqa: N818
+class Reject(Exception):
     """Raised by a task to reject its message (dead-letter it, or requeue when ``requeue``)."""
 
     def __init__(self, reason: Any = None, requeue: bool = False) -> None:
@@ -133,5 +133,5 @@ class Reject(Exception):  # noqa: N818
         super().__init__(reason)
 
 
-class Ignore(Exception):  # noqa: N818
+class Ignore(Exception):
     """Raised by a task so that the worker stores no state for it."""

@@ -26,7 +26,7 @@ class AsyncResult(Generic[R]):
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's name
+        id: str,
         app: Celeriac | None = None,
         *,
         backend: ResultBackend | None = None,
@@ -105,7 +105,7 @@ class AsyncResult(Generic[R]):
             if propagate:
                 raise exc
             return exc  # type: ignore[return-value]
-        return meta.get("result")  # type: ignore[no-any-return]
+        return meta.get("result")  # type: ignore[return-value]
 
     wait = get
 
@@ -128,7 +128,7 @@ class AsyncResult(Generic[R]):
 class EagerResult(AsyncResult[R]):
     """The outcome of a task run in this process by ``apply()`` or eager mode."""
 
-    def __init__(self, id: str, meta: dict[str, Any], exc: BaseException | None = None) -> None:  # noqa: A002
+    def __init__(self, id: str, meta: dict[str, Any], exc: BaseException | None = None) -> None:
         super().__init__(id, backend=_NO_BACKEND)
         self._cache = meta
         self._exc = exc
@@ -140,7 +140,7 @@ class EagerResult(AsyncResult[R]):
             if propagate:
                 raise exc
             return exc  # type: ignore[return-value]
-        return meta.get("result")  # type: ignore[no-any-return]
+        return meta.get("result")  # type: ignore[return-value]
 
     @property
     def info(self) -> Any:

@@ -56,7 +56,7 @@ class ResultBackend(ABC):
         return None
 
     def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
-        """Block until the result may have changed, at most ``timeout`` s (default: a short sleep)."""
+        """Block until the result may have changed, at most ``timeout`` s (default: sleep)."""
         time.sleep(min(timeout, 0.05))
 
     def close(self) -> None:  # noqa: B027

@@ -2,10 +2,10 @@
 
 A message is *published* to a queue, optionally not before an ETA (the broker holds it, never a
 worker). A consumer *fetches* messages under a lease: until the lease ends nobody else gets them.
-The consumer then *acks* (done), *requeues* (give back, optionally later), *extends* the lease (still
-working on it) or *dead-letters* it (with a reason, for a person to look at). A lease that ends
-without any of these (its worker died) makes the message deliverable again, with its delivery count
-one higher.
+The consumer then *acks* (done), *requeues* (give back, optionally later), *extends* the lease
+(still working on it) or *dead-letters* it (with a reason, for a person to look at). A lease that
+ends without any of these (its worker died) makes the message deliverable again, with its delivery
+count one higher.
 """
 
 from __future__ import annotations

@@ -79,8 +79,12 @@ class MemoryBroker(Broker):
                         entry.delivery_count += 1
                         self._leased[entry.seq] = (now + self.visibility_timeout, entry)
                         out.append(
-                            Delivery(entry.message, queue, (entry.seq, entry.delivery_count),
-                                     entry.delivery_count)
+                            Delivery(
+                                entry.message,
+                                queue,
+                                (entry.seq, entry.delivery_count),
+                                entry.delivery_count,
+                            )
                         )
                 if out or now >= deadline:
                     return out
@@ -127,8 +131,9 @@ class MemoryBroker(Broker):
         with self._cond:
             self._take(delivery)
             self._dead.append(
-                DeadLetter(next(self._dead_ids), delivery.queue, reason, time.time(),
-                           delivery.message)
+                DeadLetter(
+                    next(self._dead_ids), delivery.queue, reason, time.time(), delivery.message
+                )
             )
 
     def purge(self, queue: str) -> int:

@@ -255,9 +255,13 @@ class SQLiteBroker(Broker):
 
     def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
         now = time.time()
-        where, params = ("", ()) if ids is None else (
-            f" WHERE id IN ({','.join('?' * len(ids))})",
-            tuple(ids),
+        where, params = (
+            ("", ())
+            if ids is None
+            else (
+                f" WHERE id IN ({','.join('?' * len(ids))})",
+                tuple(ids),
+            )
         )
         with self.db.write() as conn:
             cur = conn.execute(

@@ -69,7 +69,10 @@ class Signature(dict[str, Any]):
         return bool(self.get("immutable"))
 
     def clone(
-        self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Signature:
         """A copy with ``args`` appended (prepended by callers passing results), kwargs merged."""
         sig = Signature(dict(self), app=self._app)
@@ -116,15 +119,19 @@ class Signature(dict[str, Any]):
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         return self.apply_async(args, kwargs)
 
-    def __or__(self, other: Signature) -> Signature:
+    def __or__(self, other: Signature) -> Signature:  # type: ignore[override]
         return chain(self, other)
 
     def __repr__(self) -> str:
-        args = ", ".join([*map(repr, self["args"]), *(f"{k}={v!r}" for k, v in self["kwargs"].items())])
+        args = ", ".join(
+            [*map(repr, self["args"]), *(f"{k}={v!r}" for k, v in self["kwargs"].items())]
+        )
         return f"{self.name}({args})"
 
 
-def signature(task: str | dict[str, Any], *args: Any, app: Celeriac | None = None, **kw: Any) -> Signature:
+def signature(
+    task: str | dict[str, Any], *args: Any, app: Celeriac | None = None, **kw: Any
+) -> Signature:
     return Signature(task, *args, app=app, **kw)
 
 

@@ -35,9 +35,21 @@ def run_demo(count: int, concurrency: int, workdir: str | None) -> int:
     console.print(f"[bold]Celeriac demo[/]: broker and results in [cyan]{db}[/]")
     log = open(path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celeriac", "-A", "celeriac.cli.demo_tasks:app", "worker",
-         "-c", str(concurrency), "-l", "info"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CELERIAC_BROKER_URL": url},
+        [
+            sys.executable,
+            "-m",
+            "celeriac",
+            "-A",
+            "celeriac.cli.demo_tasks:app",
+            "worker",
+            "-c",
+            str(concurrency),
+            "-l",
+            "info",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "CELERIAC_BROKER_URL": url},
     )
     ok = True
     try:
@@ -54,16 +66,24 @@ def run_demo(count: int, concurrency: int, workdir: str | None) -> int:
             tmp.cleanup()
         else:
             console.print(f"worker log: {path / 'worker.log'}")
-    console.print("[bold green]demo finished: every task accounted for[/]" if ok
-                  else "[bold red]demo found a problem (see above)[/]")
+    console.print(
+        "[bold green]demo finished: every task accounted for[/]"
+        if ok
+        else "[bold red]demo found a problem (see above)[/]"
+    )
     return 0 if ok else 1
 
 
-def _run(console: Console, tasks: object, count: int, concurrency: int,
-         worker: subprocess.Popen[bytes]) -> bool:
+def _run(
+    console: Console, tasks: object, count: int, concurrency: int, worker: subprocess.Popen[bytes]
+) -> bool:
     t = tasks
-    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         sending = progress.add_task("sending", total=count)
         done = progress.add_task("completed", total=count)
@@ -99,14 +119,19 @@ def _run(console: Console, tasks: object, count: int, concurrency: int,
     later = t.stamp.apply_async(countdown=1)  # type: ignore[attr-defined]
     rows = [
         ("chain add(2,3) | mul(10) | add(1)", repr(chain.get(timeout=30)), "51"),
-        ("flaky task, fails twice then retries", repr(flaky.get(timeout=30)),
-         "'succeeded after 2 retries'"),
+        (
+            "flaky task, fails twice then retries",
+            repr(flaky.get(timeout=30)),
+            "'succeeded after 2 retries'",
+        ),
     ]
     try:
         failing.get(timeout=30)
         rows.append(("divide(1, 0)", "no error", "ZeroDivisionError"))
     except ZeroDivisionError as exc:
-        rows.append(("divide(1, 0) re-raised here", f"ZeroDivisionError({exc})", "ZeroDivisionError"))
+        rows.append(
+            ("divide(1, 0) re-raised here", f"ZeroDivisionError({exc})", "ZeroDivisionError")
+        )
     delay = later.get(timeout=30) - sent
     rows.append(("countdown=1", f"ran after {delay:.2f}s", ">= 1s"))
 
@@ -123,9 +148,17 @@ def _run(console: Console, tasks: object, count: int, concurrency: int,
     summary.add_column("value", justify="right")
     summary.add_row("enqueue rate", f"{count / (sent_at - started):,.0f} tasks/s")
     summary.add_row("end-to-end throughput", f"{count / (finished - started):,.0f} tasks/s")
-    summary.add_row("round trip p50 / p99", f"{statistics.median(latencies):.1f} / "
-                    f"{sorted(latencies)[int(len(latencies) * 0.99) - 1]:.1f} ms")
+    summary.add_row(
+        "round trip p50 / p99",
+        f"{statistics.median(latencies):.1f} / "
+        f"{sorted(latencies)[int(len(latencies) * 0.99) - 1]:.1f} ms",
+    )
     summary.add_row("wrong results", str(wrong))
     console.print(summary)
-    return (wrong == 0 and rows[0][1] == "51" and rows[1][1] == rows[1][2]
-            and rows[2][1].startswith("ZeroDivisionError") and delay >= 1.0)
+    return (
+        wrong == 0
+        and rows[0][1] == "51"
+        and rows[1][1] == rows[1][2]
+        and rows[2][1].startswith("ZeroDivisionError")
+        and delay >= 1.0
+    )

@@ -11,8 +11,8 @@ import click
 
 from celeriac import __version__
 from celeriac.app import Celeriac
-from celeriac.exceptions import CeleriacError
 from celeriac.cli.loading import load_app
+from celeriac.exceptions import CeleriacError
 
 
 class _State:
@@ -36,8 +36,14 @@ pass_state = click.make_pass_decorator(_State)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-A", "--app", "app_spec", metavar="MODULE[:APP]", envvar="CELERIAC_APP",
-              help="The app to use, e.g. proj or proj:app.")
+@click.option(
+    "-A",
+    "--app",
+    "app_spec",
+    metavar="MODULE[:APP]",
+    envvar="CELERIAC_APP",
+    help="The app to use, e.g. proj or proj:app.",
+)
 @click.version_option(__version__, prog_name="celeriac")
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None) -> None:
@@ -50,20 +56,37 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the default queue).")
+@click.option(
+    "-Q", "--queues", help="Comma-separated queues to consume (default: the default queue)."
+)
 @click.option("-c", "--concurrency", type=int, help="Tasks run at once (default: CPU count).")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo"]),
-              help="Where tasks run (default: prefork).")
-@click.option("-l", "--loglevel", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error", "critical"],
-                                case_sensitive=False))
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo"]),
+    help="Where tasks run (default: prefork).",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+)
 @click.option("-n", "--hostname", help="Node name (default: celeriac@<host>).")
 @click.option("--prefetch-multiplier", type=int, help="Messages leased per slot.")
 @click.option("--max-tasks-per-child", type=int, help="Replace a prefork child after N tasks.")
 @pass_state
-def worker(state: _State, queues: str | None, concurrency: int | None, pool: str | None,
-           loglevel: str, hostname: str | None, prefetch_multiplier: int | None,
-           max_tasks_per_child: int | None) -> None:
+def worker(
+    state: _State,
+    queues: str | None,
+    concurrency: int | None,
+    pool: str | None,
+    loglevel: str,
+    hostname: str | None,
+    prefetch_multiplier: int | None,
+    max_tasks_per_child: int | None,
+) -> None:
     """Consume queues and run their tasks."""
     from celeriac.worker import Worker
 
@@ -107,22 +130,32 @@ def _json_arg(value: str | None, kind: type, what: str) -> Any:
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @pass_state
-def call(state: _State, name: str, args_json: str | None, kwargs_json: str | None,
-         countdown: float | None, expires: float | None, queue: str | None,
-         priority: int | None, wait: bool, timeout: float) -> None:
+def call(
+    state: _State,
+    name: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    countdown: float | None,
+    expires: float | None,
+    queue: str | None,
+    priority: int | None,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Send a task by name; print its id, or its result with --wait."""
     args = _json_arg(args_json, list, "--args")
     kwargs = _json_arg(kwargs_json, dict, "--kwargs")
     try:
-        result = state.app.send_task(name, args, kwargs, countdown=countdown, expires=expires,
-                                     queue=queue, priority=priority)
+        result = state.app.send_task(
+            name, args, kwargs, countdown=countdown, expires=expires, queue=queue, priority=priority
+        )
         if not wait:
             click.echo(result.id)
             return
         value = result.get(timeout=timeout)
     except CeleriacError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - the task's own exception, reported plainly
+    except Exception as exc:
         raise click.ClickException(f"task failed: {type(exc).__name__}: {exc}") from exc
     click.echo(json.dumps(value) if not isinstance(value, str) else value)
 
@@ -147,7 +180,9 @@ def result(state: _State, task_id: str, show_tb: bool, as_json: bool) -> None:
         click.echo(value if isinstance(value, str) else json.dumps(value))
     elif status in ("FAILURE", "REVOKED", "RETRY"):
         err = meta.get("result") or {}
-        click.echo(f"{status}: {err.get('exc_type')}: {', '.join(map(str, err.get('exc_message') or []))}")
+        click.echo(
+            f"{status}: {err.get('exc_type')}: {', '.join(map(str, err.get('exc_message') or []))}"
+        )
         if show_tb and meta.get("traceback"):
             click.echo(meta["traceback"])
     else:
@@ -184,17 +219,30 @@ def dlq_list(state: _State, limit: int, as_json: bool) -> None:
 
     letters = state.app.broker.dead_letters(limit)
     if as_json:
-        click.echo(json.dumps([
-            {"id": d.id, "queue": d.queue, "reason": d.reason, "failed_at": d.failed_at,
-             "task": d.message.headers.get("task"), "task_id": d.message.task_id}
-            for d in letters], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "queue": d.queue,
+                        "reason": d.reason,
+                        "failed_at": d.failed_at,
+                        "task": d.message.headers.get("task"),
+                        "task_id": d.message.task_id,
+                    }
+                    for d in letters
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title=f"{len(letters)} dead letter(s)")
     for col in ("id", "queue", "task", "task id", "reason"):
         table.add_column(col)
     for d in letters:
-        table.add_row(str(d.id), d.queue, str(d.message.headers.get("task")),
-                      str(d.message.task_id), d.reason)
+        table.add_row(
+            str(d.id), d.queue, str(d.message.headers.get("task")), str(d.message.task_id), d.reason
+        )
     Console().print(table)
 
 
@@ -218,11 +266,22 @@ def dlq_purge(state: _State, force: bool) -> None:
 
 
 @cli.command()
-@click.option("-n", "--tasks", "count", type=int, default=2000, show_default=True,
-              help="How many tasks to send.")
+@click.option(
+    "-n",
+    "--tasks",
+    "count",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="How many tasks to send.",
+)
 @click.option("-c", "--concurrency", type=int, default=2, show_default=True)
-@click.option("--dir", "workdir", type=click.Path(file_okay=False),
-              help="Where to keep the SQLite file (default: a temporary directory).")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False),
+    help="Where to keep the SQLite file (default: a temporary directory).",
+)
 def demo(count: int, concurrency: int, workdir: str | None) -> None:
     """Start a worker and a client on an embedded SQLite file and run tasks through them."""
     from celeriac.cli.demo import run_demo

@@ -154,20 +154,41 @@ def _limit(value: Any) -> float | None:
 
 
 _V2_KNOWN = frozenset(
-    "lang task id root_id parent_id group group_index retries eta expires timelimit shadow "
-    "origin ignore_result argsrepr kwargsrepr replaced_task_nesting stamped_headers stamps "
-    "compression".split()
+    [
+        "lang",
+        "task",
+        "id",
+        "root_id",
+        "parent_id",
+        "group",
+        "group_index",
+        "retries",
+        "eta",
+        "expires",
+        "timelimit",
+        "shadow",
+        "origin",
+        "ignore_result",
+        "argsrepr",
+        "kwargsrepr",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+        "compression",
+    ]
 )
 
 
-def read_headers(message: Message, registry: SerializerRegistry, accept: frozenset[str]) -> TaskHeaders:
+def read_headers(
+    message: Message, registry: SerializerRegistry, accept: frozenset[str]
+) -> TaskHeaders:
     """Routing facts of a v2 message from its headers; a v1 message needs its body decoded."""
     h = message.headers
     if "task" not in h:
         return _read_v1(message, registry, accept)
     try:
         limits = h.get("timelimit") or (None, None)
-        hard, soft = (list(limits) + [None, None])[:2]
+        hard, soft = ([*list(limits), None, None])[:2]
         task_id = h.get("id") or message.properties.get("correlation_id")
         if not task_id:
             raise ProtocolError("task message has no id")
@@ -198,7 +219,7 @@ def _read_v1(message: Message, registry: SerializerRegistry, accept: frozenset[s
     body = registry.loads(message.body, message.content_type, accept)
     if not isinstance(body, dict) or "task" not in body or "id" not in body:
         raise DecodeError("message has no 'task' header and its body is not a v1 task dict")
-    hard, soft = (list(body.get("timelimit") or []) + [None, None])[:2]
+    hard, soft = ([*list(body.get("timelimit") or []), None, None])[:2]
     embed = {
         "callbacks": body.get("callbacks"),
         "errbacks": body.get("errbacks"),

@@ -31,8 +31,8 @@ def exception_to_dict(exc: BaseException) -> dict[str, Any]:
     module = cls.__module__
     if module == "celeriac.exceptions" and cls.__name__ in _CELERY_NAMES:
         module = _CELERY_EXC_MODULE
-    if isinstance(exc, exc_mod.RemoteTaskError) and cls.exc_module:
-        module = cls.exc_module
+    if isinstance(exc, exc_mod.RemoteTaskError) and exc.exc_module:
+        module = exc.exc_module
     args = _jsonable_args(exc.args)
     return {"exc_type": cls.__qualname__, "exc_message": args, "exc_module": module}
 
@@ -63,12 +63,12 @@ def exception_from_dict(data: Any) -> BaseException:
     if cls is not None:
         try:
             return cls(*args)
-        except Exception:  # noqa: BLE001 - a constructor with another signature
+        except Exception:
             try:
                 inst = cls.__new__(cls)
                 inst.args = args
                 return inst
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     return _remote_type(module, name)(*args)
 

@@ -59,7 +59,7 @@ def _pickle_dumps(obj: Any) -> bytes:
 
 
 def _pickle_loads(data: bytes) -> Any:
-    return pickle.loads(data)  # noqa: S301 - only reached when the user accepts pickle
+    return pickle.loads(data)
 
 
 JSON = Serializer("json", "application/json", "utf-8", _json_dumps, _json_loads)
@@ -109,9 +109,7 @@ class SerializerRegistry:
         except KeyError:
             hint = " (install the 'msgpack' package)" if name == "msgpack" else ""
             known = ", ".join(sorted(self._by_name))
-            raise ConfigurationError(
-                f"unknown serializer {name!r}{hint}; known: {known}"
-            ) from None
+            raise ConfigurationError(f"unknown serializer {name!r}{hint}; known: {known}") from None
 
     def content_types(self, names: Iterable[str]) -> frozenset[str]:
         """Content types for ``accept_content`` entries (names or content types)."""

@@ -29,30 +29,28 @@ _EMPTY_REQUEST = Request()
 class Task(Generic[P, R]):
     """A task: call it to run it here, ``delay()``/``apply_async()`` to send it to a worker."""
 
-    #: Options a task accepts from the decorator, with their defaults (None: the app's setting).
-    OPTIONS: dict[str, Any] = {
-        "queue": None,
-        "ignore_result": None,
-        "acks_late": None,
-        "serializer": None,
-        "compression": None,
-        "priority": None,
-        "max_retries": None,
-        "default_retry_delay": None,
-        "time_limit": None,
-        "soft_time_limit": None,
-        "rate_limit": None,
-        "expires": None,
-        "autoretry_for": (),
-        "dont_autoretry_for": (),
-        "retry_kwargs": None,
-        "retry_backoff": False,
-        "retry_backoff_max": 600,
-        "retry_jitter": True,
-        "track_started": None,
-        "typing": True,
-        "shadow": None,
-    }
+    # Options a task accepts from the decorator; None means "use the app's setting".
+    queue: str | None = None
+    ignore_result: bool | None = None
+    acks_late: bool | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    priority: int | None = None
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    rate_limit: str | None = None
+    expires: float | None = None
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] | None = None
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    track_started: bool | None = None
+    typing: bool = True
+    shadow: str | None = None
 
     def __init__(
         self,
@@ -63,7 +61,7 @@ class Task(Generic[P, R]):
         bind: bool = False,
         **options: Any,
     ) -> None:
-        unknown = set(options) - set(self.OPTIONS)
+        unknown = set(options) - _OPTION_NAMES
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
         self.app = app
@@ -74,8 +72,8 @@ class Task(Generic[P, R]):
         self.__doc__ = fun.__doc__
         self.__module__ = fun.__module__
         self.__wrapped__ = fun
-        for key, default in self.OPTIONS.items():
-            setattr(self, key, options.get(key, default))
+        for key, value in options.items():
+            setattr(self, key, tuple(value) if key.endswith("retry_for") else value)
         self.is_coroutine = inspect.iscoroutinefunction(fun)
         self._signature: inspect.Signature | None = None
 
@@ -143,8 +141,14 @@ class Task(Generic[P, R]):
         """Run the task here, now, and wrap the outcome in an :class:`EagerResult`."""
         from celeriac.worker.eager import run_eagerly
 
-        return run_eagerly(self, tuple(args or ()), dict(kwargs or {}), task_id=task_id,
-                           retries=retries, throw=throw)
+        return run_eagerly(
+            self,
+            tuple(args or ()),
+            dict(kwargs or {}),
+            task_id=task_id,
+            retries=retries,
+            throw=throw,
+        )
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with partial arguments."""
@@ -162,7 +166,7 @@ class Task(Generic[P, R]):
     ) -> Signature:
         return self.app.signature(self.name, args or (), kwargs or {}, options=options)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         return self.app.AsyncResult(task_id, task_name=self.name)
 
     # -- retrying ------------------------------------------------------------------------------
@@ -217,8 +221,13 @@ class Task(Generic[P, R]):
         factor = 1 if self.retry_backoff is True else float(self.retry_backoff)
         delay = min(float(self.retry_backoff_max), factor * (2**retries))
         if self.retry_jitter:
-            delay = random.uniform(0, delay)  # noqa: S311 - jitter, not security
-        return delay
+            delay = random.uniform(0, delay)
+        return float(delay)
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
+
+
+_OPTION_NAMES = frozenset(
+    name for name in Task.__annotations__ if not name.startswith("_") and name != "OPTIONS"
+)

@@ -2,7 +2,7 @@
 
 Three threads share the work so that none waits on another:
 
-* the *fetcher* leases up to ``concurrency × prefetch_multiplier`` messages at a time and hands
+* the *fetcher* leases up to ``concurrency * prefetch_multiplier`` messages at a time and hands
   them to the pool;
 * the *finisher* takes outcomes as they come and applies them in batches, always in the order
   follow-ups published → results stored → messages acknowledged, so a crash at any point leaves
@@ -63,8 +63,11 @@ class Consumer:
         self.pool = pool
         self._fetching.set()
         self._running.set()
-        for name, target in (("fetcher", self._fetch_loop), ("finisher", self._finish_loop),
-                             ("renewer", self._renew_loop)):
+        for name, target in (
+            ("fetcher", self._fetch_loop),
+            ("finisher", self._finish_loop),
+            ("renewer", self._renew_loop),
+        ):
             t = threading.Thread(target=target, name=f"celeriac-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -143,8 +146,16 @@ class Consumer:
         if not acks_late:
             self._safely(lambda: self.app.broker.ack([delivery]))
             self._early_acked.add(job_id)
-        self.pool.submit(Job(job_id, delivery.message, headers, delivery.queue,
-                             delivery.delivery_count, self.hostname))
+        self.pool.submit(
+            Job(
+                job_id,
+                delivery.message,
+                headers,
+                delivery.queue,
+                delivery.delivery_count,
+                self.hostname,
+            )
+        )
 
     # -- finishing -------------------------------------------------------------------------------
     def _finish_loop(self) -> None:
@@ -170,14 +181,23 @@ class Consumer:
             pairs = [(o, self._inflight.get(o.job_id)) for o in batch]
         for outcome, _ in pairs:
             for f in outcome.followups:
-                self._safely(lambda f=f: app.broker.publish(
-                    f.message, queue=f.queue, priority=f.priority, eta=f.eta))
-        results = [(o.task_id, o.state, o.meta) for o, _ in pairs
-                   if o.meta is not None and o.task_id and o.state]
+                self._safely(
+                    lambda f=f: app.broker.publish(
+                        f.message, queue=f.queue, priority=f.priority, eta=f.eta
+                    )
+                )
+        results = [
+            (o.task_id, o.state, o.meta)
+            for o, _ in pairs
+            if o.meta is not None and o.task_id and o.state
+        ]
         if results:
             self._safely(lambda: app.backend.store_encoded(results))  # type: ignore[arg-type]
-        acks = [d for o, d in pairs if d is not None and o.action == ACK
-                and o.job_id not in self._early_acked]
+        acks = [
+            d
+            for o, d in pairs
+            if d is not None and o.action == ACK and o.job_id not in self._early_acked
+        ]
         if acks:
             self._safely(lambda: app.broker.ack(acks))
         for outcome, delivery in pairs:
@@ -185,12 +205,14 @@ class Consumer:
             if delivery is None or outcome.job_id in self._early_acked:
                 continue
             if outcome.action == DEAD_LETTER:
-                logger.error("dead-lettered %s[%s]: %s", outcome.task_name, outcome.task_id,
-                             outcome.reason)
+                logger.error(
+                    "dead-lettered %s[%s]: %s", outcome.task_name, outcome.task_id, outcome.reason
+                )
                 self._safely(lambda d=delivery, r=outcome.reason: app.broker.dead_letter(d, r))
             elif outcome.action == REQUEUE:
-                self._safely(lambda d=delivery, t=outcome.delay_until:
-                             app.broker.requeue(d, delay_until=t))
+                self._safely(
+                    lambda d=delivery, t=outcome.delay_until: app.broker.requeue(d, delay_until=t)
+                )
         with self._cond:
             for outcome in batch:
                 self._inflight.pop(outcome.job_id, None)
@@ -202,11 +224,18 @@ class Consumer:
         if o.reason == "eta":
             return
         if o.state == "FAILURE":
-            logger.error("Task %s[%s] failed in %.3fs: %s", o.task_name, o.task_id, o.runtime,
-                         o.summary)
+            logger.error(
+                "Task %s[%s] failed in %.3fs: %s", o.task_name, o.task_id, o.runtime, o.summary
+            )
         elif logger.isEnabledFor(logging.INFO):
-            logger.info("Task %s[%s] %s in %.3fs: %s", o.task_name, o.task_id,
-                        (o.state or o.action).lower(), o.runtime, o.summary)
+            logger.info(
+                "Task %s[%s] %s in %.3fs: %s",
+                o.task_name,
+                o.task_id,
+                (o.state or o.action).lower(),
+                o.runtime,
+                o.summary,
+            )
 
     def _safely(self, op: object) -> None:
         """Run a broker/backend operation, retrying while the worker runs: never drop it."""

@@ -31,8 +31,15 @@ def run_eagerly(
     propagate = task.app.conf.task_eager_propagates if throw is None else throw
     task.check_arguments(args, kwargs)
     while True:
-        request = Request(id=task_id, task=task.name, args=list(args), kwargs=kwargs,
-                          retries=retries, is_eager=True, root_id=task_id)
+        request = Request(
+            id=task_id,
+            task=task.name,
+            args=list(args),
+            kwargs=kwargs,
+            retries=retries,
+            is_eager=True,
+            root_id=task_id,
+        )
         token = set_request(request)
         try:
             value = call_task(task, list(args), kwargs)
@@ -47,7 +54,7 @@ def run_eagerly(
                 kwargs = dict(retry.new_kwargs)
             retries += 1
             continue
-        except Exception as exc:  # noqa: BLE001 - the task's failure becomes the result
+        except Exception as exc:
             if task.autoretry_for and isinstance(exc, tuple(task.autoretry_for)):
                 limit = task.effective_max_retries()
                 if limit is None or retries < limit:

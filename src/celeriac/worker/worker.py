@@ -60,32 +60,48 @@ class Worker:
         app.import_modules()
         if self.pool_name == "prefork" and not app.broker.shared_between_processes:
             # Prefork children run tasks; tasks that send tasks need a broker they can reach.
-            logger.warning("the %s broker lives in this process only; child processes cannot "
-                           "send tasks through it", app.conf.broker_url)
+            logger.warning(
+                "the %s broker lives in this process only; child processes cannot "
+                "send tasks through it",
+                app.conf.broker_url,
+            )
         cls = pool_class(self.pool_name)
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        self.pool = cls(app, self.concurrency, self.consumer.on_outcome,
-                        max_tasks_per_child=self.max_tasks_per_child)
+        self.pool = cls(
+            app,
+            self.concurrency,
+            self.consumer.on_outcome,
+            max_tasks_per_child=self.max_tasks_per_child,
+        )
         self.pool.start()
         if self.install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.consumer.start(self.pool)
-        logger.warning("%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
-                       self.hostname, ",".join(self.queues), self.pool_name, self.concurrency,
-                       self.prefetch, _redact(app.conf.broker_url))
+        logger.warning(
+            "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
+            self.hostname,
+            ",".join(self.queues),
+            self.pool_name,
+            self.concurrency,
+            self.prefetch,
+            _redact(app.conf.broker_url),
+        )
         self._stopped.wait()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping:
-            logger.warning("second signal: cold shutdown (running tasks are abandoned and come "
-                           "back when their leases expire)")
+            logger.warning(
+                "second signal: cold shutdown (running tasks are abandoned and come "
+                "back when their leases expire)"
+            )
             threading.Thread(target=self.stop, kwargs={"cold": True}, daemon=True).start()
             return
         self._stopping = True
-        logger.warning("warm shutdown: finishing running tasks (send the signal again to stop "
-                       "at once)")
+        logger.warning(
+            "warm shutdown: finishing running tasks (send the signal again to stop at once)"
+        )
         threading.Thread(target=self.stop, daemon=True).start()
 
     def stop(self, *, cold: bool = False) -> None:

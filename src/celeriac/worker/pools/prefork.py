@@ -9,6 +9,7 @@ Children are forked, so they start with the app and its tasks already imported.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -59,8 +60,10 @@ class _Slot:
         parent_conn, child_conn = mp.Pipe()
         ctx = mp.get_context("fork")
         proc = ctx.Process(
-            target=_child_main, args=(self.pool.app, child_conn),
-            name=f"celeriac-child-{self.index}", daemon=True,
+            target=_child_main,
+            args=(self.pool.app, child_conn),
+            name=f"celeriac-child-{self.index}",
+            daemon=True,
         )
         proc.start()
         child_conn.close()
@@ -70,10 +73,8 @@ class _Slot:
         """Ask the child to exit after its current job and wait for it."""
         if self.process is None or self.conn is None:
             return
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send(_STOP)
-        except (BrokenPipeError, OSError):
-            pass
         self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
@@ -113,8 +114,12 @@ class _Slot:
                 except (EOFError, OSError):
                     pass
             code = self._reap()
-            logger.error("child process for task %s[%s] died (exit code %s); replacing it",
-                         job.headers.task, job.headers.id, code)
+            logger.error(
+                "child process for task %s[%s] died (exit code %s); replacing it",
+                job.headers.task,
+                job.headers.id,
+                code,
+            )
             return worker_lost(self.pool.app, job, f"child process exited with code {code}")
         finally:
             with self.pool.busy_lock:
@@ -163,10 +168,8 @@ class PreforkPool(Pool):
         if cold:
             for slot in self.slots:
                 if slot.process is not None and slot.process.pid:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(slot.process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
         else:
             for slot in self.slots:
                 slot.thread.join()
