@@ -10,11 +10,13 @@ Children are forked, so they start with the app and its tasks already imported.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -29,9 +31,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 _STOP = None
+_PR_SET_PDEATHSIG = 1
 
 
-def _child_main(app: Celeriac, conn: Connection) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this child when the worker dies (Linux).
+
+    Otherwise a worker killed with SIGKILL leaves children finishing tasks whose messages the
+    broker is about to deliver again: the same task would run twice at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            logger.warning("cannot ask the kernel to stop pool children with the worker")
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(app: Celeriac, conn: Connection, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -61,7 +81,7 @@ class _Slot:
         ctx = mp.get_context("fork")
         proc = ctx.Process(
             target=_child_main,
-            args=(self.pool.app, child_conn),
+            args=(self.pool.app, child_conn, os.getpid()),
             name=f"celeriac-child-{self.index}",
             daemon=True,
         )

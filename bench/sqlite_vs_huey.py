@@ -1,0 +1,242 @@
+"""Celeriac vs Huey, both on one embedded SQLite file, measured in one run on this machine.
+
+    /work/venv/bin/python bench/sqlite_vs_huey.py [--n 20000] [--repeat 3] [--calls 500] [--json out.json]
+
+See bench/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+POLL = 0.05  # how often the bench counts completed tasks
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    worker: list[str]
+    count_sql: str  # completed tasks, counted in the worker's own result store
+
+    def env(self, db: Path) -> dict[str, str]:
+        # Both task modules live in bench/; each system only sees its own file.
+        return {
+            **os.environ,
+            "PYTHONPATH": str(HERE),
+            "CELERIAC_BROKER_URL": f"sqlite:///{db}",
+            "HUEY_BENCH_DB": str(db),
+        }
+
+
+SYSTEMS = [
+    System(
+        "celeriac",
+        [PY, "-m", "celeriac", "-A", "celeriac_tasks:app", "worker", "-c", "2", "-P", "prefork"],
+        "SELECT count(*) FROM celeriac_results WHERE status = 'SUCCESS'",
+    ),
+    System(
+        "huey",
+        [PY, "-m", "huey.bin.huey_consumer", "huey_tasks.huey", "-k", "process", "-w", "2"],
+        "SELECT count(*) FROM kv WHERE queue = 'bench'",
+    ),
+]
+
+# (key, label, higher is better)
+METRICS = [
+    ("enqueue_per_s", "enqueue tasks/s", True),
+    ("drain_per_s", "drain tasks/s (incl. start-up)", True),
+    ("startup_s", "worker start-up s (to 1st result)", False),
+    ("steady_drain_per_s", "drain tasks/s after 1st result", True),
+    ("rt_p50_ms", "round trip p50 ms", False),
+    ("rt_p99_ms", "round trip p99 ms", False),
+    ("rss_mb", "worker tree RSS MB after drain", False),
+]
+
+
+def run_client(system: System, action: str, n: int, env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [PY, str(HERE / "client.py"), system.name, action, str(n)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{system.name} {action} client failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def count_done(db: Path, sql: str) -> int:
+    # A fresh autocommit read each time: WAL readers never block the worker's writes.
+    conn = sqlite3.connect(db, timeout=5, isolation_level=None)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+    finally:
+        conn.close()
+
+
+def wait_drained(
+    system: System, db: Path, n: int, worker: subprocess.Popen, t0: float
+) -> tuple[float, float]:
+    """Seconds from worker start to its first and to its last completed task."""
+    first = None
+    deadline = t0 + max(120.0, n / 50)
+    while True:
+        done = count_done(db, system.count_sql)
+        now = time.perf_counter()
+        if done and first is None:
+            first = now - t0
+        if done >= n:
+            return first, now - t0
+        if worker.poll() is not None:
+            raise RuntimeError(f"{system.name} worker exited with {worker.returncode}")
+        if now > deadline:
+            raise RuntimeError(f"{system.name}: only {done}/{n} done after {now - t0:.0f}s")
+        time.sleep(POLL)
+
+
+def tree_rss_mb(root: int) -> float:
+    """VmRSS summed over a process and all its descendants (shared pages count once per process)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == pid]
+        tree.update(kids)
+        frontier.extend(kids)
+    kb = 0
+    for pid in tree:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kb += next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
+    return kb / 1024
+
+
+def stop(worker: subprocess.Popen) -> None:
+    """TERM the worker's process group, then KILL whatever of it is left."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(worker.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            worker.wait(wait)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def percentile(values: list[float], q: float) -> float:
+    return sorted(values)[math.ceil(q * len(values)) - 1]  # nearest rank
+
+
+def run_once(system: System, n: int, calls: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{system.name}-") as tmp:
+        db = Path(tmp) / "bench.sqlite3"
+        env = system.env(db)
+        enqueue_s = run_client(system, "enqueue", n, env)["seconds"]
+        log_path = Path(tmp) / "worker.log"
+        with open(log_path, "w") as log:
+            t0 = time.perf_counter()
+            # Own session: the worker and its children form one group we can kill as a whole.
+            worker = subprocess.Popen(
+                system.worker, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=tmp,
+            )  # fmt: skip
+            try:
+                first, last = wait_drained(system, db, n, worker, t0)
+                rss = tree_rss_mb(worker.pid)
+                latencies = run_client(system, "roundtrip", calls, env)["latencies_ms"]
+            except BaseException:
+                print(f"--- {system.name} worker log tail ---\n{log_path.read_text()[-2000:]}")
+                raise
+            finally:
+                stop(worker)
+    return {
+        "enqueue_per_s": n / enqueue_s,
+        "drain_per_s": n / last,
+        "startup_s": first,
+        "steady_drain_per_s": (n - 1) / (last - first) if last > first else math.nan,
+        "rt_p50_ms": percentile(latencies, 0.50),
+        "rt_p99_ms": percentile(latencies, 0.99),
+        "rss_mb": rss,
+    }
+
+
+def print_table(medians: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    import celeriac
+    import huey
+
+    print(
+        f"\nN={args.n}, {args.calls} round trips, median of {args.repeat} run(s), "
+        f"{os.cpu_count()} CPUs, SQLite {sqlite3.sqlite_version}, "
+        f"celeriac {celeriac.__version__}, huey {huey.__version__}"
+    )
+    row = "{:<36} {:>10} {:>10} {:>15}"
+    print(row.format("metric", "celeriac", "huey", "celeriac/huey"))
+    for key, label, higher in METRICS:
+        c, h = medians["celeriac"][key], medians["huey"][key]
+        ratio = c / h if h else math.nan
+        better = "higher" if higher else "lower"
+        print(row.format(label, f"{c:,.1f}", f"{h:,.1f}", f"{ratio:.2f} ({better})"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="tasks to enqueue and drain")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per system (median)")
+    parser.add_argument("--calls", type=int, default=500, help="sequential round trips")
+    parser.add_argument("--json", type=Path, help="also write all runs and medians here")
+    args = parser.parse_args()
+    # A plain `kill` of the bench should still reach the finally blocks that stop the workers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in SYSTEMS}
+    for i in range(args.repeat):
+        for system in SYSTEMS:  # interleaved, so drift on the machine hits both alike
+            result = run_once(system, args.n, args.calls)
+            runs[system.name].append(result)
+            print(
+                f"run {i + 1} {system.name}: "
+                + ", ".join(f"{k}={v:.1f}" for k, v in result.items())
+            )
+    medians = {
+        name: {key: statistics.median(r[key] for r in rs) for key, _, _ in METRICS}
+        for name, rs in runs.items()
+    }
+    print_table(medians, args)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"args": vars(args) | {"json": str(args.json)}, "runs": runs, "median": medians},
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Tasks for end-to-end tests. Every execution appends its task id to a per-process ledger
+file, so tests can count executions across worker processes without a shared lock."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from celeriac import Celeriac
+
+app = Celeriac(
+    "e2e_tasks",
+    broker_transport_options={"visibility_timeout": float(os.environ.get("E2E_VT", "30"))},
+)
+LEDGER = Path(os.environ.get("E2E_LEDGER", "ledger"))
+
+
+def _record(kind: str, task_id: str | None) -> None:
+    with open(LEDGER / f"{os.getpid()}.log", "a") as f:
+        f.write(f"{kind} {task_id} {time.time():.6f}\n")
+
+
+@app.task(bind=True)
+def add(self, x: int, y: int) -> int:
+    _record("run", self.request.id)
+    return x + y
+
+
+@app.task(bind=True)
+def sleepy(self, seconds: float) -> float:
+    _record("start", self.request.id)
+    time.sleep(seconds)
+    _record("end", self.request.id)
+    return seconds
+
+
+@app.task(bind=True)
+def stamp(self) -> float:
+    now = time.time()
+    _record("run", self.request.id)
+    return now
