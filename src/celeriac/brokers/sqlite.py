@@ -58,7 +58,8 @@ UPDATE celeriac_messages
  WHERE id IN (SELECT id FROM celeriac_messages
                WHERE state = 0 AND queue = ?
                ORDER BY priority DESC, id LIMIT ?)
-RETURNING id, queue, delivery_count, headers, properties, content_type, content_encoding, body
+RETURNING id, queue, delivery_count, headers, properties, content_type, content_encoding, body,
+          priority
 """
 
 
@@ -145,15 +146,17 @@ class SQLiteBroker(Broker):
                 for queue in order:
                     if len(out) >= limit:
                         break
-                    for row in conn.execute(_CLAIM, (lease_until, queue, limit - len(out))):
-                        out.append(_delivery(row))
+                    rows = conn.execute(_CLAIM, (lease_until, queue, limit - len(out))).fetchall()
+                    # RETURNING has no defined order: hand the batch out in the order it was
+                    # chosen (priority, then age), as the worker dispatches it in list order.
+                    rows.sort(key=lambda r: (-r[8], r[0]))
+                    out.extend(_delivery(row) for row in rows)
                 nxt = conn.execute(
                     "SELECT MIN(visible_at) FROM celeriac_messages WHERE state > 0"
                 ).fetchone()[0]
         except sqlite3.Error as exc:
             raise BrokerError(f"fetch failed: {exc}") from exc
         self._next_due = float(nxt) if nxt is not None else float("inf")
-        out.sort(key=lambda d: d.tag[0])
         return out
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -284,6 +287,6 @@ class SQLiteBroker(Broker):
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:
-    msg_id, queue, count, headers, properties, ctype, cenc, body = row
+    msg_id, queue, count, headers, properties, ctype, cenc, body, _priority = row
     message = Message(json.loads(headers), json.loads(properties), bytes(body), ctype, cenc)
     return Delivery(message=message, queue=queue, tag=(msg_id, count), delivery_count=count)

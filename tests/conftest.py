@@ -1,0 +1,48 @@
+"""Service markers: a test marked ``redis``/``amqp``/``postgres`` runs against the real server.
+
+Locally a missing server skips the test with the reason; under ``CI=true`` it fails, so CI can
+never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+import pytest
+
+SERVICES = {
+    "redis": ("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "amqp": ("CELERIAC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    "postgres": ("CELERIAC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+}
+_DEFAULT_PORTS = {"redis": 6379, "amqp": 5672, "postgres": 5432}
+_reachable: dict[str, bool] = {}
+
+
+def service_url(name: str) -> str:
+    var, default = SERVICES[name]
+    return os.environ.get(var, default)
+
+
+def _is_up(name: str) -> bool:
+    if name not in _reachable:
+        url = urlparse(service_url(name))
+        try:
+            with socket.create_connection(
+                (url.hostname or "127.0.0.1", url.port or _DEFAULT_PORTS[name]), timeout=1
+            ):
+                _reachable[name] = True
+        except OSError:
+            _reachable[name] = False
+    return _reachable[name]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for name in SERVICES:
+        if item.get_closest_marker(name) and not _is_up(name):
+            reason = f"{name} not reachable at {service_url(name)}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{reason} (CI=true: services must be up)")
+            pytest.skip(reason)
