@@ -121,7 +121,7 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_worker_keeps_serving(e2e):
     app.broker.publish(pickled, queue="celery")
 
     env.start_worker("-c", "2")
-    with pytest.raises(NotRegistered, match="did you mean 'e2e_tasks.add'"):
+    with pytest.raises(NotRegistered, match=r"did you mean 'e2e_tasks\.add'"):
         unknown.get(timeout=10)
     with pytest.raises(InvalidTaskArguments):
         wrong_args.get(timeout=10)
