@@ -62,8 +62,9 @@ def test_config_object_beats_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_kwargs_beat_config_object(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CELERIAC_BROKER_URL", "memory://env")
     app = Celeriac("proj", broker_url="memory://kwarg", task_default_queue="kw")
-    app.config_from_object({"broker_url": "memory://config", "task_default_queue": "cfg",
-                            "result_expires": 5})
+    app.config_from_object(
+        {"broker_url": "memory://config", "task_default_queue": "cfg", "result_expires": 5}
+    )
     assert app.conf.broker_url == "memory://kwarg"
     assert app.conf.task_default_queue == "kw"
     assert app.conf.result_expires == 5  # not given as a kwarg: the config object's value
@@ -85,6 +86,9 @@ def config_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "broker_url = 'memory://module'\n"
         "result_expires = timedelta(minutes=2)\n"
         "accept_content = ('json', 'msgpack')\n"
+        "def route(name, args, kwargs, options, task=None):\n"
+        "    return {'queue': 'routed'}\n"
+        "task_routes = route\n"
         "NOT_A_SETTING = 1\n"
         "def helper():\n"
         "    return 1\n"
@@ -102,6 +106,7 @@ def test_config_from_module_path(config_module: str) -> None:
     assert app.conf.broker_url == "memory://module"
     assert app.conf.result_expires == 120.0  # timedelta -> seconds
     assert app.conf.accept_content == ["json", "msgpack"]
+    assert app.conf.task_routes.__name__ == "route"  # a setting may hold a function
 
 
 def test_config_from_module_attribute_path(config_module: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.brokers import Broker, create_broker
 from celeriac.canvas.signature import Signature
+from celeriac.control import Control
 from celeriac.exceptions import ConfigurationError, MessageTooLarge
 from celeriac.protocol.message import Message, build_task_message, new_id
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
@@ -155,6 +156,11 @@ class Celeriac:
 
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> _AsyncResult[Any]:
         return AsyncResult(task_id, self, task_name=task_name)
+
+    @property
+    def control(self) -> Control:
+        """Revoke tasks (``app.control.revoke(task_id, terminate=True)``)."""
+        return Control(self)
 
     # -- connections ----------------------------------------------------------------------
     @property

@@ -109,9 +109,32 @@ class AsyncResult(Generic[R]):
 
     wait = get
 
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """``get()`` for async code: waits without blocking the event loop."""
+        import asyncio
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # Wait in short slices in a thread, so cancelling the caller takes effect quickly.
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = 0.5 if left is None else min(0.5, left)
+            try:
+                return await asyncio.to_thread(self.get, step, propagate)
+            except TimeoutError:
+                if left is not None and left <= step:
+                    raise
+
     def forget(self) -> None:
         self._cache = None
         self.backend.forget(self.id)
+
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> None:
+        """Revoke this task: it will not start; with ``terminate``, it stops if running."""
+        if self.app is None:
+            raise ValueError("revoke() needs an AsyncResult bound to an app")
+        self._cache = None
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"

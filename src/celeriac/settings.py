@@ -180,7 +180,11 @@ def settings_from_object(obj: Any, namespace: str | None = None) -> dict[str, An
             if key.startswith(prefix):
                 found[key[len(prefix) :].lower()] = value
             continue
-        if not key.islower() or callable(value) or type(value).__name__ == "module":
+        if not key.islower():
+            continue
+        # Helpers and imports a config module holds are not settings; a setting may hold a
+        # callable (task_routes = route_task).
+        if key not in _NAMES and (callable(value) or type(value).__name__ == "module"):
             continue
         found[key] = value
     return found

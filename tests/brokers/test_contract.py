@@ -127,6 +127,18 @@ def test_stale_ack_does_not_delete_the_new_lease_holders_copy(leasing: Broker) -
     assert leasing.depth("q") == 0
 
 
+def test_stale_requeue_and_dead_letter_leave_the_new_lease_alone(leasing: Broker) -> None:
+    leasing.publish(msg("a"), queue="q")
+    [stale] = leasing.fetch(["q"], 10, timeout=0)
+    [current] = leasing.fetch(["q"], 10, timeout=3)
+    leasing.requeue(stale)
+    leasing.dead_letter(stale, "gave up late")
+    assert leasing.dead_letters() == []  # not both dead and running elsewhere
+    assert leasing.fetch(["q"], 10, timeout=0) == []
+    leasing.ack([current])
+    assert leasing.depth("q") == 0
+
+
 def test_requeue_counts_unless_told_not_to(broker: Broker) -> None:
     broker.publish(msg("a"), queue="q")
     [d] = broker.fetch(["q"], 10, timeout=0)
@@ -181,6 +193,7 @@ def test_dead_letters_replay_and_purge(broker: Broker) -> None:
     assert broker.replay_dead_letters([second.id]) == 1
     assert [d.reason for d in broker.dead_letters()] == ["one"]
     assert ids(broker.fetch(["q"], 10, timeout=0)) == ["c"]
+    assert broker.replay_dead_letters([]) == 0
     assert broker.purge_dead_letters() == 1
     assert broker.dead_letters() == []
 

@@ -49,14 +49,31 @@ class Env:
         name = name or f"w{len(self.workers) + 1}"
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celeriac", "-A", "e2e_tasks:app", "worker", "-l", "info",
-             "-n", f"{name}@e2e", *args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp,
+            [
+                sys.executable,
+                "-m",
+                "celeriac",
+                "-A",
+                "e2e_tasks:app",
+                "worker",
+                "-l",
+                "info",
+                "-n",
+                f"{name}@e2e",
+                *args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp,
         )
         proc.log_path = self.tmp / f"{name}.log"  # type: ignore[attr-defined]
         self.workers.append(proc)
-        wait_for(lambda: b" ready:" in proc.log_path.read_bytes() or proc.poll() is not None,  # type: ignore[attr-defined]
-                 20, f"worker {name} to start")
+        wait_for(
+            lambda: b" ready:" in proc.log_path.read_bytes() or proc.poll() is not None,  # type: ignore[attr-defined]
+            20,
+            f"worker {name} to start",
+        )
         assert proc.poll() is None, self.log(proc)
         return proc
 

@@ -34,8 +34,12 @@ def test_10k_tasks_two_clients_two_workers_each_once(e2e):
     env.start_worker("-c", "2")
     env.start_worker("-c", "2")
     clients = [
-        subprocess.Popen([sys.executable, "-c", CLIENT, str(start), "5000"], env=env.env,
-                         stdout=subprocess.PIPE, cwd=env.tmp)
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(start), "5000"],
+            env=env.env,
+            stdout=subprocess.PIPE,
+            cwd=env.tmp,
+        )
         for start in (0, 5000)
     ]
     ids: list[tuple[int, str]] = []

@@ -122,8 +122,11 @@ def test_top_level_call_defaults() -> None:
     assert h["eta"] is None and h["expires"] is None
     assert h["timelimit"] == [None, None]
     assert "expiration" not in msg.properties and "compression" not in h
-    assert json.loads(msg.body) == [[], {}, {"callbacks": None, "errbacks": None,
-                                           "chain": None, "chord": None}]
+    assert json.loads(msg.body) == [
+        [],
+        {},
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
 
 
 def test_expiration_in_the_past_is_clamped_to_zero() -> None:

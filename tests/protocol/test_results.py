@@ -14,16 +14,23 @@ from celeriac.protocol.results import exception_from_dict, exception_to_dict, ma
 
 def test_builtin_exception_round_trip() -> None:
     data = exception_to_dict(ValueError("bad input", 42))
-    assert data == {"exc_type": "ValueError", "exc_message": ["bad input", 42],
-                    "exc_module": "builtins"}
+    assert data == {
+        "exc_type": "ValueError",
+        "exc_message": ["bad input", 42],
+        "exc_module": "builtins",
+    }
     exc = exception_from_dict(data)
     assert type(exc) is ValueError
     assert exc.args == ("bad input", 42)
 
 
-def test_unjsonable_exception_args_become_reprs() -> None:
-    data = exception_to_dict(KeyError(("a", 1)))
-    assert data["exc_message"] == ["('a', 1)"]
+def test_exception_args_are_kept_when_encodable_and_repr_otherwise() -> None:
+    # Celery's ensure_serializable: each argument the serializer can encode is kept as is.
+    marker = object()
+    data = exception_to_dict(ValueError({"field": "x"}, [1, 2], marker))
+    assert data["exc_message"][:2] == [{"field": "x"}, [1, 2]]
+    assert data["exc_message"][2] == repr(marker)
+    assert exception_from_dict(data).args[:2] == ({"field": "x"}, [1, 2])
 
 
 @pytest.mark.parametrize(
@@ -43,8 +50,11 @@ def test_celeriac_errors_are_written_under_celery_exceptions(exc: Exception) -> 
 
 
 def test_celery_written_revocation_reads_as_ours() -> None:
-    data = {"exc_type": "TaskRevokedError", "exc_message": ["expired"],
-            "exc_module": "celery.exceptions"}
+    data = {
+        "exc_type": "TaskRevokedError",
+        "exc_message": ["expired"],
+        "exc_module": "celery.exceptions",
+    }
     exc = exception_from_dict(data)
     assert isinstance(exc, exceptions.TaskRevokedError)
     assert exc.args == ("expired",)
@@ -74,8 +84,9 @@ def test_unknown_module_gives_remote_error_without_importing(unimported_module: 
 
 def test_already_imported_module_gives_the_real_class(unimported_module: str) -> None:
     module = __import__(unimported_module)
-    exc = exception_from_dict({"exc_type": "MyErr", "exc_message": ["x"],
-                               "exc_module": unimported_module})
+    exc = exception_from_dict(
+        {"exc_type": "MyErr", "exc_message": ["x"], "exc_module": unimported_module}
+    )
     assert type(exc) is module.MyErr
 
 
@@ -84,8 +95,9 @@ def test_already_imported_module_gives_the_real_class(unimported_module: str) ->
     [("builtins", "eval"), ("os", "system"), ("builtins", "NoSuchError")],
 )
 def test_names_that_are_not_exception_classes_are_never_called(module: str, name: str) -> None:
-    exc = exception_from_dict({"exc_type": name, "exc_message": ["echo pwned"],
-                               "exc_module": module})
+    exc = exception_from_dict(
+        {"exc_type": name, "exc_message": ["echo pwned"], "exc_module": module}
+    )
     assert isinstance(exc, exceptions.RemoteTaskError)
     assert type(exc).__name__ == name
 
@@ -108,11 +120,19 @@ def test_make_meta_success() -> None:
 
 def test_make_meta_failure_and_optional_fields() -> None:
     meta = make_meta(
-        "tid", "FAILURE", ValueError("bad input", 42), traceback="Traceback...",
-        group_id="g", parent_id="p", extended={"name": "tasks.boom", "retries": 0},
+        "tid",
+        "FAILURE",
+        ValueError("bad input", 42),
+        traceback="Traceback...",
+        group_id="g",
+        parent_id="p",
+        extended={"name": "tasks.boom", "retries": 0},
     )
-    assert meta["result"] == {"exc_type": "ValueError", "exc_message": ["bad input", 42],
-                              "exc_module": "builtins"}
+    assert meta["result"] == {
+        "exc_type": "ValueError",
+        "exc_message": ["bad input", 42],
+        "exc_module": "builtins",
+    }
     assert meta["traceback"] == "Traceback..."
     assert (meta["group_id"], meta["parent_id"]) == ("g", "p")
     assert (meta["name"], meta["retries"]) == ("tasks.boom", 0)

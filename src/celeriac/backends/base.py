@@ -111,6 +111,15 @@ class ResultBackend(ABC):
     def forget(self, task_id: str) -> None:
         self._delete(task_id)
 
+    def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The stored state of each id that has one, in one round trip where possible."""
+        out: dict[str, str] = {}
+        for task_id in task_ids:
+            data = self._load(task_id)
+            if data is not None:
+                out[task_id] = str(self.decode_meta(data).get("status"))
+        return out
+
 
 class DisabledBackend(ResultBackend):
     """Stands in when no result backend is configured: storing is a no-op, reading an error."""
@@ -120,6 +129,9 @@ class DisabledBackend(ResultBackend):
 
     def _store(self, items: Sequence[EncodedResult]) -> None:
         pass
+
+    def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        return {}
 
     def _load(self, task_id: str) -> bytes | None:
         raise BackendError(

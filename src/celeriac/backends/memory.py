@@ -19,11 +19,13 @@ class MemoryBackend(ResultBackend):
         self._version = 0
 
     def _store(self, items: Sequence[EncodedResult]) -> None:
-        expires_at = time.time() + self.expires if self.expires else None
+        now = time.time()
+        expires_at = now + self.expires if self.expires else None
         with self._cond:
             for task_id, state, data in items:
                 held = self._data.get(task_id)
-                if held is not None and held[0] == SUCCESS:
+                # A SUCCESS is final until it expires, like Celery's key with a TTL.
+                if held is not None and held[0] == SUCCESS and (held[2] is None or held[2] >= now):
                     continue
                 self._data[task_id] = (state, data, expires_at)
             self._version += 1

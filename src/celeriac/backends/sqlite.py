@@ -22,12 +22,12 @@ CREATE INDEX IF NOT EXISTS celeriac_results_expiry
     ON celeriac_results (expires_at) WHERE expires_at IS NOT NULL;
 """
 
-# A stored SUCCESS is final: the WHERE on the upsert makes that atomic.
+# A stored SUCCESS is final until it expires: the WHERE on the upsert makes that atomic.
 _UPSERT = """
 INSERT INTO celeriac_results (task_id, status, meta, expires_at) VALUES (?, ?, ?, ?)
 ON CONFLICT (task_id) DO UPDATE
    SET status = excluded.status, meta = excluded.meta, expires_at = excluded.expires_at
- WHERE celeriac_results.status != 'SUCCESS'
+ WHERE celeriac_results.status != 'SUCCESS' OR celeriac_results.expires_at <= ?
 """
 
 _SWEEP_EVERY = 60.0
@@ -46,7 +46,7 @@ class SQLiteBackend(ResultBackend):
         try:
             with self.db.write() as conn:
                 conn.executemany(
-                    _UPSERT, [(tid, state, data, expires_at) for tid, state, data in items]
+                    _UPSERT, [(tid, state, data, expires_at, now) for tid, state, data in items]
                 )
                 if now - self._last_sweep > _SWEEP_EVERY:
                     self._last_sweep = now
@@ -68,6 +68,23 @@ class SQLiteBackend(ResultBackend):
         except sqlite3.Error as exc:
             raise BackendError(f"reading result {task_id} failed: {exc}") from exc
         return None if row is None else bytes(row[0])
+
+    def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        if not task_ids:
+            return {}
+        out: dict[str, str] = {}
+        conn = self.db.connection()
+        now = time.time()
+        ids = list(task_ids)
+        for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
+            chunk = ids[i : i + 500]
+            rows = conn.execute(
+                "SELECT task_id, status FROM celeriac_results WHERE task_id IN"
+                f" ({','.join('?' * len(chunk))}) AND (expires_at IS NULL OR expires_at > ?)",
+                (*chunk, now),
+            )
+            out.update(dict(rows))
+        return out
 
     def _delete(self, task_id: str) -> None:
         with self.db.write() as conn:

@@ -116,6 +116,14 @@ class Broker(ABC):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; returns how many."""
 
+    def reserve_rate_slot(self, key: str, interval: float) -> float | None:
+        """Reserve the next start time for a rate limit shared by every worker.
+
+        Slots are ``interval`` seconds apart; the return value is when the caller's slot begins
+        (unix seconds). None means this broker cannot share a limit: workers then limit alone.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional for brokers holding nothing
         """Release connections held by this process."""
 

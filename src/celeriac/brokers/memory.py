@@ -38,6 +38,7 @@ class MemoryBroker(Broker):
         self._delayed: list[tuple[float, int, _Entry]] = []
         self._leased: dict[int, tuple[float, _Entry]] = {}
         self._dead: list[DeadLetter] = []
+        self._rate_next: dict[str, float] = {}
         self._dead_ids = itertools.count(1)
 
     def _push(self, entry: _Entry) -> None:
@@ -129,12 +130,20 @@ class MemoryBroker(Broker):
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self._cond:
-            self._take(delivery)
+            if self._take(delivery) is None:  # stale: the message is someone else's now
+                return
             self._dead.append(
                 DeadLetter(
                     next(self._dead_ids), delivery.queue, reason, time.time(), delivery.message
                 )
             )
+
+    def reserve_rate_slot(self, key: str, interval: float) -> float | None:
+        now = time.time()
+        with self._cond:
+            start = max(now, self._rate_next.get(key, 0.0))
+            self._rate_next[key] = start + interval
+            return start
 
     def purge(self, queue: str) -> int:
         with self._cond:

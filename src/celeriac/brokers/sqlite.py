@@ -39,6 +39,10 @@ CREATE INDEX IF NOT EXISTS celeriac_messages_ready
     ON celeriac_messages (queue, priority DESC, id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS celeriac_messages_timed
     ON celeriac_messages (visible_at) WHERE state > 0;
+CREATE TABLE IF NOT EXISTS celeriac_rate_limits (
+    key     TEXT PRIMARY KEY,
+    next_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     queue            TEXT    NOT NULL,
@@ -201,6 +205,11 @@ class SQLiteBroker(Broker):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         m = delivery.message
         with self.db.write() as conn:
+            deleted = conn.execute(
+                "DELETE FROM celeriac_messages WHERE id = ? AND delivery_count = ?", delivery.tag
+            ).rowcount
+            if not deleted:  # stale: the lease ran out and the message is someone else's now
+                return
             conn.execute(
                 "INSERT INTO celeriac_dead_letters (queue, reason, failed_at, headers, properties,"
                 " content_type, content_encoding, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -215,9 +224,17 @@ class SQLiteBroker(Broker):
                     m.body,
                 ),
             )
-            conn.execute(
-                "DELETE FROM celeriac_messages WHERE id = ? AND delivery_count = ?", delivery.tag
-            )
+
+    def reserve_rate_slot(self, key: str, interval: float) -> float | None:
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute(
+                "INSERT INTO celeriac_rate_limits (key, next_at) VALUES (?, ? + ?)"
+                " ON CONFLICT (key) DO UPDATE SET next_at = MAX(next_at, ?) + ?"
+                " RETURNING next_at",
+                (key, now, interval, now, interval),
+            ).fetchone()
+        return float(row[0]) - interval
 
     # -- administration ---------------------------------------------------------------------
     def purge(self, queue: str) -> int:

@@ -63,7 +63,7 @@ def setup_logging(level: str, fmt: str) -> None:
 @click.option(
     "-P",
     "--pool",
-    type=click.Choice(["prefork", "threads", "solo"]),
+    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
     help="Where tasks run (default: prefork).",
 )
 @click.option(
@@ -76,6 +76,9 @@ def setup_logging(level: str, fmt: str) -> None:
 @click.option("-n", "--hostname", help="Node name (default: celeriac@<host>).")
 @click.option("--prefetch-multiplier", type=int, help="Messages leased per slot.")
 @click.option("--max-tasks-per-child", type=int, help="Replace a prefork child after N tasks.")
+@click.option(
+    "--max-memory-per-child", type=int, help="Replace a prefork child above this RSS (KiB)."
+)
 @pass_state
 def worker(
     state: _State,
@@ -86,6 +89,7 @@ def worker(
     hostname: str | None,
     prefetch_multiplier: int | None,
     max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
 ) -> None:
     """Consume queues and run their tasks."""
     from celeriac.worker import Worker
@@ -100,6 +104,7 @@ def worker(
         hostname=hostname,
         prefetch_multiplier=prefetch_multiplier,
         max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
     )
     try:
         w.start()

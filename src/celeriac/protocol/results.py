@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import sys
 from typing import Any
 
@@ -38,12 +39,18 @@ def exception_to_dict(exc: BaseException) -> dict[str, Any]:
 
 
 def _jsonable_args(args: tuple[Any, ...]) -> list[Any]:
+    # Celery's ensure_serializable: keep what encodes (dicts and lists too), repr() the rest.
     out: list[Any] = []
     for arg in args:
         if arg is None or isinstance(arg, str | int | float | bool):
             out.append(arg)
-        else:
+            continue
+        try:
+            json.dumps(arg)
+        except (TypeError, ValueError, RecursionError):
             out.append(repr(arg))
+        else:
+            out.append(arg)
     return out
 
 

@@ -40,7 +40,10 @@ class Task(Generic[P, R]):
     default_retry_delay: float | None = None
     time_limit: float | None = None
     soft_time_limit: float | None = None
+    #: At most this many runs per worker ("10/s", "100/m"), as in Celery.
     rate_limit: str | None = None
+    #: At most this many runs across all workers, where the broker can share a limit.
+    global_rate_limit: str | None = None
     expires: float | None = None
     autoretry_for: tuple[type[BaseException], ...] = ()
     dont_autoretry_for: tuple[type[BaseException], ...] = ()
@@ -127,6 +130,23 @@ class Task(Generic[P, R]):
             return self.apply(args, kwargs, task_id=options.get("task_id"))
         self.check_arguments(args, kwargs)
         return self.app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay()`` for async code: the publish runs in a thread, the loop never blocks."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """``apply_async()`` for async code (same options)."""
+        import asyncio
+        import functools
+
+        call = functools.partial(self.apply_async, args, kwargs, **options)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def apply(
         self,

@@ -8,20 +8,27 @@ Three threads share the work so that none waits on another:
   follow-ups published → results stored → messages acknowledged, so a crash at any point leaves
   the message to be delivered again rather than a result or a retry lost;
 * the *renewer* extends the leases of everything in flight, so only a dead worker's messages
-  ever come back.
+  ever come back, and watches the result backend for revocations of the tasks it holds.
+
+Rate-limited tasks wait for their slot on a small scheduler thread, still leased.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from celeriac import states
+from celeriac.backends.base import DisabledBackend
 from celeriac.exceptions import CeleriacError
 from celeriac.worker.executor import ACK, DEAD_LETTER, REQUEUE, Job, Outcome, precheck
+from celeriac.worker.limits import RateSchedule, parse_rate
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -32,6 +39,7 @@ logger = logging.getLogger("celeriac.worker")
 
 _BATCH = 512
 _RETRY_PAUSE = 1.0
+_WATCH_INTERVAL = 0.2
 
 
 class Consumer:
@@ -56,17 +64,24 @@ class Consumer:
         self._fetching = threading.Event()
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._scheduler = _Scheduler()
+        self._rates: dict[str, RateSchedule] = {}
+        self._task_ids: dict[int, str] = {}
+        self._revoke_seen: set[str] = set()
         self.processed = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
         self.pool = pool
+        self._scheduler.submit = pool.submit
         self._fetching.set()
         self._running.set()
         for name, target in (
             ("fetcher", self._fetch_loop),
             ("finisher", self._finish_loop),
             ("renewer", self._renew_loop),
+            ("watcher", self._watch_loop),
+            ("scheduler", self._scheduler.run),
         ):
             t = threading.Thread(target=target, name=f"celeriac-{name}", daemon=True)
             t.start()
@@ -75,11 +90,13 @@ class Consumer:
     def on_outcome(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
 
-    def stop_fetching(self) -> None:
+    def stop_fetching(self) -> list[Job]:
+        """Stop leasing more messages; returns jobs still waiting for a rate-limit slot."""
         self._fetching.clear()
         with self._cond:
             self._cond.notify_all()
         self._threads[0].join()
+        return self._scheduler.take_all()
 
     def return_unstarted(self, jobs: list[Job]) -> None:
         """Give never-started jobs back to the broker without counting a delivery."""
@@ -102,6 +119,7 @@ class Consumer:
                     break
                 self._cond.wait(0.1 if left is None else min(0.1, left))
         self._running.clear()
+        self._scheduler.stop()
         self.outcomes.put(None)
         for t in self._threads[1:]:
             t.join(5)
@@ -126,19 +144,34 @@ class Consumer:
                 logger.error("fetch failed, retrying in %.0fs: %s", _RETRY_PAUSE, exc)
                 time.sleep(_RETRY_PAUSE)
                 continue
+            stored = self._stored_states(deliveries)
             for delivery in deliveries:
-                self._dispatch(delivery)
+                self._dispatch(delivery, stored.get(delivery.message.task_id or ""))
 
-    def _dispatch(self, delivery: Delivery) -> None:
+    def _stored_states(self, deliveries: list[Delivery]) -> dict[str, str]:
+        """Result states of a fetched batch in one lookup (revoked? already succeeded?)."""
+        backend = self.app.backend
+        if isinstance(backend, DisabledBackend) or not deliveries:
+            return {}
+        ids = [d.message.task_id for d in deliveries if d.message.task_id]
+        try:
+            return backend.get_states(ids)
+        except CeleriacError as exc:
+            logger.warning("could not read result states before running tasks: %s", exc)
+            return {}
+
+    def _dispatch(self, delivery: Delivery, stored_state: str | None) -> None:
         assert self.pool is not None
         job_id = next(self._ids)
         with self._cond:
             self._inflight[job_id] = delivery
-        headers, outcome = precheck(self.app, job_id, delivery)
+        headers, outcome = precheck(self.app, job_id, delivery, stored_state)
         if outcome is not None or headers is None:
             assert outcome is not None
             self.outcomes.put(outcome)
             return
+        with self._cond:
+            self._task_ids[job_id] = headers.id
         task = self.app.tasks.get(headers.task)
         acks_late = self.app.conf.task_acks_late
         if task is not None and task.acks_late is not None:
@@ -146,16 +179,44 @@ class Consumer:
         if not acks_late:
             self._safely(lambda: self.app.broker.ack([delivery]))
             self._early_acked.add(job_id)
-        self.pool.submit(
-            Job(
-                job_id,
-                delivery.message,
-                headers,
-                delivery.queue,
-                delivery.delivery_count,
-                self.hostname,
-            )
+        job = Job(
+            job_id,
+            delivery.message,
+            headers,
+            delivery.queue,
+            delivery.delivery_count,
+            self.hostname,
         )
+        start = self._rate_slot(task) if task is not None else None
+        if start is not None and start > time.time():
+            self._scheduler.at(start, job)
+        else:
+            self.pool.submit(job)
+
+    def _rate_slot(self, task: object) -> float | None:
+        """When a rate-limited task may start: a shared slot from the broker, else our own."""
+        global_rate = parse_rate(getattr(task, "global_rate_limit", None))
+        name = str(getattr(task, "name", ""))
+        rate: float | None
+        if global_rate:
+            try:
+                start = self.app.broker.reserve_rate_slot(f"rate:{name}", 1.0 / global_rate)
+            except CeleriacError as exc:
+                logger.warning("shared rate limit unavailable (%s); limiting this worker", exc)
+                start = None
+            if start is not None:
+                return start
+            rate = global_rate
+        else:
+            rate = parse_rate(
+                getattr(task, "rate_limit", None) or self.app.conf.task_default_rate_limit
+            )
+        if not rate:
+            return None
+        schedule = self._rates.get(name)
+        if schedule is None:
+            schedule = self._rates[name] = RateSchedule(rate)
+        return schedule.reserve()
 
     # -- finishing -------------------------------------------------------------------------------
     def _finish_loop(self) -> None:
@@ -217,6 +278,7 @@ class Consumer:
             for outcome in batch:
                 self._inflight.pop(outcome.job_id, None)
                 self._early_acked.discard(outcome.job_id)
+                self._revoke_seen.discard(self._task_ids.pop(outcome.job_id, ""))
             self.processed += len(batch)
             self._cond.notify_all()
 
@@ -253,6 +315,34 @@ class Consumer:
                 logger.error("broker/backend operation failed (attempt %d): %s", attempt, exc)
                 time.sleep(min(_RETRY_PAUSE * attempt, 10.0))
 
+    # -- revocations -----------------------------------------------------------------------------
+    def _watch_loop(self) -> None:
+        """Several times a second, look up the held tasks' states: REVOKED ones must not start,
+        and running ones revoked with ``terminate`` are stopped."""
+        backend = self.app.backend
+        if isinstance(backend, DisabledBackend):
+            return
+        while self._running.is_set():
+            time.sleep(_WATCH_INTERVAL)
+            with self._cond:
+                ids = [t for t in self._task_ids.values() if t not in self._revoke_seen]
+            if not ids:
+                continue
+            try:
+                found = backend.get_states(ids)
+                for task_id, state in found.items():
+                    if state != states.REVOKED:
+                        continue
+                    terminate = bool(backend.get_meta(task_id).get("revoke", {}).get("terminate"))
+                    self._revoke_seen.add(task_id)
+                    assert self.pool is not None
+                    logger.warning(
+                        "task %s revoked%s", task_id, "; terminating it" if terminate else ""
+                    )
+                    self.pool.revoke(task_id, terminate=terminate)
+            except CeleriacError as exc:
+                logger.warning("could not check for revoked tasks: %s", exc)
+
     # -- lease renewal ---------------------------------------------------------------------------
     def _renew_loop(self) -> None:
         broker = self.app.broker
@@ -266,3 +356,43 @@ class Consumer:
                     broker.extend(held)
                 except CeleriacError as exc:
                     logger.error("lease renewal failed: %s", exc)
+
+
+class _Scheduler:
+    """Holds rate-limited jobs until their start time, then hands them to the pool."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.submit: Callable[[Job], None] | None = None
+
+    def at(self, when: float, job: Job) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), job))
+            self._cond.notify()
+
+    def take_all(self) -> list[Job]:
+        """Stop and return the jobs still waiting (a shutting-down worker gives them back)."""
+        with self._cond:
+            self._stopped = True
+            jobs = [job for _, _, job in sorted(self._heap)]
+            self._heap.clear()
+            self._cond.notify()
+        return jobs
+
+    def stop(self) -> None:
+        self.take_all()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.time()):
+                    timeout = self._heap[0][0] - time.time() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, job = heapq.heappop(self._heap)
+            assert self.submit is not None
+            self.submit(job)

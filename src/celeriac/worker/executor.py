@@ -9,26 +9,32 @@ result, then acknowledge), so ordering and batching stay in one place.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import threading
 import time
 import traceback as tb_mod
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from celeriac import states
+from celeriac import signals, states
 from celeriac.exceptions import (
-    CeleriacError,
     Ignore,
     NotRegistered,
     ProtocolError,
     Reject,
     Retry,
+    SoftTimeLimitExceeded,
     TaskRevokedError,
+    TimeLimitExceeded,
     WorkerLostError,
 )
 from celeriac.protocol.message import Message, TaskHeaders, decode_body, read_headers
 from celeriac.protocol.results import make_meta
 from celeriac.tasks.context import Request, reset_request, set_request
+from celeriac.worker.limits import nullcontext_factory
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -139,9 +145,13 @@ def _refuse(
 
 
 def precheck(
-    app: Celeriac, job_id: int, delivery: Delivery
+    app: Celeriac, job_id: int, delivery: Delivery, stored_state: str | None = None
 ) -> tuple[TaskHeaders | None, Outcome | None]:
-    """Checks done before a message reaches the pool; an Outcome means: do not run it."""
+    """Checks done before a message reaches the pool; an Outcome means: do not run it.
+
+    ``stored_state`` is the task's state in the result backend, looked up for the whole fetched
+    batch at once: REVOKED means it must not run.
+    """
     message = delivery.message
     try:
         headers = read_headers(message, app.serializers, accepted(app))
@@ -175,35 +185,42 @@ def precheck(
             f"worker was lost each time (worker_max_deliveries={limit})"
         )
         return headers, _refuse(app, job_id, headers, headers.id, exc3)
-    if delivery.redelivered and app.result_backend_url():
+    if stored_state == states.REVOKED:
+        job = Job(job_id, message, headers, delivery.queue, delivery.delivery_count, "")
+        outcome = revoked(app, job, terminated=False)
+        return headers, outcome
+    if stored_state == states.SUCCESS and delivery.redelivered:
         # Cheap insurance: a redelivered message whose result already says SUCCESS ran to the
         # end before its ack was lost; running it again would only duplicate side effects.
-        try:
-            if app.backend.get_meta(headers.id).get("status") == states.SUCCESS:
-                return headers, Outcome(
-                    job_id,
-                    headers.id,
-                    headers.task,
-                    summary="already succeeded; acknowledged without running",
-                )
-        except CeleriacError:
-            logger.warning("could not read the result of redelivered task %s", headers.id)
+        return headers, Outcome(
+            job_id,
+            headers.id,
+            headers.task,
+            summary="already succeeded; acknowledged without running",
+        )
     return headers, None
 
 
-def execute(app: Celeriac, job: Job) -> Outcome:
-    """Run one job and say what to store and how to acknowledge. Never raises."""
+@dataclass(slots=True)
+class Call:
+    """A job whose message decoded and whose arguments fit: ready to run."""
+
+    job: Job
+    task: Task[Any, Any]
+    request: Request
+    started: float
+    #: (hard, soft) seconds, from the message, else the task, else the app settings.
+    time_limits: tuple[float | None, float | None]
+
+
+def prepare(app: Celeriac, job: Job) -> Call | Outcome:
+    """Decode and check a job; an :class:`Outcome` means it must not run."""
     headers = job.headers
     started = time.perf_counter()
     task = app.tasks.get(headers.task)
     if task is None:
-        return _refuse(
-            app,
-            job.job_id,
-            headers,
-            headers.id,
-            NotRegistered(app.tasks.missing_message(headers.task)),
-        )
+        missing = NotRegistered(app.tasks.missing_message(headers.task))
+        return _refuse(app, job.job_id, headers, headers.id, missing)
     try:
         args, kwargs, embed = decode_body(job.message, headers, app.serializers, accepted(app))
         task.check_arguments(args, kwargs)
@@ -239,46 +256,161 @@ def execute(app: Celeriac, job: Job) -> Outcome:
         headers=job.message.headers,
         ignore_result=headers.ignore_result,
     )
-    outcome = run_request(app, task, request, job.job_id)
-    outcome.runtime = time.perf_counter() - started
-    return outcome
+    return Call(job, task, request, started, time_limits(app, task, headers))
 
 
-def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
-    if task.is_coroutine:
-        return asyncio.run(task(*args, **kwargs))
-    return task(*args, **kwargs)
+def time_limits(
+    app: Celeriac, task: Task[Any, Any], headers: TaskHeaders
+) -> tuple[float | None, float | None]:
+    hard = headers.time_limit
+    if hard is None:
+        hard = task.time_limit if task.time_limit is not None else app.conf.task_time_limit
+    soft = headers.soft_time_limit
+    if soft is None:
+        soft = (
+            task.soft_time_limit
+            if task.soft_time_limit is not None
+            else app.conf.task_soft_time_limit
+        )
+    return hard, soft
 
 
-def run_request(app: Celeriac, task: Task[Any, Any], request: Request, job_id: int) -> Outcome:
-    token = set_request(request)
+_NOT_RUN = object()
+
+
+def execute(
+    app: Celeriac,
+    job: Job,
+    soft_limit: Callable[[float | None], AbstractContextManager[object]] = nullcontext_factory,
+) -> Outcome:
+    """Run one job here and say what to store and how to acknowledge. Never raises.
+
+    ``soft_limit`` arms the soft time limit around the call; pools pass the mechanism that
+    works where they run tasks (SIGALRM in a child process, an async exception in a thread).
+    """
+    call = prepare(app, job)
+    if isinstance(call, Outcome):
+        return call
+    value: Any = _NOT_RUN
+    error: BaseException | None = None
+    token = set_request(call.request)
+    _prerun(call)
     try:
-        try:
-            value = call_task(task, request.args, request.kwargs)
-        finally:
-            reset_request(token)
-    except Retry as retry:
-        return _retry_outcome(app, task, request, job_id, retry)
-    except Reject as rej:
-        action = REQUEUE if rej.requeue else DEAD_LETTER
-        return Outcome(
+        with soft_limit(call.time_limits[1]):
+            value = call_task(call.task, call.request.args, call.request.kwargs)
+    except BaseException as exc:
+        error = exc
+    finally:
+        reset_request(token)
+    return finish(app, call, value, error)
+
+
+async def execute_async(app: Celeriac, job: Job) -> Outcome:
+    """Run one job on the running event loop: coroutines directly, sync tasks in a thread."""
+    call = prepare(app, job)
+    if isinstance(call, Outcome):
+        return call
+    value: Any = _NOT_RUN
+    error: BaseException | None = None
+    token = set_request(call.request)
+    _prerun(call)
+    try:
+        if call.task.is_coroutine:
+            value = await _with_limits(call, call.task(*call.request.args, **call.request.kwargs))
+        else:
+            # to_thread copies the context, so self.request works in the thread too.
+            value = await _with_limits(
+                call, asyncio.to_thread(call.task, *call.request.args, **call.request.kwargs)
+            )
+    except BaseException as exc:
+        error = exc
+    finally:
+        reset_request(token)
+    return finish(app, call, value, error)
+
+
+async def _with_limits(call: Call, awaitable: Awaitable[Any]) -> Any:
+    hard, soft = call.time_limits
+    limit = min((t for t in (soft, hard) if t is not None), default=None)
+    if limit is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, limit)
+    except asyncio.TimeoutError:
+        if soft is not None and limit == soft:
+            raise SoftTimeLimitExceeded(f"soft time limit ({soft}s) exceeded") from None
+        raise TimeLimitExceeded(f"time limit ({hard}s) exceeded") from None
+
+
+def _prerun(call: Call) -> None:
+    signals.task_prerun.send(
+        call.task,
+        task_id=call.request.id,
+        task=call.task,
+        args=call.request.args,
+        kwargs=call.request.kwargs,
+    )
+
+
+def finish(app: Celeriac, call: Call, value: Any, error: BaseException | None) -> Outcome:
+    """The outcome of a call that returned ``value`` or raised ``error``."""
+    task, request, job_id = call.task, call.request, call.job.job_id
+    if error is None:
+        outcome = _success_outcome(app, task, request, job_id, value)
+    elif isinstance(error, Retry):
+        outcome = _retry_outcome(app, task, request, job_id, error)
+    elif isinstance(error, Reject):
+        action = REQUEUE if error.requeue else DEAD_LETTER
+        outcome = Outcome(
             job_id,
             request.id,
             task.name,
             action=action,
-            reason=f"rejected by task: {rej.reason}",
+            reason=f"rejected by task: {error.reason}",
             summary="rejected",
         )
-    except Ignore:
-        return Outcome(job_id, request.id, task.name, summary="ignored")
-    except (Exception, SystemExit) as exc:
-        if _should_autoretry(task, exc):
-            limit = task.effective_max_retries()
-            if limit is None or request.retries < limit:
-                auto = Retry(exc=exc, when=task.autoretry_countdown(request.retries))
-                return _retry_outcome(app, task, request, job_id, auto)
-        return _failure_outcome(app, task, request, job_id, exc)
-    return _success_outcome(app, task, request, job_id, value)
+    elif isinstance(error, Ignore):
+        outcome = Outcome(job_id, request.id, task.name, summary="ignored")
+    elif isinstance(error, KeyboardInterrupt):
+        raise error
+    else:
+        outcome = _failure_or_autoretry(app, task, request, job_id, error)
+    outcome.runtime = time.perf_counter() - call.started
+    signals.task_postrun.send(
+        task,
+        task_id=request.id,
+        task=task,
+        args=request.args,
+        kwargs=request.kwargs,
+        retval=value if error is None else error,
+        state=outcome.state,
+    )
+    return outcome
+
+
+_loops = threading.local()
+
+
+def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call a task; a coroutine runs to completion on this thread's own event loop."""
+    if not task.is_coroutine:
+        return task(*args, **kwargs)
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        # One loop per thread, kept: connection pools created by one task stay usable by the next.
+        loop = _loops.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(task(*args, **kwargs))
+
+
+def _failure_or_autoretry(
+    app: Celeriac, task: Task[Any, Any], request: Request, job_id: int, exc: BaseException
+) -> Outcome:
+    if _should_autoretry(task, exc):
+        limit = task.effective_max_retries()
+        if limit is None or request.retries < limit:
+            auto = Retry(exc=exc, when=task.autoretry_countdown(request.retries))
+            return _retry_outcome(app, task, request, job_id, auto)
+    return _failure_outcome(app, task, request, job_id, exc)
 
 
 def _should_autoretry(task: Task[Any, Any], exc: BaseException) -> bool:
@@ -314,6 +446,7 @@ def _success_outcome(
         )
     except Exception as exc:
         return _failure_outcome(app, task, request, job_id, exc)
+    signals.task_success.send(task, result=value)
     return Outcome(
         job_id,
         request.id,
@@ -333,6 +466,15 @@ def _failure_outcome(
     followups = [_followup(app, eb, None, request, errback=True) for eb in request.errbacks or []]
     store = not _ignore_result(app, task, request) or app.conf.task_store_errors_even_if_ignored
     meta = _meta(app, None, request.id, states.FAILURE, exc, tb, request) if store else None
+    signals.task_failure.send(
+        task,
+        task_id=request.id,
+        exception=exc,
+        args=request.args,
+        kwargs=request.kwargs,
+        traceback=exc.__traceback__,
+        einfo=tb,
+    )
     return Outcome(
         job_id,
         request.id,
@@ -351,6 +493,14 @@ def _retry_outcome(
     eta = retry.eta if retry.eta is not None else time.time() + float(retry.when or 0)
     args = list(retry.new_args) if retry.new_args is not None else request.args
     kwargs = dict(retry.new_kwargs) if retry.new_kwargs is not None else request.kwargs
+    options: dict[str, Any] = {
+        "queue": request.delivery_info.get("routing_key"),
+        "priority": request.delivery_info.get("priority"),
+        "time_limit": request.timelimit[0],
+        "soft_time_limit": request.timelimit[1],
+        "expires": _absolute(request.expires),
+        **retry.options,  # what the task asked for in self.retry(...) wins
+    }
     message, queue, priority, eta_ts = app.prepare_message(
         task.name,
         args,
@@ -362,17 +512,16 @@ def _retry_outcome(
         parent_id=request.id,
         group_id=request.group,
         group_index=request.group_index,
-        queue=request.delivery_info.get("routing_key"),
         link=request.callbacks,
         link_error=request.errbacks,
         chain=request.chain,
         chord=request.chord,
-        expires=request.expires,
         _task=task,
-        **retry.options,
+        **options,
     )
     reason = retry.exc if retry.exc is not None else retry
     meta = _meta(app, None, request.id, states.RETRY, reason, None, request)
+    signals.task_retry.send(task, request=request, reason=reason, einfo=None)
     return Outcome(
         job_id,
         request.id,
@@ -382,6 +531,10 @@ def _retry_outcome(
         followups=[Followup(message, queue, priority, eta_ts)],
         summary=f"retry {request.retries + 1} in {max(0.0, eta - time.time()):.2f}s",
     )
+
+
+def _absolute(ts: float | None) -> dt.datetime | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
 
 
 def _followup(
@@ -458,4 +611,53 @@ def worker_lost(app: Celeriac, job: Job, detail: str) -> Outcome:
         states.FAILURE,
         meta,
         summary=f"WorkerLostError: {detail}",
+    )
+
+
+def revoked(app: Celeriac, job: Job, *, terminated: bool) -> Outcome:
+    """A revoked job that was not run, or was stopped while running."""
+    task = app.tasks.get(job.headers.task)
+    signals.task_revoked.send(
+        task, request=job.headers, terminated=terminated, signum=None, expired=False
+    )
+    meta = None
+    if terminated:
+        exc = TaskRevokedError("terminated")
+        meta = _meta(app, job.headers, job.headers.id, states.REVOKED, exc)
+    return Outcome(
+        job.job_id,
+        job.headers.id,
+        job.headers.task,
+        states.REVOKED if meta else None,
+        meta,
+        summary="terminated" if terminated else "revoked before it started",
+    )
+
+
+def hard_time_limit(app: Celeriac, job: Job, seconds: float) -> Outcome:
+    """The job ran past its hard time limit and its process was killed."""
+    exc = TimeLimitExceeded(f"time limit ({seconds}s) exceeded; the process was killed")
+    meta = _meta(app, job.headers, job.headers.id, states.FAILURE, exc)
+    task = app.tasks.get(job.headers.task)
+    signals.task_failure.send(
+        task,
+        task_id=job.headers.id,
+        exception=exc,
+        args=None,
+        kwargs=None,
+        traceback=None,
+        einfo=None,
+    )
+    # Acknowledged like any failure (Celery's task_acks_on_failure_or_timeout); when that is
+    # off, set aside for a person rather than run again and be killed again.
+    action = ACK if app.conf.task_acks_on_failure_or_timeout else DEAD_LETTER
+    return Outcome(
+        job.job_id,
+        job.headers.id,
+        job.headers.task,
+        states.FAILURE,
+        meta,
+        action=action,
+        reason=str(exc),
+        summary=f"TimeLimitExceeded: {exc}",
     )

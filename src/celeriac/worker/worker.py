@@ -11,6 +11,7 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from celeriac import signals
 from celeriac.exceptions import ConfigurationError
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.pools import pool_class
@@ -38,6 +39,7 @@ class Worker:
         hostname: str | None = None,
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
         install_signal_handlers: bool = True,
     ) -> None:
         conf = app.conf
@@ -49,6 +51,7 @@ class Worker:
         multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.prefetch = max(1, self.concurrency * max(1, multiplier))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.install_signal_handlers = install_signal_handlers
         self.consumer = Consumer(app, self.queues, prefetch=self.prefetch, hostname=self.hostname)
         self.pool: Pool | None = None
@@ -73,12 +76,14 @@ class Worker:
             self.concurrency,
             self.consumer.on_outcome,
             max_tasks_per_child=self.max_tasks_per_child,
+            max_memory_per_child=self.max_memory_per_child,
         )
         self.pool.start()
         if self.install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.consumer.start(self.pool)
+        signals.worker_ready.send(self)
         logger.warning(
             "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
             self.hostname,
@@ -107,15 +112,16 @@ class Worker:
     def stop(self, *, cold: bool = False) -> None:
         """Stop the worker: warm lets running tasks finish; cold abandons them."""
         self._stopping = True
+        signals.worker_shutdown.send(self)
         try:
             if cold:
                 assert self.pool is not None
                 self.pool.stop(cold=True)
                 self.app.close()
                 os._exit(1)
-            self.consumer.stop_fetching()
+            waiting = self.consumer.stop_fetching()
             assert self.pool is not None
-            unstarted = self.pool.stop(cold=False)
+            unstarted = waiting + self.pool.stop(cold=False)
             self.consumer.return_unstarted(unstarted)
             self.consumer.drain(timeout=None)
             self.app.close()

@@ -11,6 +11,7 @@ POOLS: dict[str, str] = {
     "prefork": "celeriac.worker.pools.prefork:PreforkPool",
     "threads": "celeriac.worker.pools.threads:ThreadPool",
     "solo": "celeriac.worker.pools.solo:SoloPool",
+    "asyncio": "celeriac.worker.pools.asyncio:AsyncioPool",
 }
 
 

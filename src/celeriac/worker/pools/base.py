@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from celeriac.worker.executor import Job, Outcome
+from celeriac.worker.executor import Job, Outcome, revoked
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
 OutcomeCallback = Callable[[Outcome], None]
+logger = logging.getLogger("celeriac.worker")
 
 
 class Pool(ABC):
     """Runs jobs concurrently and reports each :class:`Outcome` through ``on_outcome``."""
+
+    #: Whether :meth:`revoke` with ``terminate=True`` can stop a running task.
+    can_terminate = False
 
     def __init__(
         self,
@@ -24,11 +30,15 @@ class Pool(ABC):
         on_outcome: OutcomeCallback,
         *,
         max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         self.app = app
         self.concurrency = concurrency
         self.on_outcome = on_outcome
         self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self._revoked: set[str] = set()
+        self._revoked_lock = threading.Lock()
 
     @abstractmethod
     def start(self) -> None: ...
@@ -44,3 +54,26 @@ class Pool(ABC):
         Warm (``cold=False``): running jobs finish and report first. Cold: they are abandoned
         (their messages come back when their leases run out).
         """
+
+    def revoke(self, task_id: str, *, terminate: bool = False) -> None:
+        """Do not start ``task_id``; with ``terminate``, stop it if it is running."""
+        with self._revoked_lock:
+            self._revoked.add(task_id)
+        if terminate:
+            if self.can_terminate:
+                self.terminate(task_id)
+            else:
+                logger.warning(
+                    "the %s pool cannot stop running task %s", type(self).__name__, task_id
+                )
+
+    def terminate(self, task_id: str) -> None:  # noqa: B027 - only for pools that can
+        """Stop a running task (pools with ``can_terminate``)."""
+
+    def take_revoked(self, job: Job) -> Outcome | None:
+        """Called just before a job starts: the outcome to report instead, when revoked."""
+        with self._revoked_lock:
+            if job.headers.id not in self._revoked:
+                return None
+            self._revoked.discard(job.headers.id)
+        return revoked(self.app, job, terminated=False)

@@ -18,10 +18,21 @@ import queue
 import signal
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celeriac.worker.executor import Job, execute, worker_lost
+from celeriac import signals
+from celeriac.worker.executor import (
+    Job,
+    Outcome,
+    execute,
+    hard_time_limit,
+    revoked,
+    time_limits,
+    worker_lost,
+)
+from celeriac.worker.limits import alarm_soft_limit
 from celeriac.worker.pools.base import Pool
 
 if TYPE_CHECKING:
@@ -55,6 +66,7 @@ def _child_main(app: Celeriac, conn: Connection, parent_pid: int) -> None:
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signals.worker_process_init.send(None)
     while True:
         try:
             job = conn.recv()
@@ -62,11 +74,24 @@ def _child_main(app: Celeriac, conn: Connection, parent_pid: int) -> None:
             return
         if job is _STOP:
             return
-        conn.send(execute(app, job))
+        # Tasks run on this process's main thread, where SIGALRM can interrupt even a sleep.
+        conn.send((execute(app, job, alarm_soft_limit), _rss_bytes()))
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class _Slot:
-    """One child process and the thread that feeds it."""
+    """One child process and the thread that feeds it, one job at a time."""
 
     def __init__(self, pool: PreforkPool, index: int) -> None:
         self.pool = pool
@@ -74,6 +99,8 @@ class _Slot:
         self.process: BaseProcess | None = None
         self.conn: Connection | None = None
         self.tasks_done = 0
+        self.current: Job | None = None
+        self.terminating = False
         self.thread = threading.Thread(target=self.run, name=f"celeriac-slot-{index}", daemon=True)
 
     def spawn(self) -> None:
@@ -102,6 +129,12 @@ class _Slot:
         self.conn.close()
         self.process = self.conn = None
 
+    def kill(self) -> None:
+        proc = self.process
+        if proc is not None and proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+
     def run(self) -> None:
         pool = self.pool
         while True:
@@ -109,41 +142,67 @@ class _Slot:
             if job is _STOP:
                 self.retire()
                 return
+            skipped = pool.take_revoked(job)
+            if skipped is not None:
+                pool.on_outcome(skipped)
+                continue
             if self.process is None or not self.process.is_alive():
                 self.spawn()
-            pool.on_outcome(self.run_job(job))
+            outcome, rss = self.run_job(job)
+            pool.on_outcome(outcome)
             self.tasks_done += 1
-            limit = pool.max_tasks_per_child
-            if limit and self.tasks_done >= limit:
+            if pool.max_tasks_per_child and self.tasks_done >= pool.max_tasks_per_child:
+                self.retire()
+            elif pool.max_memory_per_child and rss > pool.max_memory_per_child * 1024:
+                logger.warning(
+                    "child %s uses %d KiB, over max_memory_per_child; replacing it",
+                    self.process.pid if self.process else "?",
+                    rss // 1024,
+                )
                 self.retire()
 
-    def run_job(self, job: Job) -> Any:
+    def run_job(self, job: Job) -> tuple[Outcome, int]:
         assert self.process is not None and self.conn is not None
+        app = self.pool.app
         try:
             self.conn.send(job)
         except (BrokenPipeError, OSError):
             self._reap()
-            return worker_lost(self.pool.app, job, "child process exited before the task")
-        with self.pool.busy_lock:
-            self.pool.running[job.job_id] = self
+            return worker_lost(app, job, "child process exited before the task"), 0
+        task = app.tasks.get(job.headers.task)
+        hard = time_limits(app, task, job.headers)[0] if task is not None else None
+        deadline = None if hard is None else time.monotonic() + hard
+        self.current, self.terminating = job, False
         try:
-            ready = wait([self.conn, self.process.sentinel])
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = wait([self.conn, self.process.sentinel], timeout)
             if self.conn in ready:
-                try:
-                    return self.conn.recv()
-                except (EOFError, OSError):
-                    pass
+                with contextlib.suppress(EOFError, OSError):
+                    outcome, rss = self.conn.recv()
+                    return outcome, rss
+            if not ready:  # the hard time limit passed: the child is killed, not asked
+                assert hard is not None
+                self.kill()
+                code = self._reap()
+                logger.error(
+                    "task %s[%s] exceeded its hard time limit (%ss); child killed",
+                    job.headers.task,
+                    job.headers.id,
+                    hard,
+                )
+                return hard_time_limit(app, job, hard), 0
             code = self._reap()
+            if self.terminating:
+                return revoked(app, job, terminated=True), 0
             logger.error(
                 "child process for task %s[%s] died (exit code %s); replacing it",
                 job.headers.task,
                 job.headers.id,
                 code,
             )
-            return worker_lost(self.pool.app, job, f"child process exited with code {code}")
+            return worker_lost(app, job, f"child process exited with code {code}"), 0
         finally:
-            with self.pool.busy_lock:
-                self.pool.running.pop(job.job_id, None)
+            self.current = None
 
     def _reap(self) -> int | None:
         proc = self.process
@@ -158,10 +217,10 @@ class _Slot:
 
 
 class PreforkPool(Pool):
+    can_terminate = True
+
     def start(self) -> None:
         self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self.running: dict[int, _Slot] = {}
-        self.busy_lock = threading.Lock()
         self.slots = [_Slot(self, i) for i in range(self.concurrency)]
         for slot in self.slots:
             slot.spawn()
@@ -173,6 +232,13 @@ class PreforkPool(Pool):
 
     def child_pids(self) -> list[int]:
         return [s.process.pid for s in self.slots if s.process is not None and s.process.pid]
+
+    def terminate(self, task_id: str) -> None:
+        for slot in self.slots:
+            job = slot.current
+            if job is not None and job.headers.id == task_id:
+                slot.terminating = True
+                slot.kill()
 
     def stop(self, *, cold: bool = False) -> list[Job]:
         unstarted: list[Job] = []
@@ -187,9 +253,7 @@ class PreforkPool(Pool):
             self.jobs.put(_STOP)
         if cold:
             for slot in self.slots:
-                if slot.process is not None and slot.process.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(slot.process.pid, signal.SIGKILL)
+                slot.kill()
         else:
             for slot in self.slots:
                 slot.thread.join()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celeriac.worker.executor import Job, execute
+from celeriac.worker.limits import thread_soft_limit
 from celeriac.worker.pools.base import Pool
 
 
@@ -11,7 +12,7 @@ class SoloPool(Pool):
         pass
 
     def submit(self, job: Job) -> None:
-        self.on_outcome(execute(self.app, job))
+        self.on_outcome(self.take_revoked(job) or execute(self.app, job, thread_soft_limit))
 
     def stop(self, *, cold: bool = False) -> list[Job]:
         return []

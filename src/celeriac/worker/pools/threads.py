@@ -6,6 +6,7 @@ import queue
 import threading
 
 from celeriac.worker.executor import Job, execute
+from celeriac.worker.limits import thread_soft_limit
 from celeriac.worker.pools.base import Pool
 
 
@@ -24,7 +25,7 @@ class ThreadPool(Pool):
             job = self._jobs.get()
             if job is None:
                 return
-            self.on_outcome(execute(self.app, job))
+            self.on_outcome(self.take_revoked(job) or execute(self.app, job, thread_soft_limit))
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)

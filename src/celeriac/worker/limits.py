@@ -1,0 +1,107 @@
+"""Time and rate limits, in the forms the pools need them."""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from types import FrameType
+
+from celeriac.exceptions import ConfigurationError, SoftTimeLimitExceeded
+
+
+def nullcontext_factory(seconds: float | None) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
+@contextmanager
+def alarm_soft_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in this (main) thread after ``seconds``, via SIGALRM.
+
+    SIGALRM interrupts blocking calls such as ``time.sleep``, so this is what prefork children,
+    which run tasks on their main thread, use.
+    """
+    if not seconds:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit ({seconds}s) exceeded")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def thread_soft_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in this thread after ``seconds`` (any thread).
+
+    The exception is delivered between bytecodes, so a task blocked inside one long C call
+    (a ``time.sleep(60)``) only sees it when that call returns.
+    """
+    if not seconds:
+        yield
+        return
+    target = threading.get_ident()
+    done = threading.Event()
+
+    def fire() -> None:
+        if not done.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(target), ctypes.py_object(SoftTimeLimitExceeded)
+            )
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        timer.cancel()
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(rate: str | float | int | None) -> float | None:
+    """Celery's rate strings as tasks per second: ``"10/s"``, ``"100/m"``, ``"5/h"``, ``10``."""
+    if rate is None or rate == "" or rate == 0:
+        return None
+    if isinstance(rate, int | float):
+        return float(rate)
+    match = _RATE.match(rate)
+    if not match:
+        raise ConfigurationError(f"bad rate limit {rate!r}; use e.g. '10/s', '100/m', '5/h'")
+    count = float(match.group(1))
+    return count / _PERIODS[match.group(2) or "s"] if count else None
+
+
+class RateSchedule:
+    """Per-worker rate limit: hands out start times at most ``rate`` per second.
+
+    Like GCRA: each call reserves the next free slot and says when it begins, so callers
+    schedule work instead of spinning on a bucket.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        with self._lock:
+            start = max(now, self._next)
+            self._next = start + self.interval
+            return start

@@ -1,0 +1,145 @@
+"""One contract for every result backend (see celeriac.backends.base)."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from celeriac import exceptions
+from celeriac.backends import ResultBackend, create_backend
+
+MakeBackend = Callable[..., ResultBackend]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path):
+    made: list[ResultBackend] = []
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/r.db"
+
+    def make(expires: float | None = 86400.0) -> ResultBackend:
+        backend = create_backend(url, expires=expires)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend: MakeBackend) -> ResultBackend:
+    return make_backend()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_store_and_get_meta(backend: ResultBackend) -> None:
+    backend.store_result("t1", {"sum": 4}, "SUCCESS", children=[[["c1", None], None]])
+    meta = backend.get_meta("t1")
+    assert (meta["status"], meta["result"], meta["task_id"]) == ("SUCCESS", {"sum": 4}, "t1")
+    assert meta["children"] == [[["c1", None], None]]
+    assert meta["date_done"] is not None
+
+
+def test_failure_is_stored_as_an_exception_dict(backend: ResultBackend) -> None:
+    backend.store_result("t1", ValueError("bad input", 42), "FAILURE", traceback="Traceback")
+    meta = backend.get_meta("t1")
+    assert meta["result"] == {
+        "exc_type": "ValueError",
+        "exc_message": ["bad input", 42],
+        "exc_module": "builtins",
+    }
+    assert meta["traceback"] == "Traceback"
+
+
+def test_unknown_id_is_pending(backend: ResultBackend) -> None:
+    assert backend.get_meta("nobody") == {
+        "status": "PENDING",
+        "result": None,
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+        "task_id": "nobody",
+    }
+
+
+def test_later_states_replace_earlier_ones(backend: ResultBackend) -> None:
+    backend.store_result("t1", {"pid": 1}, "STARTED")
+    backend.store_result("t1", ValueError("x"), "RETRY")
+    assert backend.get_meta("t1")["status"] == "RETRY"
+    backend.store_result("t1", 4, "SUCCESS")
+    assert backend.get_meta("t1")["status"] == "SUCCESS"
+
+
+def test_success_is_never_overwritten(backend: ResultBackend) -> None:
+    backend.store_result("t1", 4, "SUCCESS")
+    backend.store_result("t1", ValueError("duplicate run"), "FAILURE")
+    later = backend.encode_meta({"status": "STARTED", "result": None, "task_id": "t1"})
+    backend.store_encoded([("t1", "STARTED", later)])
+    meta = backend.get_meta("t1")
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 4)
+
+
+def test_forget(backend: ResultBackend) -> None:
+    backend.store_result("t1", 4, "SUCCESS")
+    backend.store_result("t2", 5, "SUCCESS")
+    backend.forget("t1")
+    assert backend.get_meta("t1")["status"] == "PENDING"
+    assert backend.get_meta("t2")["status"] == "SUCCESS"
+
+
+def test_wait_for_returns_when_another_thread_stores(backend: ResultBackend) -> None:
+    backend.store_result("t1", None, "STARTED")  # not ready yet: wait_for keeps waiting
+    timer = threading.Timer(0.05, backend.store_result, ("t1", 4, "SUCCESS"))
+    timer.start()
+    try:
+        started = time.monotonic()
+        meta = backend.wait_for("t1", timeout=5)
+    finally:
+        timer.cancel()
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 4)
+    assert time.monotonic() - started < 2
+
+
+def test_wait_for_times_out(backend: ResultBackend) -> None:
+    started = time.monotonic()
+    with pytest.raises(builtins.TimeoutError) as info:
+        backend.wait_for("never", timeout=0.1)
+    assert isinstance(info.value, exceptions.TimeoutError)
+    assert isinstance(info.value, exceptions.CeleriacError)
+    assert 0.1 <= time.monotonic() - started < 2
+
+
+def test_results_expire(make_backend: MakeBackend) -> None:
+    backend = make_backend(expires=0.2)
+    backend.store_result("t1", 4, "SUCCESS")
+    assert backend.get_meta("t1")["status"] == "SUCCESS"
+    assert wait_until(lambda: backend.get_meta("t1")["status"] == "PENDING")
+
+
+def test_an_expired_success_does_not_block_a_new_result(make_backend: MakeBackend) -> None:
+    # Celery's key is gone once it expires; a task id reused later (e.g. a fixed id used for
+    # de-duplication) must get its new result stored.
+    backend = make_backend(expires=0.2)
+    backend.store_result("t1", 4, "SUCCESS")
+    assert wait_until(lambda: backend.get_meta("t1")["status"] == "PENDING")
+    backend.store_result("t1", 5, "SUCCESS")
+    assert backend.get_meta("t1")["result"] == 5
+
+
+def test_no_expiry(make_backend: MakeBackend) -> None:
+    backend = make_backend(expires=None)
+    backend.store_result("t1", 4, "SUCCESS")
+    assert backend.get_meta("t1")["result"] == 4
