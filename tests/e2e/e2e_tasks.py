@@ -40,3 +40,51 @@ def stamp(self) -> float:
     now = time.time()
     _record("run", self.request.id)
     return now
+
+
+@app.task(bind=True)
+async def asleep(self, seconds: float) -> float:
+    import asyncio
+
+    _record("start", self.request.id)
+    await asyncio.sleep(seconds)
+    _record("end", self.request.id)
+    return seconds
+
+
+@app.task(bind=True, time_limit=1)
+def forever(self) -> None:
+    _record("start", self.request.id)
+    while True:
+        time.sleep(0.01)
+
+
+@app.task(bind=True, soft_time_limit=0.5)
+def soft(self) -> str:
+    from celeriac import SoftTimeLimitExceeded
+
+    _record("start", self.request.id)
+    try:
+        while True:
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+
+
+@app.task(bind=True, autoretry_for=(IOError,), retry_backoff=0.2, retry_jitter=False, max_retries=3)
+def flaky_io(self, fail_times: int) -> int:
+    _record("run", self.request.id)
+    if self.request.retries < fail_times:
+        raise OSError(f"attempt {self.request.retries + 1} failed")
+    return self.request.retries
+
+
+@app.task(bind=True, global_rate_limit="20/s")
+def limited(self, i: int) -> int:
+    _record("run", self.request.id)
+    return i
+
+
+@app.task
+def pid() -> int:
+    return os.getpid()

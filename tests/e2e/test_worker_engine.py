@@ -1,0 +1,135 @@
+"""Issue #3's guarantees, against real worker processes on SQLite."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from celeriac import SoftTimeLimitExceeded, TimeLimitExceeded, states
+from celeriac.exceptions import TaskRevokedError
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _times(env, kind: str, task_id: str) -> list[float]:
+    out = []
+    for path in env.ledger.glob("*.log"):
+        for line in path.read_text().splitlines():
+            k, tid, ts = line.split()
+            if k == kind and tid == task_id:
+                out.append(float(ts))
+    return sorted(out)
+
+
+def test_asyncio_pool_runs_200_coroutines_at_once_and_sync_tasks_do_not_stall_it(e2e):
+    env, tasks = e2e
+    env.start_worker("-P", "asyncio", "-c", "200")
+    blocker = tasks.sleepy.delay(2.5)  # a blocking sync task on the same worker
+    started = time.monotonic()
+    results = [tasks.asleep.delay(1) for _ in range(200)]
+    assert [r.get(timeout=10) for r in results] == [1] * 200
+    assert time.monotonic() - started < 3.0
+    assert blocker.get(timeout=10) == 2.5
+
+
+def test_prefork_worker_runs_async_def_tasks_too(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "2")
+    assert tasks.asleep.delay(0.1).get(timeout=10) == 0.1
+
+
+def test_hard_time_limit_kills_the_child_and_the_worker_goes_on(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "1")
+    result = tasks.forever.delay()
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=10)
+    assert result.state == states.FAILURE
+    assert tasks.add.delay(1, 2).get(timeout=10) == 3  # a fresh child serves the next task
+    time.sleep(1.0)
+    assert env.ledger_entries("start")[result.id] == 1, "the killed task was delivered again"
+    assert tasks.app.broker.depth("celery") == 0
+
+
+def test_soft_time_limit_is_raised_inside_the_task_which_can_clean_up(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "1")
+    assert tasks.soft.delay().get(timeout=10) == "cleaned up"
+
+
+def test_soft_time_limit_on_the_asyncio_pool_cancels_the_coroutine(e2e):
+    env, tasks = e2e
+    env.start_worker("-P", "asyncio", "-c", "4")
+    result = tasks.asleep.apply_async((5,), soft_time_limit=0.5)
+    with pytest.raises(SoftTimeLimitExceeded):
+        result.get(timeout=10)
+
+
+def test_autoretry_with_backoff_runs_exactly_four_times_then_fails(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "2")
+    failing = tasks.flaky_io.delay(10)
+    with pytest.raises(OSError, match="attempt 4 failed"):
+        failing.get(timeout=20)
+    runs = _times(env, "run", failing.id)
+    assert len(runs) == 4
+    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] > gaps[0] and gaps[2] > gaps[1], gaps
+
+    recovers = tasks.flaky_io.delay(2)
+    assert recovers.get(timeout=20) == 2  # succeeded on the 3rd try, with retries == 2
+    assert recovers.state == states.SUCCESS
+    assert len(_times(env, "run", recovers.id)) == 3
+
+
+def test_global_rate_limit_is_shared_by_two_workers(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "4")
+    env.start_worker("-c", "4")
+    started = time.monotonic()
+    results = [tasks.limited.delay(i) for i in range(200)]
+    assert [r.get(timeout=30) for r in results] == list(range(200))
+    took = time.monotonic() - started
+    assert 9.5 <= took <= 12.0, took
+    by_process = {p.name for p in env.ledger.glob("*.log")}
+    assert len(by_process) >= 2, "only one worker process ran tasks"
+
+
+def test_revoked_before_start_never_runs_on_any_worker(e2e):
+    env, tasks = e2e
+    result = tasks.add.apply_async((1, 1), countdown=0.5)
+    result.revoke()
+    env.start_worker("-c", "1")
+    late = tasks.add.delay(2, 2)
+    assert late.get(timeout=10) == 4
+    time.sleep(1.0)  # the countdown has passed: the revoked one came due and was skipped
+    assert result.state == states.REVOKED
+    assert env.ledger_entries("run")[result.id] == 0
+    assert tasks.app.broker.depth("celery") == 0
+
+
+def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "1")
+    result = tasks.sleepy.delay(30)
+    wait_for(lambda: env.ledger_entries("start")[result.id], 10, "the task to start")
+    revoked_at = time.monotonic()
+    result.revoke(terminate=True)
+    wait_for(lambda: tasks.app.broker.depth("celery") == 0, 5, "the message to be acked")
+    assert time.monotonic() - revoked_at < 1.0
+    assert result.state == states.REVOKED
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=1)
+    assert env.ledger_entries("end")[result.id] == 0
+    assert tasks.add.delay(3, 4).get(timeout=10) == 7
+
+
+def test_max_tasks_per_child_replaces_children_and_loses_nothing(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "1", "--max-tasks-per-child", "10")
+    pids = [tasks.pid.delay().get(timeout=10) for _ in range(50)]
+    assert len(pids) == 50
+    assert len(set(pids)) == 5
