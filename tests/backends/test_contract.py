@@ -12,14 +12,18 @@ import pytest
 
 from celeriac import exceptions
 from celeriac.backends import ResultBackend, create_backend
+from tests import redis_support
 
 MakeBackend = Callable[..., ResultBackend]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def make_backend(request: pytest.FixtureRequest, tmp_path: Path):
     made: list[ResultBackend] = []
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/r.db"
+    if request.param == "redis":
+        url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
+        request.addfinalizer(lambda: redis_support.drop(prefix))
 
     def make(expires: float | None = 86400.0) -> ResultBackend:
         backend = create_backend(url, expires=expires)

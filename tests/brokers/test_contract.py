@@ -12,15 +12,21 @@ import pytest
 from celeriac.brokers import Broker, create_broker
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
+from tests import redis_support
 
 LEASE = 0.3  # short visibility timeout for the lease tests
 MakeBroker = Callable[..., Broker]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def make_broker(request: pytest.FixtureRequest, tmp_path: Path):
     made: list[Broker] = []
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/b.db"
+    if request.param == "redis":
+        url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
+        request.addfinalizer(lambda: redis_support.drop(prefix))
+        if "priority" in request.node.name:
+            pytest.skip("on Redis a lower number is served first, as in Celery: test_redis.py")
 
     def make(**transport_options: float) -> Broker:
         broker = create_broker(url, transport_options)

@@ -11,6 +11,10 @@ from celeriac.exceptions import ConfigurationError
 BACKENDS: dict[str, str] = {
     "memory": "celeriac.backends.memory:MemoryBackend",
     "sqlite": "celeriac.backends.sqlite:SQLiteBackend",
+    "redis": "celeriac.backends.redis:RedisBackend",
+    "rediss": "celeriac.backends.redis:RedisBackend",
+    "redis+socket": "celeriac.backends.redis:RedisBackend",
+    "sentinel": "celeriac.backends.redis:RedisBackend",
 }
 
 

@@ -12,6 +12,10 @@ from celeriac.exceptions import ConfigurationError
 BROKERS: dict[str, str] = {
     "memory": "celeriac.brokers.memory:MemoryBroker",
     "sqlite": "celeriac.brokers.sqlite:SQLiteBroker",
+    "redis": "celeriac.brokers.redis:RedisBroker",
+    "rediss": "celeriac.brokers.redis:RedisBroker",
+    "redis+socket": "celeriac.brokers.redis:RedisBroker",
+    "sentinel": "celeriac.brokers.redis:RedisBroker",
 }
 
 

@@ -1,0 +1,333 @@
+-- Celeriac's Redis broker: every step that touches more than one key is one call of this script,
+-- so no message ever exists only in a client's memory.
+--
+-- ARGV[1] = command, ARGV[2] = key prefix (kombu's global_keyprefix), then the command's
+-- arguments. Keys are derived here from the prefix (standalone Redis, not Cluster).
+--
+-- Layout shared with Celery/kombu (PROTOCOL.md §2):
+--   <q>, <q>\6\22{3,6,9}         ready lists, LPUSH in, RPOP out; bucket 0 is served first
+--   unacked / unacked_index      tag -> '[envelope, exchange, queue]' / tag -> last lease renewal
+--   _kombu.binding.<q>           so Celery tools can resolve the queue
+-- Celeriac's own, beside it:
+--   celeriac.leases.<q>          zset tag -> lease deadline (server time)
+--   celeriac.delayed.<q>         zset raw envelope -> due time (ETA / delayed requeue)
+--   celeriac.deliveries          hash tag -> delivery count (also the fencing token of a lease)
+--   celeriac.queues              set of queues that have leases or delayed messages (for sweeps)
+--   celeriac.wake.<q>            list holding at most a few tokens: wakes an idle consumer
+--   celeriac.dead, .dead.seq     zset of dead-letter documents scored by their id
+
+local cmd, P = ARGV[1], ARGV[2]
+local SEP = '\6\22'
+local STEPS = {0, 3, 6, 9}
+local UNACKED, INDEX = P .. 'unacked', P .. 'unacked_index'
+local COUNTS, QUEUES = P .. 'celeriac.deliveries', P .. 'celeriac.queues'
+local DEAD, DEADSEQ = P .. 'celeriac.dead', P .. 'celeriac.dead.seq'
+
+local function lease_key(q) return P .. 'celeriac.leases.' .. q end
+local function delayed_key(q) return P .. 'celeriac.delayed.' .. q end
+local function wake_key(q) return P .. 'celeriac.wake.' .. q end
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- Celery's priority buckets: max(step <= p); a lower bucket is served first.
+local function bucket(q, priority)
+  local p, step = tonumber(priority) or 0, 0
+  for _, s in ipairs(STEPS) do
+    if p >= s then step = s end
+  end
+  if step == 0 then return P .. q end
+  return P .. q .. SEP .. step
+end
+
+local function priority_of(doc)
+  if type(doc) == 'table' and type(doc.properties) == 'table' then
+    return doc.properties.priority
+  end
+  return 0
+end
+
+-- At most a couple of tokens per queue: enough to wake idle consumers, never a backlog.
+local function wake(q, token)
+  local key = wake_key(q)
+  if token == 'd' or redis.call('LLEN', key) == 0 then
+    redis.call('LPUSH', key, token or '1')
+    redis.call('LTRIM', key, 0, 2)
+  end
+end
+
+local function dead(envelope, q, reason)
+  local id = redis.call('INCR', DEADSEQ)
+  local doc = cjson.encode({id = id, queue = q, reason = reason, failed_at = tostring(now()),
+                            envelope = envelope})
+  redis.call('ZADD', DEAD, id, doc)
+end
+
+-- kombu's unacked entry is the JSON '[envelope, exchange, routing_key]'. We keep the envelope
+-- byte for byte: cut it out of the entry when the tail is as expected, re-encode otherwise.
+local function envelope_of(entry)
+  local ok, e = pcall(cjson.decode, entry)
+  if not ok or type(e) ~= 'table' or type(e[1]) ~= 'table' then return nil end
+  local ex = type(e[2]) == 'string' and e[2] or ''
+  local rk = type(e[3]) == 'string' and e[3] or ''
+  local tail = ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']'
+  if string.sub(entry, 1, 1) == '[' and string.sub(entry, -#tail) == tail then
+    return string.sub(entry, 2, #entry - #tail), rk, e[1]
+  end
+  return cjson.encode(e[1]), rk, e[1]
+end
+
+local function release(q, tag)
+  redis.call('HDEL', UNACKED, tag)
+  redis.call('ZREM', INDEX, tag)
+  redis.call('ZREM', lease_key(q), tag)
+end
+
+-- Put an in-flight message back at the head of its queue (next to be served).
+local function restore(q, tag)
+  local entry = redis.call('HGET', UNACKED, tag)
+  release(q, tag)
+  if not entry then return end
+  local envelope, rk, doc = envelope_of(entry)
+  if not envelope then
+    dead(entry, q, 'unreadable unacked entry')
+    return
+  end
+  if q == '' then q = rk end
+  redis.call('RPUSH', bucket(q, priority_of(doc)), envelope)
+  wake(q)
+end
+
+-- The caller's lease is current: same delivery count and the message is still leased.
+local function holds(q, tag, count)
+  return tonumber(redis.call('HGET', COUNTS, tag)) == tonumber(count)
+     and redis.call('ZSCORE', lease_key(q), tag)
+end
+
+-- Move due delayed messages to their queues and restore expired leases. Returns how many
+-- moved and the seconds until the next one is due (-1: nothing waiting).
+local function sweep(t, max_items, celery_vt)
+  local moved, next_due = 0, -1
+  local function consider(score)
+    local wait = tonumber(score) - t
+    if next_due < 0 or wait < next_due then next_due = math.max(wait, 0) end
+  end
+  for _, q in ipairs(redis.call('SMEMBERS', QUEUES)) do
+    local dkey, lkey = delayed_key(q), lease_key(q)
+    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', t, 'LIMIT', 0, max_items)
+    -- RPUSH latest first, so the earliest due is the first served.
+    for i = #due, 1, -1 do
+      local ok, doc = pcall(cjson.decode, due[i])
+      redis.call('RPUSH', bucket(q, ok and priority_of(doc) or 0), due[i])
+      redis.call('ZREM', dkey, due[i])
+    end
+    if #due > 0 then wake(q) end
+    local expired = redis.call('ZRANGEBYSCORE', lkey, '-inf', t, 'LIMIT', 0, max_items)
+    for _, tag in ipairs(expired) do restore(q, tag) end
+    moved = moved + #due + #expired
+    local first = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
+    local lease = redis.call('ZRANGE', lkey, 0, 0, 'WITHSCORES')
+    if first[2] then consider(first[2]) end
+    if lease[2] then consider(lease[2]) end
+    if not first[2] and not lease[2] then redis.call('SREM', QUEUES, q) end
+  end
+  -- Deliveries abandoned by Celery workers (no Celeriac lease): kombu's own rule.
+  if celery_vt > 0 then
+    local old = redis.call('ZRANGEBYSCORE', INDEX, '-inf', t - celery_vt, 'LIMIT', 0, max_items)
+    for _, tag in ipairs(old) do
+      local entry = redis.call('HGET', UNACKED, tag)
+      local _, rk = nil, ''
+      if entry then _, rk = envelope_of(entry) end
+      if not (rk and rk ~= '' and redis.call('ZSCORE', lease_key(rk), tag)) then
+        restore(rk or '', tag)
+        moved = moved + 1
+      end
+    end
+  end
+  return moved, next_due
+end
+
+-- Lease one popped element to the caller, or dead-letter it when it is not an envelope.
+local function lease(raw, q, t, deadline)
+  local ok, doc = pcall(cjson.decode, raw)
+  if not ok then
+    dead(raw, q, 'not a JSON envelope: ' .. tostring(doc))
+    return nil
+  end
+  if type(doc) ~= 'table' or type(doc.properties) ~= 'table' then
+    dead(raw, q, 'not a kombu envelope: no properties object')
+    return nil
+  end
+  local tag = doc.properties.delivery_tag
+  if type(tag) ~= 'string' or tag == '' then
+    tag = 'celeriac-' .. redis.call('INCR', P .. 'celeriac.tagseq')
+    doc.properties.delivery_tag = tag
+    raw = cjson.encode(doc)
+  end
+  redis.call('HSET', UNACKED, tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
+  redis.call('ZADD', INDEX, t, tag)
+  redis.call('ZADD', lease_key(q), deadline, tag)
+  redis.call('SADD', QUEUES, q)
+  return tag, redis.call('HINCRBY', COUNTS, tag, 1), raw
+end
+
+if cmd == 'publish' then
+  -- q, priority, eta ('' = none), envelope, bind ('1' = declare the kombu binding)
+  local q, priority, eta, envelope = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  if ARGV[7] == '1' then
+    redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
+  end
+  if eta ~= '' and tonumber(eta) > now() then
+    redis.call('ZADD', delayed_key(q), eta, envelope)
+    redis.call('SADD', QUEUES, q)
+    wake(q, 'd')
+    return 1
+  end
+  redis.call('LPUSH', bucket(q, priority), envelope)
+  wake(q)
+  return 1
+
+elseif cmd == 'fetch' then
+  -- lease seconds, limit, sweep ('1'/'0'), sweep batch, celery vt, queue count, queues...
+  -- Returns {seconds to next due or '', q1, tag1, count1, envelope1, q2, ...}.
+  local vt, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local nq = tonumber(ARGV[8])
+  local t = now()
+  local out = {''}
+  if ARGV[5] == '1' then
+    local _, next_due = sweep(t, tonumber(ARGV[6]), tonumber(ARGV[7]))
+    out[1] = tostring(next_due)
+  end
+  local got, deadline = 0, t + vt
+  for _, step in ipairs(STEPS) do
+    for i = 1, nq do
+      local q = ARGV[8 + i]
+      local key = bucket(q, step)
+      while got < limit do
+        local items = redis.call('RPOP', key, limit - got)
+        if not items then break end
+        for _, raw in ipairs(items) do
+          local tag, count, envelope = lease(raw, q, t, deadline)
+          if tag then
+            got = got + 1
+            out[#out + 1] = q
+            out[#out + 1] = tag
+            out[#out + 1] = count
+            out[#out + 1] = envelope
+          end
+        end
+      end
+    end
+  end
+  -- A full batch may have left work behind: pass the baton to another idle consumer.
+  if got >= limit then
+    for i = 1, nq do
+      local q = ARGV[8 + i]
+      for _, step in ipairs(STEPS) do
+        if redis.call('LLEN', bucket(q, step)) > 0 then
+          wake(q)
+          break
+        end
+      end
+    end
+  end
+  return out
+
+elseif cmd == 'ack' or cmd == 'extend' then
+  -- lease seconds (extend), then triples: queue, tag, delivery count
+  local t = now()
+  local deadline = t + (tonumber(ARGV[3]) or 0)
+  local done = 0
+  for i = 4, #ARGV, 3 do
+    local q, tag, count = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if holds(q, tag, count) then
+      if cmd == 'ack' then
+        release(q, tag)
+        redis.call('HDEL', COUNTS, tag)
+      else
+        redis.call('ZADD', lease_key(q), 'XX', deadline, tag)
+        redis.call('ZADD', INDEX, 'XX', t, tag)
+      end
+      done = done + 1
+    end
+  end
+  return done
+
+elseif cmd == 'requeue' then
+  -- queue, tag, count, delay until ('' = now), counted ('1'/'0')
+  local q, tag, count, delay = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  if not holds(q, tag, count) then return 0 end
+  if ARGV[7] == '0' then redis.call('HINCRBY', COUNTS, tag, -1) end
+  local t = now()
+  if delay ~= '' and tonumber(delay) > t then
+    local entry = redis.call('HGET', UNACKED, tag)
+    release(q, tag)
+    local envelope = entry and envelope_of(entry)
+    if not envelope then
+      if entry then dead(entry, q, 'unreadable unacked entry') end
+      return 0
+    end
+    redis.call('ZADD', delayed_key(q), delay, envelope)
+    redis.call('SADD', QUEUES, q)
+    wake(q, 'd')
+  else
+    restore(q, tag)
+  end
+  return 1
+
+elseif cmd == 'dead_letter' then
+  -- queue, tag, count, reason
+  local q, tag, count, reason = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  if not holds(q, tag, count) then return 0 end
+  local entry = redis.call('HGET', UNACKED, tag)
+  release(q, tag)
+  redis.call('HDEL', COUNTS, tag)
+  if entry then dead(envelope_of(entry) or entry, q, reason) end
+  return 1
+
+elseif cmd == 'replay' then
+  -- ids... (none = all); each dead letter goes back to the tail of its queue
+  local docs = {}
+  if #ARGV == 2 then
+    docs = redis.call('ZRANGE', DEAD, 0, -1)
+  else
+    for i = 3, #ARGV do
+      for _, d in ipairs(redis.call('ZRANGEBYSCORE', DEAD, ARGV[i], ARGV[i])) do
+        docs[#docs + 1] = d
+      end
+    end
+  end
+  for _, d in ipairs(docs) do
+    local doc = cjson.decode(d)
+    local ok, env = pcall(cjson.decode, doc.envelope)
+    redis.call('LPUSH', bucket(doc.queue, ok and priority_of(env) or 0), doc.envelope)
+    redis.call('ZREM', DEAD, d)
+    wake(doc.queue)
+  end
+  return #docs
+
+elseif cmd == 'rate' then
+  -- key, interval: reserve the next slot of a rate limit shared by every worker
+  local key, interval = P .. 'celeriac.rate.' .. ARGV[3], tonumber(ARGV[4])
+  local t = now()
+  local start = math.max(tonumber(redis.call('GET', key)) or 0, t)
+  local nxt = start + interval
+  redis.call('SET', key, string.format('%.6f', nxt), 'PX', math.ceil((nxt - t + 60) * 1000))
+  return string.format('%.6f', start)
+
+elseif cmd == 'purge' then
+  -- queue: ready and delayed messages (leased ones are left to their holders)
+  local q = ARGV[3]
+  local n = redis.call('ZCARD', delayed_key(q))
+  redis.call('DEL', delayed_key(q))
+  for _, step in ipairs(STEPS) do
+    local key = bucket(q, step)
+    n = n + redis.call('LLEN', key)
+    redis.call('DEL', key)
+  end
+  return n
+end
+
+return redis.error_reply('celeriac: unknown broker command ' .. tostring(cmd))

@@ -1,0 +1,303 @@
+"""The Redis broker: Celery's queue layout, with leases, delays and dead letters kept in Redis.
+
+A real Celery client or worker can share queues with it (PROTOCOL.md §2): messages are kombu's
+JSON envelopes in ``<queue>`` / ``<queue>\\x06\\x16{3,6,9}`` lists (bucket 0 served first: on
+Redis a *lower* priority number is more urgent, as in Celery), in-flight messages sit in kombu's
+``unacked`` hash and ``unacked_index`` zset, and ``_kombu.binding.<queue>`` is kept.
+
+What it does beyond kombu, all in ``redis.lua`` so every step is atomic on the server:
+
+* fetch pops a batch *and* records the lease in one script call: no popped message ever lives
+  only in a client's memory;
+* leases have deadlines the worker extends while a task runs, so only a dead worker's messages
+  come back; expired leases are restored by a sweep every consumer runs about once a second;
+* delayed messages (ETA, countdown, retries) wait in a sorted set per queue, not in a worker;
+* a delivery counter per message feeds ``worker_max_deliveries``;
+* an element that is not an envelope is dead-lettered with the reason, never dropped.
+
+Transport options (``broker_transport_options``): ``visibility_timeout`` (lease, s, default
+30), ``polling_interval`` (s an idle consumer waits before looking at queues that only Celery
+producers write to, default 0.1; Celeriac producers wake it at once), ``sweep_interval`` (s,
+default 1), ``celery_visibility_timeout`` (s after which a delivery abandoned by a *Celery*
+worker is restored, default 3600 as in kombu; 0 turns it off), ``global_keyprefix``,
+``socket_timeout``, ``socket_connect_timeout``, ``max_retries``, ``master_name`` (Sentinel).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+
+from celeriac._redis import connect
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.exceptions import BrokerError
+from celeriac.protocol.message import Message
+
+logger = logging.getLogger("celeriac.broker.redis")
+
+_TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
+_SWEEP_BATCH = 1000
+
+
+def encode_envelope(message: Message, queue: str, priority: int, tag: str) -> str:
+    """kombu's Redis envelope, key for key and in kombu's order (PROTOCOL.md §2.2)."""
+    props: dict[str, Any] = {}
+    for key, value in message.properties.items():
+        if key == "priority":
+            continue
+        props[key] = value
+    props["delivery_info"] = {"exchange": "", "routing_key": queue}
+    props["priority"] = priority
+    props["body_encoding"] = "base64"
+    props["delivery_tag"] = tag
+    return json.dumps(
+        {
+            "body": base64.b64encode(message.body).decode("ascii"),
+            "content-encoding": message.content_encoding,
+            "content-type": message.content_type,
+            "headers": message.headers,
+            "properties": props,
+        }
+    )
+
+
+def decode_envelope(raw: bytes | str) -> Message:
+    """A :class:`Message` from an envelope; ``ValueError`` when it is not one."""
+    env = json.loads(raw)
+    if not isinstance(env, dict) or not isinstance(env.get("properties"), dict):
+        raise ValueError("not a kombu envelope: no properties object")
+    props = env["properties"]
+    body = env.get("body")
+    if not isinstance(body, str):
+        raise ValueError("envelope body is not a string")
+    if props.get("body_encoding") == "base64":
+        data = base64.b64decode(body, validate=True)
+    else:
+        data = body.encode("utf-8")
+    headers = env.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise ValueError("envelope headers are not an object")
+    properties = {k: v for k, v in props.items() if k not in _TRANSPORT_PROPERTIES}
+    return Message(
+        headers,
+        properties,
+        data,
+        str(env.get("content-type") or "application/json"),
+        str(env.get("content-encoding") or "utf-8"),
+    )
+
+
+def _bucket_priority(priority: int) -> int:
+    return max(0, min(9, int(priority)))
+
+
+class RedisBroker(Broker):
+    """Leased delivery over Redis, in the layout Celery uses (see the module docstring)."""
+
+    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, transport_options)
+        opts = self.transport_options
+        target = connect(url, opts)
+        self.client: redis.Redis = target.client
+        self.prefix = target.prefix
+        self.polling_interval = float(opts.get("polling_interval", 0.1))
+        self.sweep_interval = float(opts.get("sweep_interval", 1.0))
+        self.celery_visibility_timeout = float(opts.get("celery_visibility_timeout", 3600.0))
+        source = resources.files("celeriac.brokers").joinpath("redis.lua").read_text()
+        self._script = self.client.register_script(source)
+        self._bound: set[str] = set()
+        self._next_sweep = 0.0  # monotonic
+        self._rotation = 0
+        self._lock = threading.Lock()
+
+    def _call(self, *args: Any) -> Any:
+        try:
+            return self._script(args=[args[0], self.prefix, *args[1:]])
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: {args[0]} failed: {exc}") from exc
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(
+        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+    ) -> None:
+        envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
+        bind = queue not in self._bound
+        self._call(
+            "publish",
+            queue,
+            _bucket_priority(priority),
+            "" if eta is None else repr(float(eta)),
+            envelope,
+            "1" if bind else "0",
+        )
+        if bind:
+            self._bound.add(queue)
+        if eta is not None:
+            self._due(eta)
+
+    def _due(self, when: float) -> None:
+        """Sweep no later than ``when`` (unix seconds): this process just delayed a message."""
+        at = time.monotonic() + max(0.0, when - time.time())
+        with self._lock:
+            self._next_sweep = min(self._next_sweep, at)
+
+    # -- consuming --------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
+        deadline = time.monotonic() + timeout
+        order = list(queues)
+        if len(order) > 1:  # rotate the first queue so a busy one cannot starve the others
+            self._rotation = (self._rotation + 1) % len(order)
+            order = order[self._rotation :] + order[: self._rotation]
+        wake_keys = [f"{self.prefix}celeriac.wake.{q}" for q in order]
+        while True:
+            got, popped = self._fetch_once(order, limit)
+            if got:
+                return got
+            if popped:  # everything popped was dead-lettered: look again at once
+                continue
+            now = time.monotonic()
+            wait = min(deadline, self._next_sweep, now + self.polling_interval) - now
+            if deadline - now <= 0:
+                return []
+            if wait >= 0.001:
+                self._wait(wake_keys, wait)
+
+    def _fetch_once(self, queues: list[str], limit: int) -> tuple[list[Delivery], bool]:
+        now = time.monotonic()
+        sweep = now >= self._next_sweep
+        reply = self._call(
+            "fetch",
+            self.visibility_timeout,
+            limit,
+            "1" if sweep else "0",
+            _SWEEP_BATCH,
+            self.celery_visibility_timeout,
+            len(queues),
+            *queues,
+        )
+        if sweep:
+            next_due = float(reply[0]) if reply[0] else -1.0
+            interval = self.sweep_interval
+            if 0 <= next_due < interval:
+                interval = next_due
+            with self._lock:
+                self._next_sweep = now + interval
+        out: list[Delivery] = []
+        for i in range(1, len(reply), 4):
+            queue, tag = reply[i].decode(), reply[i + 1].decode()
+            count = int(reply[i + 2])
+            try:
+                message = decode_envelope(reply[i + 3])
+            except (ValueError, binascii.Error) as exc:
+                reason = f"unreadable envelope: {exc}"
+                logger.error("dead-lettered a message on %r: %s", queue, reason)
+                self._call("dead_letter", queue, tag, count, reason)
+                continue
+            out.append(Delivery(message, queue, (queue, tag, count), count))
+        return out, len(reply) > 1
+
+    def _wait(self, wake_keys: list[str], seconds: float) -> None:
+        try:
+            token = self.client.brpop(wake_keys, timeout=seconds)
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: waiting for messages failed: {exc}") from exc
+        if token and token[1] == b"d":  # a delayed message was added: learn when it is due
+            with self._lock:
+                self._next_sweep = 0.0
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            self._call("ack", 0, *(part for d in deliveries for part in d.tag))
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            self._call(
+                "extend", self.visibility_timeout, *(part for d in deliveries for part in d.tag)
+            )
+
+    def requeue(
+        self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
+    ) -> None:
+        delay = "" if delay_until is None else repr(float(delay_until))
+        self._call("requeue", *delivery.tag, delay, "1" if count else "0")
+        if delay_until is not None:
+            self._due(delay_until)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._call("dead_letter", *delivery.tag, reason)
+
+    def reserve_rate_slot(self, key: str, interval: float) -> float | None:
+        return float(self._call("rate", key, repr(float(interval))))
+
+    # -- administration ---------------------------------------------------------------------
+    def purge(self, queue: str) -> int:
+        return int(self._call("purge", queue))
+
+    def depth(self, queue: str) -> int:
+        p = self.prefix
+        keys = [f"{p}{queue}"] + [f"{p}{queue}\x06\x16{step}" for step in (3, 6, 9)]
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.llen(key)
+                pipe.zcard(f"{p}celeriac.delayed.{queue}")
+                pipe.zcard(f"{p}celeriac.leases.{queue}")
+                return sum(int(n) for n in pipe.execute())
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: depth of {queue!r} failed: {exc}") from exc
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        try:
+            key = f"{self.prefix}celeriac.dead"
+            docs: Any = self.client.zrange(key, 0, max(0, limit - 1))
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: reading dead letters failed: {exc}") from exc
+        out = []
+        for raw in docs[:limit]:
+            doc = json.loads(raw.decode("utf-8", "surrogateescape"))
+            envelope = doc["envelope"]
+            try:
+                message = decode_envelope(envelope)
+            except (ValueError, binascii.Error):  # kept as it came off the wire
+                message = Message({}, {}, envelope.encode("utf-8", "surrogateescape"), "", "")
+            out.append(
+                DeadLetter(
+                    id=int(doc["id"]),
+                    queue=doc["queue"],
+                    reason=doc["reason"],
+                    failed_at=float(doc["failed_at"]),
+                    message=message,
+                )
+            )
+        return out
+
+    def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        return int(self._call("replay", *(int(i) for i in ids or ())))
+
+    def purge_dead_letters(self) -> int:
+        key = f"{self.prefix}celeriac.dead"
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.zcard(key)
+                pipe.delete(key)
+                n, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: purging dead letters failed: {exc}") from exc
+        return int(n)
+
+    def close(self) -> None:
+        self.client.close()
