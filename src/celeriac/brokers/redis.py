@@ -20,7 +20,11 @@ Transport options (``broker_transport_options``): ``visibility_timeout`` (lease,
 producers write to, default 0.1; Celeriac producers wake it at once), ``sweep_interval`` (s,
 default 1), ``celery_visibility_timeout`` (s after which a delivery abandoned by a *Celery*
 worker is restored, default 3600 as in kombu; 0 turns it off), ``global_keyprefix``,
-``socket_timeout``, ``socket_connect_timeout``, ``max_retries``, ``master_name`` (Sentinel).
+``socket_timeout``, ``socket_connect_timeout``, ``max_retries``, ``master_name`` (Sentinel), and
+``delayed_delivery``: ``"broker"`` (default: the sorted set; a Celeriac worker must run somewhere
+to move due messages) or ``"queue"`` (Celery's way: straight onto the list with the ``eta``
+header, for producers whose consumers are stock Celery workers; a Celeriac worker that receives
+such a message parks it in the sorted set until it is due).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import redis
 
 from celeriac._redis import connect
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
-from celeriac.exceptions import BrokerError
+from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 
 logger = logging.getLogger("celeriac.broker.redis")
@@ -113,6 +117,12 @@ class RedisBroker(Broker):
         self.polling_interval = float(opts.get("polling_interval", 0.1))
         self.sweep_interval = float(opts.get("sweep_interval", 1.0))
         self.celery_visibility_timeout = float(opts.get("celery_visibility_timeout", 3600.0))
+        delayed = opts.get("delayed_delivery", "broker")
+        if delayed not in ("broker", "queue"):
+            raise ConfigurationError(
+                f"delayed_delivery must be 'broker' or 'queue', not {delayed!r}"
+            )
+        self.delay_in_broker = delayed == "broker"
         source = resources.files("celeriac.brokers").joinpath("redis.lua").read_text()
         self._script = self.client.register_script(source)
         self._bound: set[str] = set()
@@ -130,6 +140,8 @@ class RedisBroker(Broker):
     def publish(
         self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
     ) -> None:
+        if not self.delay_in_broker:
+            eta = None
         envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
         bind = queue not in self._bound
         self._call(

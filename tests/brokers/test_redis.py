@@ -1,0 +1,270 @@
+"""What the Redis broker does beyond the shared contract: Celery's layout, byte for byte."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celeriac.brokers import create_broker
+from celeriac.brokers.redis import RedisBroker, decode_envelope, encode_envelope
+from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.serializers import default_registry
+from tests import redis_support
+
+pytestmark = pytest.mark.redis
+
+SEP = "\x06\x16"
+
+# PROTOCOL.md §2.2, the captured list element (celery 5.7 / kombu 5.7), as kombu writes it.
+CAPTURED = json.dumps(
+    {
+        "body": "W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIjog"
+        "bnVsbCwgImNob3JkIjogbnVsbH1d",
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": "tasks.add",
+            "id": "11111111-1111-1111-1111-111111111111",
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": "11111111-1111-1111-1111-111111111111",
+            "parent_id": None,
+            "argsrepr": "(2, 3)",
+            "kwargsrepr": "{}",
+            "origin": "gen7660@vm",
+            "ignore_result": False,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": "11111111-1111-1111-1111-111111111111",
+            "reply_to": "5143d899-e3eb-33af-ae92-d6b6b222823b",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "celery"},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": "6aed2ec2-cfc2-4047-9563-5f3672f877e4",
+        },
+    }
+)
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    prefix = redis_support.new_prefix()
+    yield prefix
+    redis_support.drop(prefix)
+
+
+@pytest.fixture
+def broker(prefix: str) -> Iterator[RedisBroker]:
+    broker = create_broker(
+        redis_support.url_with_prefix(prefix), {"visibility_timeout": 0.3, "sweep_interval": 0.1}
+    )
+    assert isinstance(broker, RedisBroker)
+    yield broker
+    broker.close()
+
+
+def msg(task_id: str) -> Message:
+    return build_task_message(default_registry, task_name="t", task_id=task_id, args=(task_id,))
+
+
+def ids(deliveries) -> list[str]:
+    return [d.message.task_id for d in deliveries]
+
+
+def test_envelope_is_byte_identical_to_celerys() -> None:
+    captured = json.loads(CAPTURED)
+    props = {
+        k: v
+        for k, v in captured["properties"].items()
+        if k not in ("delivery_info", "body_encoding", "delivery_tag")
+    }
+    message = Message(
+        captured["headers"],
+        props,
+        base64.b64decode(captured["body"]),
+        "application/json",
+        "utf-8",
+    )
+    tag = captured["properties"]["delivery_tag"]
+    assert encode_envelope(message, "celery", 0, tag) == CAPTURED
+    back = decode_envelope(CAPTURED)
+    assert (back.headers, back.properties, back.body) == (message.headers, props, message.body)
+
+
+def test_publish_writes_celerys_list_and_binding(broker: RedisBroker, prefix: str) -> None:
+    broker.publish(msg("a"), queue="q")
+    r = broker.client
+    [raw] = r.lrange(f"{prefix}q", 0, -1)
+    env = json.loads(raw)
+    assert env["properties"]["delivery_info"] == {"exchange": "", "routing_key": "q"}
+    assert env["properties"]["body_encoding"] == "base64"
+    assert json.loads(base64.b64decode(env["body"]))[0] == ["a"]
+    assert r.smembers(f"{prefix}_kombu.binding.q") == {f"q{SEP}{SEP}q".encode()}
+
+
+def test_priority_buckets_and_lower_number_first(broker: RedisBroker, prefix: str) -> None:
+    for task_id, priority in [("p0", 0), ("p2", 2), ("p3", 3), ("p5", 5), ("p6", 6), ("p9", 9)]:
+        broker.publish(msg(task_id), queue="q", priority=priority)
+    r = broker.client
+    lengths = {k: r.llen(f"{prefix}{k}") for k in ("q", f"q{SEP}3", f"q{SEP}6", f"q{SEP}9")}
+    assert lengths == {"q": 2, f"q{SEP}3": 2, f"q{SEP}6": 1, f"q{SEP}9": 1}
+    assert ids(broker.fetch(["q"], 10, timeout=0)) == ["p0", "p2", "p3", "p5", "p6", "p9"]
+
+
+def test_fetch_records_the_lease_in_kombus_unacked_layout(broker: RedisBroker, prefix: str) -> None:
+    broker.publish(msg("a"), queue="q")
+    raw = broker.client.lindex(f"{prefix}q", 0)
+    before = time.time()
+    [d] = broker.fetch(["q"], 10, timeout=0)
+    queue, tag, count = d.tag
+    r = broker.client
+    assert (queue, count) == ("q", 1)
+    # Exactly the popped element, wrapped as kombu wraps it: Celery can restore it.
+    assert r.hget(f"{prefix}unacked", tag) == b"[" + raw + b', "", "q"]'
+    assert r.zscore(f"{prefix}unacked_index", tag) == pytest.approx(before, abs=1)
+    deadline = r.zscore(f"{prefix}celeriac.leases.q", tag)
+    assert deadline == pytest.approx(before + 0.3, abs=1)
+    assert r.hget(f"{prefix}celeriac.deliveries", tag) == b"1"
+    assert r.llen(f"{prefix}q") == 0
+
+    broker.extend([d])
+    assert r.zscore(f"{prefix}celeriac.leases.q", tag) >= deadline
+    broker.ack([d])
+    assert not r.hexists(f"{prefix}unacked", tag)
+    assert r.zscore(f"{prefix}unacked_index", tag) is None
+    assert r.zscore(f"{prefix}celeriac.leases.q", tag) is None
+    assert not r.hexists(f"{prefix}celeriac.deliveries", tag)
+
+
+def test_expired_lease_goes_back_to_the_head_of_the_queue(broker: RedisBroker) -> None:
+    broker.publish(msg("a"), queue="q")
+    assert ids(broker.fetch(["q"], 1, timeout=0)) == ["a"]
+    broker.publish(msg("b"), queue="q")
+    time.sleep(0.5)  # the lease (0.3 s) runs out
+    again = broker.fetch(["q"], 10, timeout=3)
+    assert ids(again) == ["a", "b"]  # restored next in line, ahead of the newer message
+    assert [d.delivery_count for d in again] == [2, 1]
+    assert broker.client.hlen(f"{broker.prefix}unacked") == 2
+
+
+def test_delayed_messages_wait_in_a_sorted_set(broker: RedisBroker, prefix: str) -> None:
+    eta = time.time() + 0.3
+    broker.publish(msg("later"), queue="q", eta=eta)
+    r = broker.client
+    assert r.llen(f"{prefix}q") == 0
+    [(member, score)] = r.zrange(f"{prefix}celeriac.delayed.q", 0, -1, withscores=True)
+    assert score == pytest.approx(eta, abs=0.001)
+    assert decode_envelope(member).task_id == "later"
+    [d] = broker.fetch(["q"], 10, timeout=3)
+    assert d.message.task_id == "later" and time.time() >= eta
+    assert r.zcard(f"{prefix}celeriac.delayed.q") == 0
+
+
+def test_an_eta_header_from_celery_is_parked_in_the_sorted_set(broker: RedisBroker) -> None:
+    # What the worker does with a Celery client's countdown: requeue until the ETA.
+    broker.publish(msg("celery-eta"), queue="q")
+    [d] = broker.fetch(["q"], 10, timeout=0)
+    until = time.time() + 60
+    broker.requeue(d, delay_until=until, count=False)
+    r = broker.client
+    [(_, score)] = r.zrange(f"{broker.prefix}celeriac.delayed.q", 0, -1, withscores=True)
+    assert score == pytest.approx(until, abs=0.001)
+    assert r.hlen(f"{broker.prefix}unacked") == 0
+    assert broker.depth("q") == 1
+
+
+def test_a_due_message_from_another_process_is_found_within_the_sweep(prefix: str) -> None:
+    url = redis_support.url_with_prefix(prefix)
+    producer, consumer = create_broker(url), create_broker(url, {"sweep_interval": 0.2})
+    try:
+        assert consumer.fetch(["q"], 10, timeout=0) == []  # the consumer has swept once
+        producer.publish(msg("later"), queue="q", eta=time.time() + 0.2)
+        assert ids(consumer.fetch(["q"], 10, timeout=3)) == ["later"]
+    finally:
+        producer.close()
+        consumer.close()
+
+
+def test_garbage_on_the_list_is_dead_lettered_not_lost(broker: RedisBroker, prefix: str) -> None:
+    r = broker.client
+    r.lpush(f"{prefix}q", b"not json at all")
+    r.lpush(f"{prefix}q", b'{"body": "!!!", "properties": {"body_encoding": "base64"}}')
+    r.lpush(f"{prefix}q", b"[1, 2]")
+    broker.publish(msg("good"), queue="q")
+    assert ids(broker.fetch(["q"], 10, timeout=0)) == ["good"]
+    dead = {d.message.body: d for d in broker.dead_letters()}
+    assert [d.queue for d in dead.values()] == ["q", "q", "q"]
+    assert "not a JSON envelope" in dead[b"not json at all"].reason
+    assert "not a kombu envelope" in dead[b"[1, 2]"].reason
+    [bad_body] = [d for d in dead.values() if "unreadable envelope" in d.reason]
+    assert "base64" in bad_body.reason
+    assert r.hlen(f"{prefix}unacked") == 1  # only the good one is in flight
+
+
+def test_envelope_without_delivery_tag_gets_one(broker: RedisBroker, prefix: str) -> None:
+    env = json.loads(encode_envelope(msg("a"), "q", 0, "x"))
+    del env["properties"]["delivery_tag"]
+    broker.client.lpush(f"{prefix}q", json.dumps(env))
+    [d] = broker.fetch(["q"], 10, timeout=0)
+    assert d.message.task_id == "a" and d.tag[1].startswith("celeriac-")
+    broker.ack([d])
+    assert broker.depth("q") == 0
+
+
+def test_delivery_count_survives_restores(broker: RedisBroker) -> None:
+    broker.publish(msg("a"), queue="q")
+    counts = [broker.fetch(["q"], 1, timeout=3)[0].delivery_count for _ in range(3)]
+    assert counts == [1, 2, 3]
+
+
+def test_a_delivery_abandoned_by_a_celery_worker_is_restored(prefix: str) -> None:
+    url = redis_support.url_with_prefix(prefix)
+    broker = create_broker(url, {"celery_visibility_timeout": 5})
+    try:
+        r = broker.client
+        envelope = json.loads(encode_envelope(msg("orphan"), "q", 0, "celery-tag"))
+        # What kombu writes when a Celery worker takes a message, ten seconds ago.
+        r.hset(f"{prefix}unacked", "celery-tag", json.dumps([envelope, "", "q"]))
+        r.zadd(f"{prefix}unacked_index", {"celery-tag": time.time() - 10})
+        [d] = broker.fetch(["q"], 10, timeout=0)
+        assert d.message.task_id == "orphan"
+        assert d.tag[1] == "celery-tag"
+    finally:
+        broker.close()
+
+
+def test_fetch_wakes_at_once_when_a_message_is_published(prefix: str) -> None:
+    import threading
+
+    url = redis_support.url_with_prefix(prefix)
+    producer, consumer = create_broker(url), create_broker(url, {"polling_interval": 5})
+    try:
+        consumer.fetch(["q"], 10, timeout=0)
+        timer = threading.Timer(0.1, producer.publish, (msg("a"),), {"queue": "q"})
+        started = time.monotonic()
+        timer.start()
+        assert ids(consumer.fetch(["q"], 10, timeout=3)) == ["a"]
+        assert time.monotonic() - started < 0.5  # woken by the publish, not the 5 s poll
+    finally:
+        producer.close()
+        consumer.close()
+
+
+def test_shared_rate_limit_slots_are_spaced(broker: RedisBroker) -> None:
+    starts = [broker.reserve_rate_slot("k", 0.5) for _ in range(3)]
+    assert starts[1] - starts[0] == pytest.approx(0.5, abs=0.01)
+    assert starts[2] - starts[1] == pytest.approx(0.5, abs=0.01)
