@@ -16,6 +16,7 @@ PUBLIC = [
     "CeleriacError",
     "ConfigurationError",
     "EagerResult",
+    "GroupResult",
     "Ignore",
     "NotRegistered",
     "Reject",
@@ -28,6 +29,8 @@ PUBLIC = [
     "TimeoutError",
     "__version__",
     "chain",
+    "chord",
+    "group",
     "signature",
     "states",
 ]

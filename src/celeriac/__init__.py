@@ -9,7 +9,7 @@
 
 from celeriac import states
 from celeriac.app import Celeriac
-from celeriac.canvas import Signature, chain, signature
+from celeriac.canvas import Signature, chain, chord, group, signature
 from celeriac.exceptions import (
     CeleriacError,
     ConfigurationError,
@@ -21,7 +21,7 @@ from celeriac.exceptions import (
     TimeLimitExceeded,
     TimeoutError,
 )
-from celeriac.result import AsyncResult, EagerResult
+from celeriac.result import AsyncResult, EagerResult, GroupResult
 from celeriac.tasks.context import Request
 from celeriac.tasks.task import Task
 
@@ -33,6 +33,7 @@ __all__ = [
     "CeleriacError",
     "ConfigurationError",
     "EagerResult",
+    "GroupResult",
     "Ignore",
     "NotRegistered",
     "Reject",
@@ -45,6 +46,8 @@ __all__ = [
     "TimeoutError",
     "__version__",
     "chain",
+    "chord",
+    "group",
     "signature",
     "states",
 ]

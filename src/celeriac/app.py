@@ -13,6 +13,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.brokers import Broker, create_broker
+from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.control import Control
 from celeriac.exceptions import ConfigurationError, MessageTooLarge
@@ -87,6 +88,7 @@ class Celeriac:
             explicit["include"] = list(include)
         if explicit:
             self.conf.update(explicit)
+        register_builtins(self)
 
     # -- configuration ---------------------------------------------------------------------
     def config_from_object(self, obj: Any, *, namespace: str | None = None) -> None:

@@ -15,6 +15,7 @@
     ├── TimeoutError                ``AsyncResult.get()`` waited too long (a builtin one too)
     ├── TaskRevokedError            the task was revoked or expired
     ├── WorkerLostError             the process running the task died
+    ├── ChordError                  a chord header task failed, so the body cannot run
     ├── TimeLimitExceeded           the hard time limit killed the task
     └── RemoteTaskError             a task's exception whose type is not importable here
 
@@ -88,6 +89,10 @@ class TimeLimitExceeded(CeleriacError):
 
 class SoftTimeLimitExceeded(CeleriacError):
     """Raised inside a task when its soft time limit passes; the task may catch it."""
+
+
+class ChordError(CeleriacError):
+    """A chord's body could not run because a header task failed."""
 
 
 class RemoteTaskError(CeleriacError):

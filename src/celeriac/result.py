@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from celeriac import states
@@ -39,6 +41,8 @@ class AsyncResult(Generic[R]):
         self._backend = backend
         self.task_name = task_name
         self._cache: dict[str, Any] | None = None
+        #: The result this one follows in a workflow (the previous chain step, a chord's header).
+        self.parent: AsyncResult[Any] | None = None
 
     @property
     def backend(self) -> ResultBackend:
@@ -129,6 +133,29 @@ class AsyncResult(Generic[R]):
         self._cache = None
         self.backend.forget(self.id)
 
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        """Results of tasks this task started (the next chain step, callbacks), once ready."""
+        out: list[AsyncResult[Any]] = []
+        for child in self._get_meta().get("children") or []:
+            try:
+                task_id = child[0][0]
+            except (TypeError, IndexError):
+                continue
+            out.append(AsyncResult(task_id, self.app, backend=self._backend))
+        return out
+
+    def collect(self, timeout: float | None = None) -> list[tuple[AsyncResult[Any], Any]]:
+        """This result and its descendants (depth first) with their values, waiting for each."""
+        out: list[tuple[AsyncResult[Any], Any]] = [(self, self.get(timeout))]
+        for child in self.children:
+            out.extend(child.collect(timeout))
+        return out
+
+    def as_tuple(self) -> list[Any]:
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return [[self.id, parent], None]
+
     def revoke(self, terminate: bool = False, signal: str | None = None) -> None:
         """Revoke this task: it will not start; with ``terminate``, it stops if running."""
         if self.app is None:
@@ -178,6 +205,105 @@ class EagerResult(AsyncResult[R]):
 
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
+
+
+class GroupResult(AsyncResult[list[Any]]):
+    """The results of a group's members, in order (``get()`` returns the list of values)."""
+
+    def __init__(
+        self,
+        id: str,
+        results: list[AsyncResult[Any]],
+        app: Celeriac | None = None,
+    ) -> None:
+        super().__init__(id, app, backend=None if app is not None else _NO_BACKEND)
+        self.results = results
+
+    @property
+    def state(self) -> str:
+        if self.ready():
+            return states.FAILURE if self.failed() else states.SUCCESS
+        return states.PENDING
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Every member's value in order; ``timeout`` bounds the whole wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(r.get(timeout=left, propagate=propagate))
+        return out
+
+    join = get
+
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> None:
+        if self.app is None:
+            raise ValueError("revoke() needs a GroupResult bound to an app")
+        self.app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal)
+
+    def forget(self) -> None:
+        for r in self.results:
+            r.forget()
+        if self.app is not None:
+            self.app.backend.forget_group(self.id)
+
+    def as_tuple(self) -> list[Any]:
+        parent = self.parent.as_tuple() if self.parent is not None else None
+        return [[self.id, parent], [r.as_tuple() for r in self.results]]
+
+    def save(self) -> None:
+        """Store the member ids under the group id (``celery-taskset-meta-<id>``)."""
+        if self.app is None:
+            raise ValueError("save() needs a GroupResult bound to an app")
+        self.app.backend.save_group(self.id, self.as_tuple())
+
+    @classmethod
+    def restore(cls, group_id: str, app: Celeriac) -> GroupResult | None:
+        """The group saved under ``group_id``, or None."""
+        data = app.backend.restore_group(group_id)
+        return None if data is None else _from_tuple(data, app)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+def _from_tuple(data: Any, app: Celeriac) -> AsyncResult[Any]:
+    (rid, parent), children = data
+    if children is not None:
+        result: AsyncResult[Any] | GroupResult = GroupResult(
+            rid,
+            [_from_tuple(c, app) for c in children],
+            app=app,  # type: ignore[misc]
+        )
+    else:
+        result = AsyncResult(rid, app)
+    if parent:
+        result.parent = _from_tuple(parent, app)
+    return result
 
 
 def _make_no_backend() -> ResultBackend:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
-from celeriac.backends.base import DisabledBackend, EncodedResult, ResultBackend
+from celeriac.backends.base import ChordPart, DisabledBackend, EncodedResult, ResultBackend
 from celeriac.exceptions import ConfigurationError
 
 BACKENDS: dict[str, str] = {
@@ -40,4 +40,11 @@ def create_backend(
     return backend
 
 
-__all__ = ["BACKENDS", "DisabledBackend", "EncodedResult", "ResultBackend", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "ChordPart",
+    "DisabledBackend",
+    "EncodedResult",
+    "ResultBackend",
+    "create_backend",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celeriac.exceptions import BackendError, TimeoutError
@@ -18,6 +19,24 @@ from celeriac.states import READY_STATES
 
 #: (task_id, state, encoded meta document)
 EncodedResult = tuple[str, str, bytes]
+
+#: A chord whose claim is older than this (its claimer died before sending the body) may be
+#: claimed again by a redelivered header task.
+CHORD_CLAIM_STALE = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChordPart:
+    """One finished header task of a chord."""
+
+    group_id: str
+    index: int
+    task_id: str
+    state: str
+    meta: bytes
+    #: header size from the body's ``chord_size``, for chords started by a client that did not
+    #: create the counter
+    size: int | None = None
 
 
 class ResultBackend(ABC):
@@ -110,6 +129,36 @@ class ResultBackend(ABC):
 
     def forget(self, task_id: str) -> None:
         self._delete(task_id)
+
+    # -- chords and groups (backends that support them override these) ----------------------
+    def chord_start(self, group_id: str, size: int) -> None:
+        """Create the counter of a chord whose header has ``size`` tasks."""
+        raise BackendError(f"the {type(self).__name__} cannot run chords")
+
+    def chord_record(self, parts: Sequence[ChordPart]) -> list[str]:
+        """Record finished header tasks, each counted once however often it is delivered.
+
+        Returns the chords this call completed *and claimed*: exactly one caller gets each
+        chord, and must send its body, then call :meth:`chord_done`.
+        """
+        raise BackendError(f"the {type(self).__name__} cannot run chords")
+
+    def chord_results(self, group_id: str) -> list[EncodedResult]:
+        """The header results of a claimed chord, in header order."""
+        raise BackendError(f"the {type(self).__name__} cannot run chords")
+
+    def chord_done(self, group_id: str) -> None:
+        """The body was sent: drop the counter's data, remember the chord as done."""
+        raise BackendError(f"the {type(self).__name__} cannot run chords")
+
+    def save_group(self, group_id: str, result_tuple: Any) -> None:
+        raise BackendError(f"the {type(self).__name__} cannot save groups")
+
+    def restore_group(self, group_id: str) -> Any:
+        raise BackendError(f"the {type(self).__name__} cannot save groups")
+
+    def forget_group(self, group_id: str) -> None:  # noqa: B027 - nothing saved, nothing to do
+        pass
 
     def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
         """The stored state of each id that has one, in one round trip where possible."""

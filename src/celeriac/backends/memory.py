@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celeriac.backends.base import EncodedResult, ResultBackend
+from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
 from celeriac.states import SUCCESS
 
 
@@ -17,6 +17,8 @@ class MemoryBackend(ResultBackend):
         self._cond = threading.Condition()
         self._data: dict[str, tuple[str, bytes, float | None]] = {}
         self._version = 0
+        self._chords: dict[str, dict[str, Any]] = {}
+        self._groups: dict[str, Any] = {}
 
     def _store(self, items: Sequence[EncodedResult]) -> None:
         now = time.time()
@@ -37,6 +39,50 @@ class MemoryBackend(ResultBackend):
         if held is None or (held[2] is not None and held[2] < time.time()):
             return None
         return held[1]
+
+    def chord_start(self, group_id: str, size: int) -> None:
+        with self._cond:
+            self._chords[group_id] = {"size": size, "parts": {}, "claimed": None, "done": False}
+
+    def chord_record(self, parts: Sequence[ChordPart]) -> list[str]:
+        claimed: list[str] = []
+        now = time.time()
+        with self._cond:
+            for part in parts:
+                chord = self._chords.setdefault(
+                    part.group_id,
+                    {"size": part.size, "parts": {}, "claimed": None, "done": False},
+                )
+                chord["parts"].setdefault(part.index, (part.task_id, part.state, part.meta))
+            for gid in dict.fromkeys(p.group_id for p in parts):
+                chord = self._chords[gid]
+                stale = chord["claimed"] is not None and chord["claimed"] < now - CHORD_CLAIM_STALE
+                complete = chord["size"] is not None and len(chord["parts"]) >= chord["size"]
+                if complete and not chord["done"] and (chord["claimed"] is None or stale):
+                    chord["claimed"] = now
+                    claimed.append(gid)
+        return claimed
+
+    def chord_results(self, group_id: str) -> list[EncodedResult]:
+        with self._cond:
+            parts = self._chords[group_id]["parts"]
+            return [parts[i] for i in sorted(parts)]
+
+    def chord_done(self, group_id: str) -> None:
+        with self._cond:
+            self._chords[group_id].update(done=True, parts={})
+
+    def save_group(self, group_id: str, result_tuple: Any) -> None:
+        with self._cond:
+            self._groups[group_id] = result_tuple
+
+    def restore_group(self, group_id: str) -> Any:
+        with self._cond:
+            return self._groups.get(group_id)
+
+    def forget_group(self, group_id: str) -> None:
+        with self._cond:
+            self._groups.pop(group_id, None)
 
     def _delete(self, task_id: str) -> None:
         with self._cond:

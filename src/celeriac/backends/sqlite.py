@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celeriac._sqlite import SQLiteFile, path_from_url, wait_for_change
-from celeriac.backends.base import EncodedResult, ResultBackend
+from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
 
 SCHEMA = """
@@ -20,6 +20,26 @@ CREATE TABLE IF NOT EXISTS celeriac_results (
 );
 CREATE INDEX IF NOT EXISTS celeriac_results_expiry
     ON celeriac_results (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS celeriac_chords (
+    group_id   TEXT PRIMARY KEY,
+    size       INTEGER,
+    claimed_at REAL,
+    done       INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL
+);
+CREATE TABLE IF NOT EXISTS celeriac_chord_parts (
+    group_id TEXT    NOT NULL,
+    idx      INTEGER NOT NULL,
+    task_id  TEXT    NOT NULL,
+    status   TEXT    NOT NULL,
+    meta     BLOB    NOT NULL,
+    PRIMARY KEY (group_id, idx)
+);
+CREATE TABLE IF NOT EXISTS celeriac_groups (
+    group_id   TEXT PRIMARY KEY,
+    meta       BLOB NOT NULL,
+    expires_at REAL
+);
 """
 
 # A stored SUCCESS is final until it expires: the WHERE on the upsert makes that atomic.
@@ -85,6 +105,85 @@ class SQLiteBackend(ResultBackend):
             )
             out.update(dict(rows))
         return out
+
+    # -- chords: the count, the dedup and the claim in one transaction ---------------------
+    def chord_start(self, group_id: str, size: int) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO celeriac_chords (group_id, size, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (group_id) DO UPDATE SET size = excluded.size",
+                (group_id, size, self._expires_at()),
+            )
+
+    def chord_record(self, parts: Sequence[ChordPart]) -> list[str]:
+        now = time.time()
+        claimed: list[str] = []
+        with self.db.write() as conn:
+            # A redelivered header task finds its row already there: counted once.
+            conn.executemany(
+                "INSERT OR IGNORE INTO celeriac_chord_parts (group_id, idx, task_id, status, meta)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(p.group_id, p.index, p.task_id, p.state, p.meta) for p in parts],
+            )
+            sizes = {p.group_id: p.size for p in parts}
+            conn.executemany(
+                "INSERT OR IGNORE INTO celeriac_chords (group_id, size, expires_at)"
+                " VALUES (?, ?, ?)",
+                [(gid, size, self._expires_at()) for gid, size in sizes.items()],
+            )
+            for gid in sizes:
+                row = conn.execute(
+                    "UPDATE celeriac_chords SET claimed_at = ?"
+                    " WHERE group_id = ? AND done = 0"
+                    "   AND (claimed_at IS NULL OR claimed_at < ?)"
+                    "   AND size <= (SELECT COUNT(*) FROM celeriac_chord_parts WHERE group_id = ?)"
+                    " RETURNING group_id",
+                    (now, gid, now - CHORD_CLAIM_STALE, gid),
+                ).fetchone()
+                if row is not None:
+                    claimed.append(gid)
+        return claimed
+
+    def chord_results(self, group_id: str) -> list[EncodedResult]:
+        rows = self.db.connection().execute(
+            "SELECT task_id, status, meta FROM celeriac_chord_parts WHERE group_id = ?"
+            " ORDER BY idx",
+            (group_id,),
+        )
+        return [(tid, status, bytes(meta)) for tid, status, meta in rows]
+
+    def chord_done(self, group_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE celeriac_chords SET done = 1 WHERE group_id = ?", (group_id,))
+            conn.execute("DELETE FROM celeriac_chord_parts WHERE group_id = ?", (group_id,))
+
+    def save_group(self, group_id: str, result_tuple: Any) -> None:
+        data = self.encode_meta({"result": result_tuple})
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO celeriac_groups (group_id, meta, expires_at)"
+                " VALUES (?, ?, ?)",
+                (group_id, data, self._expires_at()),
+            )
+
+    def restore_group(self, group_id: str) -> Any:
+        row = (
+            self.db.connection()
+            .execute(
+                "SELECT meta FROM celeriac_groups WHERE group_id = ?"
+                " AND (expires_at IS NULL OR expires_at > ?)",
+                (group_id, time.time()),
+            )
+            .fetchone()
+        )
+        return None if row is None else self.decode_meta(bytes(row[0])).get("result")
+
+    def forget_group(self, group_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM celeriac_groups WHERE group_id = ?", (group_id,))
+
+    def _expires_at(self) -> float | None:
+        return time.time() + self.expires if self.expires else None
 
     def _delete(self, task_id: str) -> None:
         with self.db.write() as conn:

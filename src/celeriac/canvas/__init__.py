@@ -1,5 +1,5 @@
-"""Signatures and workflows."""
+"""Signatures and workflows: chain, group, chord."""
 
-from celeriac.canvas.signature import Signature, chain, signature
+from celeriac.canvas.signature import Signature, chain, chord, group, maybe_signature, signature
 
-__all__ = ["Signature", "chain", "signature"]
+__all__ = ["Signature", "chain", "chord", "group", "maybe_signature", "signature"]

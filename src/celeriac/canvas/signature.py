@@ -1,15 +1,16 @@
-"""Signatures: a task call packed as data, serialized as Celery serializes it.
+"""Signatures and workflows: a task call, a chain, a group or a chord, packed as data.
 
-A :class:`Signature` is a ``dict`` with Celery's keys (``task``, ``args``, ``kwargs``, ``options``,
-``subtask_type``, ``immutable``), so it crosses the wire as it is.
+Every kind is a ``dict`` with Celery's keys (``task``, ``args``, ``kwargs``, ``options``,
+``subtask_type``, ``immutable``), so it crosses the wire as it is and a Celery client's canvas
+decodes into the same objects. Workflows keep their parts in ``kwargs`` as Celery does:
+``{"tasks": [...]}`` for chains and groups, ``{"header": ..., "body": ...}`` for chords.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-from celeriac.protocol.message import new_id
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 class Signature(dict[str, Any]):
     """A task name with arguments and options, to be called later or elsewhere."""
+
+    subtask_type: str | None = None
 
     def __init__(
         self,
@@ -31,23 +34,35 @@ class Signature(dict[str, Any]):
         app: Celeriac | None = None,
     ) -> None:
         if isinstance(task, dict):
-            super().__init__(copy.deepcopy(task))
+            super().__init__(copy.deepcopy(dict(task)))
             self.setdefault("args", [])
             self.setdefault("kwargs", {})
             self.setdefault("options", {})
             self.setdefault("subtask_type", None)
             self.setdefault("immutable", False)
+            app = app or getattr(task, "_app", None)
         else:
             super().__init__(
                 task=task,
                 args=list(args or ()),
                 kwargs=dict(kwargs or {}),
                 options=dict(options or {}),
-                subtask_type=subtask_type,
+                subtask_type=subtask_type or self.subtask_type,
                 immutable=immutable,
             )
         self._app = app
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], app: Celeriac | None = None) -> Signature:
+        """The right kind of signature for a dict (as decoded from a message)."""
+        kind = {"chain": chain, "group": group, "chord": chord}.get(
+            data.get("subtask_type") or "", Signature
+        )
+        sig: Signature = dict.__new__(kind)  # type: ignore[arg-type]
+        Signature.__init__(sig, data, app=app)
+        return sig
+
+    # -- fields ---------------------------------------------------------------------------------
     @property
     def name(self) -> str:
         return str(self["task"])
@@ -62,116 +77,258 @@ class Signature(dict[str, Any]):
 
     @property
     def options(self) -> dict[str, Any]:
-        return dict(self["options"])
+        return self["options"]  # type: ignore[no-any-return]
 
     @property
     def immutable(self) -> bool:
         return bool(self.get("immutable"))
 
+    @property
+    def app(self) -> Celeriac | None:
+        return self._app
+
+    def _require_app(self) -> Celeriac:
+        if self._app is None:
+            raise RuntimeError(f"{self!r} is not bound to an app; build it with task.s(...)")
+        return self._app
+
+    # -- building -------------------------------------------------------------------------------
     def clone(
         self,
-        args: tuple[Any, ...] | None = None,
+        args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> Signature:
-        """A copy with ``args`` appended (prepended by callers passing results), kwargs merged."""
-        sig = Signature(dict(self), app=self._app)
-        if args and not self.immutable:
-            sig["args"] = list(args) + list(sig["args"])
-        if kwargs and not self.immutable:
+        """A copy with ``args`` put first (partial application) and kwargs/options merged."""
+        sig = Signature.from_dict(self, self._app)
+        if args and not sig.immutable:
+            sig["args"] = [*args, *sig["args"]]
+        if kwargs and not sig.immutable:
             sig["kwargs"] = {**sig["kwargs"], **kwargs}
         sig["options"] = {**sig["options"], **options}
         return sig
 
     def set(self, **options: Any) -> Signature:
+        """Set apply options (``queue``, ``countdown``, ``priority``...) in place."""
         self["options"] = {**self["options"], **options}
         return self
 
     def set_immutable(self, immutable: bool) -> None:
         self["immutable"] = immutable
 
-    def link(self, callback: Signature) -> Signature:
+    def link(self, callback: dict[str, Any]) -> dict[str, Any]:
+        """Run ``callback`` with this task's result after it succeeds."""
         self["options"].setdefault("link", []).append(dict(callback))
         return callback
 
-    def link_error(self, errback: Signature) -> Signature:
+    def link_error(self, errback: dict[str, Any]) -> dict[str, Any]:
+        """Run ``errback`` (with the failed task's id) if this task fails."""
         self["options"].setdefault("link_error", []).append(dict(errback))
         return errback
 
-    def _require_app(self) -> Celeriac:
-        if self._app is None:
-            raise RuntimeError(
-                f"signature for {self.name!r} is not bound to an app; use app.signature(...)"
-            )
-        return self._app
+    def freeze(self) -> AsyncResult[Any]:
+        """Assign ids now, so the result handle exists before the call is sent."""
+        from celeriac.canvas.plan import freeze
 
+        return freeze(self._require_app(), self)
+
+    # -- calling --------------------------------------------------------------------------------
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
+        """Send it: the same options as ``Task.apply_async``."""
+        from celeriac.canvas.plan import apply_canvas
+
         app = self._require_app()
-        sig = self.clone(tuple(args or ()), kwargs, **options)
-        opts = sig.options
-        return app.send_task(sig.name, sig["args"], sig["kwargs"], **opts)
+        if app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        return apply_canvas(app, self, list(args or ()), dict(kwargs or {}), options)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
         return self.apply_async(args, kwargs)
 
-    def __or__(self, other: Signature) -> Signature:  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the task here, now, like calling the function."""
+        app = self._require_app()
+        sig = self.clone(args, kwargs)
+        return app.tasks[sig.name](*sig["args"], **sig["kwargs"])
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Run it here, now (eager mode), and return the result handle."""
+        from celeriac.canvas.eager import apply_eagerly
+
+        return apply_eagerly(self._require_app(), self, list(args or ()), dict(kwargs or {}))
+
+    # -- composing ------------------------------------------------------------------------------
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]
+        if not isinstance(other, Signature):
+            return NotImplemented
         return chain(self, other)
 
     def __repr__(self) -> str:
-        args = ", ".join(
-            [*map(repr, self["args"]), *(f"{k}={v!r}" for k, v in self["kwargs"].items())]
+        args = [repr(a) for a in self["args"]]
+        args += [f"{k}={v!r}" for k, v in self["kwargs"].items()]
+        return f"{self.name}({', '.join(args)}){'!' if self.immutable else ''}"
+
+
+def _app_of(sigs: Iterable[Signature]) -> Celeriac | None:
+    return next((s.app for s in sigs if s.app is not None), None)
+
+
+def _as_sigs(tasks: tuple[Any, ...]) -> list[Signature]:
+    if len(tasks) == 1 and not isinstance(tasks[0], dict):
+        tasks = tuple(tasks[0])  # group([a, b]) as well as group(a, b)
+    return [t if isinstance(t, Signature) else Signature.from_dict(t) for t in tasks]
+
+
+class chain(Signature):
+    """``chain(a, b, c)`` or ``a | b | c``: each step gets the previous result first."""
+
+    subtask_type = "chain"
+
+    def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
+        steps: list[Signature] = []
+        for sig in _as_sigs(tasks):
+            steps.extend(sig.tasks if isinstance(sig, chain) else [sig])
+        steps = _upgrade_groups(steps)
+        super().__init__(
+            "celery.chain",
+            (),
+            {"tasks": [dict(s) for s in steps]},
+            options,
+            subtask_type="chain",
+            app=app or _app_of(steps),
         )
-        return f"{self.name}({args})"
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return [Signature.from_dict(t, self._app) for t in self["kwargs"]["tasks"]]
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]
+        if not isinstance(other, Signature):
+            return NotImplemented
+        return chain(*self.tasks, other, app=self._app, **self.options)
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(t) for t in self.tasks)
+
+
+def _upgrade_groups(steps: list[Signature]) -> list[Signature]:
+    """A group followed by another step is a chord (the step gets the list of results), and a
+    chord followed by a step carries that step on in its body."""
+    out: list[Signature] = []
+    for step in steps:
+        prev = out[-1] if out else None
+        if isinstance(prev, group):
+            out[-1] = chord(prev.tasks, step, app=prev.app or step.app, **prev.options)
+        elif isinstance(prev, chord):
+            out[-1] = chord(prev.header, prev.body | step, app=prev.app, **prev.options)
+        else:
+            out.append(step)
+    return out
+
+
+class group(Signature):
+    """``group(a, b, c)``: run in parallel; the result is a :class:`GroupResult`."""
+
+    subtask_type = "group"
+
+    def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
+        members = _as_sigs(tasks)
+        super().__init__(
+            "celery.group",
+            (),
+            {"tasks": [dict(s) for s in members]},
+            options,
+            subtask_type="group",
+            app=app or _app_of(members),
+        )
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return [Signature.from_dict(t, self._app) for t in self["kwargs"]["tasks"]]
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]
+        if not isinstance(other, Signature):
+            return NotImplemented
+        return chord(self.tasks, other, app=self._app or other.app, **self.options)
+
+    def __repr__(self) -> str:
+        return f"group({', '.join(repr(t) for t in self.tasks)})"
+
+
+class chord(Signature):
+    """``chord(header, body)``: run the header in parallel, then the body once, with the list
+    of header results in header order. ``chord(header)(body)`` sends it at once."""
+
+    subtask_type = "chord"
+
+    def __init__(
+        self,
+        header: Any,
+        body: Signature | dict[str, Any] | None = None,
+        *,
+        app: Celeriac | None = None,
+        **options: Any,
+    ) -> None:
+        members = header.tasks if isinstance(header, group) else _as_sigs((header,))
+        body_sig = None if body is None else Signature.from_dict(dict(body), app)
+        super().__init__(
+            "celery.chord",
+            (),
+            {
+                "header": dict(group(members)),
+                "body": dict(body_sig) if body_sig else None,
+                "kwargs": {},
+            },
+            options,
+            subtask_type="chord",
+            app=app or _app_of([*members, *([body_sig] if body_sig else [])]),
+        )
+
+    @property
+    def header(self) -> list[Signature]:
+        return group.from_dict(self["kwargs"]["header"], self._app).tasks  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def body(self) -> Signature:
+        data = self["kwargs"].get("body")
+        if data is None:
+            raise ValueError("this chord has no body yet: call chord(header)(body)")
+        return Signature.from_dict(data, self._app)
+
+    def __call__(self, body: Signature | None = None, **options: Any) -> Any:  # type: ignore[override]
+        """``chord(header)(body)``: set the body and send."""
+        if body is not None:
+            self["kwargs"]["body"] = dict(body)
+            self._app = self._app or body.app
+        return self.apply_async(**options)
+
+    def __or__(self, other: Any) -> Signature:  # type: ignore[override]
+        if not isinstance(other, Signature):
+            return NotImplemented
+        return chord(self.header, self.body | other, app=self._app, **self.options)
+
+    def __repr__(self) -> str:
+        body = self["kwargs"].get("body")
+        return f"chord([{', '.join(repr(t) for t in self.header)}], {body and repr(self.body)})"
 
 
 def signature(
     task: str | dict[str, Any], *args: Any, app: Celeriac | None = None, **kw: Any
 ) -> Signature:
+    """A signature by task name, or the right kind of signature for a dict."""
+    if isinstance(task, dict):
+        return Signature.from_dict(task, app)
     return Signature(task, *args, app=app, **kw)
 
 
-def _steps(sig: Signature) -> list[Signature]:
-    if sig.get("subtask_type") == "chain":
-        return [Signature(s, app=sig._app) for s in sig["kwargs"]["tasks"]]
-    return [sig]
-
-
-class _Chain(Signature):
-    """``a | b | c``: each step gets the previous step's result as its first argument."""
-
-    def apply_async(
-        self,
-        args: tuple[Any, ...] | list[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> AsyncResult[Any]:
-        steps = [Signature(s, app=self._app) for s in self["kwargs"]["tasks"]]
-        if not steps:
-            raise ValueError("an empty chain cannot be applied")
-        for step in steps:
-            step["options"].setdefault("task_id", new_id())
-        first, rest = steps[0], steps[1:]
-        rest_embed = [dict(s) for s in reversed(rest)]
-        first = first.clone(tuple(args or ()), kwargs)
-        app = first._require_app() if first._app else self._require_app()
-        opts = {**first.options, **options}
-        last_id = steps[-1]["options"]["task_id"]
-        app.send_task(first.name, first["args"], first["kwargs"], chain=rest_embed or None, **opts)
-        return app.AsyncResult(last_id)
-
-
-def chain(*tasks: Signature) -> Signature:
-    """Run the signatures one after another, passing each result on."""
-    flat: list[Signature] = []
-    app = None
-    for t in tasks:
-        flat.extend(_steps(t))
-        app = app or t._app
-    return _Chain(
-        "celery.chain", (), {"tasks": [dict(s) for s in flat]}, subtask_type="chain", app=app
-    )
+maybe_signature = signature

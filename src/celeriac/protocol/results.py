@@ -23,6 +23,7 @@ _CELERY_NAMES = {
     "Retry",
     "Reject",
     "Ignore",
+    "ChordError",
 }
 _remote_types: dict[tuple[str, str], type[exc_mod.RemoteTaskError]] = {}
 

@@ -178,6 +178,22 @@ class Task(Generic[P, R]):
         """An immutable signature: callbacks do not prepend a parent's result."""
         return self.app.signature(self.name, args, kwargs, immutable=True)
 
+    def map(self, it: Any) -> Signature:
+        """One task that calls this task on every item of ``it``."""
+        return self.app.signature("celery.map", (dict(self.s()), list(it)))
+
+    def starmap(self, it: Any) -> Signature:
+        """One task that calls this task with each item of ``it`` as its arguments."""
+        return self.app.signature("celery.starmap", (dict(self.s()), [list(i) for i in it]))
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """A group of tasks, each calling this task on ``n`` items of ``it`` (as arguments)."""
+        from celeriac.canvas.signature import group
+
+        items = [list(i) for i in it]
+        parts = [self.starmap(items[i : i + n]) for i in range(0, len(items), n)]
+        return group(parts, app=self.app)
+
     def signature(
         self,
         args: tuple[Any, ...] | None = None,

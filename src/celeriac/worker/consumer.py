@@ -25,9 +25,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celeriac import states
-from celeriac.backends.base import DisabledBackend
+from celeriac.backends.base import ChordPart, DisabledBackend
 from celeriac.exceptions import CeleriacError
-from celeriac.worker.executor import ACK, DEAD_LETTER, REQUEUE, Job, Outcome, precheck
+from celeriac.worker.chords import fire
+from celeriac.worker.executor import (
+    ACK,
+    DEAD_LETTER,
+    REQUEUE,
+    Followup,
+    Job,
+    Outcome,
+    precheck,
+)
 from celeriac.worker.limits import RateSchedule, parse_rate
 
 if TYPE_CHECKING:
@@ -63,6 +72,7 @@ class Consumer:
         self._ids = itertools.count(1)
         self._fetching = threading.Event()
         self._running = threading.Event()
+        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._scheduler = _Scheduler()
         self._rates: dict[str, RateSchedule] = {}
@@ -119,6 +129,7 @@ class Consumer:
                     break
                 self._cond.wait(0.1 if left is None else min(0.1, left))
         self._running.clear()
+        self._stopped.set()
         self._scheduler.stop()
         self.outcomes.put(None)
         for t in self._threads[1:]:
@@ -237,23 +248,27 @@ class Consumer:
             self._apply(batch)
 
     def _apply(self, batch: list[Outcome]) -> None:
+        """Apply outcomes: counters, follow-ups, results, chords, then acknowledgements.
+
+        Each step is retried until it succeeds (see :meth:`_safely`); a message is acked only
+        after everything it caused is stored, so a crash anywhere means redelivery, not loss.
+        """
         app = self.app
         with self._cond:
             pairs = [(o, self._inflight.get(o.job_id)) for o in batch]
-        for outcome, _ in pairs:
-            for f in outcome.followups:
-                self._safely(
-                    lambda f=f: app.broker.publish(
-                        f.message, queue=f.queue, priority=f.priority, eta=f.eta
-                    )
-                )
+        starts = [start for o in batch for start in o.chord_starts]
+        for gid, size in starts:
+            self._safely(lambda g=gid, n=size: app.backend.chord_start(g, n))
+        self._publish([f for o in batch for f in o.followups])
         results = [
             (o.task_id, o.state, o.meta)
-            for o, _ in pairs
+            for o in batch
             if o.meta is not None and o.task_id and o.state
         ]
+        results += [r for o in batch for r in o.extra_results]
         if results:
             self._safely(lambda: app.backend.store_encoded(results))  # type: ignore[arg-type]
+        self._finish_chords(batch)
         acks = [
             d
             for o, d in pairs
@@ -281,6 +296,41 @@ class Consumer:
                 self._revoke_seen.discard(self._task_ids.pop(outcome.job_id, ""))
             self.processed += len(batch)
             self._cond.notify_all()
+
+    def _publish(self, followups: list[Followup]) -> None:
+        broker = self.app.broker
+        for f in followups:
+            self._safely(
+                lambda f=f: broker.publish(f.message, queue=f.queue, priority=f.priority, eta=f.eta)
+            )
+
+    def _finish_chords(self, batch: list[Outcome]) -> None:
+        """Count finished chord header tasks; fire the bodies of chords this batch completed."""
+        parts = [
+            ChordPart(
+                o.chord[0], o.chord[1], o.task_id, o.state, o.meta, o.chord[2].get("chord_size")
+            )
+            for o in batch
+            if o.chord is not None
+            and o.meta is not None
+            and o.task_id
+            and o.state in (states.SUCCESS, states.FAILURE)
+        ]
+        if not parts:
+            return
+        bodies = {o.chord[0]: o.chord[2] for o in batch if o.chord is not None}
+        backend = self.app.backend
+        claimed: list[str] = []
+        self._safely(lambda: claimed.extend(backend.chord_record(parts)))
+        for gid in claimed:
+            plan, failed = fire(self.app, gid, bodies[gid])
+            for start in plan.chord_starts:
+                self._safely(lambda s=start: backend.chord_start(*s))
+            self._publish([Followup(p.message, p.queue, p.priority, p.eta) for p in plan.publishes])
+            if failed:
+                self._safely(lambda r=failed: backend.store_encoded(r))
+            self._safely(lambda g=gid: backend.chord_done(g))
+            logger.info("chord %s complete: body %s", gid, "failed" if failed else "sent")
 
     def _log(self, o: Outcome) -> None:
         if o.reason == "eta":
@@ -322,8 +372,7 @@ class Consumer:
         backend = self.app.backend
         if isinstance(backend, DisabledBackend):
             return
-        while self._running.is_set():
-            time.sleep(_WATCH_INTERVAL)
+        while not self._stopped.wait(_WATCH_INTERVAL):
             with self._cond:
                 ids = [t for t in self._task_ids.values() if t not in self._revoke_seen]
             if not ids:
@@ -347,8 +396,7 @@ class Consumer:
     def _renew_loop(self) -> None:
         broker = self.app.broker
         interval = max(0.2, broker.visibility_timeout / 3)
-        while self._running.is_set():
-            time.sleep(interval)
+        while not self._stopped.wait(interval):
             with self._cond:
                 held = [d for j, d in self._inflight.items() if j not in self._early_acked]
             if held:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, states
+from celeriac.canvas.plan import Plan, plan_signature
+from celeriac.canvas.signature import Signature
 from celeriac.exceptions import (
     Ignore,
     NotRegistered,
@@ -83,6 +85,12 @@ class Outcome:
     followups: list[Followup] = field(default_factory=list)
     runtime: float = 0.0
     summary: str = ""
+    #: results of other tasks to store with this one (the steps a failed chain never reaches)
+    extra_results: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: chord counters the follow-ups need, created before they are published
+    chord_starts: list[tuple[str, int]] = field(default_factory=list)
+    #: set when this task is a chord header: (group id, index, chord body)
+    chord: tuple[str, int, dict[str, Any]] | None = None
 
 
 def accepted(app: Celeriac) -> frozenset[str]:
@@ -97,6 +105,7 @@ def _meta(
     result: Any,
     tb: str | None = None,
     request: Request | None = None,
+    children: list[Any] | None = None,
 ) -> bytes:
     extended = None
     if app.conf.result_extended and request is not None:
@@ -113,8 +122,9 @@ def _meta(
         state,
         result,
         traceback=tb,
-        group_id=headers.group if headers else None,
-        parent_id=headers.parent_id if headers else None,
+        children=children,
+        group_id=headers.group if headers else (request.group if request else None),
+        parent_id=headers.parent_id if headers else (request.parent_id if request else None),
         extended=extended,
     )
     return app.serializers.get(app.conf.result_serializer).dumps(meta)
@@ -189,7 +199,9 @@ def precheck(
         job = Job(job_id, message, headers, delivery.queue, delivery.delivery_count, "")
         outcome = revoked(app, job, terminated=False)
         return headers, outcome
-    if stored_state == states.SUCCESS and delivery.redelivered:
+    if stored_state == states.SUCCESS and delivery.redelivered and headers.group is None:
+        # (A group member runs again instead: if it heads a chord whose body was claimed by a
+        # worker that died before sending it, running it is what lets the chord finish.)
         # Cheap insurance: a redelivered message whose result already says SUCCESS ran to the
         # end before its ack was lost; running it again would only duplicate side effects.
         return headers, Outcome(
@@ -431,18 +443,22 @@ def _success_outcome(
     app: Celeriac, task: Task[Any, Any], request: Request, job_id: int, value: Any
 ) -> Outcome:
     assert request.id is not None
-    followups: list[Followup] = []
+    plan = Plan()
     for cb in request.callbacks or []:
-        followups.append(_followup(app, cb, value, request))
+        _follow(app, plan, cb, [value], request)
     if request.chain:
         rest = list(request.chain)
         nxt = rest.pop()
-        followups.append(_followup(app, nxt, value, request, chain=rest or None))
+        _follow(app, plan, nxt, [value], request, chain=[dict(s) for s in rest] or None)
+    followups = [Followup(p.message, p.queue, p.priority, p.eta) for p in plan.publishes]
+    children = [[[f.message.task_id, None], None] for f in followups]
+    chord = _chord_part(request)
     try:
+        store = chord is not None or not _ignore_result(app, task, request)
         meta = (
-            None
-            if _ignore_result(app, task, request)
-            else _meta(app, None, request.id, states.SUCCESS, value, request=request)
+            _meta(app, None, request.id, states.SUCCESS, value, request=request, children=children)
+            if store
+            else None
         )
     except Exception as exc:
         return _failure_outcome(app, task, request, job_id, exc)
@@ -455,7 +471,15 @@ def _success_outcome(
         meta,
         followups=followups,
         summary=_short(value),
+        chord_starts=plan.chord_starts,
+        chord=chord,
     )
+
+
+def _chord_part(request: Request) -> tuple[str, int, dict[str, Any]] | None:
+    if request.chord and request.group is not None:
+        return request.group, int(request.group_index or 0), request.chord
+    return None
 
 
 def _failure_outcome(
@@ -463,9 +487,23 @@ def _failure_outcome(
 ) -> Outcome:
     assert request.id is not None
     tb = "".join(tb_mod.format_exception(type(exc), exc, exc.__traceback__))
-    followups = [_followup(app, eb, None, request, errback=True) for eb in request.errbacks or []]
-    store = not _ignore_result(app, task, request) or app.conf.task_store_errors_even_if_ignored
+    plan = Plan()
+    for eb in request.errbacks or []:
+        _follow(app, plan, eb, [request.id], request)
+    chord = _chord_part(request)
+    store = (
+        chord is not None
+        or not _ignore_result(app, task, request)
+        or app.conf.task_store_errors_even_if_ignored
+    )
     meta = _meta(app, None, request.id, states.FAILURE, exc, tb, request) if store else None
+    # The chain stops here; its later steps fail with the same error, so that waiting on the
+    # chain's result raises instead of waiting forever (Celery does the same).
+    extra = []
+    for step in request.chain or []:
+        step_id = (step.get("options") or {}).get("task_id")
+        if step_id:
+            extra.append((step_id, states.FAILURE, _meta(app, None, step_id, states.FAILURE, exc)))
     signals.task_failure.send(
         task,
         task_id=request.id,
@@ -481,8 +519,11 @@ def _failure_outcome(
         task.name,
         states.FAILURE if meta else None,
         meta,
-        followups=followups,
+        followups=[Followup(p.message, p.queue, p.priority, p.eta) for p in plan.publishes],
         summary=f"{type(exc).__name__}: {exc}",
+        extra_results=extra,
+        chord_starts=plan.chord_starts,
+        chord=chord,
     )
 
 
@@ -537,53 +578,20 @@ def _absolute(ts: float | None) -> dt.datetime | None:
     return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
 
 
-def _followup(
+def _follow(
     app: Celeriac,
+    plan: Plan,
     sig: dict[str, Any],
-    value: Any,
+    args: list[Any],
     request: Request,
     *,
     chain: list[dict[str, Any]] | None = None,
-    errback: bool = False,
-) -> Followup:
-    args = list(sig.get("args") or [])
-    if not sig.get("immutable"):
-        args = ([request.id, *args]) if errback else ([value, *args])
-    opts = dict(sig.get("options") or {})
-    for key in ("link", "link_error"):
-        opts.pop(key, None)
-    message, queue, priority, eta = app.prepare_message(
-        str(sig["task"]),
-        args,
-        dict(sig.get("kwargs") or {}),
-        chain=chain,
-        parent_id=request.id,
-        root_id=request.root_id,
-        link=(sig.get("options") or {}).get("link"),
-        link_error=(sig.get("options") or {}).get("link_error"),
-        **{k: v for k, v in opts.items() if k in _SIG_OPTIONS},
-    )
-    return Followup(message, queue, priority, eta)
-
-
-_SIG_OPTIONS = frozenset(
-    {
-        "task_id",
-        "queue",
-        "priority",
-        "countdown",
-        "eta",
-        "expires",
-        "headers",
-        "serializer",
-        "time_limit",
-        "soft_time_limit",
-        "group_id",
-        "group_index",
-        "ignore_result",
-        "shadow",
-    }
-)
+) -> None:
+    """Plan a callback, errback or the next chain step (a task or a whole workflow)."""
+    options: dict[str, Any] = {"parent_id": request.id, "root_id": request.root_id}
+    if chain:
+        options["chain"] = chain
+    plan_signature(app, Signature.from_dict(sig, app), args, {}, options, plan)
 
 
 def _short(value: Any, limit: int = 200) -> str:

@@ -56,6 +56,8 @@ class Worker:
         self.consumer = Consumer(app, self.queues, prefetch=self.prefetch, hostname=self.hostname)
         self.pool: Pool | None = None
         self._stopped = threading.Event()
+        #: Set once the worker consumes; wait on it before sending work in tests.
+        self.ready = threading.Event()
         self._stopping = False
 
     def start(self) -> None:
@@ -83,6 +85,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.consumer.start(self.pool)
+        self.ready.set()
         signals.worker_ready.send(self)
         logger.warning(
             "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
@@ -112,6 +115,9 @@ class Worker:
     def stop(self, *, cold: bool = False) -> None:
         """Stop the worker: warm lets running tasks finish; cold abandons them."""
         self._stopping = True
+        if not self.ready.is_set():  # never started: nothing to drain
+            self._stopped.set()
+            return
         signals.worker_shutdown.send(self)
         try:
             if cold:
