@@ -88,3 +88,43 @@ def limited(self, i: int) -> int:
 @app.task
 def pid() -> int:
     return os.getpid()
+
+
+@app.task(bind=True)
+def tsum(self, values: list[int]) -> int:
+    _record("body", self.request.id)
+    return sum(values)
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(bind=True, max_retries=3)
+def flaky_once(self, x: int) -> int:
+    """Fails its first attempt, then succeeds."""
+    _record("run", self.request.id)
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.05)
+    return x
+
+
+@app.task
+def inc_or_fail(x: int, fail_at: int) -> int:
+    if x + 1 == fail_at:
+        raise ValueError(f"failed at step {fail_at}")
+    return x + 1
+
+
+@app.task(bind=True)
+def on_error(self, task_id: str) -> str:
+    _record("errback", task_id)
+    return task_id
+
+
+@app.task(bind=True)
+def slow_add(self, x: int, y: int) -> int:
+    _record("run", self.request.id)
+    time.sleep(0.02)
+    return x + y
