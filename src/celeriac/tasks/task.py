@@ -127,7 +127,8 @@ class Task(Generic[P, R]):
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=options.get("task_id"))
+            # Through the canvas runner, so link/link_error callbacks run here too.
+            return self.signature(args, kwargs, **options).apply()
         self.check_arguments(args, kwargs)
         return self.app.send_task(self.name, args, kwargs, _task=self, **options)
 

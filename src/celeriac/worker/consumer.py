@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from celeriac import states
 from celeriac.backends.base import ChordPart, DisabledBackend
 from celeriac.exceptions import CeleriacError
+from celeriac.protocol.results import make_meta
 from celeriac.worker.chords import fire
 from celeriac.worker.executor import (
     ACK,
@@ -83,6 +84,7 @@ class Consumer:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
         self.pool = pool
+        pool.on_started = self._on_started
         self._scheduler.submit = pool.submit
         self._fetching.set()
         self._running.set()
@@ -364,6 +366,20 @@ class Consumer:
                     return
                 logger.error("broker/backend operation failed (attempt %d): %s", attempt, exc)
                 time.sleep(min(_RETRY_PAUSE * attempt, 10.0))
+
+    def _on_started(self, job: Job, pid: int) -> None:
+        """Store STARTED for tasks that track it (``task_track_started`` / ``track_started``)."""
+        task = self.app.tasks.get(job.headers.task)
+        track = task.track_started if task is not None else None
+        if not (self.app.conf.task_track_started if track is None else track):
+            return
+        backend = self.app.backend
+        meta = make_meta(job.headers.id, states.STARTED, {"pid": pid, "hostname": self.hostname})
+        self._safely(
+            lambda: backend.store_encoded(
+                [(job.headers.id, states.STARTED, backend.encode_meta(meta))]
+            )
+        )
 
     # -- revocations -----------------------------------------------------------------------------
     def _watch_loop(self) -> None:

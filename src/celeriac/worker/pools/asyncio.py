@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 
 from celeriac.worker.executor import Job, Outcome, execute_async, revoked
@@ -59,6 +60,7 @@ class AsyncioPool(Pool):
                 current = asyncio.current_task()
                 assert current is not None
                 self._running[job.headers.id] = current
+                self.started(job, os.getpid())
                 try:
                     outcome = await execute_async(self.app, job)
                 except asyncio.CancelledError:

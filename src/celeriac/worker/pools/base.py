@@ -39,6 +39,12 @@ class Pool(ABC):
         self.max_memory_per_child = max_memory_per_child
         self._revoked: set[str] = set()
         self._revoked_lock = threading.Lock()
+        #: Called as a job starts, with the pid running it (STARTED state, when tracked).
+        self.on_started: Callable[[Job, int], None] | None = None
+
+    def started(self, job: Job, pid: int) -> None:
+        if self.on_started is not None:
+            self.on_started(job, pid)
 
     @abstractmethod
     def start(self) -> None: ...

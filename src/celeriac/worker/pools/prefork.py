@@ -169,6 +169,7 @@ class _Slot:
         except (BrokenPipeError, OSError):
             self._reap()
             return worker_lost(app, job, "child process exited before the task"), 0
+        self.pool.started(job, self.process.pid or 0)
         task = app.tasks.get(job.headers.task)
         hard = time_limits(app, task, job.headers)[0] if task is not None else None
         deadline = None if hard is None else time.monotonic() + hard

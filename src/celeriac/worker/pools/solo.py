@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from celeriac.worker.executor import Job, execute
 from celeriac.worker.limits import thread_soft_limit
 from celeriac.worker.pools.base import Pool
@@ -12,7 +14,12 @@ class SoloPool(Pool):
         pass
 
     def submit(self, job: Job) -> None:
-        self.on_outcome(self.take_revoked(job) or execute(self.app, job, thread_soft_limit))
+        skipped = self.take_revoked(job)
+        if skipped is not None:
+            self.on_outcome(skipped)
+            return
+        self.started(job, os.getpid())
+        self.on_outcome(execute(self.app, job, thread_soft_limit))
 
     def stop(self, *, cold: bool = False) -> list[Job]:
         return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -25,7 +26,12 @@ class ThreadPool(Pool):
             job = self._jobs.get()
             if job is None:
                 return
-            self.on_outcome(self.take_revoked(job) or execute(self.app, job, thread_soft_limit))
+            skipped = self.take_revoked(job)
+            if skipped is not None:
+                self.on_outcome(skipped)
+                continue
+            self.started(job, os.getpid())
+            self.on_outcome(execute(self.app, job, thread_soft_limit))
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)

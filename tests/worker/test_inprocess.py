@@ -1,0 +1,98 @@
+"""Worker behaviour checked in-process: threads pool over the memory broker and backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celeriac import Celeriac, signals, states
+from celeriac.worker import Worker
+
+
+@pytest.fixture
+def app() -> Iterator[Celeriac]:
+    app = Celeriac("inproc", broker_url="memory://", task_track_started=True)
+
+    @app.task(name="slow")
+    def slow(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @app.task(name="boom")
+    def boom() -> None:
+        raise KeyError("k")
+
+    worker = Worker(app, pool="threads", concurrency=2, install_signal_handlers=False)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    assert worker.ready.wait(10)
+    try:
+        yield app
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def wait_state(result, state: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while result.state != state:
+        assert time.monotonic() < deadline, f"state stayed {result.state}, wanted {state}"
+        time.sleep(0.01)
+
+
+def test_track_started_stores_started_with_pid_and_hostname(app):
+    result = app.tasks["slow"].delay(0.5)
+    wait_state(result, states.STARTED)
+    assert set(result.info) == {"pid", "hostname"}
+    assert result.get(timeout=5) == 0.5
+
+
+def test_signals_fire_in_order_for_success_and_failure(app):
+    seen: list[tuple[str, str]] = []
+
+    def receiver(name: str):
+        def record(sender, **kwargs):
+            seen.append((name, sender.name))
+
+        return record
+
+    hooks = {
+        sig: receiver(sig.name)
+        for sig in (
+            signals.task_prerun,
+            signals.task_success,
+            signals.task_failure,
+            signals.task_postrun,
+        )
+    }
+    for sig, fn in hooks.items():
+        sig.connect(fn)
+    try:
+        app.tasks["slow"].delay(0).get(timeout=5)
+        with pytest.raises(KeyError):
+            app.tasks["boom"].delay().get(timeout=5)
+    finally:
+        for sig, fn in hooks.items():
+            sig.disconnect(fn)
+    assert seen == [
+        ("task_prerun", "slow"),
+        ("task_success", "slow"),
+        ("task_postrun", "slow"),
+        ("task_prerun", "boom"),
+        ("task_failure", "boom"),
+        ("task_postrun", "boom"),
+    ]
+
+
+def test_a_raising_signal_receiver_does_not_fail_the_task(app):
+    def bad(sender, **kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.task_prerun.connect(bad)
+    try:
+        assert app.tasks["slow"].delay(0).get(timeout=5) == 0
+    finally:
+        signals.task_prerun.disconnect(bad)
