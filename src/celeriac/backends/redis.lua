@@ -1,7 +1,7 @@
--- Store task results as Celery does (SET with expiry + PUBLISH on the key's own channel), in one
--- atomic step that also keeps Celery's rule: a stored SUCCESS is never replaced.
--- KEYS: result keys; ARGV[1]: expiry in ms (0 = none); ARGV[2..]: the documents, in KEYS order.
-local ttl = tonumber(ARGV[1])
+-- Celeriac's Redis result backend: each multi-key step is one call of this script.
+-- ARGV[1] = command; the rest depends on it. Key names are Celery's (PROTOCOL.md §4).
+
+local cmd = ARGV[1]
 
 local function is_success(doc)
   local ok, meta = pcall(cjson.decode, doc)
@@ -9,17 +9,75 @@ local function is_success(doc)
   return ok and type(meta) == 'table' and meta.status == 'SUCCESS'
 end
 
-local stored = 0
-for i, key in ipairs(KEYS) do
-  local current = redis.call('GET', key)
-  if not (current and is_success(current)) then
-    if ttl > 0 then
-      redis.call('SET', key, ARGV[i + 1], 'PX', ttl)
-    else
-      redis.call('SET', key, ARGV[i + 1])
+if cmd == 'store' then
+  -- KEYS: result keys; ARGV[2]: expiry in ms (0 = none); ARGV[3..]: documents in KEYS order.
+  -- SET + PUBLISH as Celery does, and a stored SUCCESS is never replaced (Celery's rule).
+  local ttl = tonumber(ARGV[2])
+  local stored = 0
+  for i, key in ipairs(KEYS) do
+    local current = redis.call('GET', key)
+    if not (current and is_success(current)) then
+      if ttl > 0 then
+        redis.call('SET', key, ARGV[i + 2], 'PX', ttl)
+      else
+        redis.call('SET', key, ARGV[i + 2])
+      end
+      redis.call('PUBLISH', key, ARGV[i + 2])
+      stored = stored + 1
     end
-    redis.call('PUBLISH', key, ARGV[i + 1])
-    stored = stored + 1
   end
+  return stored
+
+elseif cmd == 'chord' then
+  -- Record finished chord header tasks as Celery 5.7 does (.j zset scored by group index,
+  -- .d dedup set, .s size, .t extra count, .c dispatch claim), and claim completed chords.
+  -- ARGV: 'chord', group key prefix, expiry s (0 = none), claim expiry s, then per part:
+  -- group id, index, task id, .j member, size ('' = unknown). Returns the claimed group ids.
+  local P, expires, claim_expires = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+  local t = redis.call('TIME')
+  local token = 'celeriac:' .. t[1] .. '.' .. t[2]
+  local touched, order = {}, {}
+  for i = 5, #ARGV, 5 do
+    local gid, index, tid, member, size = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local base = P .. gid
+    if redis.call('GET', base .. '.c') ~= 'done' then
+      if size ~= '' then
+        redis.call('SET', base .. '.s', size, 'NX')
+      end
+      local seen = tid .. ':' .. index
+      if redis.call('SISMEMBER', base .. '.d', seen) == 0 then
+        redis.call('ZADD', base .. '.j', index, member)
+        redis.call('SADD', base .. '.d', seen)
+      end
+      if expires > 0 then
+        for _, suffix in ipairs({'.j', '.t', '.s', '.d'}) do
+          redis.call('EXPIRE', base .. suffix, expires)
+        end
+      end
+      if not touched[gid] then
+        touched[gid] = true
+        order[#order + 1] = gid
+      end
+    end
+  end
+  local claimed = {}
+  for _, gid in ipairs(order) do
+    local base = P .. gid
+    local size = tonumber(redis.call('GET', base .. '.s'))
+    local extra = tonumber(redis.call('GET', base .. '.t')) or 0
+    if size and redis.call('ZCARD', base .. '.j') >= size + extra then
+      if redis.call('SET', base .. '.c', token, 'NX', 'EX', claim_expires) then
+        claimed[#claimed + 1] = gid
+      end
+    end
+  end
+  return claimed
+
+elseif cmd == 'chord_done' then
+  -- KEYS: .j .t .s .d .c; ARGV[2]: how long the 'done' marker keeps late duplicates out
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  redis.call('SET', KEYS[5], 'done', 'EX', tonumber(ARGV[2]))
+  return 1
 end
-return stored
+
+return redis.error_reply('celeriac: unknown backend command ' .. tostring(cmd))

@@ -4,7 +4,9 @@ Celery's.
 ``celery-task-meta-<id>`` holds the document with ``result_expires`` as its TTL; every write is
 also published on the channel of the same name, so a waiting ``get()`` wakes at once instead of
 polling. Writes go through ``redis.lua``: one call per batch, and a stored SUCCESS is never
-replaced (Celery's rule).
+replaced (Celery's rule). Chords count in Celery 5.7's keys (``celery-taskset-meta-<gid>.j``,
+``.s``, ``.t``, ``.d``, ``.c``), so a chord started by Celery can be finished by Celeriac and the
+other way round; saved groups are ``celery-taskset-meta-<gid>``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ import redis
 from redis.client import PubSub
 
 from celeriac._redis import connect
-from celeriac.backends.base import EncodedResult, ResultBackend
+from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
+from celeriac.protocol.results import make_meta
 from celeriac.states import READY_STATES
 
 KEY_PREFIX = "celery-task-meta-"
+GROUP_PREFIX = "celery-taskset-meta-"
+#: How long a finished chord's "done" marker keeps late duplicate header results out (Celery: 300).
+_CHORD_DONE_TTL = 300
 logger = logging.getLogger("celeriac.backend.redis")
 
 
@@ -34,6 +40,7 @@ class RedisBackend(ResultBackend):
         target = connect(url)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix + KEY_PREFIX
+        self.group_prefix = target.prefix + GROUP_PREFIX
         source = resources.files("celeriac.backends").joinpath("redis.lua").read_text()
         self._script = self.client.register_script(source)
         self._local = threading.local()
@@ -45,13 +52,14 @@ class RedisBackend(ResultBackend):
 
     def _store(self, items: Sequence[EncodedResult]) -> None:
         ttl_ms = max(1, int(self.expires * 1000)) if self.expires else 0
+        keys = [self.key(task_id) for task_id, _, _ in items]
+        self._run("store", keys, ttl_ms, *(data for _, _, data in items))
+
+    def _run(self, command: str, keys: Sequence[str], *args: Any) -> Any:
         try:
-            self._script(
-                keys=[self.key(task_id) for task_id, _, _ in items],
-                args=[ttl_ms, *(data for _, _, data in items)],
-            )
+            return self._script(keys=keys, args=[command, *args])
         except redis.RedisError as exc:
-            raise BackendError(f"storing {len(items)} result(s) in Redis failed: {exc}") from exc
+            raise BackendError(f"Redis result backend: {command} failed: {exc}") from exc
 
     def _load(self, task_id: str) -> bytes | None:
         try:
@@ -59,6 +67,72 @@ class RedisBackend(ResultBackend):
         except redis.RedisError as exc:
             raise BackendError(f"reading result {task_id} from Redis failed: {exc}") from exc
         return None if data is None else bytes(data)
+
+    # -- chords and groups, in Celery's keys ------------------------------------------------------
+    def _expiry(self) -> int:
+        return max(1, int(self.expires)) if self.expires else 0
+
+    def chord_start(self, group_id: str, size: int) -> None:
+        base = self.group_prefix + group_id
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.delete(base + ".c")  # a re-applied frozen chord reuses its group id
+                pipe.set(base + ".s", size, ex=self._expiry() or None)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"starting chord {group_id} failed: {exc}") from exc
+
+    def chord_record(self, parts: Sequence[ChordPart]) -> list[str]:
+        dumps = self.registry.get(self.serializer).dumps
+        args: list[Any] = []
+        for p in parts:
+            result = self.decode_meta(p.meta).get("result")
+            member = dumps([1, p.task_id, p.state, result])
+            size = "" if p.size is None else int(p.size)
+            args += [p.group_id, int(p.index), p.task_id, member, size]
+        if not args:
+            return []
+        stale = int(CHORD_CLAIM_STALE)
+        claimed = self._run("chord", [], self.group_prefix, self._expiry(), stale, *args)
+        return [_text(gid) for gid in claimed]
+
+    def chord_results(self, group_id: str) -> list[EncodedResult]:
+        try:
+            members: Any = self.client.zrange(self.group_prefix + group_id + ".j", 0, -1)
+        except redis.RedisError as exc:
+            raise BackendError(f"reading chord {group_id} failed: {exc}") from exc
+        loads = self.registry.get(self.serializer).loads
+        out: list[EncodedResult] = []
+        for member in members:
+            _, task_id, state, result = loads(member)
+            meta = make_meta(task_id, state, result, group_id=group_id)
+            out.append((task_id, state, self.encode_meta(meta)))
+        return out
+
+    def chord_done(self, group_id: str) -> None:
+        base = self.group_prefix + group_id
+        keys = [base + suffix for suffix in (".j", ".t", ".s", ".d", ".c")]
+        self._run("chord_done", keys, max(_CHORD_DONE_TTL, int(CHORD_CLAIM_STALE * 2)))
+
+    def save_group(self, group_id: str, result_tuple: Any) -> None:
+        data = self.encode_meta({"result": result_tuple})
+        try:
+            self.client.set(self.group_prefix + group_id, data, ex=self._expiry() or None)
+        except redis.RedisError as exc:
+            raise BackendError(f"saving group {group_id} failed: {exc}") from exc
+
+    def restore_group(self, group_id: str) -> Any:
+        try:
+            data: Any = self.client.get(self.group_prefix + group_id)
+        except redis.RedisError as exc:
+            raise BackendError(f"reading group {group_id} failed: {exc}") from exc
+        return None if data is None else self.decode_meta(data).get("result")
+
+    def forget_group(self, group_id: str) -> None:
+        try:
+            self.client.delete(self.group_prefix + group_id)
+        except redis.RedisError as exc:
+            raise BackendError(f"forgetting group {group_id} failed: {exc}") from exc
 
     def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
         ids = list(task_ids)
