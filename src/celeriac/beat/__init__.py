@@ -1,0 +1,10 @@
+"""Beat: periodic tasks, safe to run on every node (one leader sends, the others stand by).
+
+>>> from celeriac.beat import crontab
+>>> app.conf.beat_schedule = {
+...     "nightly-report": {"task": "proj.report", "schedule": crontab(minute=30, hour=2)},
+...     "heartbeat": {"task": "proj.ping", "schedule": 10.0, "catchup": True},
+... }
+
+Run it with ``celeriac -A proj beat`` or inside a worker with ``celeriac -A proj worker -B``.
+"""
