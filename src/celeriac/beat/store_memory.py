@@ -1,0 +1,118 @@
+"""Beat state in this process only: for ``memory://`` brokers and for tests.
+
+It keeps the same rules as the shared stores (lease expiry, fenced compare-and-set of ticks),
+and takes an injectable clock so scheduler tests can move time by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celeriac.beat.store import BeatStore, EntryState, Lease
+
+
+class MemoryBeatStore(BeatStore):
+    def __init__(
+        self,
+        url: str = "memory://",
+        transport_options: dict[str, Any] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._lease: Lease | None = None
+        self._ticks: dict[str, float] = {}
+        self._paused: set[str] = set()
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._version = 0
+
+    def _live_lease(self) -> Lease | None:
+        lease = self._lease
+        return lease if lease is not None and lease.expires_at > self.clock() else None
+
+    def acquire(self, holder: str, ttl: float) -> bool:
+        with self._lock:
+            lease = self._live_lease()
+            if lease is not None and lease.holder != holder:
+                return False
+            self._lease = Lease(holder, self.clock() + ttl)
+            return True
+
+    def renew(self, holder: str, ttl: float) -> bool:
+        with self._lock:
+            lease = self._live_lease()
+            if lease is None or lease.holder != holder:
+                return False
+            self._lease = Lease(holder, self.clock() + ttl)
+            return True
+
+    def release(self, holder: str) -> None:
+        with self._lock:
+            if self._lease is not None and self._lease.holder == holder:
+                self._lease = None
+
+    def leader(self) -> Lease | None:
+        with self._lock:
+            return self._live_lease()
+
+    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
+        with self._lock:
+            lease = self._live_lease()
+            if lease is None or lease.holder != holder:
+                return False
+            if self._ticks.get(entry) != previous:
+                return False
+            self._ticks[entry] = tick
+            return True
+
+    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
+        with self._lock:
+            if self._ticks.get(entry) != tick:
+                return False
+            if previous is None:
+                del self._ticks[entry]
+            else:
+                self._ticks[entry] = previous
+            return True
+
+    def states(self) -> dict[str, EntryState]:
+        with self._lock:
+            names = set(self._ticks) | self._paused
+            return {n: EntryState(self._ticks.get(n), n in self._paused) for n in names}
+
+    def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
+        with self._lock:
+            if name in self._entries and not replace:
+                return False
+            self._entries[name] = copy.deepcopy(spec)
+            self._version += 1
+            return True
+
+    def remove_entry(self, name: str) -> bool:
+        with self._lock:
+            found = self._entries.pop(name, None) is not None
+            self._ticks.pop(name, None)
+            self._paused.discard(name)
+            self._version += 1
+            return found
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        with self._lock:
+            if paused:
+                self._paused.add(name)
+            else:
+                self._paused.discard(name)
+            self._version += 1
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._entries)
+
+    def version(self) -> int:
+        with self._lock:
+            return self._version

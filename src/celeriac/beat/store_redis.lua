@@ -1,0 +1,81 @@
+-- Celeriac beat's state on Redis: each command is one atomic call of this script.
+--
+-- ARGV[1] = command, ARGV[2] = key prefix (global_keyprefix), then the command's arguments.
+-- Keys (standalone Redis, not Cluster):
+--   celeriac.beat.lease     holder id, with a PX expiry: the leader lease
+--   celeriac.beat.ticks     hash entry -> last tick (a float's repr)
+--   celeriac.beat.paused    set of paused entry names
+--   celeriac.beat.entries   hash name -> dynamic entry spec (JSON)
+--   celeriac.beat.version   counter bumped by every entry change
+
+local cmd, P = ARGV[1], ARGV[2]
+local LEASE, TICKS = P .. 'celeriac.beat.lease', P .. 'celeriac.beat.ticks'
+local PAUSED, ENTRIES = P .. 'celeriac.beat.paused', P .. 'celeriac.beat.entries'
+local VERSION = P .. 'celeriac.beat.version'
+
+-- acquire holder ttl_ms: take a free lease (SET NX PX), or extend our own.
+if cmd == 'acquire' then
+  local holder, ttl = ARGV[3], ARGV[4]
+  if redis.call('SET', LEASE, holder, 'NX', 'PX', ttl) then return 1 end
+  if redis.call('GET', LEASE) == holder then
+    redis.call('PEXPIRE', LEASE, ttl)
+    return 1
+  end
+  return 0
+
+-- renew holder ttl_ms: extend only a lease we still hold.
+elseif cmd == 'renew' then
+  if redis.call('GET', LEASE) == ARGV[3] then
+    redis.call('PEXPIRE', LEASE, ARGV[4])
+    return 1
+  end
+  return 0
+
+elseif cmd == 'release' then
+  if redis.call('GET', LEASE) == ARGV[3] then redis.call('DEL', LEASE) end
+  return 0
+
+-- claim holder entry tick previous ('' = none): the fence and the compare-and-set together.
+elseif cmd == 'claim' then
+  if redis.call('GET', LEASE) ~= ARGV[3] then return 0 end
+  local current = redis.call('HGET', TICKS, ARGV[4]) or ''
+  if current ~= ARGV[6] then return 0 end
+  redis.call('HSET', TICKS, ARGV[4], ARGV[5])
+  return 1
+
+-- unclaim entry tick previous ('' = none)
+elseif cmd == 'unclaim' then
+  if redis.call('HGET', TICKS, ARGV[3]) ~= ARGV[4] then return 0 end
+  if ARGV[5] == '' then
+    redis.call('HDEL', TICKS, ARGV[3])
+  else
+    redis.call('HSET', TICKS, ARGV[3], ARGV[5])
+  end
+  return 1
+
+-- put name spec replace(0/1)
+elseif cmd == 'put' then
+  if ARGV[5] == '0' and redis.call('HEXISTS', ENTRIES, ARGV[3]) == 1 then return 0 end
+  redis.call('HSET', ENTRIES, ARGV[3], ARGV[4])
+  redis.call('INCR', VERSION)
+  return 1
+
+elseif cmd == 'remove' then
+  local found = redis.call('HDEL', ENTRIES, ARGV[3])
+  redis.call('HDEL', TICKS, ARGV[3])
+  redis.call('SREM', PAUSED, ARGV[3])
+  redis.call('INCR', VERSION)
+  return found
+
+-- pause name flag(0/1)
+elseif cmd == 'pause' then
+  if ARGV[4] == '1' then
+    redis.call('SADD', PAUSED, ARGV[3])
+  else
+    redis.call('SREM', PAUSED, ARGV[3])
+  end
+  redis.call('INCR', VERSION)
+  return 1
+end
+
+return redis.error_reply('celeriac beat: unknown command ' .. tostring(cmd))

@@ -1,0 +1,115 @@
+"""Beat state on the Redis broker's server (keys ``celeriac.beat.*`` under the key prefix).
+
+The lease is a key set with ``SET NX PX``: Redis expires it by its own clock, so beats on
+different machines need not agree on the time. The fence and the tick's compare-and-set run in
+one Lua call (``store_redis.lua``). Ticks are stored as the ``repr`` of a float, which reads back
+as the same float, so compare-and-set on the strings is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from typing import Any
+
+import redis
+
+from celeriac._redis import connect
+from celeriac.beat.store import BeatStore, EntryState, Lease
+from celeriac.exceptions import BrokerError
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBeatStore(BeatStore):
+    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+        target = connect(url, transport_options)
+        self.client: redis.Redis = target.client
+        self.prefix = target.prefix
+        source = resources.files("celeriac.beat").joinpath("store_redis.lua").read_text()
+        self._script = self.client.register_script(source)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}celeriac.beat.{name}"
+
+    def _call(self, *args: Any) -> int:
+        try:
+            return int(self._script(args=[args[0], self.prefix, *args[1:]]))
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis beat store: {args[0]} failed: {exc}") from exc
+
+    # -- lease ------------------------------------------------------------------------------
+    def acquire(self, holder: str, ttl: float) -> bool:
+        return self._call("acquire", holder, max(1, int(ttl * 1000))) == 1
+
+    def renew(self, holder: str, ttl: float) -> bool:
+        return self._call("renew", holder, max(1, int(ttl * 1000))) == 1
+
+    def release(self, holder: str) -> None:
+        self._call("release", holder)
+
+    def leader(self) -> Lease | None:
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self._key("lease"))
+                pipe.pttl(self._key("lease"))
+                holder, pttl = pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis beat store: leader failed: {exc}") from exc
+        if holder is None or pttl is None or pttl < 0:
+            return None
+        return Lease(_text(holder), time.time() + pttl / 1000)
+
+    # -- ticks ------------------------------------------------------------------------------
+    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
+        return self._call("claim", holder, entry, _num(tick), _num(previous)) == 1
+
+    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
+        return self._call("unclaim", entry, _num(tick), _num(previous)) == 1
+
+    def states(self) -> dict[str, EntryState]:
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self._key("ticks"))
+                pipe.smembers(self._key("paused"))
+                ticks, paused = pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis beat store: states failed: {exc}") from exc
+        last = {_text(k): float(v) for k, v in ticks.items()}
+        stopped = {_text(n) for n in paused}
+        return {n: EntryState(last.get(n), n in stopped) for n in set(last) | stopped}
+
+    # -- dynamic entries --------------------------------------------------------------------
+    def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
+        doc = json.dumps(spec, separators=(",", ":"))
+        return self._call("put", name, doc, int(replace)) == 1
+
+    def remove_entry(self, name: str) -> bool:
+        return self._call("remove", name) == 1
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        self._call("pause", name, int(paused))
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        try:
+            raw = self.client.hgetall(self._key("entries"))
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis beat store: entries failed: {exc}") from exc
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def version(self) -> int:
+        try:
+            value = self.client.get(self._key("version"))
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis beat store: version failed: {exc}") from exc
+        return int(value) if value is not None else 0
+
+    def close(self) -> None:
+        self.client.close()

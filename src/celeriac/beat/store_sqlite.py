@@ -1,0 +1,186 @@
+"""Beat state in the SQLite broker's own file (tables ``celeriac_beat_*``).
+
+Every write is one ``BEGIN IMMEDIATE`` transaction, so the lease check and the tick's
+compare-and-set in :meth:`claim_tick` cannot interleave with another beat's. Lease expiry uses
+this machine's clock, which every process sharing the file shares too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from celeriac._sqlite import SQLiteFile, path_from_url
+from celeriac.beat.store import BeatStore, EntryState, Lease
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS celeriac_beat_lease (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_beat_state (
+    entry     TEXT PRIMARY KEY,
+    last_tick REAL,
+    paused    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS celeriac_beat_entries (
+    name       TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_beat_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+_LEASE = "beat"
+_BUMP = (
+    "INSERT INTO celeriac_beat_meta (key, value) VALUES ('version', 1)"
+    " ON CONFLICT (key) DO UPDATE SET value = value + 1"
+)
+
+
+class SQLiteBeatStore(BeatStore):
+    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+        self.db = SQLiteFile(path_from_url(url), SCHEMA)
+
+    # -- lease ------------------------------------------------------------------------------
+    def acquire(self, holder: str, ttl: float) -> bool:
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute(
+                "INSERT INTO celeriac_beat_lease (name, holder, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE holder = excluded.holder OR expires_at <= ?"
+                " RETURNING holder",
+                (_LEASE, holder, now + ttl, now),
+            ).fetchone()
+        return row is not None
+
+    def renew(self, holder: str, ttl: float) -> bool:
+        now = time.time()
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "UPDATE celeriac_beat_lease SET expires_at = ?"
+                " WHERE name = ? AND holder = ? AND expires_at > ?",
+                (now + ttl, _LEASE, holder, now),
+            )
+            return cur.rowcount == 1
+
+    def release(self, holder: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "DELETE FROM celeriac_beat_lease WHERE name = ? AND holder = ?", (_LEASE, holder)
+            )
+
+    def leader(self) -> Lease | None:
+        row = (
+            self.db.connection()
+            .execute(
+                "SELECT holder, expires_at FROM celeriac_beat_lease"
+                " WHERE name = ? AND expires_at > ?",
+                (_LEASE, time.time()),
+            )
+            .fetchone()
+        )
+        return Lease(row[0], float(row[1])) if row else None
+
+    # -- ticks ------------------------------------------------------------------------------
+    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
+        with self.db.write() as conn:
+            # The fence: checked inside the same write transaction as the compare-and-set.
+            lease = conn.execute(
+                "SELECT 1 FROM celeriac_beat_lease"
+                " WHERE name = ? AND holder = ? AND expires_at > ?",
+                (_LEASE, holder, time.time()),
+            ).fetchone()
+            if lease is None:
+                return False
+            row = conn.execute(
+                "SELECT last_tick FROM celeriac_beat_state WHERE entry = ?", (entry,)
+            ).fetchone()
+            current = row[0] if row is not None else None
+            if current != previous:
+                return False
+            conn.execute(
+                "INSERT INTO celeriac_beat_state (entry, last_tick) VALUES (?, ?)"
+                " ON CONFLICT (entry) DO UPDATE SET last_tick = excluded.last_tick",
+                (entry, tick),
+            )
+            return True
+
+    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "UPDATE celeriac_beat_state SET last_tick = ? WHERE entry = ? AND last_tick = ?",
+                (previous, entry, tick),
+            )
+            return cur.rowcount == 1
+
+    def states(self) -> dict[str, EntryState]:
+        rows = (
+            self.db.connection()
+            .execute("SELECT entry, last_tick, paused FROM celeriac_beat_state")
+            .fetchall()
+        )
+        return {
+            r[0]: EntryState(float(r[1]) if r[1] is not None else None, bool(r[2])) for r in rows
+        }
+
+    # -- dynamic entries --------------------------------------------------------------------
+    def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
+        doc = json.dumps(spec, separators=(",", ":"))
+        with self.db.write() as conn:
+            if not replace:
+                exists = conn.execute(
+                    "SELECT 1 FROM celeriac_beat_entries WHERE name = ?", (name,)
+                ).fetchone()
+                if exists:
+                    return False
+            conn.execute(
+                "INSERT INTO celeriac_beat_entries (name, spec, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,"
+                " updated_at = excluded.updated_at",
+                (name, doc, time.time()),
+            )
+            conn.execute(_BUMP)
+            return True
+
+    def remove_entry(self, name: str) -> bool:
+        with self.db.write() as conn:
+            found = conn.execute(
+                "DELETE FROM celeriac_beat_entries WHERE name = ?", (name,)
+            ).rowcount
+            conn.execute("DELETE FROM celeriac_beat_state WHERE entry = ?", (name,))
+            conn.execute(_BUMP)
+            return found == 1
+
+    def set_paused(self, name: str, paused: bool) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO celeriac_beat_state (entry, paused) VALUES (?, ?)"
+                " ON CONFLICT (entry) DO UPDATE SET paused = excluded.paused",
+                (name, int(paused)),
+            )
+            conn.execute(_BUMP)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        rows = (
+            self.db.connection().execute("SELECT name, spec FROM celeriac_beat_entries").fetchall()
+        )
+        return {name: json.loads(spec) for name, spec in rows}
+
+    def version(self) -> int:
+        row = (
+            self.db.connection()
+            .execute("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.db.close()
