@@ -41,3 +41,8 @@ def flaky(self, fail_times: int) -> int:
 @app.task(name="interop.stamp")
 def stamp() -> float:
     return time.time()
+
+
+@app.task(name="interop.tsum")
+def tsum(values: list[int]) -> int:
+    return sum(values)

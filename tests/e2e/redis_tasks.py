@@ -56,3 +56,8 @@ def sleepy(self, seconds: float) -> float:
     time.sleep(seconds)
     _record("end", self.request.id)
     return seconds
+
+
+@app.task(name="interop.tsum")
+def tsum(values: list[int]) -> int:
+    return sum(values)

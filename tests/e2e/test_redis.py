@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import states
+from celeriac import chord, states
 from celeriac.brokers.redis import encode_envelope
 from celeriac.exceptions import TaskRevokedError
 from celeriac.protocol.message import Message, build_task_message
@@ -109,6 +109,7 @@ def test_bad_input_on_the_wire_is_dead_lettered_and_the_worker_keeps_going(redis
 
 
 def test_celery_client_to_celeriac_worker(redis_e2e, celery_client):
+    from celery import chord as celery_chord
     from celery.exceptions import TaskRevokedError as CeleryRevoked
 
     env, _ = redis_e2e
@@ -128,6 +129,11 @@ def test_celery_client_to_celeriac_worker(redis_e2e, celery_client):
     flaky = celery_client.send_task("interop.flaky", (2,))
     assert flaky.get(timeout=10) == 2
     assert env.ledger_entries("run")[flaky.id] == 3
+    # A chord Celery started (it made the .s counter) is finished by Celeriac's worker.
+    add = celery_client.signature("interop.add")
+    header = [add.clone((i, i)) for i in range(10)]
+    body = celery_client.signature("interop.tsum")
+    assert celery_chord(header, body).apply_async().get(timeout=10) == 90
 
 
 def test_celeriac_client_to_celery_worker(redis_e2e):
@@ -150,3 +156,6 @@ def test_celeriac_client_to_celery_worker(redis_e2e):
         tasks.boom.delay("bad input", 42).get(timeout=10)
     assert info.value.args == ("bad input", 42)
     assert tasks.flaky.delay(2).get(timeout=10) == 2
+    # A chord Celeriac started is counted and finished by Celery's worker.
+    result = chord(tasks.add.s(i, i) for i in range(10))(tasks.tsum.s())
+    assert result.get(timeout=10) == 90
