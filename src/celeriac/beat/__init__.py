@@ -8,3 +8,17 @@
 
 Run it with ``celeriac -A proj beat`` or inside a worker with ``celeriac -A proj worker -B``.
 """
+
+from celeriac.beat.api import add_periodic_task
+from celeriac.beat.scheduler import Beat, start_embedded_beat
+from celeriac.beat.schedules import Schedule, clocked, crontab, schedule
+
+__all__ = [
+    "Beat",
+    "Schedule",
+    "add_periodic_task",
+    "clocked",
+    "crontab",
+    "schedule",
+    "start_embedded_beat",
+]
