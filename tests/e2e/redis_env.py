@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,10 @@ from .conftest import HERE, Env, wait_for
 class RedisEnv(Env):
     """A test's own key prefix on the shared Redis (deleted afterwards), ledger and workers."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, url: str | None = None) -> None:
         super().__init__(tmp)
         self.prefix = redis_support.new_prefix()
-        self.url = redis_support.url_with_prefix(self.prefix)
+        self.url = url or redis_support.url_with_prefix(self.prefix)
         self.env.update(
             CELERIAC_BROKER_URL=self.url,
             CELERIAC_RESULT_BACKEND=self.url,
@@ -56,4 +58,51 @@ class RedisEnv(Env):
         redis_support.drop(self.prefix)
 
 
-__all__ = ["HERE", "RedisEnv", "wait_for"]
+class PrivateRedis:
+    """A redis-server this test owns (append-only file on), so it may stop and restart it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "redis"
+        self.dir.mkdir()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(self._up, 10, "the private redis-server to answer")
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """A clean shutdown: Redis writes and fsyncs its append-only file, then exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+__all__ = ["HERE", "PrivateRedis", "RedisEnv", "wait_for"]
