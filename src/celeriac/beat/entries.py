@@ -60,7 +60,8 @@ def parse_entry(name: str, raw: Any, *, dynamic: bool = False) -> Entry:
     try:
         return _parse(name, raw, dynamic)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"beat_schedule entry {name!r}: {exc}") from None
+        where = "beat entry" if dynamic else "beat_schedule entry"
+        raise ConfigurationError(f"{where} {name!r}: {exc}") from None
 
 
 def _parse(name: str, raw: Any, dynamic: bool) -> Entry:

@@ -20,6 +20,7 @@ transaction on every broker.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -147,7 +148,7 @@ class Beat:
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
-        logger.info("beat %s starting with %d entries", self.holder, len(self.entries))
+        logger.info("beat %s starting; entries: %s", self.holder, ", ".join(self.entries) or "none")
         try:
             while not self._stop.is_set():
                 self._stop.wait(self.run_once())
@@ -223,7 +224,9 @@ class Beat:
                     return True
             elif step.missed:
                 logger.warning(
-                    "beat: %r missed its ticks up to %s while no beat ran; skipped", name, step.tick
+                    "beat: %r missed its ticks up to %s while no beat ran; skipped",
+                    name,
+                    self._fmt(step.tick),
                 )
         return True
 
@@ -241,12 +244,15 @@ class Beat:
                 **options,
             )
         except Exception as exc:
-            logger.error("beat: sending %r (tick %s) failed: %s", entry.name, tick, exc)
+            logger.error("beat: sending %r (tick %s) failed: %s", entry.name, self._fmt(tick), exc)
             if self.store.unclaim_tick(entry.name, tick, previous):
                 self._last[entry.name] = previous
             return False
-        logger.info("beat: sent %r (%s) for tick %s", entry.name, entry.task, tick)
+        logger.info("beat: sent %r (%s) for %s", entry.name, entry.task, self._fmt(tick))
         return True
+
+    def _fmt(self, tick: float) -> str:
+        return dt.datetime.fromtimestamp(tick, self._tz).isoformat(timespec="milliseconds")
 
     # -- stopping ---------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:

@@ -171,6 +171,8 @@ class crontab(Schedule):
         self.day_of_month = _field(day_of_month)
         self.month_of_year = _MONTH_NAMES.sub(lambda m: m.group(1), _field(month_of_year))
         self._error = self._check()
+        # Beat asks for the tick after the same last tick every loop: remember one answer.
+        self._memo: tuple[float, dt.tzinfo, float | None] | None = None
 
     @classmethod
     def from_string(cls, expression: str) -> crontab:
@@ -224,6 +226,14 @@ class crontab(Schedule):
         return None
 
     def next_after(self, after: float, tz: dt.tzinfo) -> float | None:
+        memo = self._memo
+        if memo is not None and memo[0] == after and memo[1] is tz:
+            return memo[2]
+        tick = self._next_after(after, tz)
+        self._memo = (after, tz, tick)
+        return tick
+
+    def _next_after(self, after: float, tz: dt.tzinfo) -> float | None:
         self.validate()
         it = self._iterator(dt.datetime.fromtimestamp(after, tz))
         try:

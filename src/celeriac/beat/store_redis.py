@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -99,14 +99,15 @@ class RedisBeatStore(BeatStore):
 
     def entries(self) -> dict[str, dict[str, Any]]:
         try:
-            raw = self.client.hgetall(self._key("entries"))
+            # redis-py's sync client is typed as possibly async: its answers are cast.
+            raw = cast(dict[bytes, bytes], self.client.hgetall(self._key("entries")))
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: entries failed: {exc}") from exc
         return {_text(k): json.loads(v) for k, v in raw.items()}
 
     def version(self) -> int:
         try:
-            value = self.client.get(self._key("version"))
+            value = cast(bytes | None, self.client.get(self._key("version")))
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: version failed: {exc}") from exc
         return int(value) if value is not None else 0
