@@ -1,0 +1,30 @@
+"""The app beat processes load in the end-to-end tests (``-A beat_app``).
+
+The broker comes from ``CELERIAC_BROKER_URL``; ``BEAT_TEST_SCHEDULE`` picks the schedule.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celeriac import Celeriac
+from celeriac.beat import crontab
+
+app = Celeriac("beat_app", result_backend=None)
+
+
+@app.task(name="beat_app.tick")
+def tick() -> None:
+    """Never run in these tests: they count the messages beat sends."""
+
+
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "every-second": {"every-second": {"task": "beat_app.tick", "schedule": 1.0}},
+    "bad-cron": {"broken-cron": {"task": "beat_app.tick", "schedule": crontab(minute="61")}},
+    "bad-cron-string": {"broken-string": {"task": "beat_app.tick", "schedule": "*/5 * *"}},
+    "unknown-task": {"typo": {"task": "beat_app.tikc", "schedule": 5.0}},
+}
+
+app.conf.beat_schedule = SCHEDULES[os.environ.get("BEAT_TEST_SCHEDULE", "none")]
