@@ -15,7 +15,7 @@ from celeriac import Celeriac
 from celeriac.beat import api
 from celeriac.beat.entries import Entry, Step, next_step, parse_entry
 from celeriac.beat.scheduler import Beat, start_embedded_beat, tick_task_id
-from celeriac.beat.schedules import clocked, crontab
+from celeriac.beat.schedules import clocked, crontab, schedule
 from celeriac.beat.store_memory import MemoryBeatStore
 from celeriac.exceptions import ConfigurationError
 
@@ -364,3 +364,25 @@ def test_embedded_beat_thread_sends_and_releases_the_lease_on_stop() -> None:
     beat.stop()
     assert len(got) >= 3
     assert store.leader() is None, "a stopping leader hands the lease back"
+
+
+class Boom(schedule):
+    """A user's schedule with a bug in it."""
+
+    def next_after(self, after: float, tz: dt.tzinfo) -> float | None:
+        raise RuntimeError("bug in a custom schedule")
+
+
+def test_a_failing_entry_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    app = make_app(
+        bad={"task": "proj.ping", "schedule": Boom(1.0)},
+        good={"task": "proj.ping", "schedule": 1.0},
+    )
+    clock = Clock()
+    (beat,) = beats(app, clock, "a")
+    beat.run_once()
+    with caplog.at_level(logging.ERROR, logger="celeriac.beat"):
+        for _ in range(3):
+            step(clock, 1.0, beat)
+    assert [e for e, _ in sent(app)] == ["good"] * 3
+    assert caplog.text.count("entry 'bad' failed") == 1, "logged once, then skipped"

@@ -93,6 +93,7 @@ class Beat:
         self._version: int | None = None
         self._renew_at = 0.0
         self._bad_dynamic: dict[str, str] = {}
+        self._broken: dict[str, Entry] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -151,7 +152,13 @@ class Beat:
         logger.info("beat %s starting; entries: %s", self.holder, ", ".join(self.entries) or "none")
         try:
             while not self._stop.is_set():
-                self._stop.wait(self.run_once())
+                try:
+                    delay = self.run_once()
+                except Exception:
+                    # A bug must not silence every beat at once; fencing keeps this safe.
+                    logger.exception("beat %s: unexpected error; carrying on", self.holder)
+                    delay = 1.0
+                self._stop.wait(delay)
         finally:
             self._step_down()
 
@@ -194,15 +201,23 @@ class Beat:
     def _send_due(self, now: float) -> float:
         wake = min(self.poll_interval, max(0.0, self._renew_at - now))
         for name, entry in list(self.entries.items()):
-            if name in self._paused:
+            if name in self._paused or self._broken.get(name) is entry:
                 continue
-            if not self._advance(entry, now):
-                return 0.01  # lost the lease or raced: look again almost at once
-            last = self._last.get(name)
-            if last is not None:
-                nxt = entry.schedule.next_after(last, self._tz)
-                if nxt is not None:
-                    wake = min(wake, max(0.0, nxt - now))
+            try:
+                if not self._advance(entry, now):
+                    return 0.01  # lost the lease or raced: look again almost at once
+                last = self._last.get(name)
+                nxt = entry.schedule.next_after(last, self._tz) if last is not None else None
+            except CeleriacError:
+                raise
+            except Exception:
+                # A bug in one entry (its schedule maths, say) must not stop the others. It is
+                # retried when it changes or beat restarts.
+                logger.exception("beat: entry %r failed; skipping it", name)
+                self._broken[name] = entry
+                continue
+            if nxt is not None:
+                wake = min(wake, max(0.0, nxt - now))
         return wake
 
     def _advance(self, entry: Entry, now: float) -> bool:

@@ -8,11 +8,13 @@ this machine's clock, which every process sharing the file shares too.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any
 
 from celeriac._sqlite import SQLiteFile, path_from_url
 from celeriac.beat.store import BeatStore, EntryState, Lease
+from celeriac.exceptions import BrokerError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_beat_lease (
@@ -77,17 +79,18 @@ class SQLiteBeatStore(BeatStore):
                 "DELETE FROM celeriac_beat_lease WHERE name = ? AND holder = ?", (_LEASE, holder)
             )
 
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return self.db.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise BrokerError(f"beat store {self.db.path}: {exc}") from exc
+
     def leader(self) -> Lease | None:
-        row = (
-            self.db.connection()
-            .execute(
-                "SELECT holder, expires_at FROM celeriac_beat_lease"
-                " WHERE name = ? AND expires_at > ?",
-                (_LEASE, time.time()),
-            )
-            .fetchone()
+        rows = self._read(
+            "SELECT holder, expires_at FROM celeriac_beat_lease WHERE name = ? AND expires_at > ?",
+            (_LEASE, time.time()),
         )
-        return Lease(row[0], float(row[1])) if row else None
+        return Lease(rows[0][0], float(rows[0][1])) if rows else None
 
     # -- ticks ------------------------------------------------------------------------------
     def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
@@ -122,11 +125,7 @@ class SQLiteBeatStore(BeatStore):
             return cur.rowcount == 1
 
     def states(self) -> dict[str, EntryState]:
-        rows = (
-            self.db.connection()
-            .execute("SELECT entry, last_tick, paused FROM celeriac_beat_state")
-            .fetchall()
-        )
+        rows = self._read("SELECT entry, last_tick, paused FROM celeriac_beat_state")
         return {
             r[0]: EntryState(float(r[1]) if r[1] is not None else None, bool(r[2])) for r in rows
         }
@@ -169,18 +168,12 @@ class SQLiteBeatStore(BeatStore):
             conn.execute(_BUMP)
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        rows = (
-            self.db.connection().execute("SELECT name, spec FROM celeriac_beat_entries").fetchall()
-        )
+        rows = self._read("SELECT name, spec FROM celeriac_beat_entries")
         return {name: json.loads(spec) for name, spec in rows}
 
     def version(self) -> int:
-        row = (
-            self.db.connection()
-            .execute("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")
-            .fetchone()
-        )
-        return int(row[0]) if row else 0
+        rows = self._read("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")
+        return int(rows[0][0]) if rows else 0
 
     def close(self) -> None:
         self.db.close()
