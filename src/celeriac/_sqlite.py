@@ -7,7 +7,6 @@ a ``fork``). The file runs in WAL mode so readers never block the writer, and wr
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from celeriac._fork import generation
 from celeriac.exceptions import BrokerError, CeleriacError, ConfigurationError
 
 BUSY_TIMEOUT_MS = 30_000
@@ -41,13 +41,13 @@ class SQLiteFile:
         self._error = error
         self._schema = schema
         self._local = threading.local()
-        self._pid = os.getpid()
+        self._fork_gen = generation()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+        if self._fork_gen != generation():  # forked: the parent's connections are not ours
             self._local = threading.local()
-            self._pid = os.getpid()
+            self._fork_gen = generation()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._open()
@@ -99,7 +99,7 @@ class SQLiteFile:
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and self._pid == os.getpid():
+        if conn is not None and self._fork_gen == generation():
             conn.close()
         self._local = threading.local()
 

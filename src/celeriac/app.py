@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import importlib
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
+from celeriac._fork import generation
 from celeriac.backends import ResultBackend, create_backend
 from celeriac.brokers import Broker, create_broker
 from celeriac.canvas.builtins import register_builtins
@@ -76,7 +76,7 @@ class Celeriac:
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
-        self._pid = os.getpid()
+        self._fork_gen = generation()
         if config_source is not None:
             self.config_from_object(config_source)
         explicit = dict(settings)
@@ -201,8 +201,8 @@ class Celeriac:
 
     def _check_fork(self) -> None:
         # Connections opened by a parent process are not usable after fork: start afresh.
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._fork_gen != generation():
+            self._fork_gen = generation()
             self._broker = None
             self._backend = None
             self._lock = threading.Lock()

@@ -76,6 +76,9 @@ class Settings:
     worker_prefetch_multiplier: int = 4
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
+    #: Jobs a prefork child may have queued in its pipe (2 hides the hand-off latency for short
+    #: tasks; a second job is only queued when no other child is idle). 1: one at a time.
+    worker_prefork_pipeline: int = 2
     worker_send_task_events: bool = False
     worker_hostname: str | None = None
     #: A message delivered this many times without being acknowledged (its worker died each

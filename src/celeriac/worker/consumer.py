@@ -64,10 +64,13 @@ class Consumer:
         self.app = app
         self.queues = queues
         self.prefetch = max(1, prefetch)
+        self._refill = max(1, self.prefetch // 2)
         self.hostname = hostname
         self.pool: Pool | None = None
         self.outcomes: queue.Queue[Outcome | None] = queue.Queue()
         self._inflight: dict[int, Delivery] = {}
+        #: dispatched messages whose outcome has not come back yet; ``prefetch`` bounds this
+        self._unfinished = 0
         self._early_acked: set[int] = set()
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
@@ -101,6 +104,11 @@ class Consumer:
 
     def on_outcome(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
+        with self._cond:
+            self._unfinished -= 1
+            # Wake the fetcher only when a whole refill's worth of room has opened up.
+            if self.prefetch - self._unfinished == self._refill:
+                self._cond.notify_all()
 
     def stop_fetching(self) -> list[Job]:
         """Stop leasing more messages; returns jobs still waiting for a rate-limit slot."""
@@ -115,6 +123,7 @@ class Consumer:
         for job in jobs:
             with self._cond:
                 delivery = self._inflight.pop(job.job_id, None)
+                self._unfinished -= 1
                 self._cond.notify_all()
             if delivery is not None and job.job_id not in self._early_acked:
                 self._safely(lambda d=delivery: self.app.broker.requeue(d, count=False))
@@ -146,9 +155,18 @@ class Consumer:
         broker = self.app.broker
         while self._fetching.is_set():
             with self._cond:
-                while len(self._inflight) >= self.prefetch and self._fetching.is_set():
+                # Refill in batches (half the prefetch at a time) rather than one message per
+                # finished task: one claim transaction then serves many tasks. Finished tasks
+                # whose results are still being stored do not count against the prefetch, but
+                # at most one more prefetch's worth may wait for the finisher.
+                while self._fetching.is_set() and (
+                    (self._unfinished and self.prefetch - self._unfinished < self._refill)
+                    or len(self._inflight) >= 2 * self.prefetch
+                ):
                     self._cond.wait(0.5)
-                room = self.prefetch - len(self._inflight)
+                room = min(
+                    self.prefetch - self._unfinished, 2 * self.prefetch - len(self._inflight)
+                )
             if not self._fetching.is_set():
                 return
             try:
@@ -178,10 +196,11 @@ class Consumer:
         job_id = next(self._ids)
         with self._cond:
             self._inflight[job_id] = delivery
+            self._unfinished += 1
         headers, outcome = precheck(self.app, job_id, delivery, stored_state)
         if outcome is not None or headers is None:
             assert outcome is not None
-            self.outcomes.put(outcome)
+            self.on_outcome(outcome)
             return
         with self._cond:
             self._task_ids[job_id] = headers.id

@@ -14,11 +14,13 @@ import ctypes
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
 logger = logging.getLogger("celeriac.worker")
-_STOP = None
+_STOP = b"stop"
+_PICKLE = pickle.HIGHEST_PROTOCOL
 _PR_SET_PDEATHSIG = 1
 
 
@@ -69,13 +72,14 @@ def _child_main(app: Celeriac, conn: Connection, parent_pid: int) -> None:
     signals.worker_process_init.send(None)
     while True:
         try:
-            job = conn.recv()
+            job = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if job is _STOP:
+        if job == _STOP:
             return
         # Tasks run on this process's main thread, where SIGALRM can interrupt even a sleep.
-        conn.send((execute(app, job, alarm_soft_limit), _rss_bytes()))
+        outcome = execute(app, Job.from_wire(app, pickle.loads(job)), alarm_soft_limit)
+        conn.send_bytes(pickle.dumps((outcome.to_wire(), _rss_bytes()), _PICKLE))
 
 
 def _rss_bytes() -> int:
@@ -91,17 +95,30 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class _Slot:
-    """One child process and the thread that feeds it, one job at a time."""
+    """One child process and the thread that feeds it.
+
+    The thread keeps up to ``pool.pipeline`` jobs in the child's pipe, so a child finishing a
+    short task starts the next at once instead of waiting for this thread to be scheduled (on
+    small machines that wait was most of a short task's cost). It only queues a second job when
+    no other slot is idle, so a long task cannot hold up work that another child could do.
+    The job at the head of the pipe is the running one: time limits, ``terminate`` and child
+    death apply to it; jobs behind it never started and go back to the pool's queue.
+    """
 
     def __init__(self, pool: PreforkPool, index: int) -> None:
         self.pool = pool
         self.index = index
         self.process: BaseProcess | None = None
         self.conn: Connection | None = None
-        self.tasks_done = 0
-        self.current: Job | None = None
+        self.sent = 0
+        self.inflight: deque[Job] = deque()
+        self.head_started = 0.0
         self.terminating = False
         self.thread = threading.Thread(target=self.run, name=f"celeriac-slot-{index}", daemon=True)
+
+    @property
+    def current(self) -> Job | None:
+        return self.inflight[0] if self.inflight else None
 
     def spawn(self) -> None:
         parent_conn, child_conn = mp.Pipe()
@@ -114,14 +131,14 @@ class _Slot:
         )
         proc.start()
         child_conn.close()
-        self.process, self.conn, self.tasks_done = proc, parent_conn, 0
+        self.process, self.conn, self.sent = proc, parent_conn, 0
 
     def retire(self) -> None:
-        """Ask the child to exit after its current job and wait for it."""
+        """Ask the child to exit (its pipe is empty) and wait for it."""
         if self.process is None or self.conn is None:
             return
         with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send(_STOP)
+            self.conn.send_bytes(_STOP)
         self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
@@ -136,74 +153,144 @@ class _Slot:
                 os.kill(proc.pid, signal.SIGKILL)
 
     def run(self) -> None:
-        pool = self.pool
+        stopping = False
         while True:
-            job = pool.jobs.get()
-            if job is _STOP:
-                self.retire()
-                return
+            if not stopping:
+                stopping = self._fill()
+            if not self.inflight:
+                if stopping:
+                    self.retire()
+                    return
+                continue
+            self._finish_head()
+
+    def _room(self) -> bool:
+        limit = self.pool.max_tasks_per_child
+        if limit and self.process is not None and self.sent >= limit:
+            if self.inflight:
+                return False  # this child is done after what it has; no more jobs for it
+            self.retire()  # a fresh child takes the next job
+        if not self.inflight:
+            return True
+        return len(self.inflight) < self.pool.pipeline and self.pool.idle == 0
+
+    def _fill(self) -> bool:
+        """Send jobs while there is room; True when the pool is stopping."""
+        pool = self.pool
+        while self._room():
+            if self.inflight:
+                try:
+                    job = pool.jobs.get_nowait()
+                except queue.Empty:
+                    return False
+            else:
+                with pool.idle_lock:
+                    pool.idle += 1
+                try:
+                    job = pool.jobs.get()
+                finally:
+                    with pool.idle_lock:
+                        pool.idle -= 1
+            if job is None:
+                return True
             skipped = pool.take_revoked(job)
             if skipped is not None:
                 pool.on_outcome(skipped)
                 continue
-            if self.process is None or not self.process.is_alive():
+            if self.process is None:
                 self.spawn()
-            outcome, rss = self.run_job(job)
-            pool.on_outcome(outcome)
-            self.tasks_done += 1
-            if pool.max_tasks_per_child and self.tasks_done >= pool.max_tasks_per_child:
-                self.retire()
-            elif pool.max_memory_per_child and rss > pool.max_memory_per_child * 1024:
-                logger.warning(
-                    "child %s uses %d KiB, over max_memory_per_child; replacing it",
-                    self.process.pid if self.process else "?",
-                    rss // 1024,
-                )
-                self.retire()
+            assert self.process is not None and self.conn is not None
+            try:
+                # Plain pickle of plain tuples: multiprocessing's own send() builds a
+                # ForkingPickler per call, which cost more than a short task itself.
+                self.conn.send_bytes(pickle.dumps(job.to_wire(), _PICKLE))
+            except (BrokenPipeError, OSError):
+                pool.jobs.put(job)  # never reached the child
+                self._child_gone(None)
+                return False
+            self.sent += 1
+            self.inflight.append(job)
+            if len(self.inflight) == 1:
+                self._head_begins()
+        return False
 
-    def run_job(self, job: Job) -> tuple[Outcome, int]:
+    def _head_begins(self) -> None:
+        self.head_started = time.monotonic()
+        self.terminating = False
+        assert self.process is not None
+        self.pool.started(self.inflight[0], self.process.pid or 0)
+
+    def _finish_head(self) -> None:
+        """Wait for the running job's outcome, its hard time limit, or the child's death."""
         assert self.process is not None and self.conn is not None
-        app = self.pool.app
-        try:
-            self.conn.send(job)
-        except (BrokenPipeError, OSError):
-            self._reap()
-            return worker_lost(app, job, "child process exited before the task"), 0
-        self.pool.started(job, self.process.pid or 0)
+        pool, app, job = self.pool, self.pool.app, self.inflight[0]
         task = app.tasks.get(job.headers.task)
         hard = time_limits(app, task, job.headers)[0] if task is not None else None
-        deadline = None if hard is None else time.monotonic() + hard
-        self.current, self.terminating = job, False
-        try:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = wait([self.conn, self.process.sentinel], timeout)
-            if self.conn in ready:
-                with contextlib.suppress(EOFError, OSError):
-                    outcome, rss = self.conn.recv()
-                    return outcome, rss
-            if not ready:  # the hard time limit passed: the child is killed, not asked
-                assert hard is not None
-                self.kill()
-                code = self._reap()
-                logger.error(
-                    "task %s[%s] exceeded its hard time limit (%ss); child killed",
-                    job.headers.task,
-                    job.headers.id,
-                    hard,
-                )
-                return hard_time_limit(app, job, hard), 0
-            code = self._reap()
-            if self.terminating:
-                return revoked(app, job, terminated=True), 0
+        timeout = None if hard is None else max(0.0, self.head_started + hard - time.monotonic())
+        if self.inflight and len(self.inflight) < pool.pipeline and timeout is None:
+            timeout = 0.05  # look for more work to queue behind the running job now and then
+        ready = wait([self.conn, self.process.sentinel], timeout)
+        if self.conn in ready:
+            try:
+                wire, rss = pickle.loads(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                ready = [self.process.sentinel]
+            else:
+                self.inflight.popleft()
+                pool.on_outcome(Outcome.from_wire(wire))
+                if self.inflight:
+                    self._head_begins()
+                self._maybe_replace(rss)
+                return
+        if not ready:
+            if hard is None or time.monotonic() < self.head_started + hard:
+                return  # only the look-for-work timeout
+            self.kill()
+            self._reap()
             logger.error(
-                "child process for task %s[%s] died (exit code %s); replacing it",
+                "task %s[%s] exceeded its hard time limit (%ss); child killed",
                 job.headers.task,
                 job.headers.id,
-                code,
+                hard,
             )
-            return worker_lost(app, job, f"child process exited with code {code}"), 0
-        finally:
-            self.current = None
+            self._child_gone(hard_time_limit(app, job, hard))
+            return
+        code = self._reap()
+        if self.terminating:
+            self._child_gone(revoked(app, job, terminated=True))
+            return
+        logger.error(
+            "child process for task %s[%s] died (exit code %s); replacing it",
+            job.headers.task,
+            job.headers.id,
+            code,
+        )
+        self._child_gone(worker_lost(app, job, f"child process exited with code {code}"))
+
+    def _child_gone(self, head_outcome: Outcome | None) -> None:
+        """The child is dead: report the running job, hand the queued ones to other slots."""
+        self._reap()
+        if self.inflight:
+            head = self.inflight.popleft()
+            if head_outcome is None:
+                head_outcome = worker_lost(self.pool.app, head, "child process exited")
+            self.pool.on_outcome(head_outcome)
+        while self.inflight:
+            self.pool.jobs.put(self.inflight.popleft())
+
+    def _maybe_replace(self, rss: int) -> None:
+        pool = self.pool
+        if self.inflight:
+            return
+        if pool.max_tasks_per_child and self.sent >= pool.max_tasks_per_child:
+            self.retire()
+        elif pool.max_memory_per_child and rss > pool.max_memory_per_child * 1024:
+            logger.warning(
+                "child %s uses %d KiB, over max_memory_per_child; replacing it",
+                self.process.pid if self.process else "?",
+                rss // 1024,
+            )
+            self.retire()
 
     def _reap(self) -> int | None:
         proc = self.process
@@ -220,8 +307,14 @@ class _Slot:
 class PreforkPool(Pool):
     can_terminate = True
 
+    #: jobs queued in a child's pipe at most (1: strictly one at a time)
+    pipeline = 2
+
     def start(self) -> None:
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.idle = 0
+        self.idle_lock = threading.Lock()
+        self.pipeline = max(1, self.app.conf.worker_prefork_pipeline)
         self.slots = [_Slot(self, i) for i in range(self.concurrency)]
         for slot in self.slots:
             slot.spawn()
@@ -251,11 +344,19 @@ class PreforkPool(Pool):
             if job is not None:
                 unstarted.append(job)
         for _ in self.slots:
-            self.jobs.put(_STOP)
+            self.jobs.put(None)
         if cold:
             for slot in self.slots:
                 slot.kill()
         else:
             for slot in self.slots:
                 slot.thread.join()
+            # Jobs a dying child handed back after the queue was drained above.
+            while True:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    unstarted.append(job)
         return unstarted
