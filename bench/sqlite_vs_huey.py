@@ -1,6 +1,6 @@
 """Celeriac vs Huey, both on one embedded SQLite file, measured in one run on this machine.
 
-    /work/venv/bin/python bench/sqlite_vs_huey.py [--n 20000] [--repeat 3] [--calls 500] [--json out.json]
+    /work/venv/bin/python bench/sqlite_vs_huey.py [--n 20000] [--repeat 3] [--json out.json]
 
 See bench/README.md for what each number means.
 """
@@ -8,6 +8,7 @@ See bench/README.md for what each number means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import huey
+
+import celeriac
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -55,15 +60,18 @@ SYSTEMS = [
     ),
 ]
 
-# (key, label, higher is better)
+# (key, label, is higher better? None: neither, just context)
 METRICS = [
     ("enqueue_per_s", "enqueue tasks/s", True),
     ("drain_per_s", "drain tasks/s (incl. start-up)", True),
     ("startup_s", "worker start-up s (to 1st result)", False),
     ("steady_drain_per_s", "drain tasks/s after 1st result", True),
+    ("worker_cpu_pct", "worker tree CPU % during drain", None),
+    ("worker_cpu_ms_per_task", "worker tree CPU ms per task", False),
     ("rt_p50_ms", "round trip p50 ms", False),
     ("rt_p99_ms", "round trip p99 ms", False),
     ("rss_mb", "worker tree RSS MB after drain", False),
+    ("anon_rss_mb", "  of which anonymous (RssAnon) MB", False),
 ]
 
 
@@ -111,30 +119,43 @@ def wait_drained(
         time.sleep(POLL)
 
 
-def tree_rss_mb(root: int) -> float:
-    """VmRSS summed over a process and all its descendants (shared pages count once per process)."""
-    parents = {}
+def tree_usage(root: int) -> dict[str, float]:
+    """CPU seconds so far and memory of a process and all its descendants, from /proc.
+
+    rss_mb is VmRSS (pages shared after fork count once per process). anon_rss_mb is RssAnon
+    only: with no swap it cannot shrink, whereas the file-backed part of RSS (interpreter, shared
+    libraries) is dropped by proactive reclaim (e.g. DAMON) on some VMs, which makes VmRSS noisy.
+    """
+    parents, ticks = {}, {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
             except OSError:
                 continue
-            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+            parents[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()
         kids = [p for p, pp in parents.items() if pp == pid]
         tree.update(kids)
         frontier.extend(kids)
-    kb = 0
+    kb = {"VmRSS:": 0, "RssAnon:": 0}
     for pid in tree:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        kb += next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
-    return kb / 1024
+        for fields in map(str.split, status.splitlines()):
+            if fields and fields[0] in kb:
+                kb[fields[0]] += int(fields[1])
+    return {
+        "cpu_s": sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK"),
+        "rss_mb": kb["VmRSS:"] / 1024,
+        "anon_rss_mb": kb["RssAnon:"] / 1024,
+        "worker_procs": len(tree),
+    }
 
 
 def stop(worker: subprocess.Popen) -> None:
@@ -144,10 +165,8 @@ def stop(worker: subprocess.Popen) -> None:
             os.killpg(worker.pid, sig)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             worker.wait(wait)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -164,12 +183,16 @@ def run_once(system: System, n: int, calls: int) -> dict[str, float]:
             t0 = time.perf_counter()
             # Own session: the worker and its children form one group we can kill as a whole.
             worker = subprocess.Popen(
-                system.worker, env=env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=tmp,
-            )  # fmt: skip
+                system.worker,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=tmp,
+            )
             try:
                 first, last = wait_drained(system, db, n, worker, t0)
-                rss = tree_rss_mb(worker.pid)
+                usage = tree_usage(worker.pid)
                 latencies = run_client(system, "roundtrip", calls, env)["latencies_ms"]
             except BaseException:
                 print(f"--- {system.name} worker log tail ---\n{log_path.read_text()[-2000:]}")
@@ -183,14 +206,18 @@ def run_once(system: System, n: int, calls: int) -> dict[str, float]:
         "steady_drain_per_s": (n - 1) / (last - first) if last > first else math.nan,
         "rt_p50_ms": percentile(latencies, 0.50),
         "rt_p99_ms": percentile(latencies, 0.99),
-        "rss_mb": rss,
+        # Whole worker tree, start-up included; 100% = one core busy.
+        "worker_cpu_pct": 100 * usage["cpu_s"] / last,
+        "worker_cpu_ms_per_task": 1000 * usage.pop("cpu_s") / n,
+        **usage,
     }
 
 
-def print_table(medians: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    import celeriac
-    import huey
+def fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
+
+def print_table(medians: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     print(
         f"\nN={args.n}, {args.calls} round trips, median of {args.repeat} run(s), "
         f"{os.cpu_count()} CPUs, SQLite {sqlite3.sqlite_version}, "
@@ -201,8 +228,8 @@ def print_table(medians: dict[str, dict[str, float]], args: argparse.Namespace) 
     for key, label, higher in METRICS:
         c, h = medians["celeriac"][key], medians["huey"][key]
         ratio = c / h if h else math.nan
-        better = "higher" if higher else "lower"
-        print(row.format(label, f"{c:,.1f}", f"{h:,.1f}", f"{ratio:.2f} ({better})"))
+        better = {True: "higher", False: "lower", None: "info"}[higher]
+        print(row.format(label, fmt(c), fmt(h), f"{ratio:.2f} ({better})"))
 
 
 def main() -> None:
@@ -222,7 +249,8 @@ def main() -> None:
             runs[system.name].append(result)
             print(
                 f"run {i + 1} {system.name}: "
-                + ", ".join(f"{k}={v:.1f}" for k, v in result.items())
+                + ", ".join(f"{k}={fmt(v)}" for k, v in result.items()),
+                flush=True,
             )
     medians = {
         name: {key: statistics.median(r[key] for r in rs) for key, _, _ in METRICS}
