@@ -12,16 +12,40 @@ import pytest
 from celeriac.brokers import Broker, create_broker
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
-from tests import redis_support
+from tests import amqp_support, redis_support
+from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
 LEASE = 0.3  # short visibility timeout for the lease tests
 MakeBroker = Callable[..., Broker]
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+_LEASE_EXPIRY = ("expired_lease", "stale_ack", "stale_requeue")
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("amqp", marks=pytest.mark.amqp),
+    ]
+)
 def make_broker(request: pytest.FixtureRequest, tmp_path: Path):
     made: list[Broker] = []
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/b.db"
+    defaults: dict[str, float] = {}
+    if request.param == "amqp":
+        if any(name in request.node.name for name in _LEASE_EXPIRY):
+            pytest.skip("on RabbitMQ the lease is the channel (no timeout): test_amqp.py")
+        url = amqp_support.url_for(request.getfixturevalue("amqp_vhost"))
+        defaults = {"max_priority": 10}
+
+        def cleanup() -> None:
+            names = set().union(*(amqp_support.queues_of(b) for b in made))
+            if names:
+                amqp_support.delete_queues(url, names)
+
+        request.addfinalizer(cleanup)
     if request.param == "redis":
         url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
         request.addfinalizer(lambda: redis_support.drop(prefix))
@@ -29,7 +53,7 @@ def make_broker(request: pytest.FixtureRequest, tmp_path: Path):
             pytest.skip("on Redis a lower number is served first, as in Celery: test_redis.py")
 
     def make(**transport_options: float) -> Broker:
-        broker = create_broker(url, transport_options)
+        broker = create_broker(url, {**defaults, **transport_options})
         made.append(broker)
         return broker
 

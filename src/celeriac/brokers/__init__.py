@@ -16,6 +16,8 @@ BROKERS: dict[str, str] = {
     "rediss": "celeriac.brokers.redis:RedisBroker",
     "redis+socket": "celeriac.brokers.redis:RedisBroker",
     "sentinel": "celeriac.brokers.redis:RedisBroker",
+    "amqp": "celeriac.brokers.amqp:AMQPBroker",
+    "amqps": "celeriac.brokers.amqp:AMQPBroker",
 }
 
 

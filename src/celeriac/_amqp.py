@@ -1,0 +1,376 @@
+"""AMQP 0-9-1 connections for the broker and the ``rpc://`` backend, on aiormq.
+
+Imported only when an ``amqp://``/``amqps://`` broker or the ``rpc://`` backend is used, so
+``import celeriac`` never imports the client.
+
+A :class:`Link` is one connection on a private event-loop thread. Sync callers (a worker's
+fetcher, finisher and renewer threads, a client's ``apply_async``) run coroutines on that loop
+with :meth:`Link.run`, so the connection is only ever touched by one thread and its heartbeats
+keep going however long a caller blocks. A lost connection is reopened in the background with
+backoff. Every channel gets an *epoch* when it opens: a delivery tag is only meaningful on the
+channel that delivered it, so a tag from an older epoch is stale (RabbitMQ requeued the message
+when that channel died) and must be dropped rather than acknowledged on a newer channel.
+
+URLs: ``amqp://user:password@host:port/vhost`` in kombu's spelling (``//`` or no path is the
+vhost ``/``; ``%2F`` escapes a slash), ``amqps://`` for TLS (``cafile``, ``certfile``,
+``keyfile``, ``no_verify_ssl=1`` as query parameters). ``heartbeat`` (s, default 60) and
+``connect_timeout`` (s, default 10) come from the transport options or the query string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import itertools
+import logging
+import os
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+import aiormq
+import aiormq.abc
+import aiormq.exceptions
+import pamqp.encode
+
+from celeriac.exceptions import BrokerError, ConfigurationError
+
+logger = logging.getLogger("celeriac.amqp")
+T = TypeVar("T")
+
+#: Errors after which the same operation may succeed on a reopened channel or connection.
+RECOVERABLE: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aiormq: "<Connection> closed" when a channel is asked of a dead connection
+)
+
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+
+
+def _encode_doubles() -> None:
+    """Make pamqp write floats in header tables as doubles ('d'), as py-amqp (Celery) does.
+
+    pamqp writes them as 32-bit floats ('f'): a time limit of 1.1 s would reach a Celery worker
+    as 1.100000023841858 and a timestamp would lose minutes. Patched once, on first import of
+    this module (only processes that use an AMQP URL import it).
+    """
+    original = pamqp.encode.encode_table_value
+    if getattr(original, "_celeriac", False):
+        return
+
+    def encode_table_value(value: Any) -> bytes:
+        if isinstance(value, float):
+            return b"d" + pamqp.encode.double(value)
+        return original(value)
+
+    encode_table_value._celeriac = True  # type: ignore[attr-defined]
+    pamqp.encode.encode_table_value = encode_table_value
+
+
+_encode_doubles()
+_epochs = itertools.count(1)
+
+
+def parse_url(url: str, options: dict[str, Any] | None = None) -> str:
+    """The aiormq URL for a kombu-style ``amqp://`` / ``amqps://`` URL."""
+    options = options or {}
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("amqp", "amqps"):
+        raise ConfigurationError(f"not an AMQP URL: {url!r} (amqp:// or amqps://)")
+    path = parts.path
+    vhost = "/" if path in ("", "/", "//") else unquote(path[1:])
+    user = unquote(parts.username or "guest")
+    password = unquote(parts.password or "guest")
+    host = parts.hostname or "localhost"
+    port = parts.port or (5671 if scheme == "amqps" else 5672)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("heartbeat", str(int(float(options.get("heartbeat", 60)))))
+    query.setdefault("timeout", str(int(float(options.get("connect_timeout", 10)))))
+    query.setdefault("name", f"celeriac pid {os.getpid()}")
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    return f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}?{urlencode(query)}"
+
+
+@dataclass(slots=True)
+class Chan:
+    """An open channel and the epoch it was opened in."""
+
+    channel: aiormq.abc.AbstractChannel
+    epoch: int
+
+    @property
+    def usable(self) -> bool:
+        return not self.channel.is_closed
+
+
+class Link:
+    """One AMQP connection on its own event-loop thread, reopened with backoff when lost."""
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self._amqp_url = parse_url(url, options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="celeriac-amqp-io", daemon=True
+        )
+        self._thread.start()
+        self._conn: aiormq.abc.AbstractConnection | None = None
+        self._up: asyncio.Event | None = None
+        self._recovering: asyncio.Task[None] | None = None
+        self._channels: dict[str, Chan] = {}
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._closed = False
+        self.users = 0
+        self.pid = os.getpid()
+
+    # -- bridging ----------------------------------------------------------------------------
+    def run(self, fn: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """Run ``fn()`` on the I/O loop and wait for it; BrokerError when it takes too long."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("Link.run called from its own I/O thread")
+        if self._closed:
+            raise BrokerError("the AMQP connection was closed")
+
+        async def call() -> T:
+            return await fn()
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise BrokerError(f"AMQP operation timed out after {timeout:.1f}s") from None
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        self._loop.call_soon_threadsafe(fn)
+
+    # -- connection ----------------------------------------------------------------------------
+    async def connection(self, timeout: float) -> aiormq.abc.AbstractConnection:
+        """The open connection, waiting up to ``timeout`` s for it to be (re)established."""
+        conn = self._conn
+        if conn is not None and not conn.is_closed:
+            return conn
+        if self._up is None:
+            self._up = asyncio.Event()
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.ensure_future(self._recover())
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise BrokerError(
+                f"cannot reach RabbitMQ at {_safe(self.url)} (waited {timeout:.1f}s)"
+            ) from None
+        assert self._conn is not None
+        return self._conn
+
+    async def _recover(self) -> None:
+        """Connect, retrying with exponential backoff (and jitter) until it works or we close."""
+        delay = _BACKOFF_FIRST
+        while not self._closed:
+            try:
+                conn = await aiormq.connect(self._amqp_url)
+            except Exception as exc:
+                logger.warning(
+                    "AMQP: cannot connect to %s (%s); retrying in %.1fs",
+                    _safe(self.url),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, _BACKOFF_MAX)
+                continue
+            self._conn = conn
+            self._channels.clear()
+            conn.closing.add_done_callback(functools.partial(self._on_lost, conn))
+            assert self._up is not None
+            self._up.set()
+            if delay > _BACKOFF_FIRST:
+                logger.warning("AMQP: reconnected to %s", _safe(self.url))
+            return
+
+    def _on_lost(self, conn: aiormq.abc.AbstractConnection, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            reason: object = "cancelled"
+        else:
+            reason = fut.exception()
+        if self._closed or conn is not self._conn:
+            return
+        logger.warning("AMQP: connection to %s lost (%s); reconnecting", _safe(self.url), reason)
+        self._conn = None
+        self._channels.clear()
+        if self._up is not None:
+            self._up.clear()
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.ensure_future(self._recover())
+
+    async def channel(self, key: str, timeout: float, *, confirms: bool = False) -> Chan:
+        """The channel kept under ``key``, opened (in a new epoch) when missing or closed."""
+        chan = self._channels.get(key)
+        if chan is not None and chan.usable:
+            return chan
+        lock = self._channel_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            chan = self._channels.get(key)
+            if chan is not None and chan.usable:
+                return chan
+            conn = await self.connection(timeout)
+            raw = await conn.channel(publisher_confirms=confirms, on_return_raises=True)
+            chan = Chan(raw, next(_epochs))
+            self._channels[key] = chan
+            return chan
+
+    async def scratch_channel(self, timeout: float) -> aiormq.abc.AbstractChannel:
+        """A fresh channel for one job that may end in a channel error (the caller closes it)."""
+        conn = await self.connection(timeout)
+        return await conn.channel(publisher_confirms=False)
+
+    def existing(self, key: str) -> Chan | None:
+        """The channel kept under ``key`` if it is open; never opens one."""
+        chan = self._channels.get(key)
+        return chan if chan is not None and chan.usable else None
+
+    def drop_channel(self, key: str) -> None:
+        self._channels.pop(key, None)
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+
+        async def shutdown() -> None:
+            self._closed = True
+            if self._recovering is not None:
+                self._recovering.cancel()
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.is_closed:
+                try:
+                    await asyncio.wait_for(conn.close(), 5)
+                except Exception as exc:  # closing a broken connection: nothing left to save
+                    logger.debug("AMQP: error while closing: %s", exc)
+
+        if os.getpid() == self.pid and self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+            except Exception as exc:
+                logger.debug("AMQP: shutdown did not finish cleanly: %s", exc)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._closed = True
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+# -- per-process registry -------------------------------------------------------------------------
+_lock = threading.Lock()
+_links: dict[str, Link] = {}
+_pid = os.getpid()
+
+
+def _check_fork() -> None:
+    global _pid
+    if os.getpid() != _pid:  # a forked child inherits no I/O thread: start afresh
+        _pid = os.getpid()
+        _links.clear()
+        replies.reset()
+
+
+def acquire_link(url: str, options: dict[str, Any] | None = None) -> Link:
+    """This process's link for ``url``, shared by the broker and the rpc backend."""
+    with _lock:
+        _check_fork()
+        link = _links.get(url)
+        if link is None or link._closed:
+            link = _links[url] = Link(url, options)
+        link.users += 1
+        return link
+
+
+def release_link(link: Link) -> None:
+    with _lock:
+        link.users -= 1
+        if link.users > 0:
+            return
+        if _links.get(link.url) is link:
+            del _links[link.url]
+    link.close()
+
+
+def any_broker_url() -> str | None:
+    """The URL of an AMQP link open in this process (what ``rpc://`` without a host uses)."""
+    with _lock:
+        _check_fork()
+        for url in _links:
+            return url
+    return None
+
+
+class ReplyRoutes:
+    """Where results of the tasks this process is working on go (``rpc://``).
+
+    The broker records each fetched message's ``reply_to``/``correlation_id`` here and the rpc
+    backend reads them when it stores a result, because the backend interface passes only task
+    ids. A follow-up published while its parent is held (a retry, a callback, a chain step)
+    inherits the parent's ``reply_to``, so the client that started a workflow hears of it.
+    """
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        #: reply queue of this process's rpc backend, and how to make sure it is declared
+        self.own: str | None = None
+        self.declare_own: Callable[[], None] | None = None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._routes.clear()
+        self.own = None
+        self.declare_own = None
+
+    def remember(self, task_id: str, reply_to: str, correlation_id: str) -> None:
+        with self._lock:
+            self._routes[task_id] = (reply_to, correlation_id)
+            self._routes.move_to_end(task_id)
+            while len(self._routes) > self.LIMIT:
+                self._routes.popitem(last=False)
+
+    def route(self, task_id: str) -> tuple[str, str] | None:
+        with self._lock:
+            return self._routes.get(task_id)
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._routes.pop(task_id, None)
+
+    def reply_to_for(self, headers: dict[str, Any]) -> str:
+        """The reply queue for a message being published by this process ('' for none)."""
+        for key in ("id", "parent_id", "root_id"):
+            value = headers.get(key)
+            if isinstance(value, str) and value:
+                found = self.route(value)
+                if found is not None and found[0]:
+                    return found[0]
+        if self.own and self.declare_own is not None:
+            self.declare_own()
+            return self.own
+        return ""
+
+
+replies = ReplyRoutes()
