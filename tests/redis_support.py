@@ -6,7 +6,12 @@ create carries their own prefix, and :func:`drop` deletes exactly those keys.
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.conftest import service_url
@@ -38,3 +43,66 @@ def drop(prefix: str, db: int = DB) -> None:
             client.delete(*keys[i : i + 500])
     finally:
         client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_until_up(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while not _answers(port):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing answers on port {port}")
+        time.sleep(0.02)
+
+
+class PrivateRedis:
+    """A redis-server a test owns (append-only file on), so it may stop and restart it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "redis"
+        self.dir.mkdir(exist_ok=True)
+        self.port = _free_port()
+        self.socket_path = self.dir / "redis.sock"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+        args += ["--unixsocket", str(self.socket_path), "--appendonly", "yes"]
+        args += ["--appendfsync", "everysec", "--save", ""]
+        self.procs.append(subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL))
+        _wait_until_up(self.port)
+
+    def start_sentinel(self, master_name: str = "mymaster") -> int:
+        """A Sentinel watching this server; returns its port."""
+        port = _free_port()
+        conf = self.dir / f"sentinel-{port}.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {self.port} 1\n"
+        )
+        self.procs.append(
+            subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+        )
+        _wait_until_up(port)
+        return port
+
+    def stop(self) -> None:
+        """A clean shutdown: Redis writes and fsyncs its append-only file, then exits."""
+        while self.procs:
+            proc = self.procs.pop()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)

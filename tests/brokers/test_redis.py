@@ -268,3 +268,42 @@ def test_shared_rate_limit_slots_are_spaced(broker: RedisBroker) -> None:
     starts = [broker.reserve_rate_slot("k", 0.5) for _ in range(3)]
     assert starts[1] - starts[0] == pytest.approx(0.5, abs=0.01)
     assert starts[2] - starts[1] == pytest.approx(0.5, abs=0.01)
+
+
+def test_unix_socket_and_sentinel_urls(tmp_path) -> None:
+    server = redis_support.PrivateRedis(tmp_path)
+    server.start()
+    try:
+        sentinel_port = server.start_sentinel("mymaster")
+        urls = [
+            (f"redis+socket://{server.socket_path}?virtual_host=3", {}),
+            (f"sentinel://127.0.0.1:{sentinel_port}/3", {"master_name": "mymaster"}),
+        ]
+        for url, options in urls:
+            broker = create_broker(url, options)
+            try:
+                broker.publish(msg(url), queue="q")
+                [d] = broker.fetch(["q"], 10, timeout=0)
+                assert d.message.task_id == url
+                broker.ack([d])
+                assert broker.client.connection_pool.connection_kwargs["db"] == 3
+            finally:
+                broker.close()
+    finally:
+        server.stop()
+
+
+def test_rediss_url_uses_tls_and_bad_urls_are_refused() -> None:
+    import redis
+
+    from celeriac._redis import connect
+    from celeriac.exceptions import ConfigurationError
+
+    client = connect("rediss://:secret@example.invalid:6380/2?ssl_cert_reqs=none").client
+    pool = client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "secret")
+    with pytest.raises(ConfigurationError, match="master_name"):
+        connect("sentinel://127.0.0.1:26379/0")
+    with pytest.raises(ConfigurationError, match="delayed_delivery"):
+        create_broker(redis_support.base_url(), {"delayed_delivery": "worker"})

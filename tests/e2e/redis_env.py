@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from tests import redis_support
+from tests.redis_support import PrivateRedis
 
 from .conftest import HERE, Env, wait_for
 
@@ -56,53 +55,6 @@ class RedisEnv(Env):
     def close(self) -> None:
         super().close()
         redis_support.drop(self.prefix)
-
-
-class PrivateRedis:
-    """A redis-server this test owns (append-only file on), so it may stop and restart it."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.dir = tmp / "redis"
-        self.dir.mkdir()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for(self._up, 10, "the private redis-server to answer")
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """A clean shutdown: Redis writes and fsyncs its append-only file, then exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
 
 
 __all__ = ["HERE", "PrivateRedis", "RedisEnv", "wait_for"]

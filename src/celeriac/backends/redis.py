@@ -39,8 +39,11 @@ class RedisBackend(ResultBackend):
         super().__init__(url, **kwargs)
         target = connect(url)
         self.client: redis.Redis = target.client
-        self.prefix = target.prefix + KEY_PREFIX
-        self.group_prefix = target.prefix + GROUP_PREFIX
+        prefix = target.prefix
+        if prefix and prefix[-1] not in ":_-.":  # Celery's backend adds the separator too
+            prefix += "_"
+        self.prefix = prefix + KEY_PREFIX
+        self.group_prefix = prefix + GROUP_PREFIX
         source = resources.files("celeriac.backends").joinpath("redis.lua").read_text()
         self._script = self.client.register_script(source)
         self._local = threading.local()
@@ -62,6 +65,13 @@ class RedisBackend(ResultBackend):
             raise BackendError(f"Redis result backend: {command} failed: {exc}") from exc
 
     def _load(self, task_id: str) -> bytes | None:
+        fresh = getattr(self._local, "fresh", None)
+        if fresh is not None:
+            # The document a waiter just received on the result's channel: it is what a GET
+            # would return now, one round trip sooner.
+            self._local.fresh = None
+            if fresh[0] == task_id and time.monotonic() - fresh[2] < 1.0:
+                return bytes(fresh[1])
         try:
             data: Any = self.client.get(self.key(task_id))
         except redis.RedisError as exc:
@@ -191,6 +201,7 @@ class RedisBackend(ResultBackend):
             while (left := deadline - time.monotonic()) > 0:
                 msg = listener.get_message(timeout=left)
                 if msg and msg["type"] == "message" and _text(msg["channel"]) == channel:
+                    self._local.fresh = (task_id, msg["data"], time.monotonic())
                     return
         except redis.RedisError as exc:
             # Start afresh next time; the caller's next read reports Redis being down.
