@@ -97,6 +97,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
+        #: while True, new connections are closed at once (RabbitMQ looks down)
+        self.refusing = False
         self.cuts = 0
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
@@ -106,6 +108,9 @@ class Proxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:

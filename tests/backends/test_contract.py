@@ -12,15 +12,31 @@ import pytest
 
 from celeriac import exceptions
 from celeriac.backends import ResultBackend, create_backend
-from tests import redis_support
+from tests import amqp_support, redis_support
+from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
 MakeBackend = Callable[..., ResultBackend]
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def make_backend(request: pytest.FixtureRequest, tmp_path: Path):
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rpc", marks=pytest.mark.amqp),
+    ]
+)
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     made: list[ResultBackend] = []
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/r.db"
+    if request.param == "rpc":
+        if "expire" in request.node.name or "expiry" in request.node.name:
+            pytest.skip("rpc:// results are messages read once, kept by the client: no expiry")
+        url = "rpc" + amqp_support.url_for(request.getfixturevalue("amqp_vhost"))[4:]
+        from celeriac._amqp import replies
+
+        # As if this process had sent every task: results come back to its own reply queue.
+        monkeypatch.setattr(replies, "route", lambda task_id: (replies.own, task_id))
     if request.param == "redis":
         url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
         request.addfinalizer(lambda: redis_support.drop(prefix))

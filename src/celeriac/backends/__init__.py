@@ -15,6 +15,7 @@ BACKENDS: dict[str, str] = {
     "rediss": "celeriac.backends.redis:RedisBackend",
     "redis+socket": "celeriac.backends.redis:RedisBackend",
     "sentinel": "celeriac.backends.redis:RedisBackend",
+    "rpc": "celeriac.backends.rpc:RPCBackend",
 }
 
 

@@ -366,7 +366,14 @@ class AMQPBroker(Broker):
             return got
         # A caller that will not wait must still get what RabbitMQ already sent our way.
         sync = timeout < 0.1
-        self._admin(lambda: self._consume(list(queues), limit, sync), "subscribing")
+        while True:
+            try:
+                self._admin(lambda: self._consume(list(queues), limit, sync), "subscribing")
+                break
+            except BrokerError:
+                if time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)  # the connection is being reopened
         with self._cond:
             while True:
                 got = self._take(wanted, limit)

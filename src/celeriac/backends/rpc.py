@@ -1,0 +1,213 @@
+"""``rpc://`` results: sent as AMQP messages to the reply queue of the client that sent the task.
+
+Celery's layout (PROTOCOL.md §3.6), so a Celery client reads results from Celeriac workers and
+the other way round: each client process has a reply queue named by its ``oid`` (durable,
+auto-delete, ``x-expires`` = ``result_expires``), put in the ``reply_to`` property of the tasks it
+sends. A worker publishes each state of such a task to the default exchange with that routing
+key, ``correlation_id`` = task id, transient (``delivery_mode`` 1).
+
+Only the client that sent a task hears of it; results arrive once and are kept in this process
+(the newest per task, a SUCCESS never replaced). There is nothing to look up later, so chords
+and saved groups are not supported, as in Celery.
+
+The backend rides on the AMQP broker's connection: ``rpc://`` uses the ``amqp://`` broker this
+process opened (a URL such as ``rpc://user:pw@host:5672/vhost`` names one explicitly). Because
+the broker interface gives only task ids to a backend, the broker records the ``reply_to`` of
+what it fetches and stamps this process's reply queue on what it publishes (see
+:class:`celeriac._amqp.ReplyRoutes`). Open the backend (``app.backend``) before sending tasks
+whose results you want: the reply queue must exist before a worker answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+
+from celeriac._amqp import RECOVERABLE, Link, acquire_link, any_broker_url, release_link, replies
+from celeriac.backends.base import EncodedResult, ResultBackend
+from celeriac.exceptions import BackendError, BrokerError
+from celeriac.states import READY_STATES, SUCCESS
+
+logger = logging.getLogger("celeriac.backend.rpc")
+
+_TIMEOUT = 30.0
+_KEEP = 100_000  # results held in memory for this process
+
+
+class RPCBackend(ResultBackend):
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        parts = urlsplit(url)
+        self._broker_url = ("amqp" + url[3:]) if parts.hostname else None
+        self.oid = str(uuid.uuid4())
+        self._link: Link | None = None
+        self._epoch: int | None = None
+        self._results: OrderedDict[str, bytes] = OrderedDict()
+        self._cond = threading.Condition()
+        self._version = 0
+        self._closed = False
+        serializer = self.registry.get(self.serializer)
+        self._encoding = serializer.content_encoding
+        replies.own = self.oid
+        replies.declare_own = self._listen
+
+    # -- connection --------------------------------------------------------------------------
+    def _get_link(self) -> Link:
+        if self._link is None:
+            url = self._broker_url or any_broker_url()
+            if url is None:
+                raise BackendError(
+                    "rpc:// sends results over the AMQP broker: set broker_url to an amqp:// "
+                    "URL (or name the server: rpc://user:password@host:5672/vhost)"
+                )
+            self._link = acquire_link(url)
+        return self._link
+
+    def _listen(self) -> None:
+        """Declare the reply queue and consume it (again after a reconnection)."""
+        link = self._get_link()
+        try:
+            link.run(self._consume, _TIMEOUT)
+        except (BrokerError, *RECOVERABLE) as exc:  # type: ignore[misc]
+            raise BackendError(f"rpc://: cannot listen on reply queue {self.oid}: {exc}") from exc
+
+    async def _consume(self) -> None:
+        link = self._get_link()
+        chan = await link.channel("rpc", _TIMEOUT)
+        if chan.epoch == self._epoch:
+            return
+        args: dict[str, Any] = {"x-expires": int(self.expires * 1000)} if self.expires else {}
+        # Celery's reply queue, argument for argument, so either side may declare it first.
+        await chan.channel.queue_declare(self.oid, durable=True, auto_delete=True, arguments=args)
+        await chan.channel.basic_consume(self.oid, self._on_reply, no_ack=True)
+        self._epoch = chan.epoch
+
+    async def _on_reply(self, msg: DeliveredMessage) -> None:
+        props = msg.header.properties
+        task_id = props.correlation_id
+        body = msg.body
+        if not task_id:
+            try:
+                task_id = json.loads(body).get("task_id")
+            except (ValueError, AttributeError):
+                task_id = None
+        if not task_id:
+            logger.warning("rpc://: a reply without a task id on %s was dropped", self.oid)
+            return
+        self._accept(task_id, body)
+
+    def _accept(self, task_id: str, body: bytes) -> None:
+        with self._cond:
+            if self._state(self._results.get(task_id)) == SUCCESS:
+                return
+            self._results[task_id] = body
+            self._results.move_to_end(task_id)
+            while len(self._results) > _KEEP:
+                self._results.popitem(last=False)
+            self._version += 1
+            self._cond.notify_all()
+
+    def _state(self, data: bytes | None) -> str | None:
+        if data is None:
+            return None
+        try:
+            return str(self.decode_meta(data).get("status"))
+        except Exception:
+            return None
+
+    # -- worker side: send -------------------------------------------------------------------
+    def _store(self, items: Sequence[EncodedResult]) -> None:
+        sends = []
+        for task_id, state, data in items:
+            route = replies.route(task_id)
+            if route is None or not route[0]:
+                continue  # nobody asked (Celery does the same)
+            if route[0] == self.oid:
+                self._accept(task_id, data)  # our own reply queue: no need for the round trip
+            else:
+                sends.append((route[0], route[1], data))
+            if state in READY_STATES:
+                replies.forget(task_id)
+        if not sends:
+            return
+        link = self._get_link()
+        try:
+            link.run(lambda: self._send(sends), _TIMEOUT + 5)
+        except (BrokerError, *RECOVERABLE) as exc:  # type: ignore[misc]
+            raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
+
+    async def _send(self, sends: list[tuple[str, str, bytes]]) -> None:
+        link = self._get_link()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _TIMEOUT
+        pending = list(sends)
+        while pending:
+            reply_to, correlation_id, data = pending[0]
+            props = spec.Basic.Properties(
+                content_type=self.content_type,
+                content_encoding=self._encoding,
+                correlation_id=correlation_id,
+                delivery_mode=1,
+            )
+            try:
+                chan = await link.channel(
+                    "publish", max(0.1, deadline - loop.time()), confirms=True
+                )
+                # Not mandatory: a client that went away leaves no queue, and its results with it.
+                await chan.channel.basic_publish(
+                    data, exchange="", routing_key=reply_to, properties=props
+                )
+                pending.pop(0)
+            except RECOVERABLE:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    # -- client side: receive ----------------------------------------------------------------
+    def _load(self, task_id: str) -> bytes | None:
+        self._listen()
+        with self._cond:
+            return self._results.get(task_id)
+
+    def _change_token(self) -> Any:
+        return self._version
+
+    def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._version == token:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
+        with self._cond:
+            found = {t: self._results[t] for t in task_ids if t in self._results}
+        return {t: str(self._state(d)) for t, d in found.items()}
+
+    def _delete(self, task_id: str) -> None:
+        with self._cond:
+            self._results.pop(task_id, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if replies.own == self.oid:
+            replies.own = None
+            replies.declare_own = None
+        if self._link is not None:
+            release_link(self._link)
+            self._link = None

@@ -1,0 +1,309 @@
+"""The RabbitMQ broker beyond the contract: Celery's layout on the wire, confirms, the delay
+cascade, dead letters, channel loss, and ``rpc://`` results over the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac._amqp import parse_url, replies
+from celeriac.backends import create_backend
+from celeriac.brokers import create_broker
+from celeriac.brokers.amqp import AMQPBroker, delay_queue
+from celeriac.exceptions import BrokerError
+from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.serializers import default_registry
+from tests import amqp_support
+from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.amqp
+
+_PROPS = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id")
+_PROPS += ("reply_to", "expiration")
+
+
+@pytest.fixture
+def url(amqp_vhost: str) -> str:  # noqa: F811 - the fixture imported above
+    return amqp_support.url_for(amqp_vhost)
+
+
+@pytest.fixture
+def names(url: str) -> Iterator[Any]:
+    """Unique queue names for a test; their queues (and delay cascades) are deleted after it."""
+    made: list[str] = []
+
+    def name(stem: str = "q") -> str:
+        made.append(f"{stem}-{uuid.uuid4().hex[:8]}")
+        return made[-1]
+
+    yield name
+    gone = {n for q in made for n in [q, *(delay_queue(i, q) for i in range(28))]}
+    amqp_support.delete_queues(url, gone)
+
+
+def raw(url: str, fn: Any) -> Any:
+    """Run ``fn(channel)`` on a connection of our own (what another peer would see)."""
+    import aiormq
+
+    async def run() -> Any:
+        conn = await aiormq.connect(parse_url(url))
+        try:
+            return await fn(await conn.channel())
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def msg(task_id: str, **kw: Any) -> Message:
+    return build_task_message(default_registry, task_name="t", task_id=task_id, **kw)
+
+
+def test_celery_and_celeriac_put_the_same_message_on_the_wire(url: str, names: Any) -> None:
+    import celery
+
+    q_celery, q_ours = names("celery"), names("ours")
+    call = dict(
+        args=(4,),
+        kwargs={"y": 5},
+        task_id="22222222-2222-2222-2222-222222222222",
+        priority=5,
+        expires=120,
+        headers={"x-custom": "v"},
+        time_limit=60.5,
+        soft_time_limit=50,
+    )
+    capp = celery.Celery("interop", broker=url)
+    capp.send_task("tasks.add", queue=q_celery, **call)  # type: ignore[arg-type]
+    app = Celeriac("interop", broker=url)
+    try:
+        app.send_task("tasks.add", queue=q_ours, **call)  # type: ignore[arg-type]
+    finally:
+        app.close()
+
+    async def get(ch: Any) -> list[Any]:
+        return [await ch.basic_get(q, no_ack=True) for q in (q_celery, q_ours)]
+
+    theirs, ours = raw(url, get)
+    assert ours.body == theirs.body
+    assert (ours.exchange, ours.routing_key) == ("", q_ours)  # the default exchange
+    tp, op = theirs.header.properties, ours.header.properties
+    for prop in _PROPS:
+        if prop != "reply_to":  # Celery's oid; ours is set only when rpc:// listens
+            assert getattr(op, prop) == getattr(tp, prop), prop
+    assert op.expiration == "120000" and op.delivery_mode == 2
+    th, oh = tp.headers, op.headers
+    assert set(oh) == set(th)
+    for key in th:
+        # (origin names the process, expires the send time; Celery's send_task sends None for
+        # ignore_result where its apply_async sends a bool)
+        if key not in ("origin", "expires", "ignore_result"):
+            assert oh[key] == th[key], key
+    assert oh["timelimit"] == [60.5, 50]  # a double, as py-amqp writes it
+
+
+def test_queues_are_declared_as_celery_declares_them(url: str, names: Any) -> None:
+    import celery
+
+    q = names("prio")
+    broker = create_broker(url, {"max_priority": 10})
+    try:
+        broker.publish(msg("a"), queue=q, priority=3)
+        # A Celery producer with the same settings declares the same queue without complaint.
+        capp = celery.Celery("interop", broker=url)
+        capp.conf.task_queue_max_priority = 10
+        capp.send_task("tasks.add", (1, 2), queue=q)
+        assert broker.depth(q) == 2
+    finally:
+        broker.close()
+    other = create_broker(url)  # no max_priority: not what the queue was declared with
+    try:
+        with pytest.raises(BrokerError, match="other arguments"):
+            other.publish(msg("b"), queue=q)
+    finally:
+        other.close()
+
+
+def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None:
+    proxy = amqp_support.Proxy()
+    q = names()
+    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    broker.transport_options["publish_timeout"] = 1.0
+    assert isinstance(broker, AMQPBroker)
+    broker.publish_timeout = 1.0
+    try:
+        broker.publish(msg("ok"), queue=q)
+        proxy.refusing = True
+        proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(BrokerError):
+            broker.publish(msg("lost"), queue=q)
+        assert time.monotonic() - started < 5
+        proxy.refusing = False
+        broker.publish(msg("again"), queue=q)  # the connection comes back by itself
+        assert {d.message.task_id for d in broker.fetch([q], 10, timeout=2)} == {"ok", "again"}
+    finally:
+        broker.close()
+        proxy.close()
+
+
+def test_a_cut_connection_requeues_and_stale_handles_are_dropped(url: str, names: Any) -> None:
+    proxy = amqp_support.Proxy()
+    q = names()
+    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    try:
+        broker.publish(msg("a"), queue=q)
+        [stale] = broker.fetch([q], 10, timeout=2)
+        proxy.cut()
+        [again] = broker.fetch([q], 10, timeout=10)  # after reconnecting and consuming again
+        assert again.message.task_id == "a"
+        assert (again.delivery_count, again.redelivered) == (2, True)
+        broker.ack([stale])  # its channel died: dropped, no error
+        broker.extend([stale])
+        broker.requeue(stale)
+        broker.dead_letter(stale, "late")
+        assert broker.dead_letters() == []
+        assert broker.depth(q) == 1
+        broker.ack([again])
+        assert broker.depth(q) == 0
+    finally:
+        broker.close()
+        proxy.close()
+
+
+def test_acks_are_batched_only_over_the_lowest_outstanding_tags(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    try:
+        for i in range(6):
+            broker.publish(msg(f"m{i}"), queue=q)
+        got = broker.fetch([q], 6, timeout=2)
+        assert len(got) == 6
+        broker.ack([got[1], got[2]])  # m0 is outstanding: no multiple ack may cover it
+        broker.ack([got[0], got[3], got[5]])
+        assert broker.depth(q) == 1
+        broker.requeue(got[4])
+        [d] = broker.fetch([q], 6, timeout=2)
+        assert (d.message.task_id, d.delivery_count) == ("m4", 2)
+        broker.requeue(d)  # redelivered already: republished with the count carried
+        [d] = broker.fetch([q], 6, timeout=2)
+        assert (d.message.task_id, d.delivery_count) == ("m4", 3)
+        broker.ack([d])
+    finally:
+        broker.close()
+
+
+def test_delays_are_parked_in_the_cascade_not_in_the_consumer(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    try:
+        broker.publish(msg("hour"), queue=q, eta=time.time() + 3600)
+        broker.publish(msg("soon"), queue=q, eta=time.time() + 2)
+        assert broker.fetch([q], 10, timeout=0.5) == []
+
+        async def parked(ch: Any) -> dict[int, int]:
+            counts = {}
+            for level in range(28):
+                ok = await ch.queue_declare(delay_queue(level, q), passive=True)
+                counts[level] = ok.message_count
+            return counts
+
+        counts = raw(url, parked)
+        assert counts[11] == 1  # 3600 s = 2048 + 1024 + 512 + 16: first parked at level 11
+        assert counts[1] == 1  # 2 s
+        started = time.time()
+        [d] = broker.fetch([q], 10, timeout=5)
+        assert d.message.task_id == "soon"
+        assert time.time() - started < 3
+        assert broker.depth(q) == 2
+        broker.ack([d])
+        assert broker.purge(q) == 1  # the parked hour-long one
+    finally:
+        broker.close()
+
+
+def test_celery_native_delayed_delivery_reaches_our_queue(url: str, names: Any) -> None:
+    from kombu import Connection, Exchange, Producer
+    from kombu.transport.native_delayed_delivery import (
+        calculate_routing_key,
+        declare_native_delayed_delivery_exchanges_and_queues,
+        level_name,
+    )
+
+    q = names()
+    broker = create_broker(url)
+    try:
+        broker.publish(msg("prime"), queue=q, eta=time.time() + 1)  # declares q's cascade
+        with Connection(url) as conn:
+            declare_native_delayed_delivery_exchanges_and_queues(conn, "classic")
+            Producer(conn.default_channel).publish(
+                b"[[], {}, {}]",
+                exchange=Exchange(level_name(27), type="topic"),
+                routing_key=calculate_routing_key(1, q),
+                headers={"task": "t", "id": "from-celery"},
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
+        got: set[str | None] = set()
+        deadline = time.monotonic() + 8
+        while len(got) < 2 and time.monotonic() < deadline:
+            got |= {d.message.task_id for d in broker.fetch([q], 10, timeout=1)}
+        assert got == {"prime", "from-celery"}
+    finally:
+        broker.close()
+        amqp_support.delete_queues(url, [level_name(i) for i in range(28)])
+
+
+def test_dead_letters_carry_the_reason_and_replay(url: str, names: Any) -> None:
+    q, dlq = names(), names("dead")
+    broker = create_broker(url, {"dead_letter_queue": dlq})
+    try:
+        broker.publish(msg("bad"), queue=q)
+        [d] = broker.fetch([q], 1, timeout=2)
+        broker.dead_letter(d, "DecodeError: broken body")
+
+        async def peek(ch: Any) -> Any:
+            return await ch.basic_get(dlq, no_ack=False)  # returned when we close
+
+        headers = raw(url, peek).header.properties.headers
+        assert headers["x-celeriac-reason"] == "DecodeError: broken body"
+        assert headers["x-celeriac-queue"] == q
+        [dead] = broker.dead_letters()
+        assert (dead.reason, dead.queue, dead.message.task_id) == (
+            "DecodeError: broken body",
+            q,
+            "bad",
+        )
+        assert broker.replay_dead_letters([dead.id]) == 1
+        [d] = broker.fetch([q], 1, timeout=2)
+        assert (d.message.task_id, d.delivery_count) == ("bad", 1)
+        broker.ack([d])
+    finally:
+        broker.close()
+
+
+def test_rpc_results_travel_to_the_senders_reply_queue(url: str) -> None:
+    rpc_url = "rpc" + url[4:]
+    client = create_backend(rpc_url)
+    worker = create_backend(rpc_url)
+    try:
+        client_oid = client.oid  # type: ignore[attr-defined]
+        client._listen()  # type: ignore[attr-defined]
+        replies.remember("t-1", client_oid, "t-1")
+        worker.store_result("t-1", 42, "STARTED")
+        worker.store_result("t-1", 42, "SUCCESS")
+        assert client.wait_for("t-1", timeout=5)["result"] == 42
+
+        async def declared(ch: Any) -> Any:
+            return await ch.queue_declare(client_oid, passive=True)
+
+        assert raw(url, declared).consumer_count == 1
+    finally:
+        worker.close()
+        client.close()
