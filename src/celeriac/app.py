@@ -22,6 +22,7 @@ from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.settings import Settings, settings_from_object
+from celeriac.signals import Signal
 from celeriac.tasks.context import current_request
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
@@ -72,6 +73,8 @@ class Celeriac:
         self.main = main
         self.conf = Settings()
         self.tasks = TaskRegistry()
+        #: Celery's hook: receivers (``sender=app``) run once before beat reads beat_schedule.
+        self.on_after_configure = Signal("on_after_configure", "The app's settings are final.")
         self.serializers: SerializerRegistry = default_registry
         self._lock = threading.Lock()
         self._broker: Broker | None = None
@@ -140,6 +143,20 @@ class Celeriac:
                 raise TypeError("@app.task takes a function, or keyword options only")
             return register(fun)
         return register
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Any,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        **opts: Any,
+    ) -> str:
+        """Celery's ``add_periodic_task``: an entry in ``beat_schedule`` (see celeriac.beat)."""
+        from celeriac.beat.api import add_periodic_task
+
+        return add_periodic_task(self, schedule, sig, args, kwargs, name, **opts)
 
     def gen_task_name(self, fun: Callable[..., Any]) -> str:
         module = fun.__module__

@@ -11,6 +11,7 @@ import click
 
 from celeriac import __version__
 from celeriac.app import Celeriac
+from celeriac.cli.beat import beat
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 
@@ -79,6 +80,9 @@ def setup_logging(level: str, fmt: str) -> None:
 @click.option(
     "--max-memory-per-child", type=int, help="Replace a prefork child above this RSS (KiB)."
 )
+@click.option(
+    "-B", "--beat", "embed_beat", is_flag=True, help="Also run beat here (safe on every node)."
+)
 @pass_state
 def worker(
     state: _State,
@@ -90,6 +94,7 @@ def worker(
     prefetch_multiplier: int | None,
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
+    embed_beat: bool,
 ) -> None:
     """Consume queues and run their tasks."""
     from celeriac.worker import Worker
@@ -107,6 +112,13 @@ def worker(
         max_memory_per_child=max_memory_per_child,
     )
     try:
+        if embed_beat:
+            from celeriac import signals
+            from celeriac.beat.scheduler import start_embedded_beat
+
+            embedded = start_embedded_beat(app)  # a bad schedule fails here, before the worker
+            # Stop beat first (handing its lease on at once), before the worker closes the app.
+            signals.worker_shutdown.connect(lambda sender, **kw: embedded.stop(), sender=w)
         w.start()
     except CeleriacError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -292,6 +304,9 @@ def demo(count: int, concurrency: int, workdir: str | None) -> None:
     from celeriac.cli.demo import run_demo
 
     sys.exit(run_demo(count=count, concurrency=concurrency, workdir=workdir))
+
+
+cli.add_command(beat)
 
 
 def main() -> None:

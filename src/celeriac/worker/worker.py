@@ -58,10 +58,15 @@ class Worker:
         self._stopped = threading.Event()
         #: Set once the worker consumes; wait on it before sending work in tests.
         self.ready = threading.Event()
+        self._stop_once = threading.Lock()
         self._stopping = False
 
     def start(self) -> None:
         app = self.app
+        if self.install_signal_handlers:
+            # First thing: a SIGTERM during start-up must still mean a warm shutdown.
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
         app.import_modules()
         if self.pool_name == "prefork" and not app.broker.shared_between_processes:
             # Prefork children run tasks; tasks that send tasks need a broker they can reach.
@@ -81,11 +86,10 @@ class Worker:
             max_memory_per_child=self.max_memory_per_child,
         )
         self.pool.start()
-        if self.install_signal_handlers:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
         self.consumer.start(self.pool)
         self.ready.set()
+        if self._stopping:  # a signal came while starting
+            threading.Thread(target=self.stop, daemon=True).start()
         signals.worker_ready.send(self)
         logger.warning(
             "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
@@ -110,7 +114,8 @@ class Worker:
         logger.warning(
             "warm shutdown: finishing running tasks (send the signal again to stop at once)"
         )
-        threading.Thread(target=self.stop, daemon=True).start()
+        if self.ready.is_set():  # otherwise start() stops as soon as it is up
+            threading.Thread(target=self.stop, daemon=True).start()
 
     def stop(self, *, cold: bool = False) -> None:
         """Stop the worker: warm lets running tasks finish; cold abandons them."""
@@ -118,6 +123,8 @@ class Worker:
         if not self.ready.is_set():  # never started: nothing to drain
             self._stopped.set()
             return
+        if not cold and not self._stop_once.acquire(blocking=False):
+            return  # a warm stop is already under way
         signals.worker_shutdown.send(self)
         try:
             if cold:
