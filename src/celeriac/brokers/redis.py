@@ -15,16 +15,20 @@ What it does beyond kombu, all in ``redis.lua`` so every step is atomic on the s
 * a delivery counter per message feeds ``worker_max_deliveries``;
 * an element that is not an envelope is dead-lettered with the reason, never dropped.
 
-Transport options (``broker_transport_options``): ``visibility_timeout`` (lease, s, default
-30), ``polling_interval`` (s an idle consumer waits before looking at queues that only Celery
-producers write to, default 0.1; Celeriac producers wake it at once), ``sweep_interval`` (s,
-default 1), ``celery_visibility_timeout`` (s after which a delivery abandoned by a *Celery*
-worker is restored, default 3600 as in kombu; 0 turns it off), ``global_keyprefix``,
-``socket_timeout``, ``socket_connect_timeout``, ``max_retries``, ``master_name`` (Sentinel), and
-``delayed_delivery``: ``"broker"`` (default: the sorted set; a Celeriac worker must run somewhere
-to move due messages) or ``"queue"`` (Celery's way: straight onto the list with the ``eta``
-header, for producers whose consumers are stock Celery workers; a Celeriac worker that receives
-such a message parks it in the sorted set until it is due).
+Transport options (``broker_transport_options``):
+
+* ``visibility_timeout``: lease, s (default 30);
+* ``polling_interval``: s an idle consumer waits before looking at queues that only Celery
+  producers write to (default 0.1; Celeriac producers wake it at once);
+* ``sweep_interval``: s between sweeps (default 1, or half the visibility timeout if shorter);
+* ``celery_visibility_timeout``: s after which a delivery abandoned by a *Celery* worker is
+  restored (default 3600, as in kombu; 0 turns it off);
+* ``delayed_delivery``: ``"broker"`` (default: the sorted set; a Celeriac worker must run
+  somewhere to move due messages) or ``"queue"`` (Celery's way: onto the list with the ``eta``
+  header, for producers whose consumers are stock Celery workers; a Celeriac worker that gets
+  such a message parks it in the sorted set until it is due);
+* ``global_keyprefix``, ``socket_timeout``, ``socket_connect_timeout``, ``max_retries``,
+  ``master_name`` (Sentinel).
 """
 
 from __future__ import annotations
@@ -115,7 +119,10 @@ class RedisBroker(Broker):
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
         self.polling_interval = float(opts.get("polling_interval", 0.1))
-        self.sweep_interval = float(opts.get("sweep_interval", 1.0))
+        # A dead worker's messages come back within visibility_timeout + sweep_interval.
+        self.sweep_interval = float(
+            opts.get("sweep_interval", min(1.0, self.visibility_timeout / 2))
+        )
         self.celery_visibility_timeout = float(opts.get("celery_visibility_timeout", 3600.0))
         delayed = opts.get("delayed_delivery", "broker")
         if delayed not in ("broker", "queue"):
