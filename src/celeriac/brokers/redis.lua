@@ -96,6 +96,10 @@ local function restore(q, tag)
     return
   end
   if q == '' then q = rk end
+  if q == '' then
+    dead(envelope, q, 'in-flight entry names no queue to restore it to')
+    return
+  end
   redis.call('RPUSH', bucket(q, priority_of(doc)), envelope)
   wake(q)
 end

@@ -118,7 +118,8 @@ class RedisBroker(Broker):
         target = connect(url, opts)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
-        self.polling_interval = float(opts.get("polling_interval", 0.1))
+        # Capped so that a blocked wait never outlasts the socket timeout.
+        self.polling_interval = min(float(opts.get("polling_interval", 0.1)), 5.0)
         # A dead worker's messages come back within visibility_timeout + sweep_interval.
         self.sweep_interval = float(
             opts.get("sweep_interval", min(1.0, self.visibility_timeout / 2))
