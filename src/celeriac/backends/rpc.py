@@ -34,9 +34,9 @@ from urllib.parse import urlsplit
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac._amqp import RECOVERABLE, Link, acquire_link, any_broker_url, release_link, replies
+from celeriac._amqp import Link, acquire_link, any_broker_url, release_link, replies
 from celeriac.backends.base import EncodedResult, ResultBackend
-from celeriac.exceptions import BackendError, BrokerError
+from celeriac.exceptions import BackendError
 from celeriac.states import READY_STATES, SUCCESS
 
 logger = logging.getLogger("celeriac.backend.rpc")
@@ -79,7 +79,7 @@ class RPCBackend(ResultBackend):
         link = self._get_link()
         try:
             link.run(self._consume, _TIMEOUT)
-        except (BrokerError, *RECOVERABLE) as exc:  # type: ignore[misc]
+        except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
             raise BackendError(f"rpc://: cannot listen on reply queue {self.oid}: {exc}") from exc
 
     async def _consume(self) -> None:
@@ -144,7 +144,7 @@ class RPCBackend(ResultBackend):
         link = self._get_link()
         try:
             link.run(lambda: self._send(sends), _TIMEOUT + 5)
-        except (BrokerError, *RECOVERABLE) as exc:  # type: ignore[misc]
+        except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
             raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
 
     async def _send(self, sends: list[tuple[str, str, bytes]]) -> None:
@@ -169,7 +169,7 @@ class RPCBackend(ResultBackend):
                     data, exchange="", routing_key=reply_to, properties=props
                 )
                 pending.pop(0)
-            except RECOVERABLE:
+            except Exception:
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.1)

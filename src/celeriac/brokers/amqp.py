@@ -52,7 +52,7 @@ import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac._amqp import RECOVERABLE, Link, acquire_link, release_link, replies
+from celeriac._amqp import Link, acquire_link, release_link, replies
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
@@ -345,7 +345,9 @@ class AMQPBroker(Broker):
                 raise BrokerError(f"RabbitMQ refused a message for {routing_key!r}: {exc}") from exc
             except BrokerError:
                 raise
-            except RECOVERABLE as exc:
+            except (TypeError, ValueError) as exc:  # e.g. a header value AMQP cannot carry
+                raise BrokerError(f"cannot publish to {routing_key!r}: {exc}") from exc
+            except Exception as exc:  # lost channel or connection (aiormq: sometimes bare)
                 if loop.time() + pause >= deadline:
                     raise BrokerError(
                         f"publish to {routing_key!r} not confirmed within "
@@ -497,7 +499,7 @@ class AMQPBroker(Broker):
             else:
                 for t in ([multiple] if multiple else []) + singles:
                     await chan.channel.basic_nack(t, requeue=True)
-        except RECOVERABLE as exc:  # the channel died: RabbitMQ requeued them
+        except Exception as exc:  # the channel died: RabbitMQ requeued them
             logger.warning("AMQP: %s of %d message(s) dropped: %s", how, len(tags), exc)
 
     def _current(self, delivery: Delivery) -> bool:
@@ -618,7 +620,7 @@ class AMQPBroker(Broker):
                 return await fn()
             except BrokerError:
                 raise
-            except (aiormq.exceptions.AMQPError, *RECOVERABLE) as exc:  # type: ignore[misc]
+            except Exception as exc:  # aiormq also raises a bare Exception when a link drops
                 raise BrokerError(f"AMQP broker: {what} failed: {exc!r}") from exc
 
         return self.link.run(guarded, _ADMIN_TIMEOUT + 5)
