@@ -96,3 +96,16 @@ def test_a_raising_signal_receiver_does_not_fail_the_task(app):
         assert app.tasks["slow"].delay(0).get(timeout=5) == 0
     finally:
         signals.task_prerun.disconnect(bad)
+
+
+def test_a_result_the_next_chain_step_cannot_carry_fails_clearly(app):
+    @app.task(name="opaque")
+    def opaque() -> object:
+        return object()  # not JSON: it cannot be sent on to the next step
+
+    result = (opaque.s() | app.tasks["slow"].s()).apply_async()
+    first = result.parent
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        first.get(timeout=5)
+    reasons = [d.reason for d in app.broker.dead_letters()]
+    assert any("not JSON serializable" in r for r in reasons), reasons

@@ -175,6 +175,11 @@ class Consumer:
                 logger.error("fetch failed, retrying in %.0fs: %s", _RETRY_PAUSE, exc)
                 time.sleep(_RETRY_PAUSE)
                 continue
+            except Exception:
+                # A bug or a client library's own error must not stop consuming for good.
+                logger.exception("fetch failed unexpectedly, retrying in %.0fs", _RETRY_PAUSE)
+                time.sleep(_RETRY_PAUSE)
+                continue
             stored = self._stored_states(deliveries)
             for delivery in deliveries:
                 self._dispatch(delivery, stored.get(delivery.message.task_id or ""))
@@ -266,7 +271,17 @@ class Consumer:
                     self.outcomes.put(None)
                     break
                 batch.append(item)
-            self._apply(batch)
+            try:
+                self._apply(batch)
+            except Exception:
+                # Not acked, no longer renewed: the messages come back when their leases end.
+                logger.exception(
+                    "applying %d outcome(s) failed; they will be redelivered", len(batch)
+                )
+                with self._cond:
+                    for outcome in batch:
+                        self._inflight.pop(outcome.job_id, None)
+                    self._cond.notify_all()
 
     def _apply(self, batch: list[Outcome]) -> None:
         """Apply outcomes: counters, follow-ups, results, chords, then acknowledgements.

@@ -408,7 +408,7 @@ def execute(
         error = exc
     finally:
         reset_request(token)
-    return finish(app, call, value, error)
+    return _finish_guarded(app, call, value, error)
 
 
 async def execute_async(app: Celeriac, job: Job) -> Outcome:
@@ -432,7 +432,7 @@ async def execute_async(app: Celeriac, job: Job) -> Outcome:
         error = exc
     finally:
         reset_request(token)
-    return finish(app, call, value, error)
+    return _finish_guarded(app, call, value, error)
 
 
 async def _with_limits(call: Call, awaitable: Awaitable[Any]) -> Any:
@@ -446,6 +446,16 @@ async def _with_limits(call: Call, awaitable: Awaitable[Any]) -> Any:
         if soft is not None and limit == soft:
             raise SoftTimeLimitExceeded(f"soft time limit ({soft}s) exceeded") from None
         raise TimeLimitExceeded(f"time limit ({hard}s) exceeded") from None
+
+
+def _finish_guarded(app: Celeriac, call: Call, value: Any, error: BaseException | None) -> Outcome:
+    try:
+        return finish(app, call, value, error)
+    except Exception as exc:
+        # e.g. a callback signature that cannot be built: the task ran, but what it asked for
+        # next cannot happen. Fail it loudly and set the message aside, never lose it.
+        logger.exception("finishing task %s[%s] failed", call.task.name, call.request.id)
+        return _refuse(app, call.job.job_id, call.job.headers, call.request.id, exc)
 
 
 def _prerun(call: Call) -> None:
