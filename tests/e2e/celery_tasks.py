@@ -10,9 +10,16 @@ from celery import Celery
 URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/13")
 PREFIX = os.environ.get("INTEROP_PREFIX", "")
 
+VT = os.environ.get("INTEROP_VT")  # set: restore abandoned deliveries quickly (every second)
+RESTORE = {"visibility_timeout": float(VT), "unacked_restore_interval": 1} if VT else {}
+
 app = Celery("celery_tasks", broker=URL, backend=URL)
 app.conf.update(
-    broker_transport_options={"global_keyprefix": PREFIX},
+    broker_transport_options={
+        "global_keyprefix": PREFIX,
+        **RESTORE,
+        "unacked_restore_throttle": 1,
+    },
     result_backend_transport_options={"global_keyprefix": PREFIX},
     task_acks_late=True,
     worker_prefetch_multiplier=1,
@@ -46,3 +53,9 @@ def stamp() -> float:
 @app.task(name="interop.tsum")
 def tsum(values: list[int]) -> int:
     return sum(values)
+
+
+@app.task(name="interop.sleepy")
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -159,3 +159,17 @@ def test_celeriac_client_to_celery_worker(redis_e2e):
     # A chord Celeriac started is counted and finished by Celery's worker.
     result = chord(tasks.add.s(i, i) for i in range(10))(tasks.tsum.s())
     assert result.get(timeout=10) == 90
+
+
+def test_a_celery_worker_recovers_the_task_of_a_dead_celeriac_worker(redis_e2e):
+    # Mixed fleet: our in-flight record is kombu's, so a stock Celery worker restores it.
+    env, tasks = redis_e2e
+    ours = env.start_worker("-c", "1")
+    result = tasks.sleepy.delay(1)
+    wait_for(lambda: env.ledger_entries("start")[result.id] == 1, 10, "the task to start")
+    os.kill(ours.pid, signal.SIGKILL)
+    ours.wait(5)
+    env.env["INTEROP_VT"] = "2"
+    env.start_celery_worker()
+    assert result.get(timeout=20) == 1
+    assert env.ledger_entries("end")[result.id] == 0  # it was the Celery worker that ran it
