@@ -307,3 +307,13 @@ def test_rediss_url_uses_tls_and_bad_urls_are_refused() -> None:
         connect("sentinel://127.0.0.1:26379/0")
     with pytest.raises(ConfigurationError, match="delayed_delivery"):
         create_broker(redis_support.base_url(), {"delayed_delivery": "worker"})
+
+
+def test_a_second_copy_of_an_in_flight_message_is_dropped(broker: RedisBroker) -> None:
+    # What a publish retried after a lost reply leaves: the same envelope twice.
+    envelope = encode_envelope(msg("a"), "q", 0, "same-tag")
+    broker.client.lpush(f"{broker.prefix}q", envelope, envelope)
+    [d] = broker.fetch(["q"], 10, timeout=0)
+    assert broker.fetch(["q"], 10, timeout=0) == []
+    broker.ack([d])
+    assert broker.depth("q") == 0

@@ -169,6 +169,10 @@ local function lease(raw, q, t, deadline)
     tag = 'celeriac-' .. redis.call('INCR', P .. 'celeriac.tagseq')
     doc.properties.delivery_tag = tag
     raw = cjson.encode(doc)
+  elseif redis.call('HEXISTS', UNACKED, tag) == 1 then
+    -- A second copy of a message that is in flight right now (a publish retried after its
+    -- reply was lost): the lease on the first copy already guarantees delivery.
+    return nil, 'duplicate'
   end
   redis.call('HSET', UNACKED, tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
   redis.call('ZADD', INDEX, t, tag)
@@ -195,11 +199,11 @@ if cmd == 'publish' then
 
 elseif cmd == 'fetch' then
   -- lease seconds, limit, sweep ('1'/'0'), sweep batch, celery vt, queue count, queues...
-  -- Returns {seconds to next due or '', q1, tag1, count1, envelope1, q2, ...}.
+  -- Returns {seconds to next due or '', duplicates dropped, q1, tag1, count1, envelope1, ...}.
   local vt, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
   local nq = tonumber(ARGV[8])
   local t = now()
-  local out = {''}
+  local out = {'', 0}
   if ARGV[5] == '1' then
     local _, next_due = sweep(t, tonumber(ARGV[6]), tonumber(ARGV[7]))
     out[1] = tostring(next_due)
@@ -214,7 +218,9 @@ elseif cmd == 'fetch' then
         if not items then break end
         for _, raw in ipairs(items) do
           local tag, count, envelope = lease(raw, q, t, deadline)
-          if tag then
+          if count == 'duplicate' then
+            out[2] = out[2] + 1
+          elseif tag then
             got = got + 1
             out[#out + 1] = q
             out[#out + 1] = tag

@@ -214,8 +214,10 @@ class RedisBroker(Broker):
                 interval = next_due
             with self._lock:
                 self._next_sweep = now + interval
+        if reply[1]:
+            logger.warning("dropped %d duplicate copies of in-flight messages", reply[1])
         out: list[Delivery] = []
-        for i in range(1, len(reply), 4):
+        for i in range(2, len(reply), 4):
             queue, tag = reply[i].decode(), reply[i + 1].decode()
             count = int(reply[i + 2])
             try:
@@ -226,7 +228,7 @@ class RedisBroker(Broker):
                 self._call("dead_letter", queue, tag, count, reason)
                 continue
             out.append(Delivery(message, queue, (queue, tag, count), count))
-        return out, len(reply) > 1
+        return out, len(reply) > 2 or bool(reply[1])
 
     def _wait(self, wake_keys: list[str], seconds: float) -> None:
         try:
