@@ -10,7 +10,10 @@ counted by the tasks themselves, as in shared/ANCHORS.md) with broker and result
 2. **drain/s**: workers started after the N tasks are queued; N / (wall time from start to the
    N-th completion), start-up included; and after the first completion;
 3. **round trip p50/p99**: 300 sequential ``delay(i).get()`` from a fresh client;
-4. **worker RSS**: the worker process tree after the drain.
+4. **worker RSS**: the worker process tree after the drain;
+5. **Redis CPU per task** during the drain (``INFO cpu``): how close the system runs Redis to
+   its own limit. ``redis-benchmark`` gives that limit for single commands (LPUSH, RPOP, ...);
+   one task is several commands plus script calls, so compare CPU per task, not rates.
 
 Peers other than Celery are measured only if their package is installed (see SYSTEMS):
 ``pip install 'dramatiq[redis]' rq``. arq and taskiq-redis are left out: both pin redis-py < 6,
@@ -98,6 +101,7 @@ METRICS = [
     ("rt_p50_ms", "round trip p50 ms", False),
     ("rt_p99_ms", "round trip p99 ms", False),
     ("rss_mb", "worker tree RSS MB after drain", False),
+    ("redis_cpu_us_per_task", "Redis server CPU us per task", False),
 ]
 
 
@@ -130,6 +134,7 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
     workers: list[subprocess.Popen[bytes]] = []
     try:
         enqueue_s = run_client(system, "enqueue", n, env)["seconds"]
+        cpu0 = _redis_cpu(client)
         t0 = time.perf_counter()
         for template in system.workers:
             cmd = [arg.format(url=url, prefix=prefix) for arg in template]
@@ -146,6 +151,7 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
                 first = now - t0
             if done >= n:
                 last = now - t0
+                redis_cpu = _redis_cpu(client) - cpu0
                 break
             if now - t0 > max(120.0, n / 50):
                 raise RuntimeError(f"{system.name}: only {done}/{n} done")
@@ -169,7 +175,14 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
         "rt_p50_ms": percentile(latencies, 0.50),
         "rt_p99_ms": percentile(latencies, 0.99),
         "rss_mb": sum(u["rss_mb"] for u in usage),
+        # Server-wide, so other clients of the same Redis count too: a dedicated one is best.
+        "redis_cpu_us_per_task": 1e6 * redis_cpu / n,
     }
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def fmt(value: float) -> str:
