@@ -182,13 +182,15 @@ local function lease(raw, q, t, deadline)
 end
 
 if cmd == 'publish' then
-  -- q, priority, eta ('' = none), envelope, bind ('1' = declare the kombu binding)
-  local q, priority, eta, envelope = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  -- q, priority, delay (s from now, '' = none), envelope, bind ('1' = declare the binding).
+  -- Delays are relative, so they are measured on one clock (the server's), whatever the
+  -- clients' clocks say; the zset holds server times.
+  local q, priority, delay, envelope = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   if ARGV[7] == '1' then
     redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
   end
-  if eta ~= '' and tonumber(eta) > now() then
-    redis.call('ZADD', delayed_key(q), eta, envelope)
+  if delay ~= '' and tonumber(delay) > 0 then
+    redis.call('ZADD', delayed_key(q), now() + tonumber(delay), envelope)
     redis.call('SADD', QUEUES, q)
     wake(q, 'd')
     return 1
@@ -266,12 +268,11 @@ elseif cmd == 'ack' or cmd == 'extend' then
   return done
 
 elseif cmd == 'requeue' then
-  -- queue, tag, count, delay until ('' = now), counted ('1'/'0')
+  -- queue, tag, count, delay (s from now, '' = none), counted ('1'/'0')
   local q, tag, count, delay = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   if not holds(q, tag, count) then return 0 end
   if ARGV[7] == '0' then redis.call('HINCRBY', COUNTS, tag, -1) end
-  local t = now()
-  if delay ~= '' and tonumber(delay) > t then
+  if delay ~= '' and tonumber(delay) > 0 then
     local entry = redis.call('HGET', UNACKED, tag)
     release(q, tag)
     local envelope = entry and envelope_of(entry)
@@ -279,7 +280,7 @@ elseif cmd == 'requeue' then
       if entry then dead(entry, q, 'unreadable unacked entry') end
       return 0
     end
-    redis.call('ZADD', delayed_key(q), delay, envelope)
+    redis.call('ZADD', delayed_key(q), now() + tonumber(delay), envelope)
     redis.call('SADD', QUEUES, q)
     wake(q, 'd')
   else

@@ -105,6 +105,12 @@ def decode_envelope(raw: bytes | str) -> Message:
     )
 
 
+def _delay(when: float | None) -> str:
+    """Seconds from now on this machine's clock: the broker then waits that long on its own
+    clock, so a skew between this clock and Redis's (or a worker's) cannot shift or loop it."""
+    return "" if when is None else repr(float(when) - time.time())
+
+
 def _bucket_priority(priority: int) -> int:
     return max(0, min(9, int(priority)))
 
@@ -156,7 +162,7 @@ class RedisBroker(Broker):
             "publish",
             queue,
             _bucket_priority(priority),
-            "" if eta is None else repr(float(eta)),
+            _delay(eta),
             envelope,
             "1" if bind else "0",
         )
@@ -252,8 +258,7 @@ class RedisBroker(Broker):
     def requeue(
         self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
     ) -> None:
-        delay = "" if delay_until is None else repr(float(delay_until))
-        self._call("requeue", *delivery.tag, delay, "1" if count else "0")
+        self._call("requeue", *delivery.tag, _delay(delay_until), "1" if count else "0")
         if delay_until is not None:
             self._due(delay_until)
 
