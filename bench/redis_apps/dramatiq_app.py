@@ -12,7 +12,9 @@ broker.add_middleware(Results(backend=backend))
 dramatiq.set_broker(broker)
 
 
-@dramatiq.actor(store_results=True)
+# Dramatiq names result keys by a hash, without the namespace: keep them briefly so a run
+# leaves nothing behind for long.
+@dramatiq.actor(store_results=True, result_ttl=60_000)
 def echo_actor(i: int) -> int:
     done()
     return i
