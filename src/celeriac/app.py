@@ -206,6 +206,7 @@ class Celeriac:
                         serializer=self.conf.result_serializer,
                         accept=self.conf.result_accept_content or self.conf.accept_content,
                         expires=self.conf.result_expires,
+                        transport_options=self.conf.result_backend_transport_options,
                     )
         return self._backend
 

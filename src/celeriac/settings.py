@@ -37,6 +37,8 @@ class Settings:
     # Results
     #: None means: the broker's own store when it has one (SQLite, memory), otherwise no results.
     result_backend: str | None = None
+    #: Options for the result backend's connection (Redis: ``global_keyprefix``, ...).
+    result_backend_transport_options: dict[str, Any] = field(default_factory=dict)
     result_serializer: str = "json"
     result_accept_content: list[str] | None = None
     result_expires: float | None = 86400.0

@@ -148,3 +148,20 @@ def test_save_and_restore_group(backend: RedisBackend, prefix: str) -> None:
     assert backend.restore_group("g1") == tup
     backend.forget_group("g1")
     assert backend.restore_group("g1") is None
+
+
+def test_key_prefix_from_result_backend_transport_options(prefix: str) -> None:
+    from celeriac import Celeriac
+
+    app = Celeriac(
+        "opts",
+        broker_url="memory://",
+        result_backend=redis_support.base_url(),
+        result_backend_transport_options={"global_keyprefix": prefix},
+    )
+    try:
+        app.backend.store_result("tid", 7, "SUCCESS")
+        keys = [k.decode() for k in app.backend.client.keys(f"{prefix}*")]  # type: ignore[attr-defined]
+        assert keys == [f"{prefix}celery-task-meta-tid"]  # the prefix ends in ":"
+    finally:
+        app.close()

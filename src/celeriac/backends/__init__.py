@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from typing import Any
 
 from celeriac.backends.base import ChordPart, DisabledBackend, EncodedResult, ResultBackend
 from celeriac.exceptions import ConfigurationError
@@ -25,6 +26,7 @@ def create_backend(
     serializer: str = "json",
     accept: Sequence[str] = ("json",),
     expires: float | None = 86400.0,
+    transport_options: dict[str, Any] | None = None,
 ) -> ResultBackend:
     if not url or url in ("disabled", "disabled://"):
         return DisabledBackend()
@@ -37,7 +39,13 @@ def create_backend(
         )
     module_name, _, cls_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: ResultBackend = cls(url, serializer=serializer, accept=accept, expires=expires)
+    backend: ResultBackend = cls(
+        url,
+        serializer=serializer,
+        accept=accept,
+        expires=expires,
+        transport_options=transport_options,
+    )
     return backend
 
 

@@ -50,8 +50,10 @@ class ResultBackend(ABC):
         accept: Sequence[str] = ("json",),
         expires: float | None = 86400.0,
         registry: SerializerRegistry = default_registry,
+        transport_options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
+        self.transport_options = dict(transport_options or {})
         self.serializer = serializer
         self.registry = registry
         self.accept = registry.content_types(accept)

@@ -37,7 +37,7 @@ logger = logging.getLogger("celeriac.backend.redis")
 class RedisBackend(ResultBackend):
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        target = connect(url)
+        target = connect(url, self.transport_options)
         self.client: redis.Redis = target.client
         prefix = target.prefix
         if prefix and prefix[-1] not in ":_-.":  # Celery's backend adds the separator too

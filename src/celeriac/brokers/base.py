@@ -53,6 +53,9 @@ class Broker(ABC):
 
     #: True when several processes can share the broker (not the in-memory one).
     shared_between_processes: bool = True
+    #: AMQP's rule (a higher number is served first). Celery's Redis layout serves a *lower*
+    #: number first, and a broker speaking that layout keeps that rule for interop.
+    priority_higher_first: bool = True
 
     def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
         self.url = url

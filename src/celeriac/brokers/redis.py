@@ -118,6 +118,8 @@ def _bucket_priority(priority: int) -> int:
 class RedisBroker(Broker):
     """Leased delivery over Redis, in the layout Celery uses (see the module docstring)."""
 
+    priority_higher_first = False  # Celery's Redis buckets: 0 is served first
+
     def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
         super().__init__(url, transport_options)
         opts = self.transport_options

@@ -322,8 +322,12 @@ class Consumer:
                 )
                 self._safely(lambda d=delivery, r=outcome.reason: app.broker.dead_letter(d, r))
             elif outcome.action == REQUEUE:
+                # Parking a message until its ETA is not a delivery attempt.
+                count = outcome.reason != "eta"
                 self._safely(
-                    lambda d=delivery, t=outcome.delay_until: app.broker.requeue(d, delay_until=t)
+                    lambda d=delivery, t=outcome.delay_until, c=count: app.broker.requeue(
+                        d, delay_until=t, count=c
+                    )
                 )
         with self._cond:
             for outcome in batch:
