@@ -188,7 +188,12 @@ def test_requeue_keeps_fifo_position(broker: Broker) -> None:
     broker.publish(msg("b"), queue="q")
     [a] = broker.fetch(["q"], 1, timeout=0)
     broker.requeue(a)
-    assert ids(broker.fetch(["q"], 10, timeout=0)) == ["a", "b"]
+    # RabbitMQ pushes deliveries asynchronously: collect until both are back, then check order.
+    got: list[str] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += ids(broker.fetch(["q"], 10, timeout=0.2))
+    assert got == ["a", "b"]
 
 
 def test_requeue_with_delay(broker: Broker) -> None:
