@@ -58,6 +58,14 @@ def sleepy(self, seconds: float) -> float:
     return seconds
 
 
-@app.task(name="interop.tsum")
-def tsum(values: list[int]) -> int:
+@app.task(name="interop.tsum", bind=True)
+def tsum(self, values: list[int]) -> int:
+    _record("body", self.request.id)
     return sum(values)
+
+
+@app.task(name="interop.slow_add", bind=True)
+def slow_add(self, x: int, y: int) -> int:
+    _record("run", self.request.id)
+    time.sleep(0.02)
+    return x + y
