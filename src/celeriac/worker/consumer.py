@@ -15,13 +15,11 @@ Rate-limited tasks wait for their slot on a small scheduler thread, still leased
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celeriac import states
@@ -29,16 +27,9 @@ from celeriac.backends.base import ChordPart, DisabledBackend
 from celeriac.exceptions import CeleriacError
 from celeriac.protocol.results import make_meta
 from celeriac.worker.chords import fire
-from celeriac.worker.executor import (
-    ACK,
-    DEAD_LETTER,
-    REQUEUE,
-    Followup,
-    Job,
-    Outcome,
-    precheck,
-)
-from celeriac.worker.limits import RateSchedule, parse_rate
+from celeriac.worker.executor import precheck
+from celeriac.worker.job import ACK, DEAD_LETTER, REQUEUE, Followup, Job, Outcome
+from celeriac.worker.limits import RateSchedule, RateScheduler, parse_rate
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -78,7 +69,7 @@ class Consumer:
         self._running = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._scheduler = _Scheduler()
+        self._scheduler = RateScheduler()
         self._rates: dict[str, RateSchedule] = {}
         self._task_ids: dict[int, str] = {}
         self._revoke_seen: set[str] = set()
@@ -458,43 +449,3 @@ class Consumer:
                     broker.extend(held)
                 except CeleriacError as exc:
                     logger.error("lease renewal failed: %s", exc)
-
-
-class _Scheduler:
-    """Holds rate-limited jobs until their start time, then hands them to the pool."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._stopped = False
-        self.submit: Callable[[Job], None] | None = None
-
-    def at(self, when: float, job: Job) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), job))
-            self._cond.notify()
-
-    def take_all(self) -> list[Job]:
-        """Stop and return the jobs still waiting (a shutting-down worker gives them back)."""
-        with self._cond:
-            self._stopped = True
-            jobs = [job for _, _, job in sorted(self._heap)]
-            self._heap.clear()
-            self._cond.notify()
-        return jobs
-
-    def stop(self) -> None:
-        self.take_all()
-
-    def run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.time()):
-                    timeout = self._heap[0][0] - time.time() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-                _, _, job = heapq.heappop(self._heap)
-            assert self.submit is not None
-            self.submit(job)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import heapq
+import itertools
 import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
 
 from celeriac.exceptions import ConfigurationError, SoftTimeLimitExceeded
+from celeriac.worker.job import Job
 
 
 def nullcontext_factory(seconds: float | None) -> AbstractContextManager[object]:
@@ -105,3 +108,43 @@ class RateSchedule:
             start = max(now, self._next)
             self._next = start + self.interval
             return start
+
+
+class RateScheduler:
+    """Holds rate-limited jobs until their start time, then hands them to the pool."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.submit: Callable[[Job], None] | None = None
+
+    def at(self, when: float, job: Job) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), job))
+            self._cond.notify()
+
+    def take_all(self) -> list[Job]:
+        """Stop and return the jobs still waiting (a shutting-down worker gives them back)."""
+        with self._cond:
+            self._stopped = True
+            jobs = [job for _, _, job in sorted(self._heap)]
+            self._heap.clear()
+            self._cond.notify()
+        return jobs
+
+    def stop(self) -> None:
+        self.take_all()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.time()):
+                    timeout = self._heap[0][0] - time.time() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, job = heapq.heappop(self._heap)
+            assert self.submit is not None
+            self.submit(job)

@@ -12,7 +12,8 @@ import concurrent.futures
 import os
 import threading
 
-from celeriac.worker.executor import Job, Outcome, execute_async, revoked
+from celeriac.worker.executor import execute_async, revoked
+from celeriac.worker.job import Job, Outcome
 from celeriac.worker.pools.base import Pool
 
 _SYNC_THREADS = 32

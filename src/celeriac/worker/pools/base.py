@@ -8,7 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from celeriac.worker.executor import Job, Outcome, revoked
+from celeriac.worker.executor import revoked
+from celeriac.worker.job import Job, Outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac

@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac.worker.executor import (
-    Job,
-    Outcome,
     execute,
     hard_time_limit,
     revoked,
     time_limits,
     worker_lost,
 )
+from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import alarm_soft_limit
 from celeriac.worker.pools.base import Pool
 

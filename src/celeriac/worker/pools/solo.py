@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from celeriac.worker.executor import Job, execute
+from celeriac.worker.executor import execute
+from celeriac.worker.job import Job
 from celeriac.worker.limits import thread_soft_limit
 from celeriac.worker.pools.base import Pool
 

@@ -6,7 +6,8 @@ import os
 import queue
 import threading
 
-from celeriac.worker.executor import Job, execute
+from celeriac.worker.executor import execute
+from celeriac.worker.job import Job
 from celeriac.worker.limits import thread_soft_limit
 from celeriac.worker.pools.base import Pool
 
