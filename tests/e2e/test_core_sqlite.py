@@ -135,6 +135,8 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_worker_keeps_serving(e2e):
         app.AsyncResult(pickled.task_id).get(timeout=10)
 
     assert tasks.add.delay(20, 22).get(timeout=10) == 42  # still serving
+    # Results are stored before messages are set aside: wait for all four dead letters.
+    wait_for(lambda: len(app.broker.dead_letters()) == 4, 10, "four dead letters")
     reasons = {d.message.task_id: d.reason for d in app.broker.dead_letters()}
     assert "NotRegistered" in reasons[unknown.id]
     assert "InvalidTaskArguments" in reasons[wrong_args.id]

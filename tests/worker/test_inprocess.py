@@ -107,5 +107,9 @@ def test_a_result_the_next_chain_step_cannot_carry_fails_clearly(app):
     first = result.parent
     with pytest.raises(TypeError, match="not JSON serializable"):
         first.get(timeout=5)
+    # The result is stored before the message is set aside: wait for the dead letter.
+    deadline = time.monotonic() + 5
+    while not app.broker.dead_letters() and time.monotonic() < deadline:
+        time.sleep(0.01)
     reasons = [d.reason for d in app.broker.dead_letters()]
     assert any("not JSON serializable" in r for r in reasons), reasons
