@@ -113,3 +113,38 @@ def test_a_result_the_next_chain_step_cannot_carry_fails_clearly(app):
         time.sleep(0.01)
     reasons = [d.reason for d in app.broker.dead_letters()]
     assert any("not JSON serializable" in r for r in reasons), reasons
+
+
+def test_async_client_api_sends_and_waits_without_blocking_the_loop(app):
+    import asyncio
+
+    slow = app.tasks["slow"]
+
+    async def main() -> tuple[list[float], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        results = [await slow.adelay(0.3), await slow.aapply_async((0.3,))]
+        values = await asyncio.gather(*(r.aget(timeout=5) for r in results))
+        tick.cancel()
+        return values, ticks
+
+    values, ticks = asyncio.run(main())
+    assert values == [0.3, 0.3]
+    assert ticks >= 15  # the loop kept running while results were awaited
+
+
+def test_aget_times_out(app):
+    import asyncio
+
+    from celeriac import TimeoutError as CeleriacTimeout
+
+    result = app.tasks["slow"].delay(2)
+    with pytest.raises(CeleriacTimeout):
+        asyncio.run(result.aget(timeout=0.2))
