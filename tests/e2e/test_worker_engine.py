@@ -134,3 +134,11 @@ def test_max_tasks_per_child_replaces_children_and_loses_nothing(e2e):
     pids = [tasks.pid.delay().get(timeout=10) for _ in range(50)]
     assert len(pids) == 50
     assert len(set(pids)) == 5
+
+
+def test_max_memory_per_child_replaces_a_child_over_the_limit(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "1", "--max-memory-per-child", "1")  # 1 KiB: always over
+    pids = [tasks.pid.delay().get(timeout=10) for _ in range(4)]
+    assert len(set(pids)) == 4
+    assert "over max_memory_per_child" in env.log(env.workers[0])
