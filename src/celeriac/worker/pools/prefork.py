@@ -63,7 +63,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(app: Celeriac, conn: Connection, parent_pid: int) -> None:
+def _child_main(app: Celeriac, conn: Connection, parent_pid: int, report_rss: bool) -> None:
     _die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,7 +78,8 @@ def _child_main(app: Celeriac, conn: Connection, parent_pid: int) -> None:
             return
         # Tasks run on this process's main thread, where SIGALRM can interrupt even a sleep.
         outcome = execute(app, Job.from_wire(app, pickle.loads(job)), alarm_soft_limit)
-        conn.send_bytes(pickle.dumps((outcome.to_wire(), _rss_bytes()), _PICKLE))
+        rss = _rss_bytes() if report_rss else 0  # a /proc read per task only when it is needed
+        conn.send_bytes(pickle.dumps((outcome.to_wire(), rss), _PICKLE))
 
 
 def _rss_bytes() -> int:
@@ -96,12 +97,13 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class _Slot:
     """One child process and the thread that feeds it.
 
-    The thread keeps up to ``pool.pipeline`` jobs in the child's pipe, so a child finishing a
-    short task starts the next at once instead of waiting for this thread to be scheduled (on
-    small machines that wait was most of a short task's cost). It only queues a second job when
-    no other slot is idle, so a long task cannot hold up work that another child could do.
-    The job at the head of the pipe is the running one: time limits, ``terminate`` and child
-    death apply to it; jobs behind it never started and go back to the pool's queue.
+    With ``worker_prefork_pipeline`` above 1 the thread keeps that many jobs in the child's
+    pipe, so a child finishing a short task starts the next at once instead of waiting for this
+    thread to be scheduled (on small machines that wait is much of a short task's cost). It only
+    queues a second job when no other slot is idle, but a job already queued behind a long task
+    waits for it even if another child frees up, which is why the default is 1. The job at the
+    head of the pipe is the running one: time limits, ``terminate`` and child death apply to it;
+    jobs behind it never started and go back to the pool's queue.
     """
 
     def __init__(self, pool: PreforkPool, index: int) -> None:
@@ -124,7 +126,7 @@ class _Slot:
         ctx = mp.get_context("fork")
         proc = ctx.Process(
             target=_child_main,
-            args=(self.pool.app, child_conn, os.getpid()),
+            args=(self.pool.app, child_conn, os.getpid(), bool(self.pool.max_memory_per_child)),
             name=f"celeriac-child-{self.index}",
             daemon=True,
         )
@@ -267,8 +269,10 @@ class _Slot:
         self._child_gone(worker_lost(app, job, f"child process exited with code {code}"))
 
     def _child_gone(self, head_outcome: Outcome | None) -> None:
-        """The child is dead: report the running job, hand the queued ones to other slots."""
+        """The child is dead: report the running job, hand the queued ones to other slots, and
+        start a replacement at once (not when the next job comes)."""
         self._reap()
+        self.spawn()
         if self.inflight:
             head = self.inflight.popleft()
             if head_outcome is None:
