@@ -189,7 +189,29 @@ def _as_sigs(tasks: tuple[Any, ...]) -> list[Signature]:
     return [t if isinstance(t, Signature) else Signature.from_dict(t) for t in tasks]
 
 
-class chain(Signature):
+class _TaskList(Signature):
+    """A workflow whose parts are a list of signatures in ``kwargs["tasks"]`` (Celery's form)."""
+
+    def _init_tasks(
+        self, members: list[Signature], app: Celeriac | None, options: dict[str, Any]
+    ) -> None:
+        kind = str(self.subtask_type)
+        Signature.__init__(
+            self,
+            f"celery.{kind}",
+            (),
+            {"tasks": [dict(s) for s in members]},
+            options,
+            subtask_type=kind,
+            app=app or _app_of(members),
+        )
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return [Signature.from_dict(t, self._app) for t in self["kwargs"]["tasks"]]
+
+
+class chain(_TaskList):
     """``chain(a, b, c)`` or ``a | b | c``: each step gets the previous result first."""
 
     subtask_type = "chain"
@@ -198,19 +220,7 @@ class chain(Signature):
         steps: list[Signature] = []
         for sig in _as_sigs(tasks):
             steps.extend(sig.tasks if isinstance(sig, chain) else [sig])
-        steps = _upgrade_groups(steps)
-        super().__init__(
-            "celery.chain",
-            (),
-            {"tasks": [dict(s) for s in steps]},
-            options,
-            subtask_type="chain",
-            app=app or _app_of(steps),
-        )
-
-    @property
-    def tasks(self) -> list[Signature]:
-        return [Signature.from_dict(t, self._app) for t in self["kwargs"]["tasks"]]
+        self._init_tasks(_upgrade_groups(steps), app, options)
 
     def __or__(self, other: Any) -> Signature:  # type: ignore[override]
         if not isinstance(other, Signature):
@@ -236,25 +246,13 @@ def _upgrade_groups(steps: list[Signature]) -> list[Signature]:
     return out
 
 
-class group(Signature):
+class group(_TaskList):
     """``group(a, b, c)``: run in parallel; the result is a :class:`GroupResult`."""
 
     subtask_type = "group"
 
     def __init__(self, *tasks: Any, app: Celeriac | None = None, **options: Any) -> None:
-        members = _as_sigs(tasks)
-        super().__init__(
-            "celery.group",
-            (),
-            {"tasks": [dict(s) for s in members]},
-            options,
-            subtask_type="group",
-            app=app or _app_of(members),
-        )
-
-    @property
-    def tasks(self) -> list[Signature]:
-        return [Signature.from_dict(t, self._app) for t in self["kwargs"]["tasks"]]
+        self._init_tasks(_as_sigs(tasks), app, options)
 
     def __or__(self, other: Any) -> Signature:  # type: ignore[override]
         if not isinstance(other, Signature):
@@ -296,7 +294,9 @@ class chord(Signature):
 
     @property
     def header(self) -> list[Signature]:
-        return group.from_dict(self["kwargs"]["header"], self._app).tasks  # type: ignore[attr-defined, no-any-return]
+        header = Signature.from_dict(self["kwargs"]["header"], self._app)
+        assert isinstance(header, group)
+        return header.tasks
 
     @property
     def body(self) -> Signature:
