@@ -308,3 +308,16 @@ def test_two_sqlite_brokers_on_one_file_never_share_a_message(tmp_path: Path) ->
     assert publisher.depth("q") == 0
     for broker in (publisher, first, second):
         broker.close()
+
+
+def test_publish_many_keeps_order_and_etas(broker: Broker) -> None:
+    later = time.time() + 30
+    broker.publish_many(
+        [(msg("a"), "q", 0, None), (msg("later"), "q", 0, later), (msg("b"), "q", 0, None)]
+    )
+    got: list[str] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += ids(broker.fetch(["q"], 10, timeout=0.2))
+    assert got == ["a", "b"]
+    assert broker.depth("q") == 3

@@ -20,6 +20,9 @@ from celeriac.protocol.message import Message
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 
+#: (message, queue, priority, eta) for :meth:`Broker.publish_many`
+Publication = tuple[Message, str, int, float | None]
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -72,6 +75,15 @@ class Broker(ABC):
 
         Returns only once the broker has the message; raises :class:`BrokerError` otherwise.
         """
+
+    def publish_many(self, items: Sequence[Publication]) -> None:
+        """Publish several messages; brokers that can do it in one round trip override this.
+
+        On error some may have been published: the caller retries the whole batch, and
+        duplicates are the at-least-once kind (same task ids).
+        """
+        for message, queue, priority, eta in items:
+            self.publish(message, queue=queue, priority=priority, eta=eta)
 
     @abstractmethod
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:

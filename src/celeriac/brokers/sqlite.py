@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celeriac._sqlite import SQLiteFile, path_from_url
-from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message
 
@@ -91,29 +91,38 @@ class SQLiteBroker(Broker):
     def publish(
         self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
     ) -> None:
+        self.publish_many([(message, queue, priority, eta)])
+
+    def publish_many(self, items: Sequence[Publication]) -> None:
+        """All in one transaction: a group or chord of any size costs one commit."""
         now = time.time()
-        delayed = eta is not None and eta > now
-        row = (
-            queue,
-            priority,
-            DELAYED if delayed else READY,
-            eta if delayed else now,
-            _dumps(message.headers),
-            _dumps(message.properties),
-            message.content_type,
-            message.content_encoding,
-            message.body,
-        )
+        rows = []
+        for message, queue, priority, eta in items:
+            delayed = eta is not None and eta > now
+            rows.append(
+                (
+                    queue,
+                    priority,
+                    DELAYED if delayed else READY,
+                    eta if delayed else now,
+                    _dumps(message.headers),
+                    _dumps(message.properties),
+                    message.content_type,
+                    message.content_encoding,
+                    message.body,
+                )
+            )
         try:
             with self.db.write() as conn:
-                conn.execute(
+                conn.executemany(
                     "INSERT INTO celeriac_messages (queue, priority, state, visible_at, headers,"
                     " properties, content_type, content_encoding, body)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
+                    rows,
                 )
         except sqlite3.Error as exc:
-            raise BrokerError(f"publish to {queue!r} failed: {exc}") from exc
+            queues = sorted({q for _, q, _, _ in items})
+            raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
 
     # -- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:

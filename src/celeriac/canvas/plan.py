@@ -237,7 +237,5 @@ def apply_canvas(
     backend = app.backend
     for gid, size in plan.chord_starts:
         backend.chord_start(gid, size)
-    broker = app.broker
-    for p in plan.publishes:
-        broker.publish(p.message, queue=p.queue, priority=p.priority, eta=p.eta)
+    app.broker.publish_many([(p.message, p.queue, p.priority, p.eta) for p in plan.publishes])
     return result

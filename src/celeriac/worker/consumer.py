@@ -329,11 +329,11 @@ class Consumer:
             self._cond.notify_all()
 
     def _publish(self, followups: list[Followup]) -> None:
+        if not followups:
+            return
         broker = self.app.broker
-        for f in followups:
-            self._safely(
-                lambda f=f: broker.publish(f.message, queue=f.queue, priority=f.priority, eta=f.eta)
-            )
+        items = [(f.message, f.queue, f.priority, f.eta) for f in followups]
+        self._safely(lambda: broker.publish_many(items))
 
     def _finish_chords(self, batch: list[Outcome]) -> None:
         """Count finished chord header tasks; fire the bodies of chords this batch completed."""
