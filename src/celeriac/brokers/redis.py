@@ -47,7 +47,7 @@ from typing import Any
 import redis
 
 from celeriac._redis import connect
-from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 
@@ -172,6 +172,40 @@ class RedisBroker(Broker):
             self._bound.add(queue)
         if eta is not None:
             self._due(eta)
+
+    def publish_many(self, items: Sequence[Publication]) -> None:
+        """One pipelined round trip for a whole workflow or a batch of follow-ups."""
+        if len(items) <= 1:
+            super().publish_many(items)
+            return
+        binding: set[str] = set()
+        etas: list[float] = []
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for message, queue, priority, eta in items:
+                    if not self.delay_in_broker:
+                        eta = None
+                    envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
+                    bind = queue not in self._bound and queue not in binding
+                    binding.add(queue)
+                    args: list[str | int] = ["publish", self.prefix, queue]
+                    args += [
+                        _bucket_priority(priority),
+                        _delay(eta),
+                        envelope,
+                        "1" if bind else "0",
+                    ]
+                    self._script(args=args, client=pipe)
+                    if eta is not None:
+                        etas.append(eta)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(
+                f"Redis broker: publishing {len(items)} messages failed: {exc}"
+            ) from exc
+        self._bound |= binding
+        if etas:
+            self._due(min(etas))
 
     def _due(self, when: float) -> None:
         """Sweep no later than ``when`` (unix seconds): this process just delayed a message."""
