@@ -10,7 +10,6 @@ count one higher.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,6 +140,3 @@ class Broker(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for brokers holding nothing
         """Release connections held by this process."""
-
-    def lease_until(self) -> float:
-        return time.time() + self.visibility_timeout

@@ -98,10 +98,12 @@ class SerializerRegistry:
     def __init__(self) -> None:
         self._by_name: dict[str, Serializer] = {}
         self._by_type: dict[str, Serializer] = {}
+        self._accept_cache: dict[tuple[str, ...], frozenset[str]] = {}
 
     def register(self, serializer: Serializer) -> None:
         self._by_name[serializer.name] = serializer
         self._by_type[serializer.content_type] = serializer
+        self._accept_cache.clear()
 
     def get(self, name: str) -> Serializer:
         try:
@@ -112,7 +114,17 @@ class SerializerRegistry:
             raise ConfigurationError(f"unknown serializer {name!r}{hint}; known: {known}") from None
 
     def content_types(self, names: Iterable[str]) -> frozenset[str]:
-        """Content types for ``accept_content`` entries (names or content types)."""
+        """Content types for ``accept_content`` entries (names or content types).
+
+        Memoized: workers ask for every message they read.
+        """
+        key = tuple(names)
+        cached = self._accept_cache.get(key)
+        if cached is None:
+            cached = self._accept_cache[key] = self._content_types(key)
+        return cached
+
+    def _content_types(self, names: tuple[str, ...]) -> frozenset[str]:
         types = set()
         for entry in names:
             if "/" in entry:

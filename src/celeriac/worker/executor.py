@@ -31,10 +31,9 @@ from celeriac.exceptions import (
 )
 from celeriac.protocol.message import TaskHeaders, decode_body, read_headers
 from celeriac.tasks.context import Request, reset_request, set_request
-from celeriac.worker.job import DEAD_LETTER, REQUEUE, Job, Outcome
+from celeriac.worker.job import DEAD_LETTER, REQUEUE, Job, Outcome, accepted
 from celeriac.worker.limits import nullcontext_factory
 from celeriac.worker.outcomes import (
-    accepted,
     failure_outcome,
     hard_time_limit,
     refuse,

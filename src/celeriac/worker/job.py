@@ -14,6 +14,12 @@ from celeriac.protocol.message import Message, TaskHeaders, read_headers
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
+
+def accepted(app: Celeriac) -> frozenset[str]:
+    """Content types this app's workers decode (``accept_content``)."""
+    return app.serializers.content_types(app.conf.accept_content)
+
+
 ACK, DEAD_LETTER, REQUEUE = "ack", "dead_letter", "requeue"
 
 
@@ -47,8 +53,7 @@ class Job:
     def from_wire(cls, app: Celeriac, data: tuple[Any, ...]) -> Job:
         job_id, headers, properties, body, ctype, cenc, queue, count, hostname = data
         message = Message(headers, properties, body, ctype, cenc)
-        accept = app.serializers.content_types(app.conf.accept_content)
-        parsed = read_headers(message, app.serializers, accept)
+        parsed = read_headers(message, app.serializers, accepted(app))
         return cls(job_id, message, parsed, queue, count, hostname)
 
 

@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 
-def accepted(app: Celeriac) -> frozenset[str]:
-    return app.serializers.content_types(app.conf.accept_content)
-
-
 def result_meta(
     app: Celeriac,
     headers: TaskHeaders | None,
