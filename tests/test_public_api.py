@@ -12,13 +12,16 @@ import celeriac
 
 PUBLIC = [
     "AsyncResult",
+    "Broadcast",
     "Celeriac",
     "CeleriacError",
     "ConfigurationError",
     "EagerResult",
+    "Exchange",
     "GroupResult",
     "Ignore",
     "NotRegistered",
+    "Queue",
     "Reject",
     "Request",
     "Retry",

@@ -22,6 +22,7 @@ from celeriac.exceptions import (
     TimeoutError,
 )
 from celeriac.result import AsyncResult, EagerResult, GroupResult
+from celeriac.routing import Broadcast, Exchange, Queue
 from celeriac.tasks.context import Request
 from celeriac.tasks.task import Task
 
@@ -29,13 +30,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncResult",
+    "Broadcast",
     "Celeriac",
     "CeleriacError",
     "ConfigurationError",
     "EagerResult",
+    "Exchange",
     "GroupResult",
     "Ignore",
     "NotRegistered",
+    "Queue",
     "Reject",
     "Request",
     "Retry",

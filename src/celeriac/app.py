@@ -21,6 +21,7 @@ from celeriac.protocol.message import Message, build_task_message, new_id
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
+from celeriac.routing import Topology, coerce_queue
 from celeriac.settings import Settings, settings_from_object
 from celeriac.signals import Signal
 from celeriac.tasks.context import current_request
@@ -33,7 +34,6 @@ R = TypeVar("R")
 #: Options Celery's apply_async accepts that mean nothing for Celeriac's brokers.
 _IGNORED_OPTIONS = frozenset(
     {
-        "exchange",
         "mandatory",
         "immediate",
         "retry",
@@ -47,7 +47,6 @@ _IGNORED_OPTIONS = frozenset(
         "declare",
         "stamped_headers",
         "stamps",
-        "exchange_type",
         "delivery_mode",
     }
 )
@@ -79,6 +78,7 @@ class Celeriac:
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
+        self._topology: tuple[tuple[Any, ...], Topology] | None = None
         self._fork_gen = generation()
         if config_source is not None:
             self.config_from_object(config_source)
@@ -189,10 +189,25 @@ class Celeriac:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    self._broker = create_broker(
-                        self.conf.broker_url, self.conf.broker_transport_options
-                    )
+                    broker = create_broker(self.conf.broker_url, self.conf.broker_transport_options)
+                    broker.topology = self.topology
+                    self._broker = broker
         return self._broker
+
+    @property
+    def topology(self) -> Topology:
+        """``task_queues`` resolved: the exchanges, queues and bindings routes refer to."""
+        conf = self.conf
+        key = (
+            id(conf.task_queues),
+            conf.task_default_queue,
+            conf.task_create_missing_queues,
+            conf.worker_hostname,
+        )
+        cached = self._topology
+        if cached is None or cached[0] != key:
+            cached = self._topology = (key, Topology.from_settings(conf))
+        return cached[1]
 
     @property
     def backend(self) -> ResultBackend:
@@ -247,6 +262,7 @@ class Celeriac:
     ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
         message, queue, priority, eta = self.prepare_message(name, args, kwargs, **options)
+        # ``queue`` is a routing.Destination when the route names an exchange
         self.broker.publish(message, queue=queue, priority=priority, eta=eta)
         return AsyncResult(str(message.headers["id"]), self, task_name=name)
 
@@ -259,8 +275,10 @@ class Celeriac:
         countdown: float | None = None,
         eta: float | dt.datetime | None = None,
         expires: float | dt.datetime | None = None,
-        queue: str | None = None,
+        queue: Any = None,
+        exchange: Any = None,
         routing_key: str | None = None,
+        exchange_type: str | None = None,
         priority: int | None = None,
         task_id: str | None = None,
         headers: dict[str, Any] | None = None,
@@ -282,7 +300,10 @@ class Celeriac:
         _task: Task[Any, Any] | None = None,
         **other: Any,
     ) -> tuple[Message, str, int, float | None]:
-        """Build the message for a task call: ``(message, queue, priority, eta)``."""
+        """Build the message for a task call: ``(message, queue, priority, eta)``.
+
+        ``queue`` is a :class:`~celeriac.routing.Destination` when the route names an exchange.
+        """
         unknown = set(other) - _IGNORED_OPTIONS
         if unknown:
             raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(unknown))}")
@@ -305,7 +326,18 @@ class Celeriac:
         if parent is not None and not parent.is_eager:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
-        queue_name, route_priority = self._route(name, args, kwargs, task, queue or routing_key)
+        queue_name, route_priority = self._route(
+            name,
+            args,
+            kwargs,
+            task,
+            {
+                "queue": queue,
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "exchange_type": exchange_type,
+            },
+        )
         if priority is None:
             priority = route_priority
         if priority is None and task is not None:
@@ -369,16 +401,30 @@ class Celeriac:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         task: Task[Any, Any] | None,
-        queue: str | None,
+        options: dict[str, Any],
     ) -> tuple[str, int | None]:
-        if queue:
-            return queue, None
-        route = _match_route(self.conf.task_routes, name, args, kwargs, task)
-        if route.get("queue"):
-            return str(route["queue"]), route.get("priority")
-        if task is not None and task.queue:
-            return str(task.queue), route.get("priority")
-        return self.conf.task_default_queue, route.get("priority")
+        """Celery's rule: ``apply_async`` options win over the matching ``task_routes`` entry,
+        key by key; with neither a queue nor an exchange, the task's queue or the default."""
+        explicit = {k: v for k, v in options.items() if v not in (None, "")}
+        route: dict[str, Any] = {}
+        if not explicit.get("queue") and not explicit.get("exchange"):
+            route = _match_route(self.conf.task_routes, name, args, kwargs, task)
+        merged = {**{k: v for k, v in route.items() if v not in (None, "")}, **explicit}
+        queue = merged.get("queue")
+        if queue is not None and not isinstance(queue, str):
+            queue = coerce_queue(queue).name  # Celery lets a route hold a Queue object
+        if not queue:
+            # As Celery: the task's or the default queue, used unless an exchange and routing
+            # key say otherwise. A bare routing_key names a queue (the default exchange's way).
+            bare_key = None if merged.get("exchange") else explicit.get("routing_key")
+            queue = bare_key or (task.queue if task is not None else None)
+            queue = queue or self.conf.task_default_queue
+            if bare_key:
+                merged.pop("routing_key")
+        destination = self.topology.destination(
+            queue, merged.get("exchange"), merged.get("routing_key"), merged.get("exchange_type")
+        )
+        return destination, route.get("priority")
 
     def __repr__(self) -> str:
         return f"<Celeriac {self.main or '__main__'} broker={self.conf.broker_url}>"

@@ -78,9 +78,13 @@ class Settings:
     worker_prefetch_multiplier: int = 4
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
-    #: Jobs a prefork child may have queued in its pipe. 1 (the default): one at a time, so a
-    #: job never waits behind a long task while another child is free. 2 hides the hand-off
-    #: latency for workloads of short tasks (~20-30% more no-op throughput), at that risk.
+    #: ``"consume"`` (default): each prefork child consumes from the broker itself and this
+    #: process supervises. ``"dispatch"``: this process consumes and pipes tasks to children
+    #: (always the case for a broker that lives in one process, ``memory://``).
+    worker_prefork_mode: str = "consume"
+    #: ``"dispatch"`` mode: jobs a prefork child may have queued in its pipe. 1 (the default):
+    #: one at a time, so a job never waits behind a long task while another child is free. 2
+    #: hides the hand-off latency for short tasks (~20-30% more no-op throughput), at that risk.
     worker_prefork_pipeline: int = 1
     worker_send_task_events: bool = False
     worker_hostname: str | None = None

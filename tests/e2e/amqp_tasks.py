@@ -3,17 +3,32 @@ for a stock Celery worker and client."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
-from celeriac import Celeriac
+from celeriac import Broadcast, Celeriac, Exchange, Queue
 
 _options = {}
 if os.environ.get("E2E_MAX_PRIORITY"):
     _options["max_priority"] = int(os.environ["E2E_MAX_PRIORITY"])
 
-app = Celeriac("amqp_tasks", broker_transport_options=_options, task_acks_late=True)
+
+def _queues() -> list[Queue] | None:
+    """``E2E_TASK_QUEUES``: JSON ``[[queue, exchange, type, routing key], ...]``."""
+    spec = json.loads(os.environ.get("E2E_TASK_QUEUES") or "null")
+    if spec is None:
+        return None
+    return [
+        Broadcast(q) if kind == "fanout" else Queue(q, Exchange(ex, type=kind), routing_key=key)
+        for q, ex, kind, key in spec
+    ]
+
+
+app = Celeriac(
+    "amqp_tasks", broker_transport_options=_options, task_acks_late=True, task_queues=_queues()
+)
 LEDGER = Path(os.environ.get("E2E_LEDGER", "ledger"))
 
 

@@ -13,6 +13,7 @@ app = Celeriac(
     "e2e_tasks",
     broker_transport_options={"visibility_timeout": float(os.environ.get("E2E_VT", "30"))},
 )
+app.conf.worker_prefork_mode = os.environ.get("E2E_PREFORK_MODE", "consume")
 LEDGER = Path(os.environ.get("E2E_LEDGER", "ledger"))
 
 
@@ -59,6 +60,25 @@ def forever(self) -> None:
         time.sleep(0.01)
 
 
+@app.task(bind=True, time_limit=0.5)
+def gil_hog(self) -> None:
+    """Stuck in C code that never releases the GIL (catastrophic regex backtracking)."""
+    import re
+
+    _record("start", self.request.id)
+    re.match(r"(a|aa)+$", "a" * 60 + "b")
+
+
+@app.task(bind=True)
+def crash_once(self) -> str:
+    """Ends its process the first time it runs (as a segfault would); succeeds after."""
+    earlier = any(f"start {self.request.id} " in path.read_text() for path in LEDGER.glob("*.log"))
+    _record("start", self.request.id)
+    if not earlier:
+        os._exit(3)
+    return "survived"
+
+
 @app.task(bind=True, soft_time_limit=0.5)
 def soft(self) -> str:
     from celeriac import SoftTimeLimitExceeded
@@ -81,6 +101,12 @@ def flaky_io(self, fail_times: int) -> int:
 
 @app.task(bind=True, global_rate_limit="20/s")
 def limited(self, i: int) -> int:
+    _record("run", self.request.id)
+    return i
+
+
+@app.task(bind=True, rate_limit="10/s")
+def throttled(self, i: int) -> int:
     _record("run", self.request.id)
     return i
 

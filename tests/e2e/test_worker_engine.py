@@ -42,8 +42,13 @@ def test_prefork_worker_runs_async_def_tasks_too(e2e):
     assert tasks.asleep.delay(0.1).get(timeout=10) == 0.1
 
 
-def test_hard_time_limit_kills_the_child_and_the_worker_goes_on(e2e):
+PREFORK_MODES = pytest.mark.parametrize("mode", ["consume", "dispatch"])
+
+
+@PREFORK_MODES
+def test_hard_time_limit_kills_the_child_and_the_worker_goes_on(e2e, mode):
     env, tasks = e2e
+    env.env["E2E_PREFORK_MODE"] = mode
     env.start_worker("-c", "1")
     result = tasks.forever.delay()
     with pytest.raises(TimeLimitExceeded):
@@ -99,6 +104,17 @@ def test_global_rate_limit_is_shared_by_two_workers(e2e):
     assert len(by_process) >= 2, "only one worker process ran tasks"
 
 
+def test_per_worker_rate_limit_is_split_between_prefork_children(e2e):
+    env, tasks = e2e
+    env.start_worker("-c", "2")
+    tasks.add.delay(0, 0).get(timeout=10)  # both children up
+    started = time.monotonic()
+    results = [tasks.throttled.delay(i) for i in range(30)]
+    assert [r.get(timeout=20) for r in results] == list(range(30))
+    took = time.monotonic() - started
+    assert 2.4 <= took <= 4.5, took  # 10/s for the worker, not 10/s per child
+
+
 def test_revoked_before_start_never_runs_on_any_worker(e2e):
     env, tasks = e2e
     result = tasks.add.apply_async((1, 1), countdown=0.5)
@@ -112,8 +128,10 @@ def test_revoked_before_start_never_runs_on_any_worker(e2e):
     assert tasks.app.broker.depth("celery") == 0
 
 
-def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e):
+@PREFORK_MODES
+def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e, mode):
     env, tasks = e2e
+    env.env["E2E_PREFORK_MODE"] = mode
     env.start_worker("-c", "1")
     result = tasks.sleepy.delay(30)
     wait_for(lambda: env.ledger_entries("start")[result.id], 10, "the task to start")
@@ -128,8 +146,10 @@ def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e):
     assert tasks.add.delay(3, 4).get(timeout=10) == 7
 
 
-def test_max_tasks_per_child_replaces_children_and_loses_nothing(e2e):
+@PREFORK_MODES
+def test_max_tasks_per_child_replaces_children_and_loses_nothing(e2e, mode):
     env, tasks = e2e
+    env.env["E2E_PREFORK_MODE"] = mode
     env.start_worker("-c", "1", "--max-tasks-per-child", "10")
     pids = [tasks.pid.delay().get(timeout=10) for _ in range(50)]
     assert len(pids) == 50
@@ -142,3 +162,25 @@ def test_max_memory_per_child_replaces_a_child_over_the_limit(e2e):
     pids = [tasks.pid.delay().get(timeout=10) for _ in range(4)]
     assert len(set(pids)) == 4
     assert "over max_memory_per_child" in env.log(env.workers[0])
+
+
+def test_a_prefork_child_that_dies_is_replaced_and_its_task_runs_again(e2e):
+    env, tasks = e2e
+    env.set_vt(2)
+    worker = env.start_worker("-c", "1")
+    result = tasks.crash_once.delay()
+    assert tasks.add.delay(2, 3).get(timeout=10) == 5  # a fresh child serves meanwhile
+    assert result.get(timeout=20) == "survived"  # delivered again once its lease ran out
+    assert env.ledger_entries("start")[result.id] == 2
+    assert "exited with code 3" in env.log(worker)
+
+
+def test_a_child_stuck_past_its_hard_limit_with_the_gil_held_is_killed_by_the_parent(e2e):
+    env, tasks = e2e
+    env.set_vt(60)  # the message stays leased to the dead child for the rest of the test
+    worker = env.start_worker("-c", "1")
+    stuck = tasks.gil_hog.delay()
+    wait_for(lambda: env.ledger_entries("start")[stuck.id], 10, "the task to start")
+    # The child's own watchdog cannot run without the GIL: the parent kills it instead.
+    wait_for(lambda: "past its hard time limit" in env.log(worker), 10, "the parent's kill")
+    assert tasks.add.delay(1, 2).get(timeout=10) == 3

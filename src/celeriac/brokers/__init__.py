@@ -21,16 +21,20 @@ BROKERS: dict[str, str] = {
 }
 
 
-def create_broker(url: str, transport_options: dict[str, Any] | None = None) -> Broker:
+def broker_class(url: str) -> type[Broker]:
+    """The broker class for ``url``, without connecting."""
     scheme = url.partition("://")[0].lower()
     target = BROKERS.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(BROKERS))
         raise ConfigurationError(f"no broker for URL scheme {scheme!r} in {url!r}; known: {known}")
     module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    broker: Broker = cls(url, transport_options)
-    return broker
+    cls: type[Broker] = getattr(importlib.import_module(module_name), cls_name)
+    return cls
 
 
-__all__ = ["BROKERS", "Broker", "DeadLetter", "Delivery", "create_broker"]
+def create_broker(url: str, transport_options: dict[str, Any] | None = None) -> Broker:
+    return broker_class(url)(url, transport_options)  # type: ignore[call-arg]
+
+
+__all__ = ["BROKERS", "Broker", "DeadLetter", "Delivery", "broker_class", "create_broker"]

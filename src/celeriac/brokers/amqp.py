@@ -7,7 +7,9 @@ to the default exchange with routing key ``q``, persistent, with the task header
 headers and the raw serialized body. Queue arguments must match every other peer's, so they are
 only what Celery would add: ``x-max-priority`` when the ``max_priority`` transport option is set
 (Celery's ``task_queue_max_priority``; Celeriac has no such setting yet) and
-``x-queue-type: quorum`` when ``queue_type`` is ``"quorum"``.
+``x-queue-type: quorum`` when ``queue_type`` is ``"quorum"``. Queues of ``task_queues`` are
+declared with their own exchange (direct, topic, fanout), binding and ``queue_arguments``, and
+a route that names an exchange publishes to it with its routing key (``amqp_topology``).
 
 Delivery rules on top of AMQP:
 
@@ -53,9 +55,11 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from celeriac._amqp import Link, acquire_link, release_link, replies
+from celeriac.brokers.amqp_topology import declare_queue, queue_arguments, queues_behind
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
+from celeriac.routing import Destination
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -180,13 +184,9 @@ class AMQPBroker(Broker):
         self._arrivals = 0
 
     # -- declarations ----------------------------------------------------------------------------
-    def queue_arguments(self) -> dict[str, Any]:
-        args: dict[str, Any] = {}
-        if self.max_priority:
-            args["x-max-priority"] = int(self.max_priority)
-        if self.queue_type == "quorum":
-            args["x-queue-type"] = "quorum"
-        return args
+    def queue_arguments(self, queue: str | None = None) -> dict[str, Any]:
+        q = self.topology.queue(queue) if queue is not None else None
+        return queue_arguments(q, self.max_priority, self.queue_type)
 
     def _level_arguments(self, level: int, queue: str) -> dict[str, Any]:
         args: dict[str, Any] = {"x-message-ttl": (2**level) * 1000}
@@ -215,19 +215,35 @@ class AMQPBroker(Broker):
             ch = (await self.link.channel("admin", timeout)).channel
             try:
                 if queue not in self._declared:
-                    await ch.exchange_declare(queue, exchange_type="direct", durable=True)
-                    await ch.queue_declare(queue, durable=True, arguments=self.queue_arguments())
-                    await ch.queue_bind(queue, queue, routing_key=queue)
+                    args = self.queue_arguments(queue)
+                    await declare_queue(ch, self.topology, queue, args)
                     self._declared.add(queue)
                 if delays and queue not in self._delay_declared:
-                    await self._declare_delays(ch, queue)
+                    await self._declare_delays(ch, self.topology.physical(queue))
                     self._delay_declared.add(queue)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 raise BrokerError(
-                    f"queue {queue!r} exists with other arguments than {self.queue_arguments()}"
-                    f" (RabbitMQ: {exc}); every peer must declare it alike (max_priority, "
-                    "queue_type)"
+                    f"queue {queue!r} exists with other arguments than "
+                    f"{self.queue_arguments(queue)} (RabbitMQ: {exc}); every peer must declare "
+                    "it alike (task_queues, max_priority, queue_type)"
                 ) from exc
+
+    async def _declare_route(self, dest: Destination, timeout: float) -> None:
+        """Declare ``dest``'s exchange and the ``task_queues`` bound to it, before publishing."""
+        marker = "exchange:" + dest.exchange
+        if marker in self._declared:
+            return
+        for queue in queues_behind(self.topology, dest):
+            await self._declare(queue, timeout)
+        ch = (await self.link.channel("admin", timeout)).channel
+        try:
+            await ch.exchange_declare(dest.exchange, exchange_type=dest.exchange_type, durable=True)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise BrokerError(
+                f"exchange {dest.exchange!r} exists with another type than "
+                f"{dest.exchange_type!r} (RabbitMQ: {exc}); declare it alike in task_queues"
+            ) from exc
+        self._declared.add(marker)
 
     async def _declare_delays(self, ch: AbstractChannel, queue: str) -> None:
         if "" not in self._delay_declared:  # the exchanges every queue's cascade shares
@@ -262,8 +278,26 @@ class AMQPBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------------
     def publish(
-        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+        self,
+        message: Message,
+        *,
+        queue: str,
+        priority: int = 0,
+        eta: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> None:
+        queue = self.destination(queue, exchange, routing_key)
+        if self.topology.is_broadcast(queue) and not isinstance(queue, Destination):
+            queue = self.topology.destination(queue)
+        if isinstance(queue, Destination) and eta is not None and eta > time.time():
+            # The delay cascade ends in one queue: fan out to the bound queues before it.
+            if queue.exchange_type == "fanout":
+                raise ConfigurationError(f"broadcast {str(queue)!r}: it cannot be delayed")
+            targets = self.local_targets(queue)
+            for target in targets:
+                self.publish(message, queue=target, priority=priority, eta=eta)
+            return
         if not message.properties.get("reply_to") and replies.own:
             reply_to = replies.reply_to_for(message.headers)
             if reply_to:
@@ -285,12 +319,16 @@ class AMQPBroker(Broker):
         headers: dict[str, Any],
     ) -> None:
         delay = 0 if eta is None else math.ceil(eta - time.time())
+        route = queue if isinstance(queue, Destination) else None
+        target = self.topology.physical(queue)  # a broadcast's: this node's queue
         if delay > 0:
             delay = min(delay, MAX_DELAY)
             level = delay.bit_length() - 1
-            exchange, key = delay_exchange(level), delay_routing_key(delay, queue)
+            exchange, key = delay_exchange(level), delay_routing_key(delay, target)
+        elif route is not None:
+            exchange, key = route.exchange, route.routing_key
         else:
-            exchange, key = "", queue
+            exchange, key = "", target
         # A parked message must not expire half-way down the cascade (it would skip the rest of
         # its wait): the ``expires`` header, which workers check, stays authoritative.
         props = to_properties(
@@ -299,7 +337,10 @@ class AMQPBroker(Broker):
         timeout = self.publish_timeout
 
         async def declare(remaining: float) -> None:
-            await self._declare(queue, remaining, delays=delay > 0)
+            if route is not None:
+                await self._declare_route(route, remaining)
+            else:
+                await self._declare(queue, remaining, delays=delay > 0)
 
         self.link.run(
             lambda: self._publish(message.body, exchange, key, props, declare), timeout + 5
@@ -429,7 +470,9 @@ class AMQPBroker(Broker):
             async def on_message(msg: DeliveredMessage, q: str = q, epoch: int = epoch) -> None:
                 self._on_message(msg, q, epoch)
 
-            ok = await chan.channel.basic_consume(q, on_message, no_ack=False)
+            ok = await chan.channel.basic_consume(
+                self.topology.physical(q), on_message, no_ack=False
+            )
             with self._cond:
                 self._consumers[q] = (str(ok.consumer_tag), limit)
         if sync:
@@ -569,6 +612,7 @@ class AMQPBroker(Broker):
 
     # -- administration --------------------------------------------------------------------------
     def _queues_of(self, queue: str) -> list[str]:
+        queue = self.topology.physical(queue)
         return [queue] + [delay_queue(level, queue) for level in range(DELAY_BITS)]
 
     def purge(self, queue: str) -> int:
@@ -610,7 +654,8 @@ class AMQPBroker(Broker):
         chan = self.link.existing("consume")
         if chan is None:
             return
-        await chan.channel.queue_declare(queue, passive=True)  # a round trip on that channel
+        # a round trip on that channel
+        await chan.channel.queue_declare(self.topology.physical(queue), passive=True)
         for _ in range(3):  # deliveries read before the reply still run as tasks
             await asyncio.sleep(0)
 

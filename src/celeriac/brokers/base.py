@@ -15,11 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
+from celeriac.routing import Destination, Topology, exchange_route, no_queue_bound
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 
-#: (message, queue, priority, eta) for :meth:`Broker.publish_many`
+#: (message, queue, priority, eta) for :meth:`Broker.publish_many`; ``queue`` may be a
+#: :class:`~celeriac.routing.Destination` (a queue name carrying an exchange and routing key).
 Publication = tuple[Message, str, int, float | None]
 
 
@@ -58,6 +61,8 @@ class Broker(ABC):
     #: AMQP's rule (a higher number is served first). Celery's Redis layout serves a *lower*
     #: number first, and a broker speaking that layout keeps that rule for interop.
     priority_higher_first: bool = True
+    #: The app's ``task_queues``: what exchanges, bindings and broadcast queues mean here.
+    topology: Topology = Topology()
 
     def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
         self.url = url
@@ -68,10 +73,19 @@ class Broker(ABC):
 
     @abstractmethod
     def publish(
-        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+        self,
+        message: Message,
+        *,
+        queue: str,
+        priority: int = 0,
+        eta: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> None:
         """Store ``message`` on ``queue``; not deliverable before ``eta`` (unix seconds).
 
+        With ``exchange``/``routing_key`` (or a :class:`~celeriac.routing.Destination` as
+        ``queue``), the message goes where that exchange routes it instead.
         Returns only once the broker has the message; raises :class:`BrokerError` otherwise.
         """
 
@@ -129,6 +143,32 @@ class Broker(ABC):
     @abstractmethod
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; returns how many."""
+
+    def destination(self, queue: str, exchange: str | None, routing_key: str | None) -> str:
+        """``queue``, or a :class:`Destination` when an exchange or routing key is given."""
+        return exchange_route(queue, exchange, routing_key, self.topology)
+
+    def local_targets(self, queue: str, eta: float | None = None) -> list[str]:
+        """The queues a publish reaches, for brokers that route themselves (SQLite, memory).
+
+        Bindings come from the app's ``task_queues``; broadcast needs pub/sub, so it is an error.
+        """
+        if not isinstance(queue, Destination):
+            self.refuse_broadcast([queue])
+            return [queue]
+        targets = self.topology.bound(queue)
+        if not targets:
+            raise BrokerError(no_queue_bound(queue))
+        return targets
+
+    def refuse_broadcast(self, queues: Sequence[str]) -> None:
+        """Brokers without pub/sub cannot give each worker its own copy: say so."""
+        for q in queues:
+            if self.topology.is_broadcast(q):
+                raise ConfigurationError(
+                    f"{q!r} is a broadcast queue: that needs a broker with pub/sub "
+                    "(redis:// or amqp://)"
+                )
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         """Reserve the next start time for a rate limit shared by every worker.

@@ -45,14 +45,23 @@ class MemoryBroker(Broker):
         heapq.heappush(self._ready.setdefault(entry.queue, []), (-entry.priority, entry.seq, entry))
 
     def publish(
-        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+        self,
+        message: Message,
+        *,
+        queue: str,
+        priority: int = 0,
+        eta: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> None:
-        entry = _Entry(next(self._seq), queue, priority, message)
+        targets = self.local_targets(self.destination(queue, exchange, routing_key))
         with self._cond:
-            if eta is not None and eta > time.time():
-                heapq.heappush(self._delayed, (eta, entry.seq, entry))
-            else:
-                self._push(entry)
+            for target in targets:
+                entry = _Entry(next(self._seq), str(target), priority, message)
+                if eta is not None and eta > time.time():
+                    heapq.heappush(self._delayed, (eta, entry.seq, entry))
+                else:
+                    self._push(entry)
             self._cond.notify_all()
 
     def _promote(self, now: float) -> float:
@@ -67,6 +76,7 @@ class MemoryBroker(Broker):
         return min(nexts, default=now + 1.0)
 
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        self.refuse_broadcast(queues)
         deadline = time.time() + timeout
         with self._cond:
             while True:

@@ -165,14 +165,22 @@ local function lease(raw, q, t, deadline)
     return nil
   end
   local tag = doc.properties.delivery_tag
-  if type(tag) ~= 'string' or tag == '' then
+  local fresh = type(tag) ~= 'string' or tag == ''
+  if not fresh and redis.call('HEXISTS', UNACKED, tag) == 1 then
+    local _, held_on = envelope_of(redis.call('HGET', UNACKED, tag))
+    if held_on == nil or held_on == q then
+      -- A second copy of a message that is in flight right now (a publish retried after its
+      -- reply was lost): the lease on the first copy already guarantees delivery.
+      return nil, 'duplicate'
+    end
+    -- The same envelope on another queue: kombu pushes one envelope (one tag) to every queue
+    -- an exchange routes it to. This copy needs a tag of its own.
+    fresh = true
+  end
+  if fresh then
     tag = 'celeriac-' .. redis.call('INCR', P .. 'celeriac.tagseq')
     doc.properties.delivery_tag = tag
     raw = cjson.encode(doc)
-  elseif redis.call('HEXISTS', UNACKED, tag) == 1 then
-    -- A second copy of a message that is in flight right now (a publish retried after its
-    -- reply was lost): the lease on the first copy already guarantees delivery.
-    return nil, 'duplicate'
   end
   redis.call('HSET', UNACKED, tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
   redis.call('ZADD', INDEX, t, tag)
@@ -296,6 +304,11 @@ elseif cmd == 'dead_letter' then
   release(q, tag)
   redis.call('HDEL', COUNTS, tag)
   if entry then dead(envelope_of(entry) or entry, q, reason) end
+  return 1
+
+elseif cmd == 'dead_raw' then
+  -- queue, envelope, reason: a message that was never leased (a broadcast copy)
+  dead(ARGV[4], ARGV[3], ARGV[5])
   return 1
 
 elseif cmd == 'replay' then

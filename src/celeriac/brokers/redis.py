@@ -15,6 +15,11 @@ What it does beyond kombu, all in ``redis.lua`` so every step is atomic on the s
 * a delivery counter per message feeds ``worker_max_deliveries``;
 * an element that is not an envelope is dead-lettered with the reason, never dropped.
 
+Exchanges as kombu lays them out: a publish to a direct or topic exchange reads
+``_kombu.binding.<exchange>`` (where this broker writes the bindings of ``task_queues``, and
+Celery writes its own) and pushes to every matching queue; a fanout exchange (``Broadcast``) is
+a PUB/SUB channel (see ``redis_fanout``).
+
 Transport options (``broker_transport_options``):
 
 * ``visibility_timeout``: lease, s (default 30);
@@ -37,6 +42,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -48,13 +54,16 @@ import redis
 
 from celeriac._redis import connect
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
+from celeriac.brokers.redis_fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
+from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
 
 logger = logging.getLogger("celeriac.broker.redis")
 
 _TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
 _SWEEP_BATCH = 1000
+SEP = "\x06\x16"
 
 
 def encode_envelope(message: Message, queue: str, priority: int, tag: str) -> str:
@@ -64,7 +73,10 @@ def encode_envelope(message: Message, queue: str, priority: int, tag: str) -> st
         if key == "priority":
             continue
         props[key] = value
-    props["delivery_info"] = {"exchange": "", "routing_key": queue}
+    if isinstance(queue, Destination):  # kombu records the exchange it was published to
+        props["delivery_info"] = {"exchange": queue.exchange, "routing_key": queue.routing_key}
+    else:
+        props["delivery_info"] = {"exchange": "", "routing_key": queue}
     props["priority"] = priority
     props["body_encoding"] = "base64"
     props["delivery_tag"] = tag
@@ -142,6 +154,8 @@ class RedisBroker(Broker):
         source = resources.files("celeriac.brokers").joinpath("redis.lua").read_text()
         self._script = self.client.register_script(source)
         self._bound: set[str] = set()
+        self._bindings_declared = False
+        self._fanout: FanoutSubscriber | None = None
         self._next_sweep = 0.0  # monotonic
         self._rotation = 0
         self._lock = threading.Lock()
@@ -154,8 +168,19 @@ class RedisBroker(Broker):
 
     # -- publishing -------------------------------------------------------------------------
     def publish(
-        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+        self,
+        message: Message,
+        *,
+        queue: str,
+        priority: int = 0,
+        eta: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> None:
+        queue = self.destination(queue, exchange, routing_key)
+        if isinstance(queue, Destination) or self.topology.queues:
+            self.publish_many([(message, queue, priority, eta)])
+            return
         if not self.delay_in_broker:
             eta = None
         envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
@@ -175,7 +200,9 @@ class RedisBroker(Broker):
 
     def publish_many(self, items: Sequence[Publication]) -> None:
         """One pipelined round trip for a whole workflow or a batch of follow-ups."""
-        if len(items) <= 1:
+        if self.topology.queues or any(isinstance(i[1], Destination) for i in items):
+            items = self._route(items)
+        elif len(items) <= 1:
             super().publish_many(items)
             return
         binding: set[str] = set()
@@ -207,6 +234,75 @@ class RedisBroker(Broker):
         if etas:
             self._due(min(etas))
 
+    def _route(self, items: Sequence[Publication]) -> list[Publication]:
+        """Resolve exchanges as kombu does: bindings from Redis, fanouts published at once."""
+        self._declare_bindings()
+        out: list[Publication] = []
+        tables: dict[str, list[tuple[str, str, str]]] = {}
+        for message, dest, priority, eta in items:
+            if self.topology.is_broadcast(dest) and not isinstance(dest, Destination):
+                dest = self.topology.destination(dest)
+            if not isinstance(dest, Destination):
+                out.append((message, dest, priority, eta))
+            elif dest.exchange_type == "fanout":
+                self._publish_fanout(message, dest, priority, eta)
+            else:
+                if dest.exchange not in tables:
+                    tables[dest.exchange] = self._binding_table(dest.exchange)
+                targets = _lookup(tables[dest.exchange], dest)
+                if not targets:
+                    raise BrokerError(no_queue_bound(dest))
+                for q in targets:  # the queue name, and the exchange it came through
+                    out.append((message, Destination(q, *_route_of(dest)), priority, eta))
+        return out
+
+    def _declare_bindings(self) -> None:
+        """Write ``task_queues``' bindings where kombu keeps them, once per process."""
+        if self._bindings_declared:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for q in self.topology.queues.values():
+                    if q.broadcast:
+                        continue
+                    ex = q.bound_to
+                    pattern = kombu_topic_pattern(q.key) if ex.type == "topic" else ""
+                    member = SEP.join([q.key, pattern, q.name])
+                    pipe.sadd(f"{self.prefix}_kombu.binding.{ex.name}", member)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: declaring bindings failed: {exc}") from exc
+        self._bindings_declared = True
+
+    def _binding_table(self, exchange: str) -> list[tuple[str, str, str]]:
+        try:
+            members: Any = self.client.smembers(f"{self.prefix}_kombu.binding.{exchange}")
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: reading bindings of {exchange!r}: {exc}") from exc
+        table = []
+        for raw in members:
+            parts = raw.decode("utf-8", "replace").split(SEP)
+            if len(parts) == 3:
+                table.append((parts[0], parts[1], parts[2]))
+        return sorted(table)
+
+    def _publish_fanout(
+        self, message: Message, dest: Destination, priority: int, eta: float | None
+    ) -> None:
+        if eta is not None and eta > time.time():
+            raise ConfigurationError(
+                f"broadcast {str(dest)!r}: a broadcast cannot be delayed (nothing stores it)"
+            )
+        envelope = encode_envelope(message, dest, priority, str(uuid.uuid4()))
+        db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        channel = fanout_channel(self.prefix, db, dest.exchange, dest.routing_key)
+        try:
+            listeners = int(self.client.publish(channel, envelope))
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: broadcast to {dest.exchange!r}: {exc}") from exc
+        if listeners == 0:  # PUB/SUB keeps nothing: say so rather than drop it silently
+            raise BrokerError(f"broadcast to {dest.exchange!r}: no worker is subscribed")
+
     def _due(self, when: float) -> None:
         """Sweep no later than ``when`` (unix seconds): this process just delayed a message."""
         at = time.monotonic() + max(0.0, when - time.time())
@@ -218,6 +314,18 @@ class RedisBroker(Broker):
         if not queues or limit <= 0:
             return []
         deadline = time.monotonic() + timeout
+        if not self._bindings_declared and self.topology.queues:
+            self._declare_bindings()  # kombu's consumers declare theirs too
+        bcast = [q for q in queues if self.topology.is_broadcast(q)]
+        if bcast:
+            if self._fanout is None:
+                db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
+                self._fanout = FanoutSubscriber(self.client, self.prefix, db, self.topology)
+            self._fanout.subscribe(bcast)
+            got = self._fanout.drain(limit, timeout if len(bcast) == len(queues) else 0.0)
+            if got or len(bcast) == len(queues):
+                return got
+            queues = [q for q in queues if q not in bcast]
         order = list(queues)
         if len(order) > 1:  # rotate the first queue so a busy one cannot starve the others
             self._rotation = (self._rotation + 1) % len(order)
@@ -235,6 +343,10 @@ class RedisBroker(Broker):
                 return []
             if wait >= 0.001:
                 self._wait(wake_keys, wait)
+            if bcast and self._fanout is not None:
+                got = self._fanout.drain(limit)
+                if got:
+                    return got
 
     def _fetch_once(self, queues: list[str], limit: int) -> tuple[list[Delivery], bool]:
         now = time.monotonic()
@@ -282,10 +394,12 @@ class RedisBroker(Broker):
                 self._next_sweep = 0.0
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        deliveries = [d for d in deliveries if not is_broadcast(d)]  # nothing held in Redis
         if deliveries:
             self._call("ack", 0, *(part for d in deliveries for part in d.tag))
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
+        deliveries = [d for d in deliveries if not is_broadcast(d)]
         if deliveries:
             self._call(
                 "extend", self.visibility_timeout, *(part for d in deliveries for part in d.tag)
@@ -294,11 +408,18 @@ class RedisBroker(Broker):
     def requeue(
         self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
     ) -> None:
+        if is_broadcast(delivery):
+            if self._fanout is not None:
+                self._fanout.give_back(delivery, delay_until)
+            return
         self._call("requeue", *delivery.tag, _delay(delay_until), "1" if count else "0")
         if delay_until is not None:
             self._due(delay_until)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if is_broadcast(delivery):
+            self._call("dead_raw", delivery.queue, delivery.tag[1], reason)
+            return
         self._call("dead_letter", *delivery.tag, reason)
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
@@ -363,4 +484,23 @@ class RedisBroker(Broker):
         return int(n)
 
     def close(self) -> None:
+        if self._fanout is not None:
+            self._fanout.close()
         self.client.close()
+
+
+def _route_of(dest: Destination) -> tuple[str, str, str]:
+    return dest.exchange, dest.routing_key, dest.exchange_type
+
+
+def _lookup(table: list[tuple[str, str, str]], dest: Destination) -> list[str]:
+    """kombu's lookup: a topic binding matches with the regex stored beside it."""
+    out: list[str] = []
+    for key, pattern, queue in table:
+        if dest.exchange_type == "topic":
+            hit = re.match(pattern, dest.routing_key) is not None
+        else:
+            hit = key == dest.routing_key
+        if hit and queue not in out:
+            out.append(queue)
+    return out

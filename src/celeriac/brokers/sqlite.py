@@ -89,19 +89,27 @@ class SQLiteBroker(Broker):
 
     # -- publishing -------------------------------------------------------------------------
     def publish(
-        self, message: Message, *, queue: str, priority: int = 0, eta: float | None = None
+        self,
+        message: Message,
+        *,
+        queue: str,
+        priority: int = 0,
+        eta: float | None = None,
+        exchange: str | None = None,
+        routing_key: str | None = None,
     ) -> None:
-        self.publish_many([(message, queue, priority, eta)])
+        destination = self.destination(queue, exchange, routing_key)
+        self.publish_many([(message, destination, priority, eta)])
 
     def publish_many(self, items: Sequence[Publication]) -> None:
         """All in one transaction: a group or chord of any size costs one commit."""
         now = time.time()
-        rows = []
-        for message, queue, priority, eta in items:
+        rows: list[tuple[Any, ...]] = []
+        for message, destination, priority, eta in items:
             delayed = eta is not None and eta > now
-            rows.append(
+            rows.extend(
                 (
-                    queue,
+                    str(queue),
                     priority,
                     DELAYED if delayed else READY,
                     eta if delayed else now,
@@ -111,6 +119,7 @@ class SQLiteBroker(Broker):
                     message.content_encoding,
                     message.body,
                 )
+                for queue in self.local_targets(destination)
             )
         try:
             with self.db.write() as conn:
@@ -126,6 +135,7 @@ class SQLiteBroker(Broker):
 
     # -- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        self.refuse_broadcast(queues)
         deadline = time.time() + timeout
         last_version = -1
         while True:

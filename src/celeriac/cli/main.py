@@ -101,9 +101,11 @@ def worker(
 
     app = state.app
     setup_logging(loglevel, app.conf.worker_log_format)
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
     w = Worker(
         app,
-        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        queues=names or list(app.topology.queues) or None,
         concurrency=concurrency,
         pool=pool,
         hostname=hostname,

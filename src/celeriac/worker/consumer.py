@@ -74,6 +74,8 @@ class Consumer:
         self._task_ids: dict[int, str] = {}
         self._revoke_seen: set[str] = set()
         self.processed = 0
+        #: This consumer's part of a per-worker ``rate_limit`` (a prefork child's: 1/N).
+        self.rate_share = 1.0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
@@ -172,8 +174,14 @@ class Consumer:
                 time.sleep(_RETRY_PAUSE)
                 continue
             stored = self._stored_states(deliveries)
-            for delivery in deliveries:
-                self._dispatch(delivery, stored.get(delivery.message.task_id or ""))
+            # Hold the whole batch before running any of it: a pool that runs tasks in this
+            # thread (solo) would otherwise leave the rest of the batch unrenewed meanwhile.
+            with self._cond:
+                batch = [(next(self._ids), d) for d in deliveries]
+                self._inflight.update(batch)
+                self._unfinished += len(batch)
+            for job_id, delivery in batch:
+                self._dispatch(job_id, delivery, stored.get(delivery.message.task_id or ""))
 
     def _stored_states(self, deliveries: list[Delivery]) -> dict[str, str]:
         """Result states of a fetched batch in one lookup (revoked? already succeeded?)."""
@@ -187,12 +195,8 @@ class Consumer:
             logger.warning("could not read result states before running tasks: %s", exc)
             return {}
 
-    def _dispatch(self, delivery: Delivery, stored_state: str | None) -> None:
+    def _dispatch(self, job_id: int, delivery: Delivery, stored_state: str | None) -> None:
         assert self.pool is not None
-        job_id = next(self._ids)
-        with self._cond:
-            self._inflight[job_id] = delivery
-            self._unfinished += 1
         headers, outcome = precheck(self.app, job_id, delivery, stored_state)
         if outcome is not None or headers is None:
             assert outcome is not None
@@ -243,7 +247,7 @@ class Consumer:
             return None
         schedule = self._rates.get(name)
         if schedule is None:
-            schedule = self._rates[name] = RateSchedule(rate)
+            schedule = self._rates[name] = RateSchedule(rate * self.rate_share)
         return schedule.reserve()
 
     # -- finishing -------------------------------------------------------------------------------

@@ -8,17 +8,21 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from celeriac import signals
+from celeriac.brokers import broker_class
 from celeriac.exceptions import ConfigurationError
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.pools import pool_class
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.worker.job import Outcome
     from celeriac.worker.pools.base import Pool
+    from celeriac.worker.supervisor import Supervisor
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -27,6 +31,13 @@ class Worker:
     """Consume ``queues`` and run their tasks with ``concurrency`` slots of ``pool``.
 
     ``Worker(app).start()`` blocks until a signal (or :meth:`stop`) ends it.
+
+    The prefork pool has two shapes. By default (``worker_prefork_mode = "consume"``) this
+    process only supervises: each of ``concurrency`` child processes is a worker of its own
+    (connection, fetcher, finisher) running one task at a time, so the broker I/O of N children
+    runs in N processes instead of funnelling through this one. ``"dispatch"`` (and any broker
+    that lives in one process, such as ``memory://``) keeps the consuming in this process and
+    pipes each task to a child.
     """
 
     def __init__(
@@ -35,24 +46,30 @@ class Worker:
         *,
         queues: list[str] | None = None,
         concurrency: int | None = None,
-        pool: str | None = None,
+        pool: str | Callable[..., Pool] | None = None,
         hostname: str | None = None,
         prefetch_multiplier: int | None = None,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         install_signal_handlers: bool = True,
+        announce: bool = True,
     ) -> None:
         conf = app.conf
         self.app = app
         self.queues = queues or [conf.task_default_queue]
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
-        self.pool_name = pool or conf.worker_pool
+        self._pool_factory = None if isinstance(pool, str) else pool
+        self.pool_name = pool if isinstance(pool, str) else conf.worker_pool
+        if self._pool_factory is not None:
+            self.pool_name = getattr(self._pool_factory, "__name__", "custom")
         self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
         multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
         self.prefetch = max(1, self.concurrency * max(1, multiplier))
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.install_signal_handlers = install_signal_handlers
+        #: Log ready/stopped at WARNING (a supervised child announces nothing of its own).
+        self.announce = announce
         self.consumer = Consumer(app, self.queues, prefetch=self.prefetch, hostname=self.hostname)
         self.pool: Pool | None = None
         self._stopped = threading.Event()
@@ -60,8 +77,33 @@ class Worker:
         self.ready = threading.Event()
         self._stop_once = threading.Lock()
         self._stopping = False
+        self._supervisor: Supervisor | None = None
 
     def start(self) -> None:
+        if self._supervised():
+            from celeriac.worker.supervisor import Supervisor
+
+            self._supervisor = Supervisor(self)
+            self._supervisor.run()
+            return
+        self._boot()
+        assert self.pool is not None
+        self.pool.serve()
+        self._stopped.wait()
+
+    def _supervised(self) -> bool:
+        """Prefork with consuming children (see the class docstring)?"""
+        if self.pool_name != "prefork" or self._pool_factory is not None:
+            return False
+        mode = self.app.conf.worker_prefork_mode
+        if mode not in ("consume", "dispatch"):
+            raise ConfigurationError(
+                f"worker_prefork_mode must be 'consume' or 'dispatch', not {mode!r}"
+            )
+        # Checked on the class: opening a connection here would leak it into every child.
+        return mode == "consume" and broker_class(self.app.conf.broker_url).shared_between_processes
+
+    def _boot(self) -> None:
         app = self.app
         if self.install_signal_handlers:
             # First thing: a SIGTERM during start-up must still mean a warm shutdown.
@@ -75,21 +117,25 @@ class Worker:
                 "send tasks through it",
                 app.conf.broker_url,
             )
-        cls = pool_class(self.pool_name)
+        factory = self._pool_factory or pool_class(self.pool_name)
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
-        self.pool = cls(
+        self.pool = factory(
             app,
             self.concurrency,
             self.consumer.on_outcome,
             max_tasks_per_child=self.max_tasks_per_child,
             max_memory_per_child=self.max_memory_per_child,
         )
+        self.pool.on_retire = lambda: threading.Thread(target=self.stop, daemon=True).start()
+        self.pool.on_abandon = self._abandon
         self.pool.start()
         self.consumer.start(self.pool)
         self.ready.set()
         if self._stopping:  # a signal came while starting
             threading.Thread(target=self.stop, daemon=True).start()
+        if not self.announce:
+            return
         signals.worker_ready.send(self)
         logger.warning(
             "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
@@ -98,9 +144,8 @@ class Worker:
             self.pool_name,
             self.concurrency,
             self.prefetch,
-            _redact(app.conf.broker_url),
+            redact(app.conf.broker_url),
         )
-        self._stopped.wait()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping:
@@ -117,15 +162,26 @@ class Worker:
         if self.ready.is_set():  # otherwise start() stops as soon as it is up
             threading.Thread(target=self.stop, daemon=True).start()
 
+    def stop_soon(self) -> None:
+        """A warm stop from a signal handler (idempotent; the work happens on a thread)."""
+        if not self._stopping:
+            self._stopping = True
+            if self.ready.is_set():
+                threading.Thread(target=self.stop, daemon=True).start()
+
     def stop(self, *, cold: bool = False) -> None:
         """Stop the worker: warm lets running tasks finish; cold abandons them."""
         self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.stop(cold=cold)
+            return
         if not self.ready.is_set():  # never started: nothing to drain
             self._stopped.set()
             return
         if not cold and not self._stop_once.acquire(blocking=False):
             return  # a warm stop is already under way
-        signals.worker_shutdown.send(self)
+        if self.announce:
+            signals.worker_shutdown.send(self)
         try:
             if cold:
                 assert self.pool is not None
@@ -138,12 +194,27 @@ class Worker:
             self.consumer.return_unstarted(unstarted)
             self.consumer.drain(timeout=None)
             self.app.close()
-            logger.warning("%s stopped after %d task(s)", self.hostname, self.consumer.processed)
+            logger.log(
+                logging.WARNING if self.announce else logging.INFO,
+                "%s stopped after %d task(s)",
+                self.hostname,
+                self.consumer.processed,
+            )
         finally:
             self._stopped.set()
 
+    def _abandon(self, outcome: Outcome) -> None:
+        """A running task that cannot be stopped in place is about to end this process:
+        apply its ``outcome`` and hand back every message not started yet."""
+        assert self.pool is not None
+        self.consumer.on_outcome(outcome)
+        waiting = self.consumer.stop_fetching()
+        self.consumer.return_unstarted(waiting + self.pool.take_queued())
+        self.consumer.drain(timeout=10.0)
+        self.app.close()
 
-def _redact(url: str) -> str:
+
+def redact(url: str) -> str:
     """A URL with its password replaced, for logs."""
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:

@@ -42,6 +42,11 @@ class Pool(ABC):
         self._revoked_lock = threading.Lock()
         #: Called as a job starts, with the pid running it (STARTED state, when tracked).
         self.on_started: Callable[[Job, int], None] | None = None
+        #: Set by the worker: asks it for a warm stop (a pool that wants its process replaced).
+        self.on_retire: Callable[[], None] | None = None
+        #: Set by the worker: applies the outcome of a task that cannot be stopped in place and
+        #: hands back what never started, before the pool ends the process.
+        self.on_abandon: Callable[[Outcome], None] | None = None
 
     def started(self, job: Job, pid: int) -> None:
         if self.on_started is not None:
@@ -49,6 +54,14 @@ class Pool(ABC):
 
     @abstractmethod
     def start(self) -> None: ...
+
+    def serve(self) -> None:  # noqa: B027 - only pools that run tasks on the main thread
+        """Runs on the worker's main thread once consuming has begun. Pools that run tasks
+        there return only when stopped; the others return at once."""
+
+    def take_queued(self) -> list[Job]:
+        """Jobs submitted but not started, taken back (pools that can end their process)."""
+        return []
 
     @abstractmethod
     def submit(self, job: Job) -> None:

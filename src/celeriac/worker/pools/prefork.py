@@ -10,14 +10,12 @@ Children are forked, so they start with the app and its tasks already imported.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing as mp
 import os
 import pickle
 import queue
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -34,6 +32,7 @@ from celeriac.worker.executor import (
 )
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import alarm_soft_limit
+from celeriac.worker.pools._process import die_with_parent, rss_bytes
 from celeriac.worker.pools.base import Pool
 
 if TYPE_CHECKING:
@@ -44,27 +43,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 _STOP = b"stop"
 _PICKLE = pickle.HIGHEST_PROTOCOL
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this child when the worker dies (Linux).
-
-    Otherwise a worker killed with SIGKILL leaves children finishing tasks whose messages the
-    broker is about to deliver again: the same task would run twice at once.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            logger.warning("cannot ask the kernel to stop pool children with the worker")
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _child_main(app: Celeriac, conn: Connection, parent_pid: int, report_rss: bool) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -78,20 +60,8 @@ def _child_main(app: Celeriac, conn: Connection, parent_pid: int, report_rss: bo
             return
         # Tasks run on this process's main thread, where SIGALRM can interrupt even a sleep.
         outcome = execute(app, Job.from_wire(app, pickle.loads(job)), alarm_soft_limit)
-        rss = _rss_bytes() if report_rss else 0  # a /proc read per task only when it is needed
+        rss = rss_bytes() if report_rss else 0  # a /proc read per task only when it is needed
         conn.send_bytes(pickle.dumps((outcome.to_wire(), rss), _PICKLE))
-
-
-def _rss_bytes() -> int:
-    """This process's resident memory (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class _Slot:

@@ -1,0 +1,81 @@
+"""RabbitMQ declarations for ``task_queues``: exchanges, queues and bindings as Celery makes them.
+
+A queue of ``task_queues`` is declared with its own exchange (direct, topic or fanout), flags
+and ``x-*`` arguments, and bound with its routing key, exactly as kombu would, so that Celery
+peers with the same ``task_queues`` declare the same objects. A queue that is not in
+``task_queues`` keeps Celery's default layout (a direct exchange and a binding of its name).
+
+A :class:`~celeriac.routing.Broadcast` queue ``b`` is the fanout exchange ``b``; each worker
+node consumes through a queue of its own bound to it (``b.bcast.<node>``), which RabbitMQ
+deletes a minute after its last consumer went. The processes of one node share that queue, so
+a broadcast runs once per node.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiormq.abc import AbstractChannel
+
+from celeriac.routing import Destination, Queue, Topology
+
+logger = logging.getLogger("celeriac.broker.amqp")
+
+#: A node's broadcast queue outlives its last consumer by this long (ms).
+BROADCAST_EXPIRES_MS = 60_000
+
+
+def queue_arguments(q: Queue | None, max_priority: Any, queue_type: str) -> dict[str, Any]:
+    """What to declare a queue with: its own arguments, then the broker-wide options."""
+    args = q.arguments() if q is not None else {}
+    if max_priority and "x-max-priority" not in args:
+        args["x-max-priority"] = int(max_priority)
+    if queue_type == "quorum":
+        args.setdefault("x-queue-type", "quorum")
+    if args.get("x-queue-type") == "quorum" and "x-max-priority" in args:
+        # RabbitMQ 3.x refuses the argument on quorum queues (they have no priorities)
+        logger.warning("quorum queue %r: x-max-priority is not applied", q.name if q else "")
+        del args["x-max-priority"]
+    return args
+
+
+async def declare_queue(
+    ch: AbstractChannel, topology: Topology, name: str, arguments: dict[str, Any]
+) -> None:
+    """Declare ``name`` as ``task_queues`` says, or in Celery's default layout."""
+    q = topology.queue(name)
+    if q is None:
+        await ch.exchange_declare(name, exchange_type="direct", durable=True)
+        await ch.queue_declare(name, durable=True, arguments=arguments)
+        await ch.queue_bind(name, name, routing_key=name)
+        return
+    ex = q.bound_to
+    await ch.exchange_declare(
+        ex.name, exchange_type=ex.type, durable=ex.durable, auto_delete=ex.auto_delete
+    )
+    if q.broadcast:  # this node's own queue: nothing any peer has to agree with
+        own = topology.physical(name)
+        # Expiry rather than auto-delete: a consumer re-subscribing (or a restarted child of
+        # the node) must not delete the queue and the broadcasts waiting in it.
+        arguments = {**arguments, "x-expires": BROADCAST_EXPIRES_MS}
+        await ch.queue_declare(own, durable=False, arguments=arguments)
+        await ch.queue_bind(own, ex.name, routing_key="")
+        return
+    await ch.queue_declare(
+        name,
+        durable=q.durable,
+        exclusive=q.exclusive,
+        auto_delete=q.auto_delete,
+        arguments=arguments,
+    )
+    await ch.queue_bind(name, ex.name, routing_key=q.key)
+
+
+def queues_behind(topology: Topology, dest: Destination) -> list[str]:
+    """The declared (non-broadcast) queues bound to ``dest``'s exchange, to declare first."""
+    return [
+        q.name
+        for q in topology.queues.values()
+        if q.bound_to.name == dest.exchange and not q.broadcast
+    ]

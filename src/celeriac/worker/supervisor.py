@@ -1,0 +1,229 @@
+"""The prefork worker's parent when its children consume: start them, replace them, stop them.
+
+Each child is a complete worker of concurrency 1 (its own broker connection, fetcher, finisher;
+tasks on its main thread, see ``pools/child.py``). The parent holds no connection and runs no
+task, so it costs nothing per task; it only
+
+* starts ``concurrency`` children (forked, with the app already imported) and starts a new one
+  whenever one ends: retired after ``max_tasks_per_child``/``max_memory_per_child``, ended after
+  a hard time limit or ``terminate``, or crashed (then with a back-off if it keeps crashing
+  young, so a broken import does not spin);
+* backs up the children's own hard time limits: a child whose task is still running a little
+  after its limit (C code holding the GIL can keep the child's watchdog from running) is killed;
+  its messages come back like any dead worker's;
+* turns the first SIGTERM/SIGINT into a warm shutdown of every child (each finishes its task and
+  returns its prefetched messages) and the second into a cold one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from functools import partial
+from multiprocessing.connection import wait
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from celeriac import signals
+from celeriac.worker.pools._process import die_with_parent
+from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from celeriac.worker.worker import Worker
+
+logger = logging.getLogger("celeriac.worker")
+
+_TICK = 0.25
+#: A child that ends sooner than this after starting counts as crashing young.
+_YOUNG = 2.0
+_BACKOFF_MAX = 10.0
+
+
+class _SharedDeadline(Deadline):
+    def __init__(self, cells: Any, index: int) -> None:
+        self.cells, self.index = cells, index
+
+    def set(self, when: float) -> None:
+        self.cells[self.index] = when
+
+
+class Supervisor:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.app = worker.app
+        self.size = worker.concurrency
+        # One double per child: when its running task must be over (0: no hard limit running).
+        self.deadlines = mp.get_context("fork").RawArray("d", self.size)
+        self.children: list[BaseProcess | None] = [None] * self.size
+        self.born = [0.0] * self.size
+        self.crashes = [0] * self.size
+        self.respawn_at = [0.0] * self.size
+        self._stopping = False
+        # Re-entrant: the signal handler takes it on the main thread, which may hold it already.
+        self._lock = threading.RLock()
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        worker, app = self.worker, self.app
+        if worker.install_signal_handlers:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        app.import_modules()
+        for i in range(self.size):
+            self._spawn(i)
+        worker.ready.set()
+        signals.worker_ready.send(worker)
+        from celeriac.worker.worker import redact
+
+        logger.warning(
+            "%s ready: queues=%s pool=prefork concurrency=%d (each child consumes) "
+            "prefetch=%d per child broker=%s",
+            worker.hostname,
+            ",".join(worker.queues),
+            self.size,
+            self.worker.prefetch // self.size,
+            redact(app.conf.broker_url),
+        )
+        try:
+            self._loop()
+        finally:
+            worker._stopped.set()
+        logger.warning("%s stopped", worker.hostname)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                alive = {p.sentinel: i for i, p in enumerate(self.children) if p is not None}
+                stopping = self._stopping
+            if stopping and not alive:
+                return
+            for sentinel in wait(list(alive), _TICK):
+                self._reap(alive[sentinel])  # type: ignore[index]
+            if not stopping:
+                self._respawn_due()
+                self._enforce_deadlines()
+
+    def _spawn(self, index: int) -> None:
+        ctx = mp.get_context("fork")
+        proc = ctx.Process(
+            target=_child_main,
+            args=(self.worker, os.getpid(), self.size, _SharedDeadline(self.deadlines, index)),
+            name=f"ForkPoolWorker-{index + 1}",
+            daemon=False,
+        )
+        self.deadlines[index] = 0.0
+        proc.start()
+        self.children[index] = proc
+        self.born[index] = time.monotonic()
+
+    def _reap(self, index: int) -> None:
+        proc = self.children[index]
+        if proc is None:
+            return
+        proc.join(1)
+        code = proc.exitcode
+        with self._lock:
+            self.children[index] = None
+            stopping = self._stopping
+        self.deadlines[index] = 0.0
+        if stopping:
+            return
+        lived = time.monotonic() - self.born[index]
+        if code == EXIT_REPLACE:
+            self.crashes[index] = 0
+            logger.info("child %s ended after %.1fs; starting another", proc.pid, lived)
+            self.respawn_at[index] = 0.0
+            self._respawn_due()
+            return
+        self.crashes[index] = self.crashes[index] + 1 if lived < _YOUNG else 1
+        pause = 0.0 if self.crashes[index] <= 1 else min(0.1 * 2 ** self.crashes[index], 30.0)
+        pause = min(pause, _BACKOFF_MAX)
+        logger.error(
+            "child process %s exited with code %s; starting another%s (the tasks it held "
+            "are delivered again when their leases run out)",
+            proc.pid,
+            code,
+            f" in {pause:.1f}s" if pause else "",
+        )
+        self.respawn_at[index] = time.monotonic() + pause
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for i, proc in enumerate(self.children):
+                if proc is None and self.respawn_at[i] <= now and not self._stopping:
+                    self._spawn(i)
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for i, proc in enumerate(self.children):
+            deadline = self.deadlines[i]
+            if proc is None or not deadline or now < deadline or not proc.pid:
+                continue
+            logger.error(
+                "child %s is still running a task past its hard time limit; killing it",
+                proc.pid,
+            )
+            self.deadlines[i] = 0.0
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+
+    # -- stopping --------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stopping:
+            logger.warning("second signal: cold shutdown (running tasks are abandoned)")
+            self.stop(cold=True)
+            return
+        logger.warning(
+            "warm shutdown: children finish their running tasks (send the signal again to stop "
+            "at once)"
+        )
+        self.stop()
+
+    def stop(self, *, cold: bool = False) -> None:
+        with self._lock:
+            first = not self._stopping
+            self._stopping = True
+            children = [p for p in self.children if p is not None and p.pid]
+        if first:
+            signals.worker_shutdown.send(self.worker)
+        sig = signal.SIGKILL if cold else signal.SIGTERM
+        for proc in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)  # type: ignore[arg-type]
+        if cold:
+            self.app.close()
+            os._exit(1)
+
+
+def _child_main(worker: Worker, parent_pid: int, size: int, deadline: Deadline) -> None:
+    from celeriac.worker.worker import Worker
+
+    die_with_parent(parent_pid)
+    # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signals.worker_process_init.send(None)
+    child = Worker(
+        worker.app,
+        queues=worker.queues,
+        concurrency=1,
+        pool=partial(ChildPool, deadline=deadline),
+        hostname=worker.hostname,
+        prefetch_multiplier=max(1, worker.prefetch // size),
+        max_tasks_per_child=worker.max_tasks_per_child,
+        max_memory_per_child=worker.max_memory_per_child,
+        install_signal_handlers=False,
+        announce=False,
+    )
+    child.consumer.rate_share = 1.0 / size
+    # Warm only, however often: a SIGTERM to the whole process group reaches a child twice
+    # (directly and from the parent), and a cold stop is the parent's SIGKILL.
+    signal.signal(signal.SIGTERM, lambda signum, frame: child.stop_soon())
+    child.start()
