@@ -4,9 +4,11 @@ cascade, dead letters, channel loss, and ``rpc://`` results over the wire."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -151,6 +153,85 @@ def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None
     finally:
         broker.close()
         proxy.close()
+
+
+def test_sync_publishers_drive_their_own_connections(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url, {"publish_connections": 2})
+    assert isinstance(broker, AMQPBroker)
+    link = broker.link
+    try:
+        broker.publish(msg("main"), queue=q)
+        assert len(link._spare) == 1  # lent to this thread for the call, then given back
+
+        def publish_from(n: int) -> None:
+            for i in range(20):
+                broker.publish(msg(f"t{n}-{i}"), queue=q)
+
+        # Four threads, two lent connections: the others go through the I/O thread.
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(publish_from, range(4)))
+        assert len(link._spare) == 2
+
+        async def on_a_loop() -> None:
+            broker.publish(msg("loop"), queue=q)  # a loop cannot run inside this one: I/O thread
+
+        asyncio.run(on_a_loop())
+        assert broker.depth(q) == 82
+    finally:
+        broker.close()
+    assert link._spare == [] and link._closed
+
+
+def test_an_idle_driven_connection_is_replaced_before_use(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    assert isinstance(broker, AMQPBroker)
+    try:
+        broker.publish(msg("a"), queue=q)
+        [spare] = broker.link._spare
+        first = spare._conn
+        spare._idle_limit = 0.0  # as if it had been idle for half the heartbeat interval
+        broker.publish(msg("b"), queue=q)
+        assert first is not None and first.is_closed and spare._conn is not first
+        assert broker.depth(q) == 2
+    finally:
+        broker.close()
+
+
+def test_a_publish_after_a_cut_is_sent_on_a_new_connection(url: str, names: Any) -> None:
+    proxy = amqp_support.Proxy()
+    q = names()
+    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    try:
+        broker.publish(msg("before"), queue=q)
+        proxy.cut()  # both the I/O thread's connection and this thread's driven one
+        broker.publish(msg("after"), queue=q)  # confirmed on a reopened connection, or raises
+        got = broker.fetch([q], 10, timeout=5)
+        assert {d.message.task_id for d in got} == {"before", "after"}
+        broker.ack(got)
+    finally:
+        broker.close()
+        proxy.close()
+
+
+def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -> None:
+    q = names()
+    app = Celeriac("fork", broker=url)
+    try:
+        app.send_task("t", queue=q)  # the parent's I/O thread and driven connection are open
+        link = app.broker.link  # type: ignore[attr-defined]
+        conn = link._spare[0]._conn
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=app.send_task, args=("t",), kwargs={"queue": q})
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        app.send_task("t", queue=q)
+        assert link._spare[0]._conn is conn and not conn.is_closed  # untouched by the child
+        assert app.broker.depth(q) == 3
+    finally:
+        app.close()
 
 
 def test_a_cut_connection_requeues_and_stale_handles_are_dropped(url: str, names: Any) -> None:

@@ -77,6 +77,11 @@ class RPCBackend(ResultBackend):
     def _listen(self) -> None:
         """Declare the reply queue and consume it (again after a reconnection)."""
         link = self._get_link()
+        chan = link.existing("rpc")
+        if chan is not None and chan.epoch == self._epoch:
+            # Already consuming: every publish and every poll asks, and a hop onto the I/O
+            # thread to learn that would cost as much as the publish itself.
+            return
         try:
             link.run(self._consume, _TIMEOUT)
         except Exception as exc:  # a lost link (aiormq may raise a bare Exception)

@@ -35,12 +35,15 @@ Delivery rules on top of AMQP:
 
 Transport options: ``max_priority``, ``queue_type`` (``classic``/``quorum``),
 ``publish_timeout`` (s, default 30), ``heartbeat`` (s, default 60), ``connect_timeout`` (s),
-``dead_letter_queue`` (default ``celeriac.dead``).
+``dead_letter_queue`` (default ``celeriac.dead``), ``publish_connections`` (default 10: how
+many threads at a time publish on a connection of their own, see :mod:`celeriac._amqp`; 0 sends
+every publish through the I/O thread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
@@ -75,6 +78,7 @@ MAX_DELAY = 2**DELAY_BITS - 1
 DEAD_EXCHANGE = "celeriac.dead"
 CELERY_DELAYED_EXCHANGE = "celery_delayed_delivery"
 _ADMIN_TIMEOUT = 30.0
+_ROUTED_LIMIT = 4096
 
 
 def delay_exchange(level: int) -> str:
@@ -173,6 +177,8 @@ class AMQPBroker(Broker):
         self._declared: set[str] = set()
         self._delay_declared: set[str] = set()
         self._declare_lock: asyncio.Lock | None = None
+        #: (exchange, routing key) published to and confirmed: declared, no need to ask again
+        self._routed: set[tuple[str, str]] = set()
         # consumer state, guarded by _cond; written on the I/O thread, read by fetch callers
         self._cond = threading.Condition()
         self._buffer: deque[Delivery] = deque()
@@ -342,28 +348,36 @@ class AMQPBroker(Broker):
             else:
                 await self._declare(queue, remaining, delays=delay > 0)
 
-        self.link.run(
-            lambda: self._publish(message.body, exchange, key, props, declare), timeout + 5
+        self.link.drive(
+            lambda link: self._publish(link, message.body, exchange, key, props, declare),
+            timeout + 5,
         )
 
     async def _publish(
         self,
+        link: Link,
         body: bytes,
         exchange: str,
         routing_key: str,
         props: spec.Basic.Properties,
         declare: Callable[[float], Awaitable[None]] | None,
     ) -> None:
-        """Publish and wait for the confirm; send again on a new channel after a connection loss."""
+        """Publish on ``link`` and wait for the confirm; again on a new channel after a loss.
+
+        ``declare`` runs on the I/O link (its admin channel and its locks), which is a hop from
+        a driven link: skipped once a publish to the same exchange and key was confirmed, since
+        a queue deleted since then makes the mandatory publish come back and clears the memo.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         pause, returned = 0.05, False
         while True:
             remaining = max(0.01, deadline - loop.time())
             try:
-                if declare is not None:
-                    await declare(remaining)
-                chan = await self.link.channel("publish", remaining, confirms=True)
+                route = (exchange, routing_key)
+                if declare is not None and route not in self._routed:
+                    await self.link.visit(functools.partial(declare, remaining))
+                chan = await link.channel("publish", remaining, confirms=True)
                 await chan.channel.basic_publish(
                     body,
                     exchange=exchange,
@@ -372,6 +386,10 @@ class AMQPBroker(Broker):
                     mandatory=True,
                     timeout=remaining,
                 )
+                if declare is not None:
+                    if len(self._routed) >= _ROUTED_LIMIT:  # distinct delays make distinct keys
+                        self._routed.clear()
+                    self._routed.add(route)
                 return
             except aiormq.exceptions.PublishError as exc:
                 # Unroutable: the queue was deleted under us. Declare it again, once.
@@ -380,6 +398,7 @@ class AMQPBroker(Broker):
                         f"RabbitMQ could not route a message to {routing_key!r}: {exc}"
                     ) from exc
                 returned = True
+                self._routed.clear()
                 self._declared.clear()
                 self._delay_declared.clear()
             except aiormq.exceptions.DeliveryError as exc:
@@ -599,7 +618,9 @@ class AMQPBroker(Broker):
             await self._declare_dead(remaining)
 
         self.link.run(
-            lambda: self._publish(message.body, DEAD_EXCHANGE, delivery.queue, props, declare),
+            lambda: self._publish(
+                self.link, message.body, DEAD_EXCHANGE, delivery.queue, props, declare
+            ),
             self.publish_timeout + 5,
         )
         self.ack([delivery])
@@ -722,7 +743,7 @@ class AMQPBroker(Broker):
         async def declare(remaining: float) -> None:
             await self._declare(dead.queue, remaining)
 
-        await self._publish(message.body, "", dead.queue, props, declare)
+        await self._publish(self.link, message.body, "", dead.queue, props, declare)
 
     def purge_dead_letters(self) -> int:
         async def run() -> int:
