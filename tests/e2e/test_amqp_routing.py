@@ -79,6 +79,7 @@ def test_celeriac_client_to_celery_worker_through_a_topic_exchange(amqp_e2e: Any
         tasks.app.backend  # noqa: B018 - opened first: its reply queue goes on what we send
         assert tasks.add.delay(4, 5).get(timeout=20) == 9
     finally:
+        tasks.app.conf.update(task_queues=None, task_routes=None)  # the module outlives the test
         tasks.app.close()
         amqp_support.delete_queues(env.url, [images])
         amqp_support.delete_exchanges(env.url, [media])
@@ -114,5 +115,6 @@ def test_broadcast_runs_once_on_each_of_two_workers(amqp_e2e: Any, tmp_path: Pat
         for f in {f for f, _ in got}:
             assert sorted(t for g, t in got if g == f) == sorted(sent)
     finally:
+        tasks.app.conf.update(task_queues=None, task_routes=None)  # the module outlives the test
         tasks.app.close()
         amqp_support.delete_exchanges(env.url, [reload])
