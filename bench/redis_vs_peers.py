@@ -11,9 +11,15 @@ counted by the tasks themselves, as in shared/ANCHORS.md) with broker and result
    N-th completion), start-up included; and after the first completion;
 3. **round trip p50/p99**: 300 sequential ``delay(i).get()`` from a fresh client;
 4. **worker RSS**: the worker process tree after the drain;
-5. **Redis CPU per task** during the drain (``INFO cpu``): how close the system runs Redis to
-   its own limit. ``redis-benchmark`` gives that limit for single commands (LPUSH, RPOP, ...);
-   one task is several commands plus script calls, so compare CPU per task, not rates.
+5. **Redis CPU per task** during the drain (``INFO cpu``) and **Redis calls per task**
+   (``INFO commandstats``: commands sent by clients plus those run inside scripts): how close the
+   system runs Redis to its own limit. ``1e6 / CPU us per task`` is the drain rate at which this
+   system's command mix would keep one Redis core busy (**Redis-side ceiling**).
+   ``--redis-benchmark`` also runs ``redis-benchmark`` on the same server for the single
+   commands involved (GET/SET/INCR/LPUSH/RPOP/MGET, a trivial EVAL), for scale.
+
+Then the ratios against Celery and against the fastest other peer, next to issue 4's targets
+(drain >= 3x Celery and >= 1.5x the fastest peer, enqueue >= 2x Celery, p50 <= 0.5x Celery).
 
 Peers other than Celery are measured only if their package is installed (see SYSTEMS):
 ``pip install 'dramatiq[redis]' rq``. arq and taskiq-redis are left out: both pin redis-py < 6,
@@ -28,6 +34,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -36,6 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 from sqlite_vs_huey import percentile, stop, tree_usage
@@ -102,6 +110,8 @@ METRICS = [
     ("rt_p99_ms", "round trip p99 ms", False),
     ("rss_mb", "worker tree RSS MB after drain", False),
     ("redis_cpu_us_per_task", "Redis server CPU us per task", False),
+    ("redis_calls_per_task", "Redis calls per task", False),
+    ("redis_ceiling_per_s", "Redis-side ceiling tasks/s", True),
 ]
 
 
@@ -134,7 +144,7 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
     workers: list[subprocess.Popen[bytes]] = []
     try:
         enqueue_s = run_client(system, "enqueue", n, env)["seconds"]
-        cpu0 = _redis_cpu(client)
+        cpu0, calls0 = _redis_cpu(client), _redis_calls(client)
         t0 = time.perf_counter()
         for template in system.workers:
             cmd = [arg.format(url=url, prefix=prefix) for arg in template]
@@ -152,6 +162,7 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
             if done >= n:
                 last = now - t0
                 redis_cpu = _redis_cpu(client) - cpu0
+                redis_calls = _redis_calls(client) - calls0
                 break
             if now - t0 > max(120.0, n / 50):
                 raise RuntimeError(f"{system.name}: only {done}/{n} done")
@@ -177,12 +188,38 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
         "rss_mb": sum(u["rss_mb"] for u in usage),
         # Server-wide, so other clients of the same Redis count too: a dedicated one is best.
         "redis_cpu_us_per_task": 1e6 * redis_cpu / n,
+        "redis_calls_per_task": redis_calls / n,
+        "redis_ceiling_per_s": n / redis_cpu if redis_cpu > 0 else math.nan,
     }
 
 
 def _redis_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _redis_calls(client: redis.Redis) -> int:
+    """Commands Redis ran (those inside scripts included), minus the bench's own polling."""
+    stats = client.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
+
+
+def redis_benchmark(url: str) -> None:
+    """``redis-benchmark`` on the same server, for the single commands a task is made of."""
+    parts = urlsplit(url)
+    base = ["redis-benchmark", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    base += ["-q", "-n", "100000", "--dbnum", "15"]  # an unused DB; it writes key:__rand_int__
+    if not shutil.which("redis-benchmark"):
+        print("redis-benchmark not found")
+        return
+    print("\nredis-benchmark (50 clients, no pipelining), same server:")
+    for cmd in (["-t", "get,set,incr,lpush,rpop,mget"], ["EVAL", "return 1", "0"]):
+        out = subprocess.run(base + cmd, capture_output=True, text=True, timeout=300).stdout
+        for line in out.replace("\r", "\n").splitlines():
+            if "requests per second" in line:
+                print("  " + line.strip())
+    # Without -r, redis-benchmark uses these fixed names.
+    redis.Redis.from_url(url, db=15).delete("key:__rand_int__", "counter:__rand_int__", "mylist")
 
 
 def fmt(value: float) -> str:
@@ -197,6 +234,9 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--systems", nargs="*", help="names to run (default: all installed)")
     parser.add_argument("--json", type=Path, help="also write all runs and medians here")
+    parser.add_argument(
+        "--redis-benchmark", action="store_true", help="also run redis-benchmark on the server"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
@@ -226,8 +266,36 @@ def main() -> None:
     print(row.format("metric", *names))
     for key, label, _ in METRICS:
         print(row.format(label, *(fmt(medians[n][key]) for n in names)))
+    print_ratios(medians)
+    if args.redis_benchmark:
+        redis_benchmark(args.redis)
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "median": medians}, indent=2))
+
+
+def print_ratios(medians: dict[str, dict[str, float]]) -> None:
+    """Each Celeriac row against Celery and the fastest other peer, with issue 4's targets."""
+    celery = next((m for n, m in medians.items() if n.startswith("celery")), None)
+    peers = {n: m for n, m in medians.items() if not n.startswith(("celeriac", "celery"))}
+    fastest = max(peers, key=lambda n: peers[n]["drain_per_s"], default=None)
+    for name, m in medians.items():
+        if not name.startswith("celeriac"):
+            continue
+        print(f"\n{name}:")
+        if celery is not None:
+            for key, label, target in (
+                ("drain_per_s", "drain vs Celery", ">= 3x"),
+                ("enqueue_per_s", "enqueue vs Celery", ">= 2x"),
+                ("rt_p50_ms", "round trip p50 vs Celery", "<= 0.5x"),
+            ):
+                print(f"  {label:<32} {m[key] / celery[key]:6.2f}x   (target {target})")
+        if fastest is not None:
+            ratio = m["drain_per_s"] / peers[fastest]["drain_per_s"]
+            print(f"  {'drain vs ' + fastest:<32} {ratio:6.2f}x   (target >= 1.5x)")
+        ceiling = m["redis_ceiling_per_s"]
+        if ceiling == ceiling:  # not NaN
+            share = m["drain_per_s"] / ceiling
+            print(f"  {'drain / Redis-side ceiling':<32} {share:6.0%}")
 
 
 if __name__ == "__main__":
