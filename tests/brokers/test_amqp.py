@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -392,3 +393,76 @@ def test_rpc_results_travel_to_the_senders_reply_queue(url: str) -> None:
     finally:
         worker.close()
         client.close()
+
+
+def test_a_batch_of_rpc_results_is_confirmed_together_and_all_arrive(url: str) -> None:
+    rpc_url = "rpc" + url[4:]
+    client = create_backend(rpc_url)
+    worker = create_backend(rpc_url)
+    try:
+        client._listen()  # type: ignore[attr-defined]
+        ids = [f"batch-{uuid.uuid4().hex[:8]}" for _ in range(200)]
+        for task_id in ids:
+            replies.remember(task_id, client.oid, task_id)  # type: ignore[attr-defined]
+        encoded = [
+            (t, "SUCCESS", worker.encode_meta({"task_id": t, "status": "SUCCESS", "result": i}))
+            for i, t in enumerate(ids)
+        ]
+        worker.store_encoded(encoded)  # returns once RabbitMQ confirmed every one of them
+        assert [client.wait_for(t, timeout=5)["result"] for t in ids] == list(range(200))
+    finally:
+        worker.close()
+        client.close()
+
+
+def test_publish_many_sends_all_before_waiting_and_keeps_their_order(url: str, names: Any) -> None:
+    q, later = names(), names()
+    broker = create_broker(url)
+    try:
+        items: list[Any] = [(msg(f"m{i}"), q, 0, None) for i in range(100)]
+        items.append((msg("later"), later, 0, time.time() + 3600))
+        broker.publish_many(items)
+        assert broker.depth(later) == 1  # parked in the delay cascade, declared on the way
+        got: list[Any] = []
+        while len(got) < 100:
+            batch = broker.fetch([q], 100, timeout=2)
+            assert batch
+            got += batch
+        assert [d.message.task_id for d in got] == [f"m{i}" for i in range(100)]
+        broker.ack(got)
+    finally:
+        broker.close()
+
+
+def test_publish_many_across_a_cut_connection_sends_everything_or_raises(
+    url: str, names: Any
+) -> None:
+    proxy = amqp_support.Proxy()
+    q = names()
+    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    try:
+        broker.publish(msg("warm"), queue=q)
+        sent: list[str] = []
+        for round_ in range(5):
+            batch = [f"r{round_}-{i}" for i in range(200)]
+            cutter = threading.Timer(0.005, proxy.cut)
+            cutter.start()
+            try:
+                broker.publish_many([(msg(t), q, 0, None) for t in batch])
+            except BrokerError:
+                continue  # the caller knows: it sends the batch again (at least once)
+            finally:
+                cutter.join()
+            sent += batch
+        assert proxy.cuts == 5 and sent
+        seen: set[str] = set()
+        while True:
+            got = broker.fetch([q], 500, timeout=2)
+            if not got:
+                break
+            seen.update(d.message.task_id for d in got)
+            broker.ack(got)
+        assert set(sent) <= seen  # every confirmed batch arrived, whatever the cut interrupted
+    finally:
+        broker.close()
+        proxy.close()

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiormq.abc import DeliveredMessage
+from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from celeriac._amqp import Link, acquire_link, any_broker_url, release_link, replies
@@ -148,36 +148,47 @@ class RPCBackend(ResultBackend):
             return
         link = self._get_link()
         try:
-            link.run(lambda: self._send(sends), _TIMEOUT + 5)
+            link.drive(lambda on: self._send(on, sends), _TIMEOUT + 5)
         except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
             raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
 
-    async def _send(self, sends: list[tuple[str, str, bytes]]) -> None:
-        link = self._get_link()
+    async def _send(self, link: Link, sends: list[tuple[str, str, bytes]]) -> None:
+        """Publish every result, then wait for all their confirms (sent again if lost)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _TIMEOUT
-        pending = list(sends)
-        while pending:
-            reply_to, correlation_id, data = pending[0]
-            props = spec.Basic.Properties(
-                content_type=self.content_type,
-                content_encoding=self._encoding,
-                correlation_id=correlation_id,
-                delivery_mode=1,
-            )
+        pending = sends
+        while True:
             try:
                 chan = await link.channel(
                     "publish", max(0.1, deadline - loop.time()), confirms=True
                 )
-                # Not mandatory: a client that went away leaves no queue, and its results with it.
-                await chan.channel.basic_publish(
-                    data, exchange="", routing_key=reply_to, properties=props
+                outcomes = await asyncio.gather(
+                    *(self._publish(chan.channel, *send) for send in pending),
+                    return_exceptions=True,
                 )
-                pending.pop(0)
-            except Exception:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+            except Exception as exc:  # no channel: the connection is being reopened
+                outcomes = [exc] * len(pending)
+            errors = [e for e in outcomes if isinstance(e, BaseException)]
+            if not errors:
+                return
+            if loop.time() > deadline:
+                raise errors[0]
+            pending = [
+                s for s, e in zip(pending, outcomes, strict=True) if isinstance(e, BaseException)
+            ]
+            await asyncio.sleep(0.1)
+
+    async def _publish(
+        self, channel: AbstractChannel, reply_to: str, correlation_id: str, data: bytes
+    ) -> None:
+        props = spec.Basic.Properties(
+            content_type=self.content_type,
+            content_encoding=self._encoding,
+            correlation_id=correlation_id,
+            delivery_mode=1,
+        )
+        # Not mandatory: a client that went away leaves no queue, and its results with it.
+        await channel.basic_publish(data, exchange="", routing_key=reply_to, properties=props)
 
     # -- client side: receive ----------------------------------------------------------------
     def _load(self, task_id: str) -> bytes | None:

@@ -59,7 +59,7 @@ from pamqp import commands as spec
 
 from celeriac._amqp import Link, acquire_link, release_link, replies
 from celeriac.brokers.amqp_topology import declare_queue, queue_arguments, queues_behind
-from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination
@@ -179,6 +179,8 @@ class AMQPBroker(Broker):
         self._declare_lock: asyncio.Lock | None = None
         #: (exchange, routing key) published to and confirmed: declared, no need to ask again
         self._routed: set[tuple[str, str]] = set()
+        #: per thread: while publish_many runs, the sends it collects
+        self._local = threading.local()
         # consumer state, guarded by _cond; written on the I/O thread, read by fetch callers
         self._cond = threading.Condition()
         self._buffer: deque[Delivery] = deque()
@@ -348,10 +350,33 @@ class AMQPBroker(Broker):
             else:
                 await self._declare(queue, remaining, delays=delay > 0)
 
-        self.link.drive(
-            lambda link: self._publish(link, message.body, exchange, key, props, declare),
-            timeout + 5,
-        )
+        def send(link: Link) -> Awaitable[None]:
+            return self._publish(link, message.body, exchange, key, props, declare)
+
+        batch: list[Callable[[Link], Awaitable[None]]] | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            batch.append(send)  # publish_many sends it with the rest
+            return
+        self.link.drive(send, timeout + 5)
+
+    def publish_many(self, items: Sequence[Publication]) -> None:
+        """Publish all, then wait for all their confirms: one round trip, not one per message.
+
+        Each message goes through :meth:`publish` (routing, ``reply_to``), which collects
+        instead of sending while the batch is open.
+        """
+        if len(items) < 2:
+            super().publish_many(items)
+            return
+        batch: list[Callable[[Link], Awaitable[None]]] = []
+        self._local.batch = batch
+        try:
+            for message, queue, priority, eta in items:
+                self.publish(message, queue=queue, priority=priority, eta=eta)
+        finally:
+            self._local.batch = None
+        if batch:
+            self.link.drive(lambda link: _all(link, batch), self.publish_timeout + 5)
 
     async def _publish(
         self,
@@ -758,6 +783,17 @@ class AMQPBroker(Broker):
         if not self._closed:
             self._closed = True
             release_link(self.link)
+
+
+async def _all(link: Link, sends: Sequence[Callable[[Link], Awaitable[None]]]) -> None:
+    """Run the sends side by side, each retrying on its own; the first error once all are done.
+
+    None is left running when this returns: a driven link's loop stops until its next call.
+    """
+    outcomes = await asyncio.gather(*(send(link) for send in sends), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _dead_letter(msg: DeliveredMessage) -> DeadLetter:
