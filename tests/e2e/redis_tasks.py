@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from celeriac import Celeriac
+from celeriac import Broadcast, Celeriac
 
 app = Celeriac(
     "redis_tasks",
@@ -16,6 +16,8 @@ app = Celeriac(
         "sweep_interval": 0.25,
     },
     task_acks_late=True,
+    # E2E_BROADCAST names a Broadcast queue for the routing tests
+    task_queues=[Broadcast(b) for b in [os.environ.get("E2E_BROADCAST")] if b] or None,
 )
 LEDGER = Path(os.environ.get("E2E_LEDGER", "ledger"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -102,6 +103,11 @@ def worker(
     app = state.app
     setup_logging(loglevel, app.conf.worker_log_format)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    # The node's name in the settings, so that every process of this worker (prefork children
+    # consume on their own) shares one copy of a broadcast.
+    app.conf.worker_hostname = (
+        hostname or app.conf.worker_hostname or f"celeriac@{socket.gethostname()}"
+    )
     # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
     w = Worker(
         app,
