@@ -203,6 +203,7 @@ class Celeriac:
             conf.task_default_queue,
             conf.task_create_missing_queues,
             conf.worker_hostname,
+            conf.task_queue_max_priority,
         )
         cached = self._topology
         if cached is None or cached[0] != key:

@@ -233,6 +233,8 @@ class Topology:
     create_missing: bool = True
     #: The worker's node name: a broadcast queue is shared by the processes of one node.
     node: str | None = None
+    #: ``task_queue_max_priority``: x-max-priority for queues that do not set their own
+    max_priority: int | None = None
     _own: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @classmethod
@@ -256,6 +258,7 @@ class Topology:
             default_queue=conf.task_default_queue,
             create_missing=bool(conf.task_create_missing_queues),
             node=conf.worker_hostname,
+            max_priority=conf.task_queue_max_priority,
         )
 
     def queue(self, name: str) -> Queue | None:

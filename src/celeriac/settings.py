@@ -53,6 +53,8 @@ class Settings:
     task_routes: Any = None
     task_queues: Any = None
     task_create_missing_queues: bool = True
+    #: ``x-max-priority`` for every RabbitMQ queue that does not set its own (Celery's name).
+    task_queue_max_priority: int | None = None
     #: Celeriac acknowledges after the task by default: a worker that dies loses nothing.
     task_acks_late: bool = True
     task_acks_on_failure_or_timeout: bool = True

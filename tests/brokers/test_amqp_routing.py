@@ -172,3 +172,21 @@ def test_quorum_queue_is_declared_and_a_task_round_trips(url: str, names: Names)
         again = app.broker.fetch([jobs], 1, timeout=0.2)  # same prefetch: no re-subscribe
     assert [(d.message.task_id, d.delivery_count) for d in again] == [(sent, 2)]
     app.broker.ack(again)
+
+
+def test_task_queue_max_priority_declares_x_max_priority(url: str, names: Names) -> None:
+    plain = names.queue("prio")
+    app = make_app(url, names, [], task_queue_max_priority=10)
+    for p in (1, 9, 5):
+        app.send_task("proj.p", queue=plain, priority=p, task_id=f"p{p}-{names.tag}")
+    got = collect(app, [plain], 3)
+    assert [d.message.task_id.split("-")[0] for d in got] == ["p9", "p5", "p1"]
+
+    async def redeclare(ch: Any) -> str:
+        try:
+            await ch.queue_declare(plain, durable=True)
+        except Exception as exc:
+            return str(exc)
+        return "same arguments"
+
+    assert "x-max-priority" in raw(url, redeclare)

@@ -194,7 +194,8 @@ class AMQPBroker(Broker):
     # -- declarations ----------------------------------------------------------------------------
     def queue_arguments(self, queue: str | None = None) -> dict[str, Any]:
         q = self.topology.queue(queue) if queue is not None else None
-        return queue_arguments(q, self.max_priority, self.queue_type)
+        max_priority = self.max_priority or self.topology.max_priority
+        return queue_arguments(q, max_priority, self.queue_type)
 
     def _level_arguments(self, level: int, queue: str) -> dict[str, Any]:
         args: dict[str, Any] = {"x-message-ttl": (2**level) * 1000}
@@ -244,8 +245,14 @@ class AMQPBroker(Broker):
         for queue in queues_behind(self.topology, dest):
             await self._declare(queue, timeout)
         ch = (await self.link.channel("admin", timeout)).channel
+        known = self.topology.exchange(dest.exchange)
         try:
-            await ch.exchange_declare(dest.exchange, exchange_type=dest.exchange_type, durable=True)
+            await ch.exchange_declare(
+                dest.exchange,
+                exchange_type=dest.exchange_type,
+                durable=known.durable if known is not None else True,
+                auto_delete=known.auto_delete if known is not None else False,
+            )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise BrokerError(
                 f"exchange {dest.exchange!r} exists with another type than "
