@@ -109,6 +109,7 @@ METRICS = [
     ("rt_p50_ms", "round trip p50 ms", False),
     ("rt_p99_ms", "round trip p99 ms", False),
     ("rss_mb", "worker tree RSS MB after drain", False),
+    ("worker_cpu_us_per_task", "worker tree CPU us per task", False),
     ("redis_cpu_us_per_task", "Redis server CPU us per task", False),
     ("redis_calls_per_task", "Redis calls per task", False),
     ("redis_ceiling_per_s", "Redis-side ceiling tasks/s", True),
@@ -186,6 +187,8 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
         "rt_p50_ms": percentile(latencies, 0.50),
         "rt_p99_ms": percentile(latencies, 0.99),
         "rss_mb": sum(u["rss_mb"] for u in usage),
+        # start-up included; the task's own INCR (same for every system) is part of it
+        "worker_cpu_us_per_task": 1e6 * sum(u["cpu_s"] for u in usage) / n,
         # Server-wide, so other clients of the same Redis count too: a dedicated one is best.
         "redis_cpu_us_per_task": 1e6 * redis_cpu / n,
         "redis_calls_per_task": redis_calls / n,
