@@ -76,7 +76,6 @@ class ChildPool(Pool):
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: Job | None = None
-        self._seq = 0
         self._abandoning = False
         self._retiring = False
         self._done = threading.Event()
@@ -111,7 +110,6 @@ class ChildPool(Pool):
         hard = time_limits(self.app, task, job.headers)[0] if task is not None else None
         with self._lock:
             self._current = job
-            self._seq += 1
             if hard:
                 self._hard_until = time.monotonic() + hard
                 self.deadline.set(self._hard_until + self.grace)
@@ -197,6 +195,8 @@ class ChildPool(Pool):
             if self._abandoning or self._current is not job:
                 return  # finished meanwhile, or already being abandoned
             self._abandoning = True
+            # Handing the work back takes a moment: keep the supervisor's backstop off meanwhile.
+            self.deadline.set(time.monotonic() + 30.0)
         try:
             if self.on_abandon is not None:
                 self.on_abandon(outcome)
