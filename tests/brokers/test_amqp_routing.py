@@ -190,3 +190,19 @@ def test_task_queue_max_priority_declares_x_max_priority(url: str, names: Names)
         return "same arguments"
 
     assert "x-max-priority" in raw(url, redeclare)
+
+
+def test_a_broadcast_queue_stays_classic_when_queues_are_quorum(url: str, names: Names) -> None:
+    reload = Broadcast(names.exchange("reload"))
+    app = Celeriac(
+        "proj",
+        broker_url=url,
+        task_queues=[reload],
+        worker_hostname=f"q-{names.tag}@test",
+        broker_transport_options={"queue_type": "quorum"},
+    )
+    names.apps.append(app)
+    names.queues.append(app.topology.physical(reload.name))
+    assert app.broker.fetch([reload.name], 1, timeout=0.1) == []
+    sent = app.send_task("proj.reload", queue=reload.name).id
+    assert [d.message.task_id for d in collect(app, [reload.name], 1)] == [sent]

@@ -58,7 +58,9 @@ async def declare_queue(
         own = topology.physical(name)
         # Expiry rather than auto-delete: a consumer re-subscribing (or a restarted child of
         # the node) must not delete the queue and the broadcasts waiting in it.
-        arguments = {**arguments, "x-expires": BROADCAST_EXPIRES_MS}
+        # (classic, whatever queue_type says: a quorum queue cannot be this short-lived one)
+        arguments = {k: v for k, v in arguments.items() if k != "x-queue-type"}
+        arguments["x-expires"] = BROADCAST_EXPIRES_MS
         await ch.queue_declare(own, durable=False, arguments=arguments)
         await ch.queue_bind(own, ex.name, routing_key="")
         return
