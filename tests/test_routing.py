@@ -72,12 +72,15 @@ def test_kombu_queue_objects_are_read_by_attribute() -> None:
             kombu.Queue("images", kombu.Exchange("media", type="topic"), routing_key="media.#"),
             kombu.Queue("plain"),
             KombuBroadcast("reload"),
+            kombu.Queue("shared", kombu.Exchange("fan", type="fanout")),
         ],
     )
     topo = app.topology
     assert topo.queues["images"] == Queue("images", MEDIA, routing_key="media.#")
     assert topo.queues["plain"].exchange == Exchange("plain")
     assert topo.is_broadcast("reload")
+    # a plain queue on a fanout exchange is one queue for all (RabbitMQ), not a broadcast
+    assert not topo.is_broadcast("shared") and topo.fanout_bound("shared")
 
 
 def test_celerys_dict_form_of_task_queues() -> None:

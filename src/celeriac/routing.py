@@ -190,7 +190,7 @@ def coerce_queue(obj: Any) -> Queue:
             auto_delete=bool(getattr(ex, "auto_delete", False)),
         )
     alias = getattr(obj, "alias", None)
-    if type(obj).__name__ == "Broadcast" or (exchange is not None and exchange.type == "fanout"):
+    if type(obj).__name__ == "Broadcast":
         # kombu names the queue bcast.<uuid> and routes by its alias, the exchange's name
         return Broadcast(str(alias or getattr(exchange, "name", "") or obj.name), exchange=exchange)
     if getattr(obj, "name", None) is None:
@@ -273,6 +273,12 @@ class Topology:
     def is_broadcast(self, name: str) -> bool:
         q = self.queues.get(name)
         return q is not None and q.broadcast
+
+    def fanout_bound(self, name: str) -> bool:
+        """Bound to a fanout exchange: a Broadcast, or a plain queue RabbitMQ alone can keep
+        (kombu consumes both through PUB/SUB on Redis)."""
+        q = self.queues.get(name)
+        return q is not None and q.bound_to.type == "fanout"
 
     def physical(self, name: str) -> str:
         """The queue a consumer of ``name`` reads: a broadcast's one of this node."""

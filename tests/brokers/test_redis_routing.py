@@ -166,3 +166,12 @@ def test_a_broadcast_delivery_given_back_runs_again_here(apps: Any) -> None:
     assert [x.message.task_id for x in app.broker.fetch(["reload"], 1, timeout=0)] == [sent]
     app.broker.dead_letter(d, "test")
     assert [x.reason for x in app.broker.dead_letters()] == ["test"]
+
+
+def test_a_plain_queue_on_a_fanout_exchange_is_pub_sub_as_in_kombu(apps: Any) -> None:
+    fan = Exchange("fan", type="fanout")
+    app = apps(task_queues=[Queue("shared", fan)], worker_hostname="n1@test")
+    assert app.broker.fetch(["shared"], 1, timeout=0) == []  # subscribes
+    sent = app.send_task("proj.t", queue="shared").id
+    got = collect(app, ["shared"], 1)
+    assert [(d.queue, d.message.task_id) for d in got] == [("shared", sent)]

@@ -164,10 +164,10 @@ class Broker(ABC):
     def refuse_broadcast(self, queues: Sequence[str]) -> None:
         """Brokers without pub/sub cannot give each worker its own copy: say so."""
         for q in queues:
-            if self.topology.is_broadcast(q):
+            if self.topology.fanout_bound(q):
                 raise ConfigurationError(
-                    f"{q!r} is a broadcast queue: that needs a broker with pub/sub "
-                    "(redis:// or amqp://)"
+                    f"{q!r} is bound to a fanout exchange (a broadcast): that needs a broker "
+                    "with pub/sub (redis:// or amqp://)"
                 )
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:

@@ -240,7 +240,7 @@ class RedisBroker(Broker):
         out: list[Publication] = []
         tables: dict[str, list[tuple[str, str, str]]] = {}
         for message, dest, priority, eta in items:
-            if self.topology.is_broadcast(dest) and not isinstance(dest, Destination):
+            if self.topology.fanout_bound(dest) and not isinstance(dest, Destination):
                 dest = self.topology.destination(dest)
             if not isinstance(dest, Destination):
                 out.append((message, dest, priority, eta))
@@ -316,7 +316,8 @@ class RedisBroker(Broker):
         deadline = time.monotonic() + timeout
         if not self._bindings_declared and self.topology.queues:
             self._declare_bindings()  # kombu's consumers declare theirs too
-        bcast = [q for q in queues if self.topology.is_broadcast(q)]
+        # kombu consumes every queue bound to a fanout exchange through PUB/SUB
+        bcast = [q for q in queues if self.topology.fanout_bound(q)]
         if bcast:
             if self._fanout is None:
                 db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
