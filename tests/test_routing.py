@@ -124,6 +124,9 @@ def test_missing_queues_are_refused_when_task_create_missing_queues_is_off() -> 
     app = make_app(task_create_missing_queues=False)
     with pytest.raises(ConfigurationError, match="did you mean 'images'"):
         app.send_task("proj.t", queue="imagse")
+    # an exchange and a routing key need no queue (the default one is not in task_queues)
+    sent = app.send_task("proj.t", exchange="media", routing_key="media.video.x").id
+    assert fetch_all(app, "video") == [sent]
 
 
 def test_task_routes_with_exchange_and_routing_key_on_the_memory_broker() -> None:

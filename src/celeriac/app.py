@@ -414,9 +414,9 @@ class Celeriac:
         queue = merged.get("queue")
         if queue is not None and not isinstance(queue, str):
             queue = coerce_queue(queue).name  # Celery lets a route hold a Queue object
-        if not queue:
-            # As Celery: the task's or the default queue, used unless an exchange and routing
-            # key say otherwise. A bare routing_key names a queue (the default exchange's way).
+        if not queue and not (merged.get("exchange") and merged.get("routing_key")):
+            # As Celery: the task's or the default queue, unless an exchange and a routing key
+            # say where. A bare routing_key names a queue (the default exchange's way).
             bare_key = None if merged.get("exchange") else explicit.get("routing_key")
             queue = bare_key or (task.queue if task is not None else None)
             queue = queue or self.conf.task_default_queue
