@@ -154,6 +154,7 @@ class Link:
         self._recovering: asyncio.Task[None] | None = None
         self._channels: dict[str, Chan] = {}
         self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._spawned: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.users = 0
         self.pid = os.getpid()
@@ -277,6 +278,28 @@ class Link:
 
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
 
+    def spawn(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        """Start ``fn()`` on the I/O loop and return at once; a failure is logged, not raised.
+
+        :meth:`close` lets what was spawned finish before it closes the connection.
+        """
+        if self._thread is None:
+            raise RuntimeError("Link.spawn needs the link's I/O thread")
+        if self._closed:
+            return
+
+        def start() -> None:
+            task = asyncio.ensure_future(fn())
+            self._spawned.add(task)
+            task.add_done_callback(self._spawned_done)
+
+        self._loop.call_soon_threadsafe(start)
+
+    def _spawned_done(self, task: asyncio.Future[Any]) -> None:
+        self._spawned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("AMQP: a background operation failed: %r", task.exception())
+
     def call_soon(self, fn: Callable[[], Any]) -> None:
         self._loop.call_soon_threadsafe(fn)
 
@@ -380,6 +403,8 @@ class Link:
 
         async def shutdown() -> None:
             self._closed = True
+            if self._spawned:  # acks handed over before the close: written, not dropped
+                await asyncio.wait(list(self._spawned), timeout=5)
             if self._recovering is not None:
                 self._recovering.cancel()
             conn, self._conn = self._conn, None

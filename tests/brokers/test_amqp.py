@@ -285,6 +285,25 @@ def test_acks_are_batched_only_over_the_lowest_outstanding_tags(url: str, names:
         broker.close()
 
 
+def test_acks_do_not_wait_for_the_wire_but_are_written_before_close(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    broker.publish_many([(msg(f"m{i}"), q, 0, None) for i in range(50)])
+    got: list[Any] = []
+    while len(got) < 50:
+        batch = broker.fetch([q], 50, timeout=2)
+        assert batch
+        got += batch
+    for d in got[::-1]:  # one ack each, highest tag first: no multiple ack covers them
+        broker.ack([d])
+    broker.close()  # at once: the acks handed to the I/O thread go out before the close
+    other = create_broker(url)
+    try:
+        assert other.fetch([q], 50, timeout=1.0) == []  # nothing was requeued by the close
+    finally:
+        other.close()
+
+
 def test_delays_are_parked_in_the_cascade_not_in_the_consumer(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)

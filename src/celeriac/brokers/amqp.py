@@ -179,6 +179,7 @@ class AMQPBroker(Broker):
         self._declare_lock: asyncio.Lock | None = None
         #: (exchange, routing key) published to and confirmed: declared, no need to ask again
         self._routed: set[tuple[str, str]] = set()
+        self._settle_lock: asyncio.Lock | None = None  # on the I/O loop
         #: per thread: while publish_many runs, the sends it collects
         self._local = threading.local()
         # consumer state, guarded by _cond; written on the I/O thread, read by fetch callers
@@ -584,6 +585,24 @@ class AMQPBroker(Broker):
         if chan is None:
             return  # the channel died with the connection: RabbitMQ requeued them
         multiple, singles = self._release([t for t in tags if t.epoch == chan.epoch])
+        await self._write_settlement(chan.epoch, multiple, singles, how)
+
+    async def _write_settlement(
+        self, epoch: int, multiple: int, singles: list[int], how: str = "ack"
+    ) -> None:
+        if self._settle_lock is None:
+            self._settle_lock = asyncio.Lock()
+        # In the order they were handed over: a multiple ack written before the single acks of
+        # tags below it would make those unknown to RabbitMQ, which closes the channel.
+        async with self._settle_lock:
+            await self._write_settlement_now(epoch, multiple, singles, how)
+
+    async def _write_settlement_now(
+        self, epoch: int, multiple: int, singles: list[int], how: str
+    ) -> None:
+        chan = self.link.existing("consume")
+        if chan is None or chan.epoch != epoch:
+            return  # the channel died with the connection: RabbitMQ requeued them
         try:
             if how == "ack":
                 if multiple:
@@ -594,7 +613,8 @@ class AMQPBroker(Broker):
                 for t in ([multiple] if multiple else []) + singles:
                     await chan.channel.basic_nack(t, requeue=True)
         except Exception as exc:  # the channel died: RabbitMQ requeued them
-            logger.warning("AMQP: %s of %d message(s) dropped: %s", how, len(tags), exc)
+            count = len(singles) + (1 if multiple else 0)
+            logger.warning("AMQP: %s of %d message(s) dropped: %s", how, count, exc)
 
     def _current(self, delivery: Delivery) -> bool:
         tag: Tag = delivery.tag
@@ -602,9 +622,19 @@ class AMQPBroker(Broker):
             return tag.epoch == self._epoch and tag.delivery_tag in self._held
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            tags = [d.tag for d in deliveries]
-            self.link.run(lambda: self._settle(tags), _ADMIN_TIMEOUT)
+        """Forget the deliveries now; the I/O thread writes the ``basic.ack`` after.
+
+        AMQP does not answer an ack, so waiting for the I/O thread to write it bought the
+        caller nothing: an ack lost with its connection means a redelivery either way. The
+        link writes what it was handed before it closes.
+        """
+        if not deliveries:
+            return
+        with self._cond:
+            epoch = self._epoch
+        multiple, singles = self._release([d.tag for d in deliveries if d.tag.epoch == epoch])
+        if multiple or singles:
+            self.link.spawn(lambda: self._write_settlement(epoch, multiple, singles))
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: a delivery stays leased while its channel lives."""
