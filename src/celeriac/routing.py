@@ -99,7 +99,8 @@ class Broadcast(Queue):
     """A fanout queue: each worker consuming ``name`` gets its own copy of every message.
 
     As in Celery, the exchange ``name`` (fanout) is what producers publish to; each worker
-    consumes through a queue of its own bound to it, deleted when the worker goes away.
+    consumes through a queue of its own bound to it (RabbitMQ deletes it a minute after the
+    worker went), or a PUB/SUB subscription on Redis.
     """
 
     def __init__(
