@@ -76,6 +76,10 @@ class Supervisor:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         app.import_modules()
+        # Children open their own connections; the node name in the settings is what lets
+        # them share one copy of each broadcast.
+        if not app.conf.worker_hostname:
+            app.conf.worker_hostname = worker.hostname
         for i in range(self.size):
             self._spawn(i)
         worker.ready.set()

@@ -56,7 +56,8 @@ class Worker:
     ) -> None:
         conf = app.conf
         self.app = app
-        self.queues = queues or [conf.task_default_queue]
+        # As Celery: without queues given, every queue of task_queues (else the default one).
+        self.queues = queues or list(app.topology.queues) or [conf.task_default_queue]
         self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
         self._pool_factory = None if isinstance(pool, str) else pool
         self.pool_name = pool if isinstance(pool, str) else conf.worker_pool
