@@ -249,8 +249,10 @@ class Link:
     def _borrow(self) -> Link | None:
         if self._thread is None or asyncio._get_running_loop() is not None:
             return None
+        if os.getpid() != self.pid:  # before the lock: a parent thread may have held it
+            return None
         with self._spare_lock:
-            if self._closed or os.getpid() != self.pid:
+            if self._closed:
                 return None
             if self._spare:
                 self._lent += 1
@@ -395,6 +397,11 @@ class Link:
     def close(self) -> None:
         if self._closed and self._thread is not None:
             return
+        if os.getpid() != self.pid:
+            # The parent's connection: leave it alone, and its locks too (a parent thread may
+            # have held one when it forked).
+            self._closed = True
+            return
         with self._spare_lock:
             self._closed = True
             spare, self._spare = self._spare, []
@@ -414,8 +421,6 @@ class Link:
                 except Exception as exc:  # closing a broken connection: nothing left to save
                     logger.debug("AMQP: error while closing: %s", exc)
 
-        if os.getpid() != self.pid:
-            return  # the parent's connection: leave it to the parent
         if self._thread is None:
             _run_aside(self._loop, shutdown)
         elif self._thread.is_alive():

@@ -221,15 +221,21 @@ def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -
     app = Celeriac("fork", broker=url)
     try:
         app.send_task("t", queue=q)  # the parent's I/O thread and driven connection are open
-        link = app.broker.link  # type: ignore[attr-defined]
-        conn = link._spare[0]._conn
-        ctx = multiprocessing.get_context("fork")
-        child = ctx.Process(target=app.send_task, args=("t",), kwargs={"queue": q})
+        parent_broker = app.broker
+        link = parent_broker.link  # type: ignore[attr-defined]
+        conns = (link._conn, link._spare[0]._conn)
+
+        def in_child() -> None:
+            parent_broker.close()  # the parent's connections: left alone
+            app.send_task("t", queue=q)  # on connections of the child's own
+
+        child = multiprocessing.get_context("fork").Process(target=in_child)
         child.start()
         child.join(30)
         assert child.exitcode == 0
         app.send_task("t", queue=q)
-        assert link._spare[0]._conn is conn and not conn.is_closed  # untouched by the child
+        assert (link._conn, link._spare[0]._conn) == conns  # no reconnection was needed
+        assert not any(c.is_closed for c in conns)
         assert app.broker.depth(q) == 3
     finally:
         app.close()
