@@ -461,7 +461,7 @@ class AMQPBroker(Broker):
             return got
         # A caller that will not wait must still get what RabbitMQ already sent our way.
         sync = timeout < 0.1
-        while True:
+        while sync or not self._subscribed(queues, limit):
             try:
                 self._admin(lambda: self._consume(list(queues), limit, sync), "subscribing")
                 break
@@ -476,6 +476,24 @@ class AMQPBroker(Broker):
                 if got or left <= 0:
                     return got
                 self._cond.wait(left)
+
+    def _subscribed(self, queues: Sequence[str], limit: int) -> bool:
+        """Already consuming every queue, on the open channel, with room for ``limit`` more?
+
+        Then a fetch only waits for deliveries: asking the I/O thread to check the
+        subscriptions cost a thread round trip per fetch.
+        """
+        chan = self.link.existing("consume")
+        if chan is None:
+            return False
+        with self._cond:
+            if chan.epoch != self._epoch:
+                return False
+            for q in queues:
+                current = self._consumers.get(q)
+                if current is None or current[1] - self._held_by[current[0]] < limit:
+                    return False
+        return True
 
     def _take(self, queues: set[str], limit: int) -> list[Delivery]:
         out: list[Delivery] = []
