@@ -1,0 +1,175 @@
+"""Where a confirmed publish's time goes on RabbitMQ: Celeriac's paths against the raw clients.
+
+    /work/venv/bin/python bench/amqp_publish.py [--n 3000] [--repeat 5]
+
+One private vhost (``rabbitmqctl add_vhost``, deleted afterwards), one durable queue, Celeriac's
+own message for ``echo(i)`` (Celery's headers, persistent, mandatory), sequential: each publish
+waits for its confirm before the next, as ``delay()`` in a loop does. Per row: rate, wall time
+and CPU time of the publishing process per message. Rows run interleaved, ``--repeat`` times,
+each in a fresh process; medians.
+
+* ``py-amqp``: Celery's client library alone (no kombu), sync, on the caller's thread;
+* ``aiormq in its loop``: the raw aiormq publish, one coroutine on a running loop;
+* ``delay(), driven``: Celeriac's ``delay()``, the caller's thread running a pooled connection's
+  loop for the call (``Link.drive``, the default);
+* ``delay(), via I/O thread``: the same with ``publish_connections=0``: every publish handed to
+  the link's I/O thread and back (what Celeriac did before);
+* ``publish_many(100)``: batches of 100, all published, then all confirms awaited; against
+  ``publish one by one`` on the same broker.
+
+RabbitMQ's part is wall minus CPU (less when the publisher also waits for a CPU): it is what no
+client can remove, so it bounds what a sequential confirmed publisher can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROWS = [
+    "py-amqp",
+    "aiormq in its loop",
+    "delay(), driven",
+    "delay(), via I/O thread",
+    "publish one by one",
+    "publish_many(100)",
+]
+
+CHILD = r"""
+import asyncio, json, sys, time
+row, url, vhost, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+from celeriac import Celeriac
+from celeriac._amqp import parse_url
+from celeriac.brokers.amqp import to_properties
+
+limit = 0 if row == "delay(), via I/O thread" else 10
+app = Celeriac("bench", broker=url, broker_transport_options={"publish_connections": limit})
+
+@app.task(name="bench.echo")
+def echo(i: int) -> int:
+    return i
+
+message = app.prepare_message("bench.echo", (1,), {}, _task=echo)[0]
+props = to_properties(message, priority=0, headers=dict(message.headers))
+app.broker.publish(message, queue="bench")  # declared, connected
+
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = fn()
+    return count, time.perf_counter() - wall, time.process_time() - cpu
+
+def run_pyamqp():
+    import amqp
+    conn = amqp.Connection("127.0.0.1:5672", virtual_host=vhost, confirm_publish=True)
+    conn.connect()
+    ch = conn.channel()
+    headers = dict(message.headers)
+    def go():
+        for i in range(n):
+            ch.basic_publish(
+                amqp.Message(message.body, delivery_mode=2, content_type=message.content_type,
+                             content_encoding=message.content_encoding,
+                             application_headers=headers, correlation_id=message.task_id),
+                exchange="", routing_key="bench", mandatory=True)
+        return n
+    out = timed(go)
+    conn.close()
+    return out
+
+async def run_aiormq():
+    import aiormq
+    conn = await aiormq.connect(parse_url(url))
+    ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(n):
+        await ch.basic_publish(message.body, exchange="", routing_key="bench",
+                               properties=props, mandatory=True)
+    out = n, time.perf_counter() - wall, time.process_time() - cpu
+    await conn.close()
+    return out
+
+def run_delay():
+    for i in range(n):
+        echo.delay(i)
+    return n
+
+def run_one_by_one():
+    for i in range(0, n, 100):
+        for _ in range(100):
+            app.broker.publish(message, queue="bench")
+    return n - n % 100
+
+def run_many():
+    batch = [(message, "bench", 0, None)] * 100
+    for i in range(0, n, 100):
+        app.broker.publish_many(batch)
+    return n - n % 100
+
+if row == "py-amqp":
+    count, wall, cpu = run_pyamqp()
+elif row == "aiormq in its loop":
+    count, wall, cpu = asyncio.run(run_aiormq())
+elif row.startswith("delay()"):
+    count, wall, cpu = timed(run_delay)
+elif row == "publish one by one":
+    count, wall, cpu = timed(run_one_by_one)
+else:
+    count, wall, cpu = timed(run_many)
+app.broker.purge("bench")
+app.close()
+print(json.dumps({"per_s": count / wall, "wall_us": 1e6 * wall / count,
+                  "cpu_us": 1e6 * cpu / count}))
+"""
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=3000, help="messages per row and run")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per row (median)")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672")
+    args = parser.parse_args()
+    vhost = f"bench-publish-{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    results: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    load = os.getloadavg()[0]
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        url = f"{args.amqp.rstrip('/')}/{vhost}"
+        for _ in range(args.repeat):
+            for row in ROWS:
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, row, url, vhost, str(args.n)],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                if out.returncode != 0:
+                    raise SystemExit(f"{row} failed:\n{out.stderr[-3000:]}")
+                results[row].append(json.loads(out.stdout.splitlines()[-1]))
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+    print(
+        f"N={args.n}, median of {args.repeat}, {os.cpu_count()} CPUs, "
+        f"load avg {load:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'path':<26} {'msg/s':>8} {'wall us':>8} {'CPU us':>8} {'wall-CPU us':>12}")
+    for row, runs in results.items():
+        rate = statistics.median(r["per_s"] for r in runs)
+        wall = statistics.median(r["wall_us"] for r in runs)
+        cpu = statistics.median(r["cpu_us"] for r in runs)
+        print(f"{row:<26} {rate:>8,.0f} {wall:>8.0f} {cpu:>8.0f} {wall - cpu:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()
