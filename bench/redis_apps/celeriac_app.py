@@ -1,11 +1,15 @@
 """Celeriac on Redis: broker and results in Celery's layout under the run's key prefix."""
 
+import os
+
 from common import BROKER_DB_URL, PREFIX, done
 
 from celeriac import Celeriac
 
 URL = f"{BROKER_DB_URL}?global_keyprefix={PREFIX}"
 app = Celeriac("bench_redis", broker=URL, backend=URL)
+# "consume" (default): each prefork child consumes; "dispatch": the parent consumes for them.
+app.conf.worker_prefork_mode = os.environ.get("BENCH_PREFORK_MODE", "consume")
 
 
 @app.task(name="bench.echo")
