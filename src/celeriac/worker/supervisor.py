@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any
 from celeriac import signals
 from celeriac.worker.pools._process import die_with_parent
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
+from celeriac.worker.worker import Worker, redact
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
-
-    from celeriac.worker.worker import Worker
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -84,8 +83,6 @@ class Supervisor:
             self._spawn(i)
         worker.ready.set()
         signals.worker_ready.send(worker)
-        from celeriac.worker.worker import redact
-
         logger.warning(
             "%s ready: queues=%s pool=prefork concurrency=%d (each child consumes) "
             "prefetch=%d per child broker=%s",
@@ -146,9 +143,8 @@ class Supervisor:
             self.respawn_at[index] = 0.0
             self._respawn_due()
             return
-        self.crashes[index] = self.crashes[index] + 1 if lived < _YOUNG else 1
-        pause = 0.0 if self.crashes[index] <= 1 else min(0.1 * 2 ** self.crashes[index], 30.0)
-        pause = min(pause, _BACKOFF_MAX)
+        crashes = self.crashes[index] = self.crashes[index] + 1 if lived < _YOUNG else 1
+        pause = 0.0 if crashes <= 1 else min(0.1 * 2**crashes, _BACKOFF_MAX)
         logger.error(
             "child process %s exited with code %s; starting another%s (the tasks it held "
             "are delivered again when their leases run out)",
@@ -208,8 +204,6 @@ class Supervisor:
 
 
 def _child_main(worker: Worker, parent_pid: int, size: int, deadline: Deadline) -> None:
-    from celeriac.worker.worker import Worker
-
     die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
