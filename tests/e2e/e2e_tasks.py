@@ -16,6 +16,12 @@ app = Celeriac(
 app.conf.worker_prefork_mode = os.environ.get("E2E_PREFORK_MODE", "consume")
 LEDGER = Path(os.environ.get("E2E_LEDGER", "ledger"))
 
+if os.environ.get("E2E_CHILD_CRASH"):
+    from celeriac import signals
+
+    # Every prefork child dies as it starts (a broken import in real life).
+    signals.worker_process_init.connect(lambda sender, **kw: os._exit(5))
+
 
 def _record(kind: str, task_id: str | None) -> None:
     with open(LEDGER / f"{os.getpid()}.log", "a") as f:

@@ -184,3 +184,16 @@ def test_a_child_stuck_past_its_hard_limit_with_the_gil_held_is_killed_by_the_pa
     # The child's own watchdog cannot run without the GIL: the parent kills it instead.
     wait_for(lambda: "past its hard time limit" in env.log(worker), 10, "the parent's kill")
     assert tasks.add.delay(1, 2).get(timeout=10) == 3
+
+
+def test_children_that_crash_as_they_start_are_restarted_with_a_back_off(e2e):
+    env, _ = e2e
+    env.env["E2E_CHILD_CRASH"] = "1"
+    worker = env.start_worker("-c", "1")
+    wait_for(lambda: env.log(worker).count("exited with code 5") >= 3, 10, "three crashes")
+    log = env.log(worker)
+    assert "starting another in " in log, log  # young crashes back off
+    crashes = log.count("exited with code 5")
+    time.sleep(1.0)
+    assert env.log(worker).count("exited with code 5") <= crashes + 3, "no back-off"
+    assert env.stop_worker(worker, timeout=10) == 0  # a warm stop during the back-off
