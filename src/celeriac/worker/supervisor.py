@@ -82,6 +82,8 @@ class Supervisor:
         for i in range(self.size):
             self._spawn(i)
         worker.ready.set()
+        if worker._stopping:  # Worker.stop() came while starting
+            self.stop()
         signals.worker_ready.send(worker)
         logger.warning(
             "%s ready: queues=%s pool=prefork concurrency=%d (each child consumes) "
