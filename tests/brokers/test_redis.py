@@ -330,3 +330,29 @@ def test_delays_are_measured_on_one_clock(broker: RedisBroker, monkeypatch) -> N
     started = time.monotonic()
     assert ids(broker.fetch(["q"], 10, timeout=3)) == ["skewed"]
     assert 0.25 <= time.monotonic() - started < 1.5
+
+
+def test_fetch_reads_stored_states_when_the_results_share_its_database(
+    broker: RedisBroker, prefix: str
+) -> None:
+    from celeriac.backends import create_backend
+    from celeriac.backends.redis import RedisBackend
+
+    backend = create_backend(redis_support.url_with_prefix(prefix))
+    other_db = create_backend(redis_support.url_with_prefix(prefix, db=redis_support.DB + 1))
+    assert isinstance(backend, RedisBackend) and isinstance(other_db, RedisBackend)
+    try:
+        for task_id in ("first", "done", "gone", "new"):
+            broker.publish(msg(task_id), queue="q")
+        for task_id, state in (("first", "SUCCESS"), ("done", "SUCCESS"), ("gone", "REVOKED")):
+            backend.store_result(task_id, None, state)
+        assert not broker.peek_results(other_db)  # another database: the worker looks itself
+        [d] = broker.fetch(["q"], 1, timeout=0)
+        assert (d.message.task_id, d.stored_state) == ("first", None)
+
+        assert broker.peek_results(backend)
+        states = {d.message.task_id: d.stored_state for d in broker.fetch(["q"], 10, timeout=0)}
+        assert states == {"done": "SUCCESS", "gone": "REVOKED", "new": ""}
+    finally:
+        backend.close()
+        other_db.close()

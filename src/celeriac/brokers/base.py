@@ -13,11 +13,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination, Topology, exchange_route, no_queue_bound
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import ResultBackend
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 
@@ -36,6 +39,10 @@ class Delivery:
     tag: Any
     #: 1 on first delivery; more when a lease ran out or the message was requeued.
     delivery_count: int = 1
+    #: The task's state in the result backend as the broker read it in the same step as the
+    #: delivery ("" when none is stored), or None when it did not look (see
+    #: :meth:`Broker.peek_results`).
+    stored_state: str | None = None
 
     @property
     def redelivered(self) -> bool:
@@ -169,6 +176,12 @@ class Broker(ABC):
                     f"{q!r} is bound to a fanout exchange (a broadcast): that needs a broker "
                     "with pub/sub (redis:// or amqp://)"
                 )
+
+    def peek_results(self, backend: ResultBackend) -> bool:
+        """Have :meth:`fetch` read each delivered task's state from ``backend`` too, when it can
+        in the same step (saving the worker a lookup per batch). True when it will; deliveries
+        then carry :attr:`Delivery.stored_state`."""
+        return False
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         """Reserve the next start time for a rate limit shared by every worker.

@@ -186,7 +186,19 @@ local function lease(raw, q, t, deadline)
   redis.call('ZADD', INDEX, t, tag)
   redis.call('ZADD', lease_key(q), deadline, tag)
   redis.call('SADD', QUEUES, q)
-  return tag, redis.call('HINCRBY', COUNTS, tag, 1), raw
+  local id = type(doc.headers) == 'table' and doc.headers.id or nil
+  return tag, redis.call('HINCRBY', COUNTS, tag, 1), raw, type(id) == 'string' and id or nil
+end
+
+-- The stored state of task ``id`` under the result key prefix ``rp`` (the result backend in
+-- this same database), '' when there is none, '?' when it cannot be read here.
+local function stored_state(rp, id)
+  if rp == '' or not id then return '?' end
+  local doc = redis.call('GET', rp .. id)
+  if not doc then return '' end
+  local ok, meta = pcall(cjson.decode, doc)
+  if ok and type(meta) == 'table' and type(meta.status) == 'string' then return meta.status end
+  return '?'
 end
 
 if cmd == 'publish' then
@@ -208,10 +220,13 @@ if cmd == 'publish' then
   return 1
 
 elseif cmd == 'fetch' then
-  -- lease seconds, limit, sweep ('1'/'0'), sweep batch, celery vt, queue count, queues...
-  -- Returns {seconds to next due or '', duplicates dropped, q1, tag1, count1, envelope1, ...}.
+  -- lease seconds, limit, sweep ('1'/'0'), sweep batch, celery vt, queue count, queues...,
+  -- result key prefix ('' = do not look up states).
+  -- Returns {seconds to next due or '', duplicates dropped, q1, tag1, count1, envelope1, state1,
+  -- ...}; a state is '' when no result is stored and '?' when it was not looked up.
   local vt, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
   local nq = tonumber(ARGV[8])
+  local rp = ARGV[9 + nq] or ''
   local t = now()
   local out = {'', 0}
   if ARGV[5] == '1' then
@@ -227,7 +242,7 @@ elseif cmd == 'fetch' then
         local items = redis.call('RPOP', key, limit - got)
         if not items then break end
         for _, raw in ipairs(items) do
-          local tag, count, envelope = lease(raw, q, t, deadline)
+          local tag, count, envelope, id = lease(raw, q, t, deadline)
           if count == 'duplicate' then
             out[2] = out[2] + 1
           elseif tag then
@@ -236,6 +251,7 @@ elseif cmd == 'fetch' then
             out[#out + 1] = tag
             out[#out + 1] = count
             out[#out + 1] = envelope
+            out[#out + 1] = stored_state(rp, id)
           end
         end
       end

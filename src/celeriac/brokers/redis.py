@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -58,6 +58,9 @@ from celeriac.brokers.redis_fanout import FanoutSubscriber, fanout_channel, is_b
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import ResultBackend
 
 logger = logging.getLogger("celeriac.broker.redis")
 
@@ -159,6 +162,8 @@ class RedisBroker(Broker):
         self._next_sweep = 0.0  # monotonic
         self._rotation = 0
         self._lock = threading.Lock()
+        #: Result key prefix fetch reads states under ('' = it does not; see peek_results).
+        self._results_prefix = ""
 
     def _call(self, *args: Any) -> Any:
         try:
@@ -361,6 +366,7 @@ class RedisBroker(Broker):
             self.celery_visibility_timeout,
             len(queues),
             *queues,
+            self._results_prefix,
         )
         if sweep:
             next_due = float(reply[0]) if reply[0] else -1.0
@@ -372,9 +378,10 @@ class RedisBroker(Broker):
         if reply[1]:
             logger.warning("dropped %d duplicate copies of in-flight messages", reply[1])
         out: list[Delivery] = []
-        for i in range(2, len(reply), 4):
+        for i in range(2, len(reply), 5):
             queue, tag = reply[i].decode(), reply[i + 1].decode()
             count = int(reply[i + 2])
+            state = reply[i + 4].decode()
             try:
                 message = decode_envelope(reply[i + 3])
             except (ValueError, binascii.Error) as exc:
@@ -382,8 +389,29 @@ class RedisBroker(Broker):
                 logger.error("dead-lettered a message on %r: %s", queue, reason)
                 self._call("dead_letter", queue, tag, count, reason)
                 continue
-            out.append(Delivery(message, queue, (queue, tag, count), count))
+            out.append(
+                Delivery(
+                    message, queue, (queue, tag, count), count, None if state == "?" else state
+                )
+            )
         return out, len(reply) > 2 or bool(reply[1])
+
+    def peek_results(self, backend: ResultBackend) -> bool:
+        """Read states in the fetch script when the results live in this same Redis database
+        as JSON (Lua reads JSON only)."""
+        from celeriac.backends.redis import RedisBackend
+
+        if not isinstance(backend, RedisBackend) or backend.content_type != "application/json":
+            return False
+        mine = self.client.connection_pool.connection_kwargs
+        theirs = backend.client.connection_pool.connection_kwargs
+        same = ("host", "port", "path", "db")
+        if type(self.client.connection_pool) is not type(backend.client.connection_pool) or any(
+            mine.get(k) != theirs.get(k) for k in same
+        ):
+            return False
+        self._results_prefix = backend.prefix
+        return True
 
     def _wait(self, wake_keys: list[str], seconds: float) -> None:
         try:

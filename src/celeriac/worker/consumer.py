@@ -147,6 +147,8 @@ class Consumer:
     # -- fetching --------------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
         broker = self.app.broker
+        if not isinstance(self.app.backend, DisabledBackend):
+            broker.peek_results(self.app.backend)
         while self._fetching.is_set():
             with self._cond:
                 # Refill in batches (half the prefetch at a time) rather than one message per
@@ -189,12 +191,22 @@ class Consumer:
         backend = self.app.backend
         if isinstance(backend, DisabledBackend) or not deliveries:
             return {}
-        ids = [d.message.task_id for d in deliveries if d.message.task_id]
+        # States the broker read along with the deliveries need no lookup of their own.
+        known = {
+            d.message.task_id: d.stored_state
+            for d in deliveries
+            if d.stored_state and d.message.task_id
+        }
+        ids = [
+            d.message.task_id for d in deliveries if d.message.task_id and d.stored_state is None
+        ]
+        if not ids:
+            return known
         try:
-            return backend.get_states(ids)
+            return {**known, **backend.get_states(ids)}
         except CeleriacError as exc:
             logger.warning("could not read result states before running tasks: %s", exc)
-            return {}
+            return known
 
     def _dispatch(self, job_id: int, delivery: Delivery, stored_state: str | None) -> None:
         assert self.pool is not None
