@@ -185,7 +185,6 @@ local function lease(raw, q, t, deadline)
   redis.call('HSET', UNACKED, tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
   redis.call('ZADD', INDEX, t, tag)
   redis.call('ZADD', lease_key(q), deadline, tag)
-  redis.call('SADD', QUEUES, q)
   local id = type(doc.headers) == 'table' and doc.headers.id or nil
   return tag, redis.call('HINCRBY', COUNTS, tag, 1), raw, type(id) == 'string' and id or nil
 end
@@ -234,6 +233,7 @@ elseif cmd == 'fetch' then
     out[1] = tostring(next_due)
   end
   local got, deadline = 0, t + vt
+  local leased = {}  -- queues this call leased from: the sweeper looks at them (one SADD each)
   for _, step in ipairs(STEPS) do
     for i = 1, nq do
       local q = ARGV[8 + i]
@@ -247,6 +247,7 @@ elseif cmd == 'fetch' then
             out[2] = out[2] + 1
           elseif tag then
             got = got + 1
+            leased[q] = true
             out[#out + 1] = q
             out[#out + 1] = tag
             out[#out + 1] = count
@@ -257,6 +258,7 @@ elseif cmd == 'fetch' then
       end
     end
   end
+  for q in pairs(leased) do redis.call('SADD', QUEUES, q) end
   -- A full batch may have left work behind: pass the baton to another idle consumer.
   if got >= limit then
     for i = 1, nq do
