@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,6 +16,20 @@ if TYPE_CHECKING:
     from celeriac.app import Celeriac
 
 OutcomeCallback = Callable[[Outcome], None]
+
+
+def drain_jobs(jobs: queue.Queue[Job | None] | queue.SimpleQueue[Job | None]) -> list[Job]:
+    """Take every job waiting in ``jobs`` without blocking (stop markers dropped)."""
+    taken: list[Job] = []
+    while True:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            return taken
+        if job is not None:
+            taken.append(job)
+
+
 logger = logging.getLogger("celeriac.worker")
 
 

@@ -27,7 +27,7 @@ from celeriac.worker.executor import execute, hard_time_limit, revoked, time_lim
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import alarm_soft_limit
 from celeriac.worker.pools._process import rss_bytes
-from celeriac.worker.pools.base import Pool
+from celeriac.worker.pools.base import Pool, drain_jobs
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -207,15 +207,7 @@ class ChildPool(Pool):
 
     def take_queued(self) -> list[Job]:
         """Jobs handed to this pool that never started (the pool takes no more afterwards)."""
-        jobs: list[Job] = []
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                jobs.append(job)
-        return jobs
+        return drain_jobs(self._jobs)
 
     def stop(self, *, cold: bool = False) -> list[Job]:
         unstarted = self.take_queued()

@@ -33,7 +33,7 @@ from celeriac.worker.executor import (
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import alarm_soft_limit
 from celeriac.worker.pools._process import die_with_parent, rss_bytes
-from celeriac.worker.pools.base import Pool
+from celeriac.worker.pools.base import Pool, drain_jobs
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -308,14 +308,7 @@ class PreforkPool(Pool):
                 slot.kill()
 
     def stop(self, *, cold: bool = False) -> list[Job]:
-        unstarted: list[Job] = []
-        while True:
-            try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                unstarted.append(job)
+        unstarted = drain_jobs(self.jobs)
         for _ in self.slots:
             self.jobs.put(None)
         if cold:
@@ -325,11 +318,5 @@ class PreforkPool(Pool):
             for slot in self.slots:
                 slot.thread.join()
             # Jobs a dying child handed back after the queue was drained above.
-            while True:
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    unstarted.append(job)
+            unstarted += drain_jobs(self.jobs)
         return unstarted

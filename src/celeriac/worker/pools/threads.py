@@ -9,7 +9,7 @@ import threading
 from celeriac.worker.executor import execute
 from celeriac.worker.job import Job
 from celeriac.worker.limits import thread_soft_limit
-from celeriac.worker.pools.base import Pool
+from celeriac.worker.pools.base import Pool, drain_jobs
 
 
 class ThreadPool(Pool):
@@ -38,14 +38,7 @@ class ThreadPool(Pool):
         self._jobs.put(job)
 
     def stop(self, *, cold: bool = False) -> list[Job]:
-        unstarted: list[Job] = []
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                unstarted.append(job)
+        unstarted = drain_jobs(self._jobs)
         for _ in self._threads:
             self._jobs.put(None)
         if not cold:
