@@ -62,17 +62,37 @@ class SQLiteFile:
                 check_same_thread=False,
                 timeout=BUSY_TIMEOUT_MS / 1000,
             )
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode.lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit is durable against process crashes; only an OS crash
-            # or power loss can lose the last transactions.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(self._schema)
         except sqlite3.Error as exc:
             raise self._error(f"cannot open SQLite database {self.path}: {exc}") from exc
-        return conn
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                self._prepare(conn)
+                return conn
+            except sqlite3.OperationalError as exc:
+                # Switching a new file to WAL needs an exclusive lock, and SQLite reports BUSY
+                # for it at once instead of calling the busy handler. Several processes opening
+                # a fresh file together (a worker's children and a client) hit that: wait and
+                # try again rather than fail the caller.
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    conn.close()
+                    raise self._error(f"cannot open SQLite database {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                conn.close()
+                raise self._error(f"cannot open SQLite database {self.path}: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit is durable against process crashes; only an OS crash
+        # or power loss can lose the last transactions.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(self._schema)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -139,3 +159,8 @@ def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) ->
         if remaining <= 0:
             return current
         time.sleep(min(interval, remaining))
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
