@@ -11,6 +11,15 @@ Three threads share the work so that none waits on another:
   ever come back, and watches the result backend for revocations of the tasks it holds.
 
 Rate-limited tasks wait for their slot on a small scheduler thread, still leased.
+
+A pool that runs one task at a time on the process's main thread (a consuming prefork child)
+*drives* the consumer instead: between tasks it calls :meth:`Consumer.pump`, which applies the
+finished outcomes and fetches the next batch on that same thread. The fetcher and finisher
+threads are then not started: with one task at a time they only added hand-offs (each a GIL
+round trip between three threads) to every task, and nothing ran meanwhile that the pump
+does not do in the gaps. Outcomes still go out in batches, at the latest ``_FLUSH_AFTER``
+after the first of them is ready, so a long task never holds back the result of a short one
+before it.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ logger = logging.getLogger("celeriac.worker")
 _BATCH = 512
 _RETRY_PAUSE = 1.0
 _WATCH_INTERVAL = 0.2
+#: A driven consumer applies outcomes before the next task once the oldest has waited this long.
+_FLUSH_AFTER = 0.005
 
 
 class Consumer:
@@ -70,6 +81,7 @@ class Consumer:
         self._running = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._fetcher: threading.Thread | None = None
         self._scheduler = RateScheduler()
         self._rates: dict[str, RateSchedule] = {}
         self._task_ids: dict[int, str] = {}
@@ -77,26 +89,43 @@ class Consumer:
         self.processed = 0
         #: This consumer's part of a per-worker ``rate_limit`` (a prefork child's: 1/N).
         self.rate_share = 1.0
+        #: The pool's thread drives fetching and finishing through :meth:`pump`.
+        self.driven = False
+        #: When the oldest outcome not applied yet was reported (monotonic; 0: none waiting).
+        self._pending_since = 0.0
+        # Held by whoever fetches or applies in a driven consumer: stop_fetching and drain wait
+        # for the pool's thread to be out of both.
+        self._pump_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
         self.pool = pool
+        if not isinstance(self.app.backend, DisabledBackend):
+            self.app.broker.peek_results(self.app.backend)
         pool.on_started = self._on_started
         self._scheduler.submit = pool.submit
         self._fetching.set()
         self._running.set()
-        for name, target in (
-            ("fetcher", self._fetch_loop),
-            ("finisher", self._finish_loop),
+        self.driven = pool.drives_consumer
+        threads = [
             ("renewer", self._renew_loop),
             ("watcher", self._watch_loop),
             ("scheduler", self._scheduler.run),
-        ):
+        ]
+        if self.driven:
+            pool.pump = self.pump
+        else:
+            threads[:0] = [("fetcher", self._fetch_loop), ("finisher", self._finish_loop)]
+        for name, target in threads:
             t = threading.Thread(target=target, name=f"celeriac-{name}", daemon=True)
             t.start()
             self._threads.append(t)
+            if name == "fetcher":
+                self._fetcher = t
 
     def on_outcome(self, outcome: Outcome) -> None:
+        if self.driven and not self._pending_since:
+            self._pending_since = time.monotonic()
         self.outcomes.put(outcome)
         with self._cond:
             self._unfinished -= 1
@@ -109,8 +138,50 @@ class Consumer:
         self._fetching.clear()
         with self._cond:
             self._cond.notify_all()
-        self._threads[0].join()
+        if self.driven:
+            with self._pump_lock:  # a fetch under way has handed its messages to the pool
+                pass
+        elif self._fetcher is not None:
+            self._fetcher.join()
         return self._scheduler.take_all()
+
+    def pump(self, waiting: bool) -> None:
+        """One step of a driven consumer, on the pool's thread between two tasks.
+
+        Applies the finished outcomes (unless jobs are ``waiting`` and the outcomes are still
+        fresh), then, when no job is waiting, fetches the next batch, blocking up to half a
+        second for one to arrive.
+        """
+        with self._pump_lock:
+            since = self._pending_since
+            if since and (not waiting or time.monotonic() - since >= _FLUSH_AFTER):
+                self._apply_waiting()
+            if waiting:
+                return
+            if not self._fetching.is_set():
+                time.sleep(0.01)  # stopping: the pool ends its loop once told to
+                return
+            with self._cond:
+                room = self.prefetch - self._unfinished
+            if room <= 0:
+                # Everything held waits for a rate-limit slot: look again shortly.
+                time.sleep(min(0.05, max(0.0, self._scheduler.next_due() - time.time())))
+                return
+            self._fetch_once(room, min(0.5, self._scheduler.next_due() - time.time()))
+
+    def _apply_waiting(self) -> None:
+        """Apply every outcome reported so far (a driven consumer's finisher)."""
+        self._pending_since = 0.0
+        batch: list[Outcome] = []
+        while True:
+            try:
+                item = self.outcomes.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        if batch:
+            self._apply_logged(batch)
 
     def return_unstarted(self, jobs: list[Job]) -> None:
         """Give never-started jobs back to the broker without counting a delivery."""
@@ -127,6 +198,11 @@ class Consumer:
     def drain(self, timeout: float | None = None) -> None:
         """Wait until every in-flight message has been applied, then stop the threads."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.driven:
+            # The pool's thread no longer pumps (stopped, or stuck in a task being abandoned):
+            # apply what it left on this thread.
+            with self._pump_lock:
+                self._apply_waiting()
         with self._cond:
             while self._inflight:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -137,8 +213,9 @@ class Consumer:
         self._stopped.set()
         self._scheduler.stop()
         self.outcomes.put(None)
-        for t in self._threads[1:]:
-            t.join(5)
+        for t in self._threads:
+            if t is not self._fetcher:
+                t.join(5)
 
     @property
     def inflight(self) -> int:
@@ -146,9 +223,6 @@ class Consumer:
 
     # -- fetching --------------------------------------------------------------------------------
     def _fetch_loop(self) -> None:
-        broker = self.app.broker
-        if not isinstance(self.app.backend, DisabledBackend):
-            broker.peek_results(self.app.backend)
         while self._fetching.is_set():
             with self._cond:
                 # Refill in batches (half the prefetch at a time) rather than one message per
@@ -165,26 +239,30 @@ class Consumer:
                 )
             if not self._fetching.is_set():
                 return
-            try:
-                deliveries = broker.fetch(self.queues, room, timeout=0.5)
-            except CeleriacError as exc:
-                logger.error("fetch failed, retrying in %.0fs: %s", _RETRY_PAUSE, exc)
-                time.sleep(_RETRY_PAUSE)
-                continue
-            except Exception:
-                # A bug or a client library's own error must not stop consuming for good.
-                logger.exception("fetch failed unexpectedly, retrying in %.0fs", _RETRY_PAUSE)
-                time.sleep(_RETRY_PAUSE)
-                continue
-            stored = self._stored_states(deliveries)
-            # Hold the whole batch before running any of it: a pool that runs tasks in this
-            # thread (solo) would otherwise leave the rest of the batch unrenewed meanwhile.
-            with self._cond:
-                batch = [(next(self._ids), d) for d in deliveries]
-                self._inflight.update(batch)
-                self._unfinished += len(batch)
-            for job_id, delivery in batch:
-                self._dispatch(job_id, delivery, stored.get(delivery.message.task_id or ""))
+            self._fetch_once(room, 0.5)
+
+    def _fetch_once(self, room: int, timeout: float) -> None:
+        """Lease up to ``room`` messages (waiting up to ``timeout`` s) and dispatch them."""
+        try:
+            deliveries = self.app.broker.fetch(self.queues, room, timeout=max(0.0, timeout))
+        except CeleriacError as exc:
+            logger.error("fetch failed, retrying in %.0fs: %s", _RETRY_PAUSE, exc)
+            time.sleep(_RETRY_PAUSE)
+            return
+        except Exception:
+            # A bug or a client library's own error must not stop consuming for good.
+            logger.exception("fetch failed unexpectedly, retrying in %.0fs", _RETRY_PAUSE)
+            time.sleep(_RETRY_PAUSE)
+            return
+        stored = self._stored_states(deliveries)
+        # Hold the whole batch before running any of it: a pool that runs tasks in this
+        # thread (solo) would otherwise leave the rest of the batch unrenewed meanwhile.
+        with self._cond:
+            batch = [(next(self._ids), d) for d in deliveries]
+            self._inflight.update(batch)
+            self._unfinished += len(batch)
+        for job_id, delivery in batch:
+            self._dispatch(job_id, delivery, stored.get(delivery.message.task_id or ""))
 
     def _stored_states(self, deliveries: list[Delivery]) -> dict[str, str]:
         """Result states of a fetched batch in one lookup (revoked? already succeeded?)."""
@@ -279,17 +357,18 @@ class Consumer:
                     self.outcomes.put(None)
                     break
                 batch.append(item)
-            try:
-                self._apply(batch)
-            except Exception:
-                # Not acked, no longer renewed: the messages come back when their leases end.
-                logger.exception(
-                    "applying %d outcome(s) failed; they will be redelivered", len(batch)
-                )
-                with self._cond:
-                    for outcome in batch:
-                        self._inflight.pop(outcome.job_id, None)
-                    self._cond.notify_all()
+            self._apply_logged(batch)
+
+    def _apply_logged(self, batch: list[Outcome]) -> None:
+        try:
+            self._apply(batch)
+        except Exception:
+            # Not acked, no longer renewed: the messages come back when their leases end.
+            logger.exception("applying %d outcome(s) failed; they will be redelivered", len(batch))
+            with self._cond:
+                for outcome in batch:
+                    self._inflight.pop(outcome.job_id, None)
+                self._cond.notify_all()
 
     def _apply(self, batch: list[Outcome]) -> None:
         """Apply outcomes: counters, follow-ups, results, chords, then acknowledgements.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import heapq
 import itertools
+import math
 import re
 import signal
 import threading
@@ -124,6 +125,11 @@ class RateScheduler:
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._seq), job))
             self._cond.notify()
+
+    def next_due(self) -> float:
+        """When the next held job may start (``time.time()``); infinity when none is held."""
+        with self._cond:
+            return self._heap[0][0] if self._heap else math.inf
 
     def take_all(self) -> list[Job]:
         """Stop and return the jobs still waiting (a shutting-down worker gives them back)."""

@@ -38,6 +38,9 @@ class Pool(ABC):
 
     #: Whether :meth:`revoke` with ``terminate=True`` can stop a running task.
     can_terminate = False
+    #: Whether :meth:`serve` drives the consumer by calling :attr:`pump` between tasks (then
+    #: the consumer starts no fetcher or finisher thread of its own).
+    drives_consumer = False
 
     def __init__(
         self,
@@ -62,6 +65,9 @@ class Pool(ABC):
         #: Set by the worker: applies the outcome of a task that cannot be stopped in place and
         #: hands back what never started, before the pool ends the process.
         self.on_abandon: Callable[[Outcome], None] | None = None
+        #: Set by the consumer of a pool that :attr:`drives_consumer`: call it between tasks
+        #: with whether a job is waiting (it applies outcomes, and fetches when none waits).
+        self.pump: Callable[[bool], None] | None = None
 
     def started(self, job: Job, pid: int) -> None:
         if self.on_started is not None:

@@ -51,6 +51,7 @@ class Deadline:
 
 class ChildPool(Pool):
     can_terminate = True
+    drives_consumer = True
 
     def __init__(
         self,
@@ -92,9 +93,17 @@ class ChildPool(Pool):
 
     def serve(self) -> None:
         """Run jobs on this (main) thread until :meth:`stop`."""
+        pump = self.pump
         try:
             while not self._retiring:
-                job = self._jobs.get()
+                if pump is None:
+                    job = self._jobs.get()
+                else:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        pump(False)  # apply outcomes, fetch the next batch
+                        continue
                 if job is None:
                     break
                 skipped = self.take_revoked(job)
@@ -102,6 +111,8 @@ class ChildPool(Pool):
                     self.on_outcome(skipped)
                     continue
                 self._run(job)
+                if pump is not None and not self._retiring:
+                    pump(not self._jobs.empty())
         finally:
             self._done.set()
 
