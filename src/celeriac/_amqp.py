@@ -522,15 +522,28 @@ class ReplyRoutes:
     def __init__(self) -> None:
         self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._lock = threading.Lock()
-        #: reply queue of this process's rpc backend, and how to make sure it is declared
-        self.own: str | None = None
+        self._own: str | None = None
+        self._own_pid = 0
+        #: how to make sure this process's reply queue is declared
         self.declare_own: Callable[[], None] | None = None
 
+    @property
+    def own(self) -> str | None:
+        """The reply queue of this process's rpc backend (None in a fork: it has its own)."""
+        return self._own if self._own_pid == os.getpid() else None
+
+    @own.setter
+    def own(self, oid: str | None) -> None:
+        self._own, self._own_pid = oid, os.getpid()
+
     def reset(self) -> None:
+        """Forget what a parent process left (called once per process, on first link)."""
         with self._lock:
             self._routes.clear()
-        self.own = None
-        self.declare_own = None
+        if self._own_pid != os.getpid():
+            # Only a parent's backend: a child may have opened its own before its first link.
+            self.own = None
+            self.declare_own = None
 
     def remember(self, task_id: str, reply_to: str, correlation_id: str) -> None:
         with self._lock:

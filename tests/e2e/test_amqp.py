@@ -76,11 +76,13 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_celery_client_to_celeriac_worker_results_over_rpc(amqp_e2e):
+# prefork: each child opens its rpc backend, then its broker link (a fork reset once lost it)
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_celery_client_to_celeriac_worker_results_over_rpc(amqp_e2e, pool):
     from celery import Celery
 
     env, _ = amqp_e2e
-    env.start_worker("-P", "threads", "-c", "2")
+    env.start_worker("-P", pool, "-c", "2")
     client = Celery("interop-client", broker=env.url, backend="rpc://", set_as_current=False)
     try:
         assert client.send_task("interop.add", (2, 3)).get(timeout=20) == 5
