@@ -92,6 +92,26 @@ def test_publish_fetch_ack(broker: Broker) -> None:
     assert broker.fetch(["q"], 10, timeout=0) == []
 
 
+def test_ack_and_fetch_acks_the_old_batch_and_leases_the_next(broker: Broker) -> None:
+    for task_id in "abc":
+        broker.publish(msg(task_id), queue="q")
+    first = broker.fetch(["q"], 2, timeout=0)
+    assert ids(first) == ["a", "b"]
+    [third] = broker.ack_and_fetch(first, ["q"], 2, timeout=1)
+    assert third.message.task_id == "c"
+    assert broker.ack_and_fetch([third], ["q"], 2, timeout=0) == []
+    assert broker.ack_and_fetch([], ["q"], 0, timeout=0) == []
+    assert broker.depth("q") == 0
+
+
+def test_ack_and_fetch_with_no_room_still_acks(broker: Broker) -> None:
+    broker.publish(msg("a"), queue="q")
+    broker.publish(msg("b"), queue="q")
+    [d] = broker.fetch(["q"], 1, timeout=0)
+    assert broker.ack_and_fetch([d], ["q"], 0, timeout=0) == []
+    assert broker.depth("q") == 1  # "a" acked, "b" still ready
+
+
 def urgency(broker: Broker, level: int) -> int:
     """The priority number meaning ``level`` (0 low .. 9 urgent) on this broker."""
     return level if broker.priority_higher_first else 9 - level

@@ -113,6 +113,18 @@ class Broker(ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages for good."""
 
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
+    ) -> list[Delivery]:
+        """:meth:`ack` then :meth:`fetch`, in one round trip where the broker can.
+
+        When it raises, the caller cannot tell whether ``acks`` went through and must ack them
+        again (acking twice is harmless).
+        """
+        if acks:
+            self.ack(acks)
+        return self.fetch(queues, limit, timeout=timeout) if limit > 0 else []
+
     @abstractmethod
     def requeue(
         self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True

@@ -220,12 +220,20 @@ if cmd == 'publish' then
 
 elseif cmd == 'fetch' then
   -- lease seconds, limit, sweep ('1'/'0'), sweep batch, celery vt, queue count, queues...,
-  -- result key prefix ('' = do not look up states).
+  -- result key prefix ('' = do not look up states), then triples to ack first: queue, tag,
+  -- delivery count (as for 'ack').
   -- Returns {seconds to next due or '', duplicates dropped, q1, tag1, count1, envelope1, state1,
   -- ...}; a state is '' when no result is stored and '?' when it was not looked up.
   local vt, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
   local nq = tonumber(ARGV[8])
   local rp = ARGV[9 + nq] or ''
+  for i = 10 + nq, #ARGV, 3 do
+    local q, tag, count = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if holds(q, tag, count) then
+      release(q, tag)
+      redis.call('HDEL', COUNTS, tag)
+    end
+  end
   local t = now()
   local out = {'', 0}
   if ARGV[5] == '1' then

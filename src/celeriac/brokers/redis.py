@@ -316,7 +316,16 @@ class RedisBroker(Broker):
 
     # -- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        return self.ack_and_fetch((), queues, limit, timeout=timeout)
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
+    ) -> list[Delivery]:
+        # The acks ride on the first fetch script call: a driven consumer (a prefork child)
+        # acks a batch and fetches the next in one round trip.
+        acks = [d for d in acks if not is_broadcast(d)]
         if not queues or limit <= 0:
+            self.ack(acks)
             return []
         deadline = time.monotonic() + timeout
         if not self._bindings_declared and self.topology.queues:
@@ -328,6 +337,9 @@ class RedisBroker(Broker):
                 db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
                 self._fanout = FanoutSubscriber(self.client, self.prefix, db, self.topology)
             self._fanout.subscribe(bcast)
+            if acks:
+                self.ack(acks)
+                acks = []
             got = self._fanout.drain(limit, timeout if len(bcast) == len(queues) else 0.0)
             if got or len(bcast) == len(queues):
                 return got
@@ -338,7 +350,8 @@ class RedisBroker(Broker):
             order = order[self._rotation :] + order[: self._rotation]
         wake_keys = [f"{self.prefix}celeriac.wake.{q}" for q in order]
         while True:
-            got, popped = self._fetch_once(order, limit)
+            got, popped = self._fetch_once(order, limit, acks)
+            acks = []
             if got:
                 return got
             if popped:  # everything popped was dead-lettered: look again at once
@@ -354,7 +367,9 @@ class RedisBroker(Broker):
                 if got:
                     return got
 
-    def _fetch_once(self, queues: list[str], limit: int) -> tuple[list[Delivery], bool]:
+    def _fetch_once(
+        self, queues: list[str], limit: int, acks: Sequence[Delivery] = ()
+    ) -> tuple[list[Delivery], bool]:
         now = time.monotonic()
         sweep = now >= self._next_sweep
         reply = self._call(
@@ -367,6 +382,7 @@ class RedisBroker(Broker):
             len(queues),
             *queues,
             self._results_prefix,
+            *(part for d in acks for part in d.tag),
         )
         if sweep:
             next_due = float(reply[0]) if reply[0] else -1.0

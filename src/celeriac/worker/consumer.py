@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from celeriac import states
@@ -153,24 +154,30 @@ class Consumer:
         second for one to arrive.
         """
         with self._pump_lock:
+            fetch = not waiting and self._fetching.is_set()
+            # Acks of what is applied now go with the fetch that follows (one round trip
+            # where the broker can do both; see Broker.ack_and_fetch).
+            acks: list[Delivery] | None = [] if fetch else None
             since = self._pending_since
             if since and (not waiting or time.monotonic() - since >= _FLUSH_AFTER):
-                self._apply_waiting()
+                self._apply_waiting(acks)
             if waiting:
                 return
-            if not self._fetching.is_set():
+            if not fetch:
                 time.sleep(0.01)  # stopping: the pool ends its loop once told to
                 return
             with self._cond:
                 room = self.prefetch - self._unfinished
-            if room <= 0:
+            if room <= 0 and not acks:
                 # Everything held waits for a rate-limit slot: look again shortly.
                 time.sleep(min(0.05, max(0.0, self._scheduler.next_due() - time.time())))
                 return
-            self._fetch_once(room, min(0.5, self._scheduler.next_due() - time.time()))
+            timeout = min(0.5, self._scheduler.next_due() - time.time())
+            self._fetch_once(room, timeout, acks or ())
 
-    def _apply_waiting(self) -> None:
-        """Apply every outcome reported so far (a driven consumer's finisher)."""
+    def _apply_waiting(self, deferred_acks: list[Delivery] | None = None) -> None:
+        """Apply every outcome reported so far (a driven consumer's finisher); with
+        ``deferred_acks``, the acks are left there for the caller to send."""
         self._pending_since = 0.0
         batch: list[Outcome] = []
         while True:
@@ -181,7 +188,7 @@ class Consumer:
             if item is not None:
                 batch.append(item)
         if batch:
-            self._apply_logged(batch)
+            self._apply_logged(batch, deferred_acks)
 
     def return_unstarted(self, jobs: list[Job]) -> None:
         """Give never-started jobs back to the broker without counting a delivery."""
@@ -241,15 +248,26 @@ class Consumer:
                 return
             self._fetch_once(room, 0.5)
 
-    def _fetch_once(self, room: int, timeout: float) -> None:
-        """Lease up to ``room`` messages (waiting up to ``timeout`` s) and dispatch them."""
+    def _fetch_once(self, room: int, timeout: float, acks: Sequence[Delivery] = ()) -> None:
+        """Ack ``acks``, lease up to ``room`` messages (waiting up to ``timeout`` s) and
+        dispatch them."""
+        broker = self.app.broker
         try:
-            deliveries = self.app.broker.fetch(self.queues, room, timeout=max(0.0, timeout))
+            if acks:
+                deliveries = broker.ack_and_fetch(
+                    acks, self.queues, max(0, room), timeout=max(0.0, timeout)
+                )
+            else:
+                deliveries = broker.fetch(self.queues, room, timeout=max(0.0, timeout))
         except CeleriacError as exc:
+            if acks:  # whether they went through is unknown: acking twice is harmless
+                self._safely(lambda: broker.ack(acks))
             logger.error("fetch failed, retrying in %.0fs: %s", _RETRY_PAUSE, exc)
             time.sleep(_RETRY_PAUSE)
             return
         except Exception:
+            if acks:
+                self._safely(lambda: broker.ack(acks))
             # A bug or a client library's own error must not stop consuming for good.
             logger.exception("fetch failed unexpectedly, retrying in %.0fs", _RETRY_PAUSE)
             time.sleep(_RETRY_PAUSE)
@@ -359,9 +377,11 @@ class Consumer:
                 batch.append(item)
             self._apply_logged(batch)
 
-    def _apply_logged(self, batch: list[Outcome]) -> None:
+    def _apply_logged(
+        self, batch: list[Outcome], deferred_acks: list[Delivery] | None = None
+    ) -> None:
         try:
-            self._apply(batch)
+            self._apply(batch, deferred_acks)
         except Exception:
             # Not acked, no longer renewed: the messages come back when their leases end.
             logger.exception("applying %d outcome(s) failed; they will be redelivered", len(batch))
@@ -370,11 +390,13 @@ class Consumer:
                     self._inflight.pop(outcome.job_id, None)
                 self._cond.notify_all()
 
-    def _apply(self, batch: list[Outcome]) -> None:
+    def _apply(self, batch: list[Outcome], deferred_acks: list[Delivery] | None = None) -> None:
         """Apply outcomes: counters, follow-ups, results, chords, then acknowledgements.
 
         Each step is retried until it succeeds (see :meth:`_safely`); a message is acked only
         after everything it caused is stored, so a crash anywhere means redelivery, not loss.
+        With ``deferred_acks``, the acks are appended there instead of sent (the caller sends
+        them with its next fetch).
         """
         app = self.app
         with self._cond:
@@ -397,7 +419,9 @@ class Consumer:
             for o, d in pairs
             if d is not None and o.action == ACK and o.job_id not in self._early_acked
         ]
-        if acks:
+        if deferred_acks is not None:
+            deferred_acks.extend(acks)
+        elif acks:
             self._safely(lambda: app.broker.ack(acks))
         for outcome, delivery in pairs:
             self._log(outcome)
