@@ -346,13 +346,54 @@ def test_fetch_reads_stored_states_when_the_results_share_its_database(
             broker.publish(msg(task_id), queue="q")
         for task_id, state in (("first", "SUCCESS"), ("done", "SUCCESS"), ("gone", "REVOKED")):
             backend.store_result(task_id, None, state)
-        assert not broker.peek_results(other_db)  # another database: the worker looks itself
+        assert not broker.share_results(other_db)  # another database: the worker looks itself
         [d] = broker.fetch(["q"], 1, timeout=0)
         assert (d.message.task_id, d.stored_state) == ("first", None)
 
-        assert broker.peek_results(backend)
+        assert broker.share_results(backend)
         states = {d.message.task_id: d.stored_state for d in broker.fetch(["q"], 10, timeout=0)}
         assert states == {"done": "SUCCESS", "gone": "REVOKED", "new": ""}
     finally:
         backend.close()
         other_db.close()
+
+
+def test_ack_and_fetch_stores_results_first_when_it_carries_them(
+    broker: RedisBroker, prefix: str
+) -> None:
+    from celeriac.backends import create_backend
+    from celeriac.backends.redis import RedisBackend
+
+    backend = create_backend(redis_support.url_with_prefix(prefix))
+    assert isinstance(backend, RedisBackend)
+    with pytest.raises(TypeError):  # not told where results go yet
+        broker.ack_and_fetch([], ["q"], 1, timeout=0, results=[("x", "SUCCESS", b"{}")])
+    listener = backend.client.pubsub()
+    try:
+        assert broker.share_results(backend) and broker.carries_results
+        listener.subscribe(backend.key("a"))
+        listener.get_message(timeout=1)  # the subscribe confirmation
+        for task_id in ("a", "b", "c"):
+            broker.publish(msg(task_id), queue="q")
+        first = broker.fetch(["q"], 2, timeout=0)
+        backend.store_result("b", "earlier", "SUCCESS")
+
+        def doc(task_id: str, value: str) -> tuple[str, str, bytes]:
+            meta = {"task_id": task_id, "status": "SUCCESS", "result": value}
+            return (task_id, "SUCCESS", json.dumps(meta).encode())
+
+        results = [doc("a", "ran"), doc("b", "again")]
+        [third] = broker.ack_and_fetch(first, ["q"], 2, timeout=1, results=results)
+        assert third.message.task_id == "c"
+        assert backend.get_meta("a")["result"] == "ran"
+        assert backend.get_meta("b")["result"] == "earlier"  # a SUCCESS is never replaced
+        published = listener.get_message(timeout=1)
+        assert published is not None and json.loads(published["data"])["result"] == "ran"
+        assert broker.depth("q") == 1  # a and b acked, c leased
+        # No room to fetch: the results and acks still go.
+        assert broker.ack_and_fetch([third], ["q"], 0, timeout=0, results=[doc("c", "x")]) == []
+        assert backend.get_meta("c")["result"] == "x"
+        assert broker.depth("q") == 0
+    finally:
+        listener.close()
+        backend.close()

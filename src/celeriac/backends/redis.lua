@@ -3,30 +3,13 @@
 
 local cmd = ARGV[1]
 
-local function is_success(doc)
-  local ok, meta = pcall(cjson.decode, doc)
-  if not ok then ok, meta = pcall(cmsgpack.unpack, doc) end
-  return ok and type(meta) == 'table' and meta.status == 'SUCCESS'
-end
+-- store_results() comes from redis_store.lua, loaded ahead of this file.
 
 if cmd == 'store' then
   -- KEYS: result keys; ARGV[2]: expiry in ms (0 = none); ARGV[3..]: documents in KEYS order.
-  -- SET + PUBLISH as Celery does, and a stored SUCCESS is never replaced (Celery's rule).
-  local ttl = tonumber(ARGV[2])
-  local stored = 0
-  for i, key in ipairs(KEYS) do
-    local current = redis.call('GET', key)
-    if not (current and is_success(current)) then
-      if ttl > 0 then
-        redis.call('SET', key, ARGV[i + 2], 'PX', ttl)
-      else
-        redis.call('SET', key, ARGV[i + 2])
-      end
-      redis.call('PUBLISH', key, ARGV[i + 2])
-      stored = stored + 1
-    end
-  end
-  return stored
+  local docs = {}
+  for i = 3, #ARGV do docs[#docs + 1] = ARGV[i] end
+  return store_results(KEYS, docs, tonumber(ARGV[2]))
 
 elseif cmd == 'chord' then
   -- Record finished chord header tasks as Celery 5.7 does (.j zset scored by group index,

@@ -34,6 +34,11 @@ _CHORD_DONE_TTL = 300
 logger = logging.getLogger("celeriac.backend.redis")
 
 
+def store_lua() -> str:
+    """The Lua that stores results (``store_results``), for scripts that store them too."""
+    return resources.files("celeriac.backends").joinpath("redis_store.lua").read_text()
+
+
 class RedisBackend(ResultBackend):
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -45,7 +50,7 @@ class RedisBackend(ResultBackend):
         self.prefix = prefix + KEY_PREFIX
         self.group_prefix = prefix + GROUP_PREFIX
         source = resources.files("celeriac.backends").joinpath("redis.lua").read_text()
-        self._script = self.client.register_script(source)
+        self._script = self.client.register_script(store_lua() + source)
         self._local = threading.local()
         self._listeners: list[PubSub] = []
         self._listeners_lock = threading.Lock()
@@ -53,8 +58,13 @@ class RedisBackend(ResultBackend):
     def key(self, task_id: str) -> str:
         return self.prefix + task_id
 
+    @property
+    def expires_ms(self) -> int:
+        """``result_expires`` as the scripts take it (0: results do not expire)."""
+        return max(1, int(self.expires * 1000)) if self.expires else 0
+
     def _store(self, items: Sequence[EncodedResult]) -> None:
-        ttl_ms = max(1, int(self.expires * 1000)) if self.expires else 0
+        ttl_ms = self.expires_ms
         keys = [self.key(task_id) for task_id, _, _ in items]
         self._run("store", keys, ttl_ms, *(data for _, _, data in items))
 

@@ -20,7 +20,7 @@ from celeriac.protocol.message import Message
 from celeriac.routing import Destination, Topology, exchange_route, no_queue_bound
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import ResultBackend
+    from celeriac.backends.base import EncodedResult, ResultBackend
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 
@@ -41,7 +41,7 @@ class Delivery:
     delivery_count: int = 1
     #: The task's state in the result backend as the broker read it in the same step as the
     #: delivery ("" when none is stored), or None when it did not look (see
-    #: :meth:`Broker.peek_results`).
+    #: :meth:`Broker.share_results`).
     stored_state: str | None = None
 
     @property
@@ -113,14 +113,26 @@ class Broker(ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages for good."""
 
-    def ack_and_fetch(
-        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
-    ) -> list[Delivery]:
-        """:meth:`ack` then :meth:`fetch`, in one round trip where the broker can.
+    #: Whether :meth:`ack_and_fetch` takes results to store (see :meth:`share_results`).
+    carries_results = False
 
-        When it raises, the caller cannot tell whether ``acks`` went through and must ack them
-        again (acking twice is harmless).
+    def ack_and_fetch(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+        results: Sequence[EncodedResult] = (),
+    ) -> list[Delivery]:
+        """Store ``results``, :meth:`ack`, then :meth:`fetch`: in one round trip where the
+        broker can. Only a broker that :attr:`carries_results` takes ``results``.
+
+        When it raises, the caller cannot tell whether ``results`` and ``acks`` went through,
+        and must store and ack them again (both are harmless twice).
         """
+        if results:
+            raise TypeError(f"{type(self).__name__} does not store results")
         if acks:
             self.ack(acks)
         return self.fetch(queues, limit, timeout=timeout) if limit > 0 else []
@@ -189,10 +201,12 @@ class Broker(ABC):
                     "with pub/sub (redis:// or amqp://)"
                 )
 
-    def peek_results(self, backend: ResultBackend) -> bool:
-        """Have :meth:`fetch` read each delivered task's state from ``backend`` too, when it can
-        in the same step (saving the worker a lookup per batch). True when it will; deliveries
-        then carry :attr:`Delivery.stored_state`."""
+    def share_results(self, backend: ResultBackend) -> bool:
+        """Let this broker work on ``backend``'s results in its own calls, when both live in
+        one place: :meth:`fetch` then reads each delivered task's state (deliveries carry
+        :attr:`Delivery.stored_state`, saving the worker a lookup per batch) and
+        :meth:`ack_and_fetch` takes results to store (:attr:`carries_results`). True when it
+        will."""
         return False
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:

@@ -16,6 +16,8 @@
 --   celeriac.wake.<q>            list holding at most a few tokens: wakes an idle consumer
 --   celeriac.dead, .dead.seq     zset of dead-letter documents scored by their id
 
+-- store_results() comes from backends/redis_store.lua, loaded ahead of this file.
+
 local cmd, P = ARGV[1], ARGV[2]
 local SEP = '\6\22'
 local STEPS = {0, 3, 6, 9}
@@ -220,14 +222,26 @@ if cmd == 'publish' then
 
 elseif cmd == 'fetch' then
   -- lease seconds, limit, sweep ('1'/'0'), sweep batch, celery vt, queue count, queues...,
-  -- result key prefix ('' = do not look up states), then triples to ack first: queue, tag,
-  -- delivery count (as for 'ack').
+  -- result key prefix ('' = the results live elsewhere), result expiry ms (0 = none), ack
+  -- count, that many triples to ack first (queue, tag, delivery count, as for 'ack'), then
+  -- (task id, document) pairs to store first under the result key prefix.
   -- Returns {seconds to next due or '', duplicates dropped, q1, tag1, count1, envelope1, state1,
   -- ...}; a state is '' when no result is stored and '?' when it was not looked up.
   local vt, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
   local nq = tonumber(ARGV[8])
   local rp = ARGV[9 + nq] or ''
-  for i = 10 + nq, #ARGV, 3 do
+  local first_ack = 12 + nq
+  local first_result = first_ack + 3 * (tonumber(ARGV[11 + nq]) or 0)
+  -- Results before acks: a message is never gone while its result is not stored.
+  if first_result <= #ARGV and rp ~= '' then
+    local keys, docs = {}, {}
+    for i = first_result, #ARGV, 2 do
+      keys[#keys + 1] = rp .. ARGV[i]
+      docs[#docs + 1] = ARGV[i + 1]
+    end
+    store_results(keys, docs, tonumber(ARGV[10 + nq]) or 0)
+  end
+  for i = first_ack, first_result - 1, 3 do
     local q, tag, count = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if holds(q, tag, count) then
       release(q, tag)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from celeriac._redis import connect
+from celeriac.backends.redis import RedisBackend, store_lua
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.brokers.redis_fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.exceptions import BrokerError, ConfigurationError
@@ -60,7 +61,7 @@ from celeriac.protocol.message import Message
 from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import ResultBackend
+    from celeriac.backends.base import EncodedResult, ResultBackend
 
 logger = logging.getLogger("celeriac.broker.redis")
 
@@ -155,15 +156,17 @@ class RedisBroker(Broker):
             )
         self.delay_in_broker = delayed == "broker"
         source = resources.files("celeriac.brokers").joinpath("redis.lua").read_text()
-        self._script = self.client.register_script(source)
+        self._script = self.client.register_script(store_lua() + source)
         self._bound: set[str] = set()
         self._bindings_declared = False
         self._fanout: FanoutSubscriber | None = None
         self._next_sweep = 0.0  # monotonic
         self._rotation = 0
         self._lock = threading.Lock()
-        #: Result key prefix fetch reads states under ('' = it does not; see peek_results).
+        #: Result key prefix fetch reads states and stores results under ('' = it does not;
+        #: see share_results), and their expiry in ms.
         self._results_prefix = ""
+        self._results_ttl_ms = 0
 
     def _call(self, *args: Any) -> Any:
         try:
@@ -319,13 +322,22 @@ class RedisBroker(Broker):
         return self.ack_and_fetch((), queues, limit, timeout=timeout)
 
     def ack_and_fetch(
-        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+        results: Sequence[EncodedResult] = (),
     ) -> list[Delivery]:
-        # The acks ride on the first fetch script call: a driven consumer (a prefork child)
-        # acks a batch and fetches the next in one round trip.
-        acks = [d for d in acks if not is_broadcast(d)]
+        # Results and acks ride on the first fetch script call: a driven consumer (a prefork
+        # child) finishes a batch and leases the next in one round trip.
+        if results and not self.carries_results:
+            raise TypeError("share_results() was not given this worker's Redis backend")
+        acks = [d for d in acks if not is_broadcast(d)]  # nothing held in Redis
         if not queues or limit <= 0:
-            self.ack(acks)
+            if results or acks:
+                self._fetch_once([], 0, acks, results)
             return []
         deadline = time.monotonic() + timeout
         if not self._bindings_declared and self.topology.queues:
@@ -337,9 +349,9 @@ class RedisBroker(Broker):
                 db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
                 self._fanout = FanoutSubscriber(self.client, self.prefix, db, self.topology)
             self._fanout.subscribe(bcast)
-            if acks:
-                self.ack(acks)
-                acks = []
+            if acks or results:
+                self._fetch_once([], 0, acks, results)
+                acks, results = [], ()
             got = self._fanout.drain(limit, timeout if len(bcast) == len(queues) else 0.0)
             if got or len(bcast) == len(queues):
                 return got
@@ -350,8 +362,8 @@ class RedisBroker(Broker):
             order = order[self._rotation :] + order[: self._rotation]
         wake_keys = [f"{self.prefix}celeriac.wake.{q}" for q in order]
         while True:
-            got, popped = self._fetch_once(order, limit, acks)
-            acks = []
+            got, popped = self._fetch_once(order, limit, acks, results)
+            acks, results = [], ()
             if got:
                 return got
             if popped:  # everything popped was dead-lettered: look again at once
@@ -368,7 +380,11 @@ class RedisBroker(Broker):
                     return got
 
     def _fetch_once(
-        self, queues: list[str], limit: int, acks: Sequence[Delivery] = ()
+        self,
+        queues: list[str],
+        limit: int,
+        acks: Sequence[Delivery] = (),
+        results: Sequence[EncodedResult] = (),
     ) -> tuple[list[Delivery], bool]:
         now = time.monotonic()
         sweep = now >= self._next_sweep
@@ -382,7 +398,10 @@ class RedisBroker(Broker):
             len(queues),
             *queues,
             self._results_prefix,
+            self._results_ttl_ms,
+            len(acks),
             *(part for d in acks for part in d.tag),
+            *(part for task_id, _, doc in results for part in (task_id, doc)),
         )
         if sweep:
             next_due = float(reply[0]) if reply[0] else -1.0
@@ -412,11 +431,9 @@ class RedisBroker(Broker):
             )
         return out, len(reply) > 2 or bool(reply[1])
 
-    def peek_results(self, backend: ResultBackend) -> bool:
-        """Read states in the fetch script when the results live in this same Redis database
-        as JSON (Lua reads JSON only)."""
-        from celeriac.backends.redis import RedisBackend
-
+    def share_results(self, backend: ResultBackend) -> bool:
+        """Read states and store results in the fetch script when the results live in this
+        same Redis database as JSON (Lua reads JSON only)."""
         if not isinstance(backend, RedisBackend) or backend.content_type != "application/json":
             return False
         mine = self.client.connection_pool.connection_kwargs
@@ -427,6 +444,8 @@ class RedisBroker(Broker):
         ):
             return False
         self._results_prefix = backend.prefix
+        self._results_ttl_ms = backend.expires_ms
+        self.carries_results = True
         return True
 
     def _wait(self, wake_keys: list[str], seconds: float) -> None:

@@ -29,11 +29,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celeriac import states
-from celeriac.backends.base import ChordPart, DisabledBackend
+from celeriac.backends.base import ChordPart, DisabledBackend, EncodedResult
 from celeriac.exceptions import CeleriacError
 from celeriac.protocol.results import make_meta
 from celeriac.worker.chords import fire
@@ -53,6 +53,17 @@ _RETRY_PAUSE = 1.0
 _WATCH_INTERVAL = 0.2
 #: A driven consumer applies outcomes before the next task once the oldest has waited this long.
 _FLUSH_AFTER = 0.005
+
+
+@dataclass(slots=True)
+class Deferred:
+    """What a driven consumer leaves for its next fetch to send (results first, then acks)."""
+
+    acks: list[Delivery] = field(default_factory=list)
+    results: list[EncodedResult] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.results)
 
 
 class Consumer:
@@ -102,7 +113,7 @@ class Consumer:
     def start(self, pool: Pool) -> None:
         self.pool = pool
         if not isinstance(self.app.backend, DisabledBackend):
-            self.app.broker.peek_results(self.app.backend)
+            self.app.broker.share_results(self.app.backend)
         pool.on_started = self._on_started
         self._scheduler.submit = pool.submit
         self._fetching.set()
@@ -157,10 +168,10 @@ class Consumer:
             fetch = not waiting and self._fetching.is_set()
             # Acks of what is applied now go with the fetch that follows (one round trip
             # where the broker can do both; see Broker.ack_and_fetch).
-            acks: list[Delivery] | None = [] if fetch else None
+            later: Deferred | None = Deferred() if fetch else None
             since = self._pending_since
             if since and (not waiting or time.monotonic() - since >= _FLUSH_AFTER):
-                self._apply_waiting(acks)
+                self._apply_waiting(later)
             if waiting:
                 return
             if not fetch:
@@ -168,16 +179,16 @@ class Consumer:
                 return
             with self._cond:
                 room = self.prefetch - self._unfinished
-            if room <= 0 and not acks:
+            if room <= 0 and not later:
                 # Everything held waits for a rate-limit slot: look again shortly.
                 time.sleep(min(0.05, max(0.0, self._scheduler.next_due() - time.time())))
                 return
             timeout = min(0.5, self._scheduler.next_due() - time.time())
-            self._fetch_once(room, timeout, acks or ())
+            self._fetch_once(room, timeout, later)
 
-    def _apply_waiting(self, deferred_acks: list[Delivery] | None = None) -> None:
-        """Apply every outcome reported so far (a driven consumer's finisher); with
-        ``deferred_acks``, the acks are left there for the caller to send."""
+    def _apply_waiting(self, later: Deferred | None = None) -> None:
+        """Apply every outcome reported so far (a driven consumer's finisher); see
+        :meth:`_apply` for ``later``."""
         self._pending_since = 0.0
         batch: list[Outcome] = []
         while True:
@@ -188,7 +199,7 @@ class Consumer:
             if item is not None:
                 batch.append(item)
         if batch:
-            self._apply_logged(batch, deferred_acks)
+            self._apply_logged(batch, later)
 
     def return_unstarted(self, jobs: list[Job]) -> None:
         """Give never-started jobs back to the broker without counting a delivery."""
@@ -248,26 +259,30 @@ class Consumer:
                 return
             self._fetch_once(room, 0.5)
 
-    def _fetch_once(self, room: int, timeout: float, acks: Sequence[Delivery] = ()) -> None:
-        """Ack ``acks``, lease up to ``room`` messages (waiting up to ``timeout`` s) and
-        dispatch them."""
+    def _fetch_once(self, room: int, timeout: float, later: Deferred | None = None) -> None:
+        """Send what ``later`` holds, lease up to ``room`` messages (waiting up to ``timeout``
+        s) and dispatch them."""
         broker = self.app.broker
         try:
-            if acks:
+            if later:
                 deliveries = broker.ack_and_fetch(
-                    acks, self.queues, max(0, room), timeout=max(0.0, timeout)
+                    later.acks,
+                    self.queues,
+                    max(0, room),
+                    timeout=max(0.0, timeout),
+                    results=later.results,
                 )
             else:
                 deliveries = broker.fetch(self.queues, room, timeout=max(0.0, timeout))
         except CeleriacError as exc:
-            if acks:  # whether they went through is unknown: acking twice is harmless
-                self._safely(lambda: broker.ack(acks))
+            if later:  # whether it went through is unknown: both steps are harmless twice
+                self._send(later)
             logger.error("fetch failed, retrying in %.0fs: %s", _RETRY_PAUSE, exc)
             time.sleep(_RETRY_PAUSE)
             return
         except Exception:
-            if acks:
-                self._safely(lambda: broker.ack(acks))
+            if later:
+                self._send(later)
             # A bug or a client library's own error must not stop consuming for good.
             logger.exception("fetch failed unexpectedly, retrying in %.0fs", _RETRY_PAUSE)
             time.sleep(_RETRY_PAUSE)
@@ -377,11 +392,9 @@ class Consumer:
                 batch.append(item)
             self._apply_logged(batch)
 
-    def _apply_logged(
-        self, batch: list[Outcome], deferred_acks: list[Delivery] | None = None
-    ) -> None:
+    def _apply_logged(self, batch: list[Outcome], later: Deferred | None = None) -> None:
         try:
-            self._apply(batch, deferred_acks)
+            self._apply(batch, later)
         except Exception:
             # Not acked, no longer renewed: the messages come back when their leases end.
             logger.exception("applying %d outcome(s) failed; they will be redelivered", len(batch))
@@ -390,13 +403,14 @@ class Consumer:
                     self._inflight.pop(outcome.job_id, None)
                 self._cond.notify_all()
 
-    def _apply(self, batch: list[Outcome], deferred_acks: list[Delivery] | None = None) -> None:
+    def _apply(self, batch: list[Outcome], later: Deferred | None = None) -> None:
         """Apply outcomes: counters, follow-ups, results, chords, then acknowledgements.
 
         Each step is retried until it succeeds (see :meth:`_safely`); a message is acked only
         after everything it caused is stored, so a crash anywhere means redelivery, not loss.
-        With ``deferred_acks``, the acks are appended there instead of sent (the caller sends
-        them with its next fetch).
+        With ``later``, the acks (and, when the broker carries them and the batch asks for
+        nothing else, the results) are put there instead of sent: the caller sends them with its
+        next fetch, results first.
         """
         app = self.app
         with self._cond:
@@ -411,7 +425,9 @@ class Consumer:
             if o.meta is not None and o.task_id and o.state
         ]
         results += [r for o in batch for r in o.extra_results]
-        if results:
+        if results and later is not None and self._plain(batch):
+            later.results.extend(results)  # type: ignore[arg-type]
+        elif results:
             self._safely(lambda: app.backend.store_encoded(results))  # type: ignore[arg-type]
         self._finish_chords(batch)
         acks = [
@@ -419,8 +435,8 @@ class Consumer:
             for o, d in pairs
             if d is not None and o.action == ACK and o.job_id not in self._early_acked
         ]
-        if deferred_acks is not None:
-            deferred_acks.extend(acks)
+        if later is not None:
+            later.acks.extend(acks)
         elif acks:
             self._safely(lambda: app.broker.ack(acks))
         for outcome, delivery in pairs:
@@ -447,6 +463,21 @@ class Consumer:
                 self._revoke_seen.discard(self._task_ids.pop(outcome.job_id, ""))
             self.processed += len(batch)
             self._cond.notify_all()
+
+    def _plain(self, batch: list[Outcome]) -> bool:
+        """Results only (no chord, follow-up, requeue or dead letter), and a broker that can
+        store them with its next fetch."""
+        return self.app.broker.carries_results and all(
+            o.action == ACK and o.chord is None and not o.chord_starts and not o.followups
+            for o in batch
+        )
+
+    def _send(self, later: Deferred) -> None:
+        """Store and ack what ``later`` holds on their own (its fetch failed)."""
+        if later.results:
+            self._safely(lambda: self.app.backend.store_encoded(later.results))
+        if later.acks:
+            self._safely(lambda: self.app.broker.ack(later.acks))
 
     def _publish(self, followups: list[Followup]) -> None:
         if not followups:
