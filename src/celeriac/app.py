@@ -226,6 +226,13 @@ class Celeriac:
                     )
         return self._backend
 
+    def open_reply_queue(self) -> None:
+        """With ``rpc://`` results, open this process's reply queue before sending: a task
+        names it only when it exists, and a worker's answer needs it (Celery's client does
+        the same on its first send)."""
+        if self._backend is None and (self.result_backend_url() or "").startswith("rpc:"):
+            self.backend  # noqa: B018 - opening it declares the queue
+
     def result_backend_url(self) -> str | None:
         """The configured backend, or the broker's own store when it has one."""
         if self.conf.result_backend:
@@ -263,6 +270,7 @@ class Celeriac:
     ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
         message, queue, priority, eta = self.prepare_message(name, args, kwargs, **options)
+        self.open_reply_queue()
         # ``queue`` is a routing.Destination when the route names an exchange
         self.broker.publish(message, queue=queue, priority=priority, eta=eta)
         return AsyncResult(str(message.headers["id"]), self, task_name=name)
