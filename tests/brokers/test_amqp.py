@@ -451,6 +451,75 @@ def test_a_batch_of_rpc_results_is_confirmed_together_and_all_arrive(url: str) -
         client.close()
 
 
+def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
+    url: str, names: Any
+) -> None:
+    rpc_url = "rpc" + url[4:]
+    q = names()
+    client = create_backend(rpc_url)
+    broker = create_broker(url)
+    worker = create_backend(rpc_url)
+    try:
+        client._listen()  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):  # not told about the rpc backend yet
+            broker.ack_and_fetch([], [q], 1, timeout=0, results=[("x", "SUCCESS", b"{}")])
+        assert broker.share_results(worker) and broker.carries_results
+        for i in range(3):
+            broker.publish(msg(f"r{i}"), queue=q)
+        first = fetch_all(broker, q, 2, timeout=5)
+        assert [d.message.task_id for d in first] == ["r0", "r1"]
+        for d in first:
+            replies.remember(d.message.task_id, client.oid, d.message.task_id)  # type: ignore[attr-defined]
+        encoded = [
+            (d.message.task_id, "SUCCESS", worker.encode_meta({"status": "SUCCESS", "result": i}))
+            for i, d in enumerate(first)
+        ]
+        got = broker.ack_and_fetch(first, [q], 2, timeout=5, results=encoded)
+        got += fetch_all(broker, q, 1 - len(got), timeout=5)
+        assert [d.message.task_id for d in got] == ["r2"]
+        assert [client.wait_for(f"r{i}", timeout=5)["result"] for i in (0, 1)] == [0, 1]
+        assert broker.ack_and_fetch(got, [q], 0, timeout=0) == []
+    finally:
+        broker.close()
+        worker.close()
+        client.close()
+    # Closing gives back whatever was still unacknowledged: nothing is.
+    checker = create_broker(url)
+    try:
+        assert checker.depth(q) == 0
+    finally:
+        checker.close()
+
+
+def test_ack_and_fetch_gives_tasks_back_when_their_results_cannot_be_sent(
+    url: str, names: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = names()
+    broker = create_broker(url)
+    for task_id in ("n0", "n1"):  # sent before the backend exists: no reply_to of ours
+        broker.publish(msg(task_id), queue=q)
+    worker = create_backend("rpc" + url[4:])
+    try:
+        assert broker.share_results(worker)
+        first = fetch_all(broker, q, 2, timeout=5)
+        for task_id in ("n0", "n1"):
+            replies.remember(task_id, "a-reply-queue", task_id)
+
+        async def broken(*args: Any) -> None:
+            raise RuntimeError("no way to send it")
+
+        monkeypatch.setattr(worker, "publish_reply", broken)
+        encoded = [(d.message.task_id, "SUCCESS", b"{}") for d in first]
+        assert broker.ack_and_fetch(first, [q], 0, timeout=0, results=encoded) == []
+        again = fetch_all(broker, q, 2, timeout=5)  # given back at once, not acked
+        assert sorted(d.message.task_id for d in again) == ["n0", "n1"]
+        assert all(d.redelivered for d in again)
+        broker.ack(again)
+    finally:
+        broker.close()
+        worker.close()
+
+
 def test_publish_many_sends_all_before_waiting_and_keeps_their_order(url: str, names: Any) -> None:
     q, later = names(), names()
     broker = create_broker(url)

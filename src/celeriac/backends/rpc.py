@@ -63,6 +63,10 @@ class RPCBackend(ResultBackend):
         replies.declare_own = self._listen
 
     # -- connection --------------------------------------------------------------------------
+    def link(self) -> Link:
+        """The AMQP link results go over (the broker's, when it names the same server)."""
+        return self._get_link()
+
     def _get_link(self) -> Link:
         if self._link is None:
             url = self._broker_url or any_broker_url()
@@ -133,6 +137,18 @@ class RPCBackend(ResultBackend):
 
     # -- worker side: send -------------------------------------------------------------------
     def _store(self, items: Sequence[EncodedResult]) -> None:
+        sends = self.replies_for(items)
+        if not sends:
+            return
+        link = self._get_link()
+        try:
+            link.drive(lambda on: self._send(on, sends), _TIMEOUT + 5)
+        except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
+            raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
+
+    def replies_for(self, items: Sequence[EncodedResult]) -> list[tuple[str, str, bytes]]:
+        """``(reply queue, correlation id, document)`` to publish for ``items``; results for
+        this process's own reply queue are taken in directly."""
         sends = []
         for task_id, state, data in items:
             route = replies.route(task_id)
@@ -144,13 +160,7 @@ class RPCBackend(ResultBackend):
                 sends.append((route[0], route[1], data))
             if state in READY_STATES:
                 replies.forget(task_id)
-        if not sends:
-            return
-        link = self._get_link()
-        try:
-            link.drive(lambda on: self._send(on, sends), _TIMEOUT + 5)
-        except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
-            raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
+        return sends
 
     async def _send(self, link: Link, sends: list[tuple[str, str, bytes]]) -> None:
         """Publish every result, then wait for all their confirms (sent again if lost)."""
@@ -163,7 +173,7 @@ class RPCBackend(ResultBackend):
                     "publish", max(0.1, deadline - loop.time()), confirms=True
                 )
                 outcomes = await asyncio.gather(
-                    *(self._publish(chan.channel, *send) for send in pending),
+                    *(self.publish_reply(chan.channel, *send) for send in pending),
                     return_exceptions=True,
                 )
             except Exception as exc:  # no channel: the connection is being reopened
@@ -178,7 +188,7 @@ class RPCBackend(ResultBackend):
             ]
             await asyncio.sleep(0.1)
 
-    async def _publish(
+    async def publish_reply(
         self, channel: AbstractChannel, reply_to: str, correlation_id: str, data: bytes
     ) -> None:
         props = spec.Basic.Properties(

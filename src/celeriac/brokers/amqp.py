@@ -51,7 +51,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
@@ -63,6 +63,10 @@ from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import EncodedResult, ResultBackend
+    from celeriac.backends.rpc import RPCBackend
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -191,6 +195,8 @@ class AMQPBroker(Broker):
         self._held_by: Counter[str] = Counter()
         self._last_dead_id = 0
         self._arrivals = 0
+        #: the rpc:// backend whose results ack_and_fetch sends (see share_results)
+        self._rpc: RPCBackend | None = None
 
     # -- declarations ----------------------------------------------------------------------------
     def queue_arguments(self, queue: str | None = None) -> dict[str, Any]:
@@ -628,7 +634,9 @@ class AMQPBroker(Broker):
                 for t in singles:
                     await chan.channel.basic_ack(t)
             else:
-                for t in ([multiple] if multiple else []) + singles:
+                if multiple:
+                    await chan.channel.basic_nack(multiple, multiple=True, requeue=True)
+                for t in singles:
                     await chan.channel.basic_nack(t, requeue=True)
         except Exception as exc:  # the channel died: RabbitMQ requeued them
             count = len(singles) + (1 if multiple else 0)
@@ -653,6 +661,61 @@ class AMQPBroker(Broker):
         multiple, singles = self._release([d.tag for d in deliveries if d.tag.epoch == epoch])
         if multiple or singles:
             self.link.spawn(lambda: self._write_settlement(epoch, multiple, singles))
+
+    def share_results(self, backend: ResultBackend) -> bool:
+        """``rpc://`` on this broker's connection: :meth:`ack_and_fetch` sends the results."""
+        from celeriac.backends.rpc import RPCBackend
+
+        if not isinstance(backend, RPCBackend) or backend.link() is not self.link:
+            return False
+        self._rpc = backend
+        self.carries_results = True
+        return True
+
+    def ack_and_fetch(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+        results: Sequence[EncodedResult] = (),
+    ) -> list[Delivery]:
+        """Send ``results`` (``rpc://`` replies) and then the acks on the channel the tasks came
+        from, without waiting, and fetch.
+
+        RabbitMQ handles one channel's frames in order, so an ack never overtakes its task's
+        result: the result has been handed to RabbitMQ before the task is gone, as when the
+        worker waits for a publisher confirm, without the wait. Replies are transient messages
+        (as in Celery), so a confirm promised no more than that.
+        """
+        if results and self._rpc is None:
+            raise TypeError("share_results() was not given this worker's rpc:// backend")
+        sends = self._rpc.replies_for(results) if results and self._rpc is not None else []
+        with self._cond:
+            epoch = self._epoch
+        multiple, singles = self._release([d.tag for d in acks if d.tag.epoch == epoch])
+        if sends or multiple or singles:
+            self.link.spawn(lambda: self._reply_and_settle(epoch, sends, multiple, singles))
+        return self.fetch(queues, limit, timeout=timeout) if limit > 0 else []
+
+    async def _reply_and_settle(
+        self, epoch: int, sends: list[tuple[str, str, bytes]], multiple: int, singles: list[int]
+    ) -> None:
+        chan = self.link.existing("consume")
+        if chan is None or chan.epoch != epoch:
+            # The tasks' channel died: RabbitMQ delivers them again and they run again.
+            return
+        try:
+            for reply_to, correlation_id, data in sends:
+                assert self._rpc is not None
+                await self._rpc.publish_reply(chan.channel, reply_to, correlation_id, data)
+        except Exception as exc:
+            # No ack follows: the tasks run again (given back now if the channel still lives).
+            logger.warning("AMQP: results not sent, their tasks will run again: %r", exc)
+            await self._write_settlement(epoch, multiple, singles, "nack")
+            return
+        await self._write_settlement(epoch, multiple, singles)
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: a delivery stays leased while its channel lives."""
