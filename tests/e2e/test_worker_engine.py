@@ -45,6 +45,15 @@ def test_prefork_worker_runs_async_def_tasks_too(e2e):
 PREFORK_MODES = pytest.mark.parametrize("mode", ["consume", "dispatch"])
 
 
+def test_a_long_task_does_not_hold_back_the_result_of_a_short_one_fetched_with_it(e2e):
+    env, tasks = e2e
+    short, long = tasks.add.delay(1, 2), tasks.sleepy.delay(3)
+    env.start_worker("-c", "1")  # one child: it leases both in one batch, short first
+    assert short.get(timeout=10) == 3
+    assert long.state != states.SUCCESS, "the short result waited for the long task"
+    assert long.get(timeout=10) == 3
+
+
 @PREFORK_MODES
 def test_hard_time_limit_kills_the_child_and_the_worker_goes_on(e2e, mode):
     env, tasks = e2e

@@ -17,9 +17,9 @@ A pool that runs one task at a time on the process's main thread (a consuming pr
 finished outcomes and fetches the next batch on that same thread. The fetcher and finisher
 threads are then not started: with one task at a time they only added hand-offs (each a GIL
 round trip between three threads) to every task, and nothing ran meanwhile that the pump
-does not do in the gaps. Outcomes still go out in batches, at the latest ``_FLUSH_AFTER``
-after the first of them is ready, so a long task never holds back the result of a short one
-before it.
+does not do in the gaps. Outcomes still go out in batches: before the next task once the
+oldest has waited ``_FLUSH_AFTER``, and from a small flusher thread once it has waited
+``_FLUSH_IDLE``, so a long task never holds back the result of a short one before it.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ logger = logging.getLogger("celeriac.worker")
 _BATCH = 512
 _RETRY_PAUSE = 1.0
 _WATCH_INTERVAL = 0.2
-#: A driven consumer applies outcomes before the next task once the oldest has waited this long.
+#: A driven consumer applies outcomes before the next task once the oldest has waited this long,
 _FLUSH_AFTER = 0.005
+#: and from its flusher thread when they have waited this long (the task thread is busy).
+_FLUSH_IDLE = 0.05
 
 
 @dataclass(slots=True)
@@ -126,6 +128,7 @@ class Consumer:
         ]
         if self.driven:
             pool.pump = self.pump
+            threads.append(("flusher", self._flush_loop))
         else:
             threads[:0] = [("fetcher", self._fetch_loop), ("finisher", self._finish_loop)]
         for name, target in threads:
@@ -185,6 +188,19 @@ class Consumer:
                 return
             timeout = min(0.5, self._scheduler.next_due() - time.time())
             self._fetch_once(room, timeout, later)
+
+    def _flush_loop(self) -> None:
+        """A driven consumer's outcomes wait for the task thread's next pump; while it runs a
+        long task, apply them from here so its results do not wait for that task."""
+        while not self._stopped.wait(_FLUSH_IDLE):
+            since = self._pending_since
+            if not since or time.monotonic() - since < _FLUSH_IDLE:
+                continue
+            if self._pump_lock.acquire(blocking=False):  # else the task thread is at it
+                try:
+                    self._apply_waiting()
+                finally:
+                    self._pump_lock.release()
 
     def _apply_waiting(self, later: Deferred | None = None) -> None:
         """Apply every outcome reported so far (a driven consumer's finisher); see
