@@ -305,7 +305,7 @@ class Consumer:
             return
         stored = self._stored_states(deliveries)
         # Hold the whole batch before running any of it: a pool that runs tasks in this
-        # thread (solo) would otherwise leave the rest of the batch unrenewed meanwhile.
+        # thread would otherwise leave the rest of the batch unrenewed meanwhile.
         with self._cond:
             batch = [(next(self._ids), d) for d in deliveries]
             self._inflight.update(batch)

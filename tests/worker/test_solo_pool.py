@@ -1,0 +1,86 @@
+"""The solo pool, in-process over the memory broker: tasks on the worker's own thread, which also
+fetches and finishes between them; soft time limits; a warm stop gives back what never started."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celeriac import Celeriac, SoftTimeLimitExceeded
+from celeriac.worker import Worker
+
+
+@pytest.fixture
+def app() -> Iterator[Celeriac]:
+    app = Celeriac("solo", broker_url="memory://")
+
+    @app.task(name="where")
+    def where(i: int) -> list[int]:
+        return [i, threading.get_ident()]
+
+    @app.task(name="slow")
+    def slow(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @app.task(name="limited", soft_time_limit=0.2)
+    def limited() -> str:
+        try:
+            for _ in range(100):
+                time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            return "cleaned up"
+        return "ran to the end"
+
+    yield app
+
+
+def start(app: Celeriac) -> tuple[Worker, threading.Thread]:
+    worker = Worker(app, pool="solo", install_signal_handlers=False)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    assert worker.ready.wait(10)
+    return worker, thread
+
+
+def test_tasks_run_on_the_workers_own_thread_in_order(app: Celeriac) -> None:
+    worker, thread = start(app)
+    try:
+        results = [app.tasks["where"].delay(i) for i in range(50)]
+        got = [r.get(timeout=10) for r in results]
+        assert [i for i, _ in got] == list(range(50))
+        assert {ident for _, ident in got} == {thread.ident}
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert worker.consumer.processed == 50
+
+
+def test_soft_time_limit_is_raised_inside_the_task(app: Celeriac) -> None:
+    worker, thread = start(app)
+    try:
+        assert app.tasks["limited"].delay().get(timeout=10) == "cleaned up"
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
+def test_warm_stop_finishes_the_running_task_and_gives_back_the_rest(app: Celeriac) -> None:
+    # A stopping worker closes the app: the memory broker and backend go with it.
+    broker, backend = app.broker, app.backend
+    running = app.tasks["slow"].delay(0.5)
+    waiting = [app.tasks["slow"].delay(0) for _ in range(3)]
+    worker, thread = start(app)  # its first fetch takes all four
+    deadline = time.monotonic() + 5
+    while worker.consumer.inflight < 4:  # all four fetched, the first one running
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    worker.stop()
+    thread.join(10)
+    assert backend.get_meta(running.id)["result"] == 0.5  # finished before the stop ended
+    assert all(backend.get_meta(r.id)["status"] == "PENDING" for r in waiting)
+    assert broker.depth("celery") == 3  # given back, not lost
