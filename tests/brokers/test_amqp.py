@@ -491,6 +491,46 @@ def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
         checker.close()
 
 
+def test_acks_stay_in_order_behind_a_batch_whose_results_are_still_being_sent(
+    url: str, names: Any
+) -> None:
+    # A multiple ack written ahead of a lower one makes the lower tag unknown to RabbitMQ, which
+    # then closes the channel and requeues everything held on it.
+    q = names()
+    client = create_backend("rpc" + url[4:])
+    broker = create_broker(url)
+    for i in range(8):
+        broker.publish(msg(f"o{i}"), queue=q)
+    worker = create_backend("rpc" + url[4:])
+    try:
+        client._listen()  # type: ignore[attr-defined]
+        assert broker.share_results(worker)
+        got = fetch_all(broker, q, 8, timeout=5)
+        assert len(got) == 8
+        for d in got:
+            replies.remember(d.message.task_id, client.oid, d.message.task_id)  # type: ignore[attr-defined]
+        encoded = [
+            (d.message.task_id, "SUCCESS", worker.encode_meta({"status": "SUCCESS", "result": 1}))
+            for d in got
+        ]
+        broker.ack_and_fetch(got[:2], [q], 0, timeout=0, results=encoded[:2])
+        broker.ack_and_fetch(got[2:4], [q], 0, timeout=0)  # nothing to send: ready first
+        broker.ack_and_fetch(got[4:6], [q], 0, timeout=0, results=encoded[4:6])
+        broker.ack(got[6:])
+        for d in got[:2] + got[4:6]:
+            assert client.wait_for(d.message.task_id, timeout=5)["result"] == 1
+        assert fetch_all(broker, q, 1, timeout=1) == []  # nothing came back
+    finally:
+        broker.close()
+        worker.close()
+        client.close()
+    checker = create_broker(url)
+    try:
+        assert checker.depth(q) == 0
+    finally:
+        checker.close()
+
+
 def test_ack_and_fetch_gives_tasks_back_when_their_results_cannot_be_sent(
     url: str, names: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

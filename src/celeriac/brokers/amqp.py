@@ -702,20 +702,25 @@ class AMQPBroker(Broker):
     async def _reply_and_settle(
         self, epoch: int, sends: list[tuple[str, str, bytes]], multiple: int, singles: list[int]
     ) -> None:
-        chan = self.link.existing("consume")
-        if chan is None or chan.epoch != epoch:
-            # The tasks' channel died: RabbitMQ delivers them again and they run again.
-            return
-        try:
-            for reply_to, correlation_id, data in sends:
-                assert self._rpc is not None
-                await self._rpc.publish_reply(chan.channel, reply_to, correlation_id, data)
-        except Exception as exc:
-            # No ack follows: the tasks run again (given back now if the channel still lives).
-            logger.warning("AMQP: results not sent, their tasks will run again: %r", exc)
-            await self._write_settlement(epoch, multiple, singles, "nack")
-            return
-        await self._write_settlement(epoch, multiple, singles)
+        if self._settle_lock is None:
+            self._settle_lock = asyncio.Lock()
+        # The lock from the start, as every settlement takes it: acks are written in the order
+        # they were handed over even while this batch's replies are being written.
+        async with self._settle_lock:
+            chan = self.link.existing("consume")
+            if chan is None or chan.epoch != epoch:
+                # The tasks' channel died: RabbitMQ delivers them again and they run again.
+                return
+            try:
+                for reply_to, correlation_id, data in sends:
+                    assert self._rpc is not None
+                    await self._rpc.publish_reply(chan.channel, reply_to, correlation_id, data)
+            except Exception as exc:
+                # No ack follows: the tasks run again (given back now if the channel lives).
+                logger.warning("AMQP: results not sent, their tasks will run again: %r", exc)
+                await self._write_settlement_now(epoch, multiple, singles, "nack")
+                return
+            await self._write_settlement_now(epoch, multiple, singles, "ack")
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: a delivery stays leased while its channel lives."""

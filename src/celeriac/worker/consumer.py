@@ -139,9 +139,11 @@ class Consumer:
                 self._fetcher = t
 
     def on_outcome(self, outcome: Outcome) -> None:
+        self.outcomes.put(outcome)
+        # After the put: a flusher that clears the mark and then empties the queue either takes
+        # this outcome or leaves the mark set for it.
         if self.driven and not self._pending_since:
             self._pending_since = time.monotonic()
-        self.outcomes.put(outcome)
         with self._cond:
             self._unfinished -= 1
             # Wake the fetcher only when a whole refill's worth of room has opened up.
@@ -173,7 +175,9 @@ class Consumer:
             # where the broker can do both; see Broker.ack_and_fetch).
             later: Deferred | None = Deferred() if fetch else None
             since = self._pending_since
-            if since and (not waiting or time.monotonic() - since >= _FLUSH_AFTER):
+            if (since and time.monotonic() - since >= _FLUSH_AFTER) or (
+                not waiting and not self.outcomes.empty()
+            ):
                 self._apply_waiting(later)
             if waiting:
                 return
@@ -483,8 +487,14 @@ class Consumer:
     def _plain(self, batch: list[Outcome]) -> bool:
         """Results only (no chord, follow-up, requeue or dead letter), and a broker that can
         store them with its next fetch."""
+        # A task acked on receipt has no ack here to keep its result company: if the result
+        # were lost with the broker's channel, the task would not run again to send it.
         return self.app.broker.carries_results and all(
-            o.action == ACK and o.chord is None and not o.chord_starts and not o.followups
+            o.action == ACK
+            and o.chord is None
+            and not o.chord_starts
+            and not o.followups
+            and o.job_id not in self._early_acked
             for o in batch
         )
 

@@ -56,10 +56,16 @@ def thread_soft_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
     target = threading.get_ident()
-    done = threading.Event()
+    lock = threading.Lock()
+    done = False
+    fired = False
 
     def fire() -> None:
-        if not done.is_set():
+        nonlocal fired
+        with lock:
+            if done:
+                return
+            fired = True
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(target), ctypes.py_object(SoftTimeLimitExceeded)
             )
@@ -70,7 +76,12 @@ def thread_soft_limit(seconds: float | None) -> Iterator[None]:
     try:
         yield
     finally:
-        done.set()
+        with lock:
+            done = True
+            if fired:
+                # Fired as the task ended and not raised yet: it must not land in whatever this
+                # thread does next (a solo worker's broker calls). NULL clears a pending one.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
         timer.cancel()
 
 
