@@ -451,6 +451,25 @@ def test_a_batch_of_rpc_results_is_confirmed_together_and_all_arrive(url: str) -
         client.close()
 
 
+def replies_to(client: Any, worker: Any, deliveries: list[Any], results: list[Any]) -> list[Any]:
+    """Route the deliveries' results to ``client``'s reply queue; their encoded SUCCESS docs."""
+    for d in deliveries:
+        replies.remember(d.message.task_id, client.oid, d.message.task_id)
+    return [
+        (d.message.task_id, "SUCCESS", worker.encode_meta({"status": "SUCCESS", "result": r}))
+        for d, r in zip(deliveries, results, strict=True)
+    ]
+
+
+def assert_nothing_left(url: str, q: str) -> None:
+    """Every connection closed: anything still unacknowledged would be back on ``q``."""
+    checker = create_broker(url)
+    try:
+        assert checker.depth(q) == 0
+    finally:
+        checker.close()
+
+
 def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
     url: str, names: Any
 ) -> None:
@@ -468,12 +487,7 @@ def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
             broker.publish(msg(f"r{i}"), queue=q)
         first = fetch_all(broker, q, 2, timeout=5)
         assert [d.message.task_id for d in first] == ["r0", "r1"]
-        for d in first:
-            replies.remember(d.message.task_id, client.oid, d.message.task_id)  # type: ignore[attr-defined]
-        encoded = [
-            (d.message.task_id, "SUCCESS", worker.encode_meta({"status": "SUCCESS", "result": i}))
-            for i, d in enumerate(first)
-        ]
+        encoded = replies_to(client, worker, first, results=[0, 1])
         got = broker.ack_and_fetch(first, [q], 2, timeout=5, results=encoded)
         got += fetch_all(broker, q, 1 - len(got), timeout=5)
         assert [d.message.task_id for d in got] == ["r2"]
@@ -483,12 +497,7 @@ def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
         broker.close()
         worker.close()
         client.close()
-    # Closing gives back whatever was still unacknowledged: nothing is.
-    checker = create_broker(url)
-    try:
-        assert checker.depth(q) == 0
-    finally:
-        checker.close()
+    assert_nothing_left(url, q)
 
 
 def test_acks_stay_in_order_behind_a_batch_whose_results_are_still_being_sent(
@@ -507,12 +516,7 @@ def test_acks_stay_in_order_behind_a_batch_whose_results_are_still_being_sent(
         assert broker.share_results(worker)
         got = fetch_all(broker, q, 8, timeout=5)
         assert len(got) == 8
-        for d in got:
-            replies.remember(d.message.task_id, client.oid, d.message.task_id)  # type: ignore[attr-defined]
-        encoded = [
-            (d.message.task_id, "SUCCESS", worker.encode_meta({"status": "SUCCESS", "result": 1}))
-            for d in got
-        ]
+        encoded = replies_to(client, worker, got, results=[1] * 8)
         broker.ack_and_fetch(got[:2], [q], 0, timeout=0, results=encoded[:2])
         broker.ack_and_fetch(got[2:4], [q], 0, timeout=0)  # nothing to send: ready first
         broker.ack_and_fetch(got[4:6], [q], 0, timeout=0, results=encoded[4:6])
@@ -524,11 +528,7 @@ def test_acks_stay_in_order_behind_a_batch_whose_results_are_still_being_sent(
         broker.close()
         worker.close()
         client.close()
-    checker = create_broker(url)
-    try:
-        assert checker.depth(q) == 0
-    finally:
-        checker.close()
+    assert_nothing_left(url, q)
 
 
 def test_ack_and_fetch_gives_tasks_back_when_their_results_cannot_be_sent(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from celeriac.worker.executor import execute, hard_time_limit, revoked, time_lim
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import alarm_soft_limit
 from celeriac.worker.pools._process import rss_bytes
-from celeriac.worker.pools.base import Pool, drain_jobs
+from celeriac.worker.pools.inline import InlinePool
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -49,9 +48,8 @@ class Deadline:
         pass
 
 
-class ChildPool(Pool):
+class ChildPool(InlinePool):
     can_terminate = True
-    drives_consumer = True
 
     def __init__(
         self,
@@ -74,47 +72,13 @@ class ChildPool(Pool):
         self.deadline = deadline or Deadline()
         #: How much later than a hard time limit the supervisor kills a stuck child.
         self.grace = 3.0
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._current: Job | None = None
         self._abandoning = False
-        self._retiring = False
-        self._done = threading.Event()
         self._watch = threading.Condition(self._lock)
         self._watchdog: threading.Thread | None = None
         self._hard_until = 0.0
         self.ran = 0
-
-    def start(self) -> None:
-        pass
-
-    def submit(self, job: Job) -> None:
-        self._jobs.put(job)
-
-    def serve(self) -> None:
-        """Run jobs on this (main) thread until :meth:`stop`."""
-        pump = self.pump
-        try:
-            while not self._retiring:
-                if pump is None:
-                    job = self._jobs.get()
-                else:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        pump(False)  # apply outcomes, fetch the next batch
-                        continue
-                if job is None:
-                    break
-                skipped = self.take_revoked(job)
-                if skipped is not None:
-                    self.on_outcome(skipped)
-                    continue
-                self._run(job)
-                if pump is not None and not self._retiring:
-                    pump(not self._jobs.empty())
-        finally:
-            self._done.set()
 
     def _run(self, job: Job) -> None:
         task = self.app.tasks.get(job.headers.task)
@@ -215,14 +179,3 @@ class ChildPool(Pool):
             logger.exception("could not hand back this child's work before replacing it")
         finally:
             os._exit(EXIT_REPLACE)
-
-    def take_queued(self) -> list[Job]:
-        """Jobs handed to this pool that never started (the pool takes no more afterwards)."""
-        return drain_jobs(self._jobs)
-
-    def stop(self, *, cold: bool = False) -> list[Job]:
-        unstarted = self.take_queued()
-        self._jobs.put(None)
-        if not cold:
-            self._done.wait()
-        return unstarted + self.take_queued()
