@@ -8,9 +8,11 @@ fetcher, finisher and renewer threads) run coroutines on that loop with :meth:`L
 connection is only ever touched by one thread and its heartbeats keep going however long a
 caller blocks. A lost connection is reopened in the background with backoff.
 
-Publishing is different: a sync caller waits for one confirm at a time, and handing each publish
-to the I/O thread and back (two thread wake-ups, two GIL hand-offs) cost it a sixth of its rate.
-:meth:`Link.drive` lends the calling thread a connection of its own whose event loop that thread
+Publishing is different: a sync caller waits for its confirms, and handing each publish to the
+I/O thread and back (two thread wake-ups, two GIL hand-offs) cost it a sixth of its rate. One
+message at a time goes out on a py-amqp connection of the caller's own
+(:mod:`celeriac._amqp_publish`). For batches (``publish_many``, a worker's replies)
+:meth:`Link.drive` lends the calling thread an aiormq connection whose event loop that thread
 runs itself for the length of the call (a small pool per link, one thread at a time on each,
 like a database connection pool); callers already on an event loop, and callers when the pool is
 all in use, go through the I/O thread as before. Nothing runs such a connection's loop between

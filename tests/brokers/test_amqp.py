@@ -167,46 +167,115 @@ def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None
         proxy.close()
 
 
-def test_sync_publishers_drive_their_own_connections(url: str, names: Any) -> None:
+def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url, {"publish_connections": 2})
     assert isinstance(broker, AMQPBroker)
-    link = broker.link
+    pool = broker._publishers
     try:
         broker.publish(msg("main"), queue=q)
-        assert len(link._spare) == 1  # lent to this thread for the call, then given back
+        assert pool.idle == 1  # lent to this thread for the call, then given back
 
         def publish_from(n: int) -> None:
             for i in range(20):
                 broker.publish(msg(f"t{n}-{i}"), queue=q)
 
-        # Four threads, two lent connections: the others go through the I/O thread.
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(publish_from, range(4)))
-        assert len(link._spare) == 2
+        # Four threads, two publishers: the others go through the I/O thread.
+        with ThreadPoolExecutor(4) as pool_of_threads:
+            list(pool_of_threads.map(publish_from, range(4)))
+        assert pool.idle == 2
 
         async def on_a_loop() -> None:
-            broker.publish(msg("loop"), queue=q)  # a loop cannot run inside this one: I/O thread
+            broker.publish(msg("loop"), queue=q)  # a sync socket would block the loop: I/O thread
 
         asyncio.run(on_a_loop())
-        assert broker.depth(q) == 82
+        broker.publish_many([(msg(f"many{i}"), q, 0, None) for i in range(3)])
+        assert len(broker.link._spare) == 1  # publish_many drives an aiormq connection
+        assert broker.depth(q) == 85
     finally:
         broker.close()
-    assert link._spare == [] and link._closed
+    assert pool.idle == 0 and broker.link._spare == [] and broker.link._closed
 
 
-def test_an_idle_driven_connection_is_replaced_before_use(url: str, names: Any) -> None:
+def test_publish_connections_zero_sends_every_publish_through_the_io_thread(
+    url: str, names: Any
+) -> None:
+    q = names()
+    broker = create_broker(url, {"publish_connections": 0})
+    assert isinstance(broker, AMQPBroker)
+    try:
+        broker.publish(msg("a"), queue=q)
+        broker.publish_many([(msg("b"), q, 0, None), (msg("c"), q, 0, None)])
+        assert broker._publishers.idle == 0 and broker.link._spare == []
+        assert broker.depth(q) == 3
+    finally:
+        broker.close()
+
+
+def test_an_idle_publish_connection_is_replaced_before_use(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(msg("a"), queue=q)
-        [spare] = broker.link._spare
-        first = spare._conn
-        spare._idle_limit = 0.0  # as if it had been idle for half the heartbeat interval
+        [publisher] = broker._publishers._idle
+        first = publisher._conn
+        publisher._idle_limit = 0.0  # as if it had been idle for half the heartbeat interval
         broker.publish(msg("b"), queue=q)
-        assert first is not None and first.is_closed and spare._conn is not first
-        assert broker.depth(q) == 2
+        assert first is not None and not first.connected and publisher._conn is not first
+        # the same for the aiormq connections publish_many drives
+        broker.publish_many([(msg("c"), q, 0, None), (msg("d"), q, 0, None)])
+        [spare] = broker.link._spare
+        conn = spare._conn
+        spare._idle_limit = 0.0
+        broker.publish_many([(msg("e"), q, 0, None), (msg("f"), q, 0, None)])
+        assert conn is not None and conn.is_closed and spare._conn is not conn
+        assert broker.depth(q) == 6
+    finally:
+        broker.close()
+
+
+def test_a_publish_to_a_deleted_queue_declares_it_again(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    try:
+        broker.publish(msg("a"), queue=q)
+        amqp_support.delete_queues(url, [q])  # behind the broker's back: its memo says declared
+        broker.publish(msg("b"), queue=q)  # returned by RabbitMQ, declared again, sent again
+        [got] = fetch_all(broker, q, 1, timeout=5)
+        assert got.message.task_id == "b"
+        broker.ack([got])
+    finally:
+        broker.close()
+
+
+def test_a_publish_rabbitmq_refuses_raises_and_the_next_one_goes(url: str, names: Any) -> None:
+    from celeriac.routing import Queue
+
+    q = names()
+    full = {"x-max-length": 1, "x-overflow": "reject-publish"}  # RabbitMQ nacks the second
+    app = Celeriac("nack", broker=url, task_queues=[Queue(q, queue_arguments=full)])
+    try:
+        app.send_task("t", queue=q)
+        with pytest.raises(BrokerError, match="refused"):
+            app.send_task("t", queue=q)
+        app.broker.purge(q)
+        app.send_task("t", queue=q)  # on a fresh connection
+        assert app.broker.depth(q) == 1
+    finally:
+        app.close()
+
+
+def test_a_header_amqp_cannot_carry_is_a_broker_error(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    try:
+        bad = msg("bad")
+        bad.headers["stamps"] = {"obj": object()}
+        with pytest.raises(BrokerError, match="cannot publish"):
+            broker.publish(bad, queue=q)
+        broker.publish(msg("good"), queue=q)  # the connection is still usable
+        assert broker.depth(q) == 1
     finally:
         broker.close()
 
@@ -217,7 +286,7 @@ def test_a_publish_after_a_cut_is_sent_on_a_new_connection(url: str, names: Any)
     broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
     try:
         broker.publish(msg("before"), queue=q)
-        proxy.cut()  # both the I/O thread's connection and this thread's driven one
+        proxy.cut()  # both the I/O thread's connection and this thread's publish one
         broker.publish(msg("after"), queue=q)  # confirmed on a reopened connection, or raises
         got = fetch_all(broker, q, 2, timeout=5)
         assert {d.message.task_id for d in got} == {"before", "after"}
@@ -231,10 +300,11 @@ def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -
     q = names()
     app = Celeriac("fork", broker=url)
     try:
-        app.send_task("t", queue=q)  # the parent's I/O thread and driven connection are open
+        app.send_task("t", queue=q)  # the parent's I/O thread and publish connection are open
         parent_broker = app.broker
         link = parent_broker.link  # type: ignore[attr-defined]
-        conns = (link._conn, link._spare[0]._conn)
+        [publisher] = parent_broker._publishers._idle  # type: ignore[attr-defined]
+        conns = (link._conn, publisher._conn)
 
         def in_child() -> None:
             parent_broker.close()  # the parent's connections: left alone
@@ -245,8 +315,8 @@ def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -
         child.join(30)
         assert child.exitcode == 0
         app.send_task("t", queue=q)
-        assert (link._conn, link._spare[0]._conn) == conns  # no reconnection was needed
-        assert not any(c.is_closed for c in conns)
+        assert (link._conn, publisher._conn) == conns  # no reconnection was needed
+        assert not link._conn.is_closed and publisher._conn.connected
         assert app.broker.depth(q) == 3
     finally:
         app.close()

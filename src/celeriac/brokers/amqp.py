@@ -36,8 +36,8 @@ Delivery rules on top of AMQP:
 Transport options: ``max_priority``, ``queue_type`` (``classic``/``quorum``),
 ``publish_timeout`` (s, default 30), ``heartbeat`` (s, default 60), ``connect_timeout`` (s),
 ``dead_letter_queue`` (default ``celeriac.dead``), ``publish_connections`` (default 10: how
-many threads at a time publish on a connection of their own, see :mod:`celeriac._amqp`; 0 sends
-every publish through the I/O thread).
+many threads at a time publish on a connection of their own, see :mod:`celeriac._amqp_publish`
+and :mod:`celeriac._amqp`; 0 sends every publish through the I/O thread).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac._amqp import Link, acquire_link, release_link, replies
+from celeriac._amqp import DRIVEN_LIMIT, Link, acquire_link, release_link, replies
+from celeriac._amqp_publish import Publisher, PublisherPool, Unroutable
 from celeriac.brokers.amqp_topology import declare_queue, queue_arguments, queues_behind
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
@@ -141,20 +142,31 @@ def to_message(msg: DeliveredMessage) -> tuple[Message, int, int | None]:
     return message, carried, quorum_count
 
 
+def property_fields(
+    message: Message, *, priority: int, headers: dict[str, Any], keep_expiration: bool = True
+) -> dict[str, Any]:
+    """AMQP properties for ``message`` (PROTOCOL.md §3.1), by pamqp's names."""
+    p = message.properties
+    return {
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "headers": headers,
+        "delivery_mode": int(p.get("delivery_mode") or 2),
+        "priority": max(0, min(255, int(priority))),
+        "correlation_id": p.get("correlation_id") or message.task_id,
+        "reply_to": p.get("reply_to") or None,
+        "expiration": p.get("expiration") if keep_expiration else None,
+    }
+
+
 def to_properties(
     message: Message, *, priority: int, headers: dict[str, Any], keep_expiration: bool = True
 ) -> spec.Basic.Properties:
-    """AMQP properties for ``message`` (PROTOCOL.md §3.1)."""
-    p = message.properties
+    """:func:`property_fields` for aiormq."""
     return spec.Basic.Properties(
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        headers=headers,
-        delivery_mode=int(p.get("delivery_mode") or 2),
-        priority=max(0, min(255, int(priority))),
-        correlation_id=p.get("correlation_id") or message.task_id,
-        reply_to=p.get("reply_to") or None,
-        expiration=p.get("expiration") if keep_expiration else None,
+        **property_fields(
+            message, priority=priority, headers=headers, keep_expiration=keep_expiration
+        )
     )
 
 
@@ -176,6 +188,9 @@ class AMQPBroker(Broker):
         self.publish_timeout = float(opts.get("publish_timeout", 30.0))
         self.dead_letter_queue = str(opts.get("dead_letter_queue", "celeriac.dead"))
         self.link: Link = acquire_link(url, opts)
+        self._publishers = PublisherPool(
+            url, opts, int(opts.get("publish_connections", DRIVEN_LIMIT))
+        )
         self._closed = False
         #: names this process declared (server objects are durable: once per process)
         self._declared: set[str] = set()
@@ -353,10 +368,9 @@ class AMQPBroker(Broker):
             exchange, key = "", target
         # A parked message must not expire half-way down the cascade (it would skip the rest of
         # its wait): the ``expires`` header, which workers check, stays authoritative.
-        props = to_properties(
+        fields = property_fields(
             message, priority=priority, headers=headers, keep_expiration=not delay
         )
-        timeout = self.publish_timeout
 
         async def declare(remaining: float) -> None:
             if route is not None:
@@ -364,14 +378,25 @@ class AMQPBroker(Broker):
             else:
                 await self._declare(queue, remaining, delays=delay > 0)
 
+        batch: list[Callable[[Link], Awaitable[None]]] | None = getattr(self._local, "batch", None)
+        if batch is None:
+            publisher = self._publishers.borrow()
+            if publisher is not None:
+                try:
+                    self._publish_sync(publisher, message.body, exchange, key, fields, declare)
+                finally:
+                    self._publishers.give_back(publisher)
+                return
+        props = spec.Basic.Properties(**fields)
+
         def send(link: Link) -> Awaitable[None]:
             return self._publish(link, message.body, exchange, key, props, declare)
 
-        batch: list[Callable[[Link], Awaitable[None]]] | None = getattr(self._local, "batch", None)
         if batch is not None:
             batch.append(send)  # publish_many sends it with the rest
             return
-        self.link.drive(send, timeout + 5)
+        # On an event loop, or every publisher is lent: the I/O thread publishes it.
+        self.link.run(lambda: send(self.link), self.publish_timeout + 5)
 
     def publish_many(self, items: Sequence[Publication]) -> None:
         """Publish all, then wait for all their confirms: one round trip, not one per message.
@@ -391,6 +416,47 @@ class AMQPBroker(Broker):
             self._local.batch = None
         if batch:
             self.link.drive(lambda link: _all(link, batch), self.publish_timeout + 5)
+
+    def _publish_sync(
+        self,
+        publisher: Publisher,
+        body: bytes,
+        exchange: str,
+        routing_key: str,
+        fields: dict[str, Any],
+        declare: Callable[[float], Awaitable[None]],
+    ) -> None:
+        """:meth:`_publish` for a sync caller, on a py-amqp connection of its own."""
+        deadline = time.monotonic() + self.publish_timeout
+        properties = {k: v for k, v in fields.items() if k != "headers"}
+        properties["application_headers"] = fields["headers"]
+        route = (exchange, routing_key)
+        returned = False
+        while True:
+            if route not in self._routed:
+                remaining = max(0.01, deadline - time.monotonic())
+                self.link.run(functools.partial(declare, remaining), remaining + 5)
+            try:
+                publisher.publish(body, exchange, routing_key, properties, deadline)
+            except Unroutable:
+                if returned:  # declared again and still unroutable
+                    raise
+                returned = True
+                self._forget_declarations()
+                continue
+            self._remember_route(route)
+            return
+
+    def _remember_route(self, route: tuple[str, str]) -> None:
+        if len(self._routed) >= _ROUTED_LIMIT:  # distinct delays make distinct keys
+            self._routed.clear()
+        self._routed.add(route)
+
+    def _forget_declarations(self) -> None:
+        """A queue was deleted under us: declare everything again before the next publish."""
+        self._routed.clear()
+        self._declared.clear()
+        self._delay_declared.clear()
 
     async def _publish(
         self,
@@ -426,9 +492,7 @@ class AMQPBroker(Broker):
                     timeout=remaining,
                 )
                 if declare is not None:
-                    if len(self._routed) >= _ROUTED_LIMIT:  # distinct delays make distinct keys
-                        self._routed.clear()
-                    self._routed.add(route)
+                    self._remember_route(route)
                 return
             except aiormq.exceptions.PublishError as exc:
                 # Unroutable: the queue was deleted under us. Declare it again, once.
@@ -437,9 +501,7 @@ class AMQPBroker(Broker):
                         f"RabbitMQ could not route a message to {routing_key!r}: {exc}"
                     ) from exc
                 returned = True
-                self._routed.clear()
-                self._declared.clear()
-                self._delay_declared.clear()
+                self._forget_declarations()
             except aiormq.exceptions.DeliveryError as exc:
                 raise BrokerError(f"RabbitMQ refused a message for {routing_key!r}: {exc}") from exc
             except BrokerError:
@@ -905,6 +967,7 @@ class AMQPBroker(Broker):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._publishers.close()
             release_link(self.link)
 
 
