@@ -105,7 +105,8 @@ def queues_of(broker: object) -> set[str]:
 
 
 class Proxy:
-    """A TCP forwarder to RabbitMQ that a test can cut: every open connection is severed."""
+    """A TCP forwarder to RabbitMQ that a test can cut (every open connection is severed) or
+    silence (a partition: nothing gets through, nobody is told)."""
 
     def __init__(self, target_port: int | None = None) -> None:
         parts = urlsplit(service_url("amqp"))
@@ -117,6 +118,8 @@ class Proxy:
         self._closed = False
         #: while True, new connections are closed at once (RabbitMQ looks down)
         self.refusing = False
+        #: while True, whatever either side sends is dropped, and no connection is closed
+        self.silent = False
         self.cuts = 0
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
@@ -147,7 +150,8 @@ class Proxy:
                     data = src.recv(65536)
                     if not data:
                         return
-                    peers[src].sendall(data)
+                    if not self.silent:
+                        peers[src].sendall(data)
         except (OSError, ValueError):  # ValueError: cut() closed a socket select() was given
             return
         finally:

@@ -3,9 +3,10 @@ itself is tested against RabbitMQ in tests/brokers/test_amqp.py)."""
 
 from __future__ import annotations
 
+import math
 import ssl
 
-from celeriac._amqp_publish import PublisherPool, connect_params
+from celeriac._amqp_publish import PublisherPool, connect_params, idle_limit
 
 
 def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
@@ -13,12 +14,17 @@ def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
     assert p["host"] == "rabbit:5673"
     assert (p["userid"], p["password"]) == ("u@x", "p/w")
     assert p["virtual_host"] == "/prod"
-    assert p["heartbeat"] == 20.0 and p["confirm_publish"] is True
+    # no heartbeats (nothing answers them between calls): replaced after half the interval idle
+    assert p["heartbeat"] == 0 and p["connect_timeout"] == 10.0 and p["login_method"] == "PLAIN"
+    assert connect_params("amqp://h/?connect_timeout=3")["connect_timeout"] == 3.0
     assert "ssl" not in p
     for url in ("amqp://localhost", "amqp://localhost/", "amqp://localhost//"):
         q = connect_params(url)
         assert (q["host"], q["virtual_host"], q["userid"]) == ("localhost:5672", "/", "guest")
-    assert connect_params("amqp://h/?heartbeat=0", {"heartbeat": 20})["heartbeat"] == 0.0
+    assert idle_limit("amqp://h/", {"heartbeat": 20}) == 10.0
+    assert idle_limit("amqp://h/?heartbeat=30", {"heartbeat": 20}) == 15.0
+    assert idle_limit("amqp://h/?heartbeat=0") == math.inf
+    assert idle_limit("amqp://h/") == 30.0
 
 
 def test_amqps_urls_carry_their_tls_files() -> None:
@@ -31,7 +37,8 @@ def test_amqps_urls_carry_their_tls_files() -> None:
         "certfile": "/c.pem",
         "keyfile": "/k.pem",
     }
-    assert connect_params("amqps://h/?no_verify_ssl=1")["ssl"]["cert_reqs"] == ssl.CERT_NONE
+    # no host name either: py-amqp would check it, and refuse CERT_NONE with the check on
+    assert connect_params("amqps://h/?no_verify_ssl=1")["ssl"] == {"cert_reqs": ssl.CERT_NONE}
 
 
 def test_the_pool_lends_at_most_its_limit_and_none_on_an_event_loop() -> None:

@@ -11,9 +11,13 @@ replies) stays on the aiormq links of :mod:`celeriac._amqp`.
 
 A publish either is confirmed or raises :class:`~celeriac.exceptions.BrokerError`: a lost
 connection is reopened and the message sent again until ``publish_timeout`` runs out (at least
-once: a confirm lost with its connection means the message may be there twice). Nothing reads
-such a connection between calls, so one left idle for half the heartbeat interval is replaced
-before use rather than written to after RabbitMQ gave up on it.
+once: a confirm lost with its connection means the message may be there twice). The wait for the
+confirm is ours, not py-amqp's: py-amqp waits anew after every frame that is not the confirm (a
+heartbeat, ``connection.blocked``), so a server that stays up but never confirms would hold the
+caller forever; ours ends at the deadline, and it matches the confirm to the message by its
+delivery tag. These connections ask for no heartbeats, since nothing would answer them between
+calls; one left idle for half the heartbeat interval is replaced before use instead (a firewall
+may have dropped it silently), and every socket operation has a time limit.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import math
 import os
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -36,15 +41,18 @@ from celeriac.exceptions import BrokerError
 
 logger = logging.getLogger("celeriac.amqp")
 
-#: RabbitMQ's reply code for a mandatory message that no queue took (basic.return)
-_NO_ROUTE = 312
+#: reply codes that declaring again may cure: a mandatory message no queue took (basic.return),
+#: an exchange that is not there (both deleted behind our back)
+_REDECLARE = (312, 404)
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0
 #: our URL's TLS parameters (aiormq's names) and py-amqp's for them
+#: what py-amqp raises for a message it cannot encode (before it writes anything)
+_UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.error)
 _TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "keyfile"))
 
 
 class Unroutable(BrokerError):
-    """RabbitMQ returned a mandatory message: no queue is bound for its routing key."""
+    """RabbitMQ returned a mandatory message, or its exchange is gone: declare again."""
 
 
 def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -57,24 +65,25 @@ def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[s
     parts = urlsplit(url)
     tls = parts.scheme.lower() == "amqps"
     query = dict(parse_qsl(parts.query))
+    connect_timeout = float(
+        query.get("connect_timeout", query.get("timeout", options.get("connect_timeout", 10)))
+    )
     path = parts.path
     host = parts.hostname or "localhost"
     params: dict[str, Any] = {
         "host": f"{host}:{parts.port or (5671 if tls else 5672)}",
         "userid": unquote(parts.username or "guest"),
         "password": unquote(parts.password or "guest"),
+        "login_method": "PLAIN",  # as aiormq logs in
         "virtual_host": "/" if path in ("", "/", "//") else unquote(path[1:]),
-        "heartbeat": float(query.get("heartbeat", options.get("heartbeat", 60))),
-        "connect_timeout": float(query.get("connect_timeout", options.get("connect_timeout", 10))),
-        "client_properties": {"connection_name": f"celeriac pid {os.getpid()} publish"},
-        "confirm_publish": True,
+        "heartbeat": 0,
+        "connect_timeout": connect_timeout,
     }
     if tls:
         verify = query.get("no_verify_ssl", "0").lower() not in ("1", "true", "yes")
-        sslopts: dict[str, Any] = {
-            "server_hostname": host,
-            "cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
-        }
+        sslopts: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE}
+        if verify:  # py-amqp checks the host name whenever it is given one
+            sslopts["server_hostname"] = host
         for ours, theirs in _TLS_FILES:
             if query.get(ours):
                 sslopts[theirs] = query[ours]
@@ -82,16 +91,28 @@ def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[s
     return params
 
 
+def idle_limit(url: str, options: Mapping[str, Any] | None = None) -> float:
+    """How long a connection may sit unused before it is replaced: half the heartbeat interval
+    the URL or options ask for (``heartbeat=0``: forever), as for every other connection."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    heartbeat = float(query.get("heartbeat", (options or {}).get("heartbeat", 60)))
+    return heartbeat / 2 if heartbeat > 0 else math.inf
+
+
 class Publisher:
     """One py-amqp connection with a confirming channel, used by one thread at a time."""
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
+    def __init__(self, params: Mapping[str, Any], idle: float = math.inf) -> None:
         self._params = dict(params)
-        heartbeat = float(self._params.get("heartbeat") or 0)
-        self._idle_limit = heartbeat / 2 if heartbeat > 0 else math.inf
+        self._idle_limit = idle
         self._conn: amqp.Connection | None = None
         self._channel: amqp.Channel | None = None
         self._last_use = 0.0
+        # confirm bookkeeping for the channel: the delivery tag of the message in flight, and
+        # what RabbitMQ said of it (events from py-amqp's frame dispatch)
+        self._tag = 0
+        self._confirmed: bool | None = None
+        self._returned: Exception | None = None
 
     def publish(
         self,
@@ -110,34 +131,27 @@ class Publisher:
         pause = _PAUSE_FIRST
         while True:
             try:
-                channel = self._open(deadline)
-                channel.basic_publish(
-                    message,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    mandatory=True,
-                    timeout=max(0.01, deadline - time.monotonic()),
-                )
-                self._last_use = time.monotonic()
+                self._publish_once(message, exchange, routing_key, deadline)
                 return
-            except amqp.exceptions.MessageNacked as exc:
-                self.close()
-                raise BrokerError(f"RabbitMQ refused a message for {routing_key!r}") from exc
             except amqp.exceptions.ChannelError as exc:
-                # The ack that follows a basic.return is still unread: this channel's next wait
-                # would take it for the next message's, so the connection goes.
-                self.close()
-                if exc.reply_code == _NO_ROUTE:
+                self._drop()
+                if exc.reply_code in _REDECLARE:
                     raise Unroutable(
                         f"RabbitMQ could not route a message to {routing_key!r}: {exc}"
                     ) from exc
-                error: Exception = exc
-            except amqp.exceptions.FrameSyntaxError as exc:  # a header AMQP cannot carry
-                self.close()
+                # The same publish would fail the same way (access, size): no use sending again.
+                raise BrokerError(f"RabbitMQ refused a message for {routing_key!r}: {exc}") from exc
+            except _UNENCODABLE as exc:  # a header AMQP cannot carry, a routing key too long
+                self._drop()
                 raise BrokerError(f"cannot publish to {routing_key!r}: {exc}") from exc
             except (OSError, amqp.exceptions.AMQPError) as exc:
-                self.close()
-                error = exc
+                self._drop()
+                error: Exception = exc
+            except BaseException:
+                # Interrupted (KeyboardInterrupt...) with a confirm perhaps still on its way: the
+                # connection must not serve another publish.
+                self._drop()
+                raise
             if time.monotonic() + pause >= deadline:
                 raise BrokerError(
                     f"publish to {routing_key!r} not confirmed in time: {error!r}"
@@ -146,38 +160,98 @@ class Publisher:
             time.sleep(pause)
             pause = min(pause * 2, _PAUSE_MAX)
 
+    def _publish_once(
+        self, message: amqp.Message, exchange: str, routing_key: str, deadline: float
+    ) -> None:
+        channel = self._open(deadline)
+        conn = self._conn
+        assert conn is not None
+        self._confirmed, self._returned = None, None
+        self._tag += 1
+        channel.basic_publish(
+            message,
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=True,
+            timeout=_left(deadline),
+        )
+        while self._confirmed is None:
+            conn.drain_events(timeout=_left(deadline))  # TimeoutError once it has passed
+        self._last_use = time.monotonic()
+        if self._returned is not None:  # its ack came after the return: the channel is clean
+            raise self._returned
+        if not self._confirmed:
+            raise BrokerError(f"RabbitMQ refused a message for {routing_key!r} (nack)")
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if tag == self._tag or (multiple and tag >= self._tag):
+            self._confirmed = True
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        if tag == self._tag or (multiple and tag >= self._tag):
+            self._confirmed = False
+
+    def _on_return(self, exc: Exception, *_: Any) -> None:
+        self._returned = exc
+
     def _open(self, deadline: float) -> amqp.Channel:
         if self._channel is not None and time.monotonic() - self._last_use > self._idle_limit:
-            self.close()
+            self._drop()
         if self._channel is None:
-            timeout = min(float(self._params["connect_timeout"]), deadline - time.monotonic())
-            conn = amqp.Connection(**{**self._params, "connect_timeout": max(0.01, timeout)})
+            timeout = min(float(self._params["connect_timeout"]), _left(deadline))
+            conn = amqp.Connection(
+                **{**self._params, "connect_timeout": timeout},
+                client_properties={"connection_name": f"celeriac pid {os.getpid()} publish"},
+            )
             try:
                 conn.connect()
-                self._channel = conn.channel()
+                # Every read and write without a timeout of its own (opening the channel, a
+                # polite close) gives up after this long instead of blocking.
+                conn.transport.sock.settimeout(timeout)
+                channel = conn.channel()
+                channel.confirm_select()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
+                channel.events["basic_return"].add(self._on_return)
             except BaseException:
                 conn.collect()
                 raise
-            self._conn = conn
+            self._conn, self._channel, self._tag = conn, channel, 0
             self._last_use = time.monotonic()
         return self._channel
 
     def close(self) -> None:
-        """Drop the connection (a polite close if it still works; none is waited for long)."""
+        """Close the connection politely (a second at most), or drop it."""
         conn, self._conn, self._channel = self._conn, None, None
         if conn is None:
             return
         try:
-            if conn.connected:
-                conn.close()
+            conn.transport.sock.settimeout(1.0)
+            conn.close()
         except Exception as exc:  # it was going anyway
             logger.debug("AMQP: closing a publish connection: %r", exc)
         finally:
             conn.collect()
 
+    def _drop(self) -> None:
+        """Let the connection go without a word: after an error it may not answer at all."""
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.collect()
+            except Exception as exc:
+                logger.debug("AMQP: dropping a publish connection: %r", exc)
+
     def forget(self) -> None:
         """Let go of a connection a parent process opened, without touching its socket."""
         self._conn, self._channel = None, None
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the publish deadline passed")
+    return left
 
 
 class PublisherPool:
@@ -185,6 +259,7 @@ class PublisherPool:
 
     def __init__(self, url: str, options: Mapping[str, Any] | None, limit: int) -> None:
         self._params = connect_params(url, options)
+        self._idle_limit = idle_limit(url, options)
         self.limit = limit
         self._idle: list[Publisher] = []
         self._lent = 0
@@ -197,20 +272,25 @@ class PublisherPool:
         or the pool is closed): then publish the other way."""
         if self.limit <= 0 or asyncio._get_running_loop() is not None:
             return None
+        if os.getpid() != self._pid:  # forked: before the lock, which a parent thread may hold
+            self._after_fork()
         with self._lock:
             if self._closed:
                 return None
-            if os.getpid() != self._pid:  # forked: the parent's connections are not ours
-                for publisher in self._idle:
-                    publisher.forget()
-                self._idle, self._lent, self._pid = [], 0, os.getpid()
             if self._idle:
                 self._lent += 1
                 return self._idle.pop()
             if self._lent >= self.limit:
                 return None
             self._lent += 1
-        return Publisher(self._params)
+        return Publisher(self._params, self._idle_limit)
+
+    def _after_fork(self) -> None:
+        """The parent's connections are not ours (nor is a lock one of its threads held)."""
+        for publisher in self._idle:
+            publisher.forget()
+        self._lock = threading.Lock()
+        self._idle, self._lent, self._pid = [], 0, os.getpid()
 
     def give_back(self, publisher: Publisher) -> None:
         with self._lock:

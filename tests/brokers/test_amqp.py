@@ -270,12 +270,69 @@ def test_a_header_amqp_cannot_carry_is_a_broker_error(url: str, names: Any) -> N
     q = names()
     broker = create_broker(url)
     try:
-        bad = msg("bad")
-        bad.headers["stamps"] = {"obj": object()}
-        with pytest.raises(BrokerError, match="cannot publish"):
-            broker.publish(bad, queue=q)
+        started = time.monotonic()
+        for value in ({"obj": object()}, 2**64, {"k" * 300: 1}):  # no type, too big, too long
+            bad = msg("bad")
+            bad.headers["stamps"] = value
+            with pytest.raises(BrokerError, match="cannot publish"):
+                broker.publish(bad, queue=q)
+        assert time.monotonic() - started < 5  # not sent again and again until the deadline
         broker.publish(msg("good"), queue=q)  # the connection is still usable
         assert broker.depth(q) == 1
+    finally:
+        broker.close()
+
+
+def test_a_publish_nobody_answers_raises_at_its_deadline(url: str, names: Any) -> None:
+    proxy = amqp_support.Proxy()
+    q = names()
+    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    assert isinstance(broker, AMQPBroker)
+    broker.publish_timeout = 2.0
+    try:
+        broker.publish(msg("before"), queue=q)
+        proxy.silent = True  # a silent partition: the frames go nowhere, no connection closes
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="not confirmed in time"):
+            broker.publish(msg("unanswered"), queue=q)
+        assert 1.9 < time.monotonic() - started < 4
+        proxy.silent = False
+        broker.publish(msg("after"), queue=q)  # on a new connection
+        got = fetch_all(broker, q, 2, timeout=10)
+        assert {d.message.task_id for d in got} == {"before", "after"}
+        broker.ack(got)
+    finally:
+        broker.close()
+        proxy.close()
+
+
+def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
+    url: str, names: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import amqp
+
+    q = names()
+    broker = create_broker(url)
+    assert isinstance(broker, AMQPBroker)
+    try:
+        broker.publish(msg("a"), queue=q)
+        [publisher] = broker._publishers._idle
+        first = publisher._conn
+
+        def interrupted(self: Any, timeout: float | None = None) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as m:
+            m.setattr(amqp.Connection, "drain_events", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                broker.publish(msg("b"), queue=q)  # sent, its confirm never read
+        assert publisher._conn is None and first is not None and not first.connected
+        broker.publish(msg("c"), queue=q)
+        assert publisher._conn is not None and publisher._tag == 1  # a new channel's first
+        got = fetch_all(broker, q, 3, timeout=2)
+        # "b" was never confirmed: it may or may not have reached the queue before the drop
+        assert {"a", "c"} <= {d.message.task_id for d in got}
+        broker.ack(got)
     finally:
         broker.close()
 
