@@ -397,3 +397,31 @@ def test_ack_and_fetch_stores_results_first_when_it_carries_them(
     finally:
         listener.close()
         backend.close()
+
+
+def test_publish_many_is_one_round_trip_even_after_redis_lost_the_script(tmp_path) -> None:
+    import redis
+
+    server = redis_support.PrivateRedis(tmp_path)  # a private one: SCRIPT FLUSH is ours alone
+    server.start()
+    broker = create_broker(server.url)
+    watcher = redis.Redis.from_url(server.url)
+    try:
+
+        def calls(command: str) -> int:
+            stats = watcher.info("commandstats").get(f"cmdstat_{command}", {})
+            return int(stats.get("calls", 0))
+
+        broker.publish_many([(msg(f"a{i}"), "q", 0, None) for i in range(3)])
+        watcher.script_flush()  # as after a restart of Redis
+        broker.publish_many([(msg(f"b{i}"), "q", 0, None) for i in range(3)])
+        before = (calls("script|exists"), calls("evalsha"))
+        broker.publish_many([(msg(f"c{i}"), "q", 0, None) for i in range(3)])
+        assert (calls("script|exists"), calls("evalsha")) == (before[0], before[1] + 3)
+        got = broker.fetch(["q"], 20, timeout=0)
+        assert sorted(ids(got)) == sorted(f"{p}{i}" for p in "abc" for i in range(3))
+        broker.ack(got)
+    finally:
+        watcher.close()
+        broker.close()
+        server.stop()

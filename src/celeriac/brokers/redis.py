@@ -51,6 +51,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from celeriac._redis import connect
 from celeriac.backends.redis import RedisBackend, store_lua
@@ -215,25 +216,20 @@ class RedisBroker(Broker):
             return
         binding: set[str] = set()
         etas: list[float] = []
+        calls: list[list[str | int]] = []
+        for message, queue, priority, eta in items:
+            if not self.delay_in_broker:
+                eta = None
+            envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
+            bind = queue not in self._bound and queue not in binding
+            binding.add(queue)
+            args: list[str | int] = ["publish", self.prefix, queue]
+            args += [_bucket_priority(priority), _delay(eta), envelope, "1" if bind else "0"]
+            calls.append(args)
+            if eta is not None:
+                etas.append(eta)
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for message, queue, priority, eta in items:
-                    if not self.delay_in_broker:
-                        eta = None
-                    envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
-                    bind = queue not in self._bound and queue not in binding
-                    binding.add(queue)
-                    args: list[str | int] = ["publish", self.prefix, queue]
-                    args += [
-                        _bucket_priority(priority),
-                        _delay(eta),
-                        envelope,
-                        "1" if bind else "0",
-                    ]
-                    self._script(args=args, client=pipe)
-                    if eta is not None:
-                        etas.append(eta)
-                pipe.execute()
+            self._pipelined(calls)
         except redis.RedisError as exc:
             raise BrokerError(
                 f"Redis broker: publishing {len(items)} messages failed: {exc}"
@@ -241,6 +237,30 @@ class RedisBroker(Broker):
         self._bound |= binding
         if etas:
             self._due(min(etas))
+
+    def _pipelined(self, calls: list[list[str | int]]) -> None:
+        """Run the script once per argument list, in one round trip.
+
+        By its SHA, as redis-py's ``Script`` would not in a pipeline: there it asks Redis
+        whether the script is loaded (``SCRIPT EXISTS``) first, a round trip per pipeline. When
+        Redis has lost it (a restart, ``SCRIPT FLUSH``), every call failed with NOSCRIPT and
+        changed nothing: load it and run those again.
+        """
+        script = self._script
+        for attempt in (1, 2):
+            with self.client.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    pipe.evalsha(script.sha, 0, *args)
+                results = pipe.execute(raise_on_error=False)
+            for r in results:
+                if isinstance(r, Exception) and not isinstance(r, NoScriptError):
+                    raise r
+            calls = [a for a, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
+            if not calls:
+                return
+            if attempt == 2:
+                raise NoScriptError("the script was lost again as soon as it was loaded")
+            self.client.script_load(script.script)
 
     def _route(self, items: Sequence[Publication]) -> list[Publication]:
         """Resolve exchanges as kombu does: bindings from Redis, fanouts published at once."""
