@@ -189,3 +189,14 @@ def test_broker_publish_takes_exchange_and_routing_key() -> None:
     message, _, _, _ = app.prepare_message("proj.t")
     app.broker.publish(message, queue="", exchange="office", routing_key="report")
     assert fetch_all(app, "reports") == [message.task_id]
+
+
+def test_the_app_sees_each_new_task_queues_value() -> None:
+    from celeriac import Celeriac
+    from celeriac.routing import Queue
+
+    app = Celeriac("t", broker="memory://")
+    for i in range(200):
+        app.conf.update(task_queues=[Queue(f"q{i}")])
+        assert list(app.topology.queues) == [f"q{i}"]
+        app.conf.update(task_queues=None)  # frees the list: the next may get its address

@@ -78,7 +78,8 @@ class Celeriac:
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
-        self._topology: tuple[tuple[Any, ...], Topology] | None = None
+        #: (task_queues as configured, the other settings it depends on, the topology)
+        self._topology: tuple[Any, tuple[Any, ...], Topology] | None = None
         self._fork_gen = generation()
         if config_source is not None:
             self.config_from_object(config_source)
@@ -198,17 +199,19 @@ class Celeriac:
     def topology(self) -> Topology:
         """``task_queues`` resolved: the exchanges, queues and bindings routes refer to."""
         conf = self.conf
+        queues = conf.task_queues
         key = (
-            id(conf.task_queues),
             conf.task_default_queue,
             conf.task_create_missing_queues,
             conf.worker_hostname,
             conf.task_queue_max_priority,
         )
         cached = self._topology
-        if cached is None or cached[0] != key:
-            cached = self._topology = (key, Topology.from_settings(conf))
-        return cached[1]
+        # The setting itself, compared by identity (by value it would cost a walk per call):
+        # held in the cache, so its address cannot be reused by a later value while it is here.
+        if cached is None or cached[0] is not queues or cached[1] != key:
+            cached = self._topology = (queues, key, Topology.from_settings(conf))
+        return cached[2]
 
     @property
     def backend(self) -> ResultBackend:
