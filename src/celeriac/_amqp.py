@@ -9,15 +9,10 @@ connection is only ever touched by one thread and its heartbeats keep going howe
 caller blocks. A lost connection is reopened in the background with backoff.
 
 Publishing is different: a sync caller waits for its confirms, and handing each publish to the
-I/O thread and back (two thread wake-ups, two GIL hand-offs) cost it a sixth of its rate. One
-message at a time goes out on a py-amqp connection of the caller's own
-(:mod:`celeriac._amqp_publish`). For batches (``publish_many``, a worker's replies)
-:meth:`Link.drive` lends the calling thread an aiormq connection whose event loop that thread
-runs itself for the length of the call (a small pool per link, one thread at a time on each,
-like a database connection pool); callers already on an event loop, and callers when the pool is
-all in use, go through the I/O thread as before. Nothing runs such a connection's loop between
-calls, so it sends no heartbeats: one left idle for half the heartbeat interval is closed and
-opened afresh on its next use instead of being written to after RabbitMQ gave up on it.
+I/O thread and back (two thread wake-ups, two GIL hand-offs) cost it a sixth of its rate. So a
+link also holds a small pool of py-amqp connections that sync callers publish on from their own
+threads (:mod:`celeriac._amqp_publish`); callers on an event loop, and callers when every one of
+those is lent, go through the I/O thread.
 
 Every channel gets an *epoch* when it opens: a delivery tag is only meaningful on the
 channel that delivered it, so a tag from an older epoch is stale (RabbitMQ requeued the message
@@ -36,11 +31,9 @@ import concurrent.futures
 import functools
 import itertools
 import logging
-import math
 import os
 import random
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -52,6 +45,7 @@ import aiormq.abc
 import aiormq.exceptions
 import pamqp.encode
 
+from celeriac._amqp_publish import PublisherPool
 from celeriac.exceptions import BrokerError, ConfigurationError
 
 logger = logging.getLogger("celeriac.amqp")
@@ -69,8 +63,8 @@ RECOVERABLE: tuple[type[BaseException], ...] = (
 )
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
-#: connections per link that sync callers may drive on their own threads (:meth:`Link.drive`)
-DRIVEN_LIMIT = 10
+#: py-amqp connections per link that sync callers publish on from their own threads
+PUBLISH_CONNECTIONS = 10
 
 
 def _encode_doubles() -> None:
@@ -131,26 +125,18 @@ class Chan:
 
 
 class Link:
-    """One AMQP connection on its own event-loop thread, reopened with backoff when lost.
+    """One AMQP connection on its own event-loop thread, reopened with backoff when lost, and
+    the pool of connections sync callers publish on (:attr:`publishers`)."""
 
-    ``threaded=False`` makes a connection with no thread: its loop runs only inside
-    :meth:`run`, on the caller's thread (see :meth:`drive`).
-    """
-
-    def __init__(
-        self, url: str, options: dict[str, Any] | None = None, *, threaded: bool = True
-    ) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = url
         self.options = dict(options or {})
         self._amqp_url = parse_url(url, options)
-        heartbeat = float(dict(parse_qsl(urlsplit(self._amqp_url).query)).get("heartbeat", 60))
         self._loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name="celeriac-amqp-io", daemon=True
-            )
-            self._thread.start()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="celeriac-amqp-io", daemon=True
+        )
+        self._thread.start()
         self._conn: aiormq.abc.AbstractConnection | None = None
         self._up: asyncio.Event | None = None
         self._recovering: asyncio.Task[None] | None = None
@@ -160,25 +146,14 @@ class Link:
         self._closed = False
         self.users = 0
         self.pid = os.getpid()
-        # -- unthreaded links: when RabbitMQ may have given up on a silent connection
-        self._idle_limit = heartbeat / 2 if heartbeat > 0 else math.inf
-        self._last_call = time.monotonic()
-        # -- threaded links: the unthreaded ones lent to sync callers by drive()
-        self._spare: list[Link] = []
-        self._lent = 0
-        self._spare_lock = threading.Lock()
-        self.driven_limit = int(self.options.get("publish_connections", DRIVEN_LIMIT))
+        limit = int(self.options.get("publish_connections", PUBLISH_CONNECTIONS))
+        self.publishers = PublisherPool(url, self.options, limit)
 
     # -- bridging ----------------------------------------------------------------------------
     def run(self, fn: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """Run ``fn()`` on this link's loop and wait for it; BrokerError when it takes too long.
-
-        The loop is the I/O thread's, or for an unthreaded link the caller's own, run for the call.
-        """
+        """Run ``fn()`` on this link's loop and wait for it; BrokerError when it takes too long."""
         if self._closed:
             raise BrokerError("the AMQP connection was closed")
-        if self._thread is None:
-            return self._run_here(fn, timeout)
         if threading.current_thread() is self._thread:
             raise RuntimeError("Link.run called from its own I/O thread")
 
@@ -192,103 +167,11 @@ class Link:
             future.cancel()
             raise BrokerError(f"AMQP operation timed out after {timeout:.1f}s") from None
 
-    def _run_here(self, fn: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """Run ``fn()`` on this unthreaded link's loop, on the calling thread."""
-        loop = self._loop
-        if self._conn is not None and time.monotonic() - self._last_call > self._idle_limit:
-            loop.run_until_complete(self._retire())
-        task = asyncio.ensure_future(fn(), loop=loop)
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        timer = loop.call_later(timeout, expire)
-        try:
-            return loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            if expired:
-                raise BrokerError(f"AMQP operation timed out after {timeout:.1f}s") from None
-            raise
-        except BaseException:
-            if not task.done():  # interrupted (KeyboardInterrupt): nothing may stay half-run
-                task.cancel()
-                self._closed = True
-            raise
-        finally:
-            timer.cancel()
-            self._last_call = time.monotonic()
-
-    async def _retire(self) -> None:
-        """Close the connection quietly (its replacement opens on the next use)."""
-        conn, self._conn = self._conn, None
-        self._channels.clear()
-        if self._up is not None:
-            self._up.clear()
-        if conn is not None and not conn.is_closed:
-            try:
-                await asyncio.wait_for(conn.close(), 1)
-            except Exception as exc:  # it was already gone: that is why we retire it
-                logger.debug("AMQP: closing an idle connection: %s", exc)
-
-    def drive(self, fn: Callable[[Link], Awaitable[T]], timeout: float) -> T:
-        """Run ``fn(link)`` with the calling thread driving ``link``'s event loop itself.
-
-        ``link`` is a connection lent to this thread for the call (see the module docstring),
-        or this link, through its I/O thread, when the caller is on an event loop already or
-        every lent connection is in use.
-        """
-        spare = self._borrow()
-        if spare is None:
-            return self.run(lambda: fn(self), timeout)
-        try:
-            return spare.run(lambda: fn(spare), timeout)
-        finally:
-            self._give_back(spare)
-
-    def _borrow(self) -> Link | None:
-        if self._thread is None or asyncio._get_running_loop() is not None:
-            return None
-        if os.getpid() != self.pid:  # before the lock: a parent thread may have held it
-            return None
-        with self._spare_lock:
-            if self._closed:
-                return None
-            if self._spare:
-                self._lent += 1
-                return self._spare.pop()
-            if self._lent + len(self._spare) >= self.driven_limit:
-                return None
-            self._lent += 1
-        return Link(self.url, self.options, threaded=False)
-
-    def _give_back(self, spare: Link) -> None:
-        with self._spare_lock:
-            self._lent -= 1
-            if not (self._closed or spare._closed):
-                self._spare.append(spare)
-                return
-        spare.close()
-
-    async def visit(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await ``fn()`` on this link's loop, from whichever loop the caller is on."""
-        if asyncio.get_running_loop() is self._loop:
-            return await fn()
-
-        async def call() -> T:
-            return await fn()
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
-
     def spawn(self, fn: Callable[[], Awaitable[Any]]) -> None:
         """Start ``fn()`` on the I/O loop and return at once; a failure is logged, not raised.
 
         :meth:`close` lets what was spawned finish before it closes the connection.
         """
-        if self._thread is None:
-            raise RuntimeError("Link.spawn needs the link's I/O thread")
         if self._closed:
             return
 
@@ -397,18 +280,15 @@ class Link:
 
     # -- shutdown ------------------------------------------------------------------------------
     def close(self) -> None:
-        if self._closed and self._thread is not None:
+        if self._closed:
             return
         if os.getpid() != self.pid:
             # The parent's connection: leave it alone, and its locks too (a parent thread may
             # have held one when it forked).
             self._closed = True
             return
-        with self._spare_lock:
-            self._closed = True
-            spare, self._spare = self._spare, []
-        for link in spare:  # the ones lent out now are closed when given back
-            link.close()
+        self._closed = True
+        self.publishers.close()
 
         async def shutdown() -> None:
             self._closed = True
@@ -423,40 +303,13 @@ class Link:
                 except Exception as exc:  # closing a broken connection: nothing left to save
                     logger.debug("AMQP: error while closing: %s", exc)
 
-        if self._thread is None:
-            _run_aside(self._loop, shutdown)
-        elif self._thread.is_alive():
+        if self._thread.is_alive():
             try:
                 asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
             except Exception as exc:
                 logger.debug("AMQP: shutdown did not finish cleanly: %s", exc)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-
-
-def _run_aside(loop: asyncio.AbstractEventLoop, fn: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``fn()`` to the end on ``loop`` (not running), then close the loop.
-
-    On a helper thread when the caller is on an event loop of its own, which a loop cannot
-    be run inside of.
-    """
-
-    def finish() -> None:
-        if loop.is_closed():
-            return
-        try:
-            loop.run_until_complete(fn())
-        except Exception as exc:
-            logger.debug("AMQP: closing a connection did not finish cleanly: %r", exc)
-        finally:
-            loop.close()
-
-    if asyncio._get_running_loop() is None:
-        finish()
-    else:
-        helper = threading.Thread(target=finish, name="celeriac-amqp-close", daemon=True)
-        helper.start()
-        helper.join(10)
 
 
 def _safe(url: str) -> str:

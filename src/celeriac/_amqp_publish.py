@@ -6,16 +6,18 @@ publish and its confirm) and pamqp's encoding: ~280 us per message, more than Ce
 ``delay()`` leaves for its client. py-amqp, Celery's own client, publishes and reads the confirm
 synchronously for ~150 us (``bench/amqp_publish.py``). So a sync caller publishes on a py-amqp
 connection lent to it from a small pool, one thread at a time on each, like a database
-connection; everything else (consuming, declaring, ``publish_many``, callers on an event loop,
-replies) stays on the aiormq links of :mod:`celeriac._amqp`.
+connection: one message, or a batch (``publish_many``, ``rpc://`` results) sent whole before
+its confirms are awaited together. Everything else (consuming, declaring, acknowledging, callers
+on an event loop, callers when every connection is lent) stays on the aiormq link of
+:mod:`celeriac._amqp`, which owns the pool.
 
 A publish either is confirmed or raises :class:`~celeriac.exceptions.BrokerError`: a lost
 connection is reopened and the message sent again until ``publish_timeout`` runs out (at least
 once: a confirm lost with its connection means the message may be there twice). The wait for the
 confirm is ours, not py-amqp's: py-amqp waits anew after every frame that is not the confirm (a
 heartbeat, ``connection.blocked``), so a server that stays up but never confirms would hold the
-caller forever; ours ends at the deadline, and it matches the confirm to the message by its
-delivery tag. These connections ask for no heartbeats, since nothing would answer them between
+caller forever; ours ends at the deadline, and it matches confirms to messages by their
+delivery tags. These connections ask for no heartbeats, since nothing would answer them between
 calls; one left idle for half the heartbeat interval is replaced before use instead (a firewall
 may have dropped it silently), and every socket operation has a time limit.
 """
@@ -30,7 +32,9 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -53,6 +57,24 @@ _TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "key
 
 class Unroutable(BrokerError):
     """RabbitMQ returned a mandatory message, or its exchange is gone: declare again."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish; ``properties`` by py-amqp's names (``application_headers``)."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    properties: Mapping[str, Any]
+    mandatory: bool = True
+
+    @property
+    def route(self) -> tuple[str, str]:
+        return self.exchange, self.routing_key
+
+    def _returned_as(self) -> tuple[str, str, Any]:
+        return self.exchange, self.routing_key, self.properties.get("correlation_id")
 
 
 def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -108,91 +130,117 @@ class Publisher:
         self._conn: amqp.Connection | None = None
         self._channel: amqp.Channel | None = None
         self._last_use = 0.0
-        # confirm bookkeeping for the channel: the delivery tag of the message in flight, and
-        # what RabbitMQ said of it (events from py-amqp's frame dispatch)
+        # confirm bookkeeping for the channel (events from py-amqp's frame dispatch): the last
+        # delivery tag, the items not confirmed yet, nacks and returns
         self._tag = 0
-        self._confirmed: bool | None = None
-        self._returned: Exception | None = None
+        self._outstanding: dict[int, Outgoing] = {}
+        self._nacked = 0
+        self._returns: list[tuple[str, str, Any]] = []
 
-    def publish(
-        self,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        properties: Mapping[str, Any],
-        deadline: float,
-    ) -> None:
-        """Publish (mandatory) and wait for the confirm; again on a new connection after a loss.
+    def send(self, items: Sequence[Outgoing], deadline: float) -> list[Outgoing]:
+        """Publish every item, then wait for all their confirms; what a lost connection left
+        unconfirmed is sent again on a new one until ``deadline`` (a :func:`time.monotonic`
+        time).
 
-        ``deadline`` is a :func:`time.monotonic` time. Raises :class:`Unroutable` when RabbitMQ
-        returned the message, :class:`BrokerError` when it refused it or the deadline passed.
+        Returns the mandatory items RabbitMQ returned (no queue took them). Raises
+        :class:`Unroutable` when an exchange is missing, :class:`BrokerError` when RabbitMQ
+        refused a message or the deadline passed.
         """
-        message = amqp.Message(body, **properties)
+        pending = list(items)
+        returned: list[Outgoing] = []
         pause = _PAUSE_FIRST
         while True:
             try:
-                self._publish_once(message, exchange, routing_key, deadline)
-                return
+                returned += self._send_once(pending, deadline)
+                return returned
             except amqp.exceptions.ChannelError as exc:
                 self._drop()
                 if exc.reply_code in _REDECLARE:
-                    raise Unroutable(
-                        f"RabbitMQ could not route a message to {routing_key!r}: {exc}"
-                    ) from exc
+                    raise Unroutable(f"RabbitMQ could not route a message: {exc}") from exc
                 # The same publish would fail the same way (access, size): no use sending again.
-                raise BrokerError(f"RabbitMQ refused a message for {routing_key!r}: {exc}") from exc
+                raise BrokerError(f"RabbitMQ refused a message: {exc}") from exc
             except _UNENCODABLE as exc:  # a header AMQP cannot carry, a routing key too long
                 self._drop()
-                raise BrokerError(f"cannot publish to {routing_key!r}: {exc}") from exc
+                raise BrokerError(f"cannot publish: {exc}") from exc
             except (OSError, amqp.exceptions.AMQPError) as exc:
+                unconfirmed = {id(item) for item in self._outstanding.values()}
+                returned += self._settled_returns([i for i in pending if id(i) not in unconfirmed])
+                pending = [i for i in pending if id(i) in unconfirmed]
                 self._drop()
                 error: Exception = exc
             except BaseException:
-                # Interrupted (KeyboardInterrupt...) with a confirm perhaps still on its way: the
-                # connection must not serve another publish.
+                # Interrupted (KeyboardInterrupt...) with confirms perhaps still on their way:
+                # the connection must not serve another publish.
                 self._drop()
                 raise
             if time.monotonic() + pause >= deadline:
                 raise BrokerError(
-                    f"publish to {routing_key!r} not confirmed in time: {error!r}"
+                    f"{len(pending)} publish(es) not confirmed in time: {error!r}"
                 ) from error
-            logger.debug("AMQP: publish to %r failed (%r), again soon", routing_key, error)
+            logger.debug("AMQP: publish failed (%r), %d again soon", error, len(pending))
             time.sleep(pause)
             pause = min(pause * 2, _PAUSE_MAX)
 
-    def _publish_once(
-        self, message: amqp.Message, exchange: str, routing_key: str, deadline: float
-    ) -> None:
+    def _send_once(self, items: Sequence[Outgoing], deadline: float) -> list[Outgoing]:
         channel = self._open(deadline)
         conn = self._conn
         assert conn is not None
-        self._confirmed, self._returned = None, None
-        self._tag += 1
-        channel.basic_publish(
-            message,
-            exchange=exchange,
-            routing_key=routing_key,
-            mandatory=True,
-            timeout=_left(deadline),
-        )
-        while self._confirmed is None:
+        # Every item is outstanding until confirmed, sent or not yet: the channel numbers its
+        # messages 1, 2, 3..., so the tags are known before anything is written.
+        first = self._tag + 1
+        self._outstanding = {first + n: item for n, item in enumerate(items)}
+        self._tag += len(items)
+        self._nacked, self._returns = 0, []
+        for item in items:
+            channel.basic_publish(
+                amqp.Message(item.body, **item.properties),
+                exchange=item.exchange,
+                routing_key=item.routing_key,
+                mandatory=item.mandatory,
+                timeout=_left(deadline),
+            )
+        while self._outstanding:
             conn.drain_events(timeout=_left(deadline))  # TimeoutError once it has passed
         self._last_use = time.monotonic()
-        if self._returned is not None:  # its ack came after the return: the channel is clean
-            raise self._returned
-        if not self._confirmed:
-            raise BrokerError(f"RabbitMQ refused a message for {routing_key!r} (nack)")
+        if self._nacked:
+            raise BrokerError(f"RabbitMQ refused {self._nacked} message(s) (nack)")
+        return self._settled_returns(items)
+
+    def _settled_returns(self, settled: Sequence[Outgoing]) -> list[Outgoing]:
+        """Those of ``settled`` (confirmed) that RabbitMQ returned first.
+
+        A return names the exchange, routing key and properties, not the delivery tag: the
+        correlation id (the task id) tells the messages of one batch apart.
+        """
+        keys = Counter(self._returns)
+        self._returns = []
+        if not keys:
+            return []
+        out = []
+        for item in settled:
+            key = item._returned_as()
+            if keys[key] > 0:
+                keys[key] -= 1
+                out.append(item)
+        return out
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
-        if tag == self._tag or (multiple and tag >= self._tag):
-            self._confirmed = True
+        self._settle(tag, multiple)
 
     def _on_nack(self, tag: int, multiple: bool) -> None:
-        if tag == self._tag or (multiple and tag >= self._tag):
-            self._confirmed = False
+        self._nacked += self._settle(tag, multiple)
 
-    def _on_return(self, exc: Exception, *_: Any) -> None:
-        self._returned = exc
+    def _settle(self, tag: int, multiple: bool) -> int:
+        if not multiple:
+            return 1 if self._outstanding.pop(tag, None) is not None else 0
+        done = [t for t in self._outstanding if t <= tag]
+        for t in done:
+            del self._outstanding[t]
+        return len(done)
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        props = getattr(message, "properties", None) or {}
+        self._returns.append((exchange, routing_key, props.get("correlation_id")))
 
     def _open(self, deadline: float) -> amqp.Channel:
         if self._channel is not None and time.monotonic() - self._last_use > self._idle_limit:

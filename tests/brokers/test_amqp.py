@@ -171,7 +171,7 @@ def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> 
     q = names()
     broker = create_broker(url, {"publish_connections": 2})
     assert isinstance(broker, AMQPBroker)
-    pool = broker._publishers
+    pool = broker.link.publishers
     try:
         broker.publish(msg("main"), queue=q)
         assert pool.idle == 1  # lent to this thread for the call, then given back
@@ -189,12 +189,12 @@ def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> 
             broker.publish(msg("loop"), queue=q)  # a sync socket would block the loop: I/O thread
 
         asyncio.run(on_a_loop())
-        broker.publish_many([(msg(f"many{i}"), q, 0, None) for i in range(3)])
-        assert len(broker.link._spare) == 1  # publish_many drives an aiormq connection
+        broker.publish_many([(msg(f"many{i}"), q, 0, None) for i in range(3)])  # on a publisher
+        assert pool.idle == 2
         assert broker.depth(q) == 85
     finally:
         broker.close()
-    assert pool.idle == 0 and broker.link._spare == [] and broker.link._closed
+    assert pool.idle == 0 and broker.link._closed
 
 
 def test_publish_connections_zero_sends_every_publish_through_the_io_thread(
@@ -206,7 +206,7 @@ def test_publish_connections_zero_sends_every_publish_through_the_io_thread(
     try:
         broker.publish(msg("a"), queue=q)
         broker.publish_many([(msg("b"), q, 0, None), (msg("c"), q, 0, None)])
-        assert broker._publishers.idle == 0 and broker.link._spare == []
+        assert broker.link.publishers.idle == 0
         assert broker.depth(q) == 3
     finally:
         broker.close()
@@ -218,19 +218,12 @@ def test_an_idle_publish_connection_is_replaced_before_use(url: str, names: Any)
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(msg("a"), queue=q)
-        [publisher] = broker._publishers._idle
+        [publisher] = broker.link.publishers._idle
         first = publisher._conn
         publisher._idle_limit = 0.0  # as if it had been idle for half the heartbeat interval
         broker.publish(msg("b"), queue=q)
         assert first is not None and not first.connected and publisher._conn is not first
-        # the same for the aiormq connections publish_many drives
-        broker.publish_many([(msg("c"), q, 0, None), (msg("d"), q, 0, None)])
-        [spare] = broker.link._spare
-        conn = spare._conn
-        spare._idle_limit = 0.0
-        broker.publish_many([(msg("e"), q, 0, None), (msg("f"), q, 0, None)])
-        assert conn is not None and conn.is_closed and spare._conn is not conn
-        assert broker.depth(q) == 6
+        assert broker.depth(q) == 2
     finally:
         broker.close()
 
@@ -316,7 +309,7 @@ def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(msg("a"), queue=q)
-        [publisher] = broker._publishers._idle
+        [publisher] = broker.link.publishers._idle
         first = publisher._conn
 
         def interrupted(self: Any, timeout: float | None = None) -> None:
@@ -360,7 +353,7 @@ def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -
         app.send_task("t", queue=q)  # the parent's I/O thread and publish connection are open
         parent_broker = app.broker
         link = parent_broker.link  # type: ignore[attr-defined]
-        [publisher] = parent_broker._publishers._idle  # type: ignore[attr-defined]
+        [publisher] = parent_broker.link.publishers._idle  # type: ignore[attr-defined]
         conns = (link._conn, publisher._conn)
 
         def in_child() -> None:

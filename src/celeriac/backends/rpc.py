@@ -35,6 +35,7 @@ from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
 from celeriac._amqp import Link, acquire_link, any_broker_url, release_link, replies
+from celeriac._amqp_publish import Outgoing
 from celeriac.backends.base import EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
 from celeriac.states import READY_STATES, SUCCESS
@@ -141,10 +142,28 @@ class RPCBackend(ResultBackend):
         if not sends:
             return
         link = self._get_link()
+        publisher = link.publishers.borrow()
         try:
-            link.drive(lambda on: self._send(on, sends), _TIMEOUT + 5)
+            if publisher is None:  # on an event loop, or every publisher is lent
+                link.run(lambda: self._send(link, sends), _TIMEOUT + 5)
+            else:
+                outgoing = [self._outgoing(*send) for send in sends]
+                publisher.send(outgoing, time.monotonic() + _TIMEOUT)
         except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
             raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
+        finally:
+            if publisher is not None:
+                link.publishers.give_back(publisher)
+
+    def _outgoing(self, reply_to: str, correlation_id: str, data: bytes) -> Outgoing:
+        """A reply for a sync publisher: as :meth:`publish_reply` sends it."""
+        properties = {
+            "content_type": self.content_type,
+            "content_encoding": self._encoding,
+            "correlation_id": correlation_id,
+            "delivery_mode": 1,
+        }
+        return Outgoing(data, "", reply_to, properties, mandatory=False)
 
     def replies_for(self, items: Sequence[EncodedResult]) -> list[tuple[str, str, bytes]]:
         """``(reply queue, correlation id, document)`` to publish for ``items``; results for

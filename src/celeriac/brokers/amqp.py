@@ -57,8 +57,8 @@ import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac._amqp import DRIVEN_LIMIT, Link, acquire_link, release_link, replies
-from celeriac._amqp_publish import Publisher, PublisherPool, Unroutable
+from celeriac._amqp import Link, acquire_link, release_link, replies
+from celeriac._amqp_publish import Outgoing, Publisher, Unroutable
 from celeriac.brokers.amqp_topology import declare_queue, queue_arguments, queues_behind
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
@@ -159,6 +159,13 @@ def property_fields(
     }
 
 
+def _py_amqp(fields: dict[str, Any]) -> dict[str, Any]:
+    """:func:`property_fields` by py-amqp's names."""
+    out = {k: v for k, v in fields.items() if k != "headers"}
+    out["application_headers"] = fields["headers"]
+    return out
+
+
 def to_properties(
     message: Message, *, priority: int, headers: dict[str, Any], keep_expiration: bool = True
 ) -> spec.Basic.Properties:
@@ -188,9 +195,6 @@ class AMQPBroker(Broker):
         self.publish_timeout = float(opts.get("publish_timeout", 30.0))
         self.dead_letter_queue = str(opts.get("dead_letter_queue", "celeriac.dead"))
         self.link: Link = acquire_link(url, opts)
-        self._publishers = PublisherPool(
-            url, opts, int(opts.get("publish_connections", DRIVEN_LIMIT))
-        )
         self._closed = False
         #: names this process declared (server objects are durable: once per process)
         self._declared: set[str] = set()
@@ -378,25 +382,12 @@ class AMQPBroker(Broker):
             else:
                 await self._declare(queue, remaining, delays=delay > 0)
 
-        batch: list[Callable[[Link], Awaitable[None]]] | None = getattr(self._local, "batch", None)
-        if batch is None:
-            publisher = self._publishers.borrow()
-            if publisher is not None:
-                try:
-                    self._publish_sync(publisher, message.body, exchange, key, fields, declare)
-                finally:
-                    self._publishers.give_back(publisher)
-                return
-        props = spec.Basic.Properties(**fields)
-
-        def send(link: Link) -> Awaitable[None]:
-            return self._publish(link, message.body, exchange, key, props, declare)
-
+        send = _Send(Outgoing(message.body, exchange, key, _py_amqp(fields)), declare)
+        batch: list[_Send] | None = getattr(self._local, "batch", None)
         if batch is not None:
             batch.append(send)  # publish_many sends it with the rest
-            return
-        # On an event loop, or every publisher is lent: the I/O thread publishes it.
-        self.link.run(lambda: send(self.link), self.publish_timeout + 5)
+        else:
+            self._send_all([send])
 
     def publish_many(self, items: Sequence[Publication]) -> None:
         """Publish all, then wait for all their confirms: one round trip, not one per message.
@@ -407,7 +398,7 @@ class AMQPBroker(Broker):
         if len(items) < 2:
             super().publish_many(items)
             return
-        batch: list[Callable[[Link], Awaitable[None]]] = []
+        batch: list[_Send] = []
         self._local.batch = batch
         try:
             for message, queue, priority, eta in items:
@@ -415,37 +406,49 @@ class AMQPBroker(Broker):
         finally:
             self._local.batch = None
         if batch:
-            self.link.drive(lambda link: _all(link, batch), self.publish_timeout + 5)
+            self._send_all(batch)
 
-    def _publish_sync(
-        self,
-        publisher: Publisher,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        fields: dict[str, Any],
-        declare: Callable[[float], Awaitable[None]],
-    ) -> None:
-        """:meth:`_publish` for a sync caller, on a py-amqp connection of its own."""
-        deadline = time.monotonic() + self.publish_timeout
-        properties = {k: v for k, v in fields.items() if k != "headers"}
-        properties["application_headers"] = fields["headers"]
-        route = (exchange, routing_key)
-        returned = False
-        while True:
-            if route not in self._routed:
-                remaining = max(0.01, deadline - time.monotonic())
-                self.link.run(functools.partial(declare, remaining), remaining + 5)
-            try:
-                publisher.publish(body, exchange, routing_key, properties, deadline)
-            except Unroutable:
-                if returned:  # declared again and still unroutable
-                    raise
-                returned = True
-                self._forget_declarations()
-                continue
-            self._remember_route(route)
+    def _send_all(self, sends: list[_Send]) -> None:
+        """Publish on a connection of this thread's own (py-amqp), or on an event loop and
+        when every such connection is lent, through the I/O thread (aiormq)."""
+        publishers = self.link.publishers
+        publisher = publishers.borrow()
+        if publisher is None:
+            self.link.run(lambda: _all(self.link, sends, self._publish), self.publish_timeout + 5)
             return
+        try:
+            self._publish_sync(publisher, sends)
+        finally:
+            publishers.give_back(publisher)
+
+    def _publish_sync(self, publisher: Publisher, sends: list[_Send]) -> None:
+        """:meth:`_publish` for a sync caller, a batch at once, on a connection of its own."""
+        deadline = time.monotonic() + self.publish_timeout
+        for attempt in (1, 2):
+            for route, declare in {s.item.route: s.declare for s in sends}.items():
+                if route not in self._routed:
+                    remaining = max(0.01, deadline - time.monotonic())
+                    self.link.run(functools.partial(declare, remaining), remaining + 5)
+            try:
+                returned = publisher.send([s.item for s in sends], deadline)
+            except Unroutable:  # an exchange deleted under us
+                returned = [s.item for s in sends]
+                if attempt == 2:
+                    raise
+            bounced = {id(item) for item in returned}
+            for s in sends:
+                if id(s.item) not in bounced:
+                    self._remember_route(s.item.route)
+            if not returned:
+                return
+            if attempt == 2:
+                raise BrokerError(
+                    f"RabbitMQ could not route a message to {returned[0].routing_key!r}, "
+                    "declared again"
+                )
+            # A queue deleted under us: declare again, and send what came back once more.
+            self._forget_declarations()
+            sends = [s for s in sends if id(s.item) in bounced]
 
     def _remember_route(self, route: tuple[str, str]) -> None:
         if len(self._routed) >= _ROUTED_LIMIT:  # distinct delays make distinct keys
@@ -458,41 +461,35 @@ class AMQPBroker(Broker):
         self._declared.clear()
         self._delay_declared.clear()
 
-    async def _publish(
-        self,
-        link: Link,
-        body: bytes,
-        exchange: str,
-        routing_key: str,
-        props: spec.Basic.Properties,
-        declare: Callable[[float], Awaitable[None]] | None,
-    ) -> None:
-        """Publish on ``link`` and wait for the confirm; again on a new channel after a loss.
+    async def _publish(self, send: _Send) -> None:
+        """Publish on the I/O link and wait for the confirm; again on a new channel after a loss.
 
-        ``declare`` runs on the I/O link (its admin channel and its locks), which is a hop from
-        a driven link: skipped once a publish to the same exchange and key was confirmed, since
-        a queue deleted since then makes the mandatory publish come back and clears the memo.
+        Declares first, unless a publish to the same exchange and key was confirmed: a queue
+        deleted since then makes the mandatory publish come back and clears the memo.
         """
+        item, link = send.item, self.link
+        exchange, routing_key = item.route
+        props = dict(item.properties)
+        props["headers"] = props.pop("application_headers", None)
+        properties = spec.Basic.Properties(**props)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         pause, returned = 0.05, False
         while True:
             remaining = max(0.01, deadline - loop.time())
             try:
-                route = (exchange, routing_key)
-                if declare is not None and route not in self._routed:
-                    await self.link.visit(functools.partial(declare, remaining))
+                if item.route not in self._routed:
+                    await send.declare(remaining)
                 chan = await link.channel("publish", remaining, confirms=True)
                 await chan.channel.basic_publish(
-                    body,
+                    item.body,
                     exchange=exchange,
                     routing_key=routing_key,
-                    properties=props,
+                    properties=properties,
                     mandatory=True,
                     timeout=remaining,
                 )
-                if declare is not None:
-                    self._remember_route(route)
+                self._remember_route(item.route)
                 return
             except aiormq.exceptions.PublishError as exc:
                 # Unroutable: the queue was deleted under us. Declare it again, once.
@@ -822,17 +819,9 @@ class AMQPBroker(Broker):
                 HDR_COUNT: delivery.delivery_count,
             }
         )
-        props = to_properties(message, priority=0, headers=headers, keep_expiration=False)
-
-        async def declare(remaining: float) -> None:
-            await self._declare_dead(remaining)
-
-        self.link.run(
-            lambda: self._publish(
-                self.link, message.body, DEAD_EXCHANGE, delivery.queue, props, declare
-            ),
-            self.publish_timeout + 5,
-        )
+        fields = property_fields(message, priority=0, headers=headers, keep_expiration=False)
+        item = Outgoing(message.body, DEAD_EXCHANGE, delivery.queue, _py_amqp(fields))
+        self._send_all([_Send(item, self._declare_dead)])
         self.ack([delivery])
 
     def _dead_id(self) -> int:
@@ -948,12 +937,13 @@ class AMQPBroker(Broker):
     async def _replay_one(self, dead: DeadLetter) -> None:
         message = dead.message
         priority = int(message.properties.get("priority") or 0)
-        props = to_properties(message, priority=priority, headers=dict(message.headers))
+        fields = property_fields(message, priority=priority, headers=dict(message.headers))
 
         async def declare(remaining: float) -> None:
             await self._declare(dead.queue, remaining)
 
-        await self._publish(self.link, message.body, "", dead.queue, props, declare)
+        item = Outgoing(message.body, "", dead.queue, _py_amqp(fields))
+        await self._publish(_Send(item, declare))
 
     def purge_dead_letters(self) -> int:
         async def run() -> int:
@@ -967,16 +957,22 @@ class AMQPBroker(Broker):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._publishers.close()
             release_link(self.link)
 
 
-async def _all(link: Link, sends: Sequence[Callable[[Link], Awaitable[None]]]) -> None:
-    """Run the sends side by side, each retrying on its own; the first error once all are done.
+@dataclass(frozen=True)
+class _Send:
+    """A message to publish and how to declare where it goes (on the I/O loop)."""
 
-    None is left running when this returns: a driven link's loop stops until its next call.
-    """
-    outcomes = await asyncio.gather(*(send(link) for send in sends), return_exceptions=True)
+    item: Outgoing
+    declare: Callable[[float], Awaitable[None]]
+
+
+async def _all(
+    link: Link, sends: Sequence[_Send], publish: Callable[[_Send], Awaitable[None]]
+) -> None:
+    """Publish side by side, each retrying on its own; the first error once all are done."""
+    outcomes = await asyncio.gather(*(publish(send) for send in sends), return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
