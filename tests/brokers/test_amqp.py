@@ -259,6 +259,23 @@ def test_a_publish_rabbitmq_refuses_raises_and_the_next_one_goes(url: str, names
         app.close()
 
 
+def test_publish_many_declares_again_only_for_what_came_back(url: str, names: Any) -> None:
+    kept, deleted = names(), names()
+    broker = create_broker(url)
+    try:
+        broker.publish_many([(msg("k0"), kept, 0, None), (msg("d0"), deleted, 0, None)])
+        amqp_support.delete_queues(url, [deleted])  # its memo still says declared
+        batch = [(msg(f"k{i}"), kept, 0, None) for i in (1, 2)]
+        batch += [(msg(f"d{i}"), deleted, 0, None) for i in (1, 2)]
+        broker.publish_many(batch)  # the two for the deleted queue come back: sent again
+        # more than there should be, to see a copy sent twice
+        got = fetch_all(broker, kept, 10, timeout=2) + fetch_all(broker, deleted, 10, timeout=2)
+        assert sorted(d.message.task_id for d in got) == ["d1", "d2", "k0", "k1", "k2"]
+        broker.ack(got)
+    finally:
+        broker.close()
+
+
 def test_a_header_amqp_cannot_carry_is_a_broker_error(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)
