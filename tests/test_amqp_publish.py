@@ -1,12 +1,19 @@
-"""py-amqp connection settings from Celeriac's AMQP URLs (no server needed: the publishing
+"""The py-amqp publisher without a server: connection settings from Celeriac's AMQP URLs, the
+pool, and what is sent again after a failure (on a scripted fake connection; the publishing
 itself is tested against RabbitMQ in tests/brokers/test_amqp.py)."""
 
 from __future__ import annotations
 
 import math
 import ssl
+import time
+import types
+from typing import Any
 
-from celeriac._amqp_publish import PublisherPool, connect_params, idle_limit
+import pytest
+
+from celeriac._amqp_publish import Outgoing, Publisher, PublisherPool, connect_params, idle_limit
+from celeriac.exceptions import BrokerError
 
 
 def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
@@ -59,3 +66,88 @@ def test_the_pool_lends_at_most_its_limit_and_none_on_an_event_loop() -> None:
     pool.close()
     assert pool.borrow() is None and pool.idle == 0
     assert PublisherPool("amqp://localhost", None, 0).borrow() is None
+
+
+class _FakeChannel:
+    def __init__(self) -> None:
+        from collections import defaultdict
+
+        self.events: Any = defaultdict(set)
+        self.sent: list[bytes] = []
+
+    def confirm_select(self) -> None:
+        pass
+
+    def basic_publish(self, message: Any, **_: Any) -> None:
+        self.sent.append(message.body)
+
+
+class _FakeConnection:
+    """py-amqp's Connection as the publisher uses it, following a script per connection:
+    "refuse" (it does not open), or what arrives while the publisher waits: ("ack" | "nack",
+    tag, multiple), or "cut" (the connection is lost)."""
+
+    scripts: list[Any] = []
+    opened: list[_FakeConnection] = []
+
+    def __init__(self, **_: Any) -> None:
+        self.script = list(_FakeConnection.scripts.pop(0))
+        self.ch = _FakeChannel()
+        sock = types.SimpleNamespace(settimeout=lambda timeout: None)
+        self.transport = types.SimpleNamespace(sock=sock)
+        _FakeConnection.opened.append(self)
+
+    def connect(self) -> None:
+        if self.script == ["refuse"]:
+            raise ConnectionRefusedError("refused")
+
+    def channel(self) -> _FakeChannel:
+        return self.ch
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        step = self.script.pop(0)
+        if step == "cut":
+            raise ConnectionResetError("cut")
+        kind, tag, multiple = step
+        for callback in list(self.ch.events[f"basic_{kind}"]):
+            callback(tag, multiple)
+
+    def collect(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_amqp(monkeypatch: pytest.MonkeyPatch) -> type[_FakeConnection]:
+    import amqp
+
+    monkeypatch.setattr(amqp, "Connection", _FakeConnection)
+    _FakeConnection.scripts, _FakeConnection.opened = [], []
+    return _FakeConnection
+
+
+def _items(*names: str) -> list[Outgoing]:
+    return [Outgoing(n.encode(), "", "q", {"correlation_id": n}) for n in names]
+
+
+def test_a_connection_that_will_not_open_sends_everything_on_the_next(fake_amqp: Any) -> None:
+    fake_amqp.scripts = [["refuse"], [("ack", 2, True)]]
+    publisher = Publisher(connect_params("amqp://h/"))
+    assert publisher.send(_items("m0", "m1"), time.monotonic() + 5) == []
+    refused, second = fake_amqp.opened
+    assert (refused.ch.sent, second.ch.sent) == ([], [b"m0", b"m1"])
+
+
+def test_a_cut_sends_again_exactly_what_was_not_confirmed(fake_amqp: Any) -> None:
+    fake_amqp.scripts = [[("ack", 2, True), "cut"], [("ack", 1, False)]]
+    publisher = Publisher(connect_params("amqp://h/"))
+    publisher.send(_items("m0", "m1", "m2"), time.monotonic() + 5)
+    first, second = fake_amqp.opened
+    assert (first.ch.sent, second.ch.sent) == ([b"m0", b"m1", b"m2"], [b"m2"])
+
+
+def test_a_nack_before_a_cut_still_raises(fake_amqp: Any) -> None:
+    fake_amqp.scripts = [[("nack", 1, False), "cut"], [("ack", 1, False)]]
+    publisher = Publisher(connect_params("amqp://h/"))
+    with pytest.raises(BrokerError, match="refused 1"):
+        publisher.send(_items("m0", "m1"), time.monotonic() + 5)
+    assert fake_amqp.opened[1].ch.sent == [b"m1"]  # the unconfirmed one went again

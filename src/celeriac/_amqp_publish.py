@@ -148,23 +148,28 @@ class Publisher:
         """
         pending = list(items)
         returned: list[Outgoing] = []
+        refused = 0  # nacked, on this connection or one lost since
         pause = _PAUSE_FIRST
         while True:
             try:
                 returned += self._send_once(pending, deadline)
-                return returned
+                refused += self._nacked
+                break
             except amqp.exceptions.ChannelError as exc:
                 self._drop()
                 if exc.reply_code in _REDECLARE:
                     raise Unroutable(f"RabbitMQ could not route a message: {exc}") from exc
                 # The same publish would fail the same way (access, size): no use sending again.
-                raise BrokerError(f"RabbitMQ refused a message: {exc}") from exc
+                raise BrokerError(f"RabbitMQ refused the publish: {exc}") from exc
             except _UNENCODABLE as exc:  # a header AMQP cannot carry, a routing key too long
                 self._drop()
                 raise BrokerError(f"cannot publish: {exc}") from exc
             except (OSError, amqp.exceptions.AMQPError) as exc:
+                # Confirmed (or refused) before the loss: settled. The rest, written or not
+                # (or never reached, when the connection would not open), goes again.
                 unconfirmed = {id(item) for item in self._outstanding.values()}
                 returned += self._settled_returns([i for i in pending if id(i) not in unconfirmed])
+                refused += self._nacked
                 pending = [i for i in pending if id(i) in unconfirmed]
                 self._drop()
                 error: Exception = exc
@@ -180,17 +185,21 @@ class Publisher:
             logger.debug("AMQP: publish failed (%r), %d again soon", error, len(pending))
             time.sleep(pause)
             pause = min(pause * 2, _PAUSE_MAX)
+        if refused:
+            raise BrokerError(f"RabbitMQ refused {refused} message(s) (nack)")
+        return returned
 
     def _send_once(self, items: Sequence[Outgoing], deadline: float) -> list[Outgoing]:
+        # Every item is outstanding until confirmed: from before the connection opens (if it
+        # does not, all go again), then by the tags the channel will give them (1, 2, 3...).
+        self._outstanding = {-n: item for n, item in enumerate(items, 1)}
+        self._nacked, self._returns = 0, []
         channel = self._open(deadline)
         conn = self._conn
         assert conn is not None
-        # Every item is outstanding until confirmed, sent or not yet: the channel numbers its
-        # messages 1, 2, 3..., so the tags are known before anything is written.
         first = self._tag + 1
         self._outstanding = {first + n: item for n, item in enumerate(items)}
         self._tag += len(items)
-        self._nacked, self._returns = 0, []
         for item in items:
             channel.basic_publish(
                 amqp.Message(item.body, **item.properties),
@@ -202,8 +211,6 @@ class Publisher:
         while self._outstanding:
             conn.drain_events(timeout=_left(deadline))  # TimeoutError once it has passed
         self._last_use = time.monotonic()
-        if self._nacked:
-            raise BrokerError(f"RabbitMQ refused {self._nacked} message(s) (nack)")
         return self._settled_returns(items)
 
     def _settled_returns(self, settled: Sequence[Outgoing]) -> list[Outgoing]:
@@ -341,6 +348,9 @@ class PublisherPool:
         self._idle, self._lent, self._pid = [], 0, os.getpid()
 
     def give_back(self, publisher: Publisher) -> None:
+        if os.getpid() != self._pid:  # borrowed before a fork: its connection is the parent's
+            publisher.forget()
+            return
         with self._lock:
             self._lent = max(0, self._lent - 1)
             if not self._closed:
