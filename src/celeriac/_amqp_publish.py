@@ -2,14 +2,14 @@
 
 A thread that calls ``delay()`` waits for RabbitMQ's confirm, and whatever else the call costs is
 CPU on that thread. On aiormq that is an event loop run for the call (eight turns of it for one
-publish and its confirm) and pamqp's encoding: ~280 us per message, more than Celery's whole
-``delay()`` leaves for its client. py-amqp, Celery's own client, publishes and reads the confirm
-synchronously for ~150 us (``bench/amqp_publish.py``). So a sync caller publishes on a py-amqp
-connection lent to it from a small pool, one thread at a time on each, like a database
-connection: one message, or a batch (``publish_many``, ``rpc://`` results) sent whole before
-its confirms are awaited together. Everything else (consuming, declaring, acknowledging, callers
-on an event loop, callers when every connection is lent) stays on the aiormq link of
-:mod:`celeriac._amqp`, which owns the pool.
+publish and its confirm) and pamqp's encoding: ~280 us per message, which left Celeriac's
+``delay()`` no cheaper than Celery's. py-amqp, Celery's own client, publishes and reads the confirm
+synchronously for ~140 us (``bench/amqp_publish.py``). So a sync caller publishes on a py-amqp
+connection lent to it from a small pool, one thread at a time on each, like a database connection:
+one message, or a batch (``publish_many``, ``rpc://`` results) sent whole before its confirms are
+awaited together. Everything else (consuming, declaring, acknowledging, callers on an event loop,
+callers when every connection is lent) stays on the aiormq link of :mod:`celeriac._amqp`, which
+owns the pool.
 
 A publish either is confirmed or raises :class:`~celeriac.exceptions.BrokerError`: a lost
 connection is reopened and the message sent again until ``publish_timeout`` runs out (at least
@@ -49,9 +49,9 @@ logger = logging.getLogger("celeriac.amqp")
 #: an exchange that is not there (both deleted behind our back)
 _REDECLARE = (312, 404)
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0
-#: our URL's TLS parameters (aiormq's names) and py-amqp's for them
 #: what py-amqp raises for a message it cannot encode (before it writes anything)
 _UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.error)
+#: our URL's TLS parameters (aiormq's names) and py-amqp's for them
 _TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "keyfile"))
 
 
