@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from celeriac._amqp_publish import Outgoing, Publisher, PublisherPool, connect_params, idle_limit
+from celeriac._amqp_publish import (
+    Outgoing,
+    Publisher,
+    PublisherPool,
+    Unroutable,
+    connect_params,
+    idle_limit,
+)
 from celeriac.exceptions import BrokerError
 
 
@@ -108,6 +115,10 @@ class _FakeConnection:
         step = self.script.pop(0)
         if step == "cut":
             raise ConnectionResetError("cut")
+        if step == "no exchange":  # RabbitMQ closes the channel: 404
+            import amqp.exceptions
+
+            raise amqp.exceptions.NotFound("NOT_FOUND - no exchange", None, None, 404)
         kind, tag, multiple = step
         for callback in list(self.ch.events[f"basic_{kind}"]):
             callback(tag, multiple)
@@ -151,3 +162,12 @@ def test_a_nack_before_a_cut_still_raises(fake_amqp: Any) -> None:
     with pytest.raises(BrokerError, match="refused 1"):
         publisher.send(_items("m0", "m1"), time.monotonic() + 5)
     assert fake_amqp.opened[1].ch.sent == [b"m1"]  # the unconfirmed one went again
+
+
+def test_a_missing_exchange_leaves_what_was_confirmed_sent(fake_amqp: Any) -> None:
+    fake_amqp.scripts = [[("ack", 1, False), "no exchange"]]
+    publisher = Publisher(connect_params("amqp://h/"))
+    items = _items("m0", "m1", "m2")
+    with pytest.raises(Unroutable) as caught:
+        publisher.send(items, time.monotonic() + 5)
+    assert caught.value.items == items[1:]  # m0 was confirmed: not to be sent twice

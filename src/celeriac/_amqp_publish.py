@@ -56,7 +56,12 @@ _TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "key
 
 
 class Unroutable(BrokerError):
-    """RabbitMQ returned a mandatory message, or its exchange is gone: declare again."""
+    """RabbitMQ returned a mandatory message, or its exchange is gone: declare again, then send
+    :attr:`items` again (what was not confirmed, or came back)."""
+
+    def __init__(self, message: str, items: Sequence[Outgoing] = ()) -> None:
+        super().__init__(message)
+        self.items = list(items)
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,12 @@ class Publisher:
             except amqp.exceptions.ChannelError as exc:
                 self._drop()
                 if exc.reply_code in _REDECLARE:
-                    raise Unroutable(f"RabbitMQ could not route a message: {exc}") from exc
+                    # What was confirmed before the channel closed stays sent.
+                    unconfirmed = {id(item) for item in self._outstanding.values()}
+                    settled = [i for i in pending if id(i) not in unconfirmed]
+                    again = returned + self._settled_returns(settled)
+                    again += [i for i in pending if id(i) in unconfirmed]
+                    raise Unroutable(f"RabbitMQ could not route a message: {exc}", again) from exc
                 # The same publish would fail the same way (access, size): no use sending again.
                 raise BrokerError(f"RabbitMQ refused the publish: {exc}") from exc
             except _UNENCODABLE as exc:  # a header AMQP cannot carry, a routing key too long

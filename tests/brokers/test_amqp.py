@@ -276,6 +276,38 @@ def test_publish_many_declares_again_only_for_what_came_back(url: str, names: An
         broker.close()
 
 
+def test_a_declare_that_fails_is_tried_again_then_raises_a_broker_error(
+    url: str, names: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = names()
+    broker = create_broker(url)
+    assert isinstance(broker, AMQPBroker)
+    declare = broker._declare
+    failures = [RuntimeError("<Connection> closed")]  # aiormq's, for a connection being lost
+
+    async def flaky(queue: str, timeout: float, *, delays: bool = False) -> None:
+        if failures:
+            raise failures.pop()
+        await declare(queue, timeout, delays=delays)
+
+    try:
+        monkeypatch.setattr(broker, "_declare", flaky)
+        broker.publish(msg("a"), queue=q)  # declared on the second try
+        assert broker.depth(q) == 1
+
+        async def broken(queue: str, timeout: float, *, delays: bool = False) -> None:
+            raise RuntimeError("<Connection> closed")
+
+        monkeypatch.setattr(broker, "_declare", broken)
+        broker.publish_timeout = 1.0
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="declaring"):
+            broker.publish(msg("b"), queue=names())  # a queue not declared yet
+        assert time.monotonic() - started < 3
+    finally:
+        broker.close()
+
+
 def test_a_header_amqp_cannot_carry_is_a_broker_error(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)

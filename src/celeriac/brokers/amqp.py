@@ -414,7 +414,7 @@ class AMQPBroker(Broker):
         publishers = self.link.publishers
         publisher = publishers.borrow()
         if publisher is None:
-            self.link.run(lambda: _all(self.link, sends, self._publish), self.publish_timeout + 5)
+            self.link.run(lambda: _all(sends, self._publish), self.publish_timeout + 5)
             return
         try:
             self._publish_sync(publisher, sends)
@@ -425,14 +425,13 @@ class AMQPBroker(Broker):
         """:meth:`_publish` for a sync caller, a batch at once, on a connection of its own."""
         deadline = time.monotonic() + self.publish_timeout
         for attempt in (1, 2):
-            for route, declare in {s.item.route: s.declare for s in sends}.items():
-                if route not in self._routed:
-                    remaining = max(0.01, deadline - time.monotonic())
-                    self.link.run(functools.partial(declare, remaining), remaining + 5)
+            declares = {s.item.route: s.declare for s in sends if s.item.route not in self._routed}
+            if declares:
+                self._declare_all(list(declares.values()), deadline)
             try:
                 returned = publisher.send([s.item for s in sends], deadline)
-            except Unroutable:  # an exchange deleted under us
-                returned = [s.item for s in sends]
+            except Unroutable as exc:  # an exchange deleted under us
+                returned = exc.items
                 if attempt == 2:
                     raise
             bounced = {id(item) for item in returned}
@@ -449,6 +448,30 @@ class AMQPBroker(Broker):
             # A queue deleted under us: declare again, and send what came back once more.
             self._forget_declarations()
             sends = [s for s in sends if id(s.item) in bounced]
+
+    def _declare_all(
+        self, declares: list[Callable[[float], Awaitable[None]]], deadline: float
+    ) -> None:
+        """Run the declares on the I/O link, again after a lost connection until ``deadline``
+        (as :meth:`_publish` does); BrokerError when they cannot be made."""
+
+        async def run(remaining: float) -> None:
+            for declare in declares:
+                await declare(remaining)
+
+        pause = 0.05
+        while True:
+            remaining = max(0.01, deadline - time.monotonic())
+            try:
+                self.link.run(functools.partial(run, remaining), remaining + 5)
+                return
+            except BrokerError:  # refused (other arguments), closed, or out of time
+                raise
+            except Exception as exc:  # lost channel or connection (aiormq: sometimes bare)
+                if time.monotonic() + pause >= deadline:
+                    raise BrokerError(f"declaring for a publish failed: {exc!r}") from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     def _remember_route(self, route: tuple[str, str]) -> None:
         if len(self._routed) >= _ROUTED_LIMIT:  # distinct delays make distinct keys
@@ -968,9 +991,7 @@ class _Send:
     declare: Callable[[float], Awaitable[None]]
 
 
-async def _all(
-    link: Link, sends: Sequence[_Send], publish: Callable[[_Send], Awaitable[None]]
-) -> None:
+async def _all(sends: Sequence[_Send], publish: Callable[[_Send], Awaitable[None]]) -> None:
     """Publish side by side, each retrying on its own; the first error once all are done."""
     outcomes = await asyncio.gather(*(publish(send) for send in sends), return_exceptions=True)
     for outcome in outcomes:
