@@ -51,7 +51,8 @@ row, url, vhost, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 version = int(sys.argv[5])
 from celeriac import Celeriac
 from celeriac._amqp import parse_url
-from celeriac.brokers.amqp import to_properties
+from celeriac._amqp import to_pamqp
+from celeriac.brokers.amqp import properties
 from celeriac.routing import Queue
 
 # x-queue-version is checked on every declare: both systems must ask for the same queue
@@ -66,7 +67,7 @@ def echo(i: int) -> int:
     return i
 
 message = app.prepare_message("bench.echo", (1,), {}, _task=echo)[0]
-props = to_properties(message, priority=0, headers=dict(message.headers))
+props = to_pamqp(properties(message, priority=0, headers=dict(message.headers)))
 app.broker.publish(message, queue="bench")  # declared, connected
 
 def timed(fn):

@@ -35,7 +35,7 @@ import os
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import aiormq
 import aiormq.abc
 import aiormq.exceptions
+import pamqp.commands
 import pamqp.encode
 
 from celeriac._amqp_publish import PublisherPool
@@ -89,6 +90,14 @@ def _encode_doubles() -> None:
 
 _encode_doubles()
 _epochs = itertools.count(1)
+
+
+def to_pamqp(props: Mapping[str, Any]) -> pamqp.commands.Basic.Properties:
+    """Properties by py-amqp's names (``application_headers``) as pamqp's, for aiormq."""
+    fields = dict(props)
+    if "application_headers" in fields:
+        fields["headers"] = fields.pop("application_headers")
+    return pamqp.commands.Basic.Properties(**fields)
 
 
 def parse_url(url: str, options: dict[str, Any] | None = None) -> str:

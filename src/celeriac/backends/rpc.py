@@ -32,9 +32,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
-from pamqp import commands as spec
 
-from celeriac._amqp import Link, acquire_link, any_broker_url, release_link, replies
+from celeriac._amqp import (
+    Link,
+    acquire_link,
+    any_broker_url,
+    release_link,
+    replies,
+    to_pamqp,
+)
 from celeriac._amqp_publish import Outgoing
 from celeriac.backends.base import EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
@@ -156,7 +162,7 @@ class RPCBackend(ResultBackend):
                 link.publishers.give_back(publisher)
 
     def _outgoing(self, reply_to: str, correlation_id: str, data: bytes) -> Outgoing:
-        """A reply for a sync publisher: as :meth:`publish_reply` sends it."""
+        """A reply to ``reply_to``: transient, not mandatory (as Celery sends it)."""
         properties = {
             "content_type": self.content_type,
             "content_encoding": self._encoding,
@@ -210,14 +216,11 @@ class RPCBackend(ResultBackend):
     async def publish_reply(
         self, channel: AbstractChannel, reply_to: str, correlation_id: str, data: bytes
     ) -> None:
-        props = spec.Basic.Properties(
-            content_type=self.content_type,
-            content_encoding=self._encoding,
-            correlation_id=correlation_id,
-            delivery_mode=1,
-        )
+        reply = self._outgoing(reply_to, correlation_id, data)
         # Not mandatory: a client that went away leaves no queue, and its results with it.
-        await channel.basic_publish(data, exchange="", routing_key=reply_to, properties=props)
+        await channel.basic_publish(
+            data, exchange="", routing_key=reply_to, properties=to_pamqp(reply.properties)
+        )
 
     # -- client side: receive ----------------------------------------------------------------
     def _load(self, task_id: str) -> bytes | None:

@@ -57,7 +57,7 @@ import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac._amqp import Link, acquire_link, release_link, replies
+from celeriac._amqp import Link, acquire_link, release_link, replies, to_pamqp
 from celeriac._amqp_publish import Outgoing, Publisher, Unroutable
 from celeriac.brokers.amqp_topology import declare_queue, queue_arguments, queues_behind
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
@@ -142,39 +142,21 @@ def to_message(msg: DeliveredMessage) -> tuple[Message, int, int | None]:
     return message, carried, quorum_count
 
 
-def property_fields(
+def properties(
     message: Message, *, priority: int, headers: dict[str, Any], keep_expiration: bool = True
 ) -> dict[str, Any]:
-    """AMQP properties for ``message`` (PROTOCOL.md §3.1), by pamqp's names."""
+    """AMQP properties for ``message`` (PROTOCOL.md §3.1), by py-amqp's names."""
     p = message.properties
     return {
         "content_type": message.content_type,
         "content_encoding": message.content_encoding,
-        "headers": headers,
+        "application_headers": headers,
         "delivery_mode": int(p.get("delivery_mode") or 2),
         "priority": max(0, min(255, int(priority))),
         "correlation_id": p.get("correlation_id") or message.task_id,
         "reply_to": p.get("reply_to") or None,
         "expiration": p.get("expiration") if keep_expiration else None,
     }
-
-
-def _py_amqp(fields: dict[str, Any]) -> dict[str, Any]:
-    """:func:`property_fields` by py-amqp's names."""
-    out = {k: v for k, v in fields.items() if k != "headers"}
-    out["application_headers"] = fields["headers"]
-    return out
-
-
-def to_properties(
-    message: Message, *, priority: int, headers: dict[str, Any], keep_expiration: bool = True
-) -> spec.Basic.Properties:
-    """:func:`property_fields` for aiormq."""
-    return spec.Basic.Properties(
-        **property_fields(
-            message, priority=priority, headers=headers, keep_expiration=keep_expiration
-        )
-    )
 
 
 class AMQPBroker(Broker):
@@ -372,9 +354,7 @@ class AMQPBroker(Broker):
             exchange, key = "", target
         # A parked message must not expire half-way down the cascade (it would skip the rest of
         # its wait): the ``expires`` header, which workers check, stays authoritative.
-        fields = property_fields(
-            message, priority=priority, headers=headers, keep_expiration=not delay
-        )
+        props = properties(message, priority=priority, headers=headers, keep_expiration=not delay)
 
         async def declare(remaining: float) -> None:
             if route is not None:
@@ -382,7 +362,7 @@ class AMQPBroker(Broker):
             else:
                 await self._declare(queue, remaining, delays=delay > 0)
 
-        send = _Send(Outgoing(message.body, exchange, key, _py_amqp(fields)), declare)
+        send = _Send(Outgoing(message.body, exchange, key, props), declare)
         batch: list[_Send] | None = getattr(self._local, "batch", None)
         if batch is not None:
             batch.append(send)  # publish_many sends it with the rest
@@ -492,9 +472,7 @@ class AMQPBroker(Broker):
         """
         item, link = send.item, self.link
         exchange, routing_key = item.route
-        props = dict(item.properties)
-        props["headers"] = props.pop("application_headers", None)
-        properties = spec.Basic.Properties(**props)
+        props = to_pamqp(item.properties)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         pause, returned = 0.05, False
@@ -508,7 +486,7 @@ class AMQPBroker(Broker):
                     item.body,
                     exchange=exchange,
                     routing_key=routing_key,
-                    properties=properties,
+                    properties=props,
                     mandatory=True,
                     timeout=remaining,
                 )
@@ -842,8 +820,8 @@ class AMQPBroker(Broker):
                 HDR_COUNT: delivery.delivery_count,
             }
         )
-        fields = property_fields(message, priority=0, headers=headers, keep_expiration=False)
-        item = Outgoing(message.body, DEAD_EXCHANGE, delivery.queue, _py_amqp(fields))
+        props = properties(message, priority=0, headers=headers, keep_expiration=False)
+        item = Outgoing(message.body, DEAD_EXCHANGE, delivery.queue, props)
         self._send_all([_Send(item, self._declare_dead)])
         self.ack([delivery])
 
@@ -960,12 +938,12 @@ class AMQPBroker(Broker):
     async def _replay_one(self, dead: DeadLetter) -> None:
         message = dead.message
         priority = int(message.properties.get("priority") or 0)
-        fields = property_fields(message, priority=priority, headers=dict(message.headers))
+        props = properties(message, priority=priority, headers=dict(message.headers))
 
         async def declare(remaining: float) -> None:
             await self._declare(dead.queue, remaining)
 
-        item = Outgoing(message.body, "", dead.queue, _py_amqp(fields))
+        item = Outgoing(message.body, "", dead.queue, props)
         await self._publish(_Send(item, declare))
 
     def purge_dead_letters(self) -> int:
