@@ -13,7 +13,7 @@ each in a fresh process; medians.
 * ``celery delay(), confirms``: Celery's ``delay()`` with ``confirm_publish`` and no result
   backend, the leanest Celery call that waits for its confirm (the ratios are against it);
 * ``delay()``: Celeriac's ``delay()``, on a py-amqp connection lent to the caller's thread
-  (``celeriac._amqp_publish``, the default);
+  (``celeriac.transports.amqp.publisher``, the default);
 * ``delay(), via I/O thread``: the same with ``publish_connections=0``: every publish handed to
   the aiormq link's I/O thread and back;
 * ``publish_many(100)``: batches of 100, all published, then all confirms awaited; against
@@ -50,9 +50,9 @@ import asyncio, json, sys, time
 row, url, vhost, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 version = int(sys.argv[5])
 from celeriac import Celeriac
-from celeriac._amqp import parse_url
-from celeriac._amqp import to_pamqp
-from celeriac.brokers.amqp import properties
+from celeriac.transports.amqp.connection import parse_url
+from celeriac.transports.amqp.connection import to_pamqp
+from celeriac.transports.amqp.broker import properties
 from celeriac.routing import Queue
 
 # x-queue-version is checked on every declare: both systems must ask for the same queue

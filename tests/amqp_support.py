@@ -58,7 +58,7 @@ def delete_queues(url: str, names: Iterable[str]) -> None:
     """Delete queues (and leave everything else) with a connection of our own."""
     import aiormq
 
-    from celeriac._amqp import parse_url
+    from celeriac.transports.amqp.connection import parse_url
 
     async def run() -> None:
         conn = await aiormq.connect(parse_url(url))
@@ -76,7 +76,7 @@ def delete_exchanges(url: str, names: Iterable[str]) -> None:
     """Delete exchanges a test declared (their bindings go with them)."""
     import aiormq
 
-    from celeriac._amqp import parse_url
+    from celeriac.transports.amqp.connection import parse_url
 
     async def run() -> None:
         conn = await aiormq.connect(parse_url(url))
@@ -92,7 +92,7 @@ def delete_exchanges(url: str, names: Iterable[str]) -> None:
 
 def queues_of(broker: object) -> set[str]:
     """Every queue an AMQPBroker declared (its queues, their delay cascades, its DLQ)."""
-    from celeriac.brokers.amqp import DELAY_BITS, delay_queue
+    from celeriac.transports.amqp.broker import DELAY_BITS, delay_queue
 
     names: set[str] = set()
     for name in getattr(broker, "_declared", set()):

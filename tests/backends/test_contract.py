@@ -33,7 +33,7 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
         if "expire" in request.node.name or "expiry" in request.node.name:
             pytest.skip("rpc:// results are messages read once, kept by the client: no expiry")
         url = "rpc" + amqp_support.url_for(request.getfixturevalue("amqp_vhost"))[4:]
-        from celeriac._amqp import replies
+        from celeriac.transports.amqp.connection import replies
 
         # As if this process had sent every task: results come back to its own reply queue.
         monkeypatch.setattr(replies, "route", lambda task_id: (replies.own, task_id))

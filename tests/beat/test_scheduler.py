@@ -16,8 +16,8 @@ from celeriac.beat import api
 from celeriac.beat.entries import Entry, Step, next_step, parse_entry
 from celeriac.beat.scheduler import Beat, start_embedded_beat, tick_task_id
 from celeriac.beat.schedules import clocked, crontab, schedule
-from celeriac.beat.store_memory import MemoryBeatStore
 from celeriac.exceptions import ConfigurationError
+from celeriac.transports.memory.beat_store import MemoryBeatStore
 
 UTC = dt.timezone.utc
 T0 = 1_700_000_000.0

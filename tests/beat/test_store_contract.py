@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from celeriac.beat.store import BeatStore, EntryState, create_store
-from celeriac.beat.store_memory import MemoryBeatStore
+from celeriac.transports.memory.beat_store import MemoryBeatStore
 
 
 def _memory(tmp: Path) -> Iterator[BeatStore]:

@@ -210,7 +210,7 @@ def test_bad_messages_are_dead_lettered_with_a_reason(amqp_e2e):
     import aiormq
     from pamqp import commands as spec
 
-    from celeriac._amqp import parse_url
+    from celeriac.transports.amqp.connection import parse_url
 
     env, tasks = amqp_e2e
     env.start_worker("-P", "threads", "-c", "2")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from celeriac import chord, states
-from celeriac.brokers.redis import encode_envelope
 from celeriac.exceptions import TaskRevokedError
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
+from celeriac.transports.redis.broker import encode_envelope
 from tests import redis_support
 
 from .redis_env import HERE, RedisEnv, wait_for

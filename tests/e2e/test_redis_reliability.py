@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from celeriac.brokers.redis import RedisBroker, encode_envelope
 from celeriac.protocol.message import build_task_message
 from celeriac.protocol.serializers import default_registry
+from celeriac.transports.redis.broker import RedisBroker, encode_envelope
 
 from .redis_env import HERE, PrivateRedis, RedisEnv, wait_for
 

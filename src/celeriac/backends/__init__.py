@@ -10,13 +10,13 @@ from celeriac.backends.base import ChordPart, DisabledBackend, EncodedResult, Re
 from celeriac.exceptions import ConfigurationError
 
 BACKENDS: dict[str, str] = {
-    "memory": "celeriac.backends.memory:MemoryBackend",
-    "sqlite": "celeriac.backends.sqlite:SQLiteBackend",
-    "redis": "celeriac.backends.redis:RedisBackend",
-    "rediss": "celeriac.backends.redis:RedisBackend",
-    "redis+socket": "celeriac.backends.redis:RedisBackend",
-    "sentinel": "celeriac.backends.redis:RedisBackend",
-    "rpc": "celeriac.backends.rpc:RPCBackend",
+    "memory": "celeriac.transports.memory.backend:MemoryBackend",
+    "sqlite": "celeriac.transports.sqlite.backend:SQLiteBackend",
+    "redis": "celeriac.transports.redis.backend:RedisBackend",
+    "rediss": "celeriac.transports.redis.backend:RedisBackend",
+    "redis+socket": "celeriac.transports.redis.backend:RedisBackend",
+    "sentinel": "celeriac.transports.redis.backend:RedisBackend",
+    "rpc": "celeriac.transports.amqp.rpc_backend:RPCBackend",
 }
 
 

@@ -31,12 +31,12 @@ if TYPE_CHECKING:
 
 #: broker URL scheme -> "module:class".
 STORES: dict[str, str] = {
-    "memory": "celeriac.beat.store_memory:MemoryBeatStore",
-    "sqlite": "celeriac.beat.store_sqlite:SQLiteBeatStore",
-    "redis": "celeriac.beat.store_redis:RedisBeatStore",
-    "rediss": "celeriac.beat.store_redis:RedisBeatStore",
-    "redis+socket": "celeriac.beat.store_redis:RedisBeatStore",
-    "sentinel": "celeriac.beat.store_redis:RedisBeatStore",
+    "memory": "celeriac.transports.memory.beat_store:MemoryBeatStore",
+    "sqlite": "celeriac.transports.sqlite.beat_store:SQLiteBeatStore",
+    "redis": "celeriac.transports.redis.beat_store:RedisBeatStore",
+    "rediss": "celeriac.transports.redis.beat_store:RedisBeatStore",
+    "redis+socket": "celeriac.transports.redis.beat_store:RedisBeatStore",
+    "sentinel": "celeriac.transports.redis.beat_store:RedisBeatStore",
 }
 
 

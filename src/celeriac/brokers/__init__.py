@@ -10,14 +10,14 @@ from celeriac.exceptions import ConfigurationError
 
 #: URL scheme -> "module:class"; a new broker is one module plus one line here.
 BROKERS: dict[str, str] = {
-    "memory": "celeriac.brokers.memory:MemoryBroker",
-    "sqlite": "celeriac.brokers.sqlite:SQLiteBroker",
-    "redis": "celeriac.brokers.redis:RedisBroker",
-    "rediss": "celeriac.brokers.redis:RedisBroker",
-    "redis+socket": "celeriac.brokers.redis:RedisBroker",
-    "sentinel": "celeriac.brokers.redis:RedisBroker",
-    "amqp": "celeriac.brokers.amqp:AMQPBroker",
-    "amqps": "celeriac.brokers.amqp:AMQPBroker",
+    "memory": "celeriac.transports.memory.broker:MemoryBroker",
+    "sqlite": "celeriac.transports.sqlite.broker:SQLiteBroker",
+    "redis": "celeriac.transports.redis.broker:RedisBroker",
+    "rediss": "celeriac.transports.redis.broker:RedisBroker",
+    "redis+socket": "celeriac.transports.redis.broker:RedisBroker",
+    "sentinel": "celeriac.transports.redis.broker:RedisBroker",
+    "amqp": "celeriac.transports.amqp.broker:AMQPBroker",
+    "amqps": "celeriac.transports.amqp.broker:AMQPBroker",
 }
 
 

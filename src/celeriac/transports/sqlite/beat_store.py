@@ -12,9 +12,9 @@ import sqlite3
 import time
 from typing import Any
 
-from celeriac._sqlite import SQLiteFile, path_from_url
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
+from celeriac.transports.sqlite.connection import SQLiteFile, path_from_url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_beat_lease (

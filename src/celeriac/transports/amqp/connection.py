@@ -11,7 +11,7 @@ caller blocks. A lost connection is reopened in the background with backoff.
 Publishing is different: a sync caller waits for its confirms, and handing each publish to the
 I/O thread and back (two thread wake-ups, two GIL hand-offs) cost it a sixth of its rate. So a
 link also holds a small pool of py-amqp connections that sync callers publish on from their own
-threads (:mod:`celeriac._amqp_publish`); callers on an event loop, and callers when every one of
+threads (:mod:`.publisher`); callers on an event loop, and callers when every one of
 those is lent, go through the I/O thread.
 
 Every channel gets an *epoch* when it opens: a delivery tag is only meaningful on the
@@ -46,8 +46,8 @@ import aiormq.exceptions
 import pamqp.commands
 import pamqp.encode
 
-from celeriac._amqp_publish import PublisherPool
 from celeriac.exceptions import BrokerError, ConfigurationError
+from celeriac.transports.amqp.publisher import PublisherPool
 
 logger = logging.getLogger("celeriac.amqp")
 T = TypeVar("T")

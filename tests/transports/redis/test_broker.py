@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac.brokers import create_broker
-from celeriac.brokers.redis import RedisBroker, decode_envelope, encode_envelope
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
+from celeriac.transports.redis.broker import RedisBroker, decode_envelope, encode_envelope
 from tests import redis_support
 
 pytestmark = pytest.mark.redis
@@ -296,8 +296,8 @@ def test_unix_socket_and_sentinel_urls(tmp_path) -> None:
 def test_rediss_url_uses_tls_and_bad_urls_are_refused() -> None:
     import redis
 
-    from celeriac._redis import connect
     from celeriac.exceptions import ConfigurationError
+    from celeriac.transports.redis.connection import connect
 
     client = connect("rediss://:secret@example.invalid:6380/2?ssl_cert_reqs=none").client
     pool = client.connection_pool
@@ -321,7 +321,7 @@ def test_a_second_copy_of_an_in_flight_message_is_dropped(broker: RedisBroker) -
 
 def test_delays_are_measured_on_one_clock(broker: RedisBroker, monkeypatch) -> None:
     # A producer whose clock runs 100 s ahead asks for "in 0.3 s": the broker waits 0.3 s.
-    import celeriac.brokers.redis as module
+    import celeriac.transports.redis.broker as module
 
     real = time.time
     monkeypatch.setattr(module.time, "time", lambda: real() + 100)
@@ -336,7 +336,7 @@ def test_fetch_reads_stored_states_when_the_results_share_its_database(
     broker: RedisBroker, prefix: str
 ) -> None:
     from celeriac.backends import create_backend
-    from celeriac.backends.redis import RedisBackend
+    from celeriac.transports.redis.backend import RedisBackend
 
     backend = create_backend(redis_support.url_with_prefix(prefix))
     other_db = create_backend(redis_support.url_with_prefix(prefix, db=redis_support.DB + 1))
@@ -362,7 +362,7 @@ def test_ack_and_fetch_stores_results_first_when_it_carries_them(
     broker: RedisBroker, prefix: str
 ) -> None:
     from celeriac.backends import create_backend
-    from celeriac.backends.redis import RedisBackend
+    from celeriac.transports.redis.backend import RedisBackend
 
     backend = create_backend(redis_support.url_with_prefix(prefix))
     assert isinstance(backend, RedisBackend)

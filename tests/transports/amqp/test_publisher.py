@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from celeriac._amqp_publish import (
+from celeriac.exceptions import BrokerError
+from celeriac.transports.amqp.publisher import (
     Outgoing,
     Publisher,
     PublisherPool,
@@ -20,7 +21,6 @@ from celeriac._amqp_publish import (
     connect_params,
     idle_limit,
 )
-from celeriac.exceptions import BrokerError
 
 
 def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:

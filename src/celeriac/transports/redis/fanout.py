@@ -67,7 +67,7 @@ class FanoutSubscriber:
 
     def drain(self, limit: int, timeout: float = 0.0) -> list[Delivery]:
         """Broadcast deliveries for this process, waiting up to ``timeout`` for the first."""
-        from celeriac.brokers.redis import decode_envelope
+        from celeriac.transports.redis.broker import decode_envelope
 
         out_d: list[Delivery] = []
         now = time.time()

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac
-from celeriac._amqp import parse_url, replies
 from celeriac.backends import create_backend
 from celeriac.brokers import create_broker
-from celeriac.brokers.amqp import AMQPBroker, delay_queue
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
+from celeriac.transports.amqp.broker import AMQPBroker, delay_queue
+from celeriac.transports.amqp.connection import parse_url, replies
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 

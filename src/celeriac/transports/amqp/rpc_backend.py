@@ -14,7 +14,7 @@ The backend rides on the AMQP broker's connection: ``rpc://`` uses the ``amqp://
 process opened (a URL such as ``rpc://user:pw@host:5672/vhost`` names one explicitly). Because
 the broker interface gives only task ids to a backend, the broker records the ``reply_to`` of
 what it fetches and stamps this process's reply queue on what it publishes (see
-:class:`celeriac._amqp.ReplyRoutes`). Open the backend (``app.backend``) before sending tasks
+:class:`.connection.ReplyRoutes`). Open the backend (``app.backend``) before sending tasks
 whose results you want: the reply queue must exist before a worker answers.
 """
 
@@ -33,7 +33,10 @@ from urllib.parse import urlsplit
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
-from celeriac._amqp import (
+from celeriac.backends.base import EncodedResult, ResultBackend
+from celeriac.exceptions import BackendError
+from celeriac.states import READY_STATES, SUCCESS
+from celeriac.transports.amqp.connection import (
     Link,
     acquire_link,
     any_broker_url,
@@ -41,10 +44,7 @@ from celeriac._amqp import (
     replies,
     to_pamqp,
 )
-from celeriac._amqp_publish import Outgoing
-from celeriac.backends.base import EncodedResult, ResultBackend
-from celeriac.exceptions import BackendError
-from celeriac.states import READY_STATES, SUCCESS
+from celeriac.transports.amqp.publisher import Outgoing
 
 logger = logging.getLogger("celeriac.backend.rpc")
 

@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celeriac._sqlite import SQLiteFile, path_from_url, wait_for_change
 from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
+from celeriac.transports.sqlite.connection import SQLiteFile, path_from_url, wait_for_change
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_results (

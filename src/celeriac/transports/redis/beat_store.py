@@ -15,9 +15,9 @@ from typing import Any, cast
 
 import redis
 
-from celeriac._redis import connect
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
+from celeriac.transports.redis.connection import connect
 
 
 def _num(value: float | None) -> str:
@@ -33,7 +33,7 @@ class RedisBeatStore(BeatStore):
         target = connect(url, transport_options)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
-        source = resources.files("celeriac.beat").joinpath("store_redis.lua").read_text()
+        source = resources.files("celeriac.transports.redis").joinpath("beat_store.lua").read_text()
         self._script = self.client.register_script(source)
 
     def _key(self, name: str) -> str:

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from celeriac import Broadcast, Celeriac, Exchange, Queue
-from celeriac.brokers.amqp import delay_queue
 from celeriac.brokers.base import Delivery
 from celeriac.exceptions import BrokerError
+from celeriac.transports.amqp.broker import delay_queue
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
-from tests.brokers.test_amqp import raw
+from tests.transports.amqp.test_broker import raw
 
 pytestmark = pytest.mark.amqp
 

@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celeriac._sqlite import SQLiteFile, path_from_url
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message
+from celeriac.transports.sqlite.connection import SQLiteFile, path_from_url
 
 READY, DELAYED, LEASED = 0, 1, 2
 

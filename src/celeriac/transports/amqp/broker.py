@@ -36,8 +36,8 @@ Delivery rules on top of AMQP:
 Transport options: ``max_priority``, ``queue_type`` (``classic``/``quorum``),
 ``publish_timeout`` (s, default 30), ``heartbeat`` (s, default 60), ``connect_timeout`` (s),
 ``dead_letter_queue`` (default ``celeriac.dead``), ``publish_connections`` (default 10: how
-many threads at a time publish on a connection of their own, see :mod:`celeriac._amqp_publish`
-and :mod:`celeriac._amqp`; 0 sends every publish through the I/O thread).
+many threads at a time publish on a connection of their own, see :mod:`.publisher`
+and :mod:`.connection`; 0 sends every publish through the I/O thread).
 """
 
 from __future__ import annotations
@@ -57,17 +57,17 @@ import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac._amqp import Link, acquire_link, release_link, replies, to_pamqp
-from celeriac._amqp_publish import Outgoing, Publisher, Unroutable
-from celeriac.brokers.amqp_topology import declare_queue, queue_arguments, queues_behind
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination
+from celeriac.transports.amqp.connection import Link, acquire_link, release_link, replies, to_pamqp
+from celeriac.transports.amqp.publisher import Outgoing, Publisher, Unroutable
+from celeriac.transports.amqp.topology import declare_queue, queue_arguments, queues_behind
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
-    from celeriac.backends.rpc import RPCBackend
+    from celeriac.transports.amqp.rpc_backend import RPCBackend
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -724,7 +724,7 @@ class AMQPBroker(Broker):
 
     def share_results(self, backend: ResultBackend) -> bool:
         """``rpc://`` on this broker's connection: :meth:`ack_and_fetch` sends the results."""
-        from celeriac.backends.rpc import RPCBackend
+        from celeriac.transports.amqp.rpc_backend import RPCBackend
 
         if not isinstance(backend, RPCBackend) or backend.link() is not self.link:
             return False

@@ -8,7 +8,7 @@ synchronously for ~140 us (``bench/amqp_publish.py``). So a sync caller publishe
 connection lent to it from a small pool, one thread at a time on each, like a database connection:
 one message, or a batch (``publish_many``, ``rpc://`` results) sent whole before its confirms are
 awaited together. Everything else (consuming, declaring, acknowledging, callers on an event loop,
-callers when every connection is lent) stays on the aiormq link of :mod:`celeriac._amqp`, which
+callers when every connection is lent) stays on the aiormq link of :mod:`.connection`, which
 owns the pool.
 
 A publish either is confirmed or raises :class:`~celeriac.exceptions.BrokerError`: a lost
@@ -85,7 +85,7 @@ class Outgoing:
 def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """py-amqp's ``Connection`` arguments for a kombu-style ``amqp://`` / ``amqps://`` URL.
 
-    The same spelling :func:`celeriac._amqp.parse_url` reads: ``//`` or no path is the vhost
+    The same spelling :func:`.connection.parse_url` reads: ``//`` or no path is the vhost
     ``/``; ``cafile``, ``certfile``, ``keyfile`` and ``no_verify_ssl`` for TLS.
     """
     options = options or {}

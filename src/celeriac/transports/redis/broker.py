@@ -53,13 +53,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.exceptions import NoScriptError
 
-from celeriac._redis import connect
-from celeriac.backends.redis import RedisBackend, store_lua
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
-from celeriac.brokers.redis_fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
+from celeriac.transports.redis.backend import RedisBackend, store_lua
+from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
@@ -156,7 +156,7 @@ class RedisBroker(Broker):
                 f"delayed_delivery must be 'broker' or 'queue', not {delayed!r}"
             )
         self.delay_in_broker = delayed == "broker"
-        source = resources.files("celeriac.brokers").joinpath("redis.lua").read_text()
+        source = resources.files("celeriac.transports.redis").joinpath("broker.lua").read_text()
         self._script = self.client.register_script(store_lua() + source)
         self._bound: set[str] = set()
         self._bindings_declared = False

@@ -21,11 +21,11 @@ from typing import Any
 import redis
 from redis.client import PubSub
 
-from celeriac._redis import connect
 from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
 from celeriac.protocol.results import make_meta
 from celeriac.states import READY_STATES
+from celeriac.transports.redis.connection import connect
 
 KEY_PREFIX = "celery-task-meta-"
 GROUP_PREFIX = "celery-taskset-meta-"
@@ -36,7 +36,7 @@ logger = logging.getLogger("celeriac.backend.redis")
 
 def store_lua() -> str:
     """The Lua that stores results (``store_results``), for scripts that store them too."""
-    return resources.files("celeriac.backends").joinpath("redis_store.lua").read_text()
+    return resources.files("celeriac.transports.redis").joinpath("store_results.lua").read_text()
 
 
 class RedisBackend(ResultBackend):
@@ -49,7 +49,7 @@ class RedisBackend(ResultBackend):
             prefix += "_"
         self.prefix = prefix + KEY_PREFIX
         self.group_prefix = prefix + GROUP_PREFIX
-        source = resources.files("celeriac.backends").joinpath("redis.lua").read_text()
+        source = resources.files("celeriac.transports.redis").joinpath("backend.lua").read_text()
         self._script = self.client.register_script(store_lua() + source)
         self._local = threading.local()
         self._listeners: list[PubSub] = []

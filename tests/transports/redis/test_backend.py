@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac.backends import ChordPart, create_backend
-from celeriac.backends.redis import RedisBackend
+from celeriac.transports.redis.backend import RedisBackend
 from tests import redis_support
 
 pytestmark = pytest.mark.redis

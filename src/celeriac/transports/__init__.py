@@ -1,0 +1,1 @@
+"""One package per technology: connection handling, broker, result backend and beat store."""

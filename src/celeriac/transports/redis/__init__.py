@@ -1,0 +1,1 @@
+"""Redis in Celery's layout: broker, result backend and beat store (imports redis-py)."""
