@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from celeriac._fork import generation
-from celeriac.backends import ResultBackend, create_backend
-from celeriac.brokers import Broker, create_broker
+from celeriac.backends import ResultBackend
+from celeriac.beat.store import BeatStore
+from celeriac.brokers import Broker
 from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
+from celeriac.connections import Connections
 from celeriac.control import Control
 from celeriac.exceptions import ConfigurationError, MessageTooLarge
 from celeriac.protocol.message import Message, build_task_message, new_id
@@ -43,7 +45,6 @@ _IGNORED_OPTIONS = frozenset(
         "producer",
         "publisher",
         "expiration",
-        "reply_to",
         "declare",
         "stamped_headers",
         "stamps",
@@ -76,8 +77,7 @@ class Celeriac:
         self.on_after_configure = Signal("on_after_configure", "The app's settings are final.")
         self.serializers: SerializerRegistry = default_registry
         self._lock = threading.Lock()
-        self._broker: Broker | None = None
-        self._backend: ResultBackend | None = None
+        self._connections: Connections | None = None
         #: (task_queues as configured, the other settings it depends on, the topology)
         self._topology: tuple[Any, tuple[Any, ...], Topology] | None = None
         self._fork_gen = generation()
@@ -184,16 +184,36 @@ class Celeriac:
 
     # -- connections ----------------------------------------------------------------------
     @property
-    def broker(self) -> Broker:
-        """This process's broker connection, opened on first use."""
-        self._check_fork()
-        if self._broker is None:
+    def connections(self) -> Connections:
+        """The transports this process opened for this app (new ones after a fork)."""
+        if self._fork_gen != generation():
+            # Forked: the parent's connections are not usable here, and a lock one of its
+            # threads held at the fork would never be released.
+            self._fork_gen = generation()
+            self._lock = threading.Lock()
+            self._connections = None
+        conns = self._connections
+        if conns is None:
             with self._lock:
-                if self._broker is None:
-                    broker = create_broker(self.conf.broker_url, self.conf.broker_transport_options)
-                    broker.topology = self.topology
-                    self._broker = broker
-        return self._broker
+                if self._connections is None:
+                    self._connections = Connections(self.conf, lambda: self.topology)
+                conns = self._connections
+        return conns
+
+    @property
+    def broker(self) -> Broker:
+        """This process's broker, connected on first use."""
+        return self.connections.broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        """This process's result backend, connected on first use."""
+        return self.connections.backend
+
+    @property
+    def beat_store(self) -> BeatStore:
+        """Beat's shared state, kept in the broker's store."""
+        return self.connections.beat_store
 
     @property
     def topology(self) -> Topology:
@@ -213,55 +233,18 @@ class Celeriac:
             cached = self._topology = (queues, key, Topology.from_settings(conf))
         return cached[2]
 
-    @property
-    def backend(self) -> ResultBackend:
-        """This process's result backend, opened on first use."""
-        self._check_fork()
-        if self._backend is None:
-            with self._lock:
-                if self._backend is None:
-                    self._backend = create_backend(
-                        self.result_backend_url(),
-                        serializer=self.conf.result_serializer,
-                        accept=self.conf.result_accept_content or self.conf.accept_content,
-                        expires=self.conf.result_expires,
-                        transport_options=self.conf.result_backend_transport_options,
-                    )
-        return self._backend
-
-    def open_reply_queue(self) -> None:
-        """With ``rpc://`` results, open this process's reply queue before sending: a task
-        names it only when it exists, and a worker's answer needs it (Celery's client does
-        the same on its first send)."""
-        if self._backend is None and (self.result_backend_url() or "").startswith("rpc:"):
-            self.backend  # noqa: B018 - opening it declares the queue
-
     def result_backend_url(self) -> str | None:
         """The configured backend, or the broker's own store when it has one."""
-        if self.conf.result_backend:
-            return self.conf.result_backend
-        scheme = self.conf.broker_url.partition("://")[0].lower()
-        return self.conf.broker_url if scheme in ("sqlite", "memory") else None
-
-    def _check_fork(self) -> None:
-        # Connections opened by a parent process are not usable after fork: start afresh.
-        if self._fork_gen != generation():
-            self._fork_gen = generation()
-            self._broker = None
-            self._backend = None
-            self._lock = threading.Lock()
+        return self.connections.backend_url()
 
     def _reset_connections(self) -> None:
         self.close()
 
     def close(self) -> None:
         """Close this process's connections; they reopen on next use."""
-        broker, backend = self._broker, self._backend
-        self._broker = self._backend = None
-        if broker is not None:
-            broker.close()
-        if backend is not None:
-            backend.close()
+        conns, self._connections = self._connections, None
+        if conns is not None and self._fork_gen == generation():  # a parent's: not ours
+            conns.close()
 
     # -- sending --------------------------------------------------------------------------
     def send_task(
@@ -273,7 +256,6 @@ class Celeriac:
     ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
         message, queue, priority, eta = self.prepare_message(name, args, kwargs, **options)
-        self.open_reply_queue()
         # ``queue`` is a routing.Destination when the route names an exchange
         self.broker.publish(message, queue=queue, priority=priority, eta=eta)
         return AsyncResult(str(message.headers["id"]), self, task_name=name)
@@ -309,6 +291,7 @@ class Celeriac:
         group_index: int | None = None,
         chain: list[dict[str, Any]] | None = None,
         chord: dict[str, Any] | None = None,
+        reply_to: str | None = None,
         _task: Task[Any, Any] | None = None,
         **other: Any,
     ) -> tuple[Message, str, int, float | None]:
@@ -338,6 +321,10 @@ class Celeriac:
         if parent is not None and not parent.is_eager:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
+            # rpc://: what a task sends goes to the client that sent the task
+            reply_to = reply_to or parent.reply_to
+        if not reply_to:
+            reply_to = self.backend.reply_to()
         queue_name, route_priority = self._route(
             name,
             args,
@@ -397,6 +384,7 @@ class Celeriac:
             chord=chord,
             extra_headers=headers,
             priority=int(priority),
+            reply_to=reply_to or "",
             now=now,
         )
         limit = conf.broker_max_message_size

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from celeriac import states
+from celeriac.backends.base import EncodedResult
 from celeriac.exceptions import TaskRevokedError
 from celeriac.protocol.results import make_meta
 
@@ -42,5 +43,5 @@ class Control:
         for tid in ids:
             meta = make_meta(tid, states.REVOKED, TaskRevokedError("revoked"))
             meta["revoke"] = {"terminate": bool(terminate), "signal": signal or "SIGTERM"}
-            items.append((tid, states.REVOKED, backend.encode_meta(meta)))
+            items.append(EncodedResult(tid, states.REVOKED, backend.encode_meta(meta)))
         backend.store_encoded(items)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from celeriac import exceptions
-from celeriac.backends import ResultBackend, create_backend
+from celeriac.backends import EncodedResult, ResultBackend, create_backend
 from tests import amqp_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -33,10 +33,6 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
         if "expire" in request.node.name or "expiry" in request.node.name:
             pytest.skip("rpc:// results are messages read once, kept by the client: no expiry")
         url = "rpc" + amqp_support.url_for(request.getfixturevalue("amqp_vhost"))[4:]
-        from celeriac.transports.amqp.connection import replies
-
-        # As if this process had sent every task: results come back to its own reply queue.
-        monkeypatch.setattr(replies, "route", lambda task_id: (replies.own, task_id))
     if request.param == "redis":
         url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
         request.addfinalizer(lambda: redis_support.drop(prefix))
@@ -44,6 +40,15 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
     def make(expires: float | None = 86400.0) -> ResultBackend:
         backend = create_backend(url, expires=expires)
         made.append(backend)
+        if request.param == "rpc":
+            # As if this process had sent every task: results come back to its reply queue.
+            own = backend.reply_to()
+            store = backend._store
+
+            def routed(items: Sequence[EncodedResult]) -> None:
+                store([EncodedResult(*item[:3], own, item[0]) for item in items])
+
+            monkeypatch.setattr(backend, "_store", routed)
         return backend
 
     yield make
@@ -107,7 +112,7 @@ def test_success_is_never_overwritten(backend: ResultBackend) -> None:
     backend.store_result("t1", 4, "SUCCESS")
     backend.store_result("t1", ValueError("duplicate run"), "FAILURE")
     later = backend.encode_meta({"status": "STARTED", "result": None, "task_id": "t1"})
-    backend.store_encoded([("t1", "STARTED", later)])
+    backend.store_encoded([EncodedResult("t1", "STARTED", later)])
     meta = backend.get_meta("t1")
     assert (meta["status"], meta["result"]) == ("SUCCESS", 4)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from celeriac import Celeriac
-from celeriac.beat.store import BeatStore, create_store
+from celeriac.beat.store import BeatStore
+from celeriac.transports import open_transport
 
 HERE = Path(__file__).parent
 
@@ -41,7 +42,7 @@ class BeatEnv:
         }
         self.procs: list[subprocess.Popen[bytes]] = []
         self.app = Celeriac("client", broker_url=url, result_backend=None)
-        self.store: BeatStore = create_store(url)
+        self.store: BeatStore = open_transport(url).beat_store()
 
     def cli(
         self, *args: str, schedule: str = "none", timeout: float = 20

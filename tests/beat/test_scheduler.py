@@ -261,7 +261,7 @@ def test_dynamic_entries_are_picked_up_changed_and_removed(
     app = make_app()
     clock = Clock()
     (beat,) = beats(app, clock, "a")
-    monkeypatch.setattr("celeriac.beat.api.store_for", lambda _app: beat.store)
+    monkeypatch.setattr(Celeriac, "beat_store", property(lambda _app: beat.store))
     beat.run_once()
     api.add_entry(app, "dyn", "proj.ping", 2.0, args=[1])
     step(clock, 0.1, beat)  # seen: anchored

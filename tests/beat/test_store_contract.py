@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from celeriac.beat.store import BeatStore, EntryState, create_store
+from celeriac.beat.store import BeatStore, EntryState
+from celeriac.transports import open_transport
 from celeriac.transports.memory.beat_store import MemoryBeatStore
 
 
@@ -17,7 +18,7 @@ def _memory(tmp: Path) -> Iterator[BeatStore]:
 
 
 def _sqlite(tmp: Path) -> Iterator[BeatStore]:
-    store = create_store(f"sqlite:///{tmp / 'broker.sqlite3'}")
+    store = open_transport(f"sqlite:///{tmp / 'broker.sqlite3'}").beat_store()
     yield store
     store.close()
 
@@ -26,7 +27,7 @@ def _redis(tmp: Path) -> Iterator[BeatStore]:
     from tests import redis_support
 
     prefix = redis_support.new_prefix()
-    store = create_store(redis_support.url_with_prefix(prefix))
+    store = open_transport(redis_support.url_with_prefix(prefix)).beat_store()
     try:
         yield store
     finally:

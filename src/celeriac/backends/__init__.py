@@ -1,23 +1,11 @@
-"""Result backends, chosen by URL scheme and imported only when asked for."""
+"""The result backend interface; each technology's backend lives in its transport."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
 from celeriac.backends.base import ChordPart, DisabledBackend, EncodedResult, ResultBackend
-from celeriac.exceptions import ConfigurationError
-
-BACKENDS: dict[str, str] = {
-    "memory": "celeriac.transports.memory.backend:MemoryBackend",
-    "sqlite": "celeriac.transports.sqlite.backend:SQLiteBackend",
-    "redis": "celeriac.transports.redis.backend:RedisBackend",
-    "rediss": "celeriac.transports.redis.backend:RedisBackend",
-    "redis+socket": "celeriac.transports.redis.backend:RedisBackend",
-    "sentinel": "celeriac.transports.redis.backend:RedisBackend",
-    "rpc": "celeriac.transports.amqp.rpc_backend:RPCBackend",
-}
 
 
 def create_backend(
@@ -27,30 +15,22 @@ def create_backend(
     accept: Sequence[str] = ("json",),
     expires: float | None = 86400.0,
     transport_options: dict[str, Any] | None = None,
+    broker_url: str = "",
 ) -> ResultBackend:
+    """A result backend on a transport of its own: closing it closes its connections.
+
+    ``broker_url`` is the server of backends that ride on the broker's (``rpc://``). An app
+    opens backends through :class:`celeriac.connections.Connections` instead.
+    """
     if not url or url in ("disabled", "disabled://"):
         return DisabledBackend()
-    scheme = url.partition("://")[0].lower()
-    target = BACKENDS.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in sorted(BACKENDS))
-        raise ConfigurationError(
-            f"no result backend for URL scheme {scheme!r} in {url!r}; known: {known}"
-        )
-    module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: ResultBackend = cls(
-        url,
-        serializer=serializer,
-        accept=accept,
-        expires=expires,
-        transport_options=transport_options,
-    )
-    return backend
+    from celeriac.transports import BackendConfig, backend_server_url, open_transport
+
+    config = BackendConfig(serializer, tuple(accept), expires, transport_options)
+    return open_transport(backend_server_url(url, broker_url)).backend(url, config)
 
 
 __all__ = [
-    "BACKENDS",
     "ChordPart",
     "DisabledBackend",
     "EncodedResult",

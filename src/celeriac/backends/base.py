@@ -10,15 +10,28 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from celeriac.exceptions import BackendError, TimeoutError
 from celeriac.protocol.results import make_meta, pending_meta
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.states import READY_STATES
 
-#: (task_id, state, encoded meta document)
-EncodedResult = tuple[str, str, bytes]
+if TYPE_CHECKING:
+    from celeriac.transports.base import Transport
+
+
+class EncodedResult(NamedTuple):
+    """A result document ready to store, and where its client listens for it."""
+
+    task_id: str
+    state: str
+    meta: bytes
+    #: ``rpc://``: the reply queue of the client that sent the task ('' when none asked)
+    reply_to: str = ""
+    #: ``rpc://``: what the reply is tagged with (Celery's: the task id)
+    correlation_id: str = ""
+
 
 #: A chord whose claim is older than this (its claimer died before sending the body) may be
 #: claimed again by a redelivered header task.
@@ -41,6 +54,9 @@ class ChordPart:
 
 class ResultBackend(ABC):
     """Stores task states and results."""
+
+    #: The transport whose connections this backend uses (set when it hands it out).
+    transport: Transport | None = None
 
     def __init__(
         self,
@@ -80,8 +96,17 @@ class ResultBackend(ABC):
         """Block until the result may have changed, at most ``timeout`` s (default: sleep)."""
         time.sleep(min(timeout, 0.05))
 
-    def close(self) -> None:  # noqa: B027
-        """Release connections held by this process."""
+    def reply_to(self) -> str | None:
+        """The queue results of tasks sent from this process must be sent to, for a backend
+        that delivers them rather than stores them (``rpc://``); None for the rest."""
+        return None
+
+    def close(self) -> None:
+        """Release what this backend holds in this process; the last part of a transport to
+        close closes its connections."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.give_back(self)
 
     # -- shared logic --------------------------------------------------------------------------
     def encode_meta(self, meta: dict[str, Any]) -> bytes:
@@ -103,7 +128,7 @@ class ResultBackend(ABC):
         **fields: Any,
     ) -> None:
         meta = make_meta(task_id, state, result, traceback=traceback, **fields)
-        self._store([(task_id, state, self.encode_meta(meta))])
+        self._store([EncodedResult(task_id, state, self.encode_meta(meta))])
 
     def store_encoded(self, items: Sequence[EncodedResult]) -> None:
         """Store results the worker already encoded, in one batch."""

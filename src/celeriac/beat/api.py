@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.beat.entries import Entry, check_json, parse_entry
 from celeriac.beat.schedules import Schedule
-from celeriac.beat.store import store_for
 from celeriac.exceptions import ConfigurationError
 from celeriac.signals import Signal
 
@@ -194,7 +193,7 @@ def add_entry(
     warning = check_entry(app, entry)
     if warning:
         logger.warning("%s", warning)
-    if not store_for(app).put_entry(name, entry.to_spec(), replace=replace):
+    if not app.beat_store.put_entry(name, entry.to_spec(), replace=replace):
         raise ConfigurationError(
             f"beat entry {name!r} exists already; use replace=True (CLI: --replace) to change it"
         )
@@ -207,7 +206,7 @@ def remove_entry(app: Celeriac, name: str) -> None:
         raise ConfigurationError(
             f"beat entry {name!r} is defined in beat_schedule, not at runtime; pause it instead"
         )
-    store = store_for(app)
+    store = app.beat_store
     if not store.remove_entry(name):
         raise ConfigurationError(_unknown(name, list(store.entries())))
 
@@ -216,16 +215,16 @@ def pause_entry(app: Celeriac, name: str) -> None:
     """Stop sending an entry (static or dynamic) until resumed; missed ticks are then skipped
     (or one sent, for a catch-up entry)."""
     _require(app, name)
-    store_for(app).set_paused(name, True)
+    app.beat_store.set_paused(name, True)
 
 
 def resume_entry(app: Celeriac, name: str) -> None:
     _require(app, name)
-    store_for(app).set_paused(name, False)
+    app.beat_store.set_paused(name, False)
 
 
 def _require(app: Celeriac, name: str) -> None:
-    names = list(app.conf.beat_schedule or {}) + list(store_for(app).entries())
+    names = list(app.conf.beat_schedule or {}) + list(app.beat_store.entries())
     if name not in names:
         raise ConfigurationError(_unknown(name, names))
 
@@ -266,7 +265,7 @@ def list_entries(app: Celeriac) -> list[EntryInfo]:
     """Every entry with its state; ``next_tick`` is None when paused or finished."""
     tz = app_timezone(app)
     entries = dict(static_entries(app))
-    store = store_for(app)
+    store = app.beat_store
     for name, spec in store.entries().items():
         if name not in entries:
             try:

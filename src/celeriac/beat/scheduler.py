@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.beat import api
 from celeriac.beat.entries import Entry, next_step, parse_entry
-from celeriac.beat.store import BeatStore, store_for
+from celeriac.beat.store import BeatStore
 from celeriac.exceptions import CeleriacError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class Beat:
         if lease_ttl <= 0:
             raise ConfigurationError(f"beat lease_ttl must be positive, not {lease_ttl!r}")
         self.app = app
-        self.store = store if store is not None else store_for(app)
+        self.store = store if store is not None else app.beat_store
         self.lease_ttl = float(lease_ttl)
         self.renew_every = self.lease_ttl / 4
         self.poll_interval = min(0.25, self.lease_ttl / 6)

@@ -12,32 +12,19 @@ entry's last tick, done atomically with the lease check. Two beats can never bot
 (the compare-and-set), and a beat whose lease has run out claims nothing (the fence). The lease
 itself only keeps the beats from racing each other for every tick.
 
-A store is one class over a few primitives; a new one (PostgreSQL, say) is one more module and
-one line in :data:`STORES`, and must pass ``tests/beat/test_store_contract.py`` unchanged.
+A store is one class over a few primitives; a transport hands it out (a new one, PostgreSQL say,
+is one more module of that transport), and it must pass ``tests/beat/test_store_contract.py``
+unchanged.
 """
 
 from __future__ import annotations
 
-import importlib
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac.exceptions import ConfigurationError
-
 if TYPE_CHECKING:
-    from celeriac.app import Celeriac
-
-#: broker URL scheme -> "module:class".
-STORES: dict[str, str] = {
-    "memory": "celeriac.transports.memory.beat_store:MemoryBeatStore",
-    "sqlite": "celeriac.transports.sqlite.beat_store:SQLiteBeatStore",
-    "redis": "celeriac.transports.redis.beat_store:RedisBeatStore",
-    "rediss": "celeriac.transports.redis.beat_store:RedisBeatStore",
-    "redis+socket": "celeriac.transports.redis.beat_store:RedisBeatStore",
-    "sentinel": "celeriac.transports.redis.beat_store:RedisBeatStore",
-}
+    from celeriac.transports.base import Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,35 +101,15 @@ class BeatStore(ABC):
     def version(self) -> int:
         """A number that changes whenever entries are put, removed, paused or resumed."""
 
-    def close(self) -> None:  # noqa: B027 - optional: most stores have nothing to close
-        """Release connections (they reopen on next use)."""
+    #: The transport whose connections this store uses (set when it hands it out).
+    transport: Transport | None = None
+
+    def close(self) -> None:
+        """Release what this store holds; the last part of a transport to close closes its
+        connections."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.give_back(self)
 
 
-# One store per app and process: the CLI, the API and an embedded beat then share connections.
-_stores: weakref.WeakKeyDictionary[Celeriac, BeatStore] = weakref.WeakKeyDictionary()
-
-
-def store_for(app: Celeriac) -> BeatStore:
-    """The beat store living in ``app``'s broker, chosen by the broker URL's scheme."""
-    store = _stores.get(app)
-    if store is None:
-        store = create_store(app.conf.broker_url, app.conf.broker_transport_options)
-        _stores[app] = store
-    return store
-
-
-def create_store(url: str, transport_options: dict[str, Any] | None = None) -> BeatStore:
-    scheme = url.partition("://")[0].lower()
-    target = STORES.get(scheme)
-    if target is None:
-        known = ", ".join(f"{s}://" for s in sorted(STORES))
-        raise ConfigurationError(
-            f"beat has no store for broker URL scheme {scheme!r} in {url!r}; known: {known}"
-        )
-    module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    store: BeatStore = cls(url, dict(transport_options or {}))
-    return store
-
-
-__all__ = ["STORES", "BeatStore", "EntryState", "Lease", "create_store", "store_for"]
+__all__ = ["BeatStore", "EntryState", "Lease"]

@@ -20,7 +20,7 @@ from celeriac.protocol.message import Message
 from celeriac.routing import Destination, Topology, exchange_route, no_queue_bound
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import EncodedResult, ResultBackend
+    from celeriac.transports.base import Transport
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
 
@@ -63,13 +63,13 @@ class DeadLetter:
 class Broker(ABC):
     """Carries task messages from clients to workers with at-least-once delivery."""
 
-    #: True when several processes can share the broker (not the in-memory one).
-    shared_between_processes: bool = True
     #: AMQP's rule (a higher number is served first). Celery's Redis layout serves a *lower*
     #: number first, and a broker speaking that layout keeps that rule for interop.
     priority_higher_first: bool = True
     #: The app's ``task_queues``: what exchanges, bindings and broadcast queues mean here.
     topology: Topology = Topology()
+    #: The transport whose connections this broker uses (set when it hands the broker out).
+    transport: Transport | None = None
 
     def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
         self.url = url
@@ -113,26 +113,14 @@ class Broker(ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages for good."""
 
-    #: Whether :meth:`ack_and_fetch` takes results to store (see :meth:`share_results`).
-    carries_results = False
-
     def ack_and_fetch(
-        self,
-        acks: Sequence[Delivery],
-        queues: Sequence[str],
-        limit: int,
-        *,
-        timeout: float,
-        results: Sequence[EncodedResult] = (),
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
     ) -> list[Delivery]:
-        """Store ``results``, :meth:`ack`, then :meth:`fetch`: in one round trip where the
-        broker can. Only a broker that :attr:`carries_results` takes ``results``.
+        """:meth:`ack`, then :meth:`fetch`: in one round trip where the broker can.
 
-        When it raises, the caller cannot tell whether ``results`` and ``acks`` went through,
-        and must store and ack them again (both are harmless twice).
+        When it raises, the caller cannot tell whether the acks went through, and must ack
+        them again (harmless twice).
         """
-        if results:
-            raise TypeError(f"{type(self).__name__} does not store results")
         if acks:
             self.ack(acks)
         return self.fetch(queues, limit, timeout=timeout) if limit > 0 else []
@@ -201,14 +189,6 @@ class Broker(ABC):
                     "with pub/sub (redis:// or amqp://)"
                 )
 
-    def share_results(self, backend: ResultBackend) -> bool:
-        """Let this broker work on ``backend``'s results in its own calls, when both live in
-        one place: :meth:`fetch` then reads each delivered task's state (deliveries carry
-        :attr:`Delivery.stored_state`, saving the worker a lookup per batch) and
-        :meth:`ack_and_fetch` takes results to store (:attr:`carries_results`). True when it
-        will."""
-        return False
-
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         """Reserve the next start time for a rate limit shared by every worker.
 
@@ -217,5 +197,9 @@ class Broker(ABC):
         """
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional for brokers holding nothing
-        """Release connections held by this process."""
+    def close(self) -> None:
+        """Release what this broker holds in this process; the last part of a transport to
+        close closes its connections."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.give_back(self)

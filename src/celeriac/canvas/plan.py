@@ -49,6 +49,7 @@ PUBLISH_OPTIONS = frozenset(
         "chain",
         "chord",
         "task_id",
+        "reply_to",
     }
 )
 #: What an enclosing workflow asks of the part that finishes a nested one.

@@ -19,7 +19,6 @@ from celeriac.app import Celeriac
 from celeriac.beat import api
 from celeriac.beat.scheduler import DEFAULT_LEASE_TTL, Beat
 from celeriac.beat.schedules import Schedule, clocked, crontab, schedule
-from celeriac.beat.store import store_for
 from celeriac.exceptions import CeleriacError
 
 _LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False)
@@ -65,7 +64,7 @@ def beat_list(ctx: click.Context, as_json: bool) -> None:
     app = _app(ctx)
     try:
         infos = api.list_entries(app)
-        lease = store_for(app).leader()
+        lease = app.beat_store.leader()
     except CeleriacError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

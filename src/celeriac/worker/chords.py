@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from celeriac import states
+from celeriac.backends.base import EncodedResult
 from celeriac.canvas.plan import Plan, freeze, plan_signature
 from celeriac.canvas.signature import Signature, chain
 from celeriac.exceptions import ChordError
@@ -18,7 +19,6 @@ from celeriac.protocol.results import make_meta
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
-    from celeriac.backends.base import EncodedResult
 
 
 def fire(
@@ -34,7 +34,7 @@ def fire(
     body.pop("chord_size", None)
     values: list[Any] = []
     plan = Plan()
-    for task_id, state, data in backend.chord_results(group_id):
+    for task_id, state, data, *_route in backend.chord_results(group_id):
         doc = backend.decode_meta(data)
         if state != states.SUCCESS:
             err = doc.get("result") or {}
@@ -50,7 +50,8 @@ def _fail_body(app: Celeriac, body: Signature, exc: ChordError, plan: Plan) -> l
     freeze(app, body)
     encode = app.backend.encode_meta
     results = [
-        (tid, states.FAILURE, encode(make_meta(tid, states.FAILURE, exc))) for tid in _ids(body)
+        EncodedResult(tid, states.FAILURE, encode(make_meta(tid, states.FAILURE, exc)))
+        for tid in _ids(body)
     ]
     first_id = results[0][0] if results else None
     for eb in body.options.get("link_error") or []:

@@ -44,6 +44,7 @@ from celeriac.worker.limits import RateSchedule, RateScheduler, parse_rate
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.brokers.base import Delivery
+    from celeriac.protocol.message import Message
     from celeriac.worker.pools.base import Pool
 
 logger = logging.getLogger("celeriac.worker")
@@ -114,8 +115,7 @@ class Consumer:
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
         self.pool = pool
-        if not isinstance(self.app.backend, DisabledBackend):
-            self.app.broker.share_results(self.app.backend)
+        self.combined = self.app.connections.combined()
         pool.on_started = self._on_started
         self._scheduler.submit = pool.submit
         self._fetching.set()
@@ -282,18 +282,18 @@ class Consumer:
     def _fetch_once(self, room: int, timeout: float, later: Deferred | None = None) -> None:
         """Send what ``later`` holds, lease up to ``room`` messages (waiting up to ``timeout``
         s) and dispatch them."""
-        broker = self.app.broker
+        combined = self.combined
         try:
             if later:
-                deliveries = broker.ack_and_fetch(
+                deliveries = combined.store_ack_fetch(
+                    later.results,
                     later.acks,
                     self.queues,
                     max(0, room),
                     timeout=max(0.0, timeout),
-                    results=later.results,
                 )
             else:
-                deliveries = broker.fetch(self.queues, room, timeout=max(0.0, timeout))
+                deliveries = combined.fetch(self.queues, room, timeout=max(0.0, timeout))
         except CeleriacError as exc:
             if later:  # whether it went through is unknown: both steps are harmless twice
                 self._send(later)
@@ -439,12 +439,7 @@ class Consumer:
         for gid, size in starts:
             self._safely(lambda g=gid, n=size: app.backend.chord_start(g, n))
         self._publish([f for o in batch for f in o.followups])
-        results = [
-            (o.task_id, o.state, o.meta)
-            for o in batch
-            if o.meta is not None and o.task_id and o.state
-        ]
-        results += [r for o in batch for r in o.extra_results]
+        results = [result for outcome, delivery in pairs for result in _results(outcome, delivery)]
         if results and later is not None and self._plain(batch):
             later.results.extend(results)  # type: ignore[arg-type]
         elif results:
@@ -489,7 +484,7 @@ class Consumer:
         store them with its next fetch."""
         # A task acked on receipt has no ack here to keep its result company: if the result
         # were lost with the broker's channel, the task would not run again to send it.
-        return self.app.broker.carries_results and all(
+        return self.combined.carries_results and all(
             o.action == ACK
             and o.chord is None
             and not o.chord_starts
@@ -581,11 +576,11 @@ class Consumer:
             return
         backend = self.app.backend
         meta = make_meta(job.headers.id, states.STARTED, {"pid": pid, "hostname": self.hostname})
-        self._safely(
-            lambda: backend.store_encoded(
-                [(job.headers.id, states.STARTED, backend.encode_meta(meta))]
-            )
+        reply_to, correlation_id = _reply_route(job.message, job.headers.id)
+        started = EncodedResult(
+            job.headers.id, states.STARTED, backend.encode_meta(meta), reply_to, correlation_id
         )
+        self._safely(lambda: backend.store_encoded([started]))
 
     # -- revocations -----------------------------------------------------------------------------
     def _watch_loop(self) -> None:
@@ -626,3 +621,26 @@ class Consumer:
                     broker.extend(held)
                 except CeleriacError as exc:
                     logger.error("lease renewal failed: %s", exc)
+
+
+def _reply_route(message: Message, task_id: str) -> tuple[str, str]:
+    """Where an ``rpc://`` client listens for this task's results: from the task's message."""
+    props = message.properties
+    return str(props.get("reply_to") or ""), str(props.get("correlation_id") or task_id)
+
+
+def _results(outcome: Outcome, delivery: Delivery | None) -> list[EncodedResult]:
+    """The results an outcome stores, each with the reply route of the task's message (the
+    steps of a failed chain go to the same client as the step that failed)."""
+    reply_to = ""
+    if delivery is not None:
+        reply_to = str(delivery.message.properties.get("reply_to") or "")
+    out = []
+    if outcome.meta is not None and outcome.task_id and outcome.state:
+        route = ("", "")
+        if delivery is not None:
+            route = _reply_route(delivery.message, outcome.task_id)
+        out.append(EncodedResult(outcome.task_id, outcome.state, outcome.meta, *route))
+    for task_id, state, meta in outcome.extra_results:
+        out.append(EncodedResult(task_id, state, meta, reply_to, task_id))
+    return out

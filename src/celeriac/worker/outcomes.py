@@ -196,6 +196,7 @@ def retry_outcome(
         "time_limit": request.timelimit[0],
         "soft_time_limit": request.timelimit[1],
         "expires": _absolute(request.expires),
+        "reply_to": request.reply_to,
         **retry.options,  # what the task asked for in self.retry(...) wins
     }
     message, queue, priority, eta_ts = app.prepare_message(
@@ -244,7 +245,11 @@ def _follow(
     chain: list[dict[str, Any]] | None = None,
 ) -> None:
     """Plan a callback, errback or the next chain step (a task or a whole workflow)."""
-    options: dict[str, Any] = {"parent_id": request.id, "root_id": request.root_id}
+    options: dict[str, Any] = {
+        "parent_id": request.id,
+        "root_id": request.root_id,
+        "reply_to": request.reply_to,
+    }
     if chain:
         options["chain"] = chain
     plan_signature(app, Signature.from_dict(sig, app), args, {}, options, plan)

@@ -13,8 +13,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from celeriac import signals
-from celeriac.brokers import broker_class
 from celeriac.exceptions import ConfigurationError
+from celeriac.transports import transport_class
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.pools import pool_class
 
@@ -102,7 +102,11 @@ class Worker:
                 f"worker_prefork_mode must be 'consume' or 'dispatch', not {mode!r}"
             )
         # Checked on the class: opening a connection here would leak it into every child.
-        return mode == "consume" and broker_class(self.app.conf.broker_url).shared_between_processes
+        return mode == "consume" and self._broker_shared()
+
+    def _broker_shared(self) -> bool:
+        """Can other processes reach the broker (every one but ``memory://``)?"""
+        return transport_class(self.app.conf.broker_url).shared_between_processes
 
     def _boot(self) -> None:
         app = self.app
@@ -111,7 +115,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         app.import_modules()
-        if self.pool_name == "prefork" and not app.broker.shared_between_processes:
+        if self.pool_name == "prefork" and not self._broker_shared():
             # Prefork children run tasks; tasks that send tasks need a broker they can reach.
             logger.warning(
                 "the %s broker lives in this process only; child processes cannot "

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 
 from celeriac import Celeriac
-from celeriac.backends import create_backend
+from celeriac.backends import EncodedResult, create_backend
 from celeriac.brokers import create_broker
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
+from celeriac.transports import open_transport
 from celeriac.transports.amqp.broker import AMQPBroker, delay_queue
-from celeriac.transports.amqp.connection import parse_url, replies
+from celeriac.transports.amqp.connection import parse_url
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -584,12 +585,14 @@ def test_rpc_results_travel_to_the_senders_reply_queue(url: str) -> None:
     client = create_backend(rpc_url)
     worker = create_backend(rpc_url)
     try:
-        client_oid = client.oid  # type: ignore[attr-defined]
-        client._listen()  # type: ignore[attr-defined]
-        replies.remember("t-1", client_oid, "t-1")
-        worker.store_result("t-1", 42, "STARTED")
-        worker.store_result("t-1", 42, "SUCCESS")
+        client_oid = client.reply_to()
+        assert client_oid is not None
+        for state in ("STARTED", "SUCCESS"):
+            doc = worker.encode_meta({"task_id": "t-1", "status": state, "result": 42})
+            worker.store_encoded([EncodedResult("t-1", state, doc, client_oid, "t-1")])
+        worker.store_result("t-2", 1, "SUCCESS")  # no reply route: nobody asked, nothing sent
         assert client.wait_for("t-1", timeout=5)["result"] == 42
+        assert client.get_states(["t-2"]) == {}
 
         async def declared(ch: Any) -> Any:
             return await ch.queue_declare(client_oid, passive=True)
@@ -605,12 +608,17 @@ def test_a_batch_of_rpc_results_is_confirmed_together_and_all_arrive(url: str) -
     client = create_backend(rpc_url)
     worker = create_backend(rpc_url)
     try:
-        client._listen()  # type: ignore[attr-defined]
+        own = client.reply_to()
+        assert own is not None
         ids = [f"batch-{uuid.uuid4().hex[:8]}" for _ in range(200)]
-        for task_id in ids:
-            replies.remember(task_id, client.oid, task_id)  # type: ignore[attr-defined]
         encoded = [
-            (t, "SUCCESS", worker.encode_meta({"task_id": t, "status": "SUCCESS", "result": i}))
+            EncodedResult(
+                t,
+                "SUCCESS",
+                worker.encode_meta({"task_id": t, "status": "SUCCESS", "result": i}),
+                own,
+                t,
+            )
             for i, t in enumerate(ids)
         ]
         worker.store_encoded(encoded)  # returns once RabbitMQ confirmed every one of them
@@ -621,11 +629,16 @@ def test_a_batch_of_rpc_results_is_confirmed_together_and_all_arrive(url: str) -
 
 
 def replies_to(client: Any, worker: Any, deliveries: list[Any], results: list[Any]) -> list[Any]:
-    """Route the deliveries' results to ``client``'s reply queue; their encoded SUCCESS docs."""
-    for d in deliveries:
-        replies.remember(d.message.task_id, client.oid, d.message.task_id)
+    """The deliveries' encoded SUCCESS docs, routed to ``client``'s reply queue."""
+    own = client.reply_to()
     return [
-        (d.message.task_id, "SUCCESS", worker.encode_meta({"status": "SUCCESS", "result": r}))
+        EncodedResult(
+            d.message.task_id,
+            "SUCCESS",
+            worker.encode_meta({"status": "SUCCESS", "result": r}),
+            own,
+            d.message.task_id,
+        )
         for d, r in zip(deliveries, results, strict=True)
     ]
 
@@ -645,26 +658,24 @@ def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
     rpc_url = "rpc" + url[4:]
     q = names()
     client = create_backend(rpc_url)
-    broker = create_broker(url)
-    worker = create_backend(rpc_url)
+    transport = open_transport(url)
+    broker = transport.broker()
+    worker = transport.backend(rpc_url)
     try:
-        client._listen()  # type: ignore[attr-defined]
-        with pytest.raises(TypeError):  # not told about the rpc backend yet
-            broker.ack_and_fetch([], [q], 1, timeout=0, results=[("x", "SUCCESS", b"{}")])
-        assert broker.share_results(worker) and broker.carries_results
+        combined = transport.combine(broker, worker)
+        assert combined.carries_results
         for i in range(3):
             broker.publish(msg(f"r{i}"), queue=q)
         first = fetch_all(broker, q, 2, timeout=5)
         assert [d.message.task_id for d in first] == ["r0", "r1"]
         encoded = replies_to(client, worker, first, results=[0, 1])
-        got = broker.ack_and_fetch(first, [q], 2, timeout=5, results=encoded)
+        got = combined.store_ack_fetch(encoded, first, [q], 2, timeout=5)
         got += fetch_all(broker, q, 1 - len(got), timeout=5)
         assert [d.message.task_id for d in got] == ["r2"]
         assert [client.wait_for(f"r{i}", timeout=5)["result"] for i in (0, 1)] == [0, 1]
-        assert broker.ack_and_fetch(got, [q], 0, timeout=0) == []
+        assert combined.store_ack_fetch([], got, [q], 0, timeout=0) == []
     finally:
-        broker.close()
-        worker.close()
+        transport.close()
         client.close()
     assert_nothing_left(url, q)
 
@@ -676,26 +687,25 @@ def test_acks_stay_in_order_behind_a_batch_whose_results_are_still_being_sent(
     # then closes the channel and requeues everything held on it.
     q = names()
     client = create_backend("rpc" + url[4:])
-    broker = create_broker(url)
+    transport = open_transport(url)
+    broker = transport.broker()
     for i in range(8):
         broker.publish(msg(f"o{i}"), queue=q)
-    worker = create_backend("rpc" + url[4:])
+    worker = transport.backend("rpc" + url[4:])
     try:
-        client._listen()  # type: ignore[attr-defined]
-        assert broker.share_results(worker)
+        combined = transport.combine(broker, worker)
         got = fetch_all(broker, q, 8, timeout=5)
         assert len(got) == 8
         encoded = replies_to(client, worker, got, results=[1] * 8)
-        broker.ack_and_fetch(got[:2], [q], 0, timeout=0, results=encoded[:2])
-        broker.ack_and_fetch(got[2:4], [q], 0, timeout=0)  # nothing to send: ready first
-        broker.ack_and_fetch(got[4:6], [q], 0, timeout=0, results=encoded[4:6])
+        combined.store_ack_fetch(encoded[:2], got[:2], [q], 0, timeout=0)
+        combined.store_ack_fetch([], got[2:4], [q], 0, timeout=0)  # nothing to send: ready first
+        combined.store_ack_fetch(encoded[4:6], got[4:6], [q], 0, timeout=0)
         broker.ack(got[6:])
         for d in got[:2] + got[4:6]:
             assert client.wait_for(d.message.task_id, timeout=5)["result"] == 1
         assert fetch_all(broker, q, 1, timeout=1) == []  # nothing came back
     finally:
-        broker.close()
-        worker.close()
+        transport.close()
         client.close()
     assert_nothing_left(url, q)
 
@@ -704,29 +714,29 @@ def test_ack_and_fetch_gives_tasks_back_when_their_results_cannot_be_sent(
     url: str, names: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     q = names()
-    broker = create_broker(url)
-    for task_id in ("n0", "n1"):  # sent before the backend exists: no reply_to of ours
+    transport = open_transport(url)
+    broker = transport.broker()
+    for task_id in ("n0", "n1"):
         broker.publish(msg(task_id), queue=q)
-    worker = create_backend("rpc" + url[4:])
+    worker = transport.backend("rpc" + url[4:])
     try:
-        assert broker.share_results(worker)
+        combined = transport.combine(broker, worker)
         first = fetch_all(broker, q, 2, timeout=5)
-        for task_id in ("n0", "n1"):
-            replies.remember(task_id, "a-reply-queue", task_id)
 
         async def broken(*args: Any) -> None:
             raise RuntimeError("no way to send it")
 
         monkeypatch.setattr(worker, "publish_reply", broken)
-        encoded = [(d.message.task_id, "SUCCESS", b"{}") for d in first]
-        assert broker.ack_and_fetch(first, [q], 0, timeout=0, results=encoded) == []
+        encoded = [
+            EncodedResult(d.message.task_id, "SUCCESS", b"{}", "a-reply-queue") for d in first
+        ]
+        assert combined.store_ack_fetch(encoded, first, [q], 0, timeout=0) == []
         again = fetch_all(broker, q, 2, timeout=5)  # given back at once, not acked
         assert sorted(d.message.task_id for d in again) == ["n0", "n1"]
         assert all(d.redelivered for d in again)
         broker.ack(again)
     finally:
-        broker.close()
-        worker.close()
+        transport.close()
 
 
 def test_publish_many_sends_all_before_waiting_and_keeps_their_order(url: str, names: Any) -> None:

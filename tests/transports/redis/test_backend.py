@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from celeriac.backends import ChordPart, create_backend
+from celeriac.backends import ChordPart, EncodedResult, create_backend
 from celeriac.transports.redis.backend import RedisBackend
 from tests import redis_support
 
@@ -49,11 +49,15 @@ def test_a_batch_is_one_call_and_success_stays(backend: RedisBackend) -> None:
     enc = backend.encode_meta
     backend.store_encoded(
         [
-            ("a", "SUCCESS", enc({"status": "SUCCESS", "result": 1, "task_id": "a"})),
-            ("b", "STARTED", enc({"status": "STARTED", "result": None, "task_id": "b"})),
+            EncodedResult("a", "SUCCESS", enc({"status": "SUCCESS", "result": 1, "task_id": "a"})),
+            EncodedResult(
+                "b", "STARTED", enc({"status": "STARTED", "result": None, "task_id": "b"})
+            ),
         ]
     )
-    backend.store_encoded([("a", "FAILURE", enc({"status": "FAILURE", "task_id": "a"}))])
+    backend.store_encoded(
+        [EncodedResult("a", "FAILURE", enc({"status": "FAILURE", "task_id": "a"}))]
+    )
     assert backend.get_states(["a", "b", "missing"]) == {"a": "SUCCESS", "b": "STARTED"}
 
 
@@ -113,12 +117,12 @@ def test_chord_counts_each_header_once_in_celerys_keys(backend: RedisBackend, pr
     assert r.smembers(base + ".d") == {b"g-0:0", b"g-2:2"}
     assert backend.chord_record([part(backend, "g", 1, 20)]) == ["g"]
     assert backend.chord_record([part(backend, "g", 1, 20)]) == []  # claimed once
-    assert [(tid, state) for tid, state, _ in backend.chord_results("g")] == [
+    assert [(tid, state) for tid, state, *_ in backend.chord_results("g")] == [
         ("g-0", "SUCCESS"),
         ("g-1", "SUCCESS"),
         ("g-2", "SUCCESS"),
     ]
-    assert [backend.decode_meta(m)["result"] for _, _, m in backend.chord_results("g")] == [
+    assert [backend.decode_meta(m)["result"] for _, _, m, *_ in backend.chord_results("g")] == [
         10,
         20,
         30,
@@ -136,7 +140,7 @@ def test_chord_size_from_the_body_when_no_counter_was_made(backend: RedisBackend
     p1 = part(backend, "h", 1, error, "FAILURE")
     sized = [ChordPart(p.group_id, p.index, p.task_id, p.state, p.meta, 2) for p in (p0, p1)]
     assert backend.chord_record(sized) == ["h"]
-    states = [state for _, state, _ in backend.chord_results("h")]
+    states = [state for _, state, *_ in backend.chord_results("h")]
     assert states == ["SUCCESS", "FAILURE"]
 
 

@@ -9,9 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from celeriac.backends import EncodedResult
 from celeriac.brokers import create_broker
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.serializers import default_registry
+from celeriac.transports import open_transport
+from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.broker import RedisBroker, decode_envelope, encode_envelope
 from tests import redis_support
 
@@ -332,58 +335,56 @@ def test_delays_are_measured_on_one_clock(broker: RedisBroker, monkeypatch) -> N
     assert 0.25 <= time.monotonic() - started < 1.5
 
 
-def test_fetch_reads_stored_states_when_the_results_share_its_database(
-    broker: RedisBroker, prefix: str
-) -> None:
-    from celeriac.backends import create_backend
-    from celeriac.transports.redis.backend import RedisBackend
-
-    backend = create_backend(redis_support.url_with_prefix(prefix))
-    other_db = create_backend(redis_support.url_with_prefix(prefix, db=redis_support.DB + 1))
-    assert isinstance(backend, RedisBackend) and isinstance(other_db, RedisBackend)
+def test_fetch_reads_stored_states_when_the_results_share_its_database(prefix: str) -> None:
+    url = redis_support.url_with_prefix(prefix)
+    transport = open_transport(url)
+    broker = transport.broker()
+    backend = transport.backend(url)
+    other = open_transport(redis_support.url_with_prefix(prefix, db=redis_support.DB + 1))
+    other_db = other.backend(other.url)
     try:
         for task_id in ("first", "done", "gone", "new"):
             broker.publish(msg(task_id), queue="q")
         for task_id, state in (("first", "SUCCESS"), ("done", "SUCCESS"), ("gone", "REVOKED")):
             backend.store_result(task_id, None, state)
-        assert not broker.share_results(other_db)  # another database: the worker looks itself
-        [d] = broker.fetch(["q"], 1, timeout=0)
+        apart = transport.combine(broker, other_db)  # another database: the worker looks itself
+        assert not apart.carries_results
+        [d] = apart.fetch(["q"], 1, timeout=0)
         assert (d.message.task_id, d.stored_state) == ("first", None)
 
-        assert broker.share_results(backend)
-        states = {d.message.task_id: d.stored_state for d in broker.fetch(["q"], 10, timeout=0)}
+        combined = transport.combine(broker, backend)
+        states = {d.message.task_id: d.stored_state for d in combined.fetch(["q"], 10, timeout=0)}
         assert states == {"done": "SUCCESS", "gone": "REVOKED", "new": ""}
     finally:
-        backend.close()
-        other_db.close()
+        transport.close()
+        other.close()
 
 
-def test_ack_and_fetch_stores_results_first_when_it_carries_them(
-    broker: RedisBroker, prefix: str
-) -> None:
-    from celeriac.backends import create_backend
-    from celeriac.transports.redis.backend import RedisBackend
-
-    backend = create_backend(redis_support.url_with_prefix(prefix))
-    assert isinstance(backend, RedisBackend)
+def test_the_combined_path_stores_results_before_it_acks_and_fetches(prefix: str) -> None:
+    url = redis_support.url_with_prefix(prefix)
+    transport = open_transport(url)
+    broker = transport.broker()
+    backend = transport.backend(url)
+    assert isinstance(broker, RedisBroker) and isinstance(backend, RedisBackend)
     with pytest.raises(TypeError):  # not told where results go yet
-        broker.ack_and_fetch([], ["q"], 1, timeout=0, results=[("x", "SUCCESS", b"{}")])
+        broker.store_ack_fetch([EncodedResult("x", "SUCCESS", b"{}")], [], ["q"], 1, timeout=0)
     listener = backend.client.pubsub()
     try:
-        assert broker.share_results(backend) and broker.carries_results
+        combined = transport.combine(broker, backend)
+        assert combined.carries_results
         listener.subscribe(backend.key("a"))
         listener.get_message(timeout=1)  # the subscribe confirmation
         for task_id in ("a", "b", "c"):
             broker.publish(msg(task_id), queue="q")
-        first = broker.fetch(["q"], 2, timeout=0)
+        first = combined.fetch(["q"], 2, timeout=0)
         backend.store_result("b", "earlier", "SUCCESS")
 
-        def doc(task_id: str, value: str) -> tuple[str, str, bytes]:
+        def doc(task_id: str, value: str) -> EncodedResult:
             meta = {"task_id": task_id, "status": "SUCCESS", "result": value}
-            return (task_id, "SUCCESS", json.dumps(meta).encode())
+            return EncodedResult(task_id, "SUCCESS", json.dumps(meta).encode())
 
         results = [doc("a", "ran"), doc("b", "again")]
-        [third] = broker.ack_and_fetch(first, ["q"], 2, timeout=1, results=results)
+        [third] = combined.store_ack_fetch(results, first, ["q"], 2, timeout=1)
         assert third.message.task_id == "c"
         assert backend.get_meta("a")["result"] == "ran"
         assert backend.get_meta("b")["result"] == "earlier"  # a SUCCESS is never replaced
@@ -391,12 +392,12 @@ def test_ack_and_fetch_stores_results_first_when_it_carries_them(
         assert published is not None and json.loads(published["data"])["result"] == "ran"
         assert broker.depth("q") == 1  # a and b acked, c leased
         # No room to fetch: the results and acks still go.
-        assert broker.ack_and_fetch([third], ["q"], 0, timeout=0, results=[doc("c", "x")]) == []
+        assert combined.store_ack_fetch([doc("c", "x")], [third], ["q"], 0, timeout=0) == []
         assert backend.get_meta("c")["result"] == "x"
         assert broker.depth("q") == 0
     finally:
         listener.close()
-        backend.close()
+        transport.close()
 
 
 def test_publish_many_is_one_round_trip_even_after_redis_lost_the_script(tmp_path) -> None:

@@ -61,12 +61,12 @@ from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination
-from celeriac.transports.amqp.connection import Link, acquire_link, release_link, replies, to_pamqp
+from celeriac.transports.amqp.connection import Link, to_pamqp
 from celeriac.transports.amqp.publisher import Outgoing, Publisher, Unroutable
 from celeriac.transports.amqp.topology import declare_queue, queue_arguments, queues_behind
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import EncodedResult, ResultBackend
+    from celeriac.backends.base import EncodedResult
     from celeriac.transports.amqp.rpc_backend import RPCBackend
 
 logger = logging.getLogger("celeriac.broker.amqp")
@@ -162,7 +162,9 @@ def properties(
 class AMQPBroker(Broker):
     """Leased delivery over RabbitMQ in Celery's layout (see the module docstring)."""
 
-    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, transport_options: dict[str, Any] | None = None, *, link: Link
+    ) -> None:
         super().__init__(url, transport_options)
         opts = self.transport_options
         self.max_priority = opts.get("max_priority")
@@ -176,7 +178,7 @@ class AMQPBroker(Broker):
             self.max_priority = None
         self.publish_timeout = float(opts.get("publish_timeout", 30.0))
         self.dead_letter_queue = str(opts.get("dead_letter_queue", "celeriac.dead"))
-        self.link: Link = acquire_link(url, opts)
+        self.link = link
         self._closed = False
         #: names this process declared (server objects are durable: once per process)
         self._declared: set[str] = set()
@@ -196,8 +198,6 @@ class AMQPBroker(Broker):
         self._held_by: Counter[str] = Counter()
         self._last_dead_id = 0
         self._arrivals = 0
-        #: the rpc:// backend whose results ack_and_fetch sends (see share_results)
-        self._rpc: RPCBackend | None = None
 
     # -- declarations ----------------------------------------------------------------------------
     def queue_arguments(self, queue: str | None = None) -> dict[str, Any]:
@@ -321,16 +321,6 @@ class AMQPBroker(Broker):
             for target in targets:
                 self.publish(message, queue=target, priority=priority, eta=eta)
             return
-        if not message.properties.get("reply_to") and replies.own:
-            reply_to = replies.reply_to_for(message.headers)
-            if reply_to:
-                message = Message(
-                    message.headers,
-                    {**message.properties, "reply_to": reply_to},
-                    message.body,
-                    message.content_type,
-                    message.content_encoding,
-                )
         self._send(message, queue, priority, eta, dict(message.headers))
 
     def _send(
@@ -625,12 +615,6 @@ class AMQPBroker(Broker):
         extra = quorum_count if quorum_count is not None else int(redelivered)
         tag = Tag(epoch, int(deliver.delivery_tag or 0), redelivered)
         delivery = Delivery(message, queue, tag, 1 + carried + extra)
-        if replies.own and message.properties.get("reply_to") and message.task_id:
-            replies.remember(
-                message.task_id,
-                message.properties["reply_to"],
-                message.properties.get("correlation_id") or message.task_id,
-            )
         with self._cond:
             if epoch != self._epoch:
                 return
@@ -722,24 +706,15 @@ class AMQPBroker(Broker):
         if multiple or singles:
             self.link.spawn(lambda: self._write_settlement(epoch, multiple, singles))
 
-    def share_results(self, backend: ResultBackend) -> bool:
-        """``rpc://`` on this broker's connection: :meth:`ack_and_fetch` sends the results."""
-        from celeriac.transports.amqp.rpc_backend import RPCBackend
-
-        if not isinstance(backend, RPCBackend) or backend.link() is not self.link:
-            return False
-        self._rpc = backend
-        self.carries_results = True
-        return True
-
-    def ack_and_fetch(
+    def reply_ack_fetch(
         self,
+        rpc: RPCBackend,
+        results: Sequence[EncodedResult],
         acks: Sequence[Delivery],
         queues: Sequence[str],
         limit: int,
         *,
         timeout: float,
-        results: Sequence[EncodedResult] = (),
     ) -> list[Delivery]:
         """Send ``results`` (``rpc://`` replies) and then the acks on the channel the tasks came
         from, without waiting, and fetch.
@@ -749,18 +724,21 @@ class AMQPBroker(Broker):
         worker waits for a publisher confirm, without the wait. Replies are transient messages
         (as in Celery), so a confirm promised no more than that.
         """
-        if results and self._rpc is None:
-            raise TypeError("share_results() was not given this worker's rpc:// backend")
-        sends = self._rpc.replies_for(results) if results and self._rpc is not None else []
+        sends = rpc.replies_for(results) if results else []
         with self._cond:
             epoch = self._epoch
         multiple, singles = self._release([d.tag for d in acks if d.tag.epoch == epoch])
         if sends or multiple or singles:
-            self.link.spawn(lambda: self._reply_and_settle(epoch, sends, multiple, singles))
+            self.link.spawn(lambda: self._reply_and_settle(rpc, epoch, sends, multiple, singles))
         return self.fetch(queues, limit, timeout=timeout) if limit > 0 else []
 
     async def _reply_and_settle(
-        self, epoch: int, sends: list[tuple[str, str, bytes]], multiple: int, singles: list[int]
+        self,
+        rpc: RPCBackend,
+        epoch: int,
+        sends: list[tuple[str, str, bytes]],
+        multiple: int,
+        singles: list[int],
     ) -> None:
         if self._settle_lock is None:
             self._settle_lock = asyncio.Lock()
@@ -773,8 +751,7 @@ class AMQPBroker(Broker):
                 return
             try:
                 for reply_to, correlation_id, data in sends:
-                    assert self._rpc is not None
-                    await self._rpc.publish_reply(chan.channel, reply_to, correlation_id, data)
+                    await rpc.publish_reply(chan.channel, reply_to, correlation_id, data)
             except Exception as exc:
                 # No ack follows: the tasks run again (given back now if the channel lives).
                 logger.warning("AMQP: results not sent, their tasks will run again: %r", exc)
@@ -958,7 +935,7 @@ class AMQPBroker(Broker):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            release_link(self.link)
+            super().close()
 
 
 @dataclass(frozen=True)

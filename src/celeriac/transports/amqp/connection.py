@@ -34,7 +34,6 @@ import logging
 import os
 import random
 import threading
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -153,7 +152,6 @@ class Link:
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._spawned: set[asyncio.Future[Any]] = set()
         self._closed = False
-        self.users = 0
         self.pid = os.getpid()
         limit = int(self.options.get("publish_connections", PUBLISH_CONNECTIONS))
         self.publishers = PublisherPool(url, self.options, limit)
@@ -326,116 +324,3 @@ def _safe(url: str) -> str:
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@", 1)
     return url
-
-
-# -- per-process registry -------------------------------------------------------------------------
-_lock = threading.Lock()
-_links: dict[str, Link] = {}
-_pid = os.getpid()
-
-
-def _check_fork() -> None:
-    global _pid
-    if os.getpid() != _pid:  # a forked child inherits no I/O thread: start afresh
-        _pid = os.getpid()
-        _links.clear()
-        replies.reset()
-
-
-def acquire_link(url: str, options: dict[str, Any] | None = None) -> Link:
-    """This process's link for ``url``, shared by the broker and the rpc backend."""
-    with _lock:
-        _check_fork()
-        link = _links.get(url)
-        if link is None or link._closed:
-            link = _links[url] = Link(url, options)
-        link.users += 1
-        return link
-
-
-def release_link(link: Link) -> None:
-    with _lock:
-        link.users -= 1
-        if link.users > 0:
-            return
-        if _links.get(link.url) is link:
-            del _links[link.url]
-    link.close()
-
-
-def any_broker_url() -> str | None:
-    """The URL of an AMQP link open in this process (what ``rpc://`` without a host uses)."""
-    with _lock:
-        _check_fork()
-        for url in _links:
-            return url
-    return None
-
-
-class ReplyRoutes:
-    """Where results of the tasks this process is working on go (``rpc://``).
-
-    The broker records each fetched message's ``reply_to``/``correlation_id`` here and the rpc
-    backend reads them when it stores a result, because the backend interface passes only task
-    ids. A follow-up published while its parent is held (a retry, a callback, a chain step)
-    inherits the parent's ``reply_to``, so the client that started a workflow hears of it.
-    """
-
-    LIMIT = 100_000
-
-    def __init__(self) -> None:
-        self._routes: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._own: str | None = None
-        self._own_pid = 0
-        #: how to make sure this process's reply queue is declared
-        self.declare_own: Callable[[], None] | None = None
-
-    @property
-    def own(self) -> str | None:
-        """The reply queue of this process's rpc backend (None in a fork: it has its own)."""
-        return self._own if self._own_pid == os.getpid() else None
-
-    @own.setter
-    def own(self, oid: str | None) -> None:
-        self._own, self._own_pid = oid, os.getpid()
-
-    def reset(self) -> None:
-        """Forget what a parent process left (called once per process, on first link)."""
-        with self._lock:
-            self._routes.clear()
-        if self._own_pid != os.getpid():
-            # Only a parent's backend: a child may have opened its own before its first link.
-            self.own = None
-            self.declare_own = None
-
-    def remember(self, task_id: str, reply_to: str, correlation_id: str) -> None:
-        with self._lock:
-            self._routes[task_id] = (reply_to, correlation_id)
-            self._routes.move_to_end(task_id)
-            while len(self._routes) > self.LIMIT:
-                self._routes.popitem(last=False)
-
-    def route(self, task_id: str) -> tuple[str, str] | None:
-        with self._lock:
-            return self._routes.get(task_id)
-
-    def forget(self, task_id: str) -> None:
-        with self._lock:
-            self._routes.pop(task_id, None)
-
-    def reply_to_for(self, headers: dict[str, Any]) -> str:
-        """The reply queue for a message being published by this process ('' for none)."""
-        for key in ("id", "parent_id", "root_id"):
-            value = headers.get(key)
-            if isinstance(value, str) and value:
-                found = self.route(value)
-                if found is not None and found[0]:
-                    return found[0]
-        if self.own and self.declare_own is not None:
-            self.declare_own()
-            return self.own
-        return ""
-
-
-replies = ReplyRoutes()

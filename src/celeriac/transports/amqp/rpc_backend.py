@@ -10,12 +10,11 @@ Only the client that sent a task hears of it; results arrive once and are kept i
 (the newest per task, a SUCCESS never replaced). There is nothing to look up later, so chords
 and saved groups are not supported, as in Celery.
 
-The backend rides on the AMQP broker's connection: ``rpc://`` uses the ``amqp://`` broker this
-process opened (a URL such as ``rpc://user:pw@host:5672/vhost`` names one explicitly). Because
-the broker interface gives only task ids to a backend, the broker records the ``reply_to`` of
-what it fetches and stamps this process's reply queue on what it publishes (see
-:class:`.connection.ReplyRoutes`). Open the backend (``app.backend``) before sending tasks
-whose results you want: the reply queue must exist before a worker answers.
+The backend rides on the AMQP broker's connection: ``rpc://`` is handed out by the transport of
+the ``amqp://`` broker (a URL such as ``rpc://user:pw@host:5672/vhost`` names another server).
+Where a result goes travels with it (:attr:`EncodedResult.reply_to`, read by the worker from the
+task's message); a client names its reply queue in what it sends (:meth:`RPCBackend.reply_to`),
+and the queue is declared before the first task names it, since a worker's answer needs it.
 """
 
 from __future__ import annotations
@@ -29,21 +28,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from celeriac.backends.base import EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
-from celeriac.states import READY_STATES, SUCCESS
-from celeriac.transports.amqp.connection import (
-    Link,
-    acquire_link,
-    any_broker_url,
-    release_link,
-    replies,
-    to_pamqp,
-)
+from celeriac.states import SUCCESS
+from celeriac.transports.amqp.connection import Link, to_pamqp
 from celeriac.transports.amqp.publisher import Outgoing
 
 logger = logging.getLogger("celeriac.backend.rpc")
@@ -53,12 +44,10 @@ _KEEP = 100_000  # results held in memory for this process
 
 
 class RPCBackend(ResultBackend):
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, link: Link, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        parts = urlsplit(url)
-        self._broker_url = ("amqp" + url[3:]) if parts.hostname else None
         self.oid = str(uuid.uuid4())
-        self._link: Link | None = None
+        self._link = link
         self._epoch: int | None = None
         self._results: OrderedDict[str, bytes] = OrderedDict()
         self._cond = threading.Condition()
@@ -66,24 +55,17 @@ class RPCBackend(ResultBackend):
         self._closed = False
         serializer = self.registry.get(self.serializer)
         self._encoding = serializer.content_encoding
-        replies.own = self.oid
-        replies.declare_own = self._listen
 
     # -- connection --------------------------------------------------------------------------
-    def link(self) -> Link:
-        """The AMQP link results go over (the broker's, when it names the same server)."""
-        return self._get_link()
-
     def _get_link(self) -> Link:
-        if self._link is None:
-            url = self._broker_url or any_broker_url()
-            if url is None:
-                raise BackendError(
-                    "rpc:// sends results over the AMQP broker: set broker_url to an amqp:// "
-                    "URL (or name the server: rpc://user:password@host:5672/vhost)"
-                )
-            self._link = acquire_link(url)
+        if self._closed:
+            raise BackendError("rpc://: the backend was closed")
         return self._link
+
+    def reply_to(self) -> str:
+        """This process's reply queue, declared and consumed: tasks sent from here name it."""
+        self._listen()
+        return self.oid
 
     def _listen(self) -> None:
         """Declare the reply queue and consume it (again after a reconnection)."""
@@ -175,16 +157,13 @@ class RPCBackend(ResultBackend):
         """``(reply queue, correlation id, document)`` to publish for ``items``; results for
         this process's own reply queue are taken in directly."""
         sends = []
-        for task_id, state, data in items:
-            route = replies.route(task_id)
-            if route is None or not route[0]:
+        for item in items:
+            if not item.reply_to:
                 continue  # nobody asked (Celery does the same)
-            if route[0] == self.oid:
-                self._accept(task_id, data)  # our own reply queue: no need for the round trip
+            if item.reply_to == self.oid:
+                self._accept(item.task_id, item.meta)  # our own queue: no round trip needed
             else:
-                sends.append((route[0], route[1], data))
-            if state in READY_STATES:
-                replies.forget(task_id)
+                sends.append((item.reply_to, item.correlation_id or item.task_id, item.meta))
         return sends
 
     async def _send(self, link: Link, sends: list[tuple[str, str, bytes]]) -> None:
@@ -253,9 +232,4 @@ class RPCBackend(ResultBackend):
         if self._closed:
             return
         self._closed = True
-        if replies.own == self.oid:
-            replies.own = None
-            replies.declare_own = None
-        if self._link is not None:
-            release_link(self._link)
-            self._link = None
+        super().close()

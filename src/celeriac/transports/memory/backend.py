@@ -24,7 +24,7 @@ class MemoryBackend(ResultBackend):
         now = time.time()
         expires_at = now + self.expires if self.expires else None
         with self._cond:
-            for task_id, state, data in items:
+            for task_id, state, data, *_route in items:
                 held = self._data.get(task_id)
                 # A SUCCESS is final until it expires, like Celery's key with a TTL.
                 if held is not None and held[0] == SUCCESS and (held[2] is None or held[2] >= now):
@@ -66,7 +66,7 @@ class MemoryBackend(ResultBackend):
     def chord_results(self, group_id: str) -> list[EncodedResult]:
         with self._cond:
             parts = self._chords[group_id]["parts"]
-            return [parts[i] for i in sorted(parts)]
+            return [EncodedResult(*parts[i]) for i in sorted(parts)]
 
     def chord_done(self, group_id: str) -> None:
         with self._cond:

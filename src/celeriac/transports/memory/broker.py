@@ -28,8 +28,6 @@ class _Entry:
 
 
 class MemoryBroker(Broker):
-    shared_between_processes = False
-
     def __init__(self, url: str = "memory://", transport_options: dict[str, Any] | None = None):
         super().__init__(url, transport_options)
         self._cond = threading.Condition()

@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import redis
@@ -25,7 +24,8 @@ from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, 
 from celeriac.exceptions import BackendError
 from celeriac.protocol.results import make_meta
 from celeriac.states import READY_STATES
-from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.connection import RedisTarget
+from celeriac.transports.redis.scripts import lua
 
 KEY_PREFIX = "celery-task-meta-"
 GROUP_PREFIX = "celery-taskset-meta-"
@@ -34,23 +34,16 @@ _CHORD_DONE_TTL = 300
 logger = logging.getLogger("celeriac.backend.redis")
 
 
-def store_lua() -> str:
-    """The Lua that stores results (``store_results``), for scripts that store them too."""
-    return resources.files("celeriac.transports.redis").joinpath("store_results.lua").read_text()
-
-
 class RedisBackend(ResultBackend):
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, target: RedisTarget, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        target = connect(url, self.transport_options)
         self.client: redis.Redis = target.client
         prefix = target.prefix
         if prefix and prefix[-1] not in ":_-.":  # Celery's backend adds the separator too
             prefix += "_"
         self.prefix = prefix + KEY_PREFIX
         self.group_prefix = prefix + GROUP_PREFIX
-        source = resources.files("celeriac.transports.redis").joinpath("backend.lua").read_text()
-        self._script = self.client.register_script(store_lua() + source)
+        self._script = self.client.register_script(lua("store_results.lua", "backend.lua"))
         self._local = threading.local()
         self._listeners: list[PubSub] = []
         self._listeners_lock = threading.Lock()
@@ -65,8 +58,8 @@ class RedisBackend(ResultBackend):
 
     def _store(self, items: Sequence[EncodedResult]) -> None:
         ttl_ms = self.expires_ms
-        keys = [self.key(task_id) for task_id, _, _ in items]
-        self._run("store", keys, ttl_ms, *(data for _, _, data in items))
+        keys = [self.key(r.task_id) for r in items]
+        self._run("store", keys, ttl_ms, *(r.meta for r in items))
 
     def _run(self, command: str, keys: Sequence[str], *args: Any) -> Any:
         try:
@@ -126,7 +119,7 @@ class RedisBackend(ResultBackend):
         for member in members:
             _, task_id, state, result = loads(member)
             meta = make_meta(task_id, state, result, group_id=group_id)
-            out.append((task_id, state, self.encode_meta(meta)))
+            out.append(EncodedResult(task_id, state, self.encode_meta(meta)))
         return out
 
     def chord_done(self, group_id: str) -> None:
@@ -235,7 +228,7 @@ class RedisBackend(ResultBackend):
         for listener in listeners:
             listener.close()
         self._local = threading.local()
-        self.client.close()
+        super().close()
 
 
 def _text(value: bytes | str) -> str:

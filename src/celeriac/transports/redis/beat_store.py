@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from importlib import resources
 from typing import Any, cast
 
 import redis
 
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
-from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.connection import RedisTarget
+from celeriac.transports.redis.scripts import lua
 
 
 def _num(value: float | None) -> str:
@@ -29,12 +29,12 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisBeatStore(BeatStore):
-    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
-        target = connect(url, transport_options)
+    def __init__(
+        self, url: str, transport_options: dict[str, Any] | None = None, *, target: RedisTarget
+    ) -> None:
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
-        source = resources.files("celeriac.transports.redis").joinpath("beat_store.lua").read_text()
-        self._script = self.client.register_script(source)
+        self._script = self.client.register_script(lua("beat_store.lua"))
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}celeriac.beat.{name}"
@@ -111,6 +111,3 @@ class RedisBeatStore(BeatStore):
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: version failed: {exc}") from exc
         return int(value) if value is not None else 0
-
-    def close(self) -> None:
-        self.client.close()

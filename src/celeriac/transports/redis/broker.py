@@ -47,7 +47,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -57,12 +56,12 @@ from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
-from celeriac.transports.redis.backend import RedisBackend, store_lua
-from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
+from celeriac.transports.redis.scripts import lua
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import EncodedResult, ResultBackend
+    from celeriac.backends.base import EncodedResult
 
 logger = logging.getLogger("celeriac.broker.redis")
 
@@ -137,10 +136,11 @@ class RedisBroker(Broker):
 
     priority_higher_first = False  # Celery's Redis buckets: 0 is served first
 
-    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, transport_options: dict[str, Any] | None = None, *, target: RedisTarget
+    ) -> None:
         super().__init__(url, transport_options)
         opts = self.transport_options
-        target = connect(url, opts)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
         # Capped so that a blocked wait never outlasts the socket timeout.
@@ -156,8 +156,7 @@ class RedisBroker(Broker):
                 f"delayed_delivery must be 'broker' or 'queue', not {delayed!r}"
             )
         self.delay_in_broker = delayed == "broker"
-        source = resources.files("celeriac.transports.redis").joinpath("broker.lua").read_text()
-        self._script = self.client.register_script(store_lua() + source)
+        self._script = self.client.register_script(lua("store_results.lua", "broker.lua"))
         self._bound: set[str] = set()
         self._bindings_declared = False
         self._fanout: FanoutSubscriber | None = None
@@ -165,7 +164,7 @@ class RedisBroker(Broker):
         self._rotation = 0
         self._lock = threading.Lock()
         #: Result key prefix fetch reads states and stores results under ('' = it does not;
-        #: see share_results), and their expiry in ms.
+        #: see read_results), and their expiry in ms.
         self._results_prefix = ""
         self._results_ttl_ms = 0
 
@@ -342,18 +341,23 @@ class RedisBroker(Broker):
         return self.ack_and_fetch((), queues, limit, timeout=timeout)
 
     def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
+    ) -> list[Delivery]:
+        return self.store_ack_fetch((), acks, queues, limit, timeout=timeout)
+
+    def store_ack_fetch(
         self,
+        results: Sequence[EncodedResult],
         acks: Sequence[Delivery],
         queues: Sequence[str],
         limit: int,
         *,
         timeout: float,
-        results: Sequence[EncodedResult] = (),
     ) -> list[Delivery]:
-        # Results and acks ride on the first fetch script call: a driven consumer (a prefork
-        # child) finishes a batch and leases the next in one round trip.
-        if results and not self.carries_results:
-            raise TypeError("share_results() was not given this worker's Redis backend")
+        """Results and acks ride on the first fetch script call: a consumer finishes a batch
+        and leases the next in one round trip (results only after :meth:`read_results`)."""
+        if results and not self._results_prefix:
+            raise TypeError("read_results() was not told where this worker's results live")
         acks = [d for d in acks if not is_broadcast(d)]  # nothing held in Redis
         if not queues or limit <= 0:
             if results or acks:
@@ -421,7 +425,7 @@ class RedisBroker(Broker):
             self._results_ttl_ms,
             len(acks),
             *(part for d in acks for part in d.tag),
-            *(part for task_id, _, doc in results for part in (task_id, doc)),
+            *(part for r in results for part in (r.task_id, r.meta)),
         )
         if sweep:
             next_due = float(reply[0]) if reply[0] else -1.0
@@ -451,22 +455,12 @@ class RedisBroker(Broker):
             )
         return out, len(reply) > 2 or bool(reply[1])
 
-    def share_results(self, backend: ResultBackend) -> bool:
-        """Read states and store results in the fetch script when the results live in this
-        same Redis database as JSON (Lua reads JSON only)."""
-        if not isinstance(backend, RedisBackend) or backend.content_type != "application/json":
-            return False
-        mine = self.client.connection_pool.connection_kwargs
-        theirs = backend.client.connection_pool.connection_kwargs
-        same = ("host", "port", "path", "db")
-        if type(self.client.connection_pool) is not type(backend.client.connection_pool) or any(
-            mine.get(k) != theirs.get(k) for k in same
-        ):
-            return False
-        self._results_prefix = backend.prefix
-        self._results_ttl_ms = backend.expires_ms
-        self.carries_results = True
-        return True
+    def read_results(self, prefix: str, ttl_ms: int) -> None:
+        """Read each fetched task's stored state, and store results in :meth:`store_ack_fetch`,
+        under ``prefix`` (as JSON, the only format Lua reads) with ``ttl_ms`` to live: the
+        backend of this same database, paired by its transport (see ``RedisCombined``)."""
+        self._results_prefix = prefix
+        self._results_ttl_ms = ttl_ms
 
     def _wait(self, wake_keys: list[str], seconds: float) -> None:
         try:
@@ -570,7 +564,8 @@ class RedisBroker(Broker):
     def close(self) -> None:
         if self._fanout is not None:
             self._fanout.close()
-        self.client.close()
+            self._fanout = None
+        super().close()
 
 
 def _route_of(dest: Destination) -> tuple[str, str, str]:

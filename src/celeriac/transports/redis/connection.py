@@ -33,6 +33,16 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 _OURS = ("global_keyprefix", "master_name")
+#: Options that shape a client (the rest are the broker's, the backend's or a key prefix).
+_CLIENT_OPTIONS = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "health_check_interval",
+    "retry_cap",
+    "max_retries",
+    "master_name",
+    "sentinel_kwargs",
+)
 
 
 @dataclass(slots=True)
@@ -59,6 +69,27 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "retry": _retry(options),
         "retry_on_error": list(CONNECTION_ERRORS),
     }
+
+
+def server_key(url: str) -> str:
+    """The server and database ``url`` names: credentials, host, port, db (or socket path),
+    TLS settings; not the key prefix, which only shapes key names."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = sorted((k, v) for k, v in parse_qsl(parts.query) if k not in _OURS)
+    if scheme in ("redis", "rediss"):
+        db = parts.path.strip("/") or "0"
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}"
+    else:
+        where = f"{parts.netloc}{parts.path}"
+    return f"{scheme}://{parts.username or ''}:{parts.password or ''}@{where}?{query}"
+
+
+def client_key(url: str, options: dict[str, Any]) -> tuple[str, ...]:
+    """Options equal here can share one client (and its connection pool)."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    merged = {**{k: query[k] for k in _OURS if k in query}, **options}
+    return tuple(repr(merged.get(k)) for k in _CLIENT_OPTIONS)
 
 
 def connect(url: str, options: dict[str, Any] | None = None) -> RedisTarget:

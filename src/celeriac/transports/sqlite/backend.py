@@ -9,7 +9,7 @@ from typing import Any
 
 from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
-from celeriac.transports.sqlite.connection import SQLiteFile, path_from_url, wait_for_change
+from celeriac.transports.sqlite.connection import SQLiteFile, wait_for_change
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_results (
@@ -54,9 +54,9 @@ _SWEEP_EVERY = 60.0
 
 
 class SQLiteBackend(ResultBackend):
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, db: SQLiteFile, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.db = SQLiteFile(path_from_url(url), SCHEMA, BackendError)
+        self.db = db
         self.polling_interval = 0.002
         self._last_sweep = 0.0
 
@@ -66,7 +66,7 @@ class SQLiteBackend(ResultBackend):
         try:
             with self.db.write() as conn:
                 conn.executemany(
-                    _UPSERT, [(tid, state, data, expires_at, now) for tid, state, data in items]
+                    _UPSERT, [(r.task_id, r.state, r.meta, expires_at, now) for r in items]
                 )
                 if now - self._last_sweep > _SWEEP_EVERY:
                     self._last_sweep = now
@@ -150,7 +150,7 @@ class SQLiteBackend(ResultBackend):
             " ORDER BY idx",
             (group_id,),
         )
-        return [(tid, status, bytes(meta)) for tid, status, meta in rows]
+        return [EncodedResult(tid, status, bytes(meta)) for tid, status, meta in rows]
 
     def chord_done(self, group_id: str) -> None:
         with self.db.write() as conn:
@@ -194,6 +194,3 @@ class SQLiteBackend(ResultBackend):
 
     def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
         wait_for_change(self.db, token, time.time() + timeout, self.polling_interval)
-
-    def close(self) -> None:
-        self.db.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
-from celeriac.transports.sqlite.connection import SQLiteFile, path_from_url
+from celeriac.transports.sqlite.connection import SQLiteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_beat_lease (
@@ -46,8 +46,10 @@ _BUMP = (
 
 
 class SQLiteBeatStore(BeatStore):
-    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
-        self.db = SQLiteFile(path_from_url(url), SCHEMA)
+    def __init__(
+        self, url: str, transport_options: dict[str, Any] | None = None, *, db: SQLiteFile
+    ) -> None:
+        self.db = db
 
     # -- lease ------------------------------------------------------------------------------
     def acquire(self, holder: str, ttl: float) -> bool:
@@ -174,6 +176,3 @@ class SQLiteBeatStore(BeatStore):
     def version(self) -> int:
         rows = self._read("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")
         return int(rows[0][0]) if rows else 0
-
-    def close(self) -> None:
-        self.db.close()

@@ -17,7 +17,7 @@ from typing import Any
 from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message
-from celeriac.transports.sqlite.connection import SQLiteFile, path_from_url
+from celeriac.transports.sqlite.connection import SQLiteFile
 
 READY, DELAYED, LEASED = 0, 1, 2
 
@@ -80,9 +80,11 @@ class SQLiteBroker(Broker):
     microseconds).
     """
 
-    def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, url: str, transport_options: dict[str, Any] | None = None, *, db: SQLiteFile
+    ) -> None:
         super().__init__(url, transport_options)
-        self.db = SQLiteFile(path_from_url(url), SCHEMA)
+        self.db = db
         self.polling_interval = float(self.transport_options.get("polling_interval", 0.005))
         self._next_due = 0.0
         self._rotation = 0
@@ -317,9 +319,6 @@ class SQLiteBroker(Broker):
     def purge_dead_letters(self) -> int:
         with self.db.write() as conn:
             return conn.execute("DELETE FROM celeriac_dead_letters").rowcount
-
-    def close(self) -> None:
-        self.db.close()
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:

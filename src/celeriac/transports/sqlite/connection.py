@@ -36,10 +36,17 @@ def path_from_url(url: str) -> str:
 class SQLiteFile:
     """Per-thread connections to one database file, with its schema applied once."""
 
-    def __init__(self, path: str, schema: str, error: type[CeleriacError] = BrokerError) -> None:
+    def __init__(
+        self,
+        path: str,
+        schema: str,
+        error: type[CeleriacError] = BrokerError,
+        write_lock: WriteLock | None = None,
+    ) -> None:
         self.path = path
         self._error = error
         self._schema = schema
+        self._write_lock = write_lock or WriteLock()
         self._local = threading.local()
         self._fork_gen = generation()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +110,7 @@ class SQLiteFile:
         and renewer all writing) cost more than the transactions themselves.
         """
         conn = self.connection()
-        with _write_lock(self.path):
+        with self._write_lock:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -130,23 +137,24 @@ class SQLiteFile:
         self._local = threading.local()
 
 
-_write_locks: dict[str, threading.Lock] = {}
-_write_locks_guard = threading.Lock()
-_write_locks_gen = -1  # set on first use
+class WriteLock:
+    """Queues this process's writers to one file, ahead of SQLite's own locking.
 
+    A transport shares one between the broker, backend and beat store it opens on a file.
+    After a fork the child takes a fresh lock: a parent thread may have held this one.
+    """
 
-def _write_lock(path: str) -> threading.Lock:
-    """One lock per database file and process, shared by every SQLiteFile on that file."""
-    global _write_locks, _write_locks_guard, _write_locks_gen
-    if _write_locks_gen != generation():
-        # Forked, perhaps while another thread held a lock: the child starts with fresh ones.
-        _write_locks, _write_locks_guard = {}, threading.Lock()
-        _write_locks_gen = generation()
-    lock = _write_locks.get(path)
-    if lock is None:
-        with _write_locks_guard:
-            lock = _write_locks.setdefault(path, threading.Lock())
-    return lock
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._gen = generation()
+
+    def __enter__(self) -> None:
+        if self._gen != generation():
+            self._lock, self._gen = threading.Lock(), generation()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) -> int:

@@ -1,0 +1,108 @@
+"""RabbitMQ: one AMQP link per vhost, shared by the broker and the ``rpc://`` result backend.
+
+The link (its consuming connection and its pool of publishing connections, see
+:mod:`.connection`) is opened with the options of the first part that asks for it, usually the
+broker's. When this transport gave both the broker and an ``rpc://`` backend, a worker sends a
+batch's replies and then its acks on the channel the tasks came from, without waiting for
+confirms (:class:`AMQPCombined`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from celeriac.exceptions import ConfigurationError
+from celeriac.transports.amqp.broker import AMQPBroker
+from celeriac.transports.amqp.connection import Link
+from celeriac.transports.amqp.rpc_backend import RPCBackend
+from celeriac.transports.base import BackendConfig, Combined, Transport
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import EncodedResult, ResultBackend
+    from celeriac.brokers.base import Broker, Delivery
+
+
+class AMQPTransport(Transport):
+    schemes = ("amqp", "amqps")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._link: Link | None = None
+        self._brokers: list[AMQPBroker] = []
+        self._backends: list[RPCBackend] = []
+
+    @classmethod
+    def server_key(cls, url: str) -> str:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        path = parts.path
+        vhost = "/" if path in ("", "/", "//") else unquote(path[1:])
+        port = parts.port or (5671 if scheme == "amqps" else 5672)
+        user = unquote(parts.username or "guest")
+        password = unquote(parts.password or "guest")
+        return f"{scheme}://{user}:{password}@{parts.hostname or 'localhost'}:{port}/{vhost}"
+
+    def link(self, options: dict[str, Any]) -> Link:
+        if self._link is None:
+            self._link = Link(self.url, options)
+        return self._link
+
+    def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
+        broker = AMQPBroker(self.url, transport_options, link=self.link(transport_options))
+        self._brokers.append(broker)
+        return broker
+
+    def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
+        if not url.lower().startswith("rpc:"):
+            raise ConfigurationError(
+                f"RabbitMQ stores no results: for results over it use result_backend='rpc://' "
+                f"(not {url.partition('://')[0]}://)"
+            )
+        options = dict(config.transport_options or {})
+        backend = RPCBackend(
+            url,
+            link=self.link(options),
+            serializer=config.serializer,
+            accept=config.accept,
+            expires=config.expires,
+            transport_options=options,
+        )
+        self._backends.append(backend)
+        return backend
+
+    def _close_connections(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+    def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
+        mine = [b for b in self._brokers if b is broker]
+        ours = [b for b in self._backends if b is backend]
+        if mine and ours:
+            return AMQPCombined(mine[0], ours[0])
+        return Combined(broker, backend)
+
+
+class AMQPCombined(Combined):
+    """``rpc://`` replies and acks written on the tasks' own channel, then the next fetch."""
+
+    carries_results = True
+
+    def __init__(self, broker: AMQPBroker, backend: RPCBackend) -> None:
+        super().__init__(broker, backend)
+        self._broker, self._rpc = broker, backend
+
+    def store_ack_fetch(
+        self,
+        results: Sequence[EncodedResult],
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+    ) -> list[Delivery]:
+        return self._broker.reply_ack_fetch(
+            self._rpc, results, acks, queues, limit, timeout=timeout
+        )

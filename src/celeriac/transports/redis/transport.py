@@ -1,0 +1,110 @@
+"""Redis: the clients to one database, shared by its broker, result backend and beat store.
+
+A client (with its connection pool) is made per set of connection options, so a broker and a
+backend configured alike share one. When this transport gave both the broker and the backend,
+a worker finishes a batch in one script call: results stored, messages acknowledged and the
+next batch leased (:class:`RedisCombined`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from celeriac.transports.base import BackendConfig, Combined, Transport
+from celeriac.transports.redis.backend import RedisBackend
+from celeriac.transports.redis.beat_store import RedisBeatStore
+from celeriac.transports.redis.broker import RedisBroker
+from celeriac.transports.redis.connection import RedisTarget, client_key, connect, server_key
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import EncodedResult, ResultBackend
+    from celeriac.beat.store import BeatStore
+    from celeriac.brokers.base import Broker, Delivery
+
+
+class RedisTransport(Transport):
+    schemes = ("redis", "rediss", "redis+socket", "sentinel")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._clients: dict[tuple[str, ...], redis.Redis] = {}
+        self._brokers: list[RedisBroker] = []
+        self._backends: list[RedisBackend] = []
+
+    @classmethod
+    def server_key(cls, url: str) -> str:
+        return server_key(url)
+
+    def _target(self, url: str, options: dict[str, Any]) -> RedisTarget:
+        target = connect(url, options)
+        key = client_key(url, options)
+        client = self._clients.get(key)
+        if client is None:
+            self._clients[key] = target.client
+            return target
+        target.client.close()  # a pool that never connected: nothing to wait for
+        return RedisTarget(client, target.prefix)
+
+    def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
+        broker = RedisBroker(
+            self.url, transport_options, target=self._target(self.url, transport_options)
+        )
+        self._brokers.append(broker)
+        return broker
+
+    def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
+        options = dict(config.transport_options or {})
+        backend = RedisBackend(
+            url,
+            target=self._target(url, options),
+            serializer=config.serializer,
+            accept=config.accept,
+            expires=config.expires,
+            transport_options=options,
+        )
+        self._backends.append(backend)
+        return backend
+
+    def _open_beat_store(self, transport_options: dict[str, Any]) -> BeatStore:
+        return RedisBeatStore(
+            self.url, transport_options, target=self._target(self.url, transport_options)
+        )
+
+    def _close_connections(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
+        mine = [b for b in self._brokers if b is broker]
+        ours = [b for b in self._backends if b is backend]
+        # Lua reads JSON only: results in another format take the three calls.
+        if mine and ours and ours[0].content_type == "application/json":
+            return RedisCombined(mine[0], ours[0])
+        return Combined(broker, backend)
+
+
+class RedisCombined(Combined):
+    """Results stored, acks and the next fetch in one script call; each fetched task's stored
+    state read in the same call (a revoked or already-finished task is seen before it runs)."""
+
+    carries_results = True
+
+    def __init__(self, broker: RedisBroker, backend: RedisBackend) -> None:
+        super().__init__(broker, backend)
+        self._broker = broker
+        broker.read_results(backend.prefix, backend.expires_ms)
+
+    def store_ack_fetch(
+        self,
+        results: Sequence[EncodedResult],
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+    ) -> list[Delivery]:
+        return self._broker.store_ack_fetch(results, acks, queues, limit, timeout=timeout)

@@ -1,0 +1,69 @@
+"""The embedded default: one SQLite file holds queues, results and beat's state.
+
+The transport owns the file's connections (one per thread and role) and the lock that queues
+this process's writers, shared by its broker, backend and beat store.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celeriac.exceptions import BackendError, BrokerError, CeleriacError
+from celeriac.transports.base import BackendConfig, Transport
+from celeriac.transports.sqlite.connection import SQLiteFile, WriteLock, path_from_url
+
+if TYPE_CHECKING:
+    from celeriac.backends.base import ResultBackend
+    from celeriac.beat.store import BeatStore
+    from celeriac.brokers.base import Broker
+
+
+class SQLiteTransport(Transport):
+    schemes = ("sqlite",)
+    results_by_default = True
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path = path_from_url(url)
+        self._write_lock = WriteLock()
+        self._files: list[SQLiteFile] = []
+
+    @classmethod
+    def server_key(cls, url: str) -> str:
+        return path_from_url(url)
+
+    def _file(self, schema: str, error: type[CeleriacError]) -> SQLiteFile:
+        db = SQLiteFile(self.path, schema, error, self._write_lock)
+        self._files.append(db)
+        return db
+
+    def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
+        from celeriac.transports.sqlite import broker
+
+        return broker.SQLiteBroker(
+            self.url, transport_options, db=self._file(broker.SCHEMA, BrokerError)
+        )
+
+    def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
+        from celeriac.transports.sqlite import backend
+
+        return backend.SQLiteBackend(
+            url,
+            db=self._file(backend.SCHEMA, BackendError),
+            serializer=config.serializer,
+            accept=config.accept,
+            expires=config.expires,
+            transport_options=config.transport_options,
+        )
+
+    def _open_beat_store(self, transport_options: dict[str, Any]) -> BeatStore:
+        from celeriac.transports.sqlite import beat_store
+
+        return beat_store.SQLiteBeatStore(
+            self.url, transport_options, db=self._file(beat_store.SCHEMA, BrokerError)
+        )
+
+    def _close_connections(self) -> None:
+        files, self._files = self._files, []
+        for db in files:
+            db.close()
