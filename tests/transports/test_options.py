@@ -14,7 +14,13 @@ from typing import Any, ClassVar, Literal
 import pytest
 
 from celeriac.exceptions import ConfigurationError
-from celeriac.transports.options import BACKEND, BROKER, parse_options
+from celeriac.transports.amqp.options import AMQPOptions
+from celeriac.transports.memory.options import MemoryOptions
+from celeriac.transports.options import BACKEND, BROKER, option_names, parse_options
+from celeriac.transports.redis.options import RedisBackendOptions, RedisOptions
+from celeriac.transports.sqlite.options import SQLiteOptions
+
+ALL = [MemoryOptions, SQLiteOptions, RedisOptions, RedisBackendOptions, AMQPOptions]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +134,14 @@ def test_a_kombu_only_key_is_accepted_and_logged_once_at_info(
 def test_a_misspelt_kombu_only_key_gets_its_hint_too() -> None:
     with pytest.raises(ConfigurationError, match="did you mean 'fanout_prefix'"):
         parse({"fanout_prefx": True})
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_kombu_only_names_are_never_fields(cls: type[Any]) -> None:
+    assert set(option_names(cls)).isdisjoint(cls.KOMBU_ONLY)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_every_options_class_is_frozen_and_slotted(cls: type[Any]) -> None:
+    assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    assert "__slots__" in cls.__dict__ and not hasattr(cls(), "__dict__")

@@ -16,6 +16,7 @@ from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.protocol.message import Message
+from celeriac.transports.memory.options import MemoryOptions
 
 
 @dataclass(slots=True)
@@ -29,6 +30,8 @@ class _Entry:
 
 class MemoryBroker(Broker):
     shared_between_processes = False
+    options_class = MemoryOptions
+    options: MemoryOptions
 
     def __init__(self, url: str = "memory://", transport_options: dict[str, Any] | None = None):
         super().__init__(url, transport_options)

@@ -26,6 +26,7 @@ from celeriac.exceptions import BackendError
 from celeriac.protocol.results import make_meta
 from celeriac.states import READY_STATES
 from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.options import RedisBackendOptions
 
 KEY_PREFIX = "celery-task-meta-"
 GROUP_PREFIX = "celery-taskset-meta-"
@@ -40,9 +41,12 @@ def store_lua() -> str:
 
 
 class RedisBackend(ResultBackend):
+    options_class = RedisBackendOptions
+    options: RedisBackendOptions
+
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        target = connect(url, self.transport_options)
+        target = connect(url, self.options)
         self.client: redis.Redis = target.client
         prefix = target.prefix
         if prefix and prefix[-1] not in ":_-.":  # Celery's backend adds the separator too

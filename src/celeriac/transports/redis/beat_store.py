@@ -17,7 +17,9 @@ import redis
 
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
+from celeriac.transports.options import BROKER, parse_options
 from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.options import RedisOptions
 
 
 def _num(value: float | None) -> str:
@@ -30,7 +32,9 @@ def _text(value: bytes | str) -> str:
 
 class RedisBeatStore(BeatStore):
     def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
-        target = connect(url, transport_options)
+        # The broker's options: a key the broker would refuse is refused here too.
+        self.options = parse_options(RedisOptions, transport_options, url=url, setting=BROKER)
+        target = connect(url, self.options)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
         source = resources.files("celeriac.transports.redis").joinpath("beat_store.lua").read_text()
