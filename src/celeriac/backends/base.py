@@ -10,12 +10,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from celeriac.exceptions import BackendError, TimeoutError
 from celeriac.protocol.results import make_meta, pending_meta
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.states import READY_STATES
+from celeriac.transports.options import BACKEND, parse_options
 
 if TYPE_CHECKING:
     from celeriac.transports.base import Transport
@@ -52,11 +53,19 @@ class ChordPart:
     size: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BackendOptions:
+    """``result_backend_transport_options`` of a backend that takes none (any key is an error);
+    a backend that takes some names its own class (``transports/<name>/options.py``)."""
+
+
 class ResultBackend(ABC):
     """Stores task states and results."""
 
     #: The transport whose connections this backend uses (set when it hands it out).
     transport: Transport | None = None
+    #: ``result_backend_transport_options`` are parsed into this; an unknown key is an error.
+    options_class: ClassVar[type[object]] = BackendOptions
 
     def __init__(
         self,
@@ -69,7 +78,9 @@ class ResultBackend(ABC):
         transport_options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
-        self.transport_options = dict(transport_options or {})
+        self.options = parse_options(
+            self.options_class, transport_options, url=url, setting=BACKEND
+        )
         self.serializer = serializer
         self.registry = registry
         self.accept = registry.content_types(accept)

@@ -13,11 +13,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination, Topology, exchange_route, no_queue_bound
+from celeriac.transports.options import BROKER, parse_options
 
 if TYPE_CHECKING:
     from celeriac.transports.base import Transport
@@ -27,6 +28,16 @@ DEFAULT_VISIBILITY_TIMEOUT = 30.0
 #: (message, queue, priority, eta) for :meth:`Broker.publish_many`; ``queue`` may be a
 #: :class:`~celeriac.routing.Destination` (a queue name carrying an exchange and routing key).
 Publication = tuple[Message, str, int, float | None]
+
+
+class BrokerOptions(Protocol):
+    """What the base class reads of a transport's options object (``transports/<name>/options.py``:
+    a frozen dataclass of its ``broker_transport_options``)."""
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a lease lasts unless renewed."""
+        ...
 
 
 @dataclass(slots=True)
@@ -70,13 +81,14 @@ class Broker(ABC):
     topology: Topology = Topology()
     #: The transport whose connections this broker uses (set when it hands the broker out).
     transport: Transport | None = None
+    #: The transport's options class: ``broker_transport_options`` are parsed into it, and an
+    #: unknown key is a :class:`ConfigurationError`.
+    options_class: ClassVar[type[BrokerOptions]]
 
     def __init__(self, url: str, transport_options: dict[str, Any] | None = None) -> None:
         self.url = url
-        self.transport_options = dict(transport_options or {})
-        self.visibility_timeout = float(
-            self.transport_options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT)
-        )
+        self.options = parse_options(self.options_class, transport_options, url=url, setting=BROKER)
+        self.visibility_timeout = self.options.visibility_timeout
 
     @abstractmethod
     def publish(

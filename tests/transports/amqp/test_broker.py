@@ -148,7 +148,6 @@ def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None
     proxy = amqp_support.Proxy()
     q = names()
     broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
-    broker.transport_options["publish_timeout"] = 1.0
     assert isinstance(broker, AMQPBroker)
     broker.publish_timeout = 1.0
     try:

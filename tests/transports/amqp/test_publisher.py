@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from celeriac.exceptions import BrokerError
+from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import (
     Outgoing,
     Publisher,
@@ -24,7 +25,7 @@ from celeriac.transports.amqp.publisher import (
 
 
 def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
-    p = connect_params("amqp://u%40x:p%2Fw@rabbit:5673/%2Fprod", {"heartbeat": 20})
+    p = connect_params("amqp://u%40x:p%2Fw@rabbit:5673/%2Fprod", AMQPOptions(heartbeat=20))
     assert p["host"] == "rabbit:5673"
     assert (p["userid"], p["password"]) == ("u@x", "p/w")
     assert p["virtual_host"] == "/prod"
@@ -35,8 +36,8 @@ def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
     for url in ("amqp://localhost", "amqp://localhost/", "amqp://localhost//"):
         q = connect_params(url)
         assert (q["host"], q["virtual_host"], q["userid"]) == ("localhost:5672", "/", "guest")
-    assert idle_limit("amqp://h/", {"heartbeat": 20}) == 10.0
-    assert idle_limit("amqp://h/?heartbeat=30", {"heartbeat": 20}) == 15.0
+    assert idle_limit("amqp://h/", AMQPOptions(heartbeat=20)) == 10.0
+    assert idle_limit("amqp://h/?heartbeat=30", AMQPOptions(heartbeat=20)) == 15.0
     assert idle_limit("amqp://h/?heartbeat=0") == math.inf
     assert idle_limit("amqp://h/") == 30.0
 

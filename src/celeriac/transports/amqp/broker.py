@@ -33,11 +33,7 @@ Delivery rules on top of AMQP:
 * dead letters go to the exchange ``celeriac.dead`` (fanout) and its queue with the reason,
   source queue, time and an id in ``x-celeriac-*`` headers.
 
-Transport options: ``max_priority``, ``queue_type`` (``classic``/``quorum``),
-``publish_timeout`` (s, default 30), ``heartbeat`` (s, default 60), ``connect_timeout`` (s),
-``dead_letter_queue`` (default ``celeriac.dead``), ``publish_connections`` (default 10: how
-many threads at a time publish on a connection of their own, see :mod:`.publisher`
-and :mod:`.connection`; 0 sends every publish through the I/O thread).
+Transport options (``broker_transport_options``): :class:`.options.AMQPOptions`.
 """
 
 from __future__ import annotations
@@ -62,6 +58,7 @@ from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
 from celeriac.routing import Destination
 from celeriac.transports.amqp.connection import Link, to_pamqp
+from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import Outgoing, Publisher, Unroutable
 from celeriac.transports.amqp.topology import declare_queue, queue_arguments, queues_behind
 
@@ -162,22 +159,21 @@ def properties(
 class AMQPBroker(Broker):
     """Leased delivery over RabbitMQ in Celery's layout (see the module docstring)."""
 
+    options_class = AMQPOptions
+    options: AMQPOptions
+
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, link: Link
     ) -> None:
         super().__init__(url, transport_options)
-        opts = self.transport_options
-        self.max_priority = opts.get("max_priority")
-        self.queue_type = str(opts.get("queue_type", "classic"))
-        if self.queue_type not in ("classic", "quorum"):
-            raise ConfigurationError(
-                f"queue_type must be 'classic' or 'quorum', not {self.queue_type!r}"
-            )
+        opts = self.options
+        self.max_priority = opts.max_priority
+        self.queue_type = opts.queue_type
         if self.queue_type == "quorum" and self.max_priority:
             logger.warning("quorum queues ignore priorities: max_priority is not applied")
             self.max_priority = None
-        self.publish_timeout = float(opts.get("publish_timeout", 30.0))
-        self.dead_letter_queue = str(opts.get("dead_letter_queue", "celeriac.dead"))
+        self.publish_timeout = opts.publish_timeout
+        self.dead_letter_queue = opts.dead_letter_queue
         self.link = link
         self._closed = False
         #: names this process declared (server objects are durable: once per process)

@@ -20,8 +20,8 @@ when that channel died) and must be dropped rather than acknowledged on a newer 
 
 URLs: ``amqp://user:password@host:port/vhost`` in kombu's spelling (``//`` or no path is the
 vhost ``/``; ``%2F`` escapes a slash), ``amqps://`` for TLS (``cafile``, ``certfile``,
-``keyfile``, ``no_verify_ssl=1`` as query parameters). ``heartbeat`` (s, default 60) and
-``connect_timeout`` (s, default 10) come from the transport options or the query string.
+``keyfile``, ``no_verify_ssl=1`` as query parameters). ``heartbeat`` and ``connect_timeout``
+come from the query string, else from the transport options (:class:`.options.AMQPOptions`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import pamqp.commands
 import pamqp.encode
 
 from celeriac.exceptions import BrokerError, ConfigurationError
+from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import PublisherPool
 
 logger = logging.getLogger("celeriac.amqp")
@@ -63,8 +64,6 @@ RECOVERABLE: tuple[type[BaseException], ...] = (
 )
 
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
-#: py-amqp connections per link that sync callers publish on from their own threads
-PUBLISH_CONNECTIONS = 10
 
 
 def _encode_doubles() -> None:
@@ -99,9 +98,9 @@ def to_pamqp(props: Mapping[str, Any]) -> pamqp.commands.Basic.Properties:
     return pamqp.commands.Basic.Properties(**fields)
 
 
-def parse_url(url: str, options: dict[str, Any] | None = None) -> str:
+def parse_url(url: str, options: AMQPOptions | None = None) -> str:
     """The aiormq URL for a kombu-style ``amqp://`` / ``amqps://`` URL."""
-    options = options or {}
+    options = options or AMQPOptions()
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("amqp", "amqps"):
@@ -113,8 +112,8 @@ def parse_url(url: str, options: dict[str, Any] | None = None) -> str:
     host = parts.hostname or "localhost"
     port = parts.port or (5671 if scheme == "amqps" else 5672)
     query = dict(parse_qsl(parts.query))
-    query.setdefault("heartbeat", str(int(float(options.get("heartbeat", 60)))))
-    query.setdefault("timeout", str(int(float(options.get("connect_timeout", 10)))))
+    query.setdefault("heartbeat", str(int(options.heartbeat)))
+    query.setdefault("timeout", str(int(options.connect_timeout)))
     query.setdefault("name", f"celeriac pid {os.getpid()}")
     auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
     return f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}?{urlencode(query)}"
@@ -136,10 +135,10 @@ class Link:
     """One AMQP connection on its own event-loop thread, reopened with backoff when lost, and
     the pool of connections sync callers publish on (:attr:`publishers`)."""
 
-    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, options: AMQPOptions | None = None) -> None:
         self.url = url
-        self.options = dict(options or {})
-        self._amqp_url = parse_url(url, options)
+        self.options = options or AMQPOptions()
+        self._amqp_url = parse_url(url, self.options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="celeriac-amqp-io", daemon=True
@@ -153,8 +152,7 @@ class Link:
         self._spawned: set[asyncio.Future[Any]] = set()
         self._closed = False
         self.pid = os.getpid()
-        limit = int(self.options.get("publish_connections", PUBLISH_CONNECTIONS))
-        self.publishers = PublisherPool(url, self.options, limit)
+        self.publishers = PublisherPool(url, self.options, self.options.publish_connections)
 
     # -- bridging ----------------------------------------------------------------------------
     def run(self, fn: Callable[[], Awaitable[T]], timeout: float) -> T:

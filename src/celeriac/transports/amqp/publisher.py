@@ -42,6 +42,7 @@ import amqp
 import amqp.exceptions
 
 from celeriac.exceptions import BrokerError
+from celeriac.transports.amqp.options import AMQPOptions
 
 logger = logging.getLogger("celeriac.amqp")
 
@@ -82,18 +83,18 @@ class Outgoing:
         return self.exchange, self.routing_key, self.properties.get("correlation_id")
 
 
-def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def connect_params(url: str, options: AMQPOptions | None = None) -> dict[str, Any]:
     """py-amqp's ``Connection`` arguments for a kombu-style ``amqp://`` / ``amqps://`` URL.
 
     The same spelling :func:`.connection.parse_url` reads: ``//`` or no path is the vhost
     ``/``; ``cafile``, ``certfile``, ``keyfile`` and ``no_verify_ssl`` for TLS.
     """
-    options = options or {}
+    options = options or AMQPOptions()
     parts = urlsplit(url)
     tls = parts.scheme.lower() == "amqps"
     query = dict(parse_qsl(parts.query))
     connect_timeout = float(
-        query.get("connect_timeout", query.get("timeout", options.get("connect_timeout", 10)))
+        query.get("connect_timeout", query.get("timeout", options.connect_timeout))
     )
     path = parts.path
     host = parts.hostname or "localhost"
@@ -118,11 +119,11 @@ def connect_params(url: str, options: Mapping[str, Any] | None = None) -> dict[s
     return params
 
 
-def idle_limit(url: str, options: Mapping[str, Any] | None = None) -> float:
+def idle_limit(url: str, options: AMQPOptions | None = None) -> float:
     """How long a connection may sit unused before it is replaced: half the heartbeat interval
     the URL or options ask for (``heartbeat=0``: forever), as for every other connection."""
     query = dict(parse_qsl(urlsplit(url).query))
-    heartbeat = float(query.get("heartbeat", (options or {}).get("heartbeat", 60)))
+    heartbeat = float(query.get("heartbeat", (options or AMQPOptions()).heartbeat))
     return heartbeat / 2 if heartbeat > 0 else math.inf
 
 
@@ -322,7 +323,7 @@ def _left(deadline: float) -> float:
 class PublisherPool:
     """Up to ``limit`` publishers, each lent to one thread at a time."""
 
-    def __init__(self, url: str, options: Mapping[str, Any] | None, limit: int) -> None:
+    def __init__(self, url: str, options: AMQPOptions | None, limit: int) -> None:
         self._params = connect_params(url, options)
         self._idle_limit = idle_limit(url, options)
         self.limit = limit

@@ -16,8 +16,10 @@ from urllib.parse import unquote, urlsplit
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.connection import Link
+from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.rpc_backend import RPCBackend
 from celeriac.transports.base import BackendConfig, Combined, Transport
+from celeriac.transports.options import BROKER, parse_options
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
@@ -44,13 +46,15 @@ class AMQPTransport(Transport):
         password = unquote(parts.password or "guest")
         return f"{scheme}://{user}:{password}@{parts.hostname or 'localhost'}:{port}/{vhost}"
 
-    def link(self, options: dict[str, Any]) -> Link:
+    def link(self, options: AMQPOptions | None) -> Link:
+        """The link, opened with ``options`` by the first part that asks for it."""
         if self._link is None:
             self._link = Link(self.url, options)
         return self._link
 
     def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
-        broker = AMQPBroker(self.url, transport_options, link=self.link(transport_options))
+        options = parse_options(AMQPOptions, transport_options, url=self.url, setting=BROKER)
+        broker = AMQPBroker(self.url, transport_options, link=self.link(options))
         self._brokers.append(broker)
         return broker
 
@@ -63,7 +67,7 @@ class AMQPTransport(Transport):
         options = dict(config.transport_options or {})
         backend = RPCBackend(
             url,
-            link=self.link(options),
+            link=self.link(None),
             serializer=config.serializer,
             accept=config.accept,
             expires=config.expires,

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from celeriac.beat.store import BeatStore, EntryState, Lease
+from celeriac.transports.memory.options import MemoryOptions
+from celeriac.transports.options import BROKER, parse_options
 
 
 class MemoryBeatStore(BeatStore):
@@ -23,6 +25,7 @@ class MemoryBeatStore(BeatStore):
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.options = parse_options(MemoryOptions, transport_options, url=url, setting=BROKER)
         self.clock = clock
         self._lock = threading.Lock()
         self._lease: Lease | None = None

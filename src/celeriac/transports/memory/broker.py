@@ -16,6 +16,7 @@ from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.protocol.message import Message
+from celeriac.transports.memory.options import MemoryOptions
 
 
 @dataclass(slots=True)
@@ -28,6 +29,9 @@ class _Entry:
 
 
 class MemoryBroker(Broker):
+    options_class = MemoryOptions
+    options: MemoryOptions
+
     def __init__(self, url: str = "memory://", transport_options: dict[str, Any] | None = None):
         super().__init__(url, transport_options)
         self._cond = threading.Condition()

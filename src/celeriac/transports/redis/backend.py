@@ -25,6 +25,7 @@ from celeriac.exceptions import BackendError
 from celeriac.protocol.results import make_meta
 from celeriac.states import READY_STATES
 from celeriac.transports.redis.connection import RedisTarget
+from celeriac.transports.redis.options import RedisBackendOptions
 from celeriac.transports.redis.scripts import lua
 
 KEY_PREFIX = "celery-task-meta-"
@@ -35,6 +36,9 @@ logger = logging.getLogger("celeriac.backend.redis")
 
 
 class RedisBackend(ResultBackend):
+    options_class = RedisBackendOptions
+    options: RedisBackendOptions
+
     def __init__(self, url: str, *, target: RedisTarget, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.client: redis.Redis = target.client

@@ -16,7 +16,9 @@ import redis
 
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
+from celeriac.transports.options import BROKER, parse_options
 from celeriac.transports.redis.connection import RedisTarget
+from celeriac.transports.redis.options import RedisOptions
 from celeriac.transports.redis.scripts import lua
 
 
@@ -32,6 +34,8 @@ class RedisBeatStore(BeatStore):
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, target: RedisTarget
     ) -> None:
+        # The broker's options: a key the broker would refuse is refused here too.
+        self.options = parse_options(RedisOptions, transport_options, url=url, setting=BROKER)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
         self._script = self.client.register_script(lua("beat_store.lua"))

@@ -20,20 +20,9 @@ Exchanges as kombu lays them out: a publish to a direct or topic exchange reads
 Celery writes its own) and pushes to every matching queue; a fanout exchange (``Broadcast``) is
 a PUB/SUB channel (see ``redis_fanout``).
 
-Transport options (``broker_transport_options``):
-
-* ``visibility_timeout``: lease, s (default 30);
-* ``polling_interval``: s an idle consumer waits before looking at queues that only Celery
-  producers write to (default 0.1; Celeriac producers wake it at once);
-* ``sweep_interval``: s between sweeps (default 1, or half the visibility timeout if shorter);
-* ``celery_visibility_timeout``: s after which a delivery abandoned by a *Celery* worker is
-  restored (default 3600, as in kombu; 0 turns it off);
-* ``delayed_delivery``: ``"broker"`` (default: the sorted set; a Celeriac worker must run
-  somewhere to move due messages) or ``"queue"`` (Celery's way: onto the list with the ``eta``
-  header, for producers whose consumers are stock Celery workers; a Celeriac worker that gets
-  such a message parks it in the sorted set until it is due);
-* ``global_keyprefix``, ``socket_timeout``, ``socket_connect_timeout``, ``max_retries``,
-  ``master_name`` (Sentinel).
+Transport options (``broker_transport_options``): :class:`.options.RedisOptions`. With
+``delayed_delivery="queue"``, a Celeriac worker that gets a message with an ``eta`` header
+parks it in the sorted set until it is due.
 """
 
 from __future__ import annotations
@@ -58,6 +47,7 @@ from celeriac.protocol.message import Message
 from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
+from celeriac.transports.redis.options import RedisOptions
 from celeriac.transports.redis.scripts import lua
 
 if TYPE_CHECKING:
@@ -135,27 +125,25 @@ class RedisBroker(Broker):
     """Leased delivery over Redis, in the layout Celery uses (see the module docstring)."""
 
     priority_higher_first = False  # Celery's Redis buckets: 0 is served first
+    options_class = RedisOptions
+    options: RedisOptions
 
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, target: RedisTarget
     ) -> None:
         super().__init__(url, transport_options)
-        opts = self.transport_options
+        opts = self.options
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
         # Capped so that a blocked wait never outlasts the socket timeout.
-        self.polling_interval = min(float(opts.get("polling_interval", 0.1)), 5.0)
+        self.polling_interval = min(opts.polling_interval, 5.0)
         # A dead worker's messages come back within visibility_timeout + sweep_interval.
-        self.sweep_interval = float(
-            opts.get("sweep_interval", min(1.0, self.visibility_timeout / 2))
+        self.sweep_interval = (
+            min(1.0, self.visibility_timeout / 2)
+            if opts.sweep_interval is None
+            else opts.sweep_interval
         )
-        self.celery_visibility_timeout = float(opts.get("celery_visibility_timeout", 3600.0))
-        delayed = opts.get("delayed_delivery", "broker")
-        if delayed not in ("broker", "queue"):
-            raise ConfigurationError(
-                f"delayed_delivery must be 'broker' or 'queue', not {delayed!r}"
-            )
-        self.delay_in_broker = delayed == "broker"
+        self.delay_in_broker = opts.delayed_delivery == "broker"
         self._script = self.client.register_script(lua("store_results.lua", "broker.lua"))
         self._bound: set[str] = set()
         self._bindings_declared = False
@@ -418,7 +406,7 @@ class RedisBroker(Broker):
             limit,
             "1" if sweep else "0",
             _SWEEP_BATCH,
-            self.celery_visibility_timeout,
+            self.options.celery_visibility_timeout,
             len(queues),
             *queues,
             self._results_prefix,

@@ -11,11 +11,13 @@ URLs understood:
 * ``sentinel://host:26379[;sentinel://host2:26379]/db`` with the ``master_name`` option.
 
 ``global_keyprefix`` (a transport option, or a query parameter of the URL) is put in front of
-every key and channel, as kombu and Celery do.
+every key and channel, as kombu and Celery do. The options read here are
+:class:`.options.RedisConnectionOptions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -25,6 +27,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from celeriac.exceptions import ConfigurationError
+from celeriac.transports.redis.options import RedisConnectionOptions
 
 #: Errors after which a command may be sent again on a new connection.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
@@ -33,16 +36,6 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 _OURS = ("global_keyprefix", "master_name")
-#: Options that shape a client (the rest are the broker's, the backend's or a key prefix).
-_CLIENT_OPTIONS = (
-    "socket_timeout",
-    "socket_connect_timeout",
-    "health_check_interval",
-    "retry_cap",
-    "max_retries",
-    "master_name",
-    "sentinel_kwargs",
-)
 
 
 @dataclass(slots=True)
@@ -51,21 +44,21 @@ class RedisTarget:
     prefix: str
 
 
-def _retry(options: dict[str, Any]) -> Retry:
+def _retry(options: RedisConnectionOptions) -> Retry:
     # About 8 s of reconnect attempts (50 ms doubling, capped at 2 s) before an error surfaces:
     # long enough to ride out a Redis restart, short enough that a caller is not left hanging.
     return Retry(
-        ExponentialBackoff(cap=float(options.get("retry_cap", 2.0)), base=0.05),
-        int(options.get("max_retries", 8)),
+        ExponentialBackoff(cap=options.retry_cap, base=0.05),
+        options.max_retries,
         supported_errors=CONNECTION_ERRORS,
     )
 
 
-def _common(options: dict[str, Any]) -> dict[str, Any]:
+def _common(options: RedisConnectionOptions) -> dict[str, Any]:
     return {
-        "socket_timeout": float(options.get("socket_timeout", 10.0)),
-        "socket_connect_timeout": float(options.get("socket_connect_timeout", 5.0)),
-        "health_check_interval": float(options.get("health_check_interval", 25.0)),
+        "socket_timeout": options.socket_timeout,
+        "socket_connect_timeout": options.socket_connect_timeout,
+        "health_check_interval": options.health_check_interval,
         "retry": _retry(options),
         "retry_on_error": list(CONNECTION_ERRORS),
     }
@@ -85,27 +78,36 @@ def server_key(url: str) -> str:
     return f"{scheme}://{parts.username or ''}:{parts.password or ''}@{where}?{query}"
 
 
-def client_key(url: str, options: dict[str, Any]) -> tuple[str, ...]:
-    """Options equal here can share one client (and its connection pool)."""
+def client_key(url: str, options: RedisConnectionOptions) -> tuple[str, ...]:
+    """Equal for a URL and options that can share one client (and its connection pool): all
+    but the key prefix, which only shapes key names."""
     query = dict(parse_qsl(urlsplit(url).query))
-    merged = {**{k: query[k] for k in _OURS if k in query}, **options}
-    return tuple(repr(merged.get(k)) for k in _CLIENT_OPTIONS)
+    master = _first(options.master_name, query.get("master_name"))
+    shaping = [
+        repr(getattr(options, f.name))
+        for f in dataclasses.fields(RedisConnectionOptions)
+        if f.name not in ("global_keyprefix", "master_name")
+    ]
+    return (repr(master), *shaping)
 
 
-def connect(url: str, options: dict[str, Any] | None = None) -> RedisTarget:
+def connect(url: str, options: RedisConnectionOptions | None = None) -> RedisTarget:
     """A client (with its own connection pool) and the key prefix for ``url``."""
-    options = dict(options or {})
+    options = options or RedisConnectionOptions()
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     query = dict(parse_qsl(parts.query))
     ours = {k: query.pop(k) for k in _OURS if k in query}
-    options = {**ours, **options}
-    prefix = str(options.get("global_keyprefix") or "")
+    # The options win over the URL's query parameters.
+    prefix = _first(options.global_keyprefix, ours.get("global_keyprefix")) or ""
+    master = _first(options.master_name, ours.get("master_name"))
     common = _common(options)
     try:
         if scheme in ("redis", "rediss"):
             clean = parts._replace(query=urlencode(query)).geturl()
-            client = redis.Redis.from_url(clean, socket_keepalive=True, **common)
+            client = redis.Redis.from_url(
+                clean, socket_keepalive=options.socket_keepalive, **common
+            )
         elif scheme in ("redis+socket", "unix", "socket"):
             db = int(query.pop("virtual_host", query.pop("db", 0)) or 0)
             client = redis.Redis(
@@ -115,7 +117,7 @@ def connect(url: str, options: dict[str, Any] | None = None) -> RedisTarget:
                 **common,
             )
         elif scheme == "sentinel":
-            client = _sentinel(url, options, common)
+            client = _sentinel(url, master, options, common)
         else:
             raise ConfigurationError(f"not a Redis URL: {url!r}")
     except ValueError as exc:
@@ -123,10 +125,15 @@ def connect(url: str, options: dict[str, Any] | None = None) -> RedisTarget:
     return RedisTarget(client, prefix)
 
 
-def _sentinel(url: str, options: dict[str, Any], common: dict[str, Any]) -> redis.Redis:
+def _first(option: str | None, query: str | None) -> str | None:
+    return option if option is not None else query
+
+
+def _sentinel(
+    url: str, master: str | None, options: RedisConnectionOptions, common: dict[str, Any]
+) -> redis.Redis:
     from redis.sentinel import Sentinel
 
-    master = options.get("master_name")
     if not master:
         raise ConfigurationError(
             f"{url!r}: a sentinel:// URL needs the 'master_name' transport option"
@@ -141,7 +148,7 @@ def _sentinel(url: str, options: dict[str, Any], common: dict[str, Any]) -> redi
         password = p.password or password
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         hosts,
-        sentinel_kwargs=dict(options.get("sentinel_kwargs") or {}),
+        sentinel_kwargs=dict(options.sentinel_kwargs),
         socket_timeout=common["socket_timeout"],
     )
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]

@@ -14,10 +14,16 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from celeriac.transports.base import BackendConfig, Combined, Transport
+from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore
 from celeriac.transports.redis.broker import RedisBroker
 from celeriac.transports.redis.connection import RedisTarget, client_key, connect, server_key
+from celeriac.transports.redis.options import (
+    RedisBackendOptions,
+    RedisConnectionOptions,
+    RedisOptions,
+)
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
@@ -38,7 +44,7 @@ class RedisTransport(Transport):
     def server_key(cls, url: str) -> str:
         return server_key(url)
 
-    def _target(self, url: str, options: dict[str, Any]) -> RedisTarget:
+    def _target(self, url: str, options: RedisConnectionOptions) -> RedisTarget:
         target = connect(url, options)
         key = client_key(url, options)
         client = self._clients.get(key)
@@ -48,18 +54,21 @@ class RedisTransport(Transport):
         target.client.close()  # a pool that never connected: nothing to wait for
         return RedisTarget(client, target.prefix)
 
+    def _broker_options(self, given: dict[str, Any]) -> RedisOptions:
+        return parse_options(RedisOptions, given, url=self.url, setting=BROKER)
+
     def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
-        broker = RedisBroker(
-            self.url, transport_options, target=self._target(self.url, transport_options)
-        )
+        options = self._broker_options(transport_options)
+        broker = RedisBroker(self.url, transport_options, target=self._target(self.url, options))
         self._brokers.append(broker)
         return broker
 
     def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
         options = dict(config.transport_options or {})
+        parsed = parse_options(RedisBackendOptions, options, url=url, setting=BACKEND)
         backend = RedisBackend(
             url,
-            target=self._target(url, options),
+            target=self._target(url, parsed),
             serializer=config.serializer,
             accept=config.accept,
             expires=config.expires,
@@ -69,9 +78,8 @@ class RedisTransport(Transport):
         return backend
 
     def _open_beat_store(self, transport_options: dict[str, Any]) -> BeatStore:
-        return RedisBeatStore(
-            self.url, transport_options, target=self._target(self.url, transport_options)
-        )
+        options = self._broker_options(transport_options)
+        return RedisBeatStore(self.url, transport_options, target=self._target(self.url, options))
 
     def _close_connections(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

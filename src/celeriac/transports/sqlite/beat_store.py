@@ -14,7 +14,9 @@ from typing import Any
 
 from celeriac.beat.store import BeatStore, EntryState, Lease
 from celeriac.exceptions import BrokerError
+from celeriac.transports.options import BROKER, parse_options
 from celeriac.transports.sqlite.connection import SQLiteFile
+from celeriac.transports.sqlite.options import SQLiteOptions
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_beat_lease (
@@ -49,6 +51,7 @@ class SQLiteBeatStore(BeatStore):
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, db: SQLiteFile
     ) -> None:
+        self.options = parse_options(SQLiteOptions, transport_options, url=url, setting=BROKER)
         self.db = db
 
     # -- lease ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message
 from celeriac.transports.sqlite.connection import SQLiteFile
+from celeriac.transports.sqlite.options import SQLiteOptions
 
 READY, DELAYED, LEASED = 0, 1, 2
 
@@ -72,20 +73,17 @@ def _dumps(obj: Any) -> str:
 
 
 class SQLiteBroker(Broker):
-    """Leased delivery over one SQLite file in WAL mode.
+    """Leased delivery over one SQLite file in WAL mode (its ``broker_transport_options``:
+    :class:`.options.SQLiteOptions`)."""
 
-    ``broker_transport_options``: ``visibility_timeout`` (s, default 30; leases are renewed while
-    a task runs, so this is how long a dead worker's messages wait) and ``polling_interval`` (s
-    between checks for new messages when idle, default 0.005; a check reads one counter and costs
-    microseconds).
-    """
+    options_class = SQLiteOptions
+    options: SQLiteOptions
 
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, db: SQLiteFile
     ) -> None:
         super().__init__(url, transport_options)
         self.db = db
-        self.polling_interval = float(self.transport_options.get("polling_interval", 0.005))
         self._next_due = 0.0
         self._rotation = 0
 
@@ -152,7 +150,7 @@ class SQLiteBroker(Broker):
                     return got
             if now >= deadline:
                 return []
-            time.sleep(min(self.polling_interval, max(0.0, deadline - now)))
+            time.sleep(min(self.options.polling_interval, max(0.0, deadline - now)))
 
     def _claim(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
         out: list[Delivery] = []

@@ -1,0 +1,53 @@
+"""``broker_transport_options`` of ``amqp://`` and ``amqps://`` brokers.
+
+The ``rpc://`` result backend takes no ``result_backend_transport_options`` (the base
+:class:`~celeriac.backends.base.BackendOptions`): it rides on the broker's connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from celeriac.brokers.base import DEFAULT_VISIBILITY_TIMEOUT
+from celeriac.transports.options import KOMBU_RETRY
+
+
+@dataclass(frozen=True, slots=True)
+class AMQPOptions:
+    #: s, read by every broker; on RabbitMQ the lease is the channel, which has no timeout, so
+    #: this changes nothing but how often a worker's (empty) lease renewal runs
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    #: declare queues with ``x-max-priority`` (Celery's ``task_queue_max_priority``); None or
+    #: 0: without (quorum queues ignore priorities: then it is not applied)
+    max_priority: int | None = None
+    #: ``"quorum"`` declares queues with ``x-queue-type: quorum``
+    queue_type: Literal["classic", "quorum"] = "classic"
+    #: s a publish may take, reconnections and resends included, before it raises BrokerError
+    publish_timeout: float = 30.0
+    #: s, the heartbeat interval asked of RabbitMQ (0: none); a ``heartbeat`` query parameter
+    #: of the URL wins
+    heartbeat: float = 60.0
+    #: s a connection may take to open; a ``connect_timeout`` (or ``timeout``) query parameter
+    #: of the URL wins
+    connect_timeout: float = 10.0
+    #: the queue bound to the ``celeriac.dead`` exchange that dead letters are read from
+    dead_letter_queue: str = "celeriac.dead"
+    #: how many threads of a process at a time publish on a py-amqp connection of their own
+    #: (see ``publisher.py``); 0 sends every publish through the I/O thread
+    publish_connections: int = 10
+
+    #: kombu's names for its py-amqp transport that mean nothing here: ``confirm_publish``
+    #: (every publish is confirmed), connection arguments of py-amqp that we do not pass on
+    #: (aiormq and our publishers set their own), and the retry policy of kombu's
+    #: ``Connection`` (a lost connection is reopened with our own backoff).
+    KOMBU_ONLY: ClassVar[frozenset[str]] = KOMBU_RETRY | {
+        "confirm_publish",
+        "client_properties",
+        "read_timeout",
+        "write_timeout",
+        "socket_settings",
+        "channel_max",
+        "frame_max",
+        "locale",
+    }

@@ -1,0 +1,29 @@
+"""``broker_transport_options`` for ``memory://`` (the broker and its beat store read them).
+
+``memory://`` results take no ``result_backend_transport_options`` (the base
+:class:`~celeriac.backends.base.BackendOptions`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from celeriac.brokers.base import DEFAULT_VISIBILITY_TIMEOUT
+from celeriac.transports.options import KOMBU_RETRY
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOptions:
+    #: s a lease lasts unless the worker renews it (a running task's is renewed)
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+
+    #: kombu's names for its memory transport that mean nothing here: the connection retry
+    #: policy (nothing to connect to), ``polling_interval`` (a waiting fetch is woken by the
+    #: publish itself), ``body_encoding`` and ``deadletter_queue`` (messages are kept as
+    #: objects; dead letters have their own store).
+    KOMBU_ONLY: ClassVar[frozenset[str]] = KOMBU_RETRY | {
+        "polling_interval",
+        "body_encoding",
+        "deadletter_queue",
+    }
