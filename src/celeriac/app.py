@@ -17,7 +17,8 @@ from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.control import Control
 from celeriac.exceptions import ConfigurationError, MessageTooLarge
-from celeriac.protocol.message import Message, build_task_message, new_id
+from celeriac.protocol.message import build_task_message, new_id
+from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
@@ -272,11 +273,10 @@ class Celeriac:
         **options: Any,
     ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
-        message, queue, priority, eta = self.prepare_message(name, args, kwargs, **options)
+        publication = self.prepare_message(name, args, kwargs, **options)
         self.open_reply_queue()
-        # ``queue`` is a routing.Destination when the route names an exchange
-        self.broker.publish(message, queue=queue, priority=priority, eta=eta)
-        return AsyncResult(str(message.headers["id"]), self, task_name=name)
+        self.broker.publish(publication)
+        return AsyncResult(str(publication.message.headers["id"]), self, task_name=name)
 
     def prepare_message(
         self,
@@ -311,11 +311,9 @@ class Celeriac:
         chord: dict[str, Any] | None = None,
         _task: Task[Any, Any] | None = None,
         **other: Any,
-    ) -> tuple[Message, str, int, float | None]:
-        """Build the message for a task call: ``(message, queue, priority, eta)``.
-
-        ``queue`` is a :class:`~celeriac.routing.Destination` when the route names an exchange.
-        """
+    ) -> Publication:
+        """The :class:`~celeriac.protocol.publication.Publication` for a task call: its
+        message, route, priority and ETA (nothing is sent)."""
         unknown = set(other) - _IGNORED_OPTIONS
         if unknown:
             raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(unknown))}")
@@ -338,7 +336,7 @@ class Celeriac:
         if parent is not None and not parent.is_eager:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
-        queue_name, route_priority = self._route(
+        route, route_priority = self._route(
             name,
             args,
             kwargs,
@@ -405,7 +403,7 @@ class Celeriac:
                 f"task {name!r}: encoded body is {message.size} bytes, over "
                 f"broker_max_message_size={limit}; pass a reference (a path, a key) instead"
             )
-        return message, queue_name, int(priority), eta_ts
+        return Publication(message, route, int(priority), eta_ts)
 
     def _route(
         self,
@@ -414,7 +412,7 @@ class Celeriac:
         kwargs: dict[str, Any],
         task: Task[Any, Any] | None,
         options: dict[str, Any],
-    ) -> tuple[str, int | None]:
+    ) -> tuple[Route, int | None]:
         """Celery's rule: ``apply_async`` options win over the matching ``task_routes`` entry,
         key by key; with neither a queue nor an exchange, the task's queue or the default."""
         explicit = {k: v for k, v in options.items() if v not in (None, "")}
