@@ -53,6 +53,7 @@ from celeriac import Celeriac
 from celeriac.transports.amqp.connection import parse_url
 from celeriac.transports.amqp.connection import to_pamqp
 from celeriac.transports.amqp.broker import properties
+from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import Queue
 
 # x-queue-version is checked on every declare: both systems must ask for the same queue
@@ -66,9 +67,10 @@ app = Celeriac("bench", broker=url, broker_transport_options={"publish_connectio
 def echo(i: int) -> int:
     return i
 
-message = app.prepare_message("bench.echo", (1,), {}, _task=echo)[0]
+message = app.prepare_message("bench.echo", (1,), {}, _task=echo).message
 props = to_pamqp(properties(message, priority=0, headers=dict(message.headers)))
-app.broker.publish(message, queue="bench")  # declared, connected
+publication = Publication(message, Route("bench"))
+app.broker.publish(publication)  # declared, connected
 
 def timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
@@ -133,11 +135,11 @@ def run_delay():
 def run_one_by_one():
     for i in range(0, n, 100):
         for _ in range(100):
-            app.broker.publish(message, queue="bench")
+            app.broker.publish(publication)
     return n - n % 100
 
 def run_many():
-    batch = [(message, "bench", 0, None)] * 100
+    batch = [publication] * 100
     for i in range(0, n, 100):
         app.broker.publish_many(batch)
     return n - n % 100

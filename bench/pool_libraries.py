@@ -99,7 +99,8 @@ _ids = iter(range(1, 1 << 62))
 
 def make_job(name: str, args: list[Any], **options: Any) -> Job:
     """A Job as the consumer builds one from a fetched message (consumer.py ``_dispatch``)."""
-    message, queue, _, _ = APP.prepare_message(name, args, None, **options)
+    publication = APP.prepare_message(name, args, None, **options)
+    message, queue = publication.message, publication.route.name
     job_id = next(_ids)
     delivery = Delivery(message, queue, tag=job_id)
     headers, outcome = precheck(APP, job_id, delivery, None)

@@ -119,7 +119,8 @@ def test_send_task_to_an_unregistered_name(app: Celeriac) -> None:
 
 def test_countdown_becomes_an_eta_header(app: Celeriac, add: Task[Any, Any]) -> None:
     before = time.time()
-    message, _, _, eta = app.prepare_message(add.name, (1, 2), countdown=30)
+    publication = app.prepare_message(add.name, (1, 2), countdown=30)
+    message, eta = publication.message, publication.eta
     after = time.time()
     header_eta = dt.datetime.fromisoformat(message.headers["eta"])
     assert header_eta.utcoffset() == dt.timedelta(0)

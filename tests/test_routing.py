@@ -9,7 +9,8 @@ import pytest
 
 from celeriac import Broadcast, Celeriac, ConfigurationError, Exchange, Queue
 from celeriac.exceptions import BrokerError
-from celeriac.routing import Destination, Topology, kombu_topic_pattern, topic_matches
+from celeriac.protocol.publication import Publication, Route
+from celeriac.routing import Topology, kombu_topic_pattern, topic_matches
 
 MEDIA = Exchange("media", type="topic")
 QUEUES = [
@@ -96,24 +97,22 @@ def test_celerys_dict_form_of_task_queues() -> None:
 
 def test_routes_resolve_as_celery_sends() -> None:
     topo = Topology({q.name: q for q in QUEUES})
-    assert topo.destination("unknown") == "unknown" and not isinstance(
-        topo.destination("unknown"), Destination
-    )
+    assert topo.destination("unknown") == Route("unknown")
     # a queue on a direct exchange goes through the default exchange, as Celery does
-    assert type(topo.destination("reports")) is str
+    assert topo.destination("reports") == Route("reports")
+    assert topo.destination("reports").exchange is None
     images = topo.destination("images")
-    assert isinstance(images, Destination)
     assert (images.exchange, images.routing_key, images.exchange_type) == (
         "media",
         "media.image.#",
         "topic",
     )
     d = topo.destination(None, "media", "media.video.mp4")
-    assert (str(d), d.exchange_type, d.routing_key) == ("media", "topic", "media.video.mp4")
+    assert (d.name, d.exchange_type, d.routing_key) == ("media", "topic", "media.video.mp4")
     d = topo.destination("celery", "office", "report")
-    assert isinstance(d, Destination) and d.exchange_type == "direct"
+    assert d.exchange == "office" and d.exchange_type == "direct"
     b = topo.destination("reload")
-    assert isinstance(b, Destination) and (b.exchange, b.exchange_type) == ("reload", "fanout")
+    assert (b.exchange, b.exchange_type) == ("reload", "fanout")
     assert topo.bound(topo.destination(None, "media", "media.image.png")) == [
         "images",
         "all_media",
@@ -184,10 +183,10 @@ def test_local_brokers_refuse_what_they_cannot_route(url: str, tmp_path: Path) -
         app.close()
 
 
-def test_broker_publish_takes_exchange_and_routing_key() -> None:
+def test_broker_publish_takes_a_route_by_exchange_and_routing_key() -> None:
     app = make_app()
-    message, _, _, _ = app.prepare_message("proj.t")
-    app.broker.publish(message, queue="", exchange="office", routing_key="report")
+    message = app.prepare_message("proj.t").message
+    app.broker.publish(Publication(message, app.topology.destination(None, "office", "report")))
     assert fetch_all(app, "reports") == [message.task_id]
 
 

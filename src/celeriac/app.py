@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import importlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
+from celeriac import sending
 from celeriac._fork import generation
 from celeriac.backends import ResultBackend
 from celeriac.beat.store import BeatStore
@@ -18,39 +18,19 @@ from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.connections import Connections
 from celeriac.control import Control
-from celeriac.exceptions import ConfigurationError, MessageTooLarge
-from celeriac.protocol.message import Message, build_task_message, new_id
+from celeriac.protocol.message import build_task_message, new_id
+from celeriac.protocol.publication import Publication
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
-from celeriac.routing import Topology, coerce_queue
+from celeriac.routing import Topology
 from celeriac.settings import Settings, settings_from_object
 from celeriac.signals import Signal
-from celeriac.tasks.context import current_request
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Options Celery's apply_async accepts that mean nothing for Celeriac's brokers.
-_IGNORED_OPTIONS = frozenset(
-    {
-        "mandatory",
-        "immediate",
-        "retry",
-        "retry_policy",
-        "add_to_parent",
-        "connection",
-        "producer",
-        "publisher",
-        "expiration",
-        "declare",
-        "stamped_headers",
-        "stamps",
-        "delivery_mode",
-    }
-)
 
 
 class Celeriac:
@@ -255,10 +235,9 @@ class Celeriac:
         **options: Any,
     ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
-        message, queue, priority, eta = self.prepare_message(name, args, kwargs, **options)
-        # ``queue`` is a routing.Destination when the route names an exchange
-        self.broker.publish(message, queue=queue, priority=priority, eta=eta)
-        return AsyncResult(str(message.headers["id"]), self, task_name=name)
+        publication = self.prepare_message(name, args, kwargs, **options)
+        self.broker.publish(publication)
+        return AsyncResult(str(publication.message.headers["id"]), self, task_name=name)
 
     def prepare_message(
         self,
@@ -294,79 +273,41 @@ class Celeriac:
         reply_to: str | None = None,
         _task: Task[Any, Any] | None = None,
         **other: Any,
-    ) -> tuple[Message, str, int, float | None]:
-        """Build the message for a task call: ``(message, queue, priority, eta)``.
+    ) -> Publication:
+        """The :class:`~celeriac.protocol.publication.Publication` for a task call: its
+        message, route, priority and ETA (nothing is sent).
 
-        ``queue`` is a :class:`~celeriac.routing.Destination` when the route names an exchange.
+        Each option is the call's, else the task's, else the setting's (see
+        :mod:`celeriac.sending`).
         """
-        unknown = set(other) - _IGNORED_OPTIONS
-        if unknown:
-            raise TypeError(f"unknown apply_async option(s): {', '.join(sorted(unknown))}")
+        sending.check_options(other)
         conf = self.conf
         task = _task if _task is not None else self.tasks.get(name)
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         now = time.time()
-        eta_ts = _timestamp(eta) if eta is not None else None
-        if countdown is not None:
-            eta_ts = now + float(countdown)
-        if expires is None and task is not None and task.expires is not None:
-            expires = task.expires
-        expires_ts = None
-        if expires is not None:
-            expires_ts = (
-                _timestamp(expires) if isinstance(expires, dt.datetime) else now + float(expires)
-            )
-        parent = current_request()
-        if parent is not None and not parent.is_eager:
-            parent_id = parent_id or parent.id
-            root_id = root_id or parent.root_id or parent.id
-            # rpc://: what a task sends goes to the client that sent the task
-            reply_to = reply_to or parent.reply_to
-        if not reply_to:
-            reply_to = self.backend.reply_to()
-        queue_name, route_priority = self._route(
-            name,
-            args,
-            kwargs,
-            task,
-            {
-                "queue": queue,
-                "exchange": exchange,
-                "routing_key": routing_key,
-                "exchange_type": exchange_type,
-            },
+        eta_ts = sending.eta_of(eta, countdown, now)
+        expires_ts = sending.expires_of(expires, task, now)
+        parent_id, root_id = sending.lineage(parent_id, root_id)
+        route_options = {
+            "queue": queue,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "exchange_type": exchange_type,
+        }
+        route, routed_priority = sending.resolve_route(
+            conf, self.topology, name, args, kwargs, task, route_options
         )
-        if priority is None:
-            priority = route_priority
-        if priority is None and task is not None:
-            priority = task.priority
-        if priority is None:
-            priority = conf.task_default_priority or 0
-        ser = serializer or (task.serializer if task is not None else None) or conf.task_serializer
-        comp = (
-            compression or (task.compression if task is not None else None) or conf.task_compression
-        )
-        if ignore_result is None:
-            ignore_result = bool(
-                task.ignore_result
-                if task is not None and task.ignore_result is not None
-                else conf.task_ignore_result
-            )
-        if task is not None:
-            time_limit = time_limit if time_limit is not None else task.time_limit
-            soft_time_limit = (
-                soft_time_limit if soft_time_limit is not None else task.soft_time_limit
-            )
-            shadow = shadow or task.shadow
+        priority = sending.priority_of(priority, routed_priority, task, conf)
+        time_limit, soft_time_limit = sending.time_limits_of(time_limit, soft_time_limit, task)
         message = build_task_message(
             self.serializers,
             task_name=name,
             task_id=task_id or new_id(),
             args=args,
             kwargs=kwargs,
-            serializer=ser,
-            compression=comp,
+            serializer=sending.serializer_of(serializer, task, conf),
+            compression=sending.compression_of(compression, task, conf),
             eta=eta_ts,
             expires=expires_ts,
             retries=retries,
@@ -376,90 +317,19 @@ class Celeriac:
             group_index=group_index,
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
-            shadow=shadow,
-            ignore_result=ignore_result,
-            callbacks=_sig_list(link),
-            errbacks=_sig_list(link_error),
+            shadow=sending.shadow_of(shadow, task),
+            ignore_result=sending.ignore_result_of(ignore_result, task, conf),
+            callbacks=sending.signature_list(link),
+            errbacks=sending.signature_list(link_error),
             chain=chain,
             chord=chord,
             extra_headers=headers,
-            priority=int(priority),
-            reply_to=reply_to or "",
+            priority=priority,
+            reply_to=sending.reply_to_of(reply_to, self.backend),
             now=now,
         )
-        limit = conf.broker_max_message_size
-        if limit and message.size > limit:
-            raise MessageTooLarge(
-                f"task {name!r}: encoded body is {message.size} bytes, over "
-                f"broker_max_message_size={limit}; pass a reference (a path, a key) instead"
-            )
-        return message, queue_name, int(priority), eta_ts
-
-    def _route(
-        self,
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        task: Task[Any, Any] | None,
-        options: dict[str, Any],
-    ) -> tuple[str, int | None]:
-        """Celery's rule: ``apply_async`` options win over the matching ``task_routes`` entry,
-        key by key; with neither a queue nor an exchange, the task's queue or the default."""
-        explicit = {k: v for k, v in options.items() if v not in (None, "")}
-        route: dict[str, Any] = {}
-        if not explicit.get("queue") and not explicit.get("exchange"):
-            route = _match_route(self.conf.task_routes, name, args, kwargs, task)
-        merged = {**{k: v for k, v in route.items() if v not in (None, "")}, **explicit}
-        queue = merged.get("queue")
-        if queue is not None and not isinstance(queue, str):
-            queue = coerce_queue(queue).name  # Celery lets a route hold a Queue object
-        if not queue and not (merged.get("exchange") and merged.get("routing_key")):
-            # As Celery: the task's or the default queue, unless an exchange and a routing key
-            # say where. A bare routing_key names a queue (the default exchange's way).
-            bare_key = None if merged.get("exchange") else explicit.get("routing_key")
-            queue = bare_key or (task.queue if task is not None else None)
-            queue = queue or self.conf.task_default_queue
-            if bare_key:
-                merged.pop("routing_key")
-        destination = self.topology.destination(
-            queue, merged.get("exchange"), merged.get("routing_key"), merged.get("exchange_type")
-        )
-        return destination, route.get("priority")
+        sending.check_size(message, name, conf.broker_max_message_size)
+        return Publication(message, route, priority, eta_ts)
 
     def __repr__(self) -> str:
         return f"<Celeriac {self.main or '__main__'} broker={self.conf.broker_url}>"
-
-
-def _timestamp(value: float | dt.datetime) -> float:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return value.timestamp()
-    return float(value)
-
-
-def _sig_list(value: Any) -> list[dict[str, Any]] | None:
-    if value is None:
-        return None
-    items = value if isinstance(value, list | tuple) else [value]
-    return [dict(v) for v in items]
-
-
-def _match_route(
-    routes: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], task: Any
-) -> dict[str, Any]:
-    """Celery's ``task_routes``: a mapping of names/globs, a callable, or a list of those."""
-    if not routes:
-        return {}
-    for router in routes if isinstance(routes, list | tuple) else [routes]:
-        if isinstance(router, Mapping):
-            for pattern, route in router.items():
-                if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                    return {"queue": route} if isinstance(route, str) else dict(route)
-        elif callable(router):
-            route = router(name, args, kwargs, {}, task=task)
-            if route:
-                return {"queue": route} if isinstance(route, str) else dict(route)
-        else:
-            raise ConfigurationError(f"task_routes entry {router!r} is not a mapping or callable")
-    return {}

@@ -9,11 +9,11 @@
 ... ]
 >>> task_routes = {"proj.resize": {"exchange": "media", "routing_key": "media.image.png"}}
 
-A route resolves to a *destination*: a plain queue name (published straight to that queue, as
-today), or a :class:`Destination`, a queue name that also carries the exchange and routing key
-to publish with. RabbitMQ routes on the server; Redis resolves direct and topic exchanges from
-kombu's binding table and broadcasts with PUBLISH; SQLite and memory resolve bindings from the
-app's ``task_queues`` when the message is published (broadcast needs pub/sub: not there).
+A route resolves to a :class:`~celeriac.protocol.publication.Route`: straight to a queue (its
+``exchange`` None), or an exchange and the routing key to publish with. RabbitMQ routes on the
+server; Redis resolves direct and topic exchanges from kombu's binding table and broadcasts with
+PUBLISH; SQLite and memory resolve bindings from the app's ``task_queues`` when the message is
+published (broadcast needs pub/sub: not there).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celeriac.exceptions import ConfigurationError
+from celeriac.protocol.publication import Route
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout")
 
@@ -121,36 +122,6 @@ class Broadcast(Queue):
     @property
     def broadcast(self) -> bool:
         return True
-
-
-class Destination(str):
-    """Where a message goes: the ``str`` is the queue name (or, for a route that names only an
-    exchange, the exchange's name), ``exchange``/``routing_key``/``exchange_type`` say how.
-
-    A ``str`` so that it travels through every publish path that carries a queue name.
-    """
-
-    exchange: str
-    routing_key: str
-    exchange_type: str
-
-    def __new__(
-        cls, queue: str, exchange: str, routing_key: str, exchange_type: str = "direct"
-    ) -> Destination:
-        self = super().__new__(cls, queue)
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.exchange_type = exchange_type
-        return self
-
-    def __repr__(self) -> str:
-        return (
-            f"Destination({str(self)!r}, exchange={self.exchange!r}, "
-            f"routing_key={self.routing_key!r}, type={self.exchange_type!r})"
-        )
-
-    def __reduce__(self) -> Any:
-        return (Destination, (str(self), self.exchange, self.routing_key, self.exchange_type))
 
 
 def topic_matches(pattern: str, key: str) -> bool:
@@ -303,7 +274,7 @@ class Topology:
         exchange: Any = None,
         routing_key: str | None = None,
         exchange_type: str | None = None,
-    ) -> str:
+    ) -> Route:
         """Where to publish, following Celery's rules (``celery.app.amqp.send_task_message``).
 
         A direct exchange without both an exchange and a routing key means the queue itself
@@ -329,18 +300,18 @@ class Topology:
                 raise ConfigurationError(
                     f"a route to exchange {ex_name!r} needs a routing_key or a queue"
                 )
-            return queue
+            return Route(queue)
         if ex_name is None:
             assert q is not None  # a non-direct type came from the queue
             ex_name = q.bound_to.name
         if routing_key is None and q is not None and q.bound_to.name == ex_name:
             routing_key = q.key
-        return Destination(queue or ex_name, ex_name, routing_key or "", exchange_type)
+        return Route(queue or ex_name, ex_name, routing_key or "", exchange_type)
 
-    def bound(self, dest: str) -> list[str]:
-        """The declared queues a publish to ``dest`` reaches (brokers that route locally)."""
-        if not isinstance(dest, Destination):
-            return [str(dest)]
+    def bound(self, dest: Route) -> list[str]:
+        """The declared queues a publish on ``dest`` reaches (brokers that route locally)."""
+        if dest.exchange is None:
+            return [dest.name]
         if dest.exchange_type == "fanout":
             raise ConfigurationError(
                 f"exchange {dest.exchange!r} is a fanout (broadcast): that needs a broker "
@@ -363,16 +334,7 @@ class Topology:
         return out
 
 
-def exchange_route(
-    queue: str, exchange: str | None, routing_key: str | None, topology: Topology
-) -> str:
-    """``queue`` with an explicit exchange/routing key (``Broker.publish``'s keywords)."""
-    if exchange is None and routing_key is None:
-        return queue
-    return topology.destination(str(queue) or None, exchange, routing_key)
-
-
-def no_queue_bound(dest: Destination) -> str:
+def no_queue_bound(dest: Route) -> str:
     return (
         f"no queue is bound to exchange {dest.exchange!r} ({dest.exchange_type}) "
         f"for routing key {dest.routing_key!r}"
@@ -381,7 +343,6 @@ def no_queue_bound(dest: Destination) -> str:
 
 __all__ = [
     "Broadcast",
-    "Destination",
     "Exchange",
     "Queue",
     "Topology",

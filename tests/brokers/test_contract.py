@@ -11,6 +11,7 @@ import pytest
 
 from celeriac.brokers import Broker, create_broker
 from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
 from tests import amqp_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
@@ -80,7 +81,7 @@ def ids(deliveries) -> list[str]:
 
 def test_publish_fetch_ack(broker: Broker) -> None:
     sent = msg("a")
-    broker.publish(sent, queue="q")
+    broker.publish(Publication(sent, Route("q")))
     [d] = broker.fetch(["q"], 10, timeout=0)
     assert (d.queue, d.delivery_count, d.redelivered) == ("q", 1, False)
     got = d.message
@@ -94,7 +95,7 @@ def test_publish_fetch_ack(broker: Broker) -> None:
 
 def test_ack_and_fetch_acks_the_old_batch_and_leases_the_next(broker: Broker) -> None:
     for task_id in "abc":
-        broker.publish(msg(task_id), queue="q")
+        broker.publish(Publication(msg(task_id), Route("q")))
     first = broker.fetch(["q"], 2, timeout=0)
     assert ids(first) == ["a", "b"]
     [third] = broker.ack_and_fetch(first, ["q"], 2, timeout=1)
@@ -105,8 +106,8 @@ def test_ack_and_fetch_acks_the_old_batch_and_leases_the_next(broker: Broker) ->
 
 
 def test_ack_and_fetch_with_no_room_still_acks(broker: Broker) -> None:
-    broker.publish(msg("a"), queue="q")
-    broker.publish(msg("b"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
+    broker.publish(Publication(msg("b"), Route("q")))
     [d] = broker.fetch(["q"], 1, timeout=0)
     assert broker.ack_and_fetch([d], ["q"], 0, timeout=0) == []
     assert broker.depth("q") == 1  # "a" acked, "b" still ready
@@ -119,21 +120,21 @@ def urgency(broker: Broker, level: int) -> int:
 
 def test_fifo_within_a_priority_and_urgent_first(broker: Broker) -> None:
     for task_id, level in [("a", 0), ("b", 0), ("H1", 9), ("c", 0), ("H2", 9), ("m", 5)]:
-        broker.publish(msg(task_id), queue="q", priority=urgency(broker, level))
+        broker.publish(Publication(msg(task_id), Route("q"), priority=urgency(broker, level)))
     assert ids(broker.fetch(["q"], 10, timeout=0)) == ["H1", "H2", "m", "a", "b", "c"]
 
 
 def test_priority_order_one_at_a_time(broker: Broker) -> None:
     for task_id, level in [("low", 0), ("high", 9), ("low2", 0)]:
-        broker.publish(msg(task_id), queue="q", priority=urgency(broker, level))
+        broker.publish(Publication(msg(task_id), Route("q"), priority=urgency(broker, level)))
     got = [ids(broker.fetch(["q"], 1, timeout=0)) for _ in range(3)]
     assert got == [["high"], ["low"], ["low2"]]
 
 
 def test_delayed_message_waits_for_its_eta(broker: Broker) -> None:
     eta = time.time() + 0.3
-    broker.publish(msg("later"), queue="q", eta=eta)
-    broker.publish(msg("now"), queue="q")
+    broker.publish(Publication(msg("later"), Route("q"), eta=eta))
+    broker.publish(Publication(msg("now"), Route("q")))
     assert ids(broker.fetch(["q"], 10, timeout=0)) == ["now"]
     assert broker.depth("q") == 2
     [d] = broker.fetch(["q"], 10, timeout=3)
@@ -142,12 +143,12 @@ def test_delayed_message_waits_for_its_eta(broker: Broker) -> None:
 
 
 def test_eta_in_the_past_is_ready_at_once(broker: Broker) -> None:
-    broker.publish(msg("late"), queue="q", eta=time.time() - 60)
+    broker.publish(Publication(msg("late"), Route("q"), eta=time.time() - 60))
     assert ids(broker.fetch(["q"], 10, timeout=0)) == ["late"]
 
 
 def test_expired_lease_is_redelivered(leasing: Broker) -> None:
-    leasing.publish(msg("a"), queue="q")
+    leasing.publish(Publication(msg("a"), Route("q")))
     [first] = leasing.fetch(["q"], 10, timeout=0)
     started = time.time()
     [again] = leasing.fetch(["q"], 10, timeout=3)
@@ -158,7 +159,7 @@ def test_expired_lease_is_redelivered(leasing: Broker) -> None:
 
 
 def test_extend_keeps_the_lease(leasing: Broker) -> None:
-    leasing.publish(msg("a"), queue="q")
+    leasing.publish(Publication(msg("a"), Route("q")))
     [d] = leasing.fetch(["q"], 10, timeout=0)
     deadline = time.time() + 2 * LEASE
     while time.time() < deadline:
@@ -169,7 +170,7 @@ def test_extend_keeps_the_lease(leasing: Broker) -> None:
 
 
 def test_stale_ack_does_not_delete_the_new_lease_holders_copy(leasing: Broker) -> None:
-    leasing.publish(msg("a"), queue="q")
+    leasing.publish(Publication(msg("a"), Route("q")))
     [stale] = leasing.fetch(["q"], 10, timeout=0)
     [current] = leasing.fetch(["q"], 10, timeout=3)  # the first lease ran out
     leasing.ack([stale])
@@ -181,7 +182,7 @@ def test_stale_ack_does_not_delete_the_new_lease_holders_copy(leasing: Broker) -
 
 
 def test_stale_requeue_and_dead_letter_leave_the_new_lease_alone(leasing: Broker) -> None:
-    leasing.publish(msg("a"), queue="q")
+    leasing.publish(Publication(msg("a"), Route("q")))
     [stale] = leasing.fetch(["q"], 10, timeout=0)
     [current] = leasing.fetch(["q"], 10, timeout=3)
     leasing.requeue(stale)
@@ -193,7 +194,7 @@ def test_stale_requeue_and_dead_letter_leave_the_new_lease_alone(leasing: Broker
 
 
 def test_requeue_counts_unless_told_not_to(broker: Broker) -> None:
-    broker.publish(msg("a"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
     [d] = broker.fetch(["q"], 10, timeout=0)
     broker.requeue(d, count=False)  # e.g. a worker shutting down returns its prefetch
     [d] = broker.fetch(["q"], 10, timeout=0)
@@ -204,8 +205,8 @@ def test_requeue_counts_unless_told_not_to(broker: Broker) -> None:
 
 
 def test_requeue_keeps_fifo_position(broker: Broker) -> None:
-    broker.publish(msg("a"), queue="q")
-    broker.publish(msg("b"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
+    broker.publish(Publication(msg("b"), Route("q")))
     [a] = broker.fetch(["q"], 1, timeout=0)
     broker.requeue(a)
     # RabbitMQ pushes deliveries asynchronously: collect until both are back, then check order.
@@ -217,7 +218,7 @@ def test_requeue_keeps_fifo_position(broker: Broker) -> None:
 
 
 def test_requeue_with_delay(broker: Broker) -> None:
-    broker.publish(msg("a"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
     [d] = broker.fetch(["q"], 10, timeout=0)
     until = time.time() + 0.3
     broker.requeue(d, delay_until=until)
@@ -230,7 +231,7 @@ def test_requeue_with_delay(broker: Broker) -> None:
 
 def test_dead_letters_replay_and_purge(broker: Broker) -> None:
     for task_id in ("a", "b", "c"):
-        broker.publish(msg(task_id), queue="q")
+        broker.publish(Publication(msg(task_id), Route("q")))
     a, b, c = broker.fetch(["q"], 10, timeout=0)
     broker.dead_letter(a, "boom")
     assert broker.depth("q") == 2
@@ -257,10 +258,10 @@ def test_dead_letters_replay_and_purge(broker: Broker) -> None:
 
 
 def test_purge_removes_ready_and_delayed_of_one_queue(broker: Broker) -> None:
-    broker.publish(msg("a"), queue="q")
-    broker.publish(msg("b"), queue="q")
-    broker.publish(msg("later"), queue="q", eta=time.time() + 60)
-    broker.publish(msg("other"), queue="other")
+    broker.publish(Publication(msg("a"), Route("q")))
+    broker.publish(Publication(msg("b"), Route("q")))
+    broker.publish(Publication(msg("later"), Route("q"), eta=time.time() + 60))
+    broker.publish(Publication(msg("other"), Route("other")))
     assert broker.purge("q") == 3
     assert broker.depth("q") == 0
     assert broker.depth("other") == 1
@@ -269,9 +270,9 @@ def test_purge_removes_ready_and_delayed_of_one_queue(broker: Broker) -> None:
 
 def test_depth_counts_ready_delayed_and_leased(broker: Broker) -> None:
     assert broker.depth("q") == 0
-    broker.publish(msg("a"), queue="q")
-    broker.publish(msg("b"), queue="q")
-    broker.publish(msg("later"), queue="q", eta=time.time() + 60)
+    broker.publish(Publication(msg("a"), Route("q")))
+    broker.publish(Publication(msg("b"), Route("q")))
+    broker.publish(Publication(msg("later"), Route("q"), eta=time.time() + 60))
     [d] = broker.fetch(["q"], 1, timeout=0)
     assert broker.depth("q") == 3
     broker.ack([d])
@@ -280,10 +281,10 @@ def test_depth_counts_ready_delayed_and_leased(broker: Broker) -> None:
 
 def test_fetch_limit_and_several_queues(broker: Broker) -> None:
     for i in range(3):
-        broker.publish(msg(f"a{i}"), queue="a")
+        broker.publish(Publication(msg(f"a{i}"), Route("a")))
     for i in range(2):
-        broker.publish(msg(f"b{i}"), queue="b")
-    broker.publish(msg("c0"), queue="c")
+        broker.publish(Publication(msg(f"b{i}"), Route("b")))
+    broker.publish(Publication(msg("c0"), Route("c")))
     got = broker.fetch(["a", "b"], 4, timeout=0)
     assert len(got) == 4
     assert all(d.message.task_id.startswith(d.queue) for d in got)
@@ -293,7 +294,7 @@ def test_fetch_limit_and_several_queues(broker: Broker) -> None:
 
 
 def test_fetch_waits_for_a_publish_from_another_thread(broker: Broker) -> None:
-    timer = threading.Timer(0.05, broker.publish, (msg("a"),), {"queue": "q"})
+    timer = threading.Timer(0.05, broker.publish, (Publication(msg("a"), Route("q")),))
     timer.start()
     try:
         assert ids(broker.fetch(["q"], 10, timeout=3)) == ["a"]
@@ -306,7 +307,7 @@ def test_two_sqlite_brokers_on_one_file_never_share_a_message(tmp_path: Path) ->
     publisher, first, second = (create_broker(url) for _ in range(3))
     sent = {f"m{i}" for i in range(500)}
     for task_id in sorted(sent):
-        publisher.publish(msg(task_id), queue="q")
+        publisher.publish(Publication(msg(task_id), Route("q")))
     got: dict[int, list[str]] = {0: [], 1: []}
     start = threading.Barrier(2)
 
@@ -333,7 +334,11 @@ def test_two_sqlite_brokers_on_one_file_never_share_a_message(tmp_path: Path) ->
 def test_publish_many_keeps_order_and_etas(broker: Broker) -> None:
     later = time.time() + 30
     broker.publish_many(
-        [(msg("a"), "q", 0, None), (msg("later"), "q", 0, later), (msg("b"), "q", 0, None)]
+        [
+            Publication(msg("a"), Route("q")),
+            Publication(msg("later"), Route("q"), eta=later),
+            Publication(msg("b"), Route("q")),
+        ]
     )
     got: list[str] = []
     deadline = time.monotonic() + 5

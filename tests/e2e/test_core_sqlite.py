@@ -14,6 +14,7 @@ import pytest
 from celeriac import states
 from celeriac.exceptions import InvalidTaskArguments, NotRegistered, ProtocolError
 from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
 
 from .conftest import wait_for
@@ -121,9 +122,9 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_worker_keeps_serving(e2e):
     unknown = app.send_task("e2e_tasks.ad", (1, 2))
     wrong_args = app.send_task("e2e_tasks.add", (1, 2, 3))
     broken = _raw("e2e_tasks.add", b"[[1, 2], {not json")
-    app.broker.publish(broken, queue="celery")
+    app.broker.publish(Publication(broken, Route("celery")))
     pickled = _raw("e2e_tasks.add", b"\x80\x04K\x01.", "application/x-python-serialize")
-    app.broker.publish(pickled, queue="celery")
+    app.broker.publish(Publication(pickled, Route("celery")))
 
     env.start_worker("-c", "2")
     with pytest.raises(NotRegistered, match=r"did you mean 'e2e_tasks\.add'"):

@@ -14,6 +14,7 @@ import pytest
 from celeriac import chord, states
 from celeriac.exceptions import TaskRevokedError
 from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.publication import Route
 from celeriac.protocol.serializers import default_registry
 from celeriac.transports.redis.broker import encode_envelope
 from tests import redis_support
@@ -92,7 +93,7 @@ def test_bad_input_on_the_wire_is_dead_lettered_and_the_worker_keeps_going(redis
     client.lpush(f"{env.prefix}celery", b"\x00 this is not JSON")
     good = build_task_message(default_registry, task_name="interop.add", task_id="broken-body")
     broken = Message(good.headers, good.properties, b"[[1, 2], {not json", "application/json")
-    client.lpush(f"{env.prefix}celery", encode_envelope(broken, "celery", 0, "broken-tag"))
+    client.lpush(f"{env.prefix}celery", encode_envelope(broken, Route("celery"), 0, "broken-tag"))
     unknown = app.send_task("interop.nope", (1, 2))
 
     worker = env.start_worker("-c", "2")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from celeriac.protocol.message import build_task_message
+from celeriac.protocol.publication import Route
 from celeriac.protocol.serializers import default_registry
 from celeriac.transports.redis.broker import RedisBroker, encode_envelope
 
@@ -106,7 +107,7 @@ def test_100k_countdown_tasks_stay_in_redis_not_in_the_worker(private):
     )
     with broker.client.pipeline(transaction=False) as pipe:
         for i in range(100_000):  # the publish script itself, pipelined to save time
-            envelope = encode_envelope(msg, "celery", 0, f"tag-{i}")
+            envelope = encode_envelope(msg, Route("celery"), 0, f"tag-{i}")
             broker._script(args=["publish", "", "celery", 0, "3600", envelope, "0"], client=pipe)
             if i % 5000 == 4999:
                 pipe.execute()

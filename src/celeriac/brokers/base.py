@@ -1,11 +1,12 @@
 """The broker interface: leased delivery.
 
-A message is *published* to a queue, optionally not before an ETA (the broker holds it, never a
-worker). A consumer *fetches* messages under a lease: until the lease ends nobody else gets them.
-The consumer then *acks* (done), *requeues* (give back, optionally later), *extends* the lease
-(still working on it) or *dead-letters* it (with a reason, for a person to look at). A lease that
-ends without any of these (its worker died) makes the message deliverable again, with its delivery
-count one higher.
+A message is *published* to a queue, or through an exchange to the queues bound to it,
+optionally not before an ETA (the broker holds it, never a worker): one
+:class:`~celeriac.protocol.publication.Publication` says all of that. A consumer *fetches*
+messages under a lease: until the lease ends nobody else gets them. The consumer then *acks*
+(done), *requeues* (give back, optionally later), *extends* the lease (still working on it) or
+*dead-letters* it (with a reason, for a person to look at). A lease that ends without any of
+these (its worker died) makes the message deliverable again, with its delivery count one higher.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
-from celeriac.routing import Destination, Topology, exchange_route, no_queue_bound
+from celeriac.protocol.publication import Publication, Route
+from celeriac.routing import Topology, no_queue_bound
 from celeriac.transports.options import BROKER, parse_options
 
 if TYPE_CHECKING:
     from celeriac.transports.base import Transport
 
 DEFAULT_VISIBILITY_TIMEOUT = 30.0
-
-#: (message, queue, priority, eta) for :meth:`Broker.publish_many`; ``queue`` may be a
-#: :class:`~celeriac.routing.Destination` (a queue name carrying an exchange and routing key).
-Publication = tuple[Message, str, int, float | None]
 
 
 class BrokerOptions(Protocol):
@@ -91,31 +89,20 @@ class Broker(ABC):
         self.visibility_timeout = self.options.visibility_timeout
 
     @abstractmethod
-    def publish(
-        self,
-        message: Message,
-        *,
-        queue: str,
-        priority: int = 0,
-        eta: float | None = None,
-        exchange: str | None = None,
-        routing_key: str | None = None,
-    ) -> None:
-        """Store ``message`` on ``queue``; not deliverable before ``eta`` (unix seconds).
+    def publish(self, publication: Publication) -> None:
+        """Store the message where its route leads; not deliverable before its ``eta``.
 
-        With ``exchange``/``routing_key`` (or a :class:`~celeriac.routing.Destination` as
-        ``queue``), the message goes where that exchange routes it instead.
         Returns only once the broker has the message; raises :class:`BrokerError` otherwise.
         """
 
-    def publish_many(self, items: Sequence[Publication]) -> None:
+    def publish_many(self, publications: Sequence[Publication]) -> None:
         """Publish several messages; brokers that can do it in one round trip override this.
 
         On error some may have been published: the caller retries the whole batch, and
         duplicates are the at-least-once kind (same task ids).
         """
-        for message, queue, priority, eta in items:
-            self.publish(message, queue=queue, priority=priority, eta=eta)
+        for publication in publications:
+            self.publish(publication)
 
     @abstractmethod
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
@@ -175,21 +162,18 @@ class Broker(ABC):
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; returns how many."""
 
-    def destination(self, queue: str, exchange: str | None, routing_key: str | None) -> str:
-        """``queue``, or a :class:`Destination` when an exchange or routing key is given."""
-        return exchange_route(queue, exchange, routing_key, self.topology)
-
-    def local_targets(self, queue: str, eta: float | None = None) -> list[str]:
-        """The queues a publish reaches, for brokers that route themselves (SQLite, memory).
+    def local_targets(self, route: Route) -> list[str]:
+        """The queues a publish on ``route`` reaches, for brokers that route themselves (SQLite,
+        memory).
 
         Bindings come from the app's ``task_queues``; broadcast needs pub/sub, so it is an error.
         """
-        if not isinstance(queue, Destination):
-            self.refuse_broadcast([queue])
-            return [queue]
-        targets = self.topology.bound(queue)
+        if route.exchange is None:
+            self.refuse_broadcast([route.name])
+            return [route.name]
+        targets = self.topology.bound(route)
         if not targets:
-            raise BrokerError(no_queue_bound(queue))
+            raise BrokerError(no_queue_bound(route))
         return targets
 
     def refuse_broadcast(self, queues: Sequence[str]) -> None:

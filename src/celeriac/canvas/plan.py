@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.signature import Signature, chain, chord, group
-from celeriac.protocol.message import Message, new_id
+from celeriac.protocol.message import new_id
+from celeriac.protocol.publication import Publication
 from celeriac.result import AsyncResult, GroupResult
 
 if TYPE_CHECKING:
@@ -57,16 +58,8 @@ TERMINAL = ("group_id", "group_index", "chord")
 
 
 @dataclass
-class Publish:
-    message: Message
-    queue: str
-    priority: int
-    eta: float | None
-
-
-@dataclass
 class Plan:
-    publishes: list[Publish] = field(default_factory=list)
+    publishes: list[Publication] = field(default_factory=list)
     #: (group id, header size) counters to create before any header message is sent
     chord_starts: list[tuple[str, int]] = field(default_factory=list)
 
@@ -144,8 +137,7 @@ def _plan_task(
         args, kwargs = list(sig["args"]), dict(sig["kwargs"])
     opts = {k: v for k, v in {**sig.options, **options}.items() if k in PUBLISH_OPTIONS}
     opts.setdefault("task_id", new_id())
-    message, queue, priority, eta = app.prepare_message(sig.name, args, kwargs, **opts)
-    plan.publishes.append(Publish(message, queue, priority, eta))
+    plan.publishes.append(app.prepare_message(sig.name, args, kwargs, **opts))
 
 
 def _plan_chain(
@@ -238,5 +230,5 @@ def apply_canvas(
     backend = app.backend
     for gid, size in plan.chord_starts:
         backend.chord_start(gid, size)
-    app.broker.publish_many([(p.message, p.queue, p.priority, p.eta) for p in plan.publishes])
+    app.broker.publish_many(plan.publishes)
     return result

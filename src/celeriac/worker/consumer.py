@@ -38,13 +38,14 @@ from celeriac.exceptions import CeleriacError
 from celeriac.protocol.results import make_meta
 from celeriac.worker.chords import fire
 from celeriac.worker.executor import precheck
-from celeriac.worker.job import ACK, DEAD_LETTER, REQUEUE, Followup, Job, Outcome
+from celeriac.worker.job import ACK, DEAD_LETTER, REQUEUE, Job, Outcome
 from celeriac.worker.limits import RateSchedule, RateScheduler, parse_rate
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.brokers.base import Delivery
     from celeriac.protocol.message import Message
+    from celeriac.protocol.publication import Publication
     from celeriac.worker.pools.base import Pool
 
 logger = logging.getLogger("celeriac.worker")
@@ -500,12 +501,11 @@ class Consumer:
         if later.acks:
             self._safely(lambda: self.app.broker.ack(later.acks))
 
-    def _publish(self, followups: list[Followup]) -> None:
+    def _publish(self, followups: list[Publication]) -> None:
         if not followups:
             return
         broker = self.app.broker
-        items = [(f.message, f.queue, f.priority, f.eta) for f in followups]
-        self._safely(lambda: broker.publish_many(items))
+        self._safely(lambda: broker.publish_many(followups))
 
     def _finish_chords(self, batch: list[Outcome]) -> None:
         """Count finished chord header tasks; fire the bodies of chords this batch completed."""
@@ -529,7 +529,7 @@ class Consumer:
             plan, failed = fire(self.app, gid, bodies[gid])
             for start in plan.chord_starts:
                 self._safely(lambda s=start: backend.chord_start(*s))
-            self._publish([Followup(p.message, p.queue, p.priority, p.eta) for p in plan.publishes])
+            self._publish(plan.publishes)
             if failed:
                 self._safely(lambda r=failed: backend.store_encoded(r))
             self._safely(lambda g=gid: backend.chord_done(g))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celeriac.protocol.message import Message, TaskHeaders, read_headers
+from celeriac.protocol.publication import Publication
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -58,16 +59,6 @@ class Job:
 
 
 @dataclass(slots=True)
-class Followup:
-    """A message to publish before the outcome is acknowledged (a retry, a callback)."""
-
-    message: Message
-    queue: str
-    priority: int = 0
-    eta: float | None = None
-
-
-@dataclass(slots=True)
 class Outcome:
     """What became of a job, for the consumer to apply.
 
@@ -83,7 +74,9 @@ class Outcome:
     action: str = ACK
     reason: str = ""
     delay_until: float | None = None
-    followups: list[Followup] = field(default_factory=list)
+    #: messages to publish before the outcome is acknowledged (a retry, callbacks, a chain's
+    #: next step)
+    followups: list[Publication] = field(default_factory=list)
     runtime: float = 0.0
     summary: str = ""
     #: results of other tasks to store with this one (the steps a failed chain never reaches)
@@ -103,19 +96,7 @@ class Outcome:
             self.action,
             self.reason,
             self.delay_until,
-            [
-                (
-                    f.message.headers,
-                    f.message.properties,
-                    f.message.body,
-                    f.message.content_type,
-                    f.message.content_encoding,
-                    f.queue,
-                    f.priority,
-                    f.eta,
-                )
-                for f in self.followups
-            ],
+            [f.to_wire() for f in self.followups],
             self.runtime,
             self.summary,
             self.extra_results,
@@ -150,10 +131,7 @@ class Outcome:
             action,
             reason,
             delay_until,
-            [
-                Followup(Message(h, p, b, ct, ce), q, pr, eta)
-                for h, p, b, ct, ce, q, pr, eta in followups
-            ],
+            [Publication.from_wire(f) for f in followups],
             runtime,
             summary,
             extra,

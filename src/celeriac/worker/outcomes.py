@@ -17,7 +17,7 @@ from celeriac.exceptions import Retry, TaskRevokedError, TimeLimitExceeded, Work
 from celeriac.protocol.message import TaskHeaders
 from celeriac.protocol.results import make_meta
 from celeriac.tasks.context import Request
-from celeriac.worker.job import ACK, DEAD_LETTER, REQUEUE, Followup, Job, Outcome
+from celeriac.worker.job import ACK, DEAD_LETTER, REQUEUE, Job, Outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -102,7 +102,7 @@ def success_outcome(
         rest = list(request.chain)
         nxt = rest.pop()
         _follow(app, plan, nxt, [value], request, chain=[dict(s) for s in rest] or None)
-    followups = [Followup(p.message, p.queue, p.priority, p.eta) for p in plan.publishes]
+    followups = plan.publishes
     children = [[[f.message.task_id, None], None] for f in followups]
     chord = _chord_part(request)
     try:
@@ -175,7 +175,7 @@ def failure_outcome(
         task.name,
         states.FAILURE if meta else None,
         meta,
-        followups=[Followup(p.message, p.queue, p.priority, p.eta) for p in plan.publishes],
+        followups=plan.publishes,
         summary=f"{type(exc).__name__}: {exc}",
         extra_results=extra,
         chord_starts=plan.chord_starts,
@@ -199,7 +199,7 @@ def retry_outcome(
         "reply_to": request.reply_to,
         **retry.options,  # what the task asked for in self.retry(...) wins
     }
-    message, queue, priority, eta_ts = app.prepare_message(
+    publication = app.prepare_message(
         task.name,
         args,
         kwargs,
@@ -226,7 +226,7 @@ def retry_outcome(
         task.name,
         states.RETRY,
         meta,
-        followups=[Followup(message, queue, priority, eta_ts)],
+        followups=[publication],
         summary=f"retry {request.retries + 1} in {max(0.0, eta - time.time()):.2f}s",
     )
 

@@ -19,6 +19,7 @@ from celeriac.backends import EncodedResult, create_backend
 from celeriac.brokers import create_broker
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
 from celeriac.transports.amqp.broker import AMQPBroker, delay_queue
@@ -128,7 +129,7 @@ def test_queues_are_declared_as_celery_declares_them(url: str, names: Any) -> No
     q = names("prio")
     broker = create_broker(url, {"max_priority": 10})
     try:
-        broker.publish(msg("a"), queue=q, priority=3)
+        broker.publish(Publication(msg("a"), Route(q), priority=3))
         # A Celery producer with the same settings declares the same queue without complaint.
         capp = celery.Celery("interop", broker=url)
         capp.conf.task_queue_max_priority = 10
@@ -139,7 +140,7 @@ def test_queues_are_declared_as_celery_declares_them(url: str, names: Any) -> No
     other = create_broker(url)  # no max_priority: not what the queue was declared with
     try:
         with pytest.raises(BrokerError, match="other arguments"):
-            other.publish(msg("b"), queue=q)
+            other.publish(Publication(msg("b"), Route(q)))
     finally:
         other.close()
 
@@ -151,15 +152,15 @@ def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None
     assert isinstance(broker, AMQPBroker)
     broker.publish_timeout = 1.0
     try:
-        broker.publish(msg("ok"), queue=q)
+        broker.publish(Publication(msg("ok"), Route(q)))
         proxy.refusing = True
         proxy.cut()
         started = time.monotonic()
         with pytest.raises(BrokerError):
-            broker.publish(msg("lost"), queue=q)
+            broker.publish(Publication(msg("lost"), Route(q)))
         assert time.monotonic() - started < 5
         proxy.refusing = False
-        broker.publish(msg("again"), queue=q)  # the connection comes back by itself
+        broker.publish(Publication(msg("again"), Route(q)))  # the connection comes back by itself
         got = fetch_all(broker, q, 2, timeout=5)
         assert {d.message.task_id for d in got} == {"ok", "again"}
     finally:
@@ -173,12 +174,12 @@ def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> 
     assert isinstance(broker, AMQPBroker)
     pool = broker.link.publishers
     try:
-        broker.publish(msg("main"), queue=q)
+        broker.publish(Publication(msg("main"), Route(q)))
         assert pool.idle == 1  # lent to this thread for the call, then given back
 
         def publish_from(n: int) -> None:
             for i in range(20):
-                broker.publish(msg(f"t{n}-{i}"), queue=q)
+                broker.publish(Publication(msg(f"t{n}-{i}"), Route(q)))
 
         # Four threads, two publishers: the others go through the I/O thread.
         with ThreadPoolExecutor(4) as pool_of_threads:
@@ -186,10 +187,14 @@ def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> 
         assert pool.idle == 2
 
         async def on_a_loop() -> None:
-            broker.publish(msg("loop"), queue=q)  # a sync socket would block the loop: I/O thread
+            broker.publish(
+                Publication(msg("loop"), Route(q))
+            )  # a sync socket would block the loop: I/O thread
 
         asyncio.run(on_a_loop())
-        broker.publish_many([(msg(f"many{i}"), q, 0, None) for i in range(3)])  # on a publisher
+        broker.publish_many(
+            [Publication(msg(f"many{i}"), Route(q)) for i in range(3)]
+        )  # on a publisher
         assert pool.idle == 2
         assert broker.depth(q) == 85
     finally:
@@ -204,8 +209,8 @@ def test_publish_connections_zero_sends_every_publish_through_the_io_thread(
     broker = create_broker(url, {"publish_connections": 0})
     assert isinstance(broker, AMQPBroker)
     try:
-        broker.publish(msg("a"), queue=q)
-        broker.publish_many([(msg("b"), q, 0, None), (msg("c"), q, 0, None)])
+        broker.publish(Publication(msg("a"), Route(q)))
+        broker.publish_many([Publication(msg("b"), Route(q)), Publication(msg("c"), Route(q))])
         assert broker.link.publishers.idle == 0
         assert broker.depth(q) == 3
     finally:
@@ -217,11 +222,11 @@ def test_an_idle_publish_connection_is_replaced_before_use(url: str, names: Any)
     broker = create_broker(url)
     assert isinstance(broker, AMQPBroker)
     try:
-        broker.publish(msg("a"), queue=q)
+        broker.publish(Publication(msg("a"), Route(q)))
         [publisher] = broker.link.publishers._idle
         first = publisher._conn
         publisher._idle_limit = 0.0  # as if it had been idle for half the heartbeat interval
-        broker.publish(msg("b"), queue=q)
+        broker.publish(Publication(msg("b"), Route(q)))
         assert first is not None and not first.connected and publisher._conn is not first
         assert broker.depth(q) == 2
     finally:
@@ -232,9 +237,11 @@ def test_a_publish_to_a_deleted_queue_declares_it_again(url: str, names: Any) ->
     q = names()
     broker = create_broker(url)
     try:
-        broker.publish(msg("a"), queue=q)
+        broker.publish(Publication(msg("a"), Route(q)))
         amqp_support.delete_queues(url, [q])  # behind the broker's back: its memo says declared
-        broker.publish(msg("b"), queue=q)  # returned by RabbitMQ, declared again, sent again
+        broker.publish(
+            Publication(msg("b"), Route(q))
+        )  # returned by RabbitMQ, declared again, sent again
         [got] = fetch_all(broker, q, 1, timeout=5)
         assert got.message.task_id == "b"
         broker.ack([got])
@@ -263,10 +270,12 @@ def test_publish_many_declares_again_only_for_what_came_back(url: str, names: An
     kept, deleted = names(), names()
     broker = create_broker(url)
     try:
-        broker.publish_many([(msg("k0"), kept, 0, None), (msg("d0"), deleted, 0, None)])
+        broker.publish_many(
+            [Publication(msg("k0"), Route(kept)), Publication(msg("d0"), Route(deleted))]
+        )
         amqp_support.delete_queues(url, [deleted])  # its memo still says declared
-        batch = [(msg(f"k{i}"), kept, 0, None) for i in (1, 2)]
-        batch += [(msg(f"d{i}"), deleted, 0, None) for i in (1, 2)]
+        batch = [Publication(msg(f"k{i}"), Route(kept)) for i in (1, 2)]
+        batch += [Publication(msg(f"d{i}"), Route(deleted)) for i in (1, 2)]
         broker.publish_many(batch)  # the two for the deleted queue come back: sent again
         # more than there should be, to see a copy sent twice
         got = fetch_all(broker, kept, 10, timeout=2) + fetch_all(broker, deleted, 10, timeout=2)
@@ -292,7 +301,7 @@ def test_a_declare_that_fails_is_tried_again_then_raises_a_broker_error(
 
     try:
         monkeypatch.setattr(broker, "_declare", flaky)
-        broker.publish(msg("a"), queue=q)  # declared on the second try
+        broker.publish(Publication(msg("a"), Route(q)))  # declared on the second try
         assert broker.depth(q) == 1
 
         async def broken(queue: str, timeout: float, *, delays: bool = False) -> None:
@@ -302,7 +311,7 @@ def test_a_declare_that_fails_is_tried_again_then_raises_a_broker_error(
         broker.publish_timeout = 1.0
         started = time.monotonic()
         with pytest.raises(BrokerError, match="declaring"):
-            broker.publish(msg("b"), queue=names())  # a queue not declared yet
+            broker.publish(Publication(msg("b"), Route(names())))  # a queue not declared yet
         assert time.monotonic() - started < 3
     finally:
         broker.close()
@@ -317,9 +326,9 @@ def test_a_header_amqp_cannot_carry_is_a_broker_error(url: str, names: Any) -> N
             bad = msg("bad")
             bad.headers["stamps"] = value
             with pytest.raises(BrokerError, match="cannot publish"):
-                broker.publish(bad, queue=q)
+                broker.publish(Publication(bad, Route(q)))
         assert time.monotonic() - started < 5  # not sent again and again until the deadline
-        broker.publish(msg("good"), queue=q)  # the connection is still usable
+        broker.publish(Publication(msg("good"), Route(q)))  # the connection is still usable
         assert broker.depth(q) == 1
     finally:
         broker.close()
@@ -332,14 +341,14 @@ def test_a_publish_nobody_answers_raises_at_its_deadline(url: str, names: Any) -
     assert isinstance(broker, AMQPBroker)
     broker.publish_timeout = 2.0
     try:
-        broker.publish(msg("before"), queue=q)
+        broker.publish(Publication(msg("before"), Route(q)))
         proxy.silent = True  # a silent partition: the frames go nowhere, no connection closes
         started = time.monotonic()
         with pytest.raises(BrokerError, match="not confirmed in time"):
-            broker.publish(msg("unanswered"), queue=q)
+            broker.publish(Publication(msg("unanswered"), Route(q)))
         assert 1.9 < time.monotonic() - started < 4
         proxy.silent = False
-        broker.publish(msg("after"), queue=q)  # on a new connection
+        broker.publish(Publication(msg("after"), Route(q)))  # on a new connection
         got = fetch_all(broker, q, 2, timeout=10)
         assert {d.message.task_id for d in got} == {"before", "after"}
         broker.ack(got)
@@ -357,7 +366,7 @@ def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
     broker = create_broker(url)
     assert isinstance(broker, AMQPBroker)
     try:
-        broker.publish(msg("a"), queue=q)
+        broker.publish(Publication(msg("a"), Route(q)))
         [publisher] = broker.link.publishers._idle
         first = publisher._conn
 
@@ -367,9 +376,9 @@ def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
         with monkeypatch.context() as m:
             m.setattr(amqp.Connection, "drain_events", interrupted)
             with pytest.raises(KeyboardInterrupt):
-                broker.publish(msg("b"), queue=q)  # sent, its confirm never read
+                broker.publish(Publication(msg("b"), Route(q)))  # sent, its confirm never read
         assert publisher._conn is None and first is not None and not first.connected
-        broker.publish(msg("c"), queue=q)
+        broker.publish(Publication(msg("c"), Route(q)))
         assert publisher._conn is not None and publisher._tag == 1  # a new channel's first
         got = fetch_all(broker, q, 3, timeout=2)
         # "b" was never confirmed: it may or may not have reached the queue before the drop
@@ -384,9 +393,11 @@ def test_a_publish_after_a_cut_is_sent_on_a_new_connection(url: str, names: Any)
     q = names()
     broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
     try:
-        broker.publish(msg("before"), queue=q)
+        broker.publish(Publication(msg("before"), Route(q)))
         proxy.cut()  # both the I/O thread's connection and this thread's publish one
-        broker.publish(msg("after"), queue=q)  # confirmed on a reopened connection, or raises
+        broker.publish(
+            Publication(msg("after"), Route(q))
+        )  # confirmed on a reopened connection, or raises
         got = fetch_all(broker, q, 2, timeout=5)
         assert {d.message.task_id for d in got} == {"before", "after"}
         broker.ack(got)
@@ -426,7 +437,7 @@ def test_a_cut_connection_requeues_and_stale_handles_are_dropped(url: str, names
     q = names()
     broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
     try:
-        broker.publish(msg("a"), queue=q)
+        broker.publish(Publication(msg("a"), Route(q)))
         [stale] = broker.fetch([q], 10, timeout=2)
         proxy.cut()
         [again] = broker.fetch([q], 10, timeout=10)  # after reconnecting and consuming again
@@ -450,7 +461,7 @@ def test_acks_are_batched_only_over_the_lowest_outstanding_tags(url: str, names:
     broker = create_broker(url)
     try:
         for i in range(6):
-            broker.publish(msg(f"m{i}"), queue=q)
+            broker.publish(Publication(msg(f"m{i}"), Route(q)))
         got: list[Any] = []
         while len(got) < 6:  # fetch returns once the first of them is here
             batch = broker.fetch([q], 6 - len(got), timeout=2)
@@ -474,7 +485,7 @@ def test_acks_are_batched_only_over_the_lowest_outstanding_tags(url: str, names:
 def test_acks_do_not_wait_for_the_wire_but_are_written_before_close(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)
-    broker.publish_many([(msg(f"m{i}"), q, 0, None) for i in range(50)])
+    broker.publish_many([Publication(msg(f"m{i}"), Route(q)) for i in range(50)])
     got: list[Any] = []
     while len(got) < 50:
         batch = broker.fetch([q], 50, timeout=2)
@@ -494,8 +505,8 @@ def test_delays_are_parked_in_the_cascade_not_in_the_consumer(url: str, names: A
     q = names()
     broker = create_broker(url)
     try:
-        broker.publish(msg("hour"), queue=q, eta=time.time() + 3600)
-        broker.publish(msg("soon"), queue=q, eta=time.time() + 2)
+        broker.publish(Publication(msg("hour"), Route(q), eta=time.time() + 3600))
+        broker.publish(Publication(msg("soon"), Route(q), eta=time.time() + 2))
         assert broker.fetch([q], 10, timeout=0.5) == []
 
         async def parked(ch: Any) -> dict[int, int]:
@@ -530,7 +541,9 @@ def test_celery_native_delayed_delivery_reaches_our_queue(url: str, names: Any) 
     q = names()
     broker = create_broker(url)
     try:
-        broker.publish(msg("prime"), queue=q, eta=time.time() + 1)  # declares q's cascade
+        broker.publish(
+            Publication(msg("prime"), Route(q), eta=time.time() + 1)
+        )  # declares q's cascade
         with Connection(url) as conn:
             declare_native_delayed_delivery_exchanges_and_queues(conn, "classic")
             Producer(conn.default_channel).publish(
@@ -555,7 +568,7 @@ def test_dead_letters_carry_the_reason_and_replay(url: str, names: Any) -> None:
     q, dlq = names(), names("dead")
     broker = create_broker(url, {"dead_letter_queue": dlq})
     try:
-        broker.publish(msg("bad"), queue=q)
+        broker.publish(Publication(msg("bad"), Route(q)))
         [d] = broker.fetch([q], 1, timeout=2)
         broker.dead_letter(d, "DecodeError: broken body")
 
@@ -664,7 +677,7 @@ def test_ack_and_fetch_sends_rpc_results_then_acks_on_the_tasks_channel(
         combined = transport.combine(broker, worker)
         assert combined.carries_results
         for i in range(3):
-            broker.publish(msg(f"r{i}"), queue=q)
+            broker.publish(Publication(msg(f"r{i}"), Route(q)))
         first = fetch_all(broker, q, 2, timeout=5)
         assert [d.message.task_id for d in first] == ["r0", "r1"]
         encoded = replies_to(client, worker, first, results=[0, 1])
@@ -689,7 +702,7 @@ def test_acks_stay_in_order_behind_a_batch_whose_results_are_still_being_sent(
     transport = open_transport(url)
     broker = transport.broker()
     for i in range(8):
-        broker.publish(msg(f"o{i}"), queue=q)
+        broker.publish(Publication(msg(f"o{i}"), Route(q)))
     worker = transport.backend("rpc" + url[4:])
     try:
         combined = transport.combine(broker, worker)
@@ -716,7 +729,7 @@ def test_ack_and_fetch_gives_tasks_back_when_their_results_cannot_be_sent(
     transport = open_transport(url)
     broker = transport.broker()
     for task_id in ("n0", "n1"):
-        broker.publish(msg(task_id), queue=q)
+        broker.publish(Publication(msg(task_id), Route(q)))
     worker = transport.backend("rpc" + url[4:])
     try:
         combined = transport.combine(broker, worker)
@@ -742,8 +755,8 @@ def test_publish_many_sends_all_before_waiting_and_keeps_their_order(url: str, n
     q, later = names(), names()
     broker = create_broker(url)
     try:
-        items: list[Any] = [(msg(f"m{i}"), q, 0, None) for i in range(100)]
-        items.append((msg("later"), later, 0, time.time() + 3600))
+        items: list[Any] = [Publication(msg(f"m{i}"), Route(q)) for i in range(100)]
+        items.append(Publication(msg("later"), Route(later), eta=time.time() + 3600))
         broker.publish_many(items)
         assert broker.depth(later) == 1  # parked in the delay cascade, declared on the way
         got: list[Any] = []
@@ -764,14 +777,14 @@ def test_publish_many_across_a_cut_connection_sends_everything_or_raises(
     q = names()
     broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
     try:
-        broker.publish(msg("warm"), queue=q)
+        broker.publish(Publication(msg("warm"), Route(q)))
         sent: list[str] = []
         for round_ in range(5):
             batch = [f"r{round_}-{i}" for i in range(200)]
             cutter = threading.Timer(0.005, proxy.cut)
             cutter.start()
             try:
-                broker.publish_many([(msg(t), q, 0, None) for t in batch])
+                broker.publish_many([Publication(msg(t), Route(q)) for t in batch])
             except BrokerError:
                 continue  # the caller knows: it sends the batch again (at least once)
             finally:

@@ -12,6 +12,7 @@ import pytest
 from celeriac.backends import EncodedResult
 from celeriac.brokers import create_broker
 from celeriac.protocol.message import Message, build_task_message
+from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
 from celeriac.transports.redis.backend import RedisBackend
@@ -103,13 +104,13 @@ def test_envelope_is_byte_identical_to_celerys() -> None:
         "utf-8",
     )
     tag = captured["properties"]["delivery_tag"]
-    assert encode_envelope(message, "celery", 0, tag) == CAPTURED
+    assert encode_envelope(message, Route("celery"), 0, tag) == CAPTURED
     back = decode_envelope(CAPTURED)
     assert (back.headers, back.properties, back.body) == (message.headers, props, message.body)
 
 
 def test_publish_writes_celerys_list_and_binding(broker: RedisBroker, prefix: str) -> None:
-    broker.publish(msg("a"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
     r = broker.client
     [raw] = r.lrange(f"{prefix}q", 0, -1)
     env = json.loads(raw)
@@ -121,7 +122,7 @@ def test_publish_writes_celerys_list_and_binding(broker: RedisBroker, prefix: st
 
 def test_priority_buckets_and_lower_number_first(broker: RedisBroker, prefix: str) -> None:
     for task_id, priority in [("p0", 0), ("p2", 2), ("p3", 3), ("p5", 5), ("p6", 6), ("p9", 9)]:
-        broker.publish(msg(task_id), queue="q", priority=priority)
+        broker.publish(Publication(msg(task_id), Route("q"), priority=priority))
     r = broker.client
     lengths = {k: r.llen(f"{prefix}{k}") for k in ("q", f"q{SEP}3", f"q{SEP}6", f"q{SEP}9")}
     assert lengths == {"q": 2, f"q{SEP}3": 2, f"q{SEP}6": 1, f"q{SEP}9": 1}
@@ -129,7 +130,7 @@ def test_priority_buckets_and_lower_number_first(broker: RedisBroker, prefix: st
 
 
 def test_fetch_records_the_lease_in_kombus_unacked_layout(broker: RedisBroker, prefix: str) -> None:
-    broker.publish(msg("a"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
     raw = broker.client.lindex(f"{prefix}q", 0)
     before = time.time()
     [d] = broker.fetch(["q"], 10, timeout=0)
@@ -154,9 +155,9 @@ def test_fetch_records_the_lease_in_kombus_unacked_layout(broker: RedisBroker, p
 
 
 def test_expired_lease_goes_back_to_the_head_of_the_queue(broker: RedisBroker) -> None:
-    broker.publish(msg("a"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
     assert ids(broker.fetch(["q"], 1, timeout=0)) == ["a"]
-    broker.publish(msg("b"), queue="q")
+    broker.publish(Publication(msg("b"), Route("q")))
     time.sleep(0.5)  # the lease (0.3 s) runs out
     again = broker.fetch(["q"], 10, timeout=3)
     assert ids(again) == ["a", "b"]  # restored next in line, ahead of the newer message
@@ -166,7 +167,7 @@ def test_expired_lease_goes_back_to_the_head_of_the_queue(broker: RedisBroker) -
 
 def test_delayed_messages_wait_in_a_sorted_set(broker: RedisBroker, prefix: str) -> None:
     eta = time.time() + 0.3
-    broker.publish(msg("later"), queue="q", eta=eta)
+    broker.publish(Publication(msg("later"), Route("q"), eta=eta))
     r = broker.client
     assert r.llen(f"{prefix}q") == 0
     [(member, score)] = r.zrange(f"{prefix}celeriac.delayed.q", 0, -1, withscores=True)
@@ -179,7 +180,7 @@ def test_delayed_messages_wait_in_a_sorted_set(broker: RedisBroker, prefix: str)
 
 def test_an_eta_header_from_celery_is_parked_in_the_sorted_set(broker: RedisBroker) -> None:
     # What the worker does with a Celery client's countdown: requeue until the ETA.
-    broker.publish(msg("celery-eta"), queue="q")
+    broker.publish(Publication(msg("celery-eta"), Route("q")))
     [d] = broker.fetch(["q"], 10, timeout=0)
     until = time.time() + 60
     broker.requeue(d, delay_until=until, count=False)
@@ -195,7 +196,7 @@ def test_a_due_message_from_another_process_is_found_within_the_sweep(prefix: st
     producer, consumer = create_broker(url), create_broker(url, {"sweep_interval": 0.2})
     try:
         assert consumer.fetch(["q"], 10, timeout=0) == []  # the consumer has swept once
-        producer.publish(msg("later"), queue="q", eta=time.time() + 0.2)
+        producer.publish(Publication(msg("later"), Route("q"), eta=time.time() + 0.2))
         assert ids(consumer.fetch(["q"], 10, timeout=3)) == ["later"]
     finally:
         producer.close()
@@ -207,7 +208,7 @@ def test_garbage_on_the_list_is_dead_lettered_not_lost(broker: RedisBroker, pref
     r.lpush(f"{prefix}q", b"not json at all")
     r.lpush(f"{prefix}q", b'{"body": "!!!", "properties": {"body_encoding": "base64"}}')
     r.lpush(f"{prefix}q", b"[1, 2]")
-    broker.publish(msg("good"), queue="q")
+    broker.publish(Publication(msg("good"), Route("q")))
     assert ids(broker.fetch(["q"], 10, timeout=0)) == ["good"]
     dead = {d.message.body: d for d in broker.dead_letters()}
     assert [d.queue for d in dead.values()] == ["q", "q", "q"]
@@ -219,7 +220,7 @@ def test_garbage_on_the_list_is_dead_lettered_not_lost(broker: RedisBroker, pref
 
 
 def test_envelope_without_delivery_tag_gets_one(broker: RedisBroker, prefix: str) -> None:
-    env = json.loads(encode_envelope(msg("a"), "q", 0, "x"))
+    env = json.loads(encode_envelope(msg("a"), Route("q"), 0, "x"))
     del env["properties"]["delivery_tag"]
     broker.client.lpush(f"{prefix}q", json.dumps(env))
     [d] = broker.fetch(["q"], 10, timeout=0)
@@ -229,7 +230,7 @@ def test_envelope_without_delivery_tag_gets_one(broker: RedisBroker, prefix: str
 
 
 def test_delivery_count_survives_restores(broker: RedisBroker) -> None:
-    broker.publish(msg("a"), queue="q")
+    broker.publish(Publication(msg("a"), Route("q")))
     counts = [broker.fetch(["q"], 1, timeout=3)[0].delivery_count for _ in range(3)]
     assert counts == [1, 2, 3]
 
@@ -239,7 +240,7 @@ def test_a_delivery_abandoned_by_a_celery_worker_is_restored(prefix: str) -> Non
     broker = create_broker(url, {"celery_visibility_timeout": 5})
     try:
         r = broker.client
-        envelope = json.loads(encode_envelope(msg("orphan"), "q", 0, "celery-tag"))
+        envelope = json.loads(encode_envelope(msg("orphan"), Route("q"), 0, "celery-tag"))
         # What kombu writes when a Celery worker takes a message, ten seconds ago.
         r.hset(f"{prefix}unacked", "celery-tag", json.dumps([envelope, "", "q"]))
         r.zadd(f"{prefix}unacked_index", {"celery-tag": time.time() - 10})
@@ -257,7 +258,7 @@ def test_fetch_wakes_at_once_when_a_message_is_published(prefix: str) -> None:
     producer, consumer = create_broker(url), create_broker(url, {"polling_interval": 5})
     try:
         consumer.fetch(["q"], 10, timeout=0)
-        timer = threading.Timer(0.1, producer.publish, (msg("a"),), {"queue": "q"})
+        timer = threading.Timer(0.1, producer.publish, (Publication(msg("a"), Route("q")),))
         started = time.monotonic()
         timer.start()
         assert ids(consumer.fetch(["q"], 10, timeout=3)) == ["a"]
@@ -285,7 +286,7 @@ def test_unix_socket_and_sentinel_urls(tmp_path) -> None:
         for url, options in urls:
             broker = create_broker(url, options)
             try:
-                broker.publish(msg(url), queue="q")
+                broker.publish(Publication(msg(url), Route("q")))
                 [d] = broker.fetch(["q"], 10, timeout=0)
                 assert d.message.task_id == url
                 broker.ack([d])
@@ -314,7 +315,7 @@ def test_rediss_url_uses_tls_and_bad_urls_are_refused() -> None:
 
 def test_a_second_copy_of_an_in_flight_message_is_dropped(broker: RedisBroker) -> None:
     # What a publish retried after a lost reply leaves: the same envelope twice.
-    envelope = encode_envelope(msg("a"), "q", 0, "same-tag")
+    envelope = encode_envelope(msg("a"), Route("q"), 0, "same-tag")
     broker.client.lpush(f"{broker.prefix}q", envelope, envelope)
     [d] = broker.fetch(["q"], 10, timeout=0)
     assert broker.fetch(["q"], 10, timeout=0) == []
@@ -328,7 +329,7 @@ def test_delays_are_measured_on_one_clock(broker: RedisBroker, monkeypatch) -> N
 
     real = time.time
     monkeypatch.setattr(module.time, "time", lambda: real() + 100)
-    broker.publish(msg("skewed"), queue="q", eta=module.time.time() + 0.3)
+    broker.publish(Publication(msg("skewed"), Route("q"), eta=module.time.time() + 0.3))
     monkeypatch.setattr(module.time, "time", real)
     started = time.monotonic()
     assert ids(broker.fetch(["q"], 10, timeout=3)) == ["skewed"]
@@ -344,7 +345,7 @@ def test_fetch_reads_stored_states_when_the_results_share_its_database(prefix: s
     other_db = other.backend(other.url)
     try:
         for task_id in ("first", "done", "gone", "new"):
-            broker.publish(msg(task_id), queue="q")
+            broker.publish(Publication(msg(task_id), Route("q")))
         for task_id, state in (("first", "SUCCESS"), ("done", "SUCCESS"), ("gone", "REVOKED")):
             backend.store_result(task_id, None, state)
         apart = transport.combine(broker, other_db)  # another database: the worker looks itself
@@ -375,7 +376,7 @@ def test_the_combined_path_stores_results_before_it_acks_and_fetches(prefix: str
         listener.subscribe(backend.key("a"))
         listener.get_message(timeout=1)  # the subscribe confirmation
         for task_id in ("a", "b", "c"):
-            broker.publish(msg(task_id), queue="q")
+            broker.publish(Publication(msg(task_id), Route("q")))
         first = combined.fetch(["q"], 2, timeout=0)
         backend.store_result("b", "earlier", "SUCCESS")
 
@@ -413,11 +414,11 @@ def test_publish_many_is_one_round_trip_even_after_redis_lost_the_script(tmp_pat
             stats = watcher.info("commandstats").get(f"cmdstat_{command}", {})
             return int(stats.get("calls", 0))
 
-        broker.publish_many([(msg(f"a{i}"), "q", 0, None) for i in range(3)])
+        broker.publish_many([Publication(msg(f"a{i}"), Route("q")) for i in range(3)])
         watcher.script_flush()  # as after a restart of Redis
-        broker.publish_many([(msg(f"b{i}"), "q", 0, None) for i in range(3)])
+        broker.publish_many([Publication(msg(f"b{i}"), Route("q")) for i in range(3)])
         before = (calls("script|exists"), calls("evalsha"))
-        broker.publish_many([(msg(f"c{i}"), "q", 0, None) for i in range(3)])
+        broker.publish_many([Publication(msg(f"c{i}"), Route("q")) for i in range(3)])
         assert (calls("script|exists"), calls("evalsha")) == (before[0], before[1] + 3)
         got = broker.fetch(["q"], 20, timeout=0)
         assert sorted(ids(got)) == sorted(f"{p}{i}" for p in "abc" for i in range(3))

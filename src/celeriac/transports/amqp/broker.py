@@ -53,10 +53,10 @@ import aiormq.exceptions
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp import commands as spec
 
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
-from celeriac.routing import Destination
+from celeriac.protocol.publication import Publication, Route
 from celeriac.transports.amqp.connection import Link, to_pamqp
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import Outgoing, Publisher, Unroutable
@@ -241,8 +241,9 @@ class AMQPBroker(Broker):
                     "it alike (task_queues, max_priority, queue_type)"
                 ) from exc
 
-    async def _declare_route(self, dest: Destination, timeout: float) -> None:
+    async def _declare_route(self, dest: Route, timeout: float) -> None:
         """Declare ``dest``'s exchange and the ``task_queues`` bound to it, before publishing."""
+        assert dest.exchange is not None
         marker = "exchange:" + dest.exchange
         if marker in self._declared:
             return
@@ -296,45 +297,35 @@ class AMQPBroker(Broker):
         self._declared.add(DEAD_EXCHANGE + "/" + self.dead_letter_queue)
 
     # -- publishing ------------------------------------------------------------------------------
-    def publish(
-        self,
-        message: Message,
-        *,
-        queue: str,
-        priority: int = 0,
-        eta: float | None = None,
-        exchange: str | None = None,
-        routing_key: str | None = None,
-    ) -> None:
-        queue = self.destination(queue, exchange, routing_key)
-        if self.topology.is_broadcast(queue) and not isinstance(queue, Destination):
-            queue = self.topology.destination(queue)
-        if isinstance(queue, Destination) and eta is not None and eta > time.time():
+    def publish(self, publication: Publication) -> None:
+        message, route = publication.message, publication.route
+        priority, eta = publication.priority, publication.eta
+        if route.exchange is None and self.topology.is_broadcast(route.name):
+            route = self.topology.destination(route.name)
+        if route.exchange is not None and eta is not None and eta > time.time():
             # The delay cascade ends in one queue: fan out to the bound queues before it.
-            if queue.exchange_type == "fanout":
-                raise ConfigurationError(f"broadcast {str(queue)!r}: it cannot be delayed")
-            targets = self.local_targets(queue)
-            for target in targets:
-                self.publish(message, queue=target, priority=priority, eta=eta)
+            if route.exchange_type == "fanout":
+                raise ConfigurationError(f"broadcast {route.name!r}: it cannot be delayed")
+            for target in self.local_targets(route):
+                self.publish(Publication(message, Route(target), priority, eta))
             return
-        self._send(message, queue, priority, eta, dict(message.headers))
+        self._send(message, route, priority, eta, dict(message.headers))
 
     def _send(
         self,
         message: Message,
-        queue: str,
+        route: Route,
         priority: int,
         eta: float | None,
         headers: dict[str, Any],
     ) -> None:
         delay = 0 if eta is None else math.ceil(eta - time.time())
-        route = queue if isinstance(queue, Destination) else None
-        target = self.topology.physical(queue)  # a broadcast's: this node's queue
+        target = self.topology.physical(route.name)  # a broadcast's: this node's queue
         if delay > 0:
             delay = min(delay, MAX_DELAY)
             level = delay.bit_length() - 1
             exchange, key = delay_exchange(level), delay_routing_key(delay, target)
-        elif route is not None:
+        elif route.exchange is not None:
             exchange, key = route.exchange, route.routing_key
         else:
             exchange, key = "", target
@@ -343,10 +334,10 @@ class AMQPBroker(Broker):
         props = properties(message, priority=priority, headers=headers, keep_expiration=not delay)
 
         async def declare(remaining: float) -> None:
-            if route is not None:
+            if route.exchange is not None:
                 await self._declare_route(route, remaining)
             else:
-                await self._declare(queue, remaining, delays=delay > 0)
+                await self._declare(route.name, remaining, delays=delay > 0)
 
         send = _Send(Outgoing(message.body, exchange, key, props), declare)
         batch: list[_Send] | None = getattr(self._local, "batch", None)
@@ -355,20 +346,20 @@ class AMQPBroker(Broker):
         else:
             self._send_all([send])
 
-    def publish_many(self, items: Sequence[Publication]) -> None:
+    def publish_many(self, publications: Sequence[Publication]) -> None:
         """Publish all, then wait for all their confirms: one round trip, not one per message.
 
         Each message goes through :meth:`publish` (routing, ``reply_to``), which collects
         instead of sending while the batch is open.
         """
-        if len(items) < 2:
-            super().publish_many(items)
+        if len(publications) < 2:
+            super().publish_many(publications)
             return
         batch: list[_Send] = []
         self._local.batch = batch
         try:
-            for message, queue, priority, eta in items:
-                self.publish(message, queue=queue, priority=priority, eta=eta)
+            for publication in publications:
+                self.publish(publication)
         finally:
             self._local.batch = None
         if batch:
@@ -776,7 +767,7 @@ class AMQPBroker(Broker):
         headers = dict(message.headers)
         headers[HDR_COUNT] = delivery.delivery_count if count else delivery.delivery_count - 1
         priority = int(message.properties.get("priority") or 0)
-        self._send(message, delivery.queue, priority, eta, headers)
+        self._send(message, Route(delivery.queue), priority, eta, headers)
         self.ack([delivery])
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from aiormq.abc import AbstractChannel
 
-from celeriac.routing import Destination, Queue, Topology
+from celeriac.protocol.publication import Route
+from celeriac.routing import Queue, Topology
 
 logger = logging.getLogger("celeriac.broker.amqp")
 
@@ -74,7 +75,7 @@ async def declare_queue(
     await ch.queue_bind(name, ex.name, routing_key=q.key)
 
 
-def queues_behind(topology: Topology, dest: Destination) -> list[str]:
+def queues_behind(topology: Topology, dest: Route) -> list[str]:
     """The declared (non-broadcast) queues bound to ``dest``'s exchange, to declare first."""
     return [
         q.name

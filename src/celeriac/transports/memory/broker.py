@@ -16,6 +16,7 @@ from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.protocol.message import Message
+from celeriac.protocol.publication import Publication, Route
 from celeriac.transports.memory.options import MemoryOptions
 
 
@@ -46,20 +47,12 @@ class MemoryBroker(Broker):
     def _push(self, entry: _Entry) -> None:
         heapq.heappush(self._ready.setdefault(entry.queue, []), (-entry.priority, entry.seq, entry))
 
-    def publish(
-        self,
-        message: Message,
-        *,
-        queue: str,
-        priority: int = 0,
-        eta: float | None = None,
-        exchange: str | None = None,
-        routing_key: str | None = None,
-    ) -> None:
-        targets = self.local_targets(self.destination(queue, exchange, routing_key))
+    def publish(self, publication: Publication) -> None:
+        targets = self.local_targets(publication.route)
+        priority, eta = publication.priority, publication.eta
         with self._cond:
             for target in targets:
-                entry = _Entry(next(self._seq), str(target), priority, message)
+                entry = _Entry(next(self._seq), target, priority, publication.message)
                 if eta is not None and eta > time.time():
                     heapq.heappush(self._delayed, (eta, entry.seq, entry))
                 else:
@@ -183,7 +176,7 @@ class MemoryBroker(Broker):
             chosen = [d for d in self._dead if ids is None or d.id in ids]
             self._dead = [d for d in self._dead if d not in chosen]
         for dead in chosen:
-            self.publish(dead.message, queue=dead.queue)
+            self.publish(Publication(dead.message, Route(dead.queue)))
         return len(chosen)
 
     def purge_dead_letters(self) -> int:

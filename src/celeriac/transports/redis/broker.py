@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.exceptions import NoScriptError
 
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError
 from celeriac.protocol.message import Message
-from celeriac.routing import Destination, kombu_topic_pattern, no_queue_bound
+from celeriac.protocol.publication import Publication, Route
+from celeriac.routing import kombu_topic_pattern, no_queue_bound
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.transports.redis.options import RedisOptions
@@ -60,17 +61,16 @@ _SWEEP_BATCH = 1000
 SEP = "\x06\x16"
 
 
-def encode_envelope(message: Message, queue: str, priority: int, tag: str) -> str:
+def encode_envelope(message: Message, route: Route, priority: int, tag: str) -> str:
     """kombu's Redis envelope, key for key and in kombu's order (PROTOCOL.md §2.2)."""
     props: dict[str, Any] = {}
     for key, value in message.properties.items():
         if key == "priority":
             continue
         props[key] = value
-    if isinstance(queue, Destination):  # kombu records the exchange it was published to
-        props["delivery_info"] = {"exchange": queue.exchange, "routing_key": queue.routing_key}
-    else:
-        props["delivery_info"] = {"exchange": "", "routing_key": queue}
+    # kombu records the exchange it was published to ("" and the queue's name: none)
+    exchange, routing_key = route.address
+    props["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
     props["priority"] = priority
     props["body_encoding"] = "base64"
     props["delivery_tag"] = tag
@@ -163,23 +163,14 @@ class RedisBroker(Broker):
             raise BrokerError(f"Redis broker: {args[0]} failed: {exc}") from exc
 
     # -- publishing -------------------------------------------------------------------------
-    def publish(
-        self,
-        message: Message,
-        *,
-        queue: str,
-        priority: int = 0,
-        eta: float | None = None,
-        exchange: str | None = None,
-        routing_key: str | None = None,
-    ) -> None:
-        queue = self.destination(queue, exchange, routing_key)
-        if isinstance(queue, Destination) or self.topology.queues:
-            self.publish_many([(message, queue, priority, eta)])
+    def publish(self, publication: Publication) -> None:
+        route = publication.route
+        if route.exchange is not None or self.topology.queues:
+            self.publish_many([publication])
             return
-        if not self.delay_in_broker:
-            eta = None
-        envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
+        queue, priority = route.name, publication.priority
+        eta = publication.eta if self.delay_in_broker else None
+        envelope = encode_envelope(publication.message, route, priority, str(uuid.uuid4()))
         bind = queue not in self._bound
         self._call(
             "publish",
@@ -194,20 +185,20 @@ class RedisBroker(Broker):
         if eta is not None:
             self._due(eta)
 
-    def publish_many(self, items: Sequence[Publication]) -> None:
+    def publish_many(self, publications: Sequence[Publication]) -> None:
         """One pipelined round trip for a whole workflow or a batch of follow-ups."""
-        if self.topology.queues or any(isinstance(i[1], Destination) for i in items):
-            items = self._route(items)
-        elif len(items) <= 1:
-            super().publish_many(items)
+        if self.topology.queues or any(p.route.exchange is not None for p in publications):
+            publications = self._route(publications)
+        elif len(publications) <= 1:
+            super().publish_many(publications)
             return
         binding: set[str] = set()
         etas: list[float] = []
         calls: list[list[str | int]] = []
-        for message, queue, priority, eta in items:
-            if not self.delay_in_broker:
-                eta = None
-            envelope = encode_envelope(message, queue, priority, str(uuid.uuid4()))
+        for p in publications:
+            queue, priority = p.route.name, p.priority
+            eta = p.eta if self.delay_in_broker else None
+            envelope = encode_envelope(p.message, p.route, priority, str(uuid.uuid4()))
             bind = queue not in self._bound and queue not in binding
             binding.add(queue)
             args: list[str | int] = ["publish", self.prefix, queue]
@@ -219,7 +210,7 @@ class RedisBroker(Broker):
             self._pipelined(calls)
         except redis.RedisError as exc:
             raise BrokerError(
-                f"Redis broker: publishing {len(items)} messages failed: {exc}"
+                f"Redis broker: publishing {len(publications)} messages failed: {exc}"
             ) from exc
         self._bound |= binding
         if etas:
@@ -249,26 +240,31 @@ class RedisBroker(Broker):
                 raise NoScriptError("the script was lost again as soon as it was loaded")
             self.client.script_load(script.script)
 
-    def _route(self, items: Sequence[Publication]) -> list[Publication]:
-        """Resolve exchanges as kombu does: bindings from Redis, fanouts published at once."""
+    def _route(self, publications: Sequence[Publication]) -> list[Publication]:
+        """Resolve exchanges as kombu does: bindings from Redis, fanouts published at once.
+
+        What is left goes straight to queues: each a route whose ``name`` is the queue, and
+        whose exchange (when it came through one) the envelope records.
+        """
         self._declare_bindings()
         out: list[Publication] = []
         tables: dict[str, list[tuple[str, str, str]]] = {}
-        for message, dest, priority, eta in items:
-            if self.topology.fanout_bound(dest) and not isinstance(dest, Destination):
-                dest = self.topology.destination(dest)
-            if not isinstance(dest, Destination):
-                out.append((message, dest, priority, eta))
-            elif dest.exchange_type == "fanout":
-                self._publish_fanout(message, dest, priority, eta)
+        for p in publications:
+            route = p.route
+            if route.exchange is None and self.topology.fanout_bound(route.name):
+                route = self.topology.destination(route.name)
+            if route.exchange is None:
+                out.append(p)
+            elif route.exchange_type == "fanout":
+                self._publish_fanout(p.message, route, p.priority, p.eta)
             else:
-                if dest.exchange not in tables:
-                    tables[dest.exchange] = self._binding_table(dest.exchange)
-                targets = _lookup(tables[dest.exchange], dest)
+                if route.exchange not in tables:
+                    tables[route.exchange] = self._binding_table(route.exchange)
+                targets = _lookup(tables[route.exchange], route)
                 if not targets:
-                    raise BrokerError(no_queue_bound(dest))
+                    raise BrokerError(no_queue_bound(route))
                 for q in targets:  # the queue name, and the exchange it came through
-                    out.append((message, Destination(q, *_route_of(dest)), priority, eta))
+                    out.append(Publication(p.message, _via(q, route), p.priority, p.eta))
         return out
 
     def _declare_bindings(self) -> None:
@@ -302,21 +298,22 @@ class RedisBroker(Broker):
         return sorted(table)
 
     def _publish_fanout(
-        self, message: Message, dest: Destination, priority: int, eta: float | None
+        self, message: Message, dest: Route, priority: int, eta: float | None
     ) -> None:
         if eta is not None and eta > time.time():
             raise ConfigurationError(
-                f"broadcast {str(dest)!r}: a broadcast cannot be delayed (nothing stores it)"
+                f"broadcast {dest.name!r}: a broadcast cannot be delayed (nothing stores it)"
             )
         envelope = encode_envelope(message, dest, priority, str(uuid.uuid4()))
         db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
-        channel = fanout_channel(self.prefix, db, dest.exchange, dest.routing_key)
+        exchange, routing_key = dest.address
+        channel = fanout_channel(self.prefix, db, exchange, routing_key)
         try:
             listeners = int(self.client.publish(channel, envelope))
         except redis.RedisError as exc:
-            raise BrokerError(f"Redis broker: broadcast to {dest.exchange!r}: {exc}") from exc
+            raise BrokerError(f"Redis broker: broadcast to {exchange!r}: {exc}") from exc
         if listeners == 0:  # PUB/SUB keeps nothing: say so rather than drop it silently
-            raise BrokerError(f"broadcast to {dest.exchange!r}: no worker is subscribed")
+            raise BrokerError(f"broadcast to {exchange!r}: no worker is subscribed")
 
     def _due(self, when: float) -> None:
         """Sweep no later than ``when`` (unix seconds): this process just delayed a message."""
@@ -556,11 +553,12 @@ class RedisBroker(Broker):
         super().close()
 
 
-def _route_of(dest: Destination) -> tuple[str, str, str]:
-    return dest.exchange, dest.routing_key, dest.exchange_type
+def _via(queue: str, dest: Route) -> Route:
+    """``queue``, reached through ``dest``'s exchange."""
+    return Route(queue, dest.exchange, dest.routing_key, dest.exchange_type)
 
 
-def _lookup(table: list[tuple[str, str, str]], dest: Destination) -> list[str]:
+def _lookup(table: list[tuple[str, str, str]], dest: Route) -> list[str]:
     """kombu's lookup: a topic binding matches with the regex stored beside it."""
     out: list[str] = []
     for key, pattern, queue in table:

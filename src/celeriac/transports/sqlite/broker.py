@@ -14,9 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from celeriac.brokers.base import Broker, DeadLetter, Delivery, Publication
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.message import Message
+from celeriac.protocol.publication import Publication
 from celeriac.transports.sqlite.connection import SQLiteFile
 from celeriac.transports.sqlite.options import SQLiteOptions
 
@@ -88,29 +89,20 @@ class SQLiteBroker(Broker):
         self._rotation = 0
 
     # -- publishing -------------------------------------------------------------------------
-    def publish(
-        self,
-        message: Message,
-        *,
-        queue: str,
-        priority: int = 0,
-        eta: float | None = None,
-        exchange: str | None = None,
-        routing_key: str | None = None,
-    ) -> None:
-        destination = self.destination(queue, exchange, routing_key)
-        self.publish_many([(message, destination, priority, eta)])
+    def publish(self, publication: Publication) -> None:
+        self.publish_many([publication])
 
-    def publish_many(self, items: Sequence[Publication]) -> None:
+    def publish_many(self, publications: Sequence[Publication]) -> None:
         """All in one transaction: a group or chord of any size costs one commit."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
-        for message, destination, priority, eta in items:
+        for p in publications:
+            message, eta = p.message, p.eta
             delayed = eta is not None and eta > now
             rows.extend(
                 (
-                    str(queue),
-                    priority,
+                    queue,
+                    p.priority,
                     DELAYED if delayed else READY,
                     eta if delayed else now,
                     _dumps(message.headers),
@@ -119,7 +111,7 @@ class SQLiteBroker(Broker):
                     message.content_encoding,
                     message.body,
                 )
-                for queue in self.local_targets(destination)
+                for queue in self.local_targets(p.route)
             )
         try:
             with self.db.write() as conn:
@@ -130,7 +122,7 @@ class SQLiteBroker(Broker):
                     rows,
                 )
         except sqlite3.Error as exc:
-            queues = sorted({q for _, q, _, _ in items})
+            queues = sorted({p.route.name for p in publications})
             raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
 
     # -- consuming --------------------------------------------------------------------------
