@@ -76,7 +76,7 @@ def test_warm_stop_finishes_the_running_task_and_gives_back_the_rest(app: Celeri
     waiting = [app.tasks["slow"].delay(0) for _ in range(3)]
     worker, thread = start(app)  # its first fetch takes all four
     deadline = time.monotonic() + 5
-    while worker.consumer.inflight < 4:  # all four fetched, the first one running
+    while len(worker.consumer.inflight) < 4:  # all four fetched, the first one running
         assert time.monotonic() < deadline
         time.sleep(0.01)
     worker.stop()

@@ -31,7 +31,7 @@ from celeriac.exceptions import (
 )
 from celeriac.protocol.message import TaskHeaders, decode_body, read_headers
 from celeriac.tasks.context import Request, reset_request, set_request
-from celeriac.worker.job import DEAD_LETTER, REQUEUE, Job, Outcome, accepted
+from celeriac.worker.job import Action, Job, Outcome, accepted
 from celeriac.worker.limits import nullcontext_factory
 from celeriac.worker.outcomes import (
     failure_outcome,
@@ -98,7 +98,7 @@ def precheck(
         # A producer that put the ETA only in the header (a Celery client on a shared queue):
         # hand it back to the broker to hold, rather than holding it in worker memory.
         return headers, Outcome(
-            job_id, headers.id, headers.task, action=REQUEUE, delay_until=headers.eta, reason="eta"
+            job_id, headers.id, headers.task, action=Action.DELAY, delay_until=headers.eta
         )
     limit = app.conf.worker_max_deliveries
     if limit and delivery.delivery_count > limit:
@@ -294,7 +294,7 @@ def finish(app: Celeriac, call: Call, value: Any, error: BaseException | None) -
     elif isinstance(error, Retry):
         outcome = retry_outcome(app, task, request, job_id, error)
     elif isinstance(error, Reject):
-        action = REQUEUE if error.requeue else DEAD_LETTER
+        action = Action.REQUEUE if error.requeue else Action.DEAD_LETTER
         outcome = Outcome(
             job_id,
             request.id,

@@ -6,6 +6,7 @@ dataclass runs Python code per field and showed up as a fifth of the worker's CP
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,18 @@ def accepted(app: Celeriac) -> frozenset[str]:
     return app.serializers.content_types(app.conf.accept_content)
 
 
-ACK, DEAD_LETTER, REQUEUE = "ack", "dead_letter", "requeue"
+class Action(enum.Enum):
+    """What becomes of a message once its outcome is applied."""
+
+    #: done: acknowledge it (success, failure, revoked, ...)
+    ACK = "ack"
+    #: set aside with a reason for a person to look at; not delivered again
+    DEAD_LETTER = "dead_letter"
+    #: give it back to be delivered again (at ``delay_until`` if set); counts as a delivery
+    REQUEUE = "requeue"
+    #: hand it back to the broker to hold until ``delay_until`` (an ETA a producer put only in
+    #: the headers); not a delivery attempt
+    DELAY = "delay"
 
 
 @dataclass(slots=True)
@@ -71,7 +83,7 @@ class Outcome:
     task_name: str | None = None
     state: str | None = None
     meta: bytes | None = None
-    action: str = ACK
+    action: Action = Action.ACK
     reason: str = ""
     delay_until: float | None = None
     #: messages to publish before the outcome is acknowledged (a retry, callbacks, a chain's
@@ -93,7 +105,7 @@ class Outcome:
             self.task_name,
             self.state,
             self.meta,
-            self.action,
+            self.action.value,
             self.reason,
             self.delay_until,
             [f.to_wire() for f in self.followups],
@@ -128,7 +140,7 @@ class Outcome:
             name,
             state,
             meta,
-            action,
+            Action(action),
             reason,
             delay_until,
             [Publication.from_wire(f) for f in followups],

@@ -17,7 +17,7 @@ from celeriac.exceptions import Retry, TaskRevokedError, TimeLimitExceeded, Work
 from celeriac.protocol.message import TaskHeaders
 from celeriac.protocol.results import make_meta
 from celeriac.tasks.context import Request
-from celeriac.worker.job import ACK, DEAD_LETTER, REQUEUE, Job, Outcome
+from celeriac.worker.job import Action, Job, Outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -77,7 +77,7 @@ def refuse(
         headers.task if headers else None,
         state=states.FAILURE if task_id else None,
         meta=meta,
-        action=DEAD_LETTER if dead_letter else ACK,
+        action=Action.DEAD_LETTER if dead_letter else Action.ACK,
         reason=reason,
         summary=reason,
     )
@@ -267,7 +267,7 @@ def worker_lost(app: Celeriac, job: Job, detail: str) -> Outcome:
             job.job_id,
             job.headers.id,
             job.headers.task,
-            action=REQUEUE,
+            action=Action.REQUEUE,
             reason=detail,
             summary=f"worker lost ({detail}); requeued",
         )
@@ -319,7 +319,7 @@ def hard_time_limit(app: Celeriac, job: Job, seconds: float) -> Outcome:
     )
     # Acknowledged like any failure (Celery's task_acks_on_failure_or_timeout); when that is
     # off, set aside for a person rather than run again and be killed again.
-    action = ACK if app.conf.task_acks_on_failure_or_timeout else DEAD_LETTER
+    action = Action.ACK if app.conf.task_acks_on_failure_or_timeout else Action.DEAD_LETTER
     return Outcome(
         job.job_id,
         job.headers.id,

@@ -1,0 +1,140 @@
+"""The messages a consumer holds: leased from the broker until their outcome is applied.
+
+One record shared by the consumer's parts: the fetcher adds what it leases and waits for room,
+the settler removes what it applied, the lease keeper renews what is held and the revocation
+watch looks at the task ids being worked on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from celeriac.brokers.base import Delivery
+
+
+class InFlight:
+    """Leased messages by job id, and how many of them still wait for their outcome."""
+
+    def __init__(self, prefetch: int) -> None:
+        #: messages dispatched and not finished that this consumer may hold
+        self.prefetch = max(1, prefetch)
+        #: how much room opens before a waiting fetcher is woken: a batch, not one message
+        self.refill = max(1, self.prefetch // 2)
+        self.cond = threading.Condition()
+        self._held: dict[int, Delivery] = {}
+        self._task_ids: dict[int, str] = {}
+        self._acked_early: set[int] = set()
+        self._ids = itertools.count(1)
+        #: dispatched messages whose outcome has not come back yet (``prefetch`` bounds it)
+        self.unfinished = 0
+        #: outcomes applied so far
+        self.processed = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    # -- the fetcher's side ---------------------------------------------------------------------
+    def add(self, deliveries: Iterable[Delivery]) -> list[tuple[int, Delivery]]:
+        """Hold a fetched batch; each message gets a job id."""
+        with self.cond:
+            batch = [(next(self._ids), d) for d in deliveries]
+            self._held.update(batch)
+            self.unfinished += len(batch)
+        return batch
+
+    def room(self) -> int:
+        """How many more messages may be fetched now."""
+        with self.cond:
+            return self.prefetch - self.unfinished
+
+    def wait_for_room(self, running: threading.Event) -> int:
+        """Block until a refill's worth of room opened (or ``running`` is cleared); the room.
+
+        Finished messages whose outcomes are still being applied do not count against the
+        prefetch, but at most one more prefetch's worth may wait to be applied.
+        """
+        with self.cond:
+            while running.is_set() and (
+                (self.unfinished and self.prefetch - self.unfinished < self.refill)
+                or len(self._held) >= 2 * self.prefetch
+            ):
+                self.cond.wait(0.5)
+            return min(self.prefetch - self.unfinished, 2 * self.prefetch - len(self._held))
+
+    def working_on(self, job_id: int, task_id: str) -> None:
+        """The job's task id, watched for revocation until it is settled."""
+        with self.cond:
+            self._task_ids[job_id] = task_id
+
+    def acked_early(self, job_id: int) -> None:
+        """Acknowledged on receipt (``acks_late=False``): not the broker's to redeliver now."""
+        with self.cond:
+            self._acked_early.add(job_id)
+
+    def is_acked_early(self, job_id: int) -> bool:
+        return job_id in self._acked_early
+
+    # -- outcomes --------------------------------------------------------------------------------
+    def reported(self) -> None:
+        """An outcome came back: its slot is free."""
+        with self.cond:
+            self.unfinished -= 1
+            # Wake the fetcher only when a whole refill's worth of room has opened up.
+            if self.prefetch - self.unfinished == self.refill:
+                self.cond.notify_all()
+
+    def get(self, job_id: int) -> Delivery | None:
+        with self.cond:
+            return self._held.get(job_id)
+
+    def given_back(self, job_id: int) -> Delivery | None:
+        """A job that never started is returned: forget it; its delivery, unless it was acked
+        on receipt (then there is nothing to give back)."""
+        with self.cond:
+            delivery = self._held.pop(job_id, None)
+            self.unfinished -= 1
+            self._task_ids.pop(job_id, None)
+            early = job_id in self._acked_early
+            self._acked_early.discard(job_id)
+            self.cond.notify_all()
+        return None if early else delivery
+
+    def settled(self, job_ids: Iterable[int]) -> list[str]:
+        """Outcomes applied: forget their messages; the task ids no longer worked on."""
+        done = []
+        with self.cond:
+            for job_id in job_ids:
+                self._held.pop(job_id, None)
+                self._acked_early.discard(job_id)
+                task_id = self._task_ids.pop(job_id, None)
+                if task_id is not None:
+                    done.append(task_id)
+                self.processed += 1
+            self.cond.notify_all()
+        return done
+
+    # -- the lease keeper and the revocation watch ------------------------------------------------
+    def renewable(self) -> list[Delivery]:
+        """Held messages whose leases the broker still keeps (not acked on receipt)."""
+        with self.cond:
+            return [d for j, d in self._held.items() if j not in self._acked_early]
+
+    def task_ids(self) -> list[str]:
+        with self.cond:
+            return list(self._task_ids.values())
+
+    def wait_until_empty(self, timeout: float | None) -> bool:
+        """Wait until every held message was settled; False if ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while self._held:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.cond.wait(0.1 if left is None else min(0.1, left))
+        return True

@@ -1,0 +1,338 @@
+"""Settling outcomes: what a finished task caused is stored before its message is acknowledged.
+
+Outcomes are applied in batches, always in the order chord counters created → follow-ups
+published → results stored → chords counted (and their bodies sent) → messages acknowledged,
+dead-lettered or given back, so a crash at any point leaves the message to be delivered again
+rather than a result or a retry lost.
+
+Either a *finisher* thread takes outcomes as they come (:meth:`Settler.run`), or the thread that
+runs tasks settles between two tasks (a driven consumer, see :meth:`Consumer.pump`); then the
+acks, and the results when the transport can carry them, ride on its next fetch
+(:class:`Deferred`), and a small *flusher* thread settles outcomes that waited while a long task
+runs (:meth:`Settler.flush_loop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from celeriac import states
+from celeriac.backends.base import ChordPart, EncodedResult
+from celeriac.exceptions import CeleriacError
+from celeriac.protocol.results import make_meta
+from celeriac.worker.chords import fire
+from celeriac.worker.job import Action, Job, Outcome
+
+if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.brokers.base import Delivery
+    from celeriac.protocol.message import Message
+    from celeriac.protocol.publication import Publication
+    from celeriac.transports.base import Combined
+    from celeriac.worker.inflight import InFlight
+
+logger = logging.getLogger("celeriac.worker")
+
+_BATCH = 512
+_RETRY_PAUSE = 1.0
+#: A driven consumer settles before the next task once the oldest outcome waited this long,
+FLUSH_AFTER = 0.005
+#: and from its flusher thread once it waited this long (the task thread is busy).
+FLUSH_IDLE = 0.05
+
+
+@dataclass(slots=True)
+class Deferred:
+    """What a driven consumer leaves for its next fetch to send (results first, then acks)."""
+
+    acks: list[Delivery] = field(default_factory=list)
+    results: list[EncodedResult] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.results)
+
+
+class Settler:
+    """Applies outcomes to the broker and the result backend, in order (module docstring)."""
+
+    def __init__(
+        self,
+        app: Celeriac,
+        combined: Combined,
+        inflight: InFlight,
+        *,
+        hostname: str,
+        running: threading.Event,
+        on_settled: Callable[[list[str]], None],
+    ) -> None:
+        self.app = app
+        self.combined = combined
+        self.broker = combined.broker
+        self.backend = combined.backend
+        self.inflight = inflight
+        self.hostname = hostname
+        #: cleared once the worker stops: failing operations are then given up after a few tries
+        self.running = running
+        #: told the task ids of settled messages (the revocation watch stops looking at them)
+        self.on_settled = on_settled
+        # SimpleQueue: a C implementation, cheaper per task than queue.Queue's Python locks.
+        self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        #: When the oldest outcome not applied yet was reported (monotonic; 0: none waiting).
+        self.pending_since = 0.0
+
+    def report(self, outcome: Outcome, *, driven: bool) -> None:
+        self.outcomes.put(outcome)
+        # After the put: a flusher that clears the mark and then empties the queue either takes
+        # this outcome or leaves the mark set for it.
+        if driven and not self.pending_since:
+            self.pending_since = time.monotonic()
+
+    # -- the two ways of settling -----------------------------------------------------------------
+    def run(self) -> None:
+        """The finisher thread: settle outcomes as they come, until :meth:`stop`."""
+        while True:
+            first = self.outcomes.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < _BATCH:
+                try:
+                    item = self.outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.outcomes.put(None)
+                    break
+                batch.append(item)
+            self.apply_logged(batch)
+
+    def stop(self) -> None:
+        self.outcomes.put(None)
+
+    def due(self, waiting: bool) -> bool:
+        """Should a driven consumer settle now? Yes once the oldest outcome waited
+        :data:`FLUSH_AFTER`, or whenever no job waits to run."""
+        since = self.pending_since
+        fresh = not since or time.monotonic() - since < FLUSH_AFTER
+        return not fresh or (not waiting and not self.outcomes.empty())
+
+    def apply_waiting(self, later: Deferred | None = None) -> None:
+        """Apply every outcome reported so far; see :meth:`apply` for ``later``."""
+        self.pending_since = 0.0
+        batch: list[Outcome] = []
+        while True:
+            try:
+                item = self.outcomes.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        if batch:
+            self.apply_logged(batch, later)
+
+    def flush_loop(self, stopped: threading.Event, busy: threading.Lock) -> None:
+        """A driven consumer's outcomes wait for the task thread's next pump; while it runs a
+        long task, apply them from here so its results do not wait for that task. ``busy`` is
+        held by the task thread while it settles or fetches."""
+        while not stopped.wait(FLUSH_IDLE):
+            since = self.pending_since
+            if not since or time.monotonic() - since < FLUSH_IDLE:
+                continue
+            if busy.acquire(blocking=False):  # else the task thread is at it
+                try:
+                    self.apply_waiting()
+                finally:
+                    busy.release()
+
+    # -- applying -------------------------------------------------------------------------------
+    def apply_logged(self, batch: list[Outcome], later: Deferred | None = None) -> None:
+        try:
+            self.apply(batch, later)
+        except Exception:
+            # Not acked, no longer renewed: the messages come back when their leases end.
+            logger.exception("applying %d outcome(s) failed; they will be redelivered", len(batch))
+            self.on_settled(self.inflight.settled(o.job_id for o in batch))
+
+    def apply(self, batch: list[Outcome], later: Deferred | None = None) -> None:
+        """Apply outcomes: counters, follow-ups, results, chords, then acknowledgements.
+
+        Each step is retried until it succeeds (see :meth:`safely`); a message is acked only
+        after everything it caused is stored, so a crash anywhere means redelivery, not loss.
+        With ``later``, the acks (and, when the transport carries them and the batch asks for
+        nothing else, the results) are put there instead of sent: the caller sends them with its
+        next fetch, results first.
+        """
+        inflight = self.inflight
+        pairs = [(o, inflight.get(o.job_id)) for o in batch]
+        for gid, size in [start for o in batch for start in o.chord_starts]:
+            self.safely(partial(self.backend.chord_start, gid, size))
+        self.publish([f for o in batch for f in o.followups])
+        results = [result for outcome, delivery in pairs for result in _results(outcome, delivery)]
+        if results and later is not None and self._plain(batch):
+            later.results.extend(results)
+        elif results:
+            self.safely(lambda: self.backend.store_encoded(results))
+        self._finish_chords(batch)
+        acks = [
+            d
+            for o, d in pairs
+            if d is not None and o.action is Action.ACK and not inflight.is_acked_early(o.job_id)
+        ]
+        if later is not None:
+            later.acks.extend(acks)
+        elif acks:
+            self.safely(lambda: self.broker.ack(acks))
+        for outcome, delivery in pairs:
+            _log(outcome)
+            if delivery is None or inflight.is_acked_early(outcome.job_id):
+                continue
+            self._hand_back(outcome, delivery)
+        self.on_settled(inflight.settled(o.job_id for o in batch))
+
+    def _hand_back(self, outcome: Outcome, delivery: Delivery) -> None:
+        """Dead-letter, requeue or park a message its outcome does not acknowledge."""
+        broker = self.broker
+        if outcome.action is Action.DEAD_LETTER:
+            logger.error(
+                "dead-lettered %s[%s]: %s", outcome.task_name, outcome.task_id, outcome.reason
+            )
+            self.safely(lambda: broker.dead_letter(delivery, outcome.reason))
+        elif outcome.action in (Action.REQUEUE, Action.DELAY):
+            # Parking a message until its ETA is not a delivery attempt.
+            count = outcome.action is Action.REQUEUE
+            until = outcome.delay_until
+            self.safely(lambda: broker.requeue(delivery, delay_until=until, count=count))
+
+    def _plain(self, batch: list[Outcome]) -> bool:
+        """Results only (no chord, follow-up, requeue or dead letter), and a transport that can
+        store them with its next fetch."""
+        # A task acked on receipt has no ack here to keep its result company: if the result
+        # were lost with the broker's channel, the task would not run again to send it.
+        return self.combined.carries_results and all(
+            o.action is Action.ACK
+            and o.chord is None
+            and not o.chord_starts
+            and not o.followups
+            and not self.inflight.is_acked_early(o.job_id)
+            for o in batch
+        )
+
+    def ack_now(self, delivery: Delivery) -> None:
+        """Acknowledge on receipt (``acks_late=False``), retried like every settlement."""
+        self.safely(lambda: self.broker.ack([delivery]))
+
+    def send(self, later: Deferred) -> None:
+        """Store and ack what ``later`` holds on their own (its fetch failed)."""
+        if later.results:
+            self.safely(lambda: self.backend.store_encoded(later.results))
+        if later.acks:
+            self.safely(lambda: self.broker.ack(later.acks))
+
+    def publish(self, followups: list[Publication]) -> None:
+        if followups:
+            self.safely(lambda: self.broker.publish_many(followups))
+
+    def _finish_chords(self, batch: list[Outcome]) -> None:
+        """Count finished chord header tasks; fire the bodies of chords this batch completed."""
+        parts = [
+            ChordPart(
+                o.chord[0], o.chord[1], o.task_id, o.state, o.meta, o.chord[2].get("chord_size")
+            )
+            for o in batch
+            if o.chord is not None
+            and o.meta is not None
+            and o.task_id
+            and o.state in (states.SUCCESS, states.FAILURE)
+        ]
+        if not parts:
+            return
+        bodies = {o.chord[0]: o.chord[2] for o in batch if o.chord is not None}
+        backend = self.backend
+        claimed: list[str] = []
+        self.safely(lambda: claimed.extend(backend.chord_record(parts)))
+        for gid in claimed:
+            plan, failed = fire(self.app, gid, bodies[gid])
+            for start in plan.chord_starts:
+                self.safely(partial(backend.chord_start, *start))
+            self.publish(plan.publishes)
+            if failed:
+                self.safely(partial(backend.store_encoded, failed))
+            self.safely(partial(backend.chord_done, gid))
+            logger.info("chord %s complete: body %s", gid, "failed" if failed else "sent")
+
+    def store_started(self, job: Job, pid: int) -> None:
+        """Store STARTED for tasks that track it (``task_track_started`` / ``track_started``)."""
+        task = self.app.tasks.get(job.headers.task)
+        track = task.track_started if task is not None else None
+        if not (self.app.conf.task_track_started if track is None else track):
+            return
+        backend = self.backend
+        meta = make_meta(job.headers.id, states.STARTED, {"pid": pid, "hostname": self.hostname})
+        reply_to, correlation_id = _reply_route(job.message, job.headers.id)
+        started = EncodedResult(
+            job.headers.id, states.STARTED, backend.encode_meta(meta), reply_to, correlation_id
+        )
+        self.safely(lambda: backend.store_encoded([started]))
+
+    def safely(self, op: Callable[[], object]) -> None:
+        """Run a broker/backend operation, retrying while the worker runs: never drop it."""
+        attempt = 0
+        while True:
+            try:
+                op()
+                return
+            except CeleriacError as exc:
+                attempt += 1
+                if not self.running.is_set() and attempt > 3:
+                    logger.error("giving up after %d attempts: %s", attempt, exc)
+                    return
+                logger.error("broker/backend operation failed (attempt %d): %s", attempt, exc)
+                time.sleep(min(_RETRY_PAUSE * attempt, 10.0))
+
+
+def _log(o: Outcome) -> None:
+    if o.action is Action.DELAY:
+        return
+    if o.state == "FAILURE":
+        logger.error(
+            "Task %s[%s] failed in %.3fs: %s", o.task_name, o.task_id, o.runtime, o.summary
+        )
+    elif logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "Task %s[%s] %s in %.3fs: %s",
+            o.task_name,
+            o.task_id,
+            (o.state or o.action.value).lower(),
+            o.runtime,
+            o.summary,
+        )
+
+
+def _reply_route(message: Message, task_id: str) -> tuple[str, str]:
+    """Where an ``rpc://`` client listens for this task's results: from the task's message."""
+    props = message.properties
+    return str(props.get("reply_to") or ""), str(props.get("correlation_id") or task_id)
+
+
+def _results(outcome: Outcome, delivery: Delivery | None) -> list[EncodedResult]:
+    """The results an outcome stores, each with the reply route of the task's message (the
+    steps of a failed chain go to the same client as the step that failed)."""
+    reply_to = ""
+    if delivery is not None:
+        reply_to = str(delivery.message.properties.get("reply_to") or "")
+    out = []
+    if outcome.meta is not None and outcome.task_id and outcome.state:
+        route = ("", "")
+        if delivery is not None:
+            route = _reply_route(delivery.message, outcome.task_id)
+        out.append(EncodedResult(outcome.task_id, outcome.state, outcome.meta, *route))
+    for task_id, state, meta in outcome.extra_results:
+        out.append(EncodedResult(task_id, state, meta, reply_to, task_id))
+    return out
