@@ -325,7 +325,7 @@ class Celeriac:
             chord=chord,
             extra_headers=headers,
             priority=priority,
-            reply_to=sending.reply_to_of(reply_to, self.backend),
+            reply_to=sending.reply_to_of(reply_to, lambda: self.backend.reply_to()),
             now=now,
         )
         sending.check_size(message, name, conf.broker_max_message_size)

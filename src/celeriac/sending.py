@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import ConfigurationError, MessageTooLarge
@@ -21,7 +22,6 @@ from celeriac.routing import Topology, coerce_queue
 from celeriac.tasks.context import current_request
 
 if TYPE_CHECKING:
-    from celeriac.backends.base import ResultBackend
     from celeriac.settings import Settings
     from celeriac.tasks.task import Task
 
@@ -124,15 +124,21 @@ def lineage(parent_id: str | None, root_id: str | None) -> tuple[str | None, str
     return parent_id or parent.id, root_id or parent.root_id or parent.id
 
 
-def reply_to_of(given: str | None, backend: ResultBackend) -> str:
+#: Set while a call runs in this process (``apply()``, ``task_always_eager``): what it sends
+#: runs here too, and no client waits on a reply queue for it.
+running_eagerly: ContextVar[bool] = ContextVar("celeriac_running_eagerly", default=False)
+
+
+def reply_to_of(given: str | None, own: Callable[[], str | None]) -> str:
     """``rpc://``: the queue the new task's results go to. The call's, else (sent from inside
-    a task) that of the client that sent the running task, else this process's own."""
-    if given:
-        return given
+    a task) that of the client that sent the running task, else this process's own (``own()``,
+    asked only then: it may open the backend)."""
+    if given or running_eagerly.get():
+        return given or ""
     parent = current_request()
     if parent is not None and not parent.is_eager and parent.reply_to:
         return parent.reply_to
-    return backend.reply_to() or ""
+    return own() or ""
 
 
 def signature_list(value: Any) -> list[dict[str, Any]] | None:

@@ -162,10 +162,17 @@ class Signature(dict[str, Any]):
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> AsyncResult[Any]:
-        """Run it here, now (eager mode), and return the result handle."""
-        from celeriac.canvas.eager import apply_eagerly
+        """Run it here, now, as workers would (see :mod:`celeriac.worker.eager`), and return
+        the result handle with every member's outcome."""
+        from celeriac.canvas.plan import Plan, freeze, plan_signature
+        from celeriac.worker.eager import eager_scope, run_eagerly
 
-        return apply_eagerly(self._require_app(), self, list(args or ()), dict(kwargs or {}))
+        app = self._require_app()
+        handle = freeze(app, self)
+        plan = Plan()
+        with eager_scope():
+            plan_signature(app, self, list(args or ()), dict(kwargs or {}), options, plan)
+        return run_eagerly(app, plan.publishes, handle, chord_starts=plan.chord_starts)
 
     # -- composing ------------------------------------------------------------------------------
     def __or__(self, other: Any) -> Signature:  # type: ignore[override]

@@ -126,10 +126,10 @@ class Task(Generic[P, R]):
         """
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
-        if self.app.conf.task_always_eager:
-            # Through the canvas runner, so link/link_error callbacks run here too.
-            return self.signature(args, kwargs, **options).apply()
         self.check_arguments(args, kwargs)
+        if self.app.conf.task_always_eager:
+            # As a signature, so link/link_error callbacks run here too.
+            return self.signature(args, kwargs, **options).apply()
         return self.app.send_task(self.name, args, kwargs, _task=self, **options)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -159,17 +159,20 @@ class Task(Generic[P, R]):
         throw: bool | None = None,
         **options: Any,
     ) -> EagerResult[R]:
-        """Run the task here, now, and wrap the outcome in an :class:`EagerResult`."""
-        from celeriac.worker.eager import run_eagerly
+        """Run the task here, now, as a worker would (see :mod:`celeriac.worker.eager`), and
+        wrap the outcome in an :class:`EagerResult`. ``throw`` (default
+        ``task_eager_propagates``) re-raises what the task raised."""
+        from celeriac.result import AsyncResult
+        from celeriac.worker.eager import eager_scope, run_eagerly
 
-        return run_eagerly(
-            self,
-            tuple(args or ()),
-            dict(kwargs or {}),
-            task_id=task_id,
-            retries=retries,
-            throw=throw,
-        )
+        with eager_scope():
+            publication = self.app.prepare_message(
+                self.name, args, kwargs, task_id=task_id, retries=retries, _task=self, **options
+            )
+        task_id = publication.message.task_id or ""
+        handle: AsyncResult[Any] = AsyncResult(task_id, self.app, task_name=self.name)
+        result = run_eagerly(self.app, [publication], handle, throw=throw)
+        return result  # type: ignore[return-value]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with partial arguments."""

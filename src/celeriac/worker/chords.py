@@ -19,13 +19,14 @@ from celeriac.protocol.results import make_meta
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.backends.base import ResultBackend
 
 
 def fire(
-    app: Celeriac, group_id: str, body_data: dict[str, Any]
+    app: Celeriac, backend: ResultBackend, group_id: str, body_data: dict[str, Any]
 ) -> tuple[Plan, list[EncodedResult]]:
-    """The messages (and, on failure, the results) that finish a completed chord."""
-    backend = app.backend
+    """The messages (and, on failure, the results) that finish a chord completed in
+    ``backend``."""
     body = Signature.from_dict(body_data, app)
     if body.options.get("group_id") == group_id:
         del body.options[
@@ -40,15 +41,17 @@ def fire(
             err = doc.get("result") or {}
             message = ", ".join(map(str, err.get("exc_message") or []))
             exc = ChordError(f"Dependency {task_id} raised {err.get('exc_type')}({message!r})")
-            return plan, _fail_body(app, body, exc, plan)
+            return plan, _fail_body(app, backend, body, exc, plan)
         values.append(doc.get("result"))
     plan_signature(app, body, [values], {}, {}, plan)
     return plan, []
 
 
-def _fail_body(app: Celeriac, body: Signature, exc: ChordError, plan: Plan) -> list[EncodedResult]:
+def _fail_body(
+    app: Celeriac, backend: ResultBackend, body: Signature, exc: ChordError, plan: Plan
+) -> list[EncodedResult]:
     freeze(app, body)
-    encode = app.backend.encode_meta
+    encode = backend.encode_meta
     results = [
         EncodedResult(tid, states.FAILURE, encode(make_meta(tid, states.FAILURE, exc)))
         for tid in _ids(body)

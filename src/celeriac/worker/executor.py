@@ -179,6 +179,7 @@ def prepare(app: Celeriac, job: Job) -> Call | Outcome:
         chord=embed.get("chord"),
         headers=job.message.headers,
         ignore_result=headers.ignore_result,
+        is_eager=job.eager,
     )
     return Call(job, task, request, started, time_limits(app, task, headers))
 
@@ -218,15 +219,18 @@ def execute(
     value: Any = _NOT_RUN
     error: BaseException | None = None
     token = set_request(call.request)
-    _prerun(call)
     try:
-        with soft_limit(call.time_limits[1]):
-            value = call_task(call.task, call.request.args, call.request.kwargs)
-    except BaseException as exc:
-        error = exc
+        _prerun(call)
+        try:
+            with soft_limit(call.time_limits[1]):
+                value = call_task(call.task, call.request.args, call.request.kwargs)
+        except BaseException as exc:
+            error = exc
+        # Still in the task's context: what it causes (callbacks, a retry) is built knowing
+        # whom it comes from.
+        return _finish_guarded(app, call, value, error)
     finally:
         reset_request(token)
-    return _finish_guarded(app, call, value, error)
 
 
 async def execute_async(app: Celeriac, job: Job) -> Outcome:
@@ -237,20 +241,23 @@ async def execute_async(app: Celeriac, job: Job) -> Outcome:
     value: Any = _NOT_RUN
     error: BaseException | None = None
     token = set_request(call.request)
-    _prerun(call)
     try:
-        if call.task.is_coroutine:
-            value = await _with_limits(call, call.task(*call.request.args, **call.request.kwargs))
-        else:
-            # to_thread copies the context, so self.request works in the thread too.
-            value = await _with_limits(
-                call, asyncio.to_thread(call.task, *call.request.args, **call.request.kwargs)
-            )
-    except BaseException as exc:
-        error = exc
+        _prerun(call)
+        try:
+            if call.task.is_coroutine:
+                value = await _with_limits(
+                    call, call.task(*call.request.args, **call.request.kwargs)
+                )
+            else:
+                # to_thread copies the context, so self.request works in the thread too.
+                value = await _with_limits(
+                    call, asyncio.to_thread(call.task, *call.request.args, **call.request.kwargs)
+                )
+        except BaseException as exc:
+            error = exc
+        return _finish_guarded(app, call, value, error)
     finally:
         reset_request(token)
-    return _finish_guarded(app, call, value, error)
 
 
 async def _with_limits(call: Call, awaitable: Awaitable[Any]) -> Any:

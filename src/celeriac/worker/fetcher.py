@@ -50,6 +50,7 @@ class Fetcher:
         report: Callable[[Outcome], None],
         ack: Callable[[Delivery], None],
         unsent: Callable[[Deferred], None],
+        eager: bool = False,
     ) -> None:
         self.app = app
         self.combined = combined
@@ -64,6 +65,8 @@ class Fetcher:
         self.ack = ack
         #: stores and acks what a failed combined fetch was carrying
         self.unsent = unsent
+        #: jobs run in the caller's process (``apply()``): no rate limits, ``request.is_eager``
+        self.eager = eager
         self.fetching = threading.Event()
         self.scheduler = RateScheduler()
         self.scheduler.submit = submit
@@ -148,8 +151,9 @@ class Fetcher:
             delivery.queue,
             delivery.delivery_count,
             self.hostname,
+            self.eager,
         )
-        start = self._rate_slot(task) if task is not None else None
+        start = self._rate_slot(task) if task is not None and not self.eager else None
         if start is not None and start > time.time():
             self.scheduler.at(start, job)
         else:

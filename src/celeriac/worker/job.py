@@ -46,6 +46,8 @@ class Job:
     queue: str
     delivery_count: int
     hostname: str
+    #: run in the caller's process (``apply()``, ``task_always_eager``); never crosses a pipe
+    eager: bool = False
 
     def to_wire(self) -> tuple[Any, ...]:
         """A plain tuple for the pipe to a prefork child (see :class:`Outcome`)."""
@@ -97,6 +99,9 @@ class Outcome:
     chord_starts: list[tuple[str, int]] = field(default_factory=list)
     #: set when this task is a chord header: (group id, index, chord body)
     chord: tuple[str, int, dict[str, Any]] | None = None
+    #: the exception the task raised (or that refused it), for eager callers who propagate it
+    #: as it was; not on the wire (the stored result says the same in its own form)
+    error: BaseException | None = field(default=None, compare=False)
 
     def to_wire(self) -> tuple[Any, ...]:
         return (

@@ -80,6 +80,7 @@ def refuse(
         action=Action.DEAD_LETTER if dead_letter else Action.ACK,
         reason=reason,
         summary=reason,
+        error=exc,
     )
 
 
@@ -106,7 +107,8 @@ def success_outcome(
     children = [[[f.message.task_id, None], None] for f in followups]
     chord = _chord_part(request)
     try:
-        store = chord is not None or not _ignore_result(app, task, request)
+        # An eager caller gets its result whatever ignore_result says, as in Celery.
+        store = chord is not None or request.is_eager or not _ignore_result(app, task, request)
         meta = (
             result_meta(
                 app, None, request.id, states.SUCCESS, value, request=request, children=children
@@ -147,6 +149,7 @@ def failure_outcome(
     chord = _chord_part(request)
     store = (
         chord is not None
+        or request.is_eager
         or not _ignore_result(app, task, request)
         or app.conf.task_store_errors_even_if_ignored
     )
@@ -180,6 +183,7 @@ def failure_outcome(
         extra_results=extra,
         chord_starts=plan.chord_starts,
         chord=chord,
+        error=exc,
     )
 
 

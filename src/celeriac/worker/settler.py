@@ -71,6 +71,7 @@ class Settler:
         hostname: str,
         running: threading.Event,
         on_settled: Callable[[list[str]], None],
+        publish: Callable[[list[Publication]], None] | None = None,
     ) -> None:
         self.app = app
         self.combined = combined
@@ -82,6 +83,8 @@ class Settler:
         self.running = running
         #: told the task ids of settled messages (the revocation watch stops looking at them)
         self.on_settled = on_settled
+        #: sends follow-ups (default: the broker's publish_many)
+        self._publish = publish or self.broker.publish_many
         # SimpleQueue: a C implementation, cheaper per task than queue.Queue's Python locks.
         self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         #: When the oldest outcome not applied yet was reported (monotonic; 0: none waiting).
@@ -237,7 +240,7 @@ class Settler:
 
     def publish(self, followups: list[Publication]) -> None:
         if followups:
-            self.safely(lambda: self.broker.publish_many(followups))
+            self.safely(lambda: self._publish(followups))
 
     def _finish_chords(self, batch: list[Outcome]) -> None:
         """Count finished chord header tasks; fire the bodies of chords this batch completed."""
@@ -258,7 +261,7 @@ class Settler:
         claimed: list[str] = []
         self.safely(lambda: claimed.extend(backend.chord_record(parts)))
         for gid in claimed:
-            plan, failed = fire(self.app, gid, bodies[gid])
+            plan, failed = fire(self.app, backend, gid, bodies[gid])
             for start in plan.chord_starts:
                 self.safely(partial(backend.chord_start, *start))
             self.publish(plan.publishes)
