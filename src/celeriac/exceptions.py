@@ -17,6 +17,7 @@
     ├── WorkerLostError             the process running the task died
     ├── ChordError                  a chord header task failed, so the body cannot run
     ├── TimeLimitExceeded           the hard time limit killed the task
+    ├── MemoryLimitExceeded         the task's process outgrew ``worker_max_memory_per_child``
     └── RemoteTaskError             a task's exception whose type is not importable here
 
 Control flow inside tasks (not errors): :class:`Retry`, :class:`Reject`, :class:`Ignore`.
@@ -93,6 +94,10 @@ class SoftTimeLimitExceeded(CeleriacError):
 
 class ChordError(CeleriacError):
     """A chord's body could not run because a header task failed."""
+
+
+class MemoryLimitExceeded(CeleriacError):
+    """The process running the task grew past ``worker_max_memory_per_child`` while it ran."""
 
 
 class RemoteTaskError(CeleriacError):

@@ -77,7 +77,10 @@ class Settings:
     # Worker
     worker_concurrency: int | None = None
     worker_pool: str = "prefork"
-    worker_prefetch_multiplier: int = 4
+    #: Messages a worker may lease per slot. 1 (ours; Celery's is 4): it leases only for slots
+    #: that are free, so a message never waits behind a running task while a slot of this or
+    #: another worker could run it. More hides the fetch round trip for short tasks, at that risk.
+    worker_prefetch_multiplier: int = 1
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
     #: ``"consume"`` (default): each prefork child consumes from the broker itself and this

@@ -160,3 +160,34 @@ def slow_add(self, x: int, y: int) -> int:
     _record("run", self.request.id)
     time.sleep(0.02)
     return x + y
+
+
+def _sleep_holding_the_gil(seconds: float) -> None:
+    """C's sleep() called without releasing the GIL: no other thread of this process runs."""
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
+
+
+@app.task(bind=True)
+def gil_sleep(self, seconds: float) -> float:
+    _record("start", self.request.id)
+    _sleep_holding_the_gil(seconds)
+    _record("end", self.request.id)
+    return seconds
+
+
+@app.task(bind=True)
+def hog_memory(self, mib: int, seconds: float, stubborn: bool = False) -> int:
+    """Holds ``mib`` MiB (touched, so resident) for ``seconds``; ``stubborn``: swallows any
+    exception raised in it meanwhile and goes on (a task that will not stop)."""
+    _record("start", self.request.id)
+    block = b"x" * (mib * 1024 * 1024)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.01)
+        except Exception:
+            if not stubborn:
+                raise
+    return len(block)

@@ -175,24 +175,78 @@ def test_max_memory_per_child_replaces_a_child_over_the_limit(e2e):
 
 def test_a_prefork_child_that_dies_is_replaced_and_its_task_runs_again(e2e):
     env, tasks = e2e
-    env.set_vt(2)
+    env.set_vt(60)  # given back by the supervisor at once, not when the lease runs out
     worker = env.start_worker("-c", "1")
     result = tasks.crash_once.delay()
     assert tasks.add.delay(2, 3).get(timeout=10) == 5  # a fresh child serves meanwhile
-    assert result.get(timeout=20) == "survived"  # delivered again once its lease ran out
+    assert result.get(timeout=10) == "survived"
     assert env.ledger_entries("start")[result.id] == 2
-    assert "exited with code 3" in env.log(worker)
+    log = env.log(worker)
+    assert "exited with code 3" in log
+    assert "was running in a child that died (exit code 3); requeued, delivery 1" in log
+
+
+@pytest.mark.parametrize("broker", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_task_holding_the_gil_past_its_lease_is_not_run_twice(e2e, broker):
+    """The child cannot renew its own lease while the task holds the GIL; its supervisor
+    does, from another process, so no other child or worker takes the message meanwhile."""
+    env, tasks = e2e
+    if broker == "redis":
+        from tests import redis_support
+
+        prefix = redis_support.new_prefix()
+        url = redis_support.url_with_prefix(prefix)
+        env.url = env.env["CELERIAC_BROKER_URL"] = url
+        env.env["CELERIAC_RESULT_BACKEND"] = url
+        tasks.app.conf.update(broker_url=url, result_backend=url)
+        tasks.app.close()
+    env.set_vt(1)
+    try:
+        env.start_worker("-c", "2")
+        env.start_worker("-c", "1")
+        held = tasks.gil_sleep.delay(4)
+        assert held.get(timeout=20) == 4
+        assert env.ledger_entries("start")[held.id] == 1
+        assert env.ledger_entries("end")[held.id] == 1
+    finally:
+        if broker == "redis":
+            env.close()
+            redis_support.drop(prefix)
+
+
+def test_a_task_outgrowing_max_memory_per_child_is_stopped_and_fails(e2e):
+    env, tasks = e2e
+    worker = env.start_worker("-c", "1", "--max-memory-per-child", str(150 * 1024))
+    # It can act on the signal: MemoryLimitExceeded is raised in the task.
+    told = tasks.hog_memory.delay(300, 20)
+    with pytest.raises(Exception) as err:
+        told.get(timeout=15)
+    assert type(err.value).__name__ == "MemoryLimitExceeded"
+    # It will not: the supervisor kills the child and fails the task.
+    killed = tasks.hog_memory.delay(300, 20, stubborn=True)
+    with pytest.raises(Exception) as err:
+        killed.get(timeout=15)
+    assert type(err.value).__name__ == "MemoryLimitExceeded"
+    assert tasks.add.delay(1, 2).get(timeout=10) == 3  # the worker goes on
+    starts = env.ledger_entries("start")
+    assert (starts[told.id], starts[killed.id]) == (1, 1)  # failed, not run again
+    assert "did not stop its task; killing it" in env.log(worker)
 
 
 def test_a_child_stuck_past_its_hard_limit_with_the_gil_held_is_killed_by_the_parent(e2e):
     env, tasks = e2e
-    env.set_vt(60)  # the message stays leased to the dead child for the rest of the test
+    env.set_vt(60)
     worker = env.start_worker("-c", "1")
     stuck = tasks.gil_hog.delay()
     wait_for(lambda: env.ledger_entries("start")[stuck.id], 10, "the task to start")
-    # The child's own watchdog cannot run without the GIL: the parent kills it instead.
+    # The child's own watchdog cannot run without the GIL: the parent kills it instead, and
+    # fails the task as the child would have (not run again, not left to its lease).
     wait_for(lambda: "past its hard time limit" in env.log(worker), 10, "the parent's kill")
+    with pytest.raises(Exception) as err:
+        stuck.get(timeout=10)
+    assert type(err.value).__name__ == "TimeLimitExceeded"
     assert tasks.add.delay(1, 2).get(timeout=10) == 3
+    assert env.ledger_entries("start")[stuck.id] == 1
 
 
 def test_children_that_crash_as_they_start_are_restarted_with_a_back_off(e2e):

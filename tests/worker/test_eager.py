@@ -138,6 +138,7 @@ def test_an_rpc_app_runs_eagerly_without_reaching_rabbitmq() -> None:
         result_backend="rpc://",
         task_always_eager=True,
     )
+
     def io_threads() -> int:
         return sum(t.name == "celeriac-amqp-io" for t in threading.enumerate())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -38,8 +39,8 @@ def app() -> Iterator[Celeriac]:
     yield app
 
 
-def start(app: Celeriac) -> tuple[Worker, threading.Thread]:
-    worker = Worker(app, pool="solo", install_signal_handlers=False)
+def start(app: Celeriac, **options: Any) -> tuple[Worker, threading.Thread]:
+    worker = Worker(app, pool="solo", install_signal_handlers=False, **options)
     thread = threading.Thread(target=worker.start, daemon=True)
     thread.start()
     assert worker.ready.wait(10)
@@ -74,7 +75,8 @@ def test_warm_stop_finishes_the_running_task_and_gives_back_the_rest(app: Celeri
     broker, backend = app.broker, app.backend
     running = app.tasks["slow"].delay(0.5)
     waiting = [app.tasks["slow"].delay(0) for _ in range(3)]
-    worker, thread = start(app)  # its first fetch takes all four
+    # Prefetching beyond the free slot (an opt-in): its first fetch takes all four.
+    worker, thread = start(app, concurrency=1, prefetch_multiplier=4)
     deadline = time.monotonic() + 5
     while len(worker.consumer.inflight) < 4:  # all four fetched, the first one running
         assert time.monotonic() < deadline

@@ -77,6 +77,9 @@ class Broker(ABC):
     priority_higher_first: bool = True
     #: The app's ``task_queues``: what exchanges, bindings and broadcast queues mean here.
     topology: Topology = Topology()
+    #: Whether a lease lives and dies with the connection that took it (AMQP: the channel), so
+    #: another connection can neither renew nor give it back.
+    leases_follow_connection: ClassVar[bool] = False
     #: The transport whose connections this broker uses (set when it hands the broker out).
     transport: Transport | None = None
     #: The transport's options class: ``broker_transport_options`` are parsed into it, and an

@@ -50,11 +50,12 @@ class Consumer:
         *,
         prefetch: int,
         hostname: str,
+        refill: int = 1,
     ) -> None:
         self.app = app
         self.queues = queues
         self.hostname = hostname
-        self.inflight = InFlight(prefetch)
+        self.inflight = InFlight(prefetch, refill)
         self.prefetch = self.inflight.prefetch
         self.pool: Pool | None = None
         #: The pool's thread drives fetching and settling through :meth:`pump`.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 class InFlight:
     """Leased messages by job id, and how many of them still wait for their outcome."""
 
-    def __init__(self, prefetch: int) -> None:
+    def __init__(self, prefetch: int, refill: int = 1) -> None:
         #: messages dispatched and not finished that this consumer may hold
         self.prefetch = max(1, prefetch)
-        #: how much room opens before a waiting fetcher is woken: a batch, not one message
-        self.refill = max(1, self.prefetch // 2)
+        #: how much room must open before a waiting fetcher is woken: 1 leases for every slot
+        #: that frees up; more (with a prefetch beyond the slots) refills in batches
+        self.refill = max(1, min(refill, self.prefetch))
         self.cond = threading.Condition()
         self._held: dict[int, Delivery] = {}
         self._task_ids: dict[int, str] = {}
@@ -34,6 +35,12 @@ class InFlight:
         self.unfinished = 0
         #: outcomes applied so far
         self.processed = 0
+        #: called whenever what is held changes (a prefork child mirrors it to its supervisor)
+        self.mirror: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.mirror is not None:
+            self.mirror()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -45,6 +52,7 @@ class InFlight:
             batch = [(next(self._ids), d) for d in deliveries]
             self._held.update(batch)
             self.unfinished += len(batch)
+        self._changed()
         return batch
 
     def room(self) -> int:
@@ -75,6 +83,7 @@ class InFlight:
         """Acknowledged on receipt (``acks_late=False``): not the broker's to redeliver now."""
         with self.cond:
             self._acked_early.add(job_id)
+        self._changed()
 
     def is_acked_early(self, job_id: int) -> bool:
         return job_id in self._acked_early
@@ -102,6 +111,7 @@ class InFlight:
             early = job_id in self._acked_early
             self._acked_early.discard(job_id)
             self.cond.notify_all()
+        self._changed()
         return None if early else delivery
 
     def settled(self, job_ids: Iterable[int]) -> list[str]:
@@ -116,6 +126,7 @@ class InFlight:
                     done.append(task_id)
                 self.processed += 1
             self.cond.notify_all()
+        self._changed()
         return done
 
     # -- the lease keeper and the revocation watch ------------------------------------------------

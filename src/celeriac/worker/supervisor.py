@@ -1,16 +1,21 @@
 """The prefork worker's parent when its children consume: start them, replace them, stop them.
 
 Each child is a complete worker of concurrency 1 (its own broker connection, fetcher, finisher;
-tasks on its main thread, see ``pools/child.py``). The parent holds no connection and runs no
-task, so it costs nothing per task; it only
+tasks on its main thread, see ``pools/child.py``). The parent runs no task and does no broker
+work per task; it only
 
 * starts ``concurrency`` children (forked, with the app already imported) and starts a new one
   whenever one ends: retired after ``max_tasks_per_child``/``max_memory_per_child``, ended after
   a hard time limit or ``terminate``, or crashed (then with a back-off if it keeps crashing
   young, so a broken import does not spin);
+* keeps custody of what the children lease (``custody.py``): renews it from this process, and
+  settles what a child held when it dies (a crash requeues the running message with its delivery
+  counted; nothing else is charged, since a child holds only what it runs);
 * backs up the children's own hard time limits: a child whose task is still running a little
-  after its limit (C code holding the GIL can keep the child's watchdog from running) is killed;
-  its messages come back like any dead worker's;
+  after its limit (C code holding the GIL can keep the child's watchdog from running) is killed
+  and its task fails with ``TimeLimitExceeded``;
+* enforces ``max_memory_per_child`` while a task runs: a child that grows past it is told to
+  stop the task (``MemoryLimitExceeded`` raised in it) and killed if it cannot;
 * turns the first SIGTERM/SIGINT into a warm shutdown of every child (each finishes its task and
   returns its prefetched messages) and the second into a cold one.
 """
@@ -30,7 +35,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
-from celeriac.worker.pools._process import die_with_parent
+from celeriac.worker.custody import Custody, Death
+from celeriac.worker.lease_slots import SlotWriter
+from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
 from celeriac.worker.worker import Worker, redact
 
@@ -43,6 +50,8 @@ _TICK = 0.25
 #: A child that ends sooner than this after starting counts as crashing young.
 _YOUNG = 2.0
 _BACKOFF_MAX = 10.0
+#: How long a child told to stop a task for its memory gets before it is killed.
+_MEMORY_GRACE = 2.0
 
 
 class _SharedDeadline(Deadline):
@@ -67,6 +76,11 @@ class Supervisor:
         self._stopping = False
         # Re-entrant: the signal handler takes it on the main thread, which may hold it already.
         self._lock = threading.RLock()
+        self.custody = Custody(self.app, self.size)
+        #: why this process killed a child, until it is reaped: (death, detail)
+        self._killed: list[tuple[Death, str] | None] = [None] * self.size
+        #: when a child over its memory limit was told to stop its task (monotonic; 0: not yet)
+        self._memory_warned = [0.0] * self.size
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -81,6 +95,7 @@ class Supervisor:
             app.conf.worker_hostname = worker.hostname
         for i in range(self.size):
             self._spawn(i)
+        self.custody.start()
         worker.ready.set()
         if worker._stopping:  # Worker.stop() came while starting
             self.stop()
@@ -97,6 +112,7 @@ class Supervisor:
         try:
             self._loop()
         finally:
+            self.custody.stop()
             worker._stopped.set()
         logger.warning("%s stopped", worker.hostname)
 
@@ -112,16 +128,25 @@ class Supervisor:
             if not stopping:
                 self._respawn_due()
                 self._enforce_deadlines()
+                self._enforce_memory()
 
     def _spawn(self, index: int) -> None:
         ctx = mp.get_context("fork")
         proc = ctx.Process(
             target=_child_main,
-            args=(self.worker, os.getpid(), self.size, _SharedDeadline(self.deadlines, index)),
+            args=(
+                self.worker,
+                os.getpid(),
+                self.size,
+                _SharedDeadline(self.deadlines, index),
+                self.custody.writer(index),
+            ),
             name=f"ForkPoolWorker-{index + 1}",
             daemon=False,
         )
         self.deadlines[index] = 0.0
+        self._killed[index] = None
+        self._memory_warned[index] = 0.0
         proc.start()
         self.children[index] = proc
         self.born[index] = time.monotonic()
@@ -136,6 +161,9 @@ class Supervisor:
             self.children[index] = None
             stopping = self._stopping
         self.deadlines[index] = 0.0
+        if code != EXIT_REPLACE:  # it did not settle what it held: settle it here
+            death, detail = self._killed[index] or (Death.CRASHED, f"exit code {code}")
+            self.custody.child_died(index, death, detail)
         if stopping:
             return
         lived = time.monotonic() - self.born[index]
@@ -148,8 +176,7 @@ class Supervisor:
         crashes = self.crashes[index] = self.crashes[index] + 1 if lived < _YOUNG else 1
         pause = 0.0 if crashes <= 1 else min(0.1 * 2**crashes, _BACKOFF_MAX)
         logger.error(
-            "child process %s exited with code %s; starting another%s (the tasks it held "
-            "are delivered again when their leases run out)",
+            "child process %s exited with code %s; starting another%s",
             proc.pid,
             code,
             f" in {pause:.1f}s" if pause else "",
@@ -174,8 +201,41 @@ class Supervisor:
                 proc.pid,
             )
             self.deadlines[i] = 0.0
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+            detail = "hard time limit exceeded; the process was killed"
+            self._kill(i, proc.pid, Death.TIME_LIMIT, detail)
+
+    def _kill(self, index: int, pid: int, death: Death, detail: str) -> None:
+        self._killed[index] = (death, detail)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def _enforce_memory(self) -> None:
+        """A child over ``max_memory_per_child`` while it runs a task is told to stop the task
+        (SIGUSR1: it raises MemoryLimitExceeded there), and killed if it is still over the
+        limit a little later (C code can keep it from acting)."""
+        limit = self.worker.max_memory_per_child
+        if not limit:
+            return
+        now = time.monotonic()
+        for i, proc in enumerate(self.children):
+            if proc is None or not proc.pid or self._killed[i] is not None:
+                continue
+            rss = rss_of(proc.pid)
+            if rss <= limit * 1024 or not self.custody.held(i):
+                self._memory_warned[i] = 0.0
+                continue
+            detail = (
+                f"the process grew to {rss // 1024} KiB, over max_memory_per_child="
+                f"{limit} KiB, while the task ran"
+            )
+            if not self._memory_warned[i]:
+                self._memory_warned[i] = now
+                logger.error("child %s: %s; stopping its task", proc.pid, detail)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGUSR1)
+            elif now - self._memory_warned[i] > _MEMORY_GRACE:
+                logger.error("child %s did not stop its task; killing it", proc.pid)
+                self._kill(i, proc.pid, Death.MEMORY, detail)
 
     # -- stopping --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -205,7 +265,9 @@ class Supervisor:
             os._exit(1)
 
 
-def _child_main(worker: Worker, parent_pid: int, size: int, deadline: Deadline) -> None:
+def _child_main(
+    worker: Worker, parent_pid: int, size: int, deadline: Deadline, slot: SlotWriter
+) -> None:
     die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -223,6 +285,7 @@ def _child_main(worker: Worker, parent_pid: int, size: int, deadline: Deadline) 
         announce=False,
     )
     child.consumer.rate_share = 1.0 / size
+    slot.attach(child.consumer.inflight)  # what it holds, where this supervisor sees it
     # Warm only, however often: a SIGTERM to the whole process group reaches a child twice
     # (directly and from the parent), and a cold stop is the parent's SIGKILL.
     signal.signal(signal.SIGTERM, lambda signum, frame: child.stop_soon())

@@ -64,14 +64,19 @@ class Worker:
         if self._pool_factory is not None:
             self.pool_name = getattr(self._pool_factory, "__name__", "custom")
         self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
-        multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
-        self.prefetch = max(1, self.concurrency * max(1, multiplier))
+        multiplier = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        self.prefetch = max(1, self.concurrency * multiplier)
+        # Leasing only for free slots (a multiplier of 1) refills one slot at a time; beyond
+        # that, in batches of half the prefetch, where one fetch serves several tasks.
+        refill = 1 if multiplier == 1 else self.prefetch // 2
         self.max_tasks_per_child = max_tasks_per_child or conf.worker_max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child or conf.worker_max_memory_per_child
         self.install_signal_handlers = install_signal_handlers
         #: Log ready/stopped at WARNING (a supervised child announces nothing of its own).
         self.announce = announce
-        self.consumer = Consumer(app, self.queues, prefetch=self.prefetch, hostname=self.hostname)
+        self.consumer = Consumer(
+            app, self.queues, prefetch=self.prefetch, hostname=self.hostname, refill=refill
+        )
         self.pool: Pool | None = None
         self._stopped = threading.Event()
         #: Set once the worker consumes; wait on it before sending work in tests.

@@ -161,6 +161,7 @@ class AMQPBroker(Broker):
 
     options_class = AMQPOptions
     options: AMQPOptions
+    leases_follow_connection = True
 
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, link: Link

@@ -32,8 +32,13 @@ def die_with_parent(parent_pid: int) -> None:
 
 def rss_bytes() -> int:
     """This process's resident memory (Linux /proc; 0 where unavailable)."""
+    return rss_of("self")
+
+
+def rss_of(pid: int | str) -> int:
+    """Resident memory of process ``pid`` (Linux /proc; 0 where unavailable or gone)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0

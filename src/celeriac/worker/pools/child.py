@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING
 
+from celeriac.exceptions import MemoryLimitExceeded
 from celeriac.worker.executor import execute, hard_time_limit, revoked, time_limits
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import alarm_soft_limit
@@ -79,6 +83,28 @@ class ChildPool(InlinePool):
         self._watchdog: threading.Thread | None = None
         self._hard_until = 0.0
         self.ran = 0
+        #: True while the task itself runs (not the consumer's work around it)
+        self._in_task = False
+        # The supervisor's signal that this process outgrew max_memory_per_child mid-task.
+        signal.signal(signal.SIGUSR1, self._on_memory_signal)
+
+    def _on_memory_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_task:
+            limit = self.max_memory_per_child or 0
+            raise MemoryLimitExceeded(
+                f"the process grew to {rss_bytes() // 1024} KiB, over "
+                f"max_memory_per_child={limit} KiB, while the task ran"
+            )
+
+    @contextmanager
+    def _task_limits(self, seconds: float | None) -> Iterator[None]:
+        """Around the task's own code: the soft time limit, and the memory signal armed."""
+        self._in_task = True
+        try:
+            with alarm_soft_limit(seconds):
+                yield
+        finally:
+            self._in_task = False
 
     def _run(self, job: Job) -> None:
         task = self.app.tasks.get(job.headers.task)
@@ -90,7 +116,7 @@ class ChildPool(InlinePool):
                 self.deadline.set(self._hard_until + self.grace)
                 self._arm_watchdog()
         self.started(job, os.getpid())
-        outcome = execute(self.app, job, alarm_soft_limit)
+        outcome = execute(self.app, job, self._task_limits)
         with self._lock:
             self._current = None
             abandoned = self._abandoning

@@ -1,0 +1,136 @@
+"""What each prefork child holds, kept where its supervisor can read it: shared memory.
+
+A consuming child writes the handles of the messages it holds into its slot whenever that
+changes (a fetch, a settlement); the supervisor reads the slots to renew those leases from its
+own process and, when a child dies, to give back exactly what it held. So nothing a task does
+to its own interpreter (C code holding the GIL, a hung thread) can let its lease lapse, and a
+crash charges a delivery to the message that was running, not to anything else.
+
+A slot is written by one child and read by the supervisor, without a lock: a sequence number
+made odd while writing (a seqlock) tells the reader to look again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import pickle
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celeriac.brokers.base import Delivery
+from celeriac.protocol.message import Message
+
+if TYPE_CHECKING:
+    from celeriac.worker.inflight import InFlight
+
+logger = logging.getLogger("celeriac.worker")
+
+#: Bytes per slot: a handle is a queue name, a tag and a few ids (~150 bytes for Redis).
+SLOT_SIZE = 8192
+_EMPTY = Message({}, {}, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A message a child holds, as its supervisor knows it."""
+
+    queue: str
+    tag: Any
+    delivery_count: int
+    task_id: str | None
+    task_name: str | None
+
+    def delivery(self) -> Delivery:
+        """A :class:`Delivery` the broker can renew, requeue or acknowledge by its tag."""
+        headers = {"id": self.task_id, "task": self.task_name} if self.task_id else {}
+        message = Message(headers, {}, b"") if headers else _EMPTY
+        return Delivery(message, self.queue, self.tag, self.delivery_count)
+
+
+class LeaseSlots:
+    """One slot per prefork child, in memory shared across the fork."""
+
+    def __init__(self, count: int) -> None:
+        ctx = mp.get_context("fork")
+        self.count = count
+        self._seq = ctx.RawArray("q", count)
+        self._len = ctx.RawArray("i", count)
+        self._data = ctx.RawArray("c", count * SLOT_SIZE)
+
+    # -- the child's side ---------------------------------------------------------------------
+    def writer(self, index: int) -> SlotWriter:
+        return SlotWriter(self, index)
+
+    def _write(self, index: int, data: bytes) -> None:
+        self._seq[index] += 1  # odd: being written
+        start = index * SLOT_SIZE
+        self._data[start : start + len(data)] = data
+        self._len[index] = len(data)
+        self._seq[index] += 1
+
+    # -- the supervisor's side ----------------------------------------------------------------
+    def read(self, index: int) -> list[Held]:
+        """What the child in slot ``index`` holds now (its last complete write)."""
+        for _ in range(100):
+            before = self._seq[index]
+            if before % 2:
+                continue  # being written: look again
+            size = self._len[index]
+            start = index * SLOT_SIZE
+            data = bytes(self._data[start : start + size])
+            if self._seq[index] == before:
+                return _decode(data)
+        return []
+
+    def clear(self, index: int) -> None:
+        """Forget what a dead child held (the supervisor dealt with it)."""
+        self._write(index, b"")
+
+
+class SlotWriter:
+    """A child's view of its slot: :meth:`publish` what it holds whenever that changes."""
+
+    def __init__(self, slots: LeaseSlots, index: int) -> None:
+        self.slots, self.index = slots, index
+        self._warned = False
+        # The task thread and the flusher thread both settle: one write at a time, each of
+        # what is held at that moment, so an older picture never lands after a newer one.
+        self._lock = threading.Lock()
+        self._inflight: InFlight | None = None
+
+    def attach(self, inflight: InFlight) -> None:
+        """Publish whatever ``inflight`` holds, now and whenever it changes."""
+        self._inflight = inflight
+        inflight.mirror = self.refresh
+        self.refresh()
+
+    def refresh(self) -> None:
+        assert self._inflight is not None
+        with self._lock:
+            self._publish(self._inflight.renewable())
+
+    def _publish(self, held: Sequence[Delivery]) -> None:
+        items = [
+            (d.queue, d.tag, d.delivery_count, d.message.task_id, d.message.headers.get("task"))
+            for d in held
+        ]
+        data = pickle.dumps(items, pickle.HIGHEST_PROTOCOL) if items else b""
+        while len(data) > SLOT_SIZE and items:
+            # Not expected with a child's prefetch of one or a few: keep what fits, and the
+            # child's own renewals keep the rest leased.
+            items.pop()
+            data = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+            if not self._warned:
+                self._warned = True
+                logger.warning("lease slot full: the supervisor renews only part of a batch")
+        self.slots._write(self.index, data)
+
+
+def _decode(data: bytes) -> list[Held]:
+    if not data:
+        return []
+    # Written by our own child process with our own code: not input from outside.
+    return [Held(*item) for item in pickle.loads(data)]
