@@ -150,9 +150,24 @@ class Celeriac:
         name: str,
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        *,
+        options: dict[str, Any] | None = None,
+        immutable: bool = False,
+        subtask_type: str | None = None,
+        **more_options: Any,
     ) -> Signature:
-        return Signature(name, args, kwargs, app=self, **options)
+        """A signature of the task ``name``; options as ``apply_async`` takes them, given as
+        ``options={...}`` or as keywords (Celery accepts both)."""
+        merged = {**(options or {}), **more_options}
+        return Signature(
+            name,
+            args,
+            kwargs,
+            options=merged,
+            immutable=immutable,
+            subtask_type=subtask_type,
+            app=self,
+        )
 
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> _AsyncResult[Any]:
         return AsyncResult(task_id, self, task_name=task_name)

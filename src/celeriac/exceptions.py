@@ -9,6 +9,7 @@
     │   ├── ContentDisallowed       the content type is not in ``accept_content``
     │   └── MessageTooLarge         the encoded message exceeds ``broker_max_message_size``
     ├── BrokerError                 the broker failed or is unreachable
+    │   └── PublishRefused          the broker refused a message for good (no route to a queue)
     ├── BackendError                the result backend failed, or none is configured
     ├── NotRegistered               no task by that name
     ├── InvalidTaskArguments        the arguments do not fit the task's signature
@@ -55,6 +56,11 @@ class MessageTooLarge(ProtocolError):
 
 class BrokerError(CeleriacError):
     """The broker failed or could not be reached."""
+
+
+class PublishRefused(BrokerError):
+    """The broker refused a message for good: no queue is bound to its route, or its exchange
+    does not exist. Sending it again unchanged cannot help."""
 
 
 class BackendError(CeleriacError):

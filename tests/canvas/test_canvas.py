@@ -150,3 +150,10 @@ def test_eager_mode_runs_workflows_in_process():
     assert (add.s(1, 2) | mul.s(3)).apply_async().get() == 9
     assert group(add.s(1, 1), add.s(2, 2)).apply_async().get() == [2, 4]
     assert chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async().get() == 6
+
+
+def test_app_signature_takes_options_as_keywords_or_a_dict_as_celery_does() -> None:
+    app = make_app()
+    sig = app.signature("add", (1, 2), queue="q", options={"countdown": 1}, immutable=True)
+    assert sig.options == {"queue": "q", "countdown": 1}
+    assert sig.immutable

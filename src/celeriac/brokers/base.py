@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from celeriac.exceptions import BrokerError, ConfigurationError
+from celeriac.exceptions import ConfigurationError, PublishRefused
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import Topology, no_queue_bound
@@ -176,7 +176,7 @@ class Broker(ABC):
             return [route.name]
         targets = self.topology.bound(route)
         if not targets:
-            raise BrokerError(no_queue_bound(route))
+            raise PublishRefused(no_queue_bound(route))
         return targets
 
     def refuse_broadcast(self, queues: Sequence[str]) -> None:

@@ -32,6 +32,8 @@ PUBLISH_OPTIONS = frozenset(
         "eta",
         "expires",
         "queue",
+        "exchange",
+        "exchange_type",
         "routing_key",
         "priority",
         "headers",

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 
 from celeriac import states
 from celeriac.backends.base import ChordPart, EncodedResult
-from celeriac.exceptions import CeleriacError
+from celeriac.exceptions import CeleriacError, ConfigurationError, ProtocolError, PublishRefused
 from celeriac.protocol.results import make_meta
 from celeriac.worker.chords import fire
 from celeriac.worker.job import Action, Job, Outcome
+from celeriac.worker.outcomes import refuse
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.worker")
 
 _BATCH = 512
+#: Failures that trying again cannot mend: a setting, a message, a route refused for good.
+PERMANENT = (ConfigurationError, ProtocolError, PublishRefused)
 _RETRY_PAUSE = 1.0
 #: A driven consumer settles before the next task once the oldest outcome waited this long,
 FLUSH_AFTER = 0.005
@@ -173,10 +176,10 @@ class Settler:
         next fetch, results first.
         """
         inflight = self.inflight
-        pairs = [(o, inflight.get(o.job_id)) for o in batch]
         for gid, size in [start for o in batch for start in o.chord_starts]:
             self.safely(partial(self.backend.chord_start, gid, size))
-        self.publish([f for o in batch for f in o.followups])
+        batch = self._publish_followups(batch)
+        pairs = [(o, inflight.get(o.job_id)) for o in batch]
         results = [result for outcome, delivery in pairs for result in _results(outcome, delivery)]
         if results and later is not None and self._plain(batch):
             later.results.extend(results)
@@ -198,6 +201,34 @@ class Settler:
                 continue
             self._hand_back(outcome, delivery)
         self.on_settled(inflight.settled(o.job_id for o in batch))
+
+    def _publish_followups(self, batch: list[Outcome]) -> list[Outcome]:
+        """Publish what the batch causes; an outcome whose follow-ups the broker refuses for
+        good (a route to an exchange that does not exist) is refused in turn: its task fails
+        with the reason and its message is dead-lettered, and the rest of the batch goes on."""
+        followups = [f for o in batch for f in o.followups]
+        if not followups:
+            return batch
+        try:
+            self.publish(followups)
+            return batch
+        except PERMANENT:
+            pass  # find out whose follow-ups were refused, one outcome at a time
+        out = []
+        for outcome in batch:
+            try:
+                self.publish(outcome.followups)
+                out.append(outcome)
+            except PERMANENT as exc:
+                out.append(self._refused(outcome, exc))
+        return out
+
+    def _refused(self, outcome: Outcome, exc: CeleriacError) -> Outcome:
+        error = type(exc)(f"what the task sends next cannot be published: {exc}")
+        logger.error("task %s[%s]: %s", outcome.task_name, outcome.task_id, error)
+        refused = refuse(self.app, outcome.job_id, None, outcome.task_id, error)
+        refused.task_name = outcome.task_name
+        return refused
 
     def _hand_back(self, outcome: Outcome, delivery: Delivery) -> None:
         """Dead-letter, requeue or park a message its outcome does not acknowledge."""
@@ -285,12 +316,17 @@ class Settler:
         self.safely(lambda: backend.store_encoded([started]))
 
     def safely(self, op: Callable[[], object]) -> None:
-        """Run a broker/backend operation, retrying while the worker runs: never drop it."""
+        """Run a broker/backend operation, retrying while the worker runs: never drop it.
+
+        Errors that trying again cannot mend (:data:`PERMANENT`) are raised to the caller.
+        """
         attempt = 0
         while True:
             try:
                 op()
                 return
+            except PERMANENT:
+                raise
             except CeleriacError as exc:
                 attempt += 1
                 if not self.running.is_set() and attempt > 3:

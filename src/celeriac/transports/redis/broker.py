@@ -42,7 +42,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
-from celeriac.exceptions import BrokerError, ConfigurationError
+from celeriac.exceptions import BrokerError, ConfigurationError, PublishRefused
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import kombu_topic_pattern, no_queue_bound
@@ -262,7 +262,7 @@ class RedisBroker(Broker):
                     tables[route.exchange] = self._binding_table(route.exchange)
                 targets = _lookup(tables[route.exchange], route)
                 if not targets:
-                    raise BrokerError(no_queue_bound(route))
+                    raise PublishRefused(no_queue_bound(route))
                 for q in targets:  # the queue name, and the exchange it came through
                     out.append(Publication(p.message, _via(q, route), p.priority, p.eta))
         return out
@@ -313,7 +313,7 @@ class RedisBroker(Broker):
         except redis.RedisError as exc:
             raise BrokerError(f"Redis broker: broadcast to {exchange!r}: {exc}") from exc
         if listeners == 0:  # PUB/SUB keeps nothing: say so rather than drop it silently
-            raise BrokerError(f"broadcast to {exchange!r}: no worker is subscribed")
+            raise PublishRefused(f"broadcast to {exchange!r}: no worker is subscribed")
 
     def _due(self, when: float) -> None:
         """Sweep no later than ``when`` (unix seconds): this process just delayed a message."""
