@@ -65,9 +65,8 @@ def test_a_larger_multiplier_prefetches_behind_the_running_task(app: Celeriac) -
         time.sleep(DURATION)
         return i
 
-    first = run_workers(app, 1, prefetch_multiplier=4)
     results = [slow.delay(i) for i in range(4)]
-    time.sleep(0.1)  # the first worker leases what it may before the second starts
+    first = run_workers(app, 1, prefetch_multiplier=4)  # its first fetch leases all four
     second = run_workers(app, 1, prefetch_multiplier=4)
     try:
         assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3]
