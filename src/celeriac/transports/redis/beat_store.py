@@ -2,7 +2,7 @@
 
 The lease is a key set with ``SET NX PX``: Redis expires it by its own clock, so beats on
 different machines need not agree on the time. The fence and the tick's compare-and-set run in
-one Lua call (``store_redis.lua``). Ticks are stored as the ``repr`` of a float, which reads back
+one Lua call (``beat_store.lua``). Ticks are stored as the ``repr`` of a float, which reads back
 as the same float, so compare-and-set on the strings is exact.
 """
 
@@ -72,23 +72,27 @@ class RedisBeatStore(BeatStore):
         return Lease(_text(holder), time.time() + pttl / 1000)
 
     # -- ticks ------------------------------------------------------------------------------
-    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
-        return self._call("claim", holder, entry, _num(tick), _num(previous)) == 1
+    def claim_tick(
+        self, holder: str, entry: str, tick: float, previous: float | None, *, unsent: bool = False
+    ) -> bool:
+        return self._call("claim", holder, entry, _num(tick), _num(previous), int(unsent)) == 1
 
-    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
-        return self._call("unclaim", entry, _num(tick), _num(previous)) == 1
+    def settle_tick(self, entry: str, tick: float) -> None:
+        self._call("settle", entry, _num(tick))
 
     def states(self) -> dict[str, EntryState]:
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self._key("ticks"))
                 pipe.smembers(self._key("paused"))
-                ticks, paused = pipe.execute()
+                pipe.hkeys(self._key("unsent"))
+                ticks, paused, unsent = pipe.execute()
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: states failed: {exc}") from exc
         last = {_text(k): float(v) for k, v in ticks.items()}
         stopped = {_text(n) for n in paused}
-        return {n: EntryState(last.get(n), n in stopped) for n in set(last) | stopped}
+        waiting = {_text(n) for n in unsent}
+        return {n: EntryState(last.get(n), n in stopped, n in waiting) for n in set(last) | stopped}
 
     # -- dynamic entries --------------------------------------------------------------------
     def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
