@@ -86,8 +86,16 @@ def run_send_fails_after_storing(env: BeatEnv) -> None:
     assert "test fault" in env.logs(), "the send failed, and beat said so"
 
 
+def test_sqlite_beat_killed_inside_the_send_transaction(sqlite_beats: BeatEnv) -> None:
+    run_kill_in_the_middle_of_a_send(sqlite_beats, generic=False)
+
+
 def test_sqlite_beat_killed_between_recording_and_publishing(sqlite_beats: BeatEnv) -> None:
     run_kill_in_the_middle_of_a_send(sqlite_beats, generic=True)
+
+
+def test_sqlite_send_that_fails_after_commit_is_not_sent_again(sqlite_beats: BeatEnv) -> None:
+    run_send_fails_after_storing(sqlite_beats)
 
 
 @pytest.mark.redis

@@ -3,6 +3,9 @@
 Every write is one ``BEGIN IMMEDIATE`` transaction, so the lease check and the tick's
 compare-and-set in :meth:`claim_tick` cannot interleave with another beat's. Lease expiry uses
 this machine's clock, which every process sharing the file shares too.
+
+Because the queues are in the same file, beat claims a tick and inserts its message in one
+transaction (:class:`SQLiteTickSender`): the tick is recorded if and only if its message is.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celeriac.beat.store import BeatStore, EntryState, Lease
+from celeriac.beat.store import BeatStore, EntryState, Lease, TickSender
 from celeriac.exceptions import BrokerError
 from celeriac.transports.options import BROKER, parse_options
+from celeriac.transports.sqlite.broker import insert_rows
 from celeriac.transports.sqlite.connection import SQLiteFile
 from celeriac.transports.sqlite.options import SQLiteOptions
+
+if TYPE_CHECKING:
+    from celeriac.protocol.publication import Publication
+    from celeriac.transports.sqlite.broker import SQLiteBroker
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_beat_lease (
@@ -208,3 +216,21 @@ class SQLiteBeatStore(BeatStore):
     def version(self) -> int:
         rows = self._read("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")
         return int(rows[0][0]) if rows else 0
+
+
+class SQLiteTickSender(TickSender):
+    """Claims a tick and inserts its message in one transaction of the file both live in."""
+
+    broker: SQLiteBroker
+    store: SQLiteBeatStore
+
+    def claim_and_send(
+        self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
+    ) -> bool:
+        rows = self.broker.rows([publication])
+        self.store.db.connection()  # made the beat tables; the broker's connection made its own
+        with self.broker.db.write() as conn:
+            if not self.store.claim(conn, holder, entry, tick, previous):
+                return False
+            insert_rows(conn, rows)
+        return True
