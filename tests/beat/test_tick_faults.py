@@ -99,5 +99,15 @@ def test_sqlite_send_that_fails_after_commit_is_not_sent_again(sqlite_beats: Bea
 
 
 @pytest.mark.redis
+def test_redis_beat_killed_in_the_middle_of_a_send(redis_beats: BeatEnv) -> None:
+    run_kill_in_the_middle_of_a_send(redis_beats, generic=False)
+
+
+@pytest.mark.redis
 def test_redis_beat_killed_between_recording_and_publishing(redis_beats: BeatEnv) -> None:
     run_kill_in_the_middle_of_a_send(redis_beats, generic=True)
+
+
+@pytest.mark.redis
+def test_redis_send_whose_reply_is_lost_is_not_sent_again(redis_beats: BeatEnv) -> None:
+    run_send_fails_after_storing(redis_beats)

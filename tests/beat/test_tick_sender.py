@@ -1,5 +1,5 @@
-"""Tick senders on real servers: where the broker and the beat store share one (an SQLite
-file), a tick is claimed and its message stored in one atomic step, or neither."""
+"""Tick senders on real servers: where the broker and the beat store share one (SQLite file,
+Redis database), a tick is claimed and its message stored in one atomic step, or neither."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from celeriac.beat.scheduler import tick_task_id
 from celeriac.beat.store import EntryState, TickSender, tick_sender
 from celeriac.exceptions import BrokerError
 from celeriac.protocol.publication import Publication
-from celeriac.routing import Exchange, Queue
+from celeriac.routing import Broadcast, Exchange, Queue
 from celeriac.transports.memory.beat_store import MemoryBeatStore
+from celeriac.transports.redis.beat_store import RedisTickSender
 from celeriac.transports.sqlite.beat_store import SQLiteTickSender
 
 
@@ -31,15 +32,34 @@ def _break_sqlite(app: Celeriac) -> None:
         )
 
 
+def _break_redis(app: Celeriac) -> None:
+    """The queue's key holds a string: Redis refuses to push to it (WRONGTYPE)."""
+    broker: Any = app.broker
+    broker.client.set(f"{broker.prefix}celery", "not a list")
+
+
 def _sqlite(tmp: Path) -> Iterator[tuple[Celeriac, type[TickSender], Callable[[Celeriac], None]]]:
     app = Celeriac("ticks", broker_url=f"sqlite:///{tmp / 'broker.sqlite3'}", result_backend=None)
     yield app, SQLiteTickSender, _break_sqlite
     app.close()
 
 
+def _redis(tmp: Path) -> Iterator[tuple[Celeriac, type[TickSender], Callable[[Celeriac], None]]]:
+    from tests import redis_support
+
+    prefix = redis_support.new_prefix()
+    app = Celeriac("ticks", broker_url=redis_support.url_with_prefix(prefix), result_backend=None)
+    try:
+        yield app, RedisTickSender, _break_redis
+    finally:
+        app.close()
+        redis_support.drop(prefix)
+
+
 @pytest.fixture(
     params=[
         pytest.param(_sqlite, id="sqlite"),
+        pytest.param(_redis, id="redis", marks=pytest.mark.redis),
     ]
 )
 def server(
@@ -109,3 +129,19 @@ def test_a_tick_routed_through_an_exchange_is_stored_with_it(server: Any) -> Non
     routed = message(app, "e", 1.0, exchange="jobs", routing_key="r")
     assert sender.claim_and_send("a", "e", 1.0, None, routed)
     assert ticks_on(app, "reports") == [1.0]
+
+
+@pytest.mark.redis
+def test_a_broadcast_on_redis_takes_the_three_steps(tmp_path: Path) -> None:
+    """PUB/SUB keeps nothing a script could store: claimed as unsent, then published."""
+    (app, _, _) = next(gen := _redis(tmp_path))
+    try:
+        app.conf.task_queues = [Broadcast("everyone")]
+        store = app.beat_store
+        sender = tick_sender(app.broker, store)
+        store.acquire("a", 10)
+        with pytest.raises(BrokerError, match="no worker is subscribed"):
+            sender.claim_and_send("a", "e", 1.0, None, message(app, "e", 1.0, queue="everyone"))
+        assert store.states()["e"] == EntryState(1.0, False, unsent=True), "sent again later"
+    finally:
+        gen.close()

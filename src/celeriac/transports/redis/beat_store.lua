@@ -1,11 +1,14 @@
 -- Celeriac beat's state on Redis: each command is one atomic call of this script.
 --
 -- ARGV[1] = command, ARGV[2] = key prefix (global_keyprefix), then the command's arguments.
+-- broker(argv) runs a command of the broker's script (broker.lua, made a function of its ARGV
+-- ahead of this file: see beat_store.py), so 'send' stores a tick's message with the broker's
+-- own code in the same call that claims the tick.
 -- Keys (standalone Redis, not Cluster):
 --   celeriac.beat.lease     holder id, with a PX expiry: the leader lease
 --   celeriac.beat.ticks     hash entry -> last tick (a float's repr)
 --   celeriac.beat.unsent    hash entry -> its last tick, while that was claimed to be sent and
---                           is not known to be
+--                           is not known to be: the three-step path only, never 'send'
 --   celeriac.beat.paused    set of paused entry names
 --   celeriac.beat.entries   hash name -> dynamic entry spec (JSON)
 --   celeriac.beat.version   counter bumped by every entry change
@@ -56,6 +59,21 @@ elseif cmd == 'claim' then
 elseif cmd == 'settle' then
   if redis.call('HGET', UNSENT, ARGV[3]) == ARGV[4] then redis.call('HDEL', UNSENT, ARGV[3]) end
   return 0
+
+-- send holder entry tick previous, then (queue, priority, delay, envelope, bind) per message:
+-- claim the tick and store its messages (one per queue its route reaches), or, refused, do
+-- nothing. The tick is recorded last: a publish that fails leaves it unclaimed, to be tried
+-- again (Redis does not undo a script's earlier writes: of a message routed to two queues, a
+-- copy stored before the failure stays, as with the broker's own publish_many).
+elseif cmd == 'send' then
+  if not claimable(ARGV[3], ARGV[4], ARGV[6]) then return 0 end
+  for i = 7, #ARGV, 5 do
+    local stored = broker({'publish', P, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+                           ARGV[i + 4]})
+    if stored ~= 1 then return stored end
+  end
+  redis.call('HSET', TICKS, ARGV[4], ARGV[5])
+  return 1
 
 -- put name spec replace(0/1)
 elseif cmd == 'put' then
