@@ -1,6 +1,7 @@
 """The app beat processes load in the end-to-end tests (``-A beat_app``).
 
-The broker comes from ``CELERIAC_BROKER_URL``; ``BEAT_TEST_SCHEDULE`` picks the schedule.
+The broker comes from ``CELERIAC_BROKER_URL``; ``BEAT_TEST_SCHEDULE`` picks the schedule;
+``BEAT_TEST_FAULT`` injects a fault where beat writes its messages (see ``beat_faults.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from typing import Any
 
 from celeriac import Celeriac
 from celeriac.beat import crontab
+
+if os.environ.get("BEAT_TEST_FAULT"):
+    import beat_faults  # type: ignore[import-not-found]  # on PYTHONPATH in beat processes
+
+    beat_faults.install()
 
 app = Celeriac("beat_app", result_backend=None)
 

@@ -71,6 +71,14 @@ class BeatEnv:
         self.procs.append(proc)
         return proc
 
+    def stop_beats(self) -> None:
+        """SIGTERM every beat still running, and wait for them to end."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(15)
+
     def leader_pid(self) -> int | None:
         lease = self.store.leader()
         return int(lease.holder.split(":")[1]) if lease else None

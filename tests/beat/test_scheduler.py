@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections import Counter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -146,25 +145,122 @@ def test_a_clocked_entry_fires_once() -> None:
     assert sent(app) == [("once", T0 + 5)]
 
 
-def test_a_failed_send_gives_the_tick_back(monkeypatch: pytest.MonkeyPatch) -> None:
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs in the beat it hits."""
+
+
+def fail_publish(app: Celeriac, monkeypatch: pytest.MonkeyPatch, how: str, times: int = 1) -> None:
+    """The broker's next ``times`` publishes fail: ``before`` storing the message (ConnectionError),
+    ``after`` storing it (a lost reply), or ``kill`` the beat before storing it."""
+    broker = app.broker
+    real = broker.publish
+    left = [times]
+
+    def publish(publication: Any) -> None:
+        if left[0] <= 0:
+            return real(publication)
+        left[0] -= 1
+        if how == "kill":
+            raise Killed
+        if how == "after":
+            real(publication)
+        raise ConnectionError(f"broker down ({how} storing)")
+
+    monkeypatch.setattr(broker, "publish", publish)
+
+
+def test_a_failed_send_is_tried_again_with_the_same_task_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     app = make_app(ping={"task": "proj.ping", "schedule": 1.0})
     clock = Clock()
     (beat,) = beats(app, clock, "a")
     beat.run_once()
-    real = app.send_task
-    calls = Counter[str]()
-
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ConnectionError("broker down")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(app, "send_task", flaky)
+    fail_publish(app, monkeypatch, "before", times=2)
     step(clock, 1.0, beat)  # fails
     assert sent(app) == []
-    step(clock, 0.1, beat)  # retried
+    assert beat.store.states()["ping"].unsent
+    step(clock, 0.1, beat)  # fails again
+    step(clock, 0.1, beat)  # goes through
+    got = app.broker.fetch(["celery"], 10, timeout=0)
+    assert [d.message.headers["beat_tick"] for d in got] == [T0 + 1]
+    assert got[0].message.task_id == tick_task_id("ping", T0 + 1)
+    assert not beat.store.states()["ping"].unsent
+    step(clock, 1.0, beat)
+    assert sent(app) == [("ping", T0 + 2)]
+
+
+def test_a_failed_send_is_retried_after_a_poll_not_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_app(ping={"task": "proj.ping", "schedule": 1.0})
+    clock = Clock()
+    (beat,) = beats(app, clock, "a")
+    beat.run_once()
+    fail_publish(app, monkeypatch, "before")
+    clock.now += 1.0
+    assert beat.run_once() == pytest.approx(beat.poll_interval)
+
+
+def test_a_beat_killed_between_claim_and_publish_leaves_the_tick_to_the_next_leader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_app(ping={"task": "proj.ping", "schedule": 1.0})
+    clock = Clock()
+    a, b = beats(app, clock, "a", "b")
+    step(clock, 0.0, a, b)
+    step(clock, 1.0, a, b)
     assert sent(app) == [("ping", T0 + 1)]
+    fail_publish(app, monkeypatch, "kill")
+    clock.now += 1.0
+    with pytest.raises(Killed):
+        a.run_once()  # claimed T0 + 2 and died before the broker had its message
+    assert sent(app) == []
+    for _ in range(20):  # the lease runs out; b takes over and sends T0 + 2 after all
+        step(clock, 0.1, b)
+    assert b.is_leader
+    got = app.broker.fetch(["celery"], 10, timeout=0)
+    ticks = [d.message.headers["beat_tick"] for d in got]
+    assert ticks == [T0 + i for i in range(2, int(clock.now - T0 + 1e-6) + 1)]
+    assert got[0].message.task_id == tick_task_id("ping", T0 + 2), "the same task id"
+
+
+def test_in_three_steps_a_send_that_raises_after_storing_is_sent_twice_with_one_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The documented limit of the three-step path (a store on another server than the broker):
+    the publish raised, so beat cannot tell, and sends the tick again with the same task id.
+    (SQLite and Redis claim and store in one step instead: tests/beat/test_tick_faults.py.)"""
+    app = make_app(ping={"task": "proj.ping", "schedule": 1.0})
+    clock = Clock()
+    (beat,) = beats(app, clock, "a")
+    beat.run_once()
+    fail_publish(app, monkeypatch, "after")
+    step(clock, 1.0, beat)
+    step(clock, 0.1, beat)
+    got = app.broker.fetch(["celery"], 10, timeout=0)
+    assert [d.message.task_id for d in got] == [tick_task_id("ping", T0 + 1)] * 2
+
+
+def test_an_unsent_tick_is_sent_again_while_late_and_given_up_once_missed() -> None:
+    e, keep = entry(1), entry(1, catchup=True)
+    # Late (no older than grace): sent again.
+    assert next_step(e, 100.0, 103.0, 4.0, UTC, unsent=True) == Step(
+        100.0, send=True, recorded=True
+    )
+    # Missed: given up...
+    assert next_step(e, 100.0, 104.5, 4.0, UTC, unsent=True) == Step(
+        100.0, send=False, missed=True, recorded=True
+    )
+    # ...or, for a catch-up entry, sent as its one catch-up message,
+    assert next_step(keep, 100.0, 104.5, 4.0, UTC, unsent=True) == Step(
+        100.0, send=True, missed=True, recorded=True
+    )
+    # unless a later missed tick will be sent for the outage instead.
+    assert next_step(keep, 100.0, 3600.0, 4.0, UTC, unsent=True) == Step(
+        100.0, send=False, missed=True, recorded=True
+    )
+    assert next_step(keep, 100.0, 3600.0, 4.0, UTC) == Step(3596.0, send=True, missed=True)
 
 
 # -- several beats -----------------------------------------------------------------------------

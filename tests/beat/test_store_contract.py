@@ -102,15 +102,33 @@ def test_claim_is_a_fenced_compare_and_set(store: BeatStore) -> None:
     assert store.states()["e"].last_tick == tick + 1
 
 
-def test_unclaim_puts_the_previous_tick_back(store: BeatStore) -> None:
+def test_an_unsent_tick_holds_the_entry_until_settled(store: BeatStore) -> None:
     store.acquire("a", 10)
     assert store.claim_tick("a", "e", 1.0, None)
-    assert store.claim_tick("a", "e", 2.0, 1.0)
-    assert not store.unclaim_tick("e", 3.0, 2.0), "only the recorded tick is undone"
-    assert store.unclaim_tick("e", 2.0, 1.0)
-    assert store.states()["e"].last_tick == 1.0
-    assert store.unclaim_tick("e", 1.0, None)
-    assert store.claim_tick("a", "e", 1.0, None)
+    assert not store.states()["e"].unsent
+    assert store.claim_tick("a", "e", 2.0, 1.0, unsent=True)
+    assert store.states()["e"] == EntryState(2.0, False, unsent=True)
+    assert not store.claim_tick("a", "e", 3.0, 2.0), "no claim past an unsent tick"
+    assert not store.claim_tick("a", "e", 3.0, 2.0, unsent=True)
+    store.settle_tick("e", 1.0)  # not the unsent tick: no effect
+    store.settle_tick("other", 2.0)
+    assert store.states()["e"].unsent
+    store.settle_tick("e", 2.0)
+    assert store.states()["e"] == EntryState(2.0, False, unsent=False)
+    store.settle_tick("e", 2.0)  # twice is harmless
+    assert store.claim_tick("a", "e", 3.0, 2.0)
+    assert store.states()["e"].last_tick == 3.0
+
+
+def test_an_unsent_claim_is_fenced_too(store: BeatStore) -> None:
+    assert not store.claim_tick("a", "e", 1.0, None, unsent=True)
+    store.acquire("a", 10)
+    assert not store.claim_tick("b", "e", 1.0, None, unsent=True)
+    assert store.states() == {}
+    tick = 1700000000.123456789 + 1 / 3
+    assert store.claim_tick("a", "e", tick, None, unsent=True)
+    store.settle_tick("e", tick)  # the float read back is the one settled
+    assert not store.states()["e"].unsent
 
 
 def test_dynamic_entries_bump_the_version(store: BeatStore) -> None:
@@ -139,7 +157,7 @@ def test_dynamic_entries_bump_the_version(store: BeatStore) -> None:
 def test_remove_forgets_entry_tick_and_pause(store: BeatStore) -> None:
     store.acquire("a", 10)
     store.put_entry("dyn", {"task": "t", "schedule": {"every": 1.0}}, replace=False)
-    store.claim_tick("a", "dyn", 5.0, None)
+    store.claim_tick("a", "dyn", 5.0, None, unsent=True)
     store.set_paused("dyn", True)
     v = store.version()
     assert store.remove_entry("dyn")
@@ -147,3 +165,5 @@ def test_remove_forgets_entry_tick_and_pause(store: BeatStore) -> None:
     assert "dyn" not in store.states()
     assert store.version() != v
     assert not store.remove_entry("dyn")
+    store.put_entry("dyn", {"task": "t", "schedule": {"every": 1.0}}, replace=False)
+    assert store.claim_tick("a", "dyn", 1.0, None), "nothing unsent is left of the old one"

@@ -120,10 +120,19 @@ class Step:
     send: bool
     #: True when ``tick`` stands for one or more ticks that were missed (sent or skipped).
     missed: bool = False
+    #: True when ``tick`` is recorded already, as unsent: settle it (sending its message again
+    #: when ``send``) instead of claiming it.
+    recorded: bool = False
 
 
 def next_step(
-    entry: Entry, last: float | None, now: float, grace: float, tz: dt.tzinfo
+    entry: Entry,
+    last: float | None,
+    now: float,
+    grace: float,
+    tz: dt.tzinfo,
+    *,
+    unsent: bool = False,
 ) -> Step | None:
     """The next thing to do for ``entry``, whose last recorded tick is ``last``; None: nothing.
 
@@ -132,10 +141,19 @@ def next_step(
       over, or beat was restarted quickly): it is sent, each on its own.
     * Ticks older than ``grace`` were missed while no beat ran: they collapse into one step at
       the latest of them, sent when the entry asks for catch-up and skipped otherwise.
+    * An ``unsent`` last tick (claimed to be sent, its message not known to be with the broker)
+      comes first, by the same rules: sent again while it is late, not missed; once missed,
+      given up, or sent as a catch-up entry's one message unless a later missed tick will be.
     """
     sched = entry.schedule
     if last is None:
         return Step(tick=sched.first_anchor(now), send=False)
+    if unsent:
+        if last >= now - grace:
+            return Step(tick=last, send=True, recorded=True)
+        later = sched.next_after(last, tz)
+        superseded = later is not None and later < now - grace
+        return Step(tick=last, send=entry.catchup and not superseded, missed=True, recorded=True)
     nxt = sched.next_after(last, tz)
     if nxt is None or nxt > now:
         return None

@@ -1,26 +1,33 @@
 """Beat: sends periodic tasks. Run as many as you like; the lease holder sends.
 
 Each loop a beat (1) notices entry changes through the store's version, (2) takes, renews or
-watches the leader lease, and (3) if it leads, works through every due tick, oldest first:
+watches the leader lease, and (3) if it leads, works through every due tick, oldest first: it
+claims the tick in the store (the lease check and a compare-and-set of the entry's last tick in
+one atomic step, so a beat whose lease ran out cannot claim it, and no two beats can) and sends
+its message. The task id is derived from entry and tick (uuid5), with headers ``beat_entry``
+and ``beat_tick``: whoever sends a tick, and however often, it has one task id.
 
-1. claim the tick in the store — the lease check and a compare-and-set of the entry's last
-   tick in one atomic step, so a beat whose lease ran out cannot claim it, and no two beats can;
-2. send the message (task id derived from entry and tick; headers ``beat_entry`` and
-   ``beat_tick``);
-3. if sending fails, put the previous tick back, so the tick is tried again.
+Claim and send are one step where the transport allows (:class:`~celeriac.beat.store.TickSender`):
+
+* SQLite and Redis record the tick and store its message in one transaction, or one script
+  call: the tick is recorded if and only if its message is stored. A beat killed at any moment
+  loses and doubles nothing; after a send that raised, beat reads the store to learn whether
+  it went through, and sends the tick again only if it did not.
+* Elsewhere (a store on another server than the broker, a broadcast on Redis) three steps:
+  claim the tick as unsent, publish, settle it. A tick left unsent (beat was killed, or the
+  publish failed) is sent again with the same task id by whichever beat leads next: never
+  lost, but sent twice when the publish had gone through and was not settled.
 
 A new leader starts from the ticks its predecessor recorded: ticks that came due while nobody
 led are sent late, each once, as long as they are no older than ``grace``; older ones were
 missed (beat was down) and are skipped, or sent once for an entry with ``"catchup": True``.
-
-Between a claim and its send a beat that is killed loses that one tick (it never doubles one):
-sending first would risk doubles instead, and a message and a tick record cannot share one
-transaction on every broker.
+An unsent tick follows the same rules.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import os
 import signal
@@ -33,12 +40,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celeriac.beat import api
-from celeriac.beat.entries import Entry, next_step, parse_entry
-from celeriac.beat.store import BeatStore
+from celeriac.beat.entries import Entry, Step, next_step, parse_entry
+from celeriac.beat.store import BeatStore, TickSender, tick_sender
 from celeriac.exceptions import CeleriacError, ConfigurationError
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.protocol.publication import Publication
 
 logger = logging.getLogger("celeriac.beat")
 
@@ -51,6 +59,14 @@ MAX_STEPS_PER_LOOP = 100
 
 def tick_task_id(entry: str, tick: float) -> str:
     return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{entry}@{tick!r}"))
+
+
+class Progress(enum.Enum):
+    """How far one entry got in one loop."""
+
+    DONE = "done"  # nothing more is due
+    REFUSED = "refused"  # a claim was refused, or the lease is gone: look again at once
+    FAILED = "failed"  # a send failed: try again next loop
 
 
 class Beat:
@@ -90,6 +106,10 @@ class Beat:
         self._tz = api.app_timezone(app)
         self._paused: set[str] = set()
         self._last: dict[str, float | None] = {}
+        self._unsent: set[str] = set()
+        #: A send's outcome is unknown: read the ticks from the store before the next one.
+        self._stale = False
+        self._tick_sender: TickSender | None = None
         self._version: int | None = None
         self._renew_at = 0.0
         self._bad_dynamic: dict[str, str] = {}
@@ -140,6 +160,8 @@ class Beat:
         states = self.store.states()
         self._paused = {n for n, s in states.items() if s.paused}
         self._last = {n: s.last_tick for n, s in states.items()}
+        self._unsent = {n for n, s in states.items() if s.unsent}
+        self._stale = False
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, *, install_signal_handlers: bool = True) -> None:
@@ -199,13 +221,18 @@ class Beat:
             logger.info("beat %s is now the leader", self.holder)
 
     def _send_due(self, now: float) -> float:
+        if self._stale:
+            self._load_states()
         wake = min(self.poll_interval, max(0.0, self._renew_at - now))
         for name, entry in list(self.entries.items()):
             if name in self._paused or self._broken.get(name) is entry:
                 continue
             try:
-                if not self._advance(entry, now):
+                progress = self._advance(entry, now)
+                if progress is Progress.REFUSED:
                     return 0.01  # lost the lease or raced: look again almost at once
+                if progress is Progress.FAILED:
+                    continue  # tried again after a poll interval, not at once
                 last = self._last.get(name)
                 nxt = entry.schedule.next_after(last, self._tz) if last is not None else None
             except CeleriacError:
@@ -220,37 +247,88 @@ class Beat:
                 wake = min(wake, max(0.0, nxt - now))
         return wake
 
-    def _advance(self, entry: Entry, now: float) -> bool:
-        """Claim and send every due tick of ``entry``. False when a claim was refused."""
+    def _advance(self, entry: Entry, now: float) -> Progress:
+        """Claim and send, or settle, every due tick of ``entry``, oldest first."""
         name = entry.name
         for _ in range(MAX_STEPS_PER_LOOP):
             last = self._last.get(name)
-            step = next_step(entry, last, now, self.grace, self._tz)
+            unsent = name in self._unsent
+            step = next_step(entry, last, now, self.grace, self._tz, unsent=unsent)
             if step is None:
-                return True
-            if not self.store.claim_tick(self.holder, name, step.tick, last):
-                logger.info("beat %s: claim of %r refused; re-reading state", self.holder, name)
-                self._renew_at = 0.0  # find out at once whether we still lead
-                self._load_states()
-                return False
-            self._last[name] = step.tick
-            if step.send:
-                if not self._send(entry, step.tick, last):
-                    return True
-            elif step.missed:
-                logger.warning(
-                    "beat: %r missed its ticks up to %s while no beat ran; skipped",
-                    name,
-                    self._fmt(step.tick),
-                )
-        return True
+                return Progress.DONE
+            progress = self._settle(entry, step) if step.recorded else self._claim(entry, step)
+            if progress is not Progress.DONE:
+                return progress
+        return Progress.DONE
 
-    def _send(self, entry: Entry, tick: float, previous: float | None) -> bool:
+    def _claim(self, entry: Entry, step: Step) -> Progress:
+        name, last = entry.name, self._last.get(entry.name)
+        if step.send:
+            publication = self._publication(entry, step.tick)
+            if publication is None:
+                return Progress.FAILED
+            try:
+                claimed = self._sender().claim_and_send(
+                    self.holder, name, step.tick, last, publication
+                )
+            except Exception as exc:
+                return self._failed(entry, step.tick, exc)
+        else:
+            claimed = self.store.claim_tick(self.holder, name, step.tick, last)
+        if not claimed:
+            logger.info("beat %s: claim of %r refused; re-reading state", self.holder, name)
+            self._renew_at = 0.0  # find out at once whether we still lead
+            self._load_states()
+            return Progress.REFUSED
+        self._last[name] = step.tick
+        if step.send:
+            logger.info("beat: sent %r (%s) for %s", name, entry.task, self._fmt(step.tick))
+        elif step.missed:
+            logger.warning(
+                "beat: %r missed its ticks up to %s while no beat ran; skipped",
+                name,
+                self._fmt(step.tick),
+            )
+        return Progress.DONE
+
+    def _settle(self, entry: Entry, step: Step) -> Progress:
+        """A tick claimed to be sent whose message is not known to be with the broker."""
+        name = entry.name
+        if not step.send:
+            self.store.settle_tick(name, step.tick)
+            logger.warning(
+                "beat: %r tick %s was never sent and is older than grace; given up",
+                name,
+                self._fmt(step.tick),
+            )
+        else:
+            publication = self._publication(entry, step.tick)
+            if publication is None:
+                return Progress.FAILED
+            # Sending it is not fenced by the store: make sure the lease is still ours first.
+            if not self.store.renew(self.holder, self.lease_ttl):
+                self._renew_at = 0.0
+                return Progress.REFUSED
+            try:
+                self._sender().send(name, step.tick, publication)
+            except Exception as exc:
+                return self._failed(entry, step.tick, exc)
+            logger.info(
+                "beat: sent %r (%s) for %s, again with the same task id: the first try may "
+                "not have reached the broker",
+                name,
+                entry.task,
+                self._fmt(step.tick),
+            )
+        self._unsent.discard(name)
+        return Progress.DONE
+
+    def _publication(self, entry: Entry, tick: float) -> Publication | None:
         options: dict[str, Any] = dict(entry.options)
         headers = {**dict(options.pop("headers", None) or {}), "beat_entry": entry.name}
         headers["beat_tick"] = tick
         try:
-            self.app.send_task(
+            return self.app.prepare_message(
                 entry.task,
                 entry.args,
                 entry.kwargs,
@@ -259,12 +337,25 @@ class Beat:
                 **options,
             )
         except Exception as exc:
-            logger.error("beat: sending %r (tick %s) failed: %s", entry.name, self._fmt(tick), exc)
-            if self.store.unclaim_tick(entry.name, tick, previous):
-                self._last[entry.name] = previous
-            return False
-        logger.info("beat: sent %r (%s) for %s", entry.name, entry.task, self._fmt(tick))
-        return True
+            logger.error("beat: the message of %r cannot be made: %s", entry.name, exc)
+            return None
+
+    def _failed(self, entry: Entry, tick: float, exc: Exception) -> Progress:
+        logger.error(
+            "beat: sending %r (tick %s) failed: %s; the store will say whether it went through",
+            entry.name,
+            self._fmt(tick),
+            exc,
+        )
+        self._stale = True
+        return Progress.FAILED
+
+    def _sender(self) -> TickSender:
+        broker = self.app.broker
+        sender = self._tick_sender
+        if sender is None or sender.broker is not broker:
+            sender = self._tick_sender = tick_sender(broker, self.store)
+        return sender
 
     def _fmt(self, tick: float) -> str:
         return dt.datetime.fromtimestamp(tick, self._tz).isoformat(timespec="milliseconds")

@@ -3,14 +3,24 @@
 What the beats of one app share:
 
 * a **leader lease**: one holder id and an expiry; only the holder sends;
-* the **last tick** recorded per entry: ticks up to it are done (sent or skipped);
+* the **last tick** recorded per entry: ticks up to it are done (sent or skipped), except that
+  the last one may be recorded as **unsent**: meant to be sent, its message not yet known to be
+  with the broker;
 * **dynamic entries** (added at runtime) and the set of **paused** entry names;
 * a **version** that changes with every entry change, so beats notice them cheaply.
 
-Exactly one message per tick rests on :meth:`BeatStore.claim_tick`: a compare-and-set of the
-entry's last tick, done atomically with the lease check. Two beats can never both claim a tick
-(the compare-and-set), and a beat whose lease has run out claims nothing (the fence). The lease
+One message per tick rests on :meth:`BeatStore.claim_tick`: a compare-and-set of the entry's
+last tick, done atomically with the lease check. Two beats can never both claim a tick (the
+compare-and-set), and a beat whose lease has run out claims nothing (the fence). The lease
 itself only keeps the beats from racing each other for every tick.
+
+How a claimed tick's message reaches the broker is a :class:`TickSender`'s job. The one any store
+and broker allow takes three steps: claim the tick as unsent, publish, settle it. A beat killed
+in between leaves the tick unsent, and the next leader sends it again with the same task id: no
+tick is lost, but one whose publish went through and was not settled is sent twice. A transport
+whose broker and beat store share a server gives a sender that claims the tick and stores its
+message in one atomic step (:meth:`~celeriac.transports.base.Transport.tick_sender`), and then
+neither can happen.
 
 A store is one class over a few primitives; a transport hands it out (a new one, PostgreSQL say,
 is one more module of that transport), and it must pass ``tests/beat/test_store_contract.py``
@@ -24,6 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from celeriac.brokers.base import Broker
+    from celeriac.protocol.publication import Publication
     from celeriac.transports.base import Transport
 
 
@@ -41,6 +53,8 @@ class EntryState:
 
     last_tick: float | None
     paused: bool
+    #: ``last_tick`` was claimed to be sent and is not known to be: send it (again) or give it up.
+    unsent: bool = False
 
 
 class BeatStore(ABC):
@@ -66,14 +80,19 @@ class BeatStore(ABC):
 
     # -- ticks ------------------------------------------------------------------------------
     @abstractmethod
-    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
-        """Record ``tick`` as ``entry``'s last tick, atomically with two checks: ``holder`` holds
-        an unexpired lease, and the recorded last tick is still ``previous`` (None: none yet).
-        False when either fails; nothing is recorded then."""
+    def claim_tick(
+        self, holder: str, entry: str, tick: float, previous: float | None, *, unsent: bool = False
+    ) -> bool:
+        """Record ``tick`` as ``entry``'s last tick, atomically with three checks: ``holder``
+        holds an unexpired lease, the recorded last tick is still ``previous`` (None: none yet),
+        and it is not unsent. False when one fails; nothing is recorded then.
+
+        With ``unsent=True`` the tick is recorded as unsent until :meth:`settle_tick`."""
 
     @abstractmethod
-    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
-        """Put ``previous`` back if ``tick`` is still recorded (sending the tick failed)."""
+    def settle_tick(self, entry: str, tick: float) -> None:
+        """``entry``'s unsent ``tick`` needs nothing more: its message is with the broker, or it
+        was given up. No effect unless ``tick`` is the entry's last tick and unsent."""
 
     @abstractmethod
     def states(self) -> dict[str, EntryState]:
@@ -112,4 +131,46 @@ class BeatStore(ABC):
             transport.give_back(self)
 
 
-__all__ = ["BeatStore", "EntryState", "Lease"]
+class TickSender:
+    """Claims a tick and sends its message, in the three steps any store and broker allow.
+
+    A transport whose broker and beat store share one server may give a subclass that claims
+    and stores the message in one atomic step (:meth:`Transport.tick_sender`); the scheduler
+    gets one from :func:`tick_sender`.
+    """
+
+    def __init__(self, broker: Broker, store: BeatStore) -> None:
+        self.broker = broker
+        self.store = store
+
+    def claim_and_send(
+        self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
+    ) -> bool:
+        """:meth:`BeatStore.claim_tick` ``tick`` and publish its message. False: the claim was
+        refused and nothing was sent.
+
+        When it raises, the store says what happened (:meth:`~BeatStore.states`): the tick
+        is its last one or not, and here a claimed tick whose message may not have reached
+        the broker is unsent. An atomic sender never leaves a tick unsent.
+        """
+        if not self.store.claim_tick(holder, entry, tick, previous, unsent=True):
+            return False
+        self.send(entry, tick, publication)
+        return True
+
+    def send(self, entry: str, tick: float, publication: Publication) -> None:
+        """Publish an unsent tick's message, then settle the tick."""
+        self.broker.publish(publication)
+        self.store.settle_tick(entry, tick)
+
+
+def tick_sender(broker: Broker, store: BeatStore) -> TickSender:
+    """The transport's own sender when it gave both ``broker`` and ``store``, else the
+    three-step one."""
+    transport = broker.transport
+    if transport is not None and store.transport is transport:
+        return transport.tick_sender(broker, store)
+    return TickSender(broker, store)
+
+
+__all__ = ["BeatStore", "EntryState", "Lease", "TickSender", "tick_sender"]

@@ -10,6 +10,10 @@ When one transport gave both the broker and the backend, :meth:`Transport.combin
 faster way to finish a batch (store results, acknowledge, fetch the next) than the three calls
 in turn: Redis does it in one script call, RabbitMQ sends ``rpc://`` replies and acks on the
 channel the tasks came from. That is the only place where a broker and a backend meet.
+
+Likewise :meth:`Transport.tick_sender` may let beat record a tick and store its message in one
+atomic step when this transport gave both the broker and the beat store (one SQLite
+transaction, one Redis script call).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from celeriac.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
-    from celeriac.beat.store import BeatStore
+    from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
 
 
@@ -143,6 +147,15 @@ class Transport(ABC):
         """How a worker finishes batches when this transport gave both ``broker`` and
         ``backend``. The default stores, acks and fetches in three calls."""
         return Combined(broker, backend)
+
+    def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
+        """How beat claims a tick and sends its message when this transport gave both
+        ``broker`` and ``store``. The default takes three steps (see
+        :class:`~celeriac.beat.store.TickSender`); a transport that can claim the tick and
+        store the message in one atomic step returns a sender that does."""
+        from celeriac.beat.store import TickSender
+
+        return TickSender(broker, store)
 
 
 class Combined:

@@ -30,6 +30,7 @@ class MemoryBeatStore(BeatStore):
         self._lock = threading.Lock()
         self._lease: Lease | None = None
         self._ticks: dict[str, float] = {}
+        self._unsent: set[str] = set()
         self._paused: set[str] = set()
         self._entries: dict[str, dict[str, Any]] = {}
         self._version = 0
@@ -63,30 +64,32 @@ class MemoryBeatStore(BeatStore):
         with self._lock:
             return self._live_lease()
 
-    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
+    def claim_tick(
+        self, holder: str, entry: str, tick: float, previous: float | None, *, unsent: bool = False
+    ) -> bool:
         with self._lock:
             lease = self._live_lease()
             if lease is None or lease.holder != holder:
                 return False
-            if self._ticks.get(entry) != previous:
+            if self._ticks.get(entry) != previous or entry in self._unsent:
                 return False
             self._ticks[entry] = tick
+            if unsent:
+                self._unsent.add(entry)
             return True
 
-    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
+    def settle_tick(self, entry: str, tick: float) -> None:
         with self._lock:
-            if self._ticks.get(entry) != tick:
-                return False
-            if previous is None:
-                del self._ticks[entry]
-            else:
-                self._ticks[entry] = previous
-            return True
+            if self._ticks.get(entry) == tick:
+                self._unsent.discard(entry)
 
     def states(self) -> dict[str, EntryState]:
         with self._lock:
             names = set(self._ticks) | self._paused
-            return {n: EntryState(self._ticks.get(n), n in self._paused) for n in names}
+            return {
+                n: EntryState(self._ticks.get(n), n in self._paused, n in self._unsent)
+                for n in names
+            }
 
     def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
         with self._lock:
@@ -100,6 +103,7 @@ class MemoryBeatStore(BeatStore):
         with self._lock:
             found = self._entries.pop(name, None) is not None
             self._ticks.pop(name, None)
+            self._unsent.discard(name)
             self._paused.discard(name)
             self._version += 1
             return found

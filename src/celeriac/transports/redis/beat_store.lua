@@ -1,9 +1,14 @@
 -- Celeriac beat's state on Redis: each command is one atomic call of this script.
 --
 -- ARGV[1] = command, ARGV[2] = key prefix (global_keyprefix), then the command's arguments.
+-- broker(argv) runs a command of the broker's script (broker.lua, made a function of its ARGV
+-- ahead of this file: see beat_store.py), so 'send' stores a tick's message with the broker's
+-- own code in the same call that claims the tick.
 -- Keys (standalone Redis, not Cluster):
 --   celeriac.beat.lease     holder id, with a PX expiry: the leader lease
 --   celeriac.beat.ticks     hash entry -> last tick (a float's repr)
+--   celeriac.beat.unsent    hash entry -> its last tick, while that was claimed to be sent and
+--                           is not known to be: the three-step path only, never 'send'
 --   celeriac.beat.paused    set of paused entry names
 --   celeriac.beat.entries   hash name -> dynamic entry spec (JSON)
 --   celeriac.beat.version   counter bumped by every entry change
@@ -11,7 +16,15 @@
 local cmd, P = ARGV[1], ARGV[2]
 local LEASE, TICKS = P .. 'celeriac.beat.lease', P .. 'celeriac.beat.ticks'
 local PAUSED, ENTRIES = P .. 'celeriac.beat.paused', P .. 'celeriac.beat.entries'
-local VERSION = P .. 'celeriac.beat.version'
+local VERSION, UNSENT = P .. 'celeriac.beat.version', P .. 'celeriac.beat.unsent'
+
+-- The fence and the compare-and-set: holder leads, and entry's last tick is previous ('' =
+-- none) and not unsent.
+local function claimable(holder, entry, previous)
+  if redis.call('GET', LEASE) ~= holder then return false end
+  if redis.call('HEXISTS', UNSENT, entry) == 1 then return false end
+  return (redis.call('HGET', TICKS, entry) or '') == previous
+end
 
 -- acquire holder ttl_ms: take a free lease (SET NX PX), or extend our own.
 if cmd == 'acquire' then
@@ -35,22 +48,31 @@ elseif cmd == 'release' then
   if redis.call('GET', LEASE) == ARGV[3] then redis.call('DEL', LEASE) end
   return 0
 
--- claim holder entry tick previous ('' = none): the fence and the compare-and-set together.
+-- claim holder entry tick previous unsent(0/1)
 elseif cmd == 'claim' then
-  if redis.call('GET', LEASE) ~= ARGV[3] then return 0 end
-  local current = redis.call('HGET', TICKS, ARGV[4]) or ''
-  if current ~= ARGV[6] then return 0 end
+  if not claimable(ARGV[3], ARGV[4], ARGV[6]) then return 0 end
   redis.call('HSET', TICKS, ARGV[4], ARGV[5])
+  if ARGV[7] == '1' then redis.call('HSET', UNSENT, ARGV[4], ARGV[5]) end
   return 1
 
--- unclaim entry tick previous ('' = none)
-elseif cmd == 'unclaim' then
-  if redis.call('HGET', TICKS, ARGV[3]) ~= ARGV[4] then return 0 end
-  if ARGV[5] == '' then
-    redis.call('HDEL', TICKS, ARGV[3])
-  else
-    redis.call('HSET', TICKS, ARGV[3], ARGV[5])
+-- settle entry tick
+elseif cmd == 'settle' then
+  if redis.call('HGET', UNSENT, ARGV[3]) == ARGV[4] then redis.call('HDEL', UNSENT, ARGV[3]) end
+  return 0
+
+-- send holder entry tick previous, then (queue, priority, delay, envelope, bind) per message:
+-- claim the tick and store its messages (one per queue its route reaches), or, refused, do
+-- nothing. The tick is recorded last: a publish that fails leaves it unclaimed, to be tried
+-- again (Redis does not undo a script's earlier writes: of a message routed to two queues, a
+-- copy stored before the failure stays, as with the broker's own publish_many).
+elseif cmd == 'send' then
+  if not claimable(ARGV[3], ARGV[4], ARGV[6]) then return 0 end
+  for i = 7, #ARGV, 5 do
+    local stored = broker({'publish', P, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+                           ARGV[i + 4]})
+    if stored ~= 1 then return stored end
   end
+  redis.call('HSET', TICKS, ARGV[4], ARGV[5])
   return 1
 
 -- put name spec replace(0/1)
@@ -63,6 +85,7 @@ elseif cmd == 'put' then
 elseif cmd == 'remove' then
   local found = redis.call('HDEL', ENTRIES, ARGV[3])
   redis.call('HDEL', TICKS, ARGV[3])
+  redis.call('HDEL', UNSENT, ARGV[3])
   redis.call('SREM', PAUSED, ARGV[3])
   redis.call('INCR', VERSION)
   return found

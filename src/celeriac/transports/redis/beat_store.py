@@ -2,24 +2,41 @@
 
 The lease is a key set with ``SET NX PX``: Redis expires it by its own clock, so beats on
 different machines need not agree on the time. The fence and the tick's compare-and-set run in
-one Lua call (``store_redis.lua``). Ticks are stored as the ``repr`` of a float, which reads back
+one Lua call (``beat_store.lua``). Ticks are stored as the ``repr`` of a float, which reads back
 as the same float, so compare-and-set on the strings is exact.
+
+The script carries the broker's own (``broker.lua``, as a function), so :class:`RedisTickSender`
+claims a tick and stores its message in one call: the tick is recorded if and only if its
+message is.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from celeriac.beat.store import BeatStore, EntryState, Lease
+from celeriac.beat.store import BeatStore, EntryState, Lease, TickSender
 from celeriac.exceptions import BrokerError
 from celeriac.transports.options import BROKER, parse_options
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.options import RedisOptions
 from celeriac.transports.redis.scripts import lua
+
+if TYPE_CHECKING:
+    from celeriac.protocol.publication import Publication
+    from celeriac.transports.redis.broker import RedisBroker
+
+# broker.lua reads its arguments from ARGV: made a function with ARGV as its parameter, it runs
+# inside this script with the arguments it is given (beat_store.lua calls it ``broker``).
+SCRIPT = (
+    "local function broker(ARGV)\n"
+    + lua("store_results.lua", "broker.lua")
+    + "\nend\n"
+    + lua("beat_store.lua")
+)
 
 
 def _num(value: float | None) -> str:
@@ -38,7 +55,7 @@ class RedisBeatStore(BeatStore):
         self.options = parse_options(RedisOptions, transport_options, url=url, setting=BROKER)
         self.client: redis.Redis = target.client
         self.prefix = target.prefix
-        self._script = self.client.register_script(lua("beat_store.lua"))
+        self._script = self.client.register_script(SCRIPT)
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}celeriac.beat.{name}"
@@ -72,23 +89,40 @@ class RedisBeatStore(BeatStore):
         return Lease(_text(holder), time.time() + pttl / 1000)
 
     # -- ticks ------------------------------------------------------------------------------
-    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
-        return self._call("claim", holder, entry, _num(tick), _num(previous)) == 1
+    def claim_tick(
+        self, holder: str, entry: str, tick: float, previous: float | None, *, unsent: bool = False
+    ) -> bool:
+        return self._call("claim", holder, entry, _num(tick), _num(previous), int(unsent)) == 1
 
-    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
-        return self._call("unclaim", entry, _num(tick), _num(previous)) == 1
+    def claim_and_store(
+        self,
+        holder: str,
+        entry: str,
+        tick: float,
+        previous: float | None,
+        publishes: list[list[str]],
+    ) -> bool:
+        """:meth:`claim_tick` and run the broker's ``publish`` with each of ``publishes``
+        (:meth:`RedisBroker.script_publishes`), in one script call: all or nothing."""
+        flat = [arg for call in publishes for arg in call]
+        return self._call("send", holder, entry, _num(tick), _num(previous), *flat) == 1
+
+    def settle_tick(self, entry: str, tick: float) -> None:
+        self._call("settle", entry, _num(tick))
 
     def states(self) -> dict[str, EntryState]:
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self._key("ticks"))
                 pipe.smembers(self._key("paused"))
-                ticks, paused = pipe.execute()
+                pipe.hkeys(self._key("unsent"))
+                ticks, paused, unsent = pipe.execute()
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: states failed: {exc}") from exc
         last = {_text(k): float(v) for k, v in ticks.items()}
         stopped = {_text(n) for n in paused}
-        return {n: EntryState(last.get(n), n in stopped) for n in set(last) | stopped}
+        waiting = {_text(n) for n in unsent}
+        return {n: EntryState(last.get(n), n in stopped, n in waiting) for n in set(last) | stopped}
 
     # -- dynamic entries --------------------------------------------------------------------
     def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
@@ -115,3 +149,19 @@ class RedisBeatStore(BeatStore):
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: version failed: {exc}") from exc
         return int(value) if value is not None else 0
+
+
+class RedisTickSender(TickSender):
+    """Claims a tick and stores its message in one script call (a broadcast, which Redis does
+    not store, takes the three steps)."""
+
+    broker: RedisBroker
+    store: RedisBeatStore
+
+    def claim_and_send(
+        self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
+    ) -> bool:
+        publishes = self.broker.script_publishes(publication)
+        if publishes is None:
+            return super().claim_and_send(holder, entry, tick, previous, publication)
+        return self.store.claim_and_store(holder, entry, tick, previous, publishes)

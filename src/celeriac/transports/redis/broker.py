@@ -216,6 +216,29 @@ class RedisBroker(Broker):
         if etas:
             self._due(min(etas))
 
+    def script_publishes(self, publication: Publication) -> list[list[str]] | None:
+        """The arguments (queue, priority bucket, delay, envelope, bind) of the ``publish``
+        calls of ``broker.lua`` that store ``publication``: its route resolved, nothing sent.
+        For a script that stores a message as part of a step of its own (beat claims a tick and
+        stores its message in one call: ``beat_store.lua``). None for a broadcast: PUB/SUB
+        keeps nothing for a script to store."""
+        route = publication.route
+        if route.exchange_type == "fanout" or (
+            route.exchange is None and self.topology.fanout_bound(route.name)
+        ):
+            return None
+        routed = [publication]
+        if route.exchange is not None or self.topology.queues:
+            routed = self._route(routed)
+        out = []
+        for p in routed:
+            eta = p.eta if self.delay_in_broker else None
+            envelope = encode_envelope(p.message, p.route, p.priority, str(uuid.uuid4()))
+            out.append(
+                [p.route.name, str(_bucket_priority(p.priority)), _delay(eta), envelope, "1"]
+            )
+        return out
+
     def _pipelined(self, calls: list[list[str | int]]) -> None:
         """Run the script once per argument list, in one round trip.
 

@@ -16,7 +16,7 @@ import redis
 from celeriac.transports.base import BackendConfig, Combined, Transport
 from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
-from celeriac.transports.redis.beat_store import RedisBeatStore
+from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
 from celeriac.transports.redis.broker import RedisBroker
 from celeriac.transports.redis.connection import RedisTarget, client_key, connect, server_key
 from celeriac.transports.redis.options import (
@@ -27,7 +27,7 @@ from celeriac.transports.redis.options import (
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
-    from celeriac.beat.store import BeatStore
+    from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
 
 
@@ -85,6 +85,18 @@ class RedisTransport(Transport):
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+    def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
+        """Beat's tick and its message in one script call, when both use one client and
+        prefix (they do unless their transport options name different ones)."""
+        if (
+            isinstance(broker, RedisBroker)
+            and isinstance(store, RedisBeatStore)
+            and broker.client is store.client
+            and broker.prefix == store.prefix
+        ):
+            return RedisTickSender(broker, store)
+        return super().tick_sender(broker, store)
 
     def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
         mine = [b for b in self._brokers if b is broker]

@@ -3,6 +3,9 @@
 Every write is one ``BEGIN IMMEDIATE`` transaction, so the lease check and the tick's
 compare-and-set in :meth:`claim_tick` cannot interleave with another beat's. Lease expiry uses
 this machine's clock, which every process sharing the file shares too.
+
+Because the queues are in the same file, beat claims a tick and inserts its message in one
+transaction (:class:`SQLiteTickSender`): the tick is recorded if and only if its message is.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celeriac.beat.store import BeatStore, EntryState, Lease
+from celeriac.beat.store import BeatStore, EntryState, Lease, TickSender
 from celeriac.exceptions import BrokerError
 from celeriac.transports.options import BROKER, parse_options
+from celeriac.transports.sqlite.broker import insert_rows
 from celeriac.transports.sqlite.connection import SQLiteFile
 from celeriac.transports.sqlite.options import SQLiteOptions
+
+if TYPE_CHECKING:
+    from celeriac.protocol.publication import Publication
+    from celeriac.transports.sqlite.broker import SQLiteBroker
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS celeriac_beat_lease (
@@ -28,6 +36,10 @@ CREATE TABLE IF NOT EXISTS celeriac_beat_state (
     entry     TEXT PRIMARY KEY,
     last_tick REAL,
     paused    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS celeriac_beat_unsent (
+    entry TEXT PRIMARY KEY,
+    tick  REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS celeriac_beat_entries (
     name       TEXT PRIMARY KEY,
@@ -98,41 +110,65 @@ class SQLiteBeatStore(BeatStore):
         return Lease(rows[0][0], float(rows[0][1])) if rows else None
 
     # -- ticks ------------------------------------------------------------------------------
-    def claim_tick(self, holder: str, entry: str, tick: float, previous: float | None) -> bool:
+    def claim_tick(
+        self, holder: str, entry: str, tick: float, previous: float | None, *, unsent: bool = False
+    ) -> bool:
         with self.db.write() as conn:
-            # The fence: checked inside the same write transaction as the compare-and-set.
-            lease = conn.execute(
-                "SELECT 1 FROM celeriac_beat_lease"
-                " WHERE name = ? AND holder = ? AND expires_at > ?",
-                (_LEASE, holder, time.time()),
-            ).fetchone()
-            if lease is None:
-                return False
-            row = conn.execute(
-                "SELECT last_tick FROM celeriac_beat_state WHERE entry = ?", (entry,)
-            ).fetchone()
-            current = row[0] if row is not None else None
-            if current != previous:
-                return False
-            conn.execute(
-                "INSERT INTO celeriac_beat_state (entry, last_tick) VALUES (?, ?)"
-                " ON CONFLICT (entry) DO UPDATE SET last_tick = excluded.last_tick",
-                (entry, tick),
-            )
-            return True
+            return self.claim(conn, holder, entry, tick, previous, unsent=unsent)
 
-    def unclaim_tick(self, entry: str, tick: float, previous: float | None) -> bool:
-        with self.db.write() as conn:
-            cur = conn.execute(
-                "UPDATE celeriac_beat_state SET last_tick = ? WHERE entry = ? AND last_tick = ?",
-                (previous, entry, tick),
+    def claim(
+        self,
+        conn: sqlite3.Connection,
+        holder: str,
+        entry: str,
+        tick: float,
+        previous: float | None,
+        *,
+        unsent: bool = False,
+    ) -> bool:
+        """:meth:`claim_tick` inside the caller's write transaction on this file."""
+        # The fence: checked inside the same write transaction as the compare-and-set.
+        lease = conn.execute(
+            "SELECT 1 FROM celeriac_beat_lease WHERE name = ? AND holder = ? AND expires_at > ?",
+            (_LEASE, holder, time.time()),
+        ).fetchone()
+        if lease is None:
+            return False
+        row = conn.execute(
+            "SELECT last_tick FROM celeriac_beat_state WHERE entry = ?", (entry,)
+        ).fetchone()
+        current = row[0] if row is not None else None
+        waiting = conn.execute(
+            "SELECT 1 FROM celeriac_beat_unsent WHERE entry = ?", (entry,)
+        ).fetchone()
+        if current != previous or waiting is not None:
+            return False
+        conn.execute(
+            "INSERT INTO celeriac_beat_state (entry, last_tick) VALUES (?, ?)"
+            " ON CONFLICT (entry) DO UPDATE SET last_tick = excluded.last_tick",
+            (entry, tick),
+        )
+        if unsent:
+            conn.execute(
+                "INSERT INTO celeriac_beat_unsent (entry, tick) VALUES (?, ?)", (entry, tick)
             )
-            return cur.rowcount == 1
+        return True
+
+    def settle_tick(self, entry: str, tick: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "DELETE FROM celeriac_beat_unsent WHERE entry = ? AND tick = ?", (entry, tick)
+            )
 
     def states(self) -> dict[str, EntryState]:
-        rows = self._read("SELECT entry, last_tick, paused FROM celeriac_beat_state")
+        rows = self._read(
+            "SELECT entry, last_tick, paused,"
+            " EXISTS (SELECT 1 FROM celeriac_beat_unsent u WHERE u.entry = s.entry)"
+            " FROM celeriac_beat_state s"
+        )
         return {
-            r[0]: EntryState(float(r[1]) if r[1] is not None else None, bool(r[2])) for r in rows
+            r[0]: EntryState(float(r[1]) if r[1] is not None else None, bool(r[2]), bool(r[3]))
+            for r in rows
         }
 
     # -- dynamic entries --------------------------------------------------------------------
@@ -160,6 +196,7 @@ class SQLiteBeatStore(BeatStore):
                 "DELETE FROM celeriac_beat_entries WHERE name = ?", (name,)
             ).rowcount
             conn.execute("DELETE FROM celeriac_beat_state WHERE entry = ?", (name,))
+            conn.execute("DELETE FROM celeriac_beat_unsent WHERE entry = ?", (name,))
             conn.execute(_BUMP)
             return found == 1
 
@@ -179,3 +216,21 @@ class SQLiteBeatStore(BeatStore):
     def version(self) -> int:
         rows = self._read("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")
         return int(rows[0][0]) if rows else 0
+
+
+class SQLiteTickSender(TickSender):
+    """Claims a tick and inserts its message in one transaction of the file both live in."""
+
+    broker: SQLiteBroker
+    store: SQLiteBeatStore
+
+    def claim_and_send(
+        self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
+    ) -> bool:
+        rows = self.broker.rows([publication])
+        self.store.db.connection()  # made the beat tables; the broker's connection made its own
+        with self.broker.db.write() as conn:
+            if not self.store.claim(conn, holder, entry, tick, previous):
+                return False
+            insert_rows(conn, rows)
+        return True

@@ -94,6 +94,18 @@ class SQLiteBroker(Broker):
 
     def publish_many(self, publications: Sequence[Publication]) -> None:
         """All in one transaction: a group or chord of any size costs one commit."""
+        rows = self.rows(publications)
+        try:
+            with self.db.write() as conn:
+                insert_rows(conn, rows)
+        except sqlite3.Error as exc:
+            queues = sorted({p.route.name for p in publications})
+            raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
+
+    def rows(self, publications: Sequence[Publication]) -> list[tuple[Any, ...]]:
+        """The message rows for ``publications``, one per queue each reaches, for
+        :func:`insert_rows` (which beat also uses, to insert a tick's message in the same
+        transaction as the tick: ``beat_store.SQLiteTickSender``)."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         for p in publications:
@@ -113,17 +125,7 @@ class SQLiteBroker(Broker):
                 )
                 for queue in self.local_targets(p.route)
             )
-        try:
-            with self.db.write() as conn:
-                conn.executemany(
-                    "INSERT INTO celeriac_messages (queue, priority, state, visible_at, headers,"
-                    " properties, content_type, content_encoding, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-        except sqlite3.Error as exc:
-            queues = sorted({p.route.name for p in publications})
-            raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
+        return rows
 
     # -- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
@@ -309,6 +311,16 @@ class SQLiteBroker(Broker):
     def purge_dead_letters(self) -> int:
         with self.db.write() as conn:
             return conn.execute("DELETE FROM celeriac_dead_letters").rowcount
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert :meth:`SQLiteBroker.rows` inside the caller's write transaction."""
+    conn.executemany(
+        "INSERT INTO celeriac_messages (queue, priority, state, visible_at, headers,"
+        " properties, content_type, content_encoding, body)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
 
 
 def _delivery(row: tuple[Any, ...]) -> Delivery:

@@ -14,7 +14,7 @@ from celeriac.transports.sqlite.connection import SQLiteFile, WriteLock, path_fr
 
 if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
-    from celeriac.beat.store import BeatStore
+    from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker
 
 
@@ -62,6 +62,15 @@ class SQLiteTransport(Transport):
         return beat_store.SQLiteBeatStore(
             self.url, transport_options, db=self._file(beat_store.SCHEMA, BrokerError)
         )
+
+    def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
+        """Beat's tick and its message in one transaction: both live in this file."""
+        from celeriac.transports.sqlite.beat_store import SQLiteBeatStore, SQLiteTickSender
+        from celeriac.transports.sqlite.broker import SQLiteBroker
+
+        if isinstance(broker, SQLiteBroker) and isinstance(store, SQLiteBeatStore):
+            return SQLiteTickSender(broker, store)
+        return super().tick_sender(broker, store)
 
     def _close_connections(self) -> None:
         files, self._files = self._files, []
