@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from celeriac._fork import generation
 from celeriac.exceptions import BrokerError, CeleriacError, ConfigurationError
@@ -125,10 +126,17 @@ class SQLiteFile:
                     raise self._error(f"SQLite {self.path}: {exc}") from exc
                 raise
 
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query; a failure (a damaged file, say) as this file's error type."""
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(f"SQLite {self.path}: {exc}") from exc
+
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "anything new?" probe."""
-        row = self.connection().execute("PRAGMA data_version").fetchone()
-        return int(row[0])
+        [(version,)] = self.read("PRAGMA data_version")
+        return int(version)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
