@@ -7,6 +7,12 @@ done inside the same transaction that claims the next batch.
 
 A row that does not make a message (see :mod:`.rows`) is dead-lettered with the reason in the
 claim that found it, and the rest of the batch is delivered: one bad row must not stop a queue.
+
+A lease that ran out while the file could not be written (a full disk) is no sign of a dead
+worker: its holder could not renew it, and may have finished the task and be waiting to store
+the result. The first claim that succeeds after failed writes gives such leases one more full
+lease instead of delivering their messages again; a holder that is alive renews it from then on,
+a dead one's messages come back one lease later.
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ class SQLiteBroker(Broker):
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, BrokerError) as exc:
             queues = sorted({p.route.name for p in publications})
             raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
 
@@ -159,8 +165,17 @@ class SQLiteBroker(Broker):
         if len(order) > 1:
             self._rotation = (self._rotation + 1) % len(order)
             order = order[self._rotation :] + order[: self._rotation]
+        failed_since = self.db.write_failed_since
         try:
             with self.db.write() as conn:
+                spared = 0
+                if failed_since is not None:
+                    # A renewal due up to a lease before we saw a write fail may have failed too.
+                    spared = conn.execute(
+                        "UPDATE celeriac_messages SET visible_at = ?"
+                        " WHERE state = 2 AND visible_at <= ? AND visible_at > ?",
+                        (lease_until, now, failed_since - self.visibility_timeout),
+                    ).rowcount
                 conn.execute(
                     "UPDATE celeriac_messages SET state = 0 WHERE state > 0 AND visible_at <= ?",
                     (now,),
@@ -172,8 +187,17 @@ class SQLiteBroker(Broker):
                 nxt = conn.execute(
                     "SELECT MIN(visible_at) FROM celeriac_messages WHERE state > 0"
                 ).fetchone()[0]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, BrokerError) as exc:
             raise BrokerError(f"fetch failed: {exc}") from exc
+        if failed_since is not None:
+            if self.db.write_failed_since == failed_since:  # no newer failure meanwhile
+                self.db.write_failed_since = None
+            logger.warning(
+                "writes to %s succeed again; %d lease(s) that ran out meanwhile were renewed "
+                "for their holders",
+                self.db.path,
+                spared,
+            )
         for row_id, queue, reason in dead:
             logger.error("dead-lettered message row %d on %r: %s", row_id, queue, reason)
         self._next_due = float(nxt) if nxt is not None else float("inf")
