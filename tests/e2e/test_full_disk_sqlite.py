@@ -58,3 +58,56 @@ def test_a_full_disk_holds_the_queue_and_nothing_is_lost_or_run_twice(full_disk_
     wait_for(lambda: tasks.app.broker.depth("celery") == 0, 20, "every message acknowledged")
     assert tasks.app.broker.dead_letters() == []
 
+
+def test_warm_shutdown_on_a_full_disk_ends_and_leaves_the_messages_leased(full_disk_env):
+    env, tasks, disk = full_disk_env
+    worker = env.start_worker("-c", "1")
+    result = tasks.sleepy.delay(1.0)
+    wait_for(lambda: env.ledger_entries("start")[result.id] == 1, 20, "the task to start")
+    disk.fill()
+    wait_for(lambda: env.ledger_entries("end")[result.id] == 1, 20, "the task to end")
+    asked = time.monotonic()
+    assert env.stop_worker(worker, timeout=60) == 0
+    took = time.monotonic() - asked
+    log = env.log(worker)
+    assert "left 1 message(s) leased" in log, log
+    assert took < 20, f"warm shutdown took {took:.1f}s"
+
+    disk.free()
+    env.start_worker("-c", "1")
+    # Its result was never stored: it comes back when its lease ends, and runs again.
+    assert result.get(timeout=30) == 1.0
+    assert env.ledger_entries("end")[result.id] == 2
+
+
+def test_results_on_a_full_disk_are_never_acknowledged_away_at_shutdown(
+    e2e,
+    small_disk: SmallDisk,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The broker on the ordinary disk, the results on the one that fills: acknowledging a
+    message whose result could not be stored would lose the result for good."""
+    env, tasks = e2e
+    env.set_vt(LEASE)
+    results_url = f"sqlite:///{small_disk.path}/results.sqlite3"
+    env.env["CELERIAC_RESULT_BACKEND"] = results_url
+    monkeypatch.setenv("CELERIAC_RESULT_BACKEND", results_url)
+    tasks.app.conf.update(result_backend=results_url)
+    tasks.app.close()
+    tasks.app.backend.get_states(["none"])  # tables made before the disk fills
+    try:
+        worker = env.start_worker("-c", "1")
+        result = tasks.sleepy.delay(1.0)
+        wait_for(lambda: env.ledger_entries("start")[result.id] == 1, 20, "the task to start")
+        small_disk.fill()
+        wait_for(lambda: env.ledger_entries("end")[result.id] == 1, 20, "the task to end")
+        assert env.stop_worker(worker, timeout=60) == 0
+        assert "left 1 message(s) leased" in env.log(worker), env.log(worker)
+        assert tasks.app.broker.depth("celery") == 1  # not acknowledged: its result is not stored
+
+        small_disk.free()
+        env.start_worker("-c", "1")
+        assert result.get(timeout=30) == 1.0
+        assert env.ledger_entries("end")[result.id] == 2
+    finally:
+        env.close()  # the workers end before the disk goes away
