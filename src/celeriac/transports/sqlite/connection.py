@@ -179,16 +179,19 @@ class SQLiteFile:
         if now - self._checkpoint_tried < _CHECKPOINT_EVERY:
             return
         self._checkpoint_tried = now
-        wal = Path(f"{self.path}-wal")
-        size = wal.stat().st_size if wal.exists() else 0
         try:
+            size = Path(f"{self.path}-wal").stat().st_size
+        except OSError:
+            size = 0
+        try:  # nothing may escape: the caller's write is committed, and must not be retried
             conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
-            [(busy, _, _)] = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            try:
+                [(busy, _, _)] = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             logger.warning("SQLite %s: checkpoint after failed writes failed: %s", self.path, exc)
             return
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if busy:  # a reader or another process's writer held on: after a later write
             logger.info("SQLite %s: checkpoint after failed writes postponed (busy)", self.path)
             return
