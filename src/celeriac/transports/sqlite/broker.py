@@ -340,7 +340,7 @@ class SQLiteBroker(Broker):
                     id=row_id,
                     queue=str(queue),
                     reason=str(reason),
-                    failed_at=failed_at if isinstance(failed_at, float | int) else 0.0,
+                    failed_at=float(failed_at) if isinstance(failed_at, float | int) else 0.0,
                     message=message,
                 )
             )
