@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +148,48 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_worker_keeps_serving(e2e):
     assert "DecodeError" in reasons[broken.task_id]
     assert "ContentDisallowed" in reasons[pickled.task_id]
     assert env.ledger_entries("run")[wrong_args.id] == 0
+
+
+def _insert_rows(path: Path, headers: list[str]) -> None:
+    """Message rows whose headers are whatever a person (or a bug) wrote there."""
+    body = _raw("e2e_tasks.add", b"[[1, 1], {}, {}]").body
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO celeriac_messages (queue, priority, state, visible_at, headers,"
+            " properties, content_type, content_encoding, body)"
+            " VALUES ('celery', 0, 0, 0, ?, '{}', 'application/json', 'utf-8', ?)",
+            [(h, body) for h in headers],
+        )
+
+
+def test_rows_that_are_not_messages_are_dead_lettered_and_the_queue_flows(e2e):
+    env, tasks = e2e
+    app = tasks.app
+    results = [tasks.add.delay(i, i) for i in range(25)]
+    bad = ["{not json", "[1, 2]", "null"]
+    _insert_rows(env.tmp / "broker.sqlite3", bad)
+    results += [tasks.add.delay(i, i) for i in range(25, 51)]
+
+    env.start_worker("-c", "2")
+    assert [r.get(timeout=30) for r in results] == [2 * i for i in range(51)]
+    runs = env.ledger_entries("run")
+    assert runs == {r.id: 1 for r in results}
+    wait_for(lambda: app.broker.depth("celery") == 0, 10, "every message settled")
+    dead = app.broker.dead_letters()
+    assert sorted(d.reason.split(":")[1].strip() for d in dead) == [
+        "headers are not JSON",
+        "headers are not a JSON object but NoneType",
+        "headers are not a JSON object but list",
+    ]
+
+    # What an operator sees: the list works, though what the rows hold is not a task.
+    listed = subprocess.run(
+        [sys.executable, "-m", "celeriac", "-A", "e2e_tasks:app", "dlq", "list", "--json"],
+        env=env.env,
+        cwd=env.tmp,
+        capture_output=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr.decode()
+    rows = json.loads(listed.stdout)
+    assert [(r["queue"], r["task"], r["task_id"]) for r in rows] == [("celery", None, None)] * 3

@@ -133,6 +133,9 @@ class Consumer:
         fetcher = self.fetcher
         if fetcher is None:
             return []
+        # From here on, settling that keeps failing is given up after a few tries (see
+        # Settler.safely): first of all the one the pool's thread may be stuck in right now.
+        self._running.clear()
         fetcher.fetching.clear()
         with self.inflight.cond:
             self.inflight.cond.notify_all()

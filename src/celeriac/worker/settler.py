@@ -3,7 +3,9 @@
 Outcomes are applied in batches, always in the order chord counters created → follow-ups
 published → results stored → chords counted (and their bodies sent) → messages acknowledged,
 dead-lettered or given back, so a crash at any point leaves the message to be delivered again
-rather than a result or a retry lost.
+rather than a result or a retry lost. Once the worker stops, a step that keeps failing is given
+up after a few tries so that the shutdown ends; the messages whose results or follow-ups it was
+storing are then left leased, unacknowledged, and come back when their leases end.
 
 Either a *finisher* thread takes outcomes as they come (:meth:`Settler.run`), or the thread that
 runs tasks settles between two tasks (a driven consumer, see :meth:`Consumer.pump`); then the
@@ -51,6 +53,10 @@ FLUSH_AFTER = 0.005
 FLUSH_IDLE = 0.05
 
 
+class _Unsettled(Exception):
+    """A step that must come before the acknowledgements was given up (the worker stops)."""
+
+
 @dataclass(slots=True)
 class Deferred:
     """What a driven consumer leaves for its next fetch to send (results first, then acks)."""
@@ -92,6 +98,9 @@ class Settler:
         self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         #: When the oldest outcome not applied yet was reported (monotonic; 0: none waiting).
         self.pending_since = 0.0
+        #: An operation was given up while stopping: later ones are given up at their first
+        #: failure, so a shutdown with the broker or backend unusable ends in bounded time.
+        self._gave_up = False
 
     def report(self, outcome: Outcome, *, driven: bool) -> None:
         self.outcomes.put(outcome)
@@ -161,6 +170,8 @@ class Settler:
     def apply_logged(self, batch: list[Outcome], later: Deferred | None = None) -> None:
         try:
             self.apply(batch, later)
+        except _Unsettled:
+            self._leave_leased(batch)
         except Exception:
             # Not acked, no longer renewed: the messages come back when their leases end.
             logger.exception("applying %d outcome(s) failed; they will be redelivered", len(batch))
@@ -177,14 +188,14 @@ class Settler:
         """
         inflight = self.inflight
         for gid, size in [start for o in batch for start in o.chord_starts]:
-            self.safely(partial(self.backend.chord_start, gid, size))
+            self._must(partial(self.backend.chord_start, gid, size))
         batch = self._publish_followups(batch)
         pairs = [(o, inflight.get(o.job_id)) for o in batch]
         results = [result for outcome, delivery in pairs for result in _results(outcome, delivery)]
         if results and later is not None and self._plain(batch):
             later.results.extend(results)
         elif results:
-            self.safely(lambda: self.backend.store_encoded(results))
+            self._must(lambda: self.backend.store_encoded(results))
         self._finish_chords(batch)
         acks = [
             d
@@ -271,7 +282,7 @@ class Settler:
 
     def publish(self, followups: list[Publication]) -> None:
         if followups:
-            self.safely(lambda: self._publish(followups))
+            self._must(lambda: self._publish(followups))
 
     def _finish_chords(self, batch: list[Outcome]) -> None:
         """Count finished chord header tasks; fire the bodies of chords this batch completed."""
@@ -290,14 +301,14 @@ class Settler:
         bodies = {o.chord[0]: o.chord[2] for o in batch if o.chord is not None}
         backend = self.backend
         claimed: list[str] = []
-        self.safely(lambda: claimed.extend(backend.chord_record(parts)))
+        self._must(lambda: claimed.extend(backend.chord_record(parts)))
         for gid in claimed:
             plan, failed = fire(self.app, backend, gid, bodies[gid])
             for start in plan.chord_starts:
-                self.safely(partial(backend.chord_start, *start))
+                self._must(partial(backend.chord_start, *start))
             self.publish(plan.publishes)
             if failed:
-                self.safely(partial(backend.store_encoded, failed))
+                self._must(partial(backend.store_encoded, failed))
             self.safely(partial(backend.chord_done, gid))
             logger.info("chord %s complete: body %s", gid, "failed" if failed else "sent")
 
@@ -315,25 +326,48 @@ class Settler:
         )
         self.safely(lambda: backend.store_encoded([started]))
 
-    def safely(self, op: Callable[[], object]) -> None:
+    def safely(self, op: Callable[[], object]) -> bool:
         """Run a broker/backend operation, retrying while the worker runs: never drop it.
 
         Errors that trying again cannot mend (:data:`PERMANENT`) are raised to the caller.
+        Once the worker stops, a failing operation is given up after a few tries (and, once one
+        was, every later one at its first failure), so that a shutdown ends: False then.
         """
         attempt = 0
         while True:
             try:
                 op()
-                return
+                return True
             except PERMANENT:
                 raise
             except CeleriacError as exc:
                 attempt += 1
-                if not self.running.is_set() and attempt > 3:
-                    logger.error("giving up after %d attempts: %s", attempt, exc)
-                    return
+                if not self.running.is_set() and (attempt > 3 or self._gave_up):
+                    self._gave_up = True
+                    logger.error("giving up after %d attempt(s) while stopping: %s", attempt, exc)
+                    return False
                 logger.error("broker/backend operation failed (attempt %d): %s", attempt, exc)
                 time.sleep(min(_RETRY_PAUSE * attempt, 10.0))
+
+    def _must(self, op: Callable[[], object]) -> None:
+        """:meth:`safely`, for a step its messages' acknowledgements must wait for."""
+        if not self.safely(op):
+            raise _Unsettled
+
+    def _leave_leased(self, batch: list[Outcome]) -> None:
+        """Forget a batch without acknowledging it: what it caused was not all stored."""
+        inflight = self.inflight
+        held = [
+            o.job_id
+            for o in batch
+            if inflight.get(o.job_id) is not None and not inflight.is_acked_early(o.job_id)
+        ]
+        logger.error(
+            "left %d message(s) leased: what their tasks caused could not be stored before "
+            "stopping; they are delivered again when their leases end",
+            len(held),
+        )
+        self.on_settled(inflight.settled(o.job_id for o in batch))
 
 
 def _log(o: Outcome) -> None:

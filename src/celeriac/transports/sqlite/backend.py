@@ -1,4 +1,8 @@
-"""Results in an SQLite file (by default the broker's own file)."""
+"""Results in an SQLite file (by default the broker's own file).
+
+Reading a row that does not hold a result document (a hand edit, a damaged page) is a
+:class:`BackendError` naming what is wrong, as any other failure to read a result is.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
-from celeriac.exceptions import BackendError
+from celeriac.exceptions import BackendError, ProtocolError
 from celeriac.transports.sqlite.connection import SQLiteFile, wait_for_change
 
 SCHEMA = """
@@ -71,40 +75,48 @@ class SQLiteBackend(ResultBackend):
                 if now - self._last_sweep > _SWEEP_EVERY:
                     self._last_sweep = now
                     conn.execute("DELETE FROM celeriac_results WHERE expires_at < ?", (now,))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, BackendError) as exc:
             raise BackendError(f"storing {len(items)} result(s) failed: {exc}") from exc
 
     def _load(self, task_id: str) -> bytes | None:
+        rows = self.db.read(
+            "SELECT meta FROM celeriac_results WHERE task_id = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (task_id, time.time()),
+        )
+        return self._blob(rows[0][0], f"the result of {task_id}") if rows else None
+
+    def decode_meta(self, data: bytes) -> dict[str, Any]:
         try:
-            row = (
-                self.db.connection()
-                .execute(
-                    "SELECT meta FROM celeriac_results WHERE task_id = ?"
-                    " AND (expires_at IS NULL OR expires_at > ?)",
-                    (task_id, time.time()),
-                )
-                .fetchone()
-            )
-        except sqlite3.Error as exc:
-            raise BackendError(f"reading result {task_id} failed: {exc}") from exc
-        return None if row is None else bytes(row[0])
+            return super().decode_meta(data)
+        except ProtocolError as exc:
+            raise BackendError(f"a result stored in {self.db.path} is unreadable: {exc}") from exc
 
     def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
         if not task_ids:
             return {}
         out: dict[str, str] = {}
-        conn = self.db.connection()
         now = time.time()
         ids = list(task_ids)
         for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
             chunk = ids[i : i + 500]
-            rows = conn.execute(
+            rows = self.db.read(
                 "SELECT task_id, status FROM celeriac_results WHERE task_id IN"
                 f" ({','.join('?' * len(chunk))}) AND (expires_at IS NULL OR expires_at > ?)",
                 (*chunk, now),
             )
-            out.update(dict(rows))
+            out.update((task_id, str(status)) for task_id, status in rows)
         return out
+
+    def _blob(self, value: object, what: str) -> bytes:
+        """A stored document's bytes; ``bytes(5)`` would be five zero bytes, so a number (or
+        anything but a blob or text) is an error, not a document."""
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, str):
+            return value.encode("utf-8", "surrogateescape")
+        kind = "NULL" if value is None else type(value).__name__
+        raise BackendError(f"{what} in {self.db.path} is {kind}, not a stored document")
 
     # -- chords: the count, the dedup and the claim in one transaction ---------------------
     def chord_start(self, group_id: str, size: int) -> None:
@@ -145,12 +157,15 @@ class SQLiteBackend(ResultBackend):
         return claimed
 
     def chord_results(self, group_id: str) -> list[EncodedResult]:
-        rows = self.db.connection().execute(
+        rows = self.db.read(
             "SELECT task_id, status, meta FROM celeriac_chord_parts WHERE group_id = ?"
             " ORDER BY idx",
             (group_id,),
         )
-        return [EncodedResult(tid, status, bytes(meta)) for tid, status, meta in rows]
+        return [
+            EncodedResult(str(tid), str(status), self._blob(meta, f"chord part {tid}"))
+            for tid, status, meta in rows
+        ]
 
     def chord_done(self, group_id: str) -> None:
         with self.db.write() as conn:
@@ -167,16 +182,14 @@ class SQLiteBackend(ResultBackend):
             )
 
     def restore_group(self, group_id: str) -> Any:
-        row = (
-            self.db.connection()
-            .execute(
-                "SELECT meta FROM celeriac_groups WHERE group_id = ?"
-                " AND (expires_at IS NULL OR expires_at > ?)",
-                (group_id, time.time()),
-            )
-            .fetchone()
+        rows = self.db.read(
+            "SELECT meta FROM celeriac_groups WHERE group_id = ?"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (group_id, time.time()),
         )
-        return None if row is None else self.decode_meta(bytes(row[0])).get("result")
+        if not rows:
+            return None
+        return self.decode_meta(self._blob(rows[0][0], f"group {group_id}")).get("result")
 
     def forget_group(self, group_id: str) -> None:
         with self.db.write() as conn:

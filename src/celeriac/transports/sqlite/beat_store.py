@@ -11,6 +11,7 @@ transaction (:class:`SQLiteTickSender`): the tick is recorded if and only if its
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS celeriac_beat_meta (
     value INTEGER NOT NULL
 );
 """
+
+logger = logging.getLogger("celeriac.beat")
 
 _LEASE = "beat"
 _BUMP = (
@@ -210,8 +213,21 @@ class SQLiteBeatStore(BeatStore):
             conn.execute(_BUMP)
 
     def entries(self) -> dict[str, dict[str, Any]]:
-        rows = self._read("SELECT name, spec FROM celeriac_beat_entries")
-        return {name: json.loads(spec) for name, spec in rows}
+        out = {}
+        for name, spec in self._read("SELECT name, spec FROM celeriac_beat_entries"):
+            try:
+                out[name] = json.loads(spec)
+            except (TypeError, ValueError) as exc:
+                # Beat reads every entry on each refresh: one unreadable row must not stop the
+                # others (a spec that is JSON but not an entry is the scheduler's to refuse).
+                logger.error(
+                    "beat entry %r in %s is not JSON (%s); left out until it is replaced or "
+                    "removed",
+                    name,
+                    self.db.path,
+                    exc,
+                )
+        return out
 
     def version(self) -> int:
         rows = self._read("SELECT value FROM celeriac_beat_meta WHERE key = 'version'")

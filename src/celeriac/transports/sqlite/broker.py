@@ -4,11 +4,21 @@ A message row is in one of three states: ready (0), delayed (1: waiting for its 
 (2: a worker has it until ``visible_at``). Delayed and leased rows share one index on
 ``visible_at``, so promoting due ETAs and recovering a dead worker's messages is one range scan,
 done inside the same transaction that claims the next batch.
+
+A row that does not make a message (see :mod:`.rows`) is dead-lettered with the reason in the
+claim that found it, and the rest of the batch is delivered: one bad row must not stop a queue.
+
+A lease that ran out while the file could not be written (a full disk) is no sign of a dead
+worker: its holder could not renew it, and may have finished the task and be waiting to store
+the result. The first claim that succeeds after failed writes gives such leases one more full
+lease instead of delivering their messages again; a holder that is alive renews it from then on,
+a dead one's messages come back one lease later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -16,10 +26,12 @@ from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError
-from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication
 from celeriac.transports.sqlite.connection import SQLiteFile
 from celeriac.transports.sqlite.options import SQLiteOptions
+from celeriac.transports.sqlite.rows import UnreadableRow, message_of, salvage
+
+logger = logging.getLogger("celeriac.broker.sqlite")
 
 READY, DELAYED, LEASED = 0, 1, 2
 
@@ -98,7 +110,7 @@ class SQLiteBroker(Broker):
         try:
             with self.db.write() as conn:
                 insert_rows(conn, rows)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, BrokerError) as exc:
             queues = sorted({p.route.name for p in publications})
             raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
 
@@ -148,33 +160,83 @@ class SQLiteBroker(Broker):
 
     def _claim(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
         out: list[Delivery] = []
+        dead: list[tuple[int, str, str]] = []
         lease_until = now + self.visibility_timeout
         # Rotate the starting queue so one busy queue cannot starve the others.
         order = list(queues)
         if len(order) > 1:
             self._rotation = (self._rotation + 1) % len(order)
             order = order[self._rotation :] + order[: self._rotation]
+        failed_since = self.db.write_failed_since
         try:
             with self.db.write() as conn:
+                spared = 0
+                if failed_since is not None:
+                    # A renewal due up to a lease before we saw a write fail may have failed too.
+                    spared = conn.execute(
+                        "UPDATE celeriac_messages SET visible_at = ?"
+                        " WHERE state = 2 AND visible_at <= ? AND visible_at > ?",
+                        (lease_until, now, failed_since - self.visibility_timeout),
+                    ).rowcount
                 conn.execute(
                     "UPDATE celeriac_messages SET state = 0 WHERE state > 0 AND visible_at <= ?",
                     (now,),
                 )
                 for queue in order:
+                    self._claim_queue(conn, queue, limit, lease_until, out, dead)
                     if len(out) >= limit:
                         break
-                    rows = conn.execute(_CLAIM, (lease_until, queue, limit - len(out))).fetchall()
-                    # RETURNING has no defined order: hand the batch out in the order it was
-                    # chosen (priority, then age), as the worker dispatches it in list order.
-                    rows.sort(key=lambda r: (-r[8], r[0]))
-                    out.extend(_delivery(row) for row in rows)
                 nxt = conn.execute(
                     "SELECT MIN(visible_at) FROM celeriac_messages WHERE state > 0"
                 ).fetchone()[0]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, BrokerError) as exc:
             raise BrokerError(f"fetch failed: {exc}") from exc
+        if failed_since is not None:
+            if self.db.write_failed_since == failed_since:  # no newer failure meanwhile
+                self.db.write_failed_since = None
+            logger.warning(
+                "writes to %s succeed again; %d lease(s) that ran out meanwhile were renewed "
+                "for their holders",
+                self.db.path,
+                spared,
+            )
+        for row_id, queue, reason in dead:
+            logger.error("dead-lettered message row %d on %r: %s", row_id, queue, reason)
         self._next_due = float(nxt) if nxt is not None else float("inf")
         return out
+
+    def _claim_queue(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        limit: int,
+        lease_until: float,
+        out: list[Delivery],
+        dead: list[tuple[int, str, str]],
+    ) -> None:
+        """Lease rows of ``queue`` until ``out`` holds ``limit`` or the queue has no more ready;
+        rows that are not messages go to the dead letters (and into ``dead``) as they come."""
+        while len(out) < limit:
+            want = limit - len(out)
+            rows = conn.execute(_CLAIM, (lease_until, queue, want)).fetchall()
+            # RETURNING has no defined order: hand the batch out in the order it was chosen
+            # (priority, then age), as the worker dispatches it in list order.
+            rows.sort(key=lambda r: (-_priority(r[8]), r[0]))
+            unreadable = 0
+            for row in rows:
+                msg_id, _queue, count, *columns, _ = row
+                try:
+                    message = message_of(*columns)
+                except UnreadableRow as exc:
+                    reason = f"unreadable message row: {exc}"
+                    _dead_letter_row(conn, msg_id, reason)
+                    dead.append((msg_id, queue, reason))
+                    unreadable += 1
+                    continue
+                out.append(Delivery(message, queue, (msg_id, count), count))
+            # Claim again for the places the unreadable rows took, unless the queue ran dry.
+            if not unreadable or len(rows) < want:
+                return
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -258,33 +320,33 @@ class SQLiteBroker(Broker):
             return cur.rowcount
 
     def depth(self, queue: str) -> int:
-        row = (
-            self.db.connection()
-            .execute("SELECT COUNT(*) FROM celeriac_messages WHERE queue = ?", (queue,))
-            .fetchone()
+        [(count,)] = self.db.read(
+            "SELECT COUNT(*) FROM celeriac_messages WHERE queue = ?", (queue,)
         )
-        return int(row[0])
+        return int(count)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = (
-            self.db.connection()
-            .execute(
-                "SELECT id, queue, reason, failed_at, headers, properties, content_type,"
-                " content_encoding, body FROM celeriac_dead_letters ORDER BY id LIMIT ?",
-                (limit,),
-            )
-            .fetchall()
+        rows = self.db.read(
+            "SELECT id, queue, reason, failed_at, headers, properties, content_type,"
+            " content_encoding, body FROM celeriac_dead_letters ORDER BY id LIMIT ?",
+            (limit,),
         )
-        return [
-            DeadLetter(
-                id=r[0],
-                queue=r[1],
-                reason=r[2],
-                failed_at=r[3],
-                message=Message(json.loads(r[4]), json.loads(r[5]), bytes(r[8]), r[6], r[7]),
+        out = []
+        for row_id, queue, reason, failed_at, *columns in rows:
+            # Whatever a dead letter holds, it is listed: it is there for a person to look at.
+            message, problems = salvage(*columns)
+            if problems:
+                logger.warning("dead letter %s: stored message is unreadable: %s", row_id, problems)
+            out.append(
+                DeadLetter(
+                    id=row_id,
+                    queue=str(queue),
+                    reason=str(reason),
+                    failed_at=float(failed_at) if isinstance(failed_at, float | int) else 0.0,
+                    message=message,
+                )
             )
-            for r in rows
-        ]
+        return out
 
     def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
         now = time.time()
@@ -323,7 +385,18 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
     )
 
 
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    msg_id, queue, count, headers, properties, ctype, cenc, body, _priority = row
-    message = Message(json.loads(headers), json.loads(properties), bytes(body), ctype, cenc)
-    return Delivery(message=message, queue=queue, tag=(msg_id, count), delivery_count=count)
+def _dead_letter_row(conn: sqlite3.Connection, msg_id: int, reason: str) -> None:
+    """Move a row to the dead letters as it is stored: nothing is re-encoded, so a replay puts
+    back exactly what came in."""
+    conn.execute(
+        "INSERT INTO celeriac_dead_letters (queue, reason, failed_at, headers, properties,"
+        " content_type, content_encoding, body) SELECT queue, ?, ?, headers, properties,"
+        " content_type, content_encoding, body FROM celeriac_messages WHERE id = ?",
+        (reason, time.time(), msg_id),
+    )
+    conn.execute("DELETE FROM celeriac_messages WHERE id = ?", (msg_id,))
+
+
+def _priority(value: object) -> float:
+    """A row's priority for ordering its batch; one stored as something else sorts as 0."""
+    return value if isinstance(value, int | float) else 0

@@ -3,21 +3,35 @@
 Each thread of each process gets its own connection (sqlite3 connections must not cross threads or
 a ``fork``). The file runs in WAL mode so readers never block the writer, and writers queue on
 ``busy_timeout`` instead of failing.
+
+When writes fail for want of space (a full disk), SQLite cannot copy the WAL back into the
+database either, so the WAL keeps everything written since the last checkpoint and never shrinks
+on its own. The first write that succeeds again therefore checkpoints it and truncates it
+(``PRAGMA wal_checkpoint(TRUNCATE)``), giving the space back.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from celeriac._fork import generation
 from celeriac.exceptions import BrokerError, CeleriacError, ConfigurationError
 
+logger = logging.getLogger("celeriac.transport.sqlite")
+
 BUSY_TIMEOUT_MS = 30_000
+#: How long the checkpoint after a failed write waits for other connections to let go; it is
+#: tried again after a later write when they did not.
+CHECKPOINT_BUSY_MS = 1_000
+_CHECKPOINT_EVERY = 1.0
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11 on
 
 
 def path_from_url(url: str) -> str:
@@ -49,6 +63,12 @@ class SQLiteFile:
         self._write_lock = write_lock or WriteLock()
         self._local = threading.local()
         self._fork_gen = generation()
+        #: When writes began to fail (unix s), for a reason other than a bug: no space, an I/O
+        #: error, a lock held past the busy timeout. Left set until its reader clears it (the
+        #: broker, once its claim made up for the leases nobody could renew meanwhile).
+        self.write_failed_since: float | None = None
+        self._checkpoint_owed = False
+        self._checkpoint_tried = 0.0
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def connection(self) -> sqlite3.Connection:
@@ -84,10 +104,14 @@ class SQLiteFile:
                 # try again rather than fail the caller.
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     conn.close()
-                    raise self._error(f"cannot open SQLite database {self.path}: {exc}") from exc
+                    raise self._error(
+                        f"cannot open SQLite database {self.path}: {describe(exc)}"
+                    ) from exc
             except sqlite3.Error as exc:
                 conn.close()
-                raise self._error(f"cannot open SQLite database {self.path}: {exc}") from exc
+                raise self._error(
+                    f"cannot open SQLite database {self.path}: {describe(exc)}"
+                ) from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
@@ -114,7 +138,7 @@ class SQLiteFile:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise self._error(f"SQLite {self.path}: {exc}") from exc
+                raise self._failed(exc) from exc
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -122,13 +146,62 @@ class SQLiteFile:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise self._error(f"SQLite {self.path}: {exc}") from exc
+                    raise self._failed(exc) from exc
                 raise
+            if self._checkpoint_owed:
+                self._checkpoint(conn)
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one query; a failure (a damaged file, say) as this file's error type."""
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(f"SQLite {self.path}: {exc}") from exc
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "anything new?" probe."""
-        row = self.connection().execute("PRAGMA data_version").fetchone()
-        return int(row[0])
+        [(version,)] = self.read("PRAGMA data_version")
+        return int(version)
+
+    def _failed(self, exc: sqlite3.Error) -> CeleriacError:
+        """Note a failed write and say what it means."""
+        if isinstance(exc, sqlite3.OperationalError):
+            if self.write_failed_since is None:
+                self.write_failed_since = time.time()
+            if not _is_busy(exc):
+                self._checkpoint_owed = True
+        return self._error(f"SQLite {self.path}: {describe(exc)}")
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Writes succeed again after failing: copy the WAL into the database and truncate it
+        (it grew while nothing could be copied back). Never fails the write that got here."""
+        now = time.monotonic()
+        if now - self._checkpoint_tried < _CHECKPOINT_EVERY:
+            return
+        self._checkpoint_tried = now
+        try:
+            size = Path(f"{self.path}-wal").stat().st_size
+        except OSError:
+            size = 0
+        try:  # nothing may escape: the caller's write is committed, and must not be retried
+            conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            try:
+                [(busy, _, _)] = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            logger.warning("SQLite %s: checkpoint after failed writes failed: %s", self.path, exc)
+            return
+        if busy:  # a reader or another process's writer held on: after a later write
+            logger.info("SQLite %s: checkpoint after failed writes postponed (busy)", self.path)
+            return
+        self._checkpoint_owed = False
+        logger.warning(
+            "SQLite %s: writes succeed again; the WAL (%d bytes) was copied into the database "
+            "and truncated",
+            self.path,
+            size,
+        )
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -167,6 +240,23 @@ def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) ->
         if remaining <= 0:
             return current
         time.sleep(min(interval, remaining))
+
+
+def describe(exc: sqlite3.Error) -> str:
+    """SQLite's message, with what it means when the cause is the disk."""
+    if _is_full(exc):
+        return (
+            f"{exc}: no space left on the disk holding it (or the file may grow no more); "
+            "writes resume once space is freed"
+        )
+    return str(exc)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return int(code) & 0xFF == _SQLITE_FULL
+    return "disk is full" in str(exc)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
