@@ -251,7 +251,7 @@ class Celeriac:
     ) -> _AsyncResult[Any]:
         """Send a task by name (it needs not be registered here)."""
         publication = self.prepare_message(name, args, kwargs, **options)
-        self.broker.publish(publication)
+        sending.publish(self, self.broker, [publication])
         return AsyncResult(str(publication.message.headers["id"]), self, task_name=name)
 
     def prepare_message(

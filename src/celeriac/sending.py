@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from celeriac.exceptions import ConfigurationError, MessageTooLarge
-from celeriac.protocol.message import Message
-from celeriac.protocol.publication import Route
+from celeriac import signals
+from celeriac.exceptions import ConfigurationError, MessageTooLarge, ProtocolError
+from celeriac.protocol.message import Message, decode_body, read_headers
+from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import Topology, coerce_queue
 from celeriac.tasks.context import current_request
 
 if TYPE_CHECKING:
+    from celeriac.app import Celeriac
+    from celeriac.brokers.base import Broker
     from celeriac.settings import Settings
+    from celeriac.signals import Signal
     from celeriac.tasks.task import Task
 
 #: Options Celery's apply_async accepts that mean nothing for Celeriac's brokers.
@@ -222,3 +226,43 @@ def _timestamp(value: float | dt.datetime) -> float:
             value = value.replace(tzinfo=dt.timezone.utc)
         return value.timestamp()
     return float(value)
+
+
+def publish(app: Celeriac, broker: Broker, publications: Sequence[Publication]) -> None:
+    """Hand ``publications`` to ``broker``, with Celery's ``before_task_publish`` and
+    ``after_task_publish`` signals around it (free when no receiver is connected)."""
+    announce(app, signals.before_task_publish, publications)
+    if len(publications) == 1:
+        broker.publish(publications[0])
+    else:
+        broker.publish_many(publications)
+    announce(app, signals.after_task_publish, publications)
+
+
+def announce(app: Celeriac, signal: Signal, publications: Sequence[Publication]) -> None:
+    """Send a publish signal for each publication as Celery does: ``sender`` the task name,
+    ``body`` the decoded ``(args, kwargs, embed)``, ``headers`` and ``properties`` (which a
+    ``before_task_publish`` receiver may still change), ``exchange`` and ``routing_key``."""
+    if not signal.receivers:
+        return
+    registry = app.serializers
+    for p in publications:
+        message = p.message
+        exchange, routing_key = p.route.address
+        accept = frozenset({message.content_type})  # our own message: its own type
+        try:
+            body: Any = decode_body(
+                message, read_headers(message, registry, accept), registry, accept
+            )
+        except ProtocolError:
+            body = message.body
+        signal.send(
+            sender=message.headers.get("task"),
+            body=body,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers=message.headers,
+            properties=message.properties,
+            declare=[],
+            retry_policy=None,
+        )

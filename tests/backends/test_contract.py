@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from celeriac import exceptions
-from celeriac.backends import EncodedResult, ResultBackend, create_backend
+from celeriac.backends import ChordPart, EncodedResult, ResultBackend, create_backend
 from tests import amqp_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -168,3 +168,22 @@ def test_no_expiry(make_backend: MakeBackend) -> None:
     backend = make_backend(expires=None)
     backend.store_result("t1", 4, "SUCCESS")
     assert backend.get_meta("t1")["result"] == 4
+
+
+def test_a_chord_is_claimed_by_the_part_that_completes_it_and_by_it_again(
+    backend: ResultBackend, request: pytest.FixtureRequest
+) -> None:
+    if "rpc" in request.node.name:
+        pytest.skip("rpc:// cannot run chords, as in Celery")
+
+    def part(index: int) -> ChordPart:
+        meta = backend.encode_meta({"status": "SUCCESS", "result": index})
+        return ChordPart("cg", index, f"cg-{index}", "SUCCESS", meta)
+
+    backend.chord_start("cg", 2)
+    assert backend.chord_record([part(0)]) == []
+    assert backend.chord_record([part(1)]) == ["cg"]  # it completed the chord
+    assert backend.chord_record([part(0)]) == []  # another part: the claim stands
+    assert backend.chord_record([part(1)]) == ["cg"]  # redelivered, the claimer claims again
+    backend.chord_done("cg")
+    assert backend.chord_record([part(1)]) == []  # done: late duplicates are ignored

@@ -193,3 +193,20 @@ def hog_memory(self, mib: int, seconds: float, stubborn: bool = False) -> int:
         except Exception:
             if not stubborn:
                 raise
+
+
+if os.environ.get("E2E_DIE_PUBLISHING"):
+    from celeriac import signals
+
+    _moment = os.environ["E2E_DIE_PUBLISHING"]  # "before" or "after"
+
+    def _die_once(sender: str | None = None, **kw: object) -> None:
+        """End this process as it sends a chord body, once per test (a crash between a
+        chord's claim and its body's sending, or between the sending and the chord's done)."""
+        if sender != "e2e_tasks.tsum" or any(LEDGER.glob("died-*")):
+            return
+        (LEDGER / f"died-{os.getpid()}").touch()
+        os._exit(9)
+
+    _signal = signals.before_task_publish if _moment == "before" else signals.after_task_publish
+    _signal.connect(_die_once)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -69,3 +70,21 @@ def test_nested_chain_and_group_in_a_chord(e2e):
         tasks.tsum.s(),
     )
     assert workflow.apply_async().get(timeout=30) == 30 + 6 + 8
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_chord_body_runs_once_when_its_sender_dies_around_sending_it(e2e, moment):
+    """The child that completes a chord dies as it sends the body: before (the body must not
+    be lost) or after (it must not run twice). Its header message comes back and finishes the
+    chord: the completing part claims it again, and a body that already succeeded is not run
+    again."""
+    from celeriac import chord
+
+    env, tasks = e2e
+    env.env["E2E_DIE_PUBLISHING"] = moment
+    worker = env.start_worker("-c", "1")
+    result = chord([tasks.add.s(i, i) for i in range(3)], tasks.tsum.s()).apply_async()
+    assert result.get(timeout=20) == 6
+    time.sleep(1.0)  # a second body, if one were sent, would have run by now
+    assert sum(env.ledger_entries("body").values()) == 1
+    assert "exited with code -9" in env.log(worker) or "exited with code 9" in env.log(worker)

@@ -39,10 +39,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from celeriac import signals
 from celeriac.beat import api
 from celeriac.beat.entries import Entry, Step, next_step, parse_entry
 from celeriac.beat.store import BeatStore, TickSender, tick_sender
 from celeriac.exceptions import CeleriacError, ConfigurationError
+from celeriac.sending import announce
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -268,11 +270,14 @@ class Beat:
             if publication is None:
                 return Progress.FAILED
             try:
+                announce(self.app, signals.before_task_publish, [publication])
                 claimed = self._sender().claim_and_send(
                     self.holder, name, step.tick, last, publication
                 )
             except Exception as exc:
                 return self._failed(entry, step.tick, exc)
+            if claimed:
+                announce(self.app, signals.after_task_publish, [publication])
         else:
             claimed = self.store.claim_tick(self.holder, name, step.tick, last)
         if not claimed:

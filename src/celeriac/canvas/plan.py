@@ -21,6 +21,7 @@ from celeriac.canvas.signature import Signature, chain, chord, group
 from celeriac.protocol.message import new_id
 from celeriac.protocol.publication import Publication
 from celeriac.result import AsyncResult, GroupResult
+from celeriac.sending import publish
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -232,5 +233,5 @@ def apply_canvas(
     backend = app.backend
     for gid, size in plan.chord_starts:
         backend.chord_start(gid, size)
-    app.broker.publish_many(plan.publishes)
+    publish(app, app.broker, plan.publishes)
     return result

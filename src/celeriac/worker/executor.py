@@ -111,11 +111,12 @@ def precheck(
         job = Job(job_id, message, headers, delivery.queue, delivery.delivery_count, "")
         outcome = revoked(app, job, terminated=False)
         return headers, outcome
-    if stored_state == states.SUCCESS and delivery.redelivered and headers.group is None:
-        # (A group member runs again instead: if it heads a chord whose body was claimed by a
-        # worker that died before sending it, running it is what lets the chord finish.)
-        # Cheap insurance: a redelivered message whose result already says SUCCESS ran to the
-        # end before its ack was lost; running it again would only duplicate side effects.
+    if stored_state == states.SUCCESS and headers.group is None:
+        # Success is final: a message whose task already succeeded ran to the end before (its
+        # ack was lost, or it was sent twice: a chord body whose sender died before it could
+        # record the sending). Running it again would only duplicate side effects. (A group
+        # member runs again instead: if it heads a chord whose body was claimed by a worker
+        # that died before sending it, running it is what lets the chord finish.)
         return headers, Outcome(
             job_id,
             headers.id,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from celeriac import states
+from celeriac import sending, states
 from celeriac.backends.base import ChordPart, EncodedResult
 from celeriac.exceptions import CeleriacError, ConfigurationError, ProtocolError, PublishRefused
 from celeriac.protocol.results import make_meta
@@ -93,7 +93,7 @@ class Settler:
         #: told the task ids of settled messages (the revocation watch stops looking at them)
         self.on_settled = on_settled
         #: sends follow-ups (default: the broker's publish_many)
-        self._publish = publish or self.broker.publish_many
+        self._publish = publish or partial(sending.publish, app, self.broker)
         # SimpleQueue: a C implementation, cheaper per task than queue.Queue's Python locks.
         self.outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         #: When the oldest outcome not applied yet was reported (monotonic; 0: none waiting).

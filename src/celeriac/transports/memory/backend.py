@@ -51,15 +51,25 @@ class MemoryBackend(ResultBackend):
             for part in parts:
                 chord = self._chords.setdefault(
                     part.group_id,
-                    {"size": part.size, "parts": {}, "claimed": None, "done": False},
+                    {
+                        "size": part.size,
+                        "parts": {},
+                        "claimed": None,
+                        "claimer": None,
+                        "done": False,
+                    },
                 )
                 chord["parts"].setdefault(part.index, (part.task_id, part.state, part.meta))
-            for gid in dict.fromkeys(p.group_id for p in parts):
+            # The completing part claims; so does that part again when redelivered (see the
+            # SQLite backend); anyone else once the claim is stale.
+            claimers = {p.group_id: p.task_id for p in parts}
+            for gid, claimer in claimers.items():
                 chord = self._chords[gid]
                 stale = chord["claimed"] is not None and chord["claimed"] < now - CHORD_CLAIM_STALE
+                mine = chord.get("claimer") == claimer
                 complete = chord["size"] is not None and len(chord["parts"]) >= chord["size"]
-                if complete and not chord["done"] and (chord["claimed"] is None or stale):
-                    chord["claimed"] = now
+                if complete and not chord["done"] and (chord["claimed"] is None or stale or mine):
+                    chord.update(claimed=now, claimer=claimer)
                     claimed.append(gid)
         return claimed
 

@@ -17,9 +17,10 @@ elseif cmd == 'chord' then
   -- ARGV: 'chord', group key prefix, expiry s (0 = none), claim expiry s, then per part:
   -- group id, index, task id, .j member, size ('' = unknown). Returns the claimed group ids.
   local P, expires, claim_expires = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-  local t = redis.call('TIME')
-  local token = 'celeriac:' .. t[1] .. '.' .. t[2]
-  local touched, order = {}, {}
+  -- The claim holds the task id of the part that completed the chord: that part claims again
+  -- when its message comes back (its worker died before the chord was done, perhaps before
+  -- the body was sent); anyone else only once the claim expired.
+  local claimer, touched, order = {}, {}, {}
   for i = 5, #ARGV, 5 do
     local gid, index, tid, member, size = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local base = P .. gid
@@ -41,6 +42,7 @@ elseif cmd == 'chord' then
         touched[gid] = true
         order[#order + 1] = gid
       end
+      claimer[gid] = 'celeriac:' .. tid
     end
   end
   local claimed = {}
@@ -49,7 +51,9 @@ elseif cmd == 'chord' then
     local size = tonumber(redis.call('GET', base .. '.s'))
     local extra = tonumber(redis.call('GET', base .. '.t')) or 0
     if size and redis.call('ZCARD', base .. '.j') >= size + extra then
-      if redis.call('SET', base .. '.c', token, 'NX', 'EX', claim_expires) then
+      local held = redis.call('GET', base .. '.c')
+      if not held or held == claimer[gid] then
+        redis.call('SET', base .. '.c', claimer[gid], 'EX', claim_expires)
         claimed[#claimed + 1] = gid
       end
     end

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS celeriac_chords (
     group_id   TEXT PRIMARY KEY,
     size       INTEGER,
     claimed_at REAL,
+    claimer    TEXT,
     done       INTEGER NOT NULL DEFAULT 0,
     expires_at REAL
 );
@@ -45,6 +46,19 @@ CREATE TABLE IF NOT EXISTS celeriac_groups (
     expires_at REAL
 );
 """
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Files made before chords recorded their claimer get the column (NULL: unclaimed)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(celeriac_chords)")}
+    if "claimer" in columns:
+        return
+    try:
+        conn.execute("ALTER TABLE celeriac_chords ADD COLUMN claimer TEXT")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc).lower():  # another process was first
+            raise
+
 
 # A stored SUCCESS is final until it expires: the WHERE on the upsert makes that atomic.
 _UPSERT = """
@@ -143,14 +157,18 @@ class SQLiteBackend(ResultBackend):
                 " VALUES (?, ?, ?)",
                 [(gid, size, self._expires_at()) for gid, size in sizes.items()],
             )
+            # The part that completes a chord claims it, and so does that part again when its
+            # message comes back (its worker died before the chord was done: the body may not
+            # have been sent). Anyone else only once the claim is stale.
+            claimers = {p.group_id: p.task_id for p in parts}
             for gid in sizes:
                 row = conn.execute(
-                    "UPDATE celeriac_chords SET claimed_at = ?"
+                    "UPDATE celeriac_chords SET claimed_at = ?, claimer = ?"
                     " WHERE group_id = ? AND done = 0"
-                    "   AND (claimed_at IS NULL OR claimed_at < ?)"
+                    "   AND (claimed_at IS NULL OR claimed_at < ? OR claimer = ?)"
                     "   AND size <= (SELECT COUNT(*) FROM celeriac_chord_parts WHERE group_id = ?)"
                     " RETURNING group_id",
-                    (now, gid, now - CHORD_CLAIM_STALE, gid),
+                    (now, claimers[gid], gid, now - CHORD_CLAIM_STALE, claimers[gid], gid),
                 ).fetchone()
                 if row is not None:
                     claimed.append(gid)

@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,10 +56,14 @@ class SQLiteFile:
         schema: str,
         error: type[CeleriacError] = BrokerError,
         write_lock: WriteLock | None = None,
+        upgrade: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.path = path
         self._error = error
         self._schema = schema
+        #: brings a file made by an older version up to ``schema`` (run on every connection
+        #: after it; must be idempotent and safe when several processes run it at once)
+        self._upgrade = upgrade
         self._write_lock = write_lock or WriteLock()
         self._local = threading.local()
         self._fork_gen = generation()
@@ -124,6 +128,8 @@ class SQLiteFile:
         # or power loss can lose the last transactions.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(self._schema)
+        if self._upgrade is not None:
+            self._upgrade(conn)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

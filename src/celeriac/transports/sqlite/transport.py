@@ -6,6 +6,8 @@ this process's writers, shared by its broker, backend and beat store.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BackendError, BrokerError, CeleriacError
@@ -32,8 +34,13 @@ class SQLiteTransport(Transport):
     def server_key(cls, url: str) -> str:
         return path_from_url(url)
 
-    def _file(self, schema: str, error: type[CeleriacError]) -> SQLiteFile:
-        db = SQLiteFile(self.path, schema, error, self._write_lock)
+    def _file(
+        self,
+        schema: str,
+        error: type[CeleriacError],
+        upgrade: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> SQLiteFile:
+        db = SQLiteFile(self.path, schema, error, self._write_lock, upgrade)
         self._files.append(db)
         return db
 
@@ -49,7 +56,7 @@ class SQLiteTransport(Transport):
 
         return backend.SQLiteBackend(
             url,
-            db=self._file(backend.SCHEMA, BackendError),
+            db=self._file(backend.SCHEMA, BackendError, backend.upgrade),
             serializer=config.serializer,
             accept=config.accept,
             expires=config.expires,
