@@ -194,3 +194,51 @@ def _kill_a_celery_worker_mid_task_and_restore(env: RedisEnv, tasks: Any) -> Non
     env.start_worker("-Q", "images", "-c", "1")
     assert result.get(timeout=20) == 1
     assert env.ledger_entries("end")[result.id] == 1  # run to the end once, by Celeriac
+
+
+@pytest.fixture
+def results_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RedisEnv, Any, PrivateRedis]]:
+    """The broker on the shared Redis, results on a private server a test may stop."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    env = RedisEnv(tmp_path)
+    env.env["CELERIAC_RESULT_BACKEND"] = server.url
+    monkeypatch.setenv("E2E_LEDGER", str(env.ledger))
+    monkeypatch.syspath_prepend(str(HERE))
+    import redis_tasks
+
+    redis_tasks.app.conf.update(broker_url=env.url, result_backend=server.url)
+    redis_tasks.app.close()
+    try:
+        yield env, redis_tasks, server
+    finally:
+        redis_tasks.app.close()
+        env.close()
+        server.stop()
+
+
+def test_a_redelivered_success_is_not_run_while_its_state_cannot_be_read(results_elsewhere):
+    env, tasks, results = results_elsewhere
+    app = tasks.app
+    app.backend.store_result("done-once", 2, "SUCCESS")
+    tasks.add.apply_async((1, 1), task_id="done-once")
+    # Its first delivery ended without an ack (as when a worker dies after storing the result).
+    other = create_broker(env.url)
+    try:
+        [first] = other.fetch(["celery"], 1, timeout=1)
+        other.requeue(first)
+    finally:
+        other.close()
+    results.stop()
+
+    worker = env.start_worker("-c", "1")
+    wait_for(lambda: "could not read result states" in env.log(worker), 30, "a failed lookup")
+    time.sleep(1.5)  # it used to run as soon as the lookup failed
+    assert env.ledger_entries("run")["done-once"] == 0
+    results.start()
+    wait_for(lambda: "already succeeded" in env.log(worker), 30, "the state to be read")
+    assert env.ledger_entries("run")["done-once"] == 0
+    assert app.broker.depth("celery") == 0
+    assert app.broker.client.hlen(f"{env.prefix}unacked") == 0
