@@ -66,13 +66,19 @@ __all__ = [  # Job and Outcome live in worker.job; re-exported for callers that 
 ]
 
 
+#: ``stored_state`` of a task whose state the lookup could not read (the backend failed).
+STATE_UNREAD = "?"
+#: s a redelivered message whose state could not be read waits before it is looked at again.
+UNREAD_PAUSE = 1.0
+
+
 def precheck(
     app: Celeriac, job_id: int, delivery: Delivery, stored_state: str | None = None
 ) -> tuple[TaskHeaders | None, Outcome | None]:
     """Checks done before a message reaches the pool; an Outcome means: do not run it.
 
     ``stored_state`` is the task's state in the result backend, looked up for the whole fetched
-    batch at once: REVOKED means it must not run.
+    batch at once: REVOKED means it must not run; :data:`STATE_UNREAD` that it is not known.
     """
     message = delivery.message
     try:
@@ -111,12 +117,29 @@ def precheck(
         job = Job(job_id, message, headers, delivery.queue, delivery.delivery_count, "")
         outcome = revoked(app, job, terminated=False)
         return headers, outcome
-    if stored_state == states.SUCCESS and headers.group is None:
+    if stored_state == STATE_UNREAD and delivery.redelivered and headers.group is None:
+        # Its result may say SUCCESS (the check below), but could not be read: running it blind
+        # could repeat a finished task's effects. Hand it back, not as a delivery attempt, to
+        # be looked up again shortly.
+        return headers, Outcome(
+            job_id,
+            headers.id,
+            headers.task,
+            action=Action.DELAY,
+            delay_until=now + UNREAD_PAUSE,
+            summary="redelivered and its stored state could not be read; given back",
+        )
+    if (
+        stored_state == states.SUCCESS
+        and headers.group is None
+        and not app.topology.fanout_bound(delivery.queue)
+    ):
         # Success is final: a message whose task already succeeded ran to the end before (its
         # ack was lost, or it was sent twice: a chord body whose sender died before it could
-        # record the sending). Running it again would only duplicate side effects. (A group
-        # member runs again instead: if it heads a chord whose body was claimed by a worker
-        # that died before sending it, running it is what lets the chord finish.)
+        # record the sending). Running it again would only duplicate side effects. Except a
+        # group member (if it heads a chord whose body was claimed by a worker that died
+        # before sending it, running it is what lets the chord finish) and a broadcast (every
+        # worker runs the one message, task id and all).
         return headers, Outcome(
             job_id,
             headers.id,

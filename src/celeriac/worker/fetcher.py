@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend
 from celeriac.exceptions import CeleriacError
-from celeriac.worker.executor import precheck
+from celeriac.worker.executor import STATE_UNREAD, precheck
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import RateSchedule, RateScheduler, parse_rate
 
@@ -127,8 +127,9 @@ class Fetcher:
         try:
             return {**known, **backend.get_states(ids)}
         except CeleriacError as exc:
+            # Not "no state": a redelivered task may have succeeded (precheck gives it back).
             logger.warning("could not read result states before running tasks: %s", exc)
-            return known
+            return {**dict.fromkeys(ids, STATE_UNREAD), **known}
 
     def _dispatch(self, job_id: int, delivery: Delivery, stored_state: str | None) -> None:
         headers, outcome = precheck(self.app, job_id, delivery, stored_state)

@@ -305,7 +305,7 @@ def test_rediss_url_uses_tls_and_bad_urls_are_refused() -> None:
 
     client = connect("rediss://:secret@example.invalid:6380/2?ssl_cert_reqs=none").client
     pool = client.connection_pool
-    assert pool.connection_class is redis.SSLConnection
+    assert issubclass(pool.connection_class, redis.SSLConnection)
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "secret")
     with pytest.raises(ConfigurationError, match="master_name"):
         connect("sentinel://127.0.0.1:26379/0")

@@ -97,6 +97,7 @@ def test_defaults_are_what_they_were(url: str) -> None:
         assert (broker.polling_interval, broker.sweep_interval) == (0.1, 1.0)
         assert broker.options.celery_visibility_timeout == 3600.0
         assert broker.delay_in_broker
+        assert broker.publish_timeout == 5.0
         kwargs = broker.client.connection_pool.connection_kwargs
         assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (10.0, 5.0)
         assert (kwargs["health_check_interval"], kwargs["socket_keepalive"]) == (25.0, True)
@@ -113,6 +114,7 @@ def test_given_options_reach_the_broker_and_redis_py(url: str) -> None:
         "delayed_delivery": "queue",
         "socket_timeout": "3",
         "socket_keepalive": False,
+        "publish_timeout": 2,
     }
     broker = Celeriac(broker_url=url, broker_transport_options=options).broker
     assert isinstance(broker, RedisBroker)
@@ -121,6 +123,7 @@ def test_given_options_reach_the_broker_and_redis_py(url: str) -> None:
         assert (broker.sweep_interval, broker.polling_interval) == (0.25, 5.0)
         assert broker.options.celery_visibility_timeout == 0.0
         assert not broker.delay_in_broker
+        assert broker.publish_timeout == 2.0
         kwargs = broker.client.connection_pool.connection_kwargs
         assert (kwargs["socket_timeout"], kwargs["socket_keepalive"]) == (3.0, False)
     finally:

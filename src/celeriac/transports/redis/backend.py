@@ -3,10 +3,12 @@ Celery's.
 
 ``celery-task-meta-<id>`` holds the document with ``result_expires`` as its TTL; every write is
 also published on the channel of the same name, so a waiting ``get()`` wakes at once instead of
-polling. Writes go through ``redis.lua``: one call per batch, and a stored SUCCESS is never
-replaced (Celery's rule). Chords count in Celery 5.7's keys (``celery-taskset-meta-<gid>.j``,
-``.s``, ``.t``, ``.d``, ``.c``), so a chord started by Celery can be finished by Celeriac and the
-other way round; saved groups are ``celery-taskset-meta-<gid>``.
+polling. A wait with a timeout keeps to it, reconnections and retries included (its reads run
+within :func:`.deadline.deadline`). Writes go through ``redis.lua``: one call per batch, and a
+stored SUCCESS is never replaced (Celery's rule). Chords count in Celery 5.7's keys
+(``celery-taskset-meta-<gid>.j``, ``.s``, ``.t``, ``.d``, ``.c``), so a chord started by Celery
+can be finished by Celeriac and the other way round; saved groups are
+``celery-taskset-meta-<gid>``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from typing import Any
 import redis
 from redis.client import PubSub
 
-from celeriac.backends.base import CHORD_CLAIM_STALE, ChordPart, EncodedResult, ResultBackend
+from celeriac.backends.base import (
+    CHORD_CLAIM_STALE,
+    ChordPart,
+    EncodedResult,
+    ResultBackend,
+    wait_deadline,
+)
 from celeriac.exceptions import BackendError
 from celeriac.protocol.results import make_meta
 from celeriac.states import READY_STATES
 from celeriac.transports.redis.connection import RedisTarget
+from celeriac.transports.redis.deadline import deadline
 from celeriac.transports.redis.options import RedisBackendOptions
 from celeriac.transports.redis.scripts import lua
 
@@ -38,6 +47,7 @@ logger = logging.getLogger("celeriac.backend.redis")
 class RedisBackend(ResultBackend):
     options_class = RedisBackendOptions
     options: RedisBackendOptions
+    bounded_reads = True  # _load and _wait_for_change run within wait_deadline()
 
     def __init__(self, url: str, *, target: RedisTarget, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -80,7 +90,8 @@ class RedisBackend(ResultBackend):
             if fresh[0] == task_id and time.monotonic() - fresh[2] < 1.0:
                 return bytes(fresh[1])
         try:
-            data: Any = self.client.get(self.key(task_id))
+            with deadline(wait_deadline()):
+                data: Any = self.client.get(self.key(task_id))
         except redis.RedisError as exc:
             raise BackendError(f"reading result {task_id} from Redis failed: {exc}") from exc
         return None if data is None else bytes(data)
@@ -180,7 +191,7 @@ class RedisBackend(ResultBackend):
                 self._listeners.append(listener)
         return listener
 
-    def _subscribe(self, listener: PubSub, channel: str, deadline: float) -> None:
+    def _subscribe(self, listener: PubSub, channel: str, until: float) -> None:
         """Subscribe and wait for Redis to confirm: only then can no publish slip past."""
         current = self._local.channel
         if current == channel:
@@ -189,32 +200,33 @@ class RedisBackend(ResultBackend):
             listener.unsubscribe(current)  # type: ignore[no-untyped-call]
         listener.subscribe(channel)
         self._local.channel = channel
-        while time.monotonic() < deadline:
-            msg = listener.get_message(timeout=max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < until:
+            msg = listener.get_message(timeout=max(0.0, until - time.monotonic()))
             if msg and msg["type"] == "subscribe" and _text(msg["channel"]) == channel:
                 return
 
     def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        until = time.monotonic() + timeout
         channel = self.key(task_id)
         try:
-            listener = self._listener()
-            self._subscribe(listener, channel, deadline)
-            # Re-read after subscribing: a result stored before the subscription took effect
-            # was published to nobody, but it is in the key.
-            data: Any = self.client.get(channel)
-            if data is not None and self.decode_meta(data).get("status") in READY_STATES:
-                return
-            while (left := deadline - time.monotonic()) > 0:
-                msg = listener.get_message(timeout=left)
-                if msg and msg["type"] == "message" and _text(msg["channel"]) == channel:
-                    self._local.fresh = (task_id, msg["data"], time.monotonic())
+            with deadline(wait_deadline()):
+                listener = self._listener()
+                self._subscribe(listener, channel, until)
+                # Re-read after subscribing: a result stored before the subscription took
+                # effect was published to nobody, but it is in the key.
+                data: Any = self.client.get(channel)
+                if data is not None and self.decode_meta(data).get("status") in READY_STATES:
                     return
+                while (left := until - time.monotonic()) > 0:
+                    msg = listener.get_message(timeout=left)
+                    if msg and msg["type"] == "message" and _text(msg["channel"]) == channel:
+                        self._local.fresh = (task_id, msg["data"], time.monotonic())
+                        return
         except redis.RedisError as exc:
             # Start afresh next time; the caller's next read reports Redis being down.
             logger.warning("waiting for result %s: %s", task_id, exc)
             self._drop_listener()
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.1, max(0.0, until - time.monotonic())))
 
     def _drop_listener(self) -> None:
         listener = getattr(self._local, "pubsub", None)

@@ -69,6 +69,8 @@ end
 
 -- kombu's unacked entry is the JSON '[envelope, exchange, routing_key]'. We keep the envelope
 -- byte for byte: cut it out of the entry when the tail is as expected, re-encode otherwise.
+-- Returns the envelope, the exchange, the routing key and the decoded envelope (nil when the
+-- entry is not one).
 local function envelope_of(entry)
   local ok, e = pcall(cjson.decode, entry)
   if not ok or type(e) ~= 'table' or type(e[1]) ~= 'table' then return nil end
@@ -76,9 +78,9 @@ local function envelope_of(entry)
   local rk = type(e[3]) == 'string' and e[3] or ''
   local tail = ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']'
   if string.sub(entry, 1, 1) == '[' and string.sub(entry, -#tail) == tail then
-    return string.sub(entry, 2, #entry - #tail), rk, e[1]
+    return string.sub(entry, 2, #entry - #tail), ex, rk, e[1]
   end
-  return cjson.encode(e[1]), rk, e[1]
+  return cjson.encode(e[1]), ex, rk, e[1]
 end
 
 local function release(q, tag)
@@ -87,23 +89,108 @@ local function release(q, tag)
   redis.call('ZREM', lease_key(q), tag)
 end
 
+-- Push an envelope onto queue q at the end served next; true when it went there. A key of
+-- another type is not written to: the push would fail half-way through the script, after the
+-- message was taken from where it was (a script is not rolled back), so it is dead-lettered
+-- with the reason instead. Callers take a message from where it was only after this.
+local function put_back(q, priority, envelope)
+  local key = bucket(q, priority)
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= 'list' and kind ~= 'none' then
+    dead(envelope, q, 'cannot put it back on ' .. key .. ': that key holds a ' .. kind)
+    return false
+  end
+  redis.call('RPUSH', key, envelope)
+  return true
+end
+
 -- Put an in-flight message back at the head of its queue (next to be served).
 local function restore(q, tag)
   local entry = redis.call('HGET', UNACKED, tag)
+  if entry then
+    local envelope, _, _, doc = envelope_of(entry)
+    if not envelope then
+      dead(entry, q, 'unreadable unacked entry')
+    elseif put_back(q, priority_of(doc), envelope) then
+      wake(q)
+    end
+  end
   release(q, tag)
-  if not entry then return end
-  local envelope, rk, doc = envelope_of(entry)
-  if not envelope then
-    dead(entry, q, 'unreadable unacked entry')
-    return
+end
+
+-- kombu's binding member 'key SEP pattern SEP queue'.
+local function binding_parts(member)
+  local a = string.find(member, SEP, 1, true)
+  local b = a and string.find(member, SEP, a + #SEP, true)
+  if not b then return nil end
+  return string.sub(member, 1, a - 1), string.sub(member, a + #SEP, b - 1),
+         string.sub(member, b + #SEP)
+end
+
+-- kombu's topic rule as a Lua pattern: words split on '.', a '*' word is one word, a '#' word
+-- any run of characters (kombu's regex '.*?'), every other word itself.
+local function topic_pattern(key)
+  local out, start = {}, 1
+  while true do
+    local dot = string.find(key, '.', start, true)
+    local word = string.sub(key, start, (dot or 0) - 1)
+    if word == '*' then
+      out[#out + 1] = '[^%.]+'
+    elseif word == '#' then
+      out[#out + 1] = '.-'
+    else
+      out[#out + 1] = (string.gsub(word, '%W', '%%%0'))
+    end
+    if not dot then break end
+    start = dot + 1
   end
-  if q == '' then q = rk end
-  if q == '' then
-    dead(envelope, q, 'in-flight entry names no queue to restore it to')
-    return
+  return '^' .. table.concat(out, '%.') .. '$'
+end
+
+-- The queues kombu's restore pushes a message taken through exchange ex with key rk to (its
+-- _lookup): the queue the key names on the default exchange, else every queue
+-- _kombu.binding.<ex> binds the key to (a binding with a pattern is a topic one).
+local function destinations(ex, rk)
+  if ex == '' then return rk ~= '' and {rk} or {} end
+  local out, seen = {}, {}
+  for _, member in ipairs(redis.call('SMEMBERS', P .. '_kombu.binding.' .. ex)) do
+    local key, pattern, q = binding_parts(member)
+    local hit = false
+    if q and pattern ~= '' then
+      hit = string.match(rk, topic_pattern(key)) ~= nil
+    elseif q then
+      hit = key == rk
+    end
+    if hit and not seen[q] then
+      seen[q] = true
+      out[#out + 1] = q
+    end
   end
-  redis.call('RPUSH', bucket(q, priority_of(doc)), envelope)
-  wake(q)
+  table.sort(out)
+  return out
+end
+
+-- A delivery a Celery worker abandoned: back where kombu's restore would put it, and counted
+-- as the delivery it was. Dead-lettered with the reason when nothing is bound to take it.
+local function restore_abandoned(tag)
+  local entry = redis.call('HGET', UNACKED, tag)
+  if entry then
+    local envelope, ex, rk, doc = envelope_of(entry)
+    local targets = envelope and destinations(ex, rk) or {}
+    if not envelope then
+      dead(entry, '', 'unreadable unacked entry')
+    elseif #targets == 0 then
+      dead(envelope, ex, string.format("restoring it: exchange '%s' routes '%s' to no queue",
+                                       ex, rk))
+    else
+      redis.call('HINCRBY', COUNTS, tag, 1)
+    end
+    for _, q in ipairs(targets) do
+      if put_back(q, priority_of(doc), envelope) then wake(q) end
+    end
+  end
+  redis.call('HDEL', UNACKED, tag)
+  redis.call('ZREM', INDEX, tag)
 end
 
 -- The caller's lease is current: same delivery count and the message is still leased.
@@ -126,7 +213,7 @@ local function sweep(t, max_items, celery_vt)
     -- RPUSH latest first, so the earliest due is the first served.
     for i = #due, 1, -1 do
       local ok, doc = pcall(cjson.decode, due[i])
-      redis.call('RPUSH', bucket(q, ok and priority_of(doc) or 0), due[i])
+      put_back(q, ok and priority_of(doc) or 0, due[i])
       redis.call('ZREM', dkey, due[i])
     end
     if #due > 0 then wake(q) end
@@ -144,10 +231,14 @@ local function sweep(t, max_items, celery_vt)
     local old = redis.call('ZRANGEBYSCORE', INDEX, '-inf', t - celery_vt, 'LIMIT', 0, max_items)
     for _, tag in ipairs(old) do
       local entry = redis.call('HGET', UNACKED, tag)
-      local _, rk = nil, ''
-      if entry then _, rk = envelope_of(entry) end
-      if not (rk and rk ~= '' and redis.call('ZSCORE', lease_key(rk), tag)) then
-        restore(rk or '', tag)
+      local ex, rk
+      if entry then
+        local _
+        _, ex, rk = envelope_of(entry)
+      end
+      -- ours (taken from queue rk through the default exchange): its lease decides
+      if not (ex == '' and rk ~= '' and redis.call('ZSCORE', lease_key(rk), tag)) then
+        restore_abandoned(tag)
         moved = moved + 1
       end
     end
@@ -169,7 +260,7 @@ local function lease(raw, q, t, deadline)
   local tag = doc.properties.delivery_tag
   local fresh = type(tag) ~= 'string' or tag == ''
   if not fresh and redis.call('HEXISTS', UNACKED, tag) == 1 then
-    local _, held_on = envelope_of(redis.call('HGET', UNACKED, tag))
+    local _, _, held_on = envelope_of(redis.call('HGET', UNACKED, tag))
     if held_on == nil or held_on == q then
       -- A second copy of a message that is in flight right now (a publish retried after its
       -- reply was lost): the lease on the first copy already guarantees delivery.
@@ -322,18 +413,18 @@ elseif cmd == 'requeue' then
   if ARGV[7] == '0' then redis.call('HINCRBY', COUNTS, tag, -1) end
   if delay ~= '' and tonumber(delay) > 0 then
     local entry = redis.call('HGET', UNACKED, tag)
-    release(q, tag)
     local envelope = entry and envelope_of(entry)
-    if not envelope then
-      if entry then dead(entry, q, 'unreadable unacked entry') end
-      return 0
+    if envelope then
+      redis.call('ZADD', delayed_key(q), now() + tonumber(delay), envelope)
+      redis.call('SADD', QUEUES, q)
+      wake(q, 'd')
+    elseif entry then
+      dead(entry, q, 'unreadable unacked entry')
     end
-    redis.call('ZADD', delayed_key(q), now() + tonumber(delay), envelope)
-    redis.call('SADD', QUEUES, q)
-    wake(q, 'd')
-  else
-    restore(q, tag)
+    release(q, tag)
+    return envelope and 1 or 0
   end
+  restore(q, tag)
   return 1
 
 elseif cmd == 'dead_letter' then
@@ -341,9 +432,9 @@ elseif cmd == 'dead_letter' then
   local q, tag, count, reason = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   if not holds(q, tag, count) then return 0 end
   local entry = redis.call('HGET', UNACKED, tag)
+  if entry then dead(envelope_of(entry) or entry, q, reason) end
   release(q, tag)
   redis.call('HDEL', COUNTS, tag)
-  if entry then dead(envelope_of(entry) or entry, q, reason) end
   return 1
 
 elseif cmd == 'dead_raw' then

@@ -22,7 +22,8 @@ a PUB/SUB channel (see ``redis_fanout``).
 
 Transport options (``broker_transport_options``): :class:`.options.RedisOptions`. With
 ``delayed_delivery="queue"``, a Celeriac worker that gets a message with an ``eta`` header
-parks it in the sorted set until it is due.
+parks it in the sorted set until it is due. A publish returns or raises :class:`BrokerError`
+within ``publish_timeout``, reconnections and retries included (see ``deadline.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -47,6 +49,7 @@ from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import kombu_topic_pattern, no_queue_bound
 from celeriac.transports.redis.connection import RedisTarget
+from celeriac.transports.redis.deadline import deadline
 from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.transports.redis.options import RedisOptions
 from celeriac.transports.redis.scripts import lua
@@ -144,6 +147,7 @@ class RedisBroker(Broker):
             else opts.sweep_interval
         )
         self.delay_in_broker = opts.delayed_delivery == "broker"
+        self.publish_timeout = opts.publish_timeout
         self._script = self.client.register_script(lua("store_results.lua", "broker.lua"))
         self._bound: set[str] = set()
         self._bindings_declared = False
@@ -163,6 +167,18 @@ class RedisBroker(Broker):
             raise BrokerError(f"Redis broker: {args[0]} failed: {exc}") from exc
 
     # -- publishing -------------------------------------------------------------------------
+    @contextmanager
+    def _publishing(self, what: str) -> Iterator[None]:
+        """Done within ``publish_timeout``, reconnections and retries included, or BrokerError."""
+        with deadline(time.monotonic() + self.publish_timeout):
+            try:
+                yield
+            except redis.RedisError as exc:
+                raise BrokerError(
+                    f"Redis broker: {what} failed (publish_timeout={self.publish_timeout:g}s):"
+                    f" {exc}"
+                ) from exc
+
     def publish(self, publication: Publication) -> None:
         route = publication.route
         if route.exchange is not None or self.topology.queues:
@@ -172,14 +188,9 @@ class RedisBroker(Broker):
         eta = publication.eta if self.delay_in_broker else None
         envelope = encode_envelope(publication.message, route, priority, str(uuid.uuid4()))
         bind = queue not in self._bound
-        self._call(
-            "publish",
-            queue,
-            _bucket_priority(priority),
-            _delay(eta),
-            envelope,
-            "1" if bind else "0",
-        )
+        args: list[str | int] = [queue, _bucket_priority(priority), _delay(eta), envelope]
+        with self._publishing("publish"):
+            self._script(args=["publish", self.prefix, *args, "1" if bind else "0"])
         if bind:
             self._bound.add(queue)
         if eta is not None:
@@ -187,6 +198,10 @@ class RedisBroker(Broker):
 
     def publish_many(self, publications: Sequence[Publication]) -> None:
         """One pipelined round trip for a whole workflow or a batch of follow-ups."""
+        with deadline(time.monotonic() + self.publish_timeout):  # bindings read within it
+            self._publish_many(publications)
+
+    def _publish_many(self, publications: Sequence[Publication]) -> None:
         if self.topology.queues or any(p.route.exchange is not None for p in publications):
             publications = self._route(publications)
         elif len(publications) <= 1:
@@ -206,12 +221,8 @@ class RedisBroker(Broker):
             calls.append(args)
             if eta is not None:
                 etas.append(eta)
-        try:
+        with self._publishing(f"publishing {len(publications)} messages"):
             self._pipelined(calls)
-        except redis.RedisError as exc:
-            raise BrokerError(
-                f"Redis broker: publishing {len(publications)} messages failed: {exc}"
-            ) from exc
         self._bound |= binding
         if etas:
             self._due(min(etas))

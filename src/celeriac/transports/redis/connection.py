@@ -24,9 +24,9 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from celeriac.exceptions import ConfigurationError
+from celeriac.transports.redis.deadline import DeadlineRetry, bound
 from celeriac.transports.redis.options import RedisConnectionOptions
 
 #: Errors after which a command may be sent again on a new connection.
@@ -44,10 +44,10 @@ class RedisTarget:
     prefix: str
 
 
-def _retry(options: RedisConnectionOptions) -> Retry:
+def _retry(options: RedisConnectionOptions) -> DeadlineRetry:
     # About 8 s of reconnect attempts (50 ms doubling, capped at 2 s) before an error surfaces:
-    # long enough to ride out a Redis restart, short enough that a caller is not left hanging.
-    return Retry(
+    # long enough to ride out a Redis restart. A caller's deadline cuts them short (deadline.py).
+    return DeadlineRetry(
         ExponentialBackoff(cap=options.retry_cap, base=0.05),
         options.max_retries,
         supported_errors=CONNECTION_ERRORS,
@@ -122,7 +122,7 @@ def connect(url: str, options: RedisConnectionOptions | None = None) -> RedisTar
             raise ConfigurationError(f"not a Redis URL: {url!r}")
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
-    return RedisTarget(client, prefix)
+    return RedisTarget(bound(client), prefix)
 
 
 def _first(option: str | None, query: str | None) -> str | None:

@@ -93,6 +93,9 @@ class RedisOptions(RedisConnectionOptions):
     #: s after which a delivery abandoned by a *Celery* worker is restored (kombu's default; 0
     #: turns it off)
     celery_visibility_timeout: float = 3600.0
+    #: s a publish (``delay()``, ``apply_async()``, a worker's follow-ups) may take, reconnections
+    #: and retries included, before it raises BrokerError
+    publish_timeout: float = 5.0
     #: ``"broker"``: delayed messages wait in a sorted set (a Celeriac worker must run somewhere
     #: to move due ones); ``"queue"``: Celery's way, onto the list with the ``eta`` header, for
     #: producers whose consumers are stock Celery workers
