@@ -195,5 +195,11 @@ class Combined:
         return self.broker.ack_and_fetch(acks, queues, limit, timeout=timeout)
 
 
+def own(parts: Sequence[P], part: object) -> P | None:
+    """``part`` as one of ``parts`` (what a transport handed out, by kind), by identity: how a
+    transport recognises its own broker, backend or beat store without asking their types."""
+    return next((p for p in parts if p is part), None)
+
+
 def _scheme(url: str) -> str:
     return url.partition("://")[0].lower()

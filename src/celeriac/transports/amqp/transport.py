@@ -18,7 +18,7 @@ from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.connection import Link
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.rpc_backend import RPCBackend
-from celeriac.transports.base import BackendConfig, Combined, Transport
+from celeriac.transports.base import BackendConfig, Combined, Transport, own
 from celeriac.transports.options import BROKER, parse_options
 
 if TYPE_CHECKING:
@@ -82,10 +82,9 @@ class AMQPTransport(Transport):
             link.close()
 
     def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
-        mine = [b for b in self._brokers if b is broker]
-        ours = [b for b in self._backends if b is backend]
-        if mine and ours:
-            return AMQPCombined(mine[0], ours[0])
+        mine, ours = own(self._brokers, broker), own(self._backends, backend)
+        if mine is not None and ours is not None:
+            return AMQPCombined(mine, ours)
         return Combined(broker, backend)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from celeriac.transports.base import BackendConfig, Combined, Transport
+from celeriac.transports.base import BackendConfig, Combined, Transport, own
 from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
@@ -39,6 +39,7 @@ class RedisTransport(Transport):
         self._clients: dict[tuple[str, ...], redis.Redis] = {}
         self._brokers: list[RedisBroker] = []
         self._backends: list[RedisBackend] = []
+        self._stores: list[RedisBeatStore] = []
 
     @classmethod
     def server_key(cls, url: str) -> str:
@@ -79,7 +80,9 @@ class RedisTransport(Transport):
 
     def _open_beat_store(self, transport_options: dict[str, Any]) -> BeatStore:
         options = self._broker_options(transport_options)
-        return RedisBeatStore(self.url, transport_options, target=self._target(self.url, options))
+        store = RedisBeatStore(self.url, transport_options, target=self._target(self.url, options))
+        self._stores.append(store)
+        return store
 
     def _close_connections(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
@@ -89,21 +92,21 @@ class RedisTransport(Transport):
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one script call, when both use one client and
         prefix (they do unless their transport options name different ones)."""
+        mine, ours = own(self._brokers, broker), own(self._stores, store)
         if (
-            isinstance(broker, RedisBroker)
-            and isinstance(store, RedisBeatStore)
-            and broker.client is store.client
-            and broker.prefix == store.prefix
+            mine is not None
+            and ours is not None
+            and mine.client is ours.client
+            and mine.prefix == ours.prefix
         ):
-            return RedisTickSender(broker, store)
+            return RedisTickSender(mine, ours)
         return super().tick_sender(broker, store)
 
     def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
-        mine = [b for b in self._brokers if b is broker]
-        ours = [b for b in self._backends if b is backend]
+        mine, ours = own(self._brokers, broker), own(self._backends, backend)
         # Lua reads JSON only: results in another format take the three calls.
-        if mine and ours and ours[0].content_type == "application/json":
-            return RedisCombined(mine[0], ours[0])
+        if mine is not None and ours is not None and ours.content_type == "application/json":
+            return RedisCombined(mine, ours)
         return Combined(broker, backend)
 
 

@@ -11,13 +11,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BackendError, BrokerError, CeleriacError
-from celeriac.transports.base import BackendConfig, Transport
+from celeriac.transports.base import BackendConfig, Transport, own
 from celeriac.transports.sqlite.connection import SQLiteFile, WriteLock, path_from_url
 
 if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker
+    from celeriac.transports.sqlite.beat_store import SQLiteBeatStore
+    from celeriac.transports.sqlite.broker import SQLiteBroker
 
 
 class SQLiteTransport(Transport):
@@ -29,6 +31,8 @@ class SQLiteTransport(Transport):
         self.path = path_from_url(url)
         self._write_lock = WriteLock()
         self._files: list[SQLiteFile] = []
+        self._brokers: list[SQLiteBroker] = []
+        self._stores: list[SQLiteBeatStore] = []
 
     @classmethod
     def server_key(cls, url: str) -> str:
@@ -47,9 +51,11 @@ class SQLiteTransport(Transport):
     def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
         from celeriac.transports.sqlite import broker
 
-        return broker.SQLiteBroker(
+        made = broker.SQLiteBroker(
             self.url, transport_options, db=self._file(broker.SCHEMA, BrokerError)
         )
+        self._brokers.append(made)
+        return made
 
     def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
         from celeriac.transports.sqlite import backend
@@ -66,17 +72,19 @@ class SQLiteTransport(Transport):
     def _open_beat_store(self, transport_options: dict[str, Any]) -> BeatStore:
         from celeriac.transports.sqlite import beat_store
 
-        return beat_store.SQLiteBeatStore(
+        made = beat_store.SQLiteBeatStore(
             self.url, transport_options, db=self._file(beat_store.SCHEMA, BrokerError)
         )
+        self._stores.append(made)
+        return made
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one transaction: both live in this file."""
-        from celeriac.transports.sqlite.beat_store import SQLiteBeatStore, SQLiteTickSender
-        from celeriac.transports.sqlite.broker import SQLiteBroker
+        from celeriac.transports.sqlite.beat_store import SQLiteTickSender
 
-        if isinstance(broker, SQLiteBroker) and isinstance(store, SQLiteBeatStore):
-            return SQLiteTickSender(broker, store)
+        mine, ours = own(self._brokers, broker), own(self._stores, store)
+        if mine is not None and ours is not None:
+            return SQLiteTickSender(mine, ours)
         return super().tick_sender(broker, store)
 
     def _close_connections(self) -> None:
