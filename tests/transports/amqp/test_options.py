@@ -12,7 +12,7 @@ from celeriac.exceptions import ConfigurationError
 from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.connection import parse_url
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import connect_params
+from celeriac.transports.amqp.urls import connect_params
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 

@@ -1,6 +1,6 @@
 """The py-amqp publisher without a server: connection settings from Celeriac's AMQP URLs, the
 pool, and what is sent again after a failure (on a scripted fake connection; the publishing
-itself is tested against RabbitMQ in tests/brokers/test_amqp.py)."""
+itself is tested against RabbitMQ in test_broker.py)."""
 
 from __future__ import annotations
 
@@ -14,23 +14,19 @@ import pytest
 
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import (
-    Outgoing,
-    Publisher,
-    PublisherPool,
-    Unroutable,
-    connect_params,
-    idle_limit,
-)
+from celeriac.transports.amqp.publisher import Outgoing, Publisher, PublisherPool, Unroutable
+from celeriac.transports.amqp.urls import connect_params, idle_limit
 
 
 def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
-    p = connect_params("amqp://u%40x:p%2Fw@rabbit:5673/%2Fprod", AMQPOptions(heartbeat=20))
+    url = "amqp://u%40x:p%2Fw@rabbit:5673/%2Fprod"
+    p = connect_params(url, AMQPOptions(heartbeat=20), heartbeat=False)
     assert p["host"] == "rabbit:5673"
     assert (p["userid"], p["password"]) == ("u@x", "p/w")
     assert p["virtual_host"] == "/prod"
     # no heartbeats (nothing answers them between calls): replaced after half the interval idle
     assert p["heartbeat"] == 0 and p["connect_timeout"] == 10.0 and p["login_method"] == "PLAIN"
+    assert connect_params(url, AMQPOptions(heartbeat=20))["heartbeat"] == 20  # the link's
     assert connect_params("amqp://h/?connect_timeout=3")["connect_timeout"] == 3.0
     assert "ssl" not in p
     for url in ("amqp://localhost", "amqp://localhost/", "amqp://localhost//"):

@@ -33,11 +33,12 @@ import itertools
 import logging
 import os
 import random
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import aiormq
 import aiormq.abc
@@ -45,9 +46,10 @@ import aiormq.exceptions
 import pamqp.commands
 import pamqp.encode
 
-from celeriac.exceptions import BrokerError, ConfigurationError
+from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import PublisherPool
+from celeriac.transports.amqp.urls import Address, safe
 
 logger = logging.getLogger("celeriac.amqp")
 T = TypeVar("T")
@@ -99,24 +101,27 @@ def to_pamqp(props: Mapping[str, Any]) -> pamqp.commands.Basic.Properties:
 
 
 def parse_url(url: str, options: AMQPOptions | None = None) -> str:
-    """The aiormq URL for a kombu-style ``amqp://`` / ``amqps://`` URL."""
+    """The aiormq URL for a kombu-style ``amqp://`` / ``amqps://`` URL (see :mod:`.urls`)."""
     options = options or AMQPOptions()
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("amqp", "amqps"):
-        raise ConfigurationError(f"not an AMQP URL: {url!r} (amqp:// or amqps://)")
-    path = parts.path
-    vhost = "/" if path in ("", "/", "//") else unquote(path[1:])
-    user = unquote(parts.username or "guest")
-    password = unquote(parts.password or "guest")
-    host = parts.hostname or "localhost"
-    port = parts.port or (5671 if scheme == "amqps" else 5672)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("heartbeat", str(int(options.heartbeat)))
-    query.setdefault("timeout", str(int(options.connect_timeout)))
-    query.setdefault("name", f"celeriac pid {os.getpid()}")
-    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}?{urlencode(query)}"
+    a = Address.parse(url)
+    query: dict[str, str] = {
+        "heartbeat": str(int(a.heartbeat(options))),
+        "timeout": str(int(a.connect_timeout(options))),
+        "name": f"celeriac pid {os.getpid()}",
+    }
+    sslopts = a.ssl_options()
+    if sslopts is not None:  # aiormq's names
+        query["no_verify_ssl"] = "0" if sslopts["cert_reqs"] == ssl.CERT_REQUIRED else "1"
+        for ours, theirs in (
+            ("cafile", "ca_certs"),
+            ("certfile", "certfile"),
+            ("keyfile", "keyfile"),
+        ):
+            if theirs in sslopts:
+                query[ours] = sslopts[theirs]
+    scheme = "amqps" if a.tls else "amqp"
+    auth = f"{quote(a.user, safe='')}:{quote(a.password, safe='')}"
+    return f"{scheme}://{auth}@{a.host}:{a.port}/{quote(a.vhost, safe='')}?{urlencode(query)}"
 
 
 @dataclass(slots=True)
@@ -209,7 +214,7 @@ class Link:
             await asyncio.wait_for(self._up.wait(), timeout)
         except asyncio.TimeoutError:
             raise BrokerError(
-                f"cannot reach RabbitMQ at {_safe(self.url)} (waited {timeout:.1f}s)"
+                f"cannot reach RabbitMQ at {safe(self.url)} (waited {timeout:.1f}s)"
             ) from None
         assert self._conn is not None
         return self._conn
@@ -223,7 +228,7 @@ class Link:
             except Exception as exc:
                 logger.warning(
                     "AMQP: cannot connect to %s (%s); retrying in %.1fs",
-                    _safe(self.url),
+                    safe(self.url),
                     exc,
                     delay,
                 )
@@ -236,7 +241,7 @@ class Link:
             assert self._up is not None
             self._up.set()
             if delay > _BACKOFF_FIRST:
-                logger.warning("AMQP: reconnected to %s", _safe(self.url))
+                logger.warning("AMQP: reconnected to %s", safe(self.url))
             return
 
     def _on_lost(self, conn: aiormq.abc.AbstractConnection, fut: asyncio.Future[Any]) -> None:
@@ -246,7 +251,7 @@ class Link:
             reason = fut.exception()
         if self._closed or conn is not self._conn:
             return
-        logger.warning("AMQP: connection to %s lost (%s); reconnecting", _safe(self.url), reason)
+        logger.warning("AMQP: connection to %s lost (%s); reconnecting", safe(self.url), reason)
         self._conn = None
         self._channels.clear()
         if self._up is not None:
@@ -315,10 +320,3 @@ class Link:
                 logger.debug("AMQP: shutdown did not finish cleanly: %s", exc)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-
-
-def _safe(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url

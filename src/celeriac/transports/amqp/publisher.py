@@ -28,7 +28,6 @@ import asyncio
 import logging
 import math
 import os
-import ssl
 import struct
 import threading
 import time
@@ -36,13 +35,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import amqp
 import amqp.exceptions
 
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
+from celeriac.transports.amqp.urls import connect_params, idle_limit
 
 logger = logging.getLogger("celeriac.amqp")
 
@@ -52,8 +51,6 @@ _REDECLARE = (312, 404)
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0
 #: what py-amqp raises for a message it cannot encode (before it writes anything)
 _UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.error)
-#: our URL's TLS parameters (aiormq's names) and py-amqp's for them
-_TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "keyfile"))
 
 
 class Unroutable(BrokerError):
@@ -81,50 +78,6 @@ class Outgoing:
 
     def _returned_as(self) -> tuple[str, str, Any]:
         return self.exchange, self.routing_key, self.properties.get("correlation_id")
-
-
-def connect_params(url: str, options: AMQPOptions | None = None) -> dict[str, Any]:
-    """py-amqp's ``Connection`` arguments for a kombu-style ``amqp://`` / ``amqps://`` URL.
-
-    The same spelling :func:`.connection.parse_url` reads: ``//`` or no path is the vhost
-    ``/``; ``cafile``, ``certfile``, ``keyfile`` and ``no_verify_ssl`` for TLS.
-    """
-    options = options or AMQPOptions()
-    parts = urlsplit(url)
-    tls = parts.scheme.lower() == "amqps"
-    query = dict(parse_qsl(parts.query))
-    connect_timeout = float(
-        query.get("connect_timeout", query.get("timeout", options.connect_timeout))
-    )
-    path = parts.path
-    host = parts.hostname or "localhost"
-    params: dict[str, Any] = {
-        "host": f"{host}:{parts.port or (5671 if tls else 5672)}",
-        "userid": unquote(parts.username or "guest"),
-        "password": unquote(parts.password or "guest"),
-        "login_method": "PLAIN",  # as aiormq logs in
-        "virtual_host": "/" if path in ("", "/", "//") else unquote(path[1:]),
-        "heartbeat": 0,
-        "connect_timeout": connect_timeout,
-    }
-    if tls:
-        verify = query.get("no_verify_ssl", "0").lower() not in ("1", "true", "yes")
-        sslopts: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE}
-        if verify:  # py-amqp checks the host name whenever it is given one
-            sslopts["server_hostname"] = host
-        for ours, theirs in _TLS_FILES:
-            if query.get(ours):
-                sslopts[theirs] = query[ours]
-        params["ssl"] = sslopts
-    return params
-
-
-def idle_limit(url: str, options: AMQPOptions | None = None) -> float:
-    """How long a connection may sit unused before it is replaced: half the heartbeat interval
-    the URL or options ask for (``heartbeat=0``: forever), as for every other connection."""
-    query = dict(parse_qsl(urlsplit(url).query))
-    heartbeat = float(query.get("heartbeat", (options or AMQPOptions()).heartbeat))
-    return heartbeat / 2 if heartbeat > 0 else math.inf
 
 
 class Publisher:
@@ -324,7 +277,7 @@ class PublisherPool:
     """Up to ``limit`` publishers, each lent to one thread at a time."""
 
     def __init__(self, url: str, options: AMQPOptions | None, limit: int) -> None:
-        self._params = connect_params(url, options)
+        self._params = connect_params(url, options, heartbeat=False)
         self._idle_limit = idle_limit(url, options)
         self.limit = limit
         self._idle: list[Publisher] = []
