@@ -52,24 +52,26 @@ def test_amqps_urls_carry_their_tls_files() -> None:
     assert connect_params("amqps://h/?no_verify_ssl=1")["ssl"] == {"cert_reqs": ssl.CERT_NONE}
 
 
-def test_the_pool_lends_at_most_its_limit_and_none_on_an_event_loop() -> None:
-    import asyncio
+def test_the_pool_lends_at_most_its_limit_and_a_thread_waits_for_one() -> None:
+    import threading
 
     pool = PublisherPool("amqp://localhost", None, 2)
-    a, b = pool.borrow(), pool.borrow()
-    assert a is not None and b is not None and a is not b
-    assert pool.borrow() is None  # both lent: the caller publishes the other way
+    soon = time.monotonic() + 5
+    a, b = pool.borrow(soon), pool.borrow(soon)
+    assert a is not b
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="publish_connections"):
+        pool.borrow(time.monotonic() + 0.2)  # both lent, none given back in time
+    assert 0.15 < time.monotonic() - started < 2
+    threading.Timer(0.1, pool.give_back, (a,)).start()
+    assert pool.borrow(time.monotonic() + 5) is a  # waited for it; no connection was opened
     pool.give_back(a)
-    assert pool.borrow() is a  # no connection was opened: nothing to close
-
-    async def on_a_loop() -> object:
-        return pool.borrow()
-
-    pool.give_back(a)
-    assert asyncio.run(on_a_loop()) is None
+    pool.give_back(b)
     pool.close()
-    assert pool.borrow() is None and pool.idle == 0
-    assert PublisherPool("amqp://localhost", None, 0).borrow() is None
+    with pytest.raises(BrokerError, match="closed"):
+        pool.borrow(soon)
+    assert pool.idle == 0
+    assert PublisherPool("amqp://localhost", None, 0).limit == 1
 
 
 class _FakeChannel:

@@ -6,10 +6,9 @@ slash, user and password default to ``guest``. ``amqps://`` is TLS on port 5671 
 also carry ``heartbeat`` and ``connect_timeout`` (or ``timeout``), which win over the transport
 options (:class:`.options.AMQPOptions`).
 
-Both kinds of connection are built from what :class:`Address` reads: the link's, which consumes
-and administers (:mod:`.connection`, on aiormq: :func:`.connection.parse_url`), and the
-publishers' (:func:`connect_params`, on py-amqp), which ask for no heartbeats (nothing would
-answer them between calls).
+Both kinds of connection are built from :func:`connect_params`: the link's, which consumes and
+administers (:mod:`.connection`), and the publishers' (:mod:`.publisher`), which ask for no
+heartbeats (nothing would answer them between calls).
 """
 
 from __future__ import annotations
