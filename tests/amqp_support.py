@@ -142,12 +142,19 @@ class Proxy:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
+        watched = [a, b]
         try:
-            while True:
-                ready, _, _ = select.select([a, b], [], [], 1.0)
+            while watched:
+                ready, _, _ = select.select(watched, [], [], 1.0)
                 for src in ready:
-                    data = src.recv(65536)
+                    try:
+                        data = src.recv(65536)
+                    except ConnectionError:  # reset: closed, as far as the pump is concerned
+                        data = b""
                     if not data:
+                        if self.silent:  # nobody hears of the close either
+                            watched.remove(src)
+                            continue
                         return
                     if not self.silent:
                         peers[src].sendall(data)
