@@ -26,7 +26,9 @@ class AMQPOptions:
     #: s a publish may take, reconnections and resends included, before it raises BrokerError
     publish_timeout: float = 30.0
     #: s, the heartbeat interval asked of RabbitMQ (0: none); a ``heartbeat`` query parameter
-    #: of the URL wins
+    #: of the URL wins. The consuming connection's thread sends them, and gives the connection
+    #: up when RabbitMQ was silent for two intervals; publishing connections ask for none and
+    #: are replaced after half an interval unused
     heartbeat: float = 60.0
     #: s a connection may take to open; a ``connect_timeout`` (or ``timeout``) query parameter
     #: of the URL wins
