@@ -14,11 +14,13 @@ leased, however long nobody calls ``fetch``.
 Heartbeats: the link asks for ``heartbeat`` s (60 by default; the URL's ``heartbeat`` wins),
 sends one every half interval when nothing else was sent, and gives the connection up when
 nothing at all came from RabbitMQ for two intervals (py-amqp's ``heartbeat_tick``, checked
-every second): a silently dead peer is noticed within ``2 x heartbeat`` + 1 s, two minutes by
-default, the same bound RabbitMQ applies to us. A job that waits for an answer (a declare)
-gives up after :data:`IO_TIMEOUT` without a byte from RabbitMQ. A lost connection is reopened
-with backoff (0.1 s doubling to 5 s, jittered); RabbitMQ has by then put every unacknowledged
-delivery back.
+every second): a silent RabbitMQ is noticed within ``2 x heartbeat`` + 1 s, two minutes by
+default (``test_connection.py`` pins it at ``heartbeat=1``). A host that is gone altogether is
+usually noticed sooner: py-amqp's sockets give up a write the peer's TCP does not acknowledge
+within a second (``TCP_USER_TIMEOUT``), and a heartbeat is written every half interval. A job
+that waits for an answer (a declare) gives up after :data:`IO_TIMEOUT` without a byte from
+RabbitMQ. A lost connection is reopened with backoff (0.1 s doubling to 5 s, jittered);
+RabbitMQ has by then put every unacknowledged delivery back.
 
 Every channel gets an *epoch* when it opens: a delivery tag is only meaningful on the channel
 that delivered it, so a tag from an older epoch is stale (RabbitMQ requeued the message when
