@@ -9,13 +9,10 @@ and CPU time of the publishing process per message. Rows run interleaved, ``--re
 each in a fresh process; medians.
 
 * ``py-amqp``: Celery's client library alone (no kombu), sync, on the caller's thread;
-* ``aiormq in its loop``: the raw aiormq publish, one coroutine on a running loop;
 * ``celery delay(), confirms``: Celery's ``delay()`` with ``confirm_publish`` and no result
   backend, the leanest Celery call that waits for its confirm (the ratios are against it);
 * ``delay()``: Celeriac's ``delay()``, on a py-amqp connection lent to the caller's thread
-  (``celeriac.transports.amqp.publisher``, the default);
-* ``delay(), via I/O thread``: the same with ``publish_connections=0``: every publish handed to
-  the aiormq link's I/O thread and back;
+  (``celeriac.transports.amqp.publisher``);
 * ``publish_many(100)``: batches of 100, all published, then all confirms awaited; against
   ``publish one by one`` on the same broker.
 
@@ -38,28 +35,22 @@ HERE = Path(__file__).resolve().parent
 ROWS = [
     "celery delay(), confirms",
     "py-amqp",
-    "aiormq in its loop",
     "delay()",
-    "delay(), via I/O thread",
     "publish one by one",
     "publish_many(100)",
 ]
 
 CHILD = r"""
-import asyncio, json, sys, time
+import json, sys, time
 row, url, vhost, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 version = int(sys.argv[5])
 from celeriac import Celeriac
-from celeriac.transports.amqp.connection import parse_url
-from celeriac.transports.amqp.connection import to_pamqp
-from celeriac.transports.amqp.broker import properties
 from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import Queue
 
 # x-queue-version is checked on every declare: both systems must ask for the same queue
 queue_arguments = {"x-queue-version": version} if version else {}
-limit = 0 if row == "delay(), via I/O thread" else 10
-app = Celeriac("bench", broker=url, broker_transport_options={"publish_connections": limit},
+app = Celeriac("bench", broker=url,
                task_queues=[Queue("bench", queue_arguments=queue_arguments)],
                task_default_queue="bench")
 
@@ -68,7 +59,6 @@ def echo(i: int) -> int:
     return i
 
 message = app.prepare_message("bench.echo", (1,), {}, _task=echo).message
-props = to_pamqp(properties(message, priority=0, headers=dict(message.headers)))
 publication = Publication(message, Route("bench"))
 app.broker.publish(publication)  # declared, connected
 
@@ -93,18 +83,6 @@ def run_pyamqp():
         return n
     out = timed(go)
     conn.close()
-    return out
-
-async def run_aiormq():
-    import aiormq
-    conn = await aiormq.connect(parse_url(url))
-    ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(n):
-        await ch.basic_publish(message.body, exchange="", routing_key="bench",
-                               properties=props, mandatory=True)
-    out = n, time.perf_counter() - wall, time.process_time() - cpu
-    await conn.close()
     return out
 
 def run_celery():
@@ -148,8 +126,6 @@ if row.startswith("celery"):
     count, wall, cpu = run_celery()
 elif row == "py-amqp":
     count, wall, cpu = run_pyamqp()
-elif row == "aiormq in its loop":
-    count, wall, cpu = asyncio.run(run_aiormq())
 elif row.startswith("delay()"):
     count, wall, cpu = timed(run_delay)
 elif row == "publish one by one":

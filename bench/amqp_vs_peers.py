@@ -245,7 +245,7 @@ def revision() -> str:
 def versions(started_on: str) -> str:
     """Package versions, and the commit (``a -> b`` when src/ changed during the run)."""
     now = revision()
-    names = ("celery", "kombu", "dramatiq", "pika", "aiormq", "celeriac")
+    names = ("celery", "kombu", "amqp", "dramatiq", "pika", "celeriac")
     found = [
         f"commit {started_on}"
         + (f" -> {now} (CHANGED DURING THE RUN)" if now != started_on else "")

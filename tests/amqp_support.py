@@ -8,7 +8,6 @@ server itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import select
 import socket
@@ -16,6 +15,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -54,51 +54,50 @@ def amqp_vhost() -> Iterator[str]:
         yield name
 
 
+def raw(url: str, fn: Any) -> Any:
+    """Run ``fn(channel)`` on a py-amqp connection of our own (what another peer would see)."""
+    import amqp
+
+    from celeriac.transports.amqp.urls import connect_params
+
+    conn = amqp.Connection(**connect_params(url, heartbeat=False))
+    conn.connect()
+    try:
+        return fn(conn.channel())
+    finally:
+        conn.close()
+
+
 def delete_queues(url: str, names: Iterable[str]) -> None:
     """Delete queues (and leave everything else) with a connection of our own."""
-    import aiormq
 
-    from celeriac.transports.amqp.connection import parse_url
+    def run(ch: Any) -> None:
+        for name in names:
+            ch.queue_delete(name)
 
-    async def run() -> None:
-        conn = await aiormq.connect(parse_url(url))
-        try:
-            ch = await conn.channel()
-            for name in names:
-                await ch.queue_delete(name)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+    raw(url, run)
 
 
 def delete_exchanges(url: str, names: Iterable[str]) -> None:
     """Delete exchanges a test declared (their bindings go with them)."""
-    import aiormq
 
-    from celeriac.transports.amqp.connection import parse_url
+    def run(ch: Any) -> None:
+        for name in names:
+            ch.exchange_delete(name)
 
-    async def run() -> None:
-        conn = await aiormq.connect(parse_url(url))
-        try:
-            ch = await conn.channel()
-            for name in names:
-                await ch.exchange_delete(name)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
+    raw(url, run)
 
 
 def queues_of(broker: object) -> set[str]:
     """Every queue an AMQPBroker declared (its queues, their delay cascades, its DLQ)."""
-    from celeriac.transports.amqp.broker import DELAY_BITS, delay_queue
+    from celeriac.transports.amqp.declarations import DELAY_BITS, delay_queue
 
     names: set[str] = set()
-    for name in getattr(broker, "_declared", set()):
+    declarations = getattr(broker, "declarations", None)
+    for name in getattr(declarations, "declared", set()):
         if "/" in name:  # the dead-letter exchange/queue marker
             names.add(name.split("/", 1)[1])
-        else:
+        elif not name.startswith("exchange:"):
             names.add(name)
             names.update(delay_queue(level, name) for level in range(DELAY_BITS))
     return names
@@ -143,12 +142,19 @@ class Proxy:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
+        watched = [a, b]
         try:
-            while True:
-                ready, _, _ = select.select([a, b], [], [], 1.0)
+            while watched:
+                ready, _, _ = select.select(watched, [], [], 1.0)
                 for src in ready:
-                    data = src.recv(65536)
+                    try:
+                        data = src.recv(65536)
+                    except ConnectionError:  # reset: closed, as far as the pump is concerned
+                        data = b""
                     if not data:
+                        if self.silent:  # nobody hears of the close either
+                            watched.remove(src)
+                            continue
                         return
                     if not self.silent:
                         peers[src].sendall(data)

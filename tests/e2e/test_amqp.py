@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -207,18 +206,13 @@ def test_higher_priority_queued_later_runs_first(amqp_e2e):
 
 
 def test_bad_messages_are_dead_lettered_with_a_reason(amqp_e2e):
-    import aiormq
-    from pamqp import commands as spec
-
-    from celeriac.transports.amqp.connection import parse_url
+    import amqp
 
     env, tasks = amqp_e2e
     env.start_worker("-P", "threads", "-c", "2")
     headers = {"lang": "py", "task": "interop.add", "id": "pickled", "retries": 0}
 
-    async def inject() -> None:
-        conn = await aiormq.connect(parse_url(env.url))
-        ch = await conn.channel()
+    def inject(ch: Any) -> None:
         bad = [
             ("pickled", "application/x-python-serialize", b"\x80\x04N."),
             ("broken", "application/json", b"[[1, 2], {"),
@@ -228,16 +222,19 @@ def test_bad_messages_are_dead_lettered_with_a_reason(amqp_e2e):
             h = {**headers, "id": task_id}
             if task_id == "unknown":
                 h["task"] = "interop.nope"
-            props = spec.Basic.Properties(
-                content_type=ctype, content_encoding="utf-8", headers=h, delivery_mode=2
+            message = amqp.Message(
+                body,
+                content_type=ctype,
+                content_encoding="utf-8",
+                application_headers=h,
+                delivery_mode=2,
             )
-            await ch.basic_publish(body, routing_key="celery", properties=props, mandatory=True)
-        await conn.close()
+            ch.basic_publish(message, exchange="", routing_key="celery", mandatory=True)
 
     broker = create_broker(env.url)
     try:
         broker.depth("celery")  # declared before a peer that does not declare publishes to it
-        asyncio.run(inject())
+        amqp_support.raw(env.url, inject)
         good = tasks.add.delay(1, 2)
         wait_for(lambda: env.ledger_entries()[good.id] == 1, 20, "the good task to run")
         letters = wait_for(lambda: len(found := broker.dead_letters()) == 3 and found, 20, "DLQ")

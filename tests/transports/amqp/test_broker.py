@@ -22,8 +22,8 @@ from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
-from celeriac.transports.amqp.broker import AMQPBroker, delay_queue
-from celeriac.transports.amqp.connection import parse_url
+from celeriac.transports.amqp.broker import AMQPBroker
+from celeriac.transports.amqp.declarations import delay_queue
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -52,18 +52,7 @@ def names(url: str) -> Iterator[Any]:
     amqp_support.delete_queues(url, gone)
 
 
-def raw(url: str, fn: Any) -> Any:
-    """Run ``fn(channel)`` on a connection of our own (what another peer would see)."""
-    import aiormq
-
-    async def run() -> Any:
-        conn = await aiormq.connect(parse_url(url))
-        try:
-            return await fn(await conn.channel())
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
+raw = amqp_support.raw
 
 
 def msg(task_id: str, **kw: Any) -> Message:
@@ -102,25 +91,46 @@ def test_celery_and_celeriac_put_the_same_message_on_the_wire(url: str, names: A
     finally:
         app.close()
 
-    async def get(ch: Any) -> list[Any]:
-        return [await ch.basic_get(q, no_ack=True) for q in (q_celery, q_ours)]
+    def get(ch: Any) -> list[Any]:
+        return [ch.basic_get(q, no_ack=True) for q in (q_celery, q_ours)]
 
     theirs, ours = raw(url, get)
     assert ours.body == theirs.body
-    assert (ours.exchange, ours.routing_key) == ("", q_ours)  # the default exchange
-    tp, op = theirs.header.properties, ours.header.properties
+    info = ours.delivery_info
+    assert (info["exchange"], info["routing_key"]) == ("", q_ours)  # the default exchange
+    tp, op = theirs.properties, ours.properties
     for prop in _PROPS:
         if prop != "reply_to":  # Celery's oid; ours is set only when rpc:// listens
-            assert getattr(op, prop) == getattr(tp, prop), prop
-    assert op.expiration == "120000" and op.delivery_mode == 2
-    th, oh = tp.headers, op.headers
+            assert op.get(prop) == tp.get(prop), prop
+    assert op["expiration"] == "120000" and op["delivery_mode"] == 2
+    th, oh = tp["application_headers"], op["application_headers"]
     assert set(oh) == set(th)
     for key in th:
         # (origin names the process, expires the send time; Celery's send_task sends None for
         # ignore_result where its apply_async sends a bool)
         if key not in ("origin", "expires", "ignore_result"):
             assert oh[key] == th[key], key
-    assert oh["timelimit"] == [60.5, 50]  # a double, as py-amqp writes it
+    assert oh["timelimit"] == [60.5, 50]
+
+
+def test_floats_in_headers_travel_as_doubles(url: str, names: Any) -> None:
+    # A 32-bit float would reach Celery as 1.100000023841858, and a timestamp minutes off.
+    import amqp.serialization
+
+    q = names()
+    broker = create_broker(url)
+    try:
+        m = msg("f")
+        m.headers["timelimit"] = [1.1, None]
+        m.headers["x-when"] = 1764072161.161325
+        broker.publish(Publication(m, Route(q)))
+    finally:
+        broker.close()
+    got = raw(url, lambda ch: ch.basic_get(q, no_ack=True))
+    headers = got.properties["application_headers"]
+    assert headers["timelimit"] == [1.1, None] and headers["x-when"] == 1764072161.161325
+    # and on the wire: the field type is 'd' (double), not 'f'
+    assert amqp.serialization.dumps("F", [{"v": 1.1}])[4:].startswith(b"\x01vd")
 
 
 def test_queues_are_declared_as_celery_declares_them(url: str, names: Any) -> None:
@@ -181,15 +191,13 @@ def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> 
             for i in range(20):
                 broker.publish(Publication(msg(f"t{n}-{i}"), Route(q)))
 
-        # Four threads, two publishers: the others go through the I/O thread.
+        # Four threads, two publishers: the others wait for one to be given back.
         with ThreadPoolExecutor(4) as pool_of_threads:
             list(pool_of_threads.map(publish_from, range(4)))
         assert pool.idle == 2
 
         async def on_a_loop() -> None:
-            broker.publish(
-                Publication(msg("loop"), Route(q))
-            )  # a sync socket would block the loop: I/O thread
+            broker.publish(Publication(msg("loop"), Route(q)))  # blocks the loop, as any publish
 
         asyncio.run(on_a_loop())
         broker.publish_many(
@@ -202,16 +210,14 @@ def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> 
     assert pool.idle == 0 and broker.link._closed
 
 
-def test_publish_connections_zero_sends_every_publish_through_the_io_thread(
-    url: str, names: Any
-) -> None:
+def test_publish_connections_zero_is_read_as_one(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url, {"publish_connections": 0})
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(Publication(msg("a"), Route(q)))
         broker.publish_many([Publication(msg("b"), Route(q)), Publication(msg("c"), Route(q))])
-        assert broker.link.publishers.idle == 0
+        assert (broker.link.publishers.limit, broker.link.publishers.idle) == (1, 1)
         assert broker.depth(q) == 3
     finally:
         broker.close()
@@ -291,23 +297,23 @@ def test_a_declare_that_fails_is_tried_again_then_raises_a_broker_error(
     q = names()
     broker = create_broker(url)
     assert isinstance(broker, AMQPBroker)
-    declare = broker._declare
-    failures = [RuntimeError("<Connection> closed")]  # aiormq's, for a connection being lost
+    declare = broker.declarations.queue
+    failures = [ConnectionResetError("cut")]  # the connection lost while declaring
 
-    async def flaky(queue: str, timeout: float, *, delays: bool = False) -> None:
+    def flaky(queue: str, *, delays: bool = False) -> None:
         if failures:
             raise failures.pop()
-        await declare(queue, timeout, delays=delays)
+        declare(queue, delays=delays)
 
     try:
-        monkeypatch.setattr(broker, "_declare", flaky)
+        monkeypatch.setattr(broker.declarations, "queue", flaky)
         broker.publish(Publication(msg("a"), Route(q)))  # declared on the second try
         assert broker.depth(q) == 1
 
-        async def broken(queue: str, timeout: float, *, delays: bool = False) -> None:
-            raise RuntimeError("<Connection> closed")
+        def broken(queue: str, *, delays: bool = False) -> None:
+            raise ConnectionResetError("cut")
 
-        monkeypatch.setattr(broker, "_declare", broken)
+        monkeypatch.setattr(broker.declarations, "queue", broken)
         broker.publish_timeout = 1.0
         started = time.monotonic()
         with pytest.raises(BrokerError, match="declaring"):
@@ -426,7 +432,7 @@ def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -
         assert child.exitcode == 0
         app.send_task("t", queue=q)
         assert (link._conn, publisher._conn) == conns  # no reconnection was needed
-        assert not link._conn.is_closed and publisher._conn.connected
+        assert link._conn.connected and publisher._conn.connected
         assert app.broker.depth(q) == 3
     finally:
         app.close()
@@ -509,10 +515,10 @@ def test_delays_are_parked_in_the_cascade_not_in_the_consumer(url: str, names: A
         broker.publish(Publication(msg("soon"), Route(q), eta=time.time() + 2))
         assert broker.fetch([q], 10, timeout=0.5) == []
 
-        async def parked(ch: Any) -> dict[int, int]:
+        def parked(ch: Any) -> dict[int, int]:
             counts = {}
             for level in range(28):
-                ok = await ch.queue_declare(delay_queue(level, q), passive=True)
+                ok = ch.queue_declare(delay_queue(level, q), passive=True)
                 counts[level] = ok.message_count
             return counts
 
@@ -572,10 +578,10 @@ def test_dead_letters_carry_the_reason_and_replay(url: str, names: Any) -> None:
         [d] = broker.fetch([q], 1, timeout=2)
         broker.dead_letter(d, "DecodeError: broken body")
 
-        async def peek(ch: Any) -> Any:
-            return await ch.basic_get(dlq, no_ack=False)  # returned when we close
+        def peek(ch: Any) -> Any:
+            return ch.basic_get(dlq, no_ack=False)  # returned when we close
 
-        headers = raw(url, peek).header.properties.headers
+        headers = raw(url, peek).properties["application_headers"]
         assert headers["x-celeriac-reason"] == "DecodeError: broken body"
         assert headers["x-celeriac-queue"] == q
         [dead] = broker.dead_letters()
@@ -606,8 +612,8 @@ def test_rpc_results_travel_to_the_senders_reply_queue(url: str) -> None:
         assert client.wait_for("t-1", timeout=5)["result"] == 42
         assert client.get_states(["t-2"]) == {}
 
-        async def declared(ch: Any) -> Any:
-            return await ch.queue_declare(client_oid, passive=True)
+        def declared(ch: Any) -> Any:
+            return ch.queue_declare(client_oid, passive=True)
 
         assert raw(url, declared).consumer_count == 1
     finally:
@@ -735,7 +741,7 @@ def test_ack_and_fetch_gives_tasks_back_when_their_results_cannot_be_sent(
         combined = transport.combine(broker, worker)
         first = fetch_all(broker, q, 2, timeout=5)
 
-        async def broken(*args: Any) -> None:
+        def broken(*args: Any) -> None:
             raise RuntimeError("no way to send it")
 
         monkeypatch.setattr(worker, "publish_reply", broken)

@@ -3,16 +3,13 @@ are accepted; the URL's query parameters win over the options, as before."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit
-
 import pytest
 
 from celeriac import Celeriac
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.amqp.broker import AMQPBroker
-from celeriac.transports.amqp.connection import parse_url
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import connect_params
+from celeriac.transports.amqp.urls import connect_params
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -67,8 +64,8 @@ def test_kombu_only_options_are_accepted_and_defaults_are_what_they_were(
         )
         assert (broker.publish_timeout, broker.dead_letter_queue) == (30.0, "celeriac.dead")
         assert broker.link.publishers.limit == 10
-        query = dict(parse_qsl(urlsplit(broker.link._amqp_url).query))
-        assert (query["heartbeat"], query["timeout"]) == ("60", "10")
+        params = broker.link.params
+        assert (params["heartbeat"], params["connect_timeout"]) == (60, 10.0)
     finally:
         broker.close()
 
@@ -90,17 +87,19 @@ def test_given_options_reach_the_broker(amqp_vhost: str) -> None:  # noqa: F811
         assert broker.options.max_priority == 10
         assert broker.max_priority is None  # quorum queues ignore priorities
         assert (broker.queue_type, broker.publish_timeout) == ("quorum", 5.0)
-        assert broker.dead_letter_queue == "dlq" and broker.link.publishers.limit == 0
-        assert "heartbeat=20" in broker.link._amqp_url
+        assert broker.dead_letter_queue == "dlq"
+        assert broker.link.publishers.limit == 1  # 0 is read as 1
+        assert broker.link.params["heartbeat"] == 20
     finally:
         broker.close()
 
 
 def test_the_urls_heartbeat_and_timeout_win_over_the_options() -> None:
     options = AMQPOptions(heartbeat=20, connect_timeout=3)
-    query = dict(parse_qsl(urlsplit(parse_url(URL, options)).query))
-    assert (query["heartbeat"], query["timeout"]) == ("20", "3")
-    query = dict(parse_qsl(urlsplit(parse_url(URL + "?heartbeat=5&timeout=7", options)).query))
-    assert (query["heartbeat"], query["timeout"]) == ("5", "7")
-    assert connect_params(URL, options)["connect_timeout"] == 3.0
+    params = connect_params(URL, options)
+    assert (params["heartbeat"], params["connect_timeout"]) == (20, 3.0)
+    params = connect_params(URL + "?heartbeat=5&timeout=7", options)
+    assert (params["heartbeat"], params["connect_timeout"]) == (5, 7.0)
     assert connect_params(URL + "?connect_timeout=4", options)["connect_timeout"] == 4.0
+    # publishing connections ask for no heartbeats (nothing answers them between calls)
+    assert connect_params(URL + "?heartbeat=5", options, heartbeat=False)["heartbeat"] == 0

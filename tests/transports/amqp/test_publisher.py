@@ -1,6 +1,6 @@
 """The py-amqp publisher without a server: connection settings from Celeriac's AMQP URLs, the
 pool, and what is sent again after a failure (on a scripted fake connection; the publishing
-itself is tested against RabbitMQ in tests/brokers/test_amqp.py)."""
+itself is tested against RabbitMQ in test_broker.py)."""
 
 from __future__ import annotations
 
@@ -14,23 +14,19 @@ import pytest
 
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import (
-    Outgoing,
-    Publisher,
-    PublisherPool,
-    Unroutable,
-    connect_params,
-    idle_limit,
-)
+from celeriac.transports.amqp.publisher import Outgoing, Publisher, PublisherPool, Unroutable
+from celeriac.transports.amqp.urls import connect_params, idle_limit
 
 
 def test_kombu_style_urls_map_to_py_amqp_arguments() -> None:
-    p = connect_params("amqp://u%40x:p%2Fw@rabbit:5673/%2Fprod", AMQPOptions(heartbeat=20))
+    url = "amqp://u%40x:p%2Fw@rabbit:5673/%2Fprod"
+    p = connect_params(url, AMQPOptions(heartbeat=20), heartbeat=False)
     assert p["host"] == "rabbit:5673"
     assert (p["userid"], p["password"]) == ("u@x", "p/w")
     assert p["virtual_host"] == "/prod"
     # no heartbeats (nothing answers them between calls): replaced after half the interval idle
     assert p["heartbeat"] == 0 and p["connect_timeout"] == 10.0 and p["login_method"] == "PLAIN"
+    assert connect_params(url, AMQPOptions(heartbeat=20))["heartbeat"] == 20  # the link's
     assert connect_params("amqp://h/?connect_timeout=3")["connect_timeout"] == 3.0
     assert "ssl" not in p
     for url in ("amqp://localhost", "amqp://localhost/", "amqp://localhost//"):
@@ -56,24 +52,26 @@ def test_amqps_urls_carry_their_tls_files() -> None:
     assert connect_params("amqps://h/?no_verify_ssl=1")["ssl"] == {"cert_reqs": ssl.CERT_NONE}
 
 
-def test_the_pool_lends_at_most_its_limit_and_none_on_an_event_loop() -> None:
-    import asyncio
+def test_the_pool_lends_at_most_its_limit_and_a_thread_waits_for_one() -> None:
+    import threading
 
     pool = PublisherPool("amqp://localhost", None, 2)
-    a, b = pool.borrow(), pool.borrow()
-    assert a is not None and b is not None and a is not b
-    assert pool.borrow() is None  # both lent: the caller publishes the other way
+    soon = time.monotonic() + 5
+    a, b = pool.borrow(soon), pool.borrow(soon)
+    assert a is not b
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="publish_connections"):
+        pool.borrow(time.monotonic() + 0.2)  # both lent, none given back in time
+    assert 0.15 < time.monotonic() - started < 2
+    threading.Timer(0.1, pool.give_back, (a,)).start()
+    assert pool.borrow(time.monotonic() + 5) is a  # waited for it; no connection was opened
     pool.give_back(a)
-    assert pool.borrow() is a  # no connection was opened: nothing to close
-
-    async def on_a_loop() -> object:
-        return pool.borrow()
-
-    pool.give_back(a)
-    assert asyncio.run(on_a_loop()) is None
+    pool.give_back(b)
     pool.close()
-    assert pool.borrow() is None and pool.idle == 0
-    assert PublisherPool("amqp://localhost", None, 0).borrow() is None
+    with pytest.raises(BrokerError, match="closed"):
+        pool.borrow(soon)
+    assert pool.idle == 0
+    assert PublisherPool("amqp://localhost", None, 0).limit == 1
 
 
 class _FakeChannel:

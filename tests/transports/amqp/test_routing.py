@@ -13,10 +13,9 @@ import pytest
 from celeriac import Broadcast, Celeriac, Exchange, Queue
 from celeriac.brokers.base import Delivery
 from celeriac.exceptions import BrokerError
-from celeriac.transports.amqp.broker import delay_queue
+from celeriac.transports.amqp.declarations import delay_queue
 from tests import amqp_support
-from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
-from tests.transports.amqp.test_broker import raw
+from tests.amqp_support import amqp_vhost, raw  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.amqp
 
@@ -91,9 +90,8 @@ def test_topic_route_reaches_only_matching_queues(url: str, names: Names) -> Non
         [(images, png), (everything, png), (video, mp4), (everything, mp4)]
     )
 
-    async def bindings(ch: Any) -> Any:
-        ok = await ch.queue_declare(images, passive=True)
-        return ok.message_count
+    def bindings(ch: Any) -> Any:
+        return ch.queue_declare(images, passive=True).message_count
 
     assert raw(url, bindings) == 0
     # a key no queue is bound for: RabbitMQ returns it, and that is an error, not a drop
@@ -115,8 +113,8 @@ def test_task_routes_with_a_named_direct_exchange_and_a_countdown(url: str, name
     got = collect(app, [reports], 2, timeout=6)
     assert [d.message.task_id for d in got] == [now, later]
 
-    async def exchange_of(ch: Any) -> Any:
-        await ch.exchange_declare(office.name, exchange_type="direct", durable=True, passive=True)
+    def exchange_of(ch: Any) -> Any:
+        ch.exchange_declare(office.name, "direct", durable=True, passive=True)
         return True
 
     assert raw(url, exchange_of)
@@ -151,10 +149,10 @@ def test_quorum_queue_is_declared_and_a_task_round_trips(url: str, names: Names)
     )
     sent = app.send_task("proj.job", queue=jobs, priority=3).id
 
-    async def kind(ch: Any) -> Any:
+    def kind(ch: Any) -> Any:
         # declaring it again as a classic queue must fail if it really is a quorum queue
         try:
-            await ch.queue_declare(jobs, durable=True, passive=False)
+            ch.queue_declare(jobs, durable=True, auto_delete=False)
         except Exception as exc:
             return str(exc)
         return "classic"
@@ -182,9 +180,9 @@ def test_task_queue_max_priority_declares_x_max_priority(url: str, names: Names)
     got = collect(app, [plain], 3)
     assert [d.message.task_id.split("-")[0] for d in got] == ["p9", "p5", "p1"]
 
-    async def redeclare(ch: Any) -> str:
+    def redeclare(ch: Any) -> str:
         try:
-            await ch.queue_declare(plain, durable=True)
+            ch.queue_declare(plain, durable=True, auto_delete=False)
         except Exception as exc:
             return str(exc)
         return "same arguments"

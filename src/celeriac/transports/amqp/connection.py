@@ -1,290 +1,431 @@
-"""AMQP 0-9-1 connections for the broker and the ``rpc://`` backend, on aiormq.
+"""The AMQP connection a process consumes and administers on, owned by a thread of its own.
 
 Imported only when an ``amqp://``/``amqps://`` broker or the ``rpc://`` backend is used, so
-``import celeriac`` never imports the client.
+``import celeriac`` never imports the client (py-amqp, Celery's own).
 
-A :class:`Link` is one connection on a private event-loop thread. Sync callers (a worker's
-fetcher, finisher and renewer threads) run coroutines on that loop with :meth:`Link.run`, so the
-connection is only ever touched by one thread and its heartbeats keep going however long a
-caller blocks. A lost connection is reopened in the background with backoff.
+A py-amqp connection is not thread-safe, so a :class:`Link` gives its connection to one thread,
+``celeriac-amqp-io``, and other threads hand it work: :meth:`Link.run` runs a function there and
+waits for its result, :meth:`Link.submit` hands one over without waiting (acks). Work runs in
+the order it was handed over, which keeps acks in order. Between jobs the thread reads what
+RabbitMQ sends (deliveries go to the consumers' callbacks, on that thread) and keeps the
+heartbeats, so a worker busy in a long task keeps its connection, and its deliveries stay
+leased, however long nobody calls ``fetch``.
 
-Publishing is different: a sync caller waits for its confirms, and handing each publish to the
-I/O thread and back (two thread wake-ups, two GIL hand-offs) cost it a sixth of its rate. So a
-link also holds a small pool of py-amqp connections that sync callers publish on from their own
-threads (:mod:`.publisher`); callers on an event loop, and callers when every one of
-those is lent, go through the I/O thread.
+Heartbeats: the link asks for ``heartbeat`` s (60 by default; the URL's ``heartbeat`` wins),
+sends one every half interval when nothing else was sent, and gives the connection up when
+nothing at all came from RabbitMQ for two intervals (py-amqp's ``heartbeat_tick``, checked
+every second): a silent RabbitMQ is noticed within ``2 x heartbeat`` + 1 s, two minutes by
+default (``test_connection.py`` pins it at ``heartbeat=1``). A host that is gone altogether is
+usually noticed sooner: py-amqp's sockets give up a write the peer's TCP does not acknowledge
+within a second (``TCP_USER_TIMEOUT``), and a heartbeat is written every half interval. A job
+that waits for an answer (a declare) gives up after :data:`IO_TIMEOUT` without a byte from
+RabbitMQ. A lost connection is reopened with backoff (0.1 s doubling to 5 s, jittered);
+RabbitMQ has by then put every unacknowledged delivery back.
 
-Every channel gets an *epoch* when it opens: a delivery tag is only meaningful on the
-channel that delivered it, so a tag from an older epoch is stale (RabbitMQ requeued the message
-when that channel died) and must be dropped rather than acknowledged on a newer channel.
+Every channel gets an *epoch* when it opens: a delivery tag is only meaningful on the channel
+that delivered it, so a tag from an older epoch is stale (RabbitMQ requeued the message when
+that channel died) and must be dropped rather than acknowledged on a newer channel. A channel
+RabbitMQ closes stays closed (see :class:`_Channel`), so its epoch ends with it.
 
-URLs: ``amqp://user:password@host:port/vhost`` in kombu's spelling (``//`` or no path is the
-vhost ``/``; ``%2F`` escapes a slash), ``amqps://`` for TLS (``cafile``, ``certfile``,
-``keyfile``, ``no_verify_ssl=1`` as query parameters). ``heartbeat`` and ``connect_timeout``
-come from the query string, else from the transport options (:class:`.options.AMQPOptions`).
+Publishing with confirms is not done here: a sync caller publishes on a connection of its own
+from a small pool (:mod:`.publisher`), which the link owns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import functools
+import contextlib
 import itertools
 import logging
 import os
 import random
+import select
+import selectors
+import ssl
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-import aiormq
-import aiormq.abc
-import aiormq.exceptions
-import pamqp.commands
-import pamqp.encode
+import amqp
+import amqp.exceptions
+from amqp import spec
 
-from celeriac.exceptions import BrokerError, ConfigurationError
+from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import PublisherPool
+from celeriac.transports.amqp.urls import connect_params, safe
 
 logger = logging.getLogger("celeriac.amqp")
 T = TypeVar("T")
 
-#: Errors after which the same operation may succeed on a reopened channel or connection.
-RECOVERABLE: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.ChannelClosed,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-    RuntimeError,  # aiormq: "<Connection> closed" when a channel is asked of a dead connection
-)
-
+#: s a job waits for RabbitMQ's answer, and a read or write for the socket, before the
+#: connection is given up (and reopened)
+IO_TIMEOUT = 30.0
+#: s between heartbeat checks while nothing happens
+_TICK = 1.0
+#: frames read in a row before jobs handed over meanwhile get their turn
+_BURST = 256
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
-
-
-def _encode_doubles() -> None:
-    """Make pamqp write floats in header tables as doubles ('d'), as py-amqp (Celery) does.
-
-    pamqp writes them as 32-bit floats ('f'): a time limit of 1.1 s would reach a Celery worker
-    as 1.100000023841858 and a timestamp would lose minutes. Patched once, on first import of
-    this module (only processes that use an AMQP URL import it).
-    """
-    original = pamqp.encode.encode_table_value
-    if getattr(original, "_celeriac", False):
-        return
-
-    def encode_table_value(value: Any) -> bytes:
-        if isinstance(value, float):
-            return b"d" + pamqp.encode.double(value)
-        return original(value)
-
-    encode_table_value._celeriac = True  # type: ignore[attr-defined]
-    pamqp.encode.encode_table_value = encode_table_value
-
-
-_encode_doubles()
+#: what tells a connection is gone (any other error of a job leaves it open)
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    amqp.exceptions.ConnectionError,
+)
 _epochs = itertools.count(1)
 
 
-def to_pamqp(props: Mapping[str, Any]) -> pamqp.commands.Basic.Properties:
-    """Properties by py-amqp's names (``application_headers``) as pamqp's, for aiormq."""
-    fields = dict(props)
-    if "application_headers" in fields:
-        fields["headers"] = fields.pop("application_headers")
-    return pamqp.commands.Basic.Properties(**fields)
+class Lost(BrokerError):
+    """The connection was lost, or closed, while the job ran: it may work once reopened."""
 
 
-def parse_url(url: str, options: AMQPOptions | None = None) -> str:
-    """The aiormq URL for a kombu-style ``amqp://`` / ``amqps://`` URL."""
-    options = options or AMQPOptions()
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("amqp", "amqps"):
-        raise ConfigurationError(f"not an AMQP URL: {url!r} (amqp:// or amqps://)")
-    path = parts.path
-    vhost = "/" if path in ("", "/", "//") else unquote(path[1:])
-    user = unquote(parts.username or "guest")
-    password = unquote(parts.password or "guest")
-    host = parts.hostname or "localhost"
-    port = parts.port or (5671 if scheme == "amqps" else 5672)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("heartbeat", str(int(options.heartbeat)))
-    query.setdefault("timeout", str(int(options.connect_timeout)))
-    query.setdefault("name", f"celeriac pid {os.getpid()}")
-    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
-    return f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}?{urlencode(query)}"
+class _Channel(amqp.Channel):  # type: ignore[misc]
+    """A py-amqp channel that stays closed when RabbitMQ closes it.
+
+    py-amqp reopens such a channel under the same number: its consumers and delivery tags would
+    be gone while it looked alive. Here it is let go instead, so its epoch ends, and the error
+    is raised only to a job waiting on this channel (the one that caused it); a channel closed
+    while nobody waits on it (``consumer_timeout``) is logged and found closed by its next user.
+    """
+
+    def _on_close(self, reply_code: int, reply_text: str, class_id: int, method_id: int) -> None:
+        self.send_method(spec.Channel.CloseOk)
+        waiting = bool(self._pending)
+        self.collect()
+        error = amqp.exceptions.error_for_code(
+            reply_code, reply_text, (class_id, method_id), amqp.exceptions.ChannelError
+        )
+        if waiting:
+            raise error
+        logger.warning("AMQP: RabbitMQ closed a channel: %s", error)
 
 
 @dataclass(slots=True)
 class Chan:
     """An open channel and the epoch it was opened in."""
 
-    channel: aiormq.abc.AbstractChannel
+    channel: amqp.Channel
     epoch: int
 
     @property
     def usable(self) -> bool:
-        return not self.channel.is_closed
+        return self.channel.connection is not None and bool(self.channel.is_open)
+
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[], Any], future: concurrent.futures.Future[Any] | None):
+        self.fn, self.future = fn, future
+
+
+_STOP = _Job(lambda: None, None)
+
+
+def _readiness(sock: Any) -> Callable[[], bool]:
+    """A check, without waiting, that ``sock`` has bytes to read: ``poll`` where there is one
+    (a C call; the selector's own check spent a tenth of the I/O thread's time, once a frame)."""
+    if hasattr(select, "poll"):
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
+        return lambda: bool(poll.poll(0))
+    return lambda: bool(select.select([sock], [], [], 0)[0])
 
 
 class Link:
-    """One AMQP connection on its own event-loop thread, reopened with backoff when lost, and
-    the pool of connections sync callers publish on (:attr:`publishers`)."""
+    """One AMQP connection owned by its I/O thread, reopened with backoff when lost, and the
+    pool of connections sync callers publish on (:attr:`publishers`)."""
 
     def __init__(self, url: str, options: AMQPOptions | None = None) -> None:
         self.url = url
         self.options = options or AMQPOptions()
-        self._amqp_url = parse_url(url, self.options)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="celeriac-amqp-io", daemon=True
-        )
-        self._thread.start()
-        self._conn: aiormq.abc.AbstractConnection | None = None
-        self._up: asyncio.Event | None = None
-        self._recovering: asyncio.Task[None] | None = None
-        self._channels: dict[str, Chan] = {}
-        self._channel_locks: dict[str, asyncio.Lock] = {}
-        self._spawned: set[asyncio.Future[Any]] = set()
-        self._closed = False
+        #: py-amqp's ``Connection`` arguments (heartbeat and timeouts from the URL or options)
+        self.params = connect_params(url, self.options)
         self.pid = os.getpid()
+        if self.options.publish_connections < 1:
+            logger.warning(
+                "AMQP: publish_connections=%d is read as 1", self.options.publish_connections
+            )
         self.publishers = PublisherPool(url, self.options, self.options.publish_connections)
+        self._jobs: deque[_Job] = deque()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._sleeping = False
+        self._closed = False
+        # owned by the I/O thread
+        self._conn: amqp.Connection | None = None
+        self._sock: Any = None  # the connection's (py-amqp's ``transport`` would reconnect)
+        self._channels: dict[str, Chan] = {}
+        self._selector: selectors.BaseSelector | None = None
+        self._ready: Callable[[], bool] = lambda: False
+        self._last_tick = 0.0
 
-    # -- bridging ----------------------------------------------------------------------------
-    def run(self, fn: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """Run ``fn()`` on this link's loop and wait for it; BrokerError when it takes too long."""
-        if self._closed:
-            raise BrokerError("the AMQP connection was closed")
+    # -- handing work over ---------------------------------------------------------------------
+    def run(self, fn: Callable[[], T], timeout: float, what: str = "an operation") -> T:
+        """Run ``fn()`` on the I/O thread and return its result (see :meth:`wait`)."""
+        return self.wait(self.later(fn), timeout, what)
+
+    def later(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Hand ``fn()`` to the I/O thread; its result will be in the future returned."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("Link.run called from its own I/O thread")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._hand_over(_Job(fn, future))
+        return future
 
-        async def call() -> T:
-            return await fn()
+    def wait(
+        self, future: concurrent.futures.Future[T], timeout: float, what: str = "an operation"
+    ) -> T:
+        """The result of work handed over with :meth:`later`.
 
-        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        Raises :class:`BrokerError` when it takes longer than ``timeout`` s (it is then not
+        run, or its result is dropped), :class:`Lost` when the connection went meanwhile, and
+        any other error of the work as a :class:`BrokerError` naming ``what``.
+        """
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise BrokerError(f"AMQP operation timed out after {timeout:.1f}s") from None
+            raise BrokerError(f"AMQP: {what} timed out after {timeout:.1f}s") from None
+        except BrokerError:
+            raise
+        except Exception as exc:
+            raise BrokerError(f"AMQP: {what} failed: {exc!r}") from exc
 
-    def spawn(self, fn: Callable[[], Awaitable[Any]]) -> None:
-        """Start ``fn()`` on the I/O loop and return at once; a failure is logged, not raised.
+    def submit(self, fn: Callable[[], Any]) -> None:
+        """Hand ``fn()`` to the I/O thread and return at once; a failure is logged.
 
-        :meth:`close` lets what was spawned finish before it closes the connection.
+        What was handed over before :meth:`close` runs before the connection closes; after it,
+        nothing is (an ack then is moot: the connection's deliveries go back to their queues).
         """
-        if self._closed:
-            return
-
-        def start() -> None:
-            task = asyncio.ensure_future(fn())
-            self._spawned.add(task)
-            task.add_done_callback(self._spawned_done)
-
-        self._loop.call_soon_threadsafe(start)
-
-    def _spawned_done(self, task: asyncio.Future[Any]) -> None:
-        self._spawned.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("AMQP: a background operation failed: %r", task.exception())
-
-    def call_soon(self, fn: Callable[[], Any]) -> None:
-        self._loop.call_soon_threadsafe(fn)
-
-    # -- connection ----------------------------------------------------------------------------
-    async def connection(self, timeout: float) -> aiormq.abc.AbstractConnection:
-        """The open connection, waiting up to ``timeout`` s for it to be (re)established."""
-        conn = self._conn
-        if conn is not None and not conn.is_closed:
-            return conn
-        if self._up is None:
-            self._up = asyncio.Event()
-        if self._recovering is None or self._recovering.done():
-            self._recovering = asyncio.ensure_future(self._recover())
         try:
-            await asyncio.wait_for(self._up.wait(), timeout)
-        except asyncio.TimeoutError:
-            raise BrokerError(
-                f"cannot reach RabbitMQ at {_safe(self.url)} (waited {timeout:.1f}s)"
-            ) from None
-        assert self._conn is not None
-        return self._conn
+            self._hand_over(_Job(fn, None))
+        except BrokerError as exc:
+            logger.debug("AMQP: dropped a background operation: %s", exc)
 
-    async def _recover(self) -> None:
-        """Connect, retrying with exponential backoff (and jitter) until it works or we close."""
-        delay = _BACKOFF_FIRST
-        while not self._closed:
+    def _hand_over(self, job: _Job) -> None:
+        if self._closed and job is not _STOP:
+            raise BrokerError("the AMQP connection was closed")
+        if os.getpid() != self.pid:
+            raise BrokerError("this AMQP connection belongs to the parent process")
+        if self._thread is None:
+            self._start()
+        self._jobs.append(job)
+        if self._sleeping:  # (set before the I/O thread looks at the jobs, so none is missed)
+            with contextlib.suppress(BlockingIOError):  # full of wake-ups already
+                os.write(self._wake_w, b"x")
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+            thread = threading.Thread(target=self._serve, name="celeriac-amqp-io", daemon=True)
+            thread.start()
+            self._thread = thread
+
+    # -- the I/O thread ------------------------------------------------------------------------
+    def _serve(self) -> None:
+        pause = _BACKOFF_FIRST
+        try:
+            while True:
+                if self._conn is None:
+                    if self._closed:
+                        self._fail_jobs(Lost("the AMQP connection was closed"))
+                        return
+                    if not self._connect():
+                        self._sleep(pause * random.uniform(0.8, 1.2))
+                        pause = min(pause * 2, _BACKOFF_MAX)
+                        continue
+                    pause = _BACKOFF_FIRST
+                try:
+                    if not self._run_jobs():
+                        self._disconnect(polite=True)
+                        self._fail_jobs(Lost("the AMQP connection was closed"))
+                        return
+                    self._read()
+                    self._tick()
+                    if not self._jobs:
+                        self._wait()
+                except CONNECTION_ERRORS as exc:
+                    self._lost(exc)
+                except Exception as exc:  # a bug (in a consumer callback...): start afresh
+                    logger.exception("AMQP: unexpected error on the I/O thread")
+                    self._lost(exc)
+        finally:
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+
+    def _connect(self) -> bool:
+        name = f"celeriac pid {os.getpid()}"
+        conn = amqp.Connection(**self.params, client_properties={"connection_name": name})
+        try:
+            conn.connect()
+            sock = conn.transport.sock
+            # Every read and write without a timeout of its own (a job waiting for its answer)
+            # gives up after this long instead of blocking the thread for good.
+            sock.settimeout(IO_TIMEOUT)
+        except Exception as exc:
+            conn.collect()
+            logger.warning("AMQP: cannot connect to %s (%s); retrying soon", safe(self.url), exc)
+            return False
+        assert self._selector is not None
+        self._selector.register(sock, selectors.EVENT_READ)
+        self._conn, self._sock, self._channels = conn, sock, {}
+        self._ready = _readiness(sock)
+        self._last_tick = time.monotonic()
+        return True
+
+    def _run_jobs(self) -> bool:
+        """Run what was handed over; False once :meth:`close` asked to stop."""
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job is _STOP:
+                return False
+            future = job.future
+            if future is not None and not future.set_running_or_notify_cancel():
+                continue  # its caller stopped waiting
             try:
-                conn = await aiormq.connect(self._amqp_url)
-            except Exception as exc:
-                logger.warning(
-                    "AMQP: cannot connect to %s (%s); retrying in %.1fs",
-                    _safe(self.url),
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, _BACKOFF_MAX)
-                continue
-            self._conn = conn
-            self._channels.clear()
-            conn.closing.add_done_callback(functools.partial(self._on_lost, conn))
-            assert self._up is not None
-            self._up.set()
-            if delay > _BACKOFF_FIRST:
-                logger.warning("AMQP: reconnected to %s", _safe(self.url))
-            return
+                result = job.fn()
+            except BaseException as exc:
+                lost = self._is_lost(exc)
+                if future is not None:
+                    future.set_exception(Lost(f"AMQP connection lost: {exc!r}") if lost else exc)
+                else:
+                    logger.warning("AMQP: a background operation failed: %r", exc)
+                if lost:
+                    raise
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if future is not None:
+                    future.set_result(result)
+        return True
 
-    def _on_lost(self, conn: aiormq.abc.AbstractConnection, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            reason: object = "cancelled"
-        else:
-            reason = fut.exception()
-        if self._closed or conn is not self._conn:
-            return
-        logger.warning("AMQP: connection to %s lost (%s); reconnecting", _safe(self.url), reason)
-        self._conn = None
-        self._channels.clear()
-        if self._up is not None:
-            self._up.clear()
-        if self._recovering is None or self._recovering.done():
-            self._recovering = asyncio.ensure_future(self._recover())
+    def _is_lost(self, exc: BaseException) -> bool:
+        if isinstance(exc, OSError):
+            return True
+        if not isinstance(exc, amqp.exceptions.ConnectionError):
+            return False
+        # py-amqp also says "connection already closed" of a channel that is closed
+        conn = self._conn
+        return (
+            conn is None
+            or not conn.connected
+            or not isinstance(exc, amqp.exceptions.RecoverableConnectionError)
+        )
 
-    async def channel(self, key: str, timeout: float, *, confirms: bool = False) -> Chan:
+    def _read(self) -> None:
+        """Dispatch the frames that have arrived (deliveries go to their consumers)."""
+        conn, sock = self._conn, self._sock
+        assert conn is not None and self._selector is not None
+        if not conn.connected:  # (py-amqp would open it again on its own when asked to read)
+            raise ConnectionError("the connection was closed")
+        for _ in range(_BURST):
+            # TLS may hold decrypted bytes the socket no longer shows
+            buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+            if not buffered and not self._ready():
+                return
+            conn.blocking_read(None)  # a frame; a partial one is waited for (IO_TIMEOUT)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick >= _TICK and self._conn is not None:
+            self._last_tick = now
+            self._conn.heartbeat_tick()  # ConnectionForced when RabbitMQ went silent
+
+    def _wait(self) -> None:
+        """Sleep until RabbitMQ sends something, a job is handed over, or the next tick."""
+        assert self._selector is not None
+        self._sleeping = True
+        try:
+            if not self._jobs:
+                timeout = max(0.0, self._last_tick + _TICK - time.monotonic())
+                self._selector.select(timeout)
+        finally:
+            self._sleeping = False
+        self._drain_wake_ups()
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off between connection attempts, woken early by a close."""
+        assert self._selector is not None
+        deadline = time.monotonic() + seconds
+        while not self._closed and (left := deadline - time.monotonic()) > 0:
+            self._sleeping = True
+            try:
+                self._selector.select(left)
+            finally:
+                self._sleeping = False
+            self._drain_wake_ups()
+
+    def _drain_wake_ups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self._closed:
+            logger.warning("AMQP: connection to %s lost (%r); reconnecting", safe(self.url), exc)
+        self._disconnect(polite=False)
+
+    def _disconnect(self, *, polite: bool) -> None:
+        conn, sock = self._conn, self._sock
+        self._conn, self._sock, self._channels = None, None, {}
+        if conn is None:
+            return
+        assert self._selector is not None
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+        try:
+            if polite and conn.connected:
+                sock.settimeout(5.0)
+                conn.close()
+        except Exception as exc:  # closing a broken connection: nothing left to save
+            logger.debug("AMQP: error while closing: %r", exc)
+        finally:
+            conn.collect()
+
+    def _fail_jobs(self, exc: BaseException) -> None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job.future is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(exc)
+
+    # -- channels (on the I/O thread) ----------------------------------------------------------
+    def channel(self, key: str) -> Chan:
         """The channel kept under ``key``, opened (in a new epoch) when missing or closed."""
         chan = self._channels.get(key)
         if chan is not None and chan.usable:
             return chan
-        lock = self._channel_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            chan = self._channels.get(key)
-            if chan is not None and chan.usable:
-                return chan
-            conn = await self.connection(timeout)
-            raw = await conn.channel(publisher_confirms=confirms, on_return_raises=True)
-            chan = Chan(raw, next(_epochs))
-            self._channels[key] = chan
-            return chan
+        chan = Chan(self.scratch_channel(), next(_epochs))
+        self._channels[key] = chan
+        return chan
 
-    async def scratch_channel(self, timeout: float) -> aiormq.abc.AbstractChannel:
+    def scratch_channel(self) -> amqp.Channel:
         """A fresh channel for one job that may end in a channel error (the caller closes it)."""
-        conn = await self.connection(timeout)
-        return await conn.channel(publisher_confirms=False)
+        if self._conn is None or not self._conn.connected:
+            raise Lost("not connected to RabbitMQ")
+        channel = _Channel(self._conn, auto_decode=False)
+        channel.open()
+        return channel
 
     def existing(self, key: str) -> Chan | None:
-        """The channel kept under ``key`` if it is open; never opens one."""
+        """The channel kept under ``key`` if it is open; never opens one (any thread)."""
         chan = self._channels.get(key)
         return chan if chan is not None and chan.usable else None
 
-    def drop_channel(self, key: str) -> None:
-        self._channels.pop(key, None)
-
     # -- shutdown ------------------------------------------------------------------------------
     def close(self) -> None:
+        """Run what was handed over, close the connection politely and stop the thread."""
         if self._closed:
             return
         if os.getpid() != self.pid:
@@ -294,31 +435,10 @@ class Link:
             return
         self._closed = True
         self.publishers.close()
-
-        async def shutdown() -> None:
-            self._closed = True
-            if self._spawned:  # acks handed over before the close: written, not dropped
-                await asyncio.wait(list(self._spawned), timeout=5)
-            if self._recovering is not None:
-                self._recovering.cancel()
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.is_closed:
-                try:
-                    await asyncio.wait_for(conn.close(), 5)
-                except Exception as exc:  # closing a broken connection: nothing left to save
-                    logger.debug("AMQP: error while closing: %s", exc)
-
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-            except Exception as exc:
-                logger.debug("AMQP: shutdown did not finish cleanly: %s", exc)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-
-
-def _safe(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
+        thread = self._thread
+        if thread is None:
+            return
+        self._hand_over(_STOP)
+        thread.join(10)
+        if thread.is_alive():
+            logger.warning("AMQP: the I/O thread did not stop within 10 s")

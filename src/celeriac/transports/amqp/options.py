@@ -26,21 +26,24 @@ class AMQPOptions:
     #: s a publish may take, reconnections and resends included, before it raises BrokerError
     publish_timeout: float = 30.0
     #: s, the heartbeat interval asked of RabbitMQ (0: none); a ``heartbeat`` query parameter
-    #: of the URL wins
+    #: of the URL wins. The consuming connection's thread sends them, and gives the connection
+    #: up when RabbitMQ was silent for two intervals; publishing connections ask for none and
+    #: are replaced after half an interval unused
     heartbeat: float = 60.0
     #: s a connection may take to open; a ``connect_timeout`` (or ``timeout``) query parameter
     #: of the URL wins
     connect_timeout: float = 10.0
     #: the queue bound to the ``celeriac.dead`` exchange that dead letters are read from
     dead_letter_queue: str = "celeriac.dead"
-    #: how many threads of a process at a time publish on a py-amqp connection of their own
-    #: (see ``publisher.py``); 0 sends every publish through the I/O thread
+    #: how many threads of a process at a time publish, each on a connection of its own (see
+    #: ``publisher.py``); a thread that finds them all in use waits for one. At least 1 (0,
+    #: which once sent publishes through the consuming connection's thread, is read as 1)
     publish_connections: int = 10
 
     #: kombu's names for its py-amqp transport that mean nothing here: ``confirm_publish``
     #: (every publish is confirmed), connection arguments of py-amqp that we do not pass on
-    #: (aiormq and our publishers set their own), and the retry policy of kombu's
-    #: ``Connection`` (a lost connection is reopened with our own backoff).
+    #: (our connections set their own), and the retry policy of kombu's ``Connection`` (a lost
+    #: connection is reopened with our own backoff).
     KOMBU_ONLY: ClassVar[frozenset[str]] = KOMBU_RETRY | {
         "confirm_publish",
         "client_properties",

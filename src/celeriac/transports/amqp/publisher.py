@@ -1,15 +1,15 @@
 """Confirmed publishing for sync callers, on py-amqp.
 
 A thread that calls ``delay()`` waits for RabbitMQ's confirm, and whatever else the call costs is
-CPU on that thread. On aiormq that is an event loop run for the call (eight turns of it for one
-publish and its confirm) and pamqp's encoding: ~280 us per message, which left Celeriac's
-``delay()`` no cheaper than Celery's. py-amqp, Celery's own client, publishes and reads the confirm
-synchronously for ~140 us (``bench/amqp_publish.py``). So a sync caller publishes on a py-amqp
-connection lent to it from a small pool, one thread at a time on each, like a database connection:
-one message, or a batch (``publish_many``, ``rpc://`` results) sent whole before its confirms are
-awaited together. Everything else (consuming, declaring, acknowledging, callers on an event loop,
-callers when every connection is lent) stays on the aiormq link of :mod:`.connection`, which
-owns the pool.
+CPU on that thread. py-amqp publishes and reads the confirm synchronously for ~140 us
+(``bench/amqp_publish.py``), and handing each publish to another thread and back would add two
+thread wake-ups (through the link's I/O thread, ``delay()`` ran at 1,095/s against 1,535/s on a
+connection of the caller's own: bench/README.md). So a caller publishes on a connection lent to
+it from a small pool, one thread at a time on each, like a database connection: one message, or
+a batch (``publish_many``, ``rpc://`` results, dead letters) sent whole before its confirms are
+awaited together. A thread that finds every connection lent waits for one (up to
+``publish_connections``, 10 by default, per process and server). Consuming, declaring and
+acknowledging happen on the link of :mod:`.connection`, which owns the pool.
 
 A publish either is confirmed or raises :class:`~celeriac.exceptions.BrokerError`: a lost
 connection is reopened and the message sent again until ``publish_timeout`` runs out (at least
@@ -24,25 +24,24 @@ may have dropped it silently), and every socket operation has a time limit.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import math
 import os
-import ssl
 import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import amqp
 import amqp.exceptions
 
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
+from celeriac.transports.amqp.urls import connect_params, idle_limit
 
 logger = logging.getLogger("celeriac.amqp")
 
@@ -52,8 +51,6 @@ _REDECLARE = (312, 404)
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0
 #: what py-amqp raises for a message it cannot encode (before it writes anything)
 _UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.error)
-#: our URL's TLS parameters (aiormq's names) and py-amqp's for them
-_TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "keyfile"))
 
 
 class Unroutable(BrokerError):
@@ -81,50 +78,6 @@ class Outgoing:
 
     def _returned_as(self) -> tuple[str, str, Any]:
         return self.exchange, self.routing_key, self.properties.get("correlation_id")
-
-
-def connect_params(url: str, options: AMQPOptions | None = None) -> dict[str, Any]:
-    """py-amqp's ``Connection`` arguments for a kombu-style ``amqp://`` / ``amqps://`` URL.
-
-    The same spelling :func:`.connection.parse_url` reads: ``//`` or no path is the vhost
-    ``/``; ``cafile``, ``certfile``, ``keyfile`` and ``no_verify_ssl`` for TLS.
-    """
-    options = options or AMQPOptions()
-    parts = urlsplit(url)
-    tls = parts.scheme.lower() == "amqps"
-    query = dict(parse_qsl(parts.query))
-    connect_timeout = float(
-        query.get("connect_timeout", query.get("timeout", options.connect_timeout))
-    )
-    path = parts.path
-    host = parts.hostname or "localhost"
-    params: dict[str, Any] = {
-        "host": f"{host}:{parts.port or (5671 if tls else 5672)}",
-        "userid": unquote(parts.username or "guest"),
-        "password": unquote(parts.password or "guest"),
-        "login_method": "PLAIN",  # as aiormq logs in
-        "virtual_host": "/" if path in ("", "/", "//") else unquote(path[1:]),
-        "heartbeat": 0,
-        "connect_timeout": connect_timeout,
-    }
-    if tls:
-        verify = query.get("no_verify_ssl", "0").lower() not in ("1", "true", "yes")
-        sslopts: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE}
-        if verify:  # py-amqp checks the host name whenever it is given one
-            sslopts["server_hostname"] = host
-        for ours, theirs in _TLS_FILES:
-            if query.get(ours):
-                sslopts[theirs] = query[ours]
-        params["ssl"] = sslopts
-    return params
-
-
-def idle_limit(url: str, options: AMQPOptions | None = None) -> float:
-    """How long a connection may sit unused before it is replaced: half the heartbeat interval
-    the URL or options ask for (``heartbeat=0``: forever), as for every other connection."""
-    query = dict(parse_qsl(urlsplit(url).query))
-    heartbeat = float(query.get("heartbeat", (options or AMQPOptions()).heartbeat))
-    return heartbeat / 2 if heartbeat > 0 else math.inf
 
 
 class Publisher:
@@ -321,49 +274,67 @@ def _left(deadline: float) -> float:
 
 
 class PublisherPool:
-    """Up to ``limit`` publishers, each lent to one thread at a time."""
+    """Up to ``limit`` publishers (one at least), each lent to one thread at a time; a thread
+    that finds them all lent waits for one to be given back."""
 
     def __init__(self, url: str, options: AMQPOptions | None, limit: int) -> None:
-        self._params = connect_params(url, options)
+        self._params = connect_params(url, options, heartbeat=False)
         self._idle_limit = idle_limit(url, options)
-        self.limit = limit
+        self.limit = max(1, limit)
         self._idle: list[Publisher] = []
         self._lent = 0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._pid = os.getpid()
         self._closed = False
 
-    def borrow(self) -> Publisher | None:
-        """A publisher for this thread, or None (the caller is on an event loop, all are lent,
-        or the pool is closed): then publish the other way."""
-        if self.limit <= 0 or asyncio._get_running_loop() is not None:
-            return None
+    @contextlib.contextmanager
+    def lent(self, deadline: float) -> Iterator[Publisher]:
+        """A publisher for this thread while the block runs (see :meth:`borrow`)."""
+        publisher = self.borrow(deadline)
+        try:
+            yield publisher
+        finally:
+            self.give_back(publisher)
+
+    def borrow(self, deadline: float) -> Publisher:
+        """A publisher for this thread, waiting until ``deadline`` (a :func:`time.monotonic`
+        time) for one when all are lent; :class:`BrokerError` when none came back in time or
+        the pool is closed."""
         if os.getpid() != self._pid:  # forked: before the lock, which a parent thread may hold
             self._after_fork()
-        with self._lock:
-            if self._closed:
-                return None
-            if self._idle:
-                self._lent += 1
-                return self._idle.pop()
-            if self._lent >= self.limit:
-                return None
-            self._lent += 1
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise BrokerError("the AMQP connection was closed")
+                if self._idle:
+                    self._lent += 1
+                    return self._idle.pop()
+                if self._lent < self.limit:
+                    self._lent += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BrokerError(
+                        f"no publish connection came free in time: all {self.limit} were in "
+                        "use (publish_connections)"
+                    )
+                self._cond.wait(left)
         return Publisher(self._params, self._idle_limit)
 
     def _after_fork(self) -> None:
         """The parent's connections are not ours (nor is a lock one of its threads held)."""
         for publisher in self._idle:
             publisher.forget()
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._idle, self._lent, self._pid = [], 0, os.getpid()
 
     def give_back(self, publisher: Publisher) -> None:
         if os.getpid() != self._pid:  # borrowed before a fork: its connection is the parent's
             publisher.forget()
             return
-        with self._lock:
+        with self._cond:
             self._lent = max(0, self._lent - 1)
+            self._cond.notify()
             if not self._closed:
                 self._idle.append(publisher)
                 return
@@ -374,10 +345,11 @@ class PublisherPool:
         return len(self._idle)
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
             mine = os.getpid() == self._pid
+            self._cond.notify_all()
         for publisher in idle:
             if mine:
                 publisher.close()

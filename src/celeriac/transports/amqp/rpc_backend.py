@@ -19,7 +19,6 @@ and the queue is declared before the first task names it, since a worker's answe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -29,12 +28,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from aiormq.abc import AbstractChannel, DeliveredMessage
+import amqp
 
 from celeriac.backends.base import EncodedResult, ResultBackend
 from celeriac.exceptions import BackendError
 from celeriac.states import SUCCESS
-from celeriac.transports.amqp.connection import Link, to_pamqp
+from celeriac.transports.amqp.connection import Link
 from celeriac.transports.amqp.publisher import Outgoing
 
 logger = logging.getLogger("celeriac.backend.rpc")
@@ -76,24 +75,25 @@ class RPCBackend(ResultBackend):
             # thread to learn that would cost as much as the publish itself.
             return
         try:
-            link.run(self._consume, _TIMEOUT)
-        except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
+            link.run(self._consume, _TIMEOUT, "listening for results")
+        except Exception as exc:
             raise BackendError(f"rpc://: cannot listen on reply queue {self.oid}: {exc}") from exc
 
-    async def _consume(self) -> None:
-        link = self._get_link()
-        chan = await link.channel("rpc", _TIMEOUT)
+    def _consume(self) -> None:
+        """Declare the reply queue and consume it, on the link's I/O thread."""
+        chan = self._get_link().channel("rpc")
         if chan.epoch == self._epoch:
             return
         args: dict[str, Any] = {"x-expires": int(self.expires * 1000)} if self.expires else {}
         # Celery's reply queue, argument for argument, so either side may declare it first.
-        await chan.channel.queue_declare(self.oid, durable=True, auto_delete=True, arguments=args)
-        await chan.channel.basic_consume(self.oid, self._on_reply, no_ack=True)
+        chan.channel.queue_declare(
+            self.oid, durable=True, exclusive=False, auto_delete=True, arguments=args
+        )
+        chan.channel.basic_consume(self.oid, callback=self._on_reply, no_ack=True)
         self._epoch = chan.epoch
 
-    async def _on_reply(self, msg: DeliveredMessage) -> None:
-        props = msg.header.properties
-        task_id = props.correlation_id
+    def _on_reply(self, msg: amqp.Message) -> None:
+        task_id = msg.properties.get("correlation_id")
         body = msg.body
         if not task_id:
             try:
@@ -130,18 +130,12 @@ class RPCBackend(ResultBackend):
         if not sends:
             return
         link = self._get_link()
-        publisher = link.publishers.borrow()
+        deadline = time.monotonic() + _TIMEOUT
         try:
-            if publisher is None:  # on an event loop, or every publisher is lent
-                link.run(lambda: self._send(link, sends), _TIMEOUT + 5)
-            else:
-                outgoing = [self._outgoing(*send) for send in sends]
-                publisher.send(outgoing, time.monotonic() + _TIMEOUT)
-        except Exception as exc:  # a lost link (aiormq may raise a bare Exception)
+            with link.publishers.lent(deadline) as publisher:
+                publisher.send([self._outgoing(*send) for send in sends], deadline)
+        except Exception as exc:
             raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
-        finally:
-            if publisher is not None:
-                link.publishers.give_back(publisher)
 
     def _outgoing(self, reply_to: str, correlation_id: str, data: bytes) -> Outgoing:
         """A reply to ``reply_to``: transient, not mandatory (as Celery sends it)."""
@@ -166,40 +160,13 @@ class RPCBackend(ResultBackend):
                 sends.append((item.reply_to, item.correlation_id or item.task_id, item.meta))
         return sends
 
-    async def _send(self, link: Link, sends: list[tuple[str, str, bytes]]) -> None:
-        """Publish every result, then wait for all their confirms (sent again if lost)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _TIMEOUT
-        pending = sends
-        while True:
-            try:
-                chan = await link.channel(
-                    "publish", max(0.1, deadline - loop.time()), confirms=True
-                )
-                outcomes = await asyncio.gather(
-                    *(self.publish_reply(chan.channel, *send) for send in pending),
-                    return_exceptions=True,
-                )
-            except Exception as exc:  # no channel: the connection is being reopened
-                outcomes = [exc] * len(pending)
-            errors = [e for e in outcomes if isinstance(e, BaseException)]
-            if not errors:
-                return
-            if loop.time() > deadline:
-                raise errors[0]
-            pending = [
-                s for s, e in zip(pending, outcomes, strict=True) if isinstance(e, BaseException)
-            ]
-            await asyncio.sleep(0.1)
-
-    async def publish_reply(
-        self, channel: AbstractChannel, reply_to: str, correlation_id: str, data: bytes
+    def publish_reply(
+        self, channel: amqp.Channel, reply_to: str, correlation_id: str, data: bytes
     ) -> None:
+        """Write a reply on ``channel`` without waiting (the link's I/O thread)."""
         reply = self._outgoing(reply_to, correlation_id, data)
         # Not mandatory: a client that went away leaves no queue, and its results with it.
-        await channel.basic_publish(
-            data, exchange="", routing_key=reply_to, properties=to_pamqp(reply.properties)
-        )
+        channel.basic_publish(amqp.Message(data, **reply.properties), "", reply_to)
 
     # -- client side: receive ----------------------------------------------------------------
     def _load(self, task_id: str) -> bytes | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiormq.abc import AbstractChannel
+import amqp
 
 from celeriac.protocol.publication import Route
 from celeriac.routing import Queue, Topology
@@ -41,20 +41,43 @@ def queue_arguments(q: Queue | None, max_priority: Any, queue_type: str) -> dict
     return args
 
 
-async def declare_queue(
-    ch: AbstractChannel, topology: Topology, name: str, arguments: dict[str, Any]
+def declare_exchange(
+    ch: amqp.Channel, name: str, kind: str, *, durable: bool = True, auto_delete: bool = False
+) -> None:
+    # (py-amqp's own defaults are durable=False, auto_delete=True: never what a peer declares)
+    ch.exchange_declare(name, kind, durable=durable, auto_delete=auto_delete)
+
+
+def declare_plain_queue(
+    ch: amqp.Channel,
+    name: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    durable: bool = True,
+    exclusive: bool = False,
+    auto_delete: bool = False,
+) -> None:
+    ch.queue_declare(
+        name,
+        durable=durable,
+        exclusive=exclusive,
+        auto_delete=auto_delete,
+        arguments=arguments or {},
+    )
+
+
+def declare_queue(
+    ch: amqp.Channel, topology: Topology, name: str, arguments: dict[str, Any]
 ) -> None:
     """Declare ``name`` as ``task_queues`` says, or in Celery's default layout."""
     q = topology.queue(name)
     if q is None:
-        await ch.exchange_declare(name, exchange_type="direct", durable=True)
-        await ch.queue_declare(name, durable=True, arguments=arguments)
-        await ch.queue_bind(name, name, routing_key=name)
+        declare_exchange(ch, name, "direct")
+        declare_plain_queue(ch, name, arguments)
+        ch.queue_bind(name, name, routing_key=name)
         return
     ex = q.bound_to
-    await ch.exchange_declare(
-        ex.name, exchange_type=ex.type, durable=ex.durable, auto_delete=ex.auto_delete
-    )
+    declare_exchange(ch, ex.name, ex.type, durable=ex.durable, auto_delete=ex.auto_delete)
     if q.broadcast:  # this node's own queue: nothing any peer has to agree with
         own = topology.physical(name)
         # Expiry rather than auto-delete: a consumer re-subscribing (or a restarted child of
@@ -62,17 +85,13 @@ async def declare_queue(
         # (classic, whatever queue_type says: a quorum queue cannot be this short-lived one)
         arguments = {k: v for k, v in arguments.items() if k != "x-queue-type"}
         arguments["x-expires"] = BROADCAST_EXPIRES_MS
-        await ch.queue_declare(own, durable=False, arguments=arguments)
-        await ch.queue_bind(own, ex.name, routing_key="")
+        declare_plain_queue(ch, own, arguments, durable=False)
+        ch.queue_bind(own, ex.name, routing_key="")
         return
-    await ch.queue_declare(
-        name,
-        durable=q.durable,
-        exclusive=q.exclusive,
-        auto_delete=q.auto_delete,
-        arguments=arguments,
+    declare_plain_queue(
+        ch, name, arguments, durable=q.durable, exclusive=q.exclusive, auto_delete=q.auto_delete
     )
-    await ch.queue_bind(name, ex.name, routing_key=q.key)
+    ch.queue_bind(name, ex.name, routing_key=q.key)
 
 
 def queues_behind(topology: Topology, dest: Route) -> list[str]:

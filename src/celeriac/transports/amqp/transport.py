@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.connection import Link
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.rpc_backend import RPCBackend
+from celeriac.transports.amqp.urls import server_key
 from celeriac.transports.base import BackendConfig, Combined, Transport, own
 from celeriac.transports.options import BROKER, parse_options
 
@@ -37,14 +37,7 @@ class AMQPTransport(Transport):
 
     @classmethod
     def server_key(cls, url: str) -> str:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        path = parts.path
-        vhost = "/" if path in ("", "/", "//") else unquote(path[1:])
-        port = parts.port or (5671 if scheme == "amqps" else 5672)
-        user = unquote(parts.username or "guest")
-        password = unquote(parts.password or "guest")
-        return f"{scheme}://{user}:{password}@{parts.hostname or 'localhost'}:{port}/{vhost}"
+        return server_key(url)
 
     def link(self, options: AMQPOptions | None) -> Link:
         """The link, opened with ``options`` by the first part that asks for it."""

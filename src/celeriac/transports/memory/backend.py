@@ -15,6 +15,7 @@ class MemoryBackend(ResultBackend):
     #: Nothing here blocks for longer than a lock held for a dict update: a wait runs in the
     #: caller's thread (see ResultBackend.wait_for).
     bounded_reads = True
+
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._cond = threading.Condition()
