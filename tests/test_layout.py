@@ -25,3 +25,13 @@ def test_every_module_the_readme_layout_names_exists() -> None:
     folders |= {"src/", "tests/", "bench/", "celeriac/", "e2e/"}
     missing = sorted(n for n in names if n not in on_disk and n not in folders)
     assert missing == []
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """Small modules with one job each (STYLE.md): a long one says it has several."""
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert long == {}

@@ -16,7 +16,8 @@ from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
 from celeriac.transports.redis.backend import RedisBackend
-from celeriac.transports.redis.broker import RedisBroker, decode_envelope, encode_envelope
+from celeriac.transports.redis.broker import RedisBroker
+from celeriac.transports.redis.envelope import decode_envelope, encode_envelope
 from tests import redis_support
 
 pytestmark = pytest.mark.redis

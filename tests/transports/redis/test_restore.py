@@ -16,7 +16,8 @@ from celeriac.brokers import create_broker
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
-from celeriac.transports.redis.broker import RedisBroker, encode_envelope
+from celeriac.transports.redis.broker import RedisBroker
+from celeriac.transports.redis.envelope import encode_envelope
 from tests import redis_support
 
 pytestmark = pytest.mark.redis

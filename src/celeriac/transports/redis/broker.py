@@ -28,7 +28,6 @@ within ``publish_timeout``, reconnections and retries included (see ``deadline.p
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -50,6 +49,7 @@ from celeriac.protocol.publication import Publication, Route
 from celeriac.routing import kombu_topic_pattern, no_queue_bound
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.deadline import deadline
+from celeriac.transports.redis.envelope import decode_envelope, encode_envelope
 from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.transports.redis.options import RedisOptions
 from celeriac.transports.redis.scripts import lua
@@ -59,59 +59,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.broker.redis")
 
-_TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
 _SWEEP_BATCH = 1000
 SEP = "\x06\x16"
-
-
-def encode_envelope(message: Message, route: Route, priority: int, tag: str) -> str:
-    """kombu's Redis envelope, key for key and in kombu's order (PROTOCOL.md §2.2)."""
-    props: dict[str, Any] = {}
-    for key, value in message.properties.items():
-        if key == "priority":
-            continue
-        props[key] = value
-    # kombu records the exchange it was published to ("" and the queue's name: none)
-    exchange, routing_key = route.address
-    props["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
-    props["priority"] = priority
-    props["body_encoding"] = "base64"
-    props["delivery_tag"] = tag
-    return json.dumps(
-        {
-            "body": base64.b64encode(message.body).decode("ascii"),
-            "content-encoding": message.content_encoding,
-            "content-type": message.content_type,
-            "headers": message.headers,
-            "properties": props,
-        }
-    )
-
-
-def decode_envelope(raw: bytes | str) -> Message:
-    """A :class:`Message` from an envelope; ``ValueError`` when it is not one."""
-    env = json.loads(raw)
-    if not isinstance(env, dict) or not isinstance(env.get("properties"), dict):
-        raise ValueError("not a kombu envelope: no properties object")
-    props = env["properties"]
-    body = env.get("body")
-    if not isinstance(body, str):
-        raise ValueError("envelope body is not a string")
-    if props.get("body_encoding") == "base64":
-        data = base64.b64decode(body, validate=True)
-    else:
-        data = body.encode("utf-8")
-    headers = env.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise ValueError("envelope headers are not an object")
-    properties = {k: v for k, v in props.items() if k not in _TRANSPORT_PROPERTIES}
-    return Message(
-        headers,
-        properties,
-        data,
-        str(env.get("content-type") or "application/json"),
-        str(env.get("content-encoding") or "utf-8"),
-    )
 
 
 def _delay(when: float | None) -> str:

@@ -22,6 +22,7 @@ import redis
 from celeriac.brokers.base import Delivery
 from celeriac.exceptions import BrokerError
 from celeriac.routing import Topology
+from celeriac.transports.redis.envelope import decode_envelope
 
 logger = logging.getLogger("celeriac.broker.redis")
 
@@ -67,8 +68,6 @@ class FanoutSubscriber:
 
     def drain(self, limit: int, timeout: float = 0.0) -> list[Delivery]:
         """Broadcast deliveries for this process, waiting up to ``timeout`` for the first."""
-        from celeriac.transports.redis.broker import decode_envelope
-
         out_d: list[Delivery] = []
         now = time.time()
         with self._lock:
