@@ -55,3 +55,10 @@ def sleepy(self, seconds: float) -> float:
     time.sleep(seconds)
     _record("end", self.request.id)
     return seconds
+
+
+@app.task(name="interop.die", bind=True)
+def die(self) -> None:
+    """Ends its own process every time (as a segfault would): a poison task."""
+    _record("start", self.request.id)
+    os._exit(3)

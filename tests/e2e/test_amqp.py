@@ -152,6 +152,25 @@ def test_sigkill_mid_task_is_redelivered_and_succeeds(amqp_e2e):
     assert env.ledger_entries("start")[result.id] == 2
 
 
+def test_a_task_that_kills_its_child_is_dead_lettered_after_max_deliveries(amqp_e2e):
+    """A classic queue says only *that* a message was redelivered; the worker carries the count
+    itself, so a poison task stops at worker_max_deliveries instead of looping."""
+    env, tasks = amqp_e2e
+    worker = env.start_worker("-c", "1")
+    poison = tasks.die.delay()
+    broker = create_broker(env.url)
+    try:
+        dead = wait_for(lambda: broker.dead_letters(), 60, "the poison task to be dead-lettered")
+    finally:
+        broker.close()
+    assert [d.message.task_id for d in dead] == [poison.id]  # type: ignore[union-attr]
+    assert "delivered 5 times" in dead[0].reason  # type: ignore[index]
+    assert env.ledger_entries("start")[poison.id] == 5  # worker_max_deliveries, no more
+    healthy = tasks.add.delay(1, 2)  # and the worker serves the rest
+    wait_for(lambda: env.ledger_entries("run")[healthy.id] == 1, 15, "a healthy task to run")
+    assert worker.poll() is None
+
+
 def test_10000_hour_long_countdowns_cost_the_worker_no_memory(amqp_e2e):
     env, tasks = amqp_e2e
     worker = env.start_worker("-P", "threads", "-c", "4")

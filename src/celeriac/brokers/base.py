@@ -77,6 +77,9 @@ class Broker(ABC):
     priority_higher_first: bool = True
     #: The app's ``task_queues``: what exchanges, bindings and broadcast queues mean here.
     topology: Topology = Topology()
+    #: Whether :meth:`requeue` puts a message back in its place (else at the back: RabbitMQ's
+    #: classic queues, where a message is sent again to carry its delivery count).
+    requeue_keeps_place: ClassVar[bool] = True
     #: Whether a lease lives and dies with the connection that took it (AMQP: the channel), so
     #: another connection can neither renew nor give it back.
     leases_follow_connection: ClassVar[bool] = False

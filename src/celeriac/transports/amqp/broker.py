@@ -74,6 +74,7 @@ class AMQPBroker(Broker):
     options_class = AMQPOptions
     options: AMQPOptions
     leases_follow_connection = True
+    requeue_keeps_place = False  # a classic queue's message is sent again with its count
 
     def __init__(
         self, url: str, transport_options: dict[str, Any] | None = None, *, link: Link
@@ -235,7 +236,43 @@ class AMQPBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
-        return self.inbox.fetch(queues, limit, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._counted(self.inbox.fetch(queues, limit, timeout=timeout))
+            timeout = deadline - time.monotonic()
+            if got or timeout <= 0:
+                return got
+
+    def _counted(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Deliveries whose count holds, after putting the others back with it.
+
+        A classic queue says only *whether* a message was delivered before (``redelivered``),
+        not how often: a task that kills its worker every time would come back as "delivery 2"
+        forever and never reach ``worker_max_deliveries``. So a redelivered message is not run
+        from here: it is published again carrying its count (``x-celeriac-deliveries``) and
+        this copy is acknowledged; the new copy runs, counted, when it comes round. (Quorum
+        queues count in ``x-delivery-count``; a broadcast copy is this node's alone and runs.)
+        """
+        if not any(d.tag.redelivered and not d.tag.counted for d in deliveries):
+            return deliveries
+        keep = []
+        topology = self.topology
+        for d in deliveries:
+            if not d.tag.redelivered or d.tag.counted or topology.fanout_bound(d.queue):
+                keep.append(d)
+                continue
+            message = d.message
+            headers = {**message.headers, HDR_COUNT: d.delivery_count - 1}
+            priority = int(message.properties.get("priority") or 0)
+            logger.info(
+                "AMQP: %s[%s] was delivered before (now delivery %d); sent again with its count",
+                message.headers.get("task"),
+                message.task_id,
+                d.delivery_count,
+            )
+            self._send(message, Route(d.queue), priority, None, headers)
+            self.ack([d])
+        return keep
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self.inbox.ack(deliveries)
@@ -252,7 +289,9 @@ class AMQPBroker(Broker):
     ) -> list[Delivery]:
         """``rpc://`` replies, then acks, on the tasks' channel; then fetch (see
         :meth:`.inbox.Inbox.reply_ack_fetch`)."""
-        return self.inbox.reply_ack_fetch(rpc, results, acks, queues, limit, timeout=timeout)
+        return self._counted(
+            self.inbox.reply_ack_fetch(rpc, results, acks, queues, limit, timeout=timeout)
+        )
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: a delivery stays leased while its channel lives."""
@@ -263,10 +302,11 @@ class AMQPBroker(Broker):
         if not self.inbox.current(delivery):
             return  # its channel died: RabbitMQ redelivers it
         later = delay_until is not None and delay_until > time.time()
-        if not later and count and (self.queue_type == "quorum" or not delivery.tag.redelivered):
-            # Back in place; RabbitMQ's redelivered flag / x-delivery-count does the counting.
+        if not later and count and delivery.tag.counted:
+            # Back in place; RabbitMQ counts it (x-delivery-count).
             self.inbox.give_back(delivery)
             return
+        # On a classic queue, sent again carrying its count (see _counted): at the back.
         message = delivery.message
         headers = dict(message.headers)
         headers[HDR_COUNT] = delivery.delivery_count if count else delivery.delivery_count - 1

@@ -12,8 +12,9 @@ order they were handed over: ``multiple=True`` over the run of the lowest outsta
 rest one by one (a multiple ack written ahead of a single ack of a lower tag would make that tag
 unknown to RabbitMQ, which closes the channel). Handles from a dead channel are dropped.
 
-Delivery counts: 1 + ``x-delivery-count`` on quorum queues, 1 + ``redelivered`` on classic
-ones, plus the ``x-celeriac-deliveries`` header a requeue that republishes carries forward.
+Delivery counts: 1 + ``x-delivery-count`` on quorum queues; on classic ones 1 + the
+``x-celeriac-deliveries`` header a republished message carries (the broker republishes a
+redelivered message with its count, see ``AMQPBroker.fetch``).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class Inbox:
         message, carried, quorum_count = to_message(msg)
         redelivered = bool(info["redelivered"])
         extra = quorum_count if quorum_count is not None else int(redelivered)
-        tag = Tag(epoch, int(info["delivery_tag"]), redelivered)
+        tag = Tag(epoch, int(info["delivery_tag"]), redelivered, quorum_count is not None)
         delivery = Delivery(message, queue, tag, 1 + carried + extra)
         ctag = str(info["consumer_tag"])
         with self._cond:

@@ -30,6 +30,8 @@ class Tag:
     epoch: int
     delivery_tag: int
     redelivered: bool
+    #: RabbitMQ counts this queue's deliveries itself (``x-delivery-count``: quorum queues)
+    counted: bool = False
 
 
 def _int(value: Any) -> int:
