@@ -274,7 +274,7 @@ MATRIX: dict[str, Entry] = {
             )
         ),
     ),
-    # -- long: `pytest -m soak` ----------------------------------------------------------------------
+    # -- long: `pytest -m soak` --------------------------------------------------------------
     "kill_worker_repeated": Entry(
         "1 x N",
         "kill -9 worker mid-task, repeated with seeded random times",
