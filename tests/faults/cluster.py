@@ -35,6 +35,7 @@ from tests.faults.ledger import Ledger
 from tests.faults.proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
+_PRISTINE: dict[str, dict[str, Any]] = {}
 BROKERS = ("sqlite", "redis", "amqp")
 
 
@@ -47,6 +48,16 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, every: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def await_(check: Callable[[], object], timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``check()``; False if it never held (the test then counts
+    and reports what it sees before asserting)."""
+    try:
+        wait_for(check, timeout, "")
+    except AssertionError:
+        return False
+    return True
 
 
 def children_of(pid: int) -> list[int]:
@@ -110,11 +121,16 @@ class Cluster:
     def app(self) -> Any:
         """The recording tasks' app in this process, configured as the test's client."""
         if self._app is None:
+            import copy
+
             from tests.faults import fault_tasks
 
-            fault_tasks.app.close()
-            fault_tasks.app.conf.update(**self.client_conf())
-            self._app = fault_tasks.app
+            app = fault_tasks.app
+            app.close()
+            # Each test starts from the module's own settings, not the last test's.
+            self._original = copy.deepcopy(_PRISTINE.setdefault("conf", app.conf.as_dict()))
+            app.conf.update(**{**self._original, **self.client_conf()})
+            self._app = app
         return self._app
 
     @property
@@ -132,7 +148,7 @@ class Cluster:
         self.conf.update(conf)
         if self._app is not None:
             self._app.close()
-            self._app.conf.update(**self.client_conf())
+            self._app.conf.update(**{**self._original, **self.client_conf()})
 
     def states(self, ids: Iterable[str]) -> dict[str, str]:
         return dict(self.app.backend.get_states(list(ids)))
@@ -151,6 +167,7 @@ class Cluster:
             **self.env,
             "FAULT_CONF": json.dumps(conf),
             "FAULT_LEDGER": str(self.ledger.path),
+            "FAULT_PROXY_CONTROL": str(self.proxy.control_port if self.proxy else ""),
             "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
             **extra,
         }

@@ -91,14 +91,15 @@ Factory = Callable[..., Cluster]
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Factory]:
     """``cluster(broker, vt=2.0, proxy=False, private=False, **settings)`` -> :class:`Cluster`.
 
-    ``vt``: the visibility timeout; ``proxy``: workers reach the broker through a
-    :class:`FaultProxy`; ``private``: a broker server of the test's own (Redis: AOF with
-    ``appendfsync always``; RabbitMQ: a private node) that it may stop and restart.
+    ``vt``: the visibility timeout; ``proxy``: who reaches the broker through a
+    :class:`FaultProxy` (``"workers"``, ``"client"`` or ``"both"``); ``private``: a broker
+    server of the test's own (Redis: AOF with ``appendfsync always``; RabbitMQ: a private node)
+    that it may stop and restart.
     """
     made: list[Cluster] = []
 
     def make(
-        broker: str, *, vt: float = 2.0, proxy: bool = False, private: bool = False, **conf: Any
+        broker: str, *, vt: float = 2.0, proxy: str = "", private: bool = False, **conf: Any
     ) -> Cluster:
         tmp = tmp_path / f"c{len(made)}"
         tmp.mkdir()
@@ -146,10 +147,14 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Factory]
             raise ValueError(broker)
         conf["broker_transport_options"] = options
         fault_proxy = FaultProxy(port) if proxy else None
-        worker_url = url
+        client_url = worker_url = url
         if fault_proxy is not None:
-            worker_url = url.replace(f":{port}", f":{fault_proxy.port}", 1)
-        c = Cluster(broker, tmp, url, backend, conf, worker_url, fault_proxy, cleanups)
+            proxied = url.replace(f":{port}", f":{fault_proxy.port}", 1)
+            if proxy in ("workers", "both"):
+                worker_url = proxied
+            if proxy in ("client", "both"):
+                client_url = proxied
+        c = Cluster(broker, tmp, client_url, backend, conf, worker_url, fault_proxy, cleanups)
         c.server = server  # type: ignore[attr-defined]
         c.prefix = prefix  # type: ignore[attr-defined]
         made.append(c)

@@ -50,10 +50,17 @@ def rec(self: Any, seconds: float = 0.0) -> str:
 
 
 @app.task(name="faults.token", bind=True)
-def token(self: Any) -> str:
-    """A value unique to this run (to tell which run's result was stored)."""
+def token(self: Any, then: str = "") -> str:
+    """A value unique to this run (to tell which run's result was stored). ``then``: a fault
+    asked of the test's proxy once the run is recorded, before the task returns, on its first
+    delivery only."""
     with _Run(self):
-        return f"{os.getpid()}-{uuid.uuid4().hex}"
+        value = f"{os.getpid()}-{uuid.uuid4().hex}"
+    if then and self.request.delivery_count == 1:
+        from tests.faults.proxy import ask
+
+        ask(int(os.environ["FAULT_PROXY_CONTROL"]), then)
+    return value
 
 
 @app.task(name="faults.crash", bind=True)

@@ -11,6 +11,10 @@ server: Redis, RabbitMQ), with no iptables or tc.
   :meth:`FaultProxy.heal` ends it, and severs the connections that lost traffic meanwhile
   (their byte streams have holes);
 * :meth:`FaultProxy.retarget` sends new connections elsewhere (a failover).
+
+A task in a worker can ask for a fault at an exact point of its own run through the control
+port (:attr:`FaultProxy.control_port`, a line ``silence``/``cut``/``blackhole``/``heal``, answered
+``ok`` once done): the fault is in place before the task returns.
 """
 
 from __future__ import annotations
@@ -106,6 +110,23 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="fault-proxy").start()
+        self.control = socket.create_server(("127.0.0.1", 0))
+        self.control_port: int = self.control.getsockname()[1]
+        threading.Thread(target=self._serve_control, daemon=True, name="fault-control").start()
+
+    def _serve_control(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.control.accept()
+            except OSError:
+                return
+            with conn:
+                command = conn.makefile("r").readline().strip()
+                if command == "blackhole":
+                    self.blackhole = True
+                elif command in ("silence", "cut", "heal"):
+                    getattr(self, command)()
+                conn.sendall(b"ok\n")
 
     def _accept(self) -> None:
         while not self._closed:
@@ -158,8 +179,16 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closed = True
-        with contextlib.suppress(OSError):
-            self.server.close()
+        for server in (self.server, self.control):
+            with contextlib.suppress(OSError):
+                server.close()
         self.blackhole = False
         for link in self.links():
             link.close()
+
+
+def ask(port: int, command: str) -> None:
+    """Ask the proxy listening for control on ``port`` for a fault; returns once it is in place."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(command.encode() + b"\n")
+        conn.makefile("r").readline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 from tests.faults.cluster import wait_for
@@ -10,10 +11,10 @@ from tests.faults.matrix import cells
 
 @cells("kill_worker")
 def test_kill_worker_mid_task(cluster, broker, record):
-    c = cluster(broker, vt=2.0)
+    c = cluster(broker, vt=1.5)
     first = c.start_worker()
     tasks = c.tasks
-    long = [tasks.rec.delay(3.0).id for _ in range(2)]
+    long = [tasks.rec.delay(2.0).id for _ in range(2)]
     short = [tasks.rec.delay(0.0).id for _ in range(20)]
     wait_for(lambda: any(c.ledger.running().get(t) for t in long), 20, "a long task to run")
     time.sleep(0.5)
@@ -30,5 +31,70 @@ def test_kill_worker_mid_task(cluster, broker, record):
     assert dups == 0, counts  # a killed run never completed: every task completed once
     started = c.ledger.started()
     assert {t for t in ids if started[t] > 1} == set(in_flight)  # only those were run again
-    # re-run within the lease (2 s) + the task (3 s) + a worker start and margin (3 s)
-    assert recovered - killed_at < 2 + 3 + 3
+    # re-run within the lease (1.5 s) + the task (2 s) + a worker start and margin (3 s)
+    assert recovered - killed_at < 1.5 + 2 + 3
+
+
+@cells("kill_child")
+def test_kill_child_charges_only_its_running_task(cluster, broker, record):
+    c = cluster(broker, vt=1.5)
+    tasks = c.tasks
+    # Sent before the worker starts, so each child leases a batch of 4 (the default prefetch):
+    # the child that runs `long` has finished two tasks before it and holds one behind it.
+    ids = [tasks.rec.delay(0.2).id for _ in range(2)]
+    long = tasks.rec.delay(2.0).id
+    ids += [long] + [tasks.rec.delay(0.2).id for _ in range(5)]
+    worker = c.start_worker()
+    c.kill_running(long)
+    killed_at = time.time()
+    wait_for(lambda: c.all_done(ids), 30, "every task to complete")
+    time.sleep(0.5)  # a wrongly charged task would show up as a second run or a dead letter
+    lost, dups, counts = c.tally(ids)
+    started = c.ledger.started()
+    rerun = sorted(t for t in ids if started[t] > 1)
+    states = c.states(ids)
+    bad_states = {t: s for t, s in states.items() if s != "SUCCESS"}
+    letters = c.dead_letters()
+    end = max(e for (_, _, _, e) in c.ledger.runs(long) if e)
+    record(
+        lost=lost,
+        duplicated=dups,
+        allowed=0,
+        recover=end - killed_at,
+        detail=f"run again: {len(rerun)} (only the killed task may), not SUCCESS: "
+        f"{len(bad_states)}, dead-lettered: {len(letters)}",
+    )
+    assert lost == 0 and dups == 0, counts
+    assert rerun == [long]
+    assert bad_states == {}
+    assert letters == []
+    assert worker.alive()
+
+
+@cells("crash_at_fetch")
+def test_kills_while_fetching_lose_nothing(cluster, broker, record):
+    c = cluster(broker, vt=1.5)
+    tasks = c.tasks
+    ids = [r.id for r in [tasks.rec.delay(0.0) for _ in range(300)]]
+    rnd = random.Random(f"crash_at_fetch-{broker}")
+    allowed: set[str] = set()
+    kills = []
+    for _ in range(3):
+        worker = c.start_worker()
+        time.sleep(rnd.uniform(0.1, 0.6))
+        kills.append(c.kill(worker))
+        started, done = c.ledger.started(), c.ledger.completed()
+        states = c.states(t for t in ids if started.get(t))
+        # in flight at the kill: started, and not completed with its result stored
+        allowed |= {
+            t for t in ids if started.get(t) and not (done.get(t) and states.get(t) == "SUCCESS")
+        }
+    c.start_worker()
+    wait_for(lambda: c.all_done(ids), 30, "every task to complete")
+    time.sleep(0.5)
+    lost, dups, counts = c.tally(ids)
+    extra = {t for t, n in counts.items() if n > 1} - allowed
+    last = max(e for t in ids for (_, _, _, e) in c.ledger.runs(t) if e)
+    record(lost=lost, duplicated=dups, allowed=len(allowed), recover=last - kills[-1])
+    assert lost == 0
+    assert extra == set(), f"{len(extra)} tasks not in flight at a kill ran twice"
