@@ -65,7 +65,7 @@ MATRIX: dict[str, Entry] = {
         "kill -9 one prefork child",
         "only the running task is charged (delivered again); the child's other prefetched "
         "tasks run once, none FAILURE or dead-lettered; the worker keeps serving",
-        _all(),
+        _all(XFail("issue 13 b: one crash blames the whole batch (a finished task runs again)")),
         issue="b",
     ),
     "crash_at_fetch": Entry(
@@ -120,10 +120,11 @@ MATRIX: dict[str, Entry] = {
         "a task stuck in C code (a regex) for ~3 x the visibility timeout is not started by a "
         "second worker",
         _all(
+            XFail("issue 13 d: lease renewal starves while a task holds the GIL"),
             amqp=NA(
                 "the lease is the connection, kept by RabbitMQ's heartbeat (60 s): a GIL "
                 "held for a few seconds cannot lose it"
-            )
+            ),
         ),
         issue="d",
     ),
@@ -146,6 +147,7 @@ MATRIX: dict[str, Entry] = {
         "one bad SQLite row (headers not JSON)",
         "the row is dead-lettered (or set aside) and the tasks behind it run",
         _all(
+            XFail("issue 13 c: one bad SQLite row stops the queue"),
             redis=NA("Redis's form, a list element that is not an envelope, is in #10+11"),
             amqp=NA(
                 "RabbitMQ hands over headers already parsed: a frame that does not parse "
@@ -159,7 +161,7 @@ MATRIX: dict[str, Entry] = {
         "poison task that kills its process",
         "os._exit(1) every run: dead-lettered after worker_max_deliveries (3) deliveries; "
         "crashes <= 3; every other task runs once",
-        _all(),
+        _all(amqp=XFail("issue 13 a: RabbitMQ poison loop, the delivery count stops at 2")),
         issue="a",
     ),
     "duplicate_publish": Entry(
