@@ -94,12 +94,19 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Factory]
     ``vt``: the visibility timeout; ``proxy``: who reaches the broker through a
     :class:`FaultProxy` (``"workers"``, ``"client"`` or ``"both"``); ``private``: a broker
     server of the test's own (Redis: AOF with ``appendfsync always``; RabbitMQ: a private node)
-    that it may stop and restart.
+    that it may stop and restart; ``private_backend``: results in a private redis-server
+    (``c.backend_server``) the test may stop.
     """
     made: list[Cluster] = []
 
     def make(
-        broker: str, *, vt: float = 2.0, proxy: str = "", private: bool = False, **conf: Any
+        broker: str,
+        *,
+        vt: float = 2.0,
+        proxy: str = "",
+        private: bool = False,
+        private_backend: bool = False,
+        **conf: Any,
     ) -> Cluster:
         tmp = tmp_path / f"c{len(made)}"
         tmp.mkdir()
@@ -145,6 +152,13 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Factory]
             backend = redis_backend
         else:
             raise ValueError(broker)
+        backend_server = None
+        if private_backend:
+            (tmp / "results").mkdir()
+            backend_server = PrivateRedis(tmp / "results", appendfsync="always")
+            backend_server.start()
+            cleanups.append(backend_server.stop)
+            backend = backend_server.url
         conf["broker_transport_options"] = options
         fault_proxy = FaultProxy(port) if proxy else None
         client_url = worker_url = url
@@ -156,6 +170,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Factory]
                 client_url = proxied
         c = Cluster(broker, tmp, client_url, backend, conf, worker_url, fault_proxy, cleanups)
         c.server = server  # type: ignore[attr-defined]
+        c.backend_server = backend_server  # type: ignore[attr-defined]
         c.prefix = prefix  # type: ignore[attr-defined]
         made.append(c)
         return c

@@ -1,10 +1,11 @@
 """Recording tasks for the fault suite, imported by real ``celeriac worker`` processes.
 
-``FAULT_CONF`` (JSON) holds the app's settings for this test (broker, backend, transport
-options, ``worker_max_deliveries``...); ``FAULT_LEDGER`` is the ledger file every run is written
-to (:mod:`tests.faults.ledger`). ``FAULT_KILL_AFTER_PUBLISH=<task name>`` makes the first
-process that publishes a message of that task SIGKILL itself right after the publish returned
-(a worker dying between sending a chord's body and acknowledging the header that completed it).
+``FAULT_CONF`` (JSON) holds the settings of the test (broker, backend, transport options,
+``worker_max_deliveries``...), ``FAULT_TASK_QUEUES`` its ``task_queues``; ``FAULT_LEDGER`` is
+the ledger file every run is written to (:mod:`tests.faults.ledger`).
+``FAULT_KILL_AFTER_PUBLISH=<task name>`` makes the first process that publishes a message of
+that task SIGKILL itself right after the publish returned (a worker dying between sending a
+chord's body and acknowledging the header that completed it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from celeriac import Celeriac
 from tests.faults.ledger import Ledger
 
 app = Celeriac("fault_tasks", **json.loads(os.environ.get("FAULT_CONF") or "{}"))
+if os.environ.get("FAULT_TASK_QUEUES"):  # JSON [[queue, exchange, type, routing key], ...]
+    from celeriac import Exchange, Queue
+
+    app.conf.task_queues = [
+        Queue(q, Exchange(ex, type=kind), routing_key=key)
+        for q, ex, kind, key in json.loads(os.environ["FAULT_TASK_QUEUES"])
+    ]
 LEDGER = Ledger(os.environ.get("FAULT_LEDGER", "ledger.sqlite3"))
 
 

@@ -175,7 +175,10 @@ MATRIX: dict[str, Entry] = {
         "chord under redelivery",
         "a worker killed right after publishing a chord's body, before acking the header that "
         "completed it: the body runs exactly once with every header result in order",
-        _all(),
+        _all(
+            XFail("issue 13 i: the chord body fires twice"),
+            amqp=RUN,  # the header comes back at once, before its chord's claim is stale
+        ),
         issue="i",
     ),
     "backlog": Entry(
@@ -197,14 +200,23 @@ MATRIX: dict[str, Entry] = {
         "result backend down",
         "the result Redis stops for 6 s during processing: tasks still run, every result is "
         "stored after it returns (0 missing), get(timeout=2) raises within 2 s + 3 s",
-        _all(),
+        _all(
+            XFail(
+                "issue 13 h: get(timeout=2) takes ~9 s with the result Redis down; and found "
+                "here: a worker runs no task while it cannot store results"
+            )
+        ),
     ),
     "redis_down_calls": Entry(
         "19",
         "client calls with Redis down",
         "with the Redis broker and backend down, get(timeout=5) and delay() return or raise "
         "within 5 s + 3 s",
-        _all(sqlite=NA("no server to be down"), amqp=NA("Redis-specific (issue 13 h)")),
+        _all(
+            XFail("issue 13 h: with Redis down, calls take longer than their bound"),
+            sqlite=NA("no server to be down"),
+            amqp=NA("Redis-specific (issue 13 h)"),
+        ),
         issue="h",
     ),
     "finisher_wedge": Entry(
@@ -212,7 +224,7 @@ MATRIX: dict[str, Entry] = {
         "permanent error while applying an outcome",
         "a follow-up routed to an exchange that does not exist: that task ends FAILURE or "
         "dead-lettered, the tasks behind it get their results",
-        _all(),
+        _all(XFail("issue 13 e: finisher wedge, a permanent publish error is retried forever")),
         issue="e",
     ),
     "fairness": Entry(
