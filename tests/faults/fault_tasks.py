@@ -57,6 +57,13 @@ def rec(self: Any, seconds: float = 0.0) -> str:
         return str(self.request.id)
 
 
+@app.task(name="faults.limited", bind=True, rate_limit=os.environ.get("FAULT_RATE_LIMIT") or None)
+def limited(self: Any) -> None:
+    """A task that this worker runs at most ``FAULT_RATE_LIMIT`` (e.g. ``100/s``) times."""
+    with _Run(self):
+        pass
+
+
 @app.task(name="faults.token", bind=True)
 def token(self: Any, then: str = "") -> str:
     """A value unique to this run (to tell which run's result was stored). ``then``: a fault

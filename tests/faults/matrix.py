@@ -191,8 +191,9 @@ MATRIX: dict[str, Entry] = {
     "backpressure": Entry(
         "18",
         "slow consumer / backpressure (short)",
-        "a producer at ~10 x the worker's rate for 5 s: its RSS grows < 50 MB; every accepted "
-        "publish runs once after the burst",
+        "a producer at ~10 x the worker's rate (4 threads, full speed, against a worker "
+        "limited to 100 tasks/s) for 3 s: its RSS grows < 50 MB; every accepted publish runs "
+        "once after the burst",
         _all(),
     ),
     "backend_down": Entry(
@@ -232,7 +233,7 @@ MATRIX: dict[str, Entry] = {
         "per-task fairness",
         "4 x 2 s tasks on -c 2 take < 5.5 s (not 8); short tasks sent behind a long one finish "
         "within 2.5 s while a slot is free",
-        _all(),
+        _all(XFail("issue 13 f: no per-task fairness (a child leases a batch and runs it alone)")),
         issue="f",
     ),
     "memory_limit": Entry(
@@ -240,6 +241,7 @@ MATRIX: dict[str, Entry] = {
         "--max-memory-per-child during a task",
         "a task allocating 1 GiB past a 150 MB limit is stopped before it finishes",
         _all(
+            XFail("issue 13 g: --max-memory-per-child is checked only after the task"),
             redis=NA("the pool's limit, not the broker's: one cell (SQLite) covers it"),
             amqp=NA("the pool's limit, not the broker's: one cell (SQLite) covers it"),
         ),
