@@ -190,8 +190,12 @@ class Cluster:
         self, name: str = "celery", env: dict[str, str] | None = None
     ) -> Worker:
         """A stock Celery 5 worker (solo pool) on the same queues and ledger."""
-        conf: dict[str, Any] = {"broker_url": self.worker_url, "backend": self.backend_url}
+        # kombu takes the key prefix as a transport option, not in the URL
+        backend, _, query = (self.backend_url or "").partition("?global_keyprefix=")
+        conf: dict[str, Any] = {"broker_url": self.worker_url, "backend": backend or None}
         conf["task_default_queue"] = self.conf.get("task_default_queue", "celery")
+        if query:
+            conf["result_backend_transport_options"] = {"global_keyprefix": query}
         if self.broker == "redis":
             prefix = self.conf.get("broker_transport_options", {}).get("global_keyprefix", "")
             conf["broker_transport_options"] = {
@@ -200,7 +204,6 @@ class Cluster:
                 "unacked_restore_interval": 1,
                 "unacked_restore_throttle": 1,
             }
-            conf["result_backend_transport_options"] = {"global_keyprefix": prefix}
         argv = [sys.executable, "-m", "celery", "-A", "tests.faults.celery_fault_tasks", "worker"]
         argv += ["-P", "solo", "-l", "info", "-n", f"{name}@faults", "--without-mingle"]
         argv += ["--without-gossip", "--without-heartbeat", "-Q", conf["task_default_queue"]]
