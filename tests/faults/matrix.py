@@ -184,7 +184,7 @@ MATRIX: dict[str, Entry] = {
     "backlog": Entry(
         "17",
         "backlog memory bound",
-        "20,000 queued tasks (5,000 on RabbitMQ) before one worker starts: it leases at most its "
+        "10,000 queued tasks (5,000 on RabbitMQ) before one worker starts: it leases at most its "
         "prefetch, and its RSS stays under 150 MB a process while it drains",
         _all(),
     ),
@@ -192,14 +192,14 @@ MATRIX: dict[str, Entry] = {
         "18",
         "slow consumer / backpressure (short)",
         "a producer at ~10 x the worker's rate (4 threads, full speed, against a worker "
-        "limited to 100 tasks/s) for 3 s: its RSS grows < 50 MB; every accepted publish runs "
+        "limited to 100 tasks/s) for 2 s: its RSS grows < 50 MB; every accepted publish runs "
         "once after the burst",
         _all(),
     ),
     "backend_down": Entry(
         "19",
         "result backend down",
-        "the result Redis stops for 6 s during processing: tasks still run, every result is "
+        "the result Redis stops for 4 s during processing: tasks still run, every result is "
         "stored after it returns (0 missing), get(timeout=2) raises within 2 s + 3 s",
         _all(
             XFail(

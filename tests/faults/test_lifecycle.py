@@ -14,7 +14,7 @@ def test_sigterm_under_load(cluster, broker, record):
     c = cluster(broker, vt=2.0)
     worker = c.start_worker()  # -c 2, 4 prefetched per child
     tasks = c.tasks
-    ids = [tasks.rec.delay(1.0).id for _ in range(20)]
+    ids = [tasks.rec.delay(1.0).id for _ in range(10)]
     wait_for(lambda: len(c.ledger.running()) == 2, 20, "both children busy")
     running = set(c.ledger.running())
     began = time.time()

@@ -143,7 +143,7 @@ def test_network_drop_during_ack(cluster, broker, record):
     recovered = time.time() - began
     later = tasks.rec.delay(0.0)  # the worker serves again
     wait_for(lambda: c.all_done([later.id]), 20, "a task after the drop")
-    time.sleep(2 * 2.0)  # two leases: a lost ack would have brought the message back by now
+    time.sleep(2.0 + 1.0)  # a lease and a sweep: a lost ack would have brought it back by now
     runs = c.ledger.runs(result.id)
     completed = [r for r in runs if r[3]]
     final = c.app.backend.get_meta(result.id)
