@@ -1,6 +1,5 @@
-"""Broker servers a test owns, so it may stop and restart them: a private RabbitMQ node.
-
-(A private redis-server is :class:`tests.redis_support.PrivateRedis`.)
+"""Broker servers a test owns, so it may stop and restart them: a private RabbitMQ node, and a
+Redis replica for failover (a private redis-server is :class:`tests.redis_support.PrivateRedis`).
 
 A RabbitMQ node of its own (node name, AMQP and distribution ports, data and log directories
 in the test's temporary directory; the machine's ``epmd`` is shared, as every node's is).
@@ -21,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.redis_support import _answers, _free_port
+from tests.redis_support import PrivateRedis, _answers, _free_port, _wait_until_up
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
@@ -90,3 +89,27 @@ class PrivateRabbit:
         deadline = time.monotonic() + 10
         while _answers(self.port) and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class ReplicaRedis(PrivateRedis):
+    """A private redis-server replicating ``primary`` (asynchronously, as Redis does)."""
+
+    def __init__(self, tmp: Path, primary: PrivateRedis) -> None:
+        super().__init__(tmp)
+        self.primary = primary
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
+        args += ["--appendonly", "yes", "--save", "", "--replicaof", "127.0.0.1"]
+        args += [str(self.primary.port)]
+        self.procs.append(subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL))
+        _wait_until_up(self.port)
+
+    def promote(self) -> None:
+        import redis
+
+        client = redis.Redis(port=self.port)
+        try:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            client.close()

@@ -10,14 +10,15 @@ from tests.faults.matrix import cells
 
 
 @cells("kill_worker")
-def test_kill_worker_mid_task(cluster, broker, record):
+def test_kill_worker_mid_task(cluster, broker, record, seed=None):
+    """``seed``: the long suite's repetitions kill at a random point of the long task."""
     c = cluster(broker, vt=1.5)
     first = c.start_worker()
     tasks = c.tasks
     long = [tasks.rec.delay(2.0).id for _ in range(2)]
     short = [tasks.rec.delay(0.0).id for _ in range(20)]
     wait_for(lambda: any(c.ledger.running().get(t) for t in long), 20, "a long task to run")
-    time.sleep(0.5)
+    time.sleep(0.5 if seed is None else random.Random(seed).uniform(0.05, 1.9))
     killed_at = c.kill(first)
     started, done = c.ledger.started(), c.ledger.completed()
     in_flight = [t for t in long + short if started.get(t) and not done.get(t)]
@@ -36,7 +37,7 @@ def test_kill_worker_mid_task(cluster, broker, record):
 
 
 @cells("kill_child")
-def test_kill_child_charges_only_its_running_task(cluster, broker, record):
+def test_kill_child_charges_only_its_running_task(cluster, broker, record, seed=None):
     c = cluster(broker, vt=1.5)
     tasks = c.tasks
     # Sent before the worker starts, so each child leases a batch of 4 (the default prefetch):
@@ -45,6 +46,9 @@ def test_kill_child_charges_only_its_running_task(cluster, broker, record):
     long = tasks.rec.delay(2.0).id
     ids += [long] + [tasks.rec.delay(0.2).id for _ in range(5)]
     worker = c.start_worker()
+    if seed is not None:
+        wait_for(lambda: c.ledger.running().get(long), 30, "the long task to start")
+        time.sleep(random.Random(seed).uniform(0.0, 1.9))
     c.kill_running(long)
     killed_at = time.time()
     wait_for(lambda: c.all_done(ids), 30, "every task to complete")

@@ -46,13 +46,13 @@ def test_task_holding_the_gil_keeps_its_lease(cluster, broker, record):
 
 @cells("eta_lease")
 def test_countdown_past_the_lease_runs_once_on_time(cluster, broker, record):
-    c = cluster(broker, vt=1.0)
+    c = cluster(broker, vt=0.8)
     c.start_worker()
     c.start_worker()
     sent: dict[str, float] = {}
     for _ in range(30):
         at = time.time()
-        sent[c.tasks.rec.apply_async(countdown=5.0).id] = at + 5.0  # 5 x the lease
+        sent[c.tasks.rec.apply_async(countdown=4.0).id] = at + 4.0  # 5 x the lease
     wait_for(lambda: c.all_done(sent), 30, "every countdown to run")
     time.sleep(1.0)
     lost, dups, _ = c.tally(sent)

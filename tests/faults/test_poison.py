@@ -85,14 +85,14 @@ def test_one_bad_sqlite_row_does_not_stop_the_queue(cluster, broker, record):
     db.close()
     after = [c.tasks.rec.delay(0.0).id for _ in range(10)]
     worker = c.start_worker()
-    await_(lambda: c.all_done(first + after), 10)
+    await_(lambda: c.all_done(first + after), 5)
     lost, dups, _ = c.tally(first + after)
     letters = c.dead_letters()
     record(
         lost=lost,
         duplicated=dups,
         allowed=0,
-        detail=f"{lost} of {len(first + after)} tasks never ran within 10 s; "
+        detail=f"{lost} of {len(first + after)} tasks never ran within 5 s; "
         f"{len(letters)} dead letter(s)",
     )
     assert lost == 0
@@ -110,7 +110,7 @@ def test_task_that_kills_its_process_is_dead_lettered(cluster, broker, record):
     # one message per child: what the crash takes down is the poison task alone (issue 13 b,
     # a crash charging the whole batch, is #2's)
     worker = c.start_worker("--prefetch-multiplier", "1")
-    quarantined = await_(lambda: any(d.message.task_id == poison.id for d in c.dead_letters()), 10)
+    quarantined = await_(lambda: any(d.message.task_id == poison.id for d in c.dead_letters()), 8)
     took = time.time() - began
     await_(lambda: c.all_done(others), 10 if quarantined else 3)
     crashes = c.ledger.started()[poison.id]
@@ -123,7 +123,7 @@ def test_task_that_kills_its_process_is_dead_lettered(cluster, broker, record):
         allowed=0,
         recover=took if quarantined else None,
         detail=f"process crashes {crashes} (deliveries seen {deliveries}); dead-lettered: "
-        f"{'yes, ' + json.dumps(letters[0].reason[:60]) if letters else 'no (10 s)'}",
+        f"{'yes, ' + json.dumps(letters[0].reason[:60]) if letters else 'no (8 s)'}",
     )
     assert quarantined, "the poison task was never dead-lettered"
     assert lost == 0 and dups == 0
