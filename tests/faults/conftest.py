@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -180,12 +179,3 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Factory]
     finally:
         for c in made:
             c.close()
-
-
-@pytest.fixture(autouse=True)
-def _fault_timer() -> Iterator[None]:
-    began = time.monotonic()
-    yield
-    # Printed with -s: where the suite's minutes go.
-    if os.environ.get("FAULT_TIMINGS"):
-        print(f" [{time.monotonic() - began:.1f}s]", end="")

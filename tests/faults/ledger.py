@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,16 +42,16 @@ class Ledger:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        self._local = threading.local()  # a connection per thread (threads pool) and process
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # not across a fork
-            self._conn = _connect(self.path)
-            self._conn.executescript(SCHEMA)
-            self._pid = os.getpid()
-        return self._conn
+        local = self._local
+        if getattr(local, "conn", None) is None or local.pid != os.getpid():  # not across a fork
+            local.conn = _connect(self.path)
+            local.conn.executescript(SCHEMA)
+            local.pid = os.getpid()
+        return local.conn  # type: ignore[no-any-return]
 
     # -- the recording side (inside tasks) ---------------------------------------------------------
     def start(self, task_id: str | None, name: str, delivery: int) -> int:
@@ -91,6 +92,7 @@ class Ledger:
         return {pid for (pid,) in self.conn.execute("SELECT DISTINCT pid FROM runs")}
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -332,7 +332,8 @@ MATRIX: dict[str, Entry] = {
         "soak",
         "FAULT_SOAK_SECONDS of load (~100 tasks/s) with a random fault every FAULT_SOAK_EVERY "
         "s (kill -9 a worker or a child; on Redis and RabbitMQ also a proxy cut): 0 lost, "
-        "duplicates only among tasks running at a fault, a steady worker's FDs flat",
+        "duplicates <= tasks in flight at the faults (those run twice outside them reported), "
+        "a steady worker's FDs flat",
         _all(),
         long=True,
     ),

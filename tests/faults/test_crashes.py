@@ -27,7 +27,13 @@ def test_kill_worker_mid_task(cluster, broker, record, seed=None):
     wait_for(lambda: c.all_done(ids), 30, "every task to complete")
     recovered = max(end for t in in_flight for (_, _, _, end) in c.ledger.runs(t) if end)
     lost, dups, counts = c.tally(ids)
-    record(lost=lost, duplicated=dups, allowed=len(in_flight), recover=recovered - killed_at)
+    record(
+        lost=lost,
+        duplicated=dups,
+        allowed=len(in_flight),
+        recover=recovered - killed_at,
+        detail=f"{len(in_flight)} task(s) in flight at the kill, run again",
+    )
     assert lost == 0
     assert dups == 0, counts  # a killed run never completed: every task completed once
     started = c.ledger.started()
