@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -289,6 +290,32 @@ class Cluster:
     def all_done(self, ids: Iterable[str]) -> bool:
         done = self.ledger.completed()
         return all(done.get(tid, 0) >= 1 for tid in ids)
+
+
+class Producer:
+    """Publishes ``rec`` tasks from a thread until stopped: what returned, what raised."""
+
+    def __init__(self, c: Cluster, rate: float = 200.0, seconds: float = 0.0) -> None:
+        self.c, self.pause, self.seconds = c, 1.0 / rate, seconds
+        self.sent: list[str] = []
+        self.failed = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        task = self.c.tasks.rec
+        while not self.stopped.is_set():
+            try:
+                self.sent.append(task.delay(self.seconds).id)
+            except Exception:
+                self.failed += 1
+            time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "a publish hung"
 
 
 def amqp_delete_queues(url: str, names: Iterable[str]) -> None:

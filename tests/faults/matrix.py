@@ -203,8 +203,8 @@ MATRIX: dict[str, Entry] = {
         "stored after it returns (0 missing), get(timeout=2) raises within 2 s + 3 s",
         _all(
             XFail(
-                "issue 13 h: get(timeout=2) takes ~9 s with the result Redis down; and found "
-                "here: a worker runs no task while it cannot store results"
+                "issue 13 h: get(timeout=2) overruns its bound with the result Redis down "
+                "(5-9 s); and found here: a worker runs no task while it cannot store results"
             )
         ),
     ),

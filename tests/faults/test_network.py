@@ -4,11 +4,10 @@ half-open connections (#7)."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from typing import Any
 
-from tests.faults.cluster import Cluster, await_, wait_for
+from tests.faults.cluster import Cluster, Producer, await_, wait_for
 from tests.faults.matrix import cells
 
 #: Fast failure detection, so that the short versions fit CI: RabbitMQ's heartbeat (2 s) and
@@ -20,32 +19,6 @@ def detect_fast(broker: str) -> dict[str, Any]:
     if broker == "amqp":
         return {"heartbeat": HB, "publish_timeout": 5.0, "connect_timeout": 3.0}
     return {"socket_timeout": HB, "socket_connect_timeout": HB}
-
-
-class Producer:
-    """Publishes ``rec`` tasks from a thread until stopped: what returned, what raised."""
-
-    def __init__(self, c: Cluster, rate: float = 200.0) -> None:
-        self.c, self.pause = c, 1.0 / rate
-        self.sent: list[str] = []
-        self.failed = 0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        task = self.c.tasks.rec
-        while not self.stopped.is_set():
-            try:
-                self.sent.append(task.delay(0.0).id)
-            except Exception:
-                self.failed += 1
-            time.sleep(self.pause)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "a publish hung"
 
 
 def in_flight(c: Cluster, ids: list[str]) -> set[str]:
