@@ -85,6 +85,17 @@ def crash(self: Any, code: int = 1) -> None:
     os._exit(code)
 
 
+@app.task(name="faults.killed_once", bind=True)
+def killed_once(self: Any, seconds: float) -> str:
+    """SIGKILLs its own process as its first delivery starts (a kill -9 that lands at the same
+    point every time); later deliveries sleep ``seconds`` and return."""
+    with _Run(self):
+        if self.request.delivery_count == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(seconds)
+        return str(self.request.id)
+
+
 @app.task(name="faults.gil_hog", bind=True)
 def gil_hog(self: Any, n: int) -> int:
     """Catastrophic backtracking in ``re``: C code that never releases the GIL (~1.6**n steps)."""
