@@ -133,6 +133,14 @@ def _cell(res: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _tags(entry: Any) -> str:
+    tags = [
+        f"#{entry.scenario}" if entry.scenario else "",
+        f"issue {entry.issue}" * bool(entry.issue),
+    ]
+    return ", ".join(t for t in tags if t)
+
+
 def render(data: dict[str, Any]) -> str:
     out = [
         "# Reliability: fault scenarios x brokers",
@@ -170,20 +178,22 @@ def render(data: dict[str, Any]) -> str:
             for broker in BROKERS:
                 cell = entry.cells[broker]
                 if isinstance(cell, NA):
-                    na.append(f"* #{entry.scenario} {entry.title}, {broker}: {cell.reason}")
+                    num = f"#{entry.scenario} " if entry.scenario else ""
+                    na.append(f"* {num}{entry.title}, {broker}: {cell.reason}")
                     continue
                 res = data.get(f"{key}|{broker}")
                 outcome, lost, dup, rec, detail = _cell(res)
                 if isinstance(cell, XFail) and res is not None:
                     outcome = f"{outcome} ({cell.reason})"
                 when = res["when"] if res else ""
+                number = entry.scenario or "-"
                 out.append(
-                    f"| {entry.scenario} | {entry.issue} | {entry.title} | {broker} | {outcome} | "
+                    f"| {number} | {entry.issue} | {entry.title} | {broker} | {outcome} | "
                     f"{lost} | {dup} | {rec} | {detail} | {when} |"
                 )
         out += ["", "Pass criteria:", ""]
         out += [
-            f"* `{key}` (#{e.scenario}{', issue ' + e.issue if e.issue else ''}): {e.criterion}"
+            f"* `{key}` ({_tags(e)}): {e.criterion}"
             for key, e in MATRIX.items()
             if e.long == long and any(not isinstance(c, NA) for c in e.cells.values())
         ]
