@@ -167,6 +167,16 @@ def render(data: dict[str, Any]) -> str:
         out += [
             "## Long suite (`pytest -m soak`, on demand)" if long else "## Short suite (CI)",
             "",
+            *(
+                [
+                    "Each row says the length it was recorded with (`worst of N runs`, seconds); "
+                    "RELIABILITY.md asks for 20 repetitions, 10 min of backpressure and a 24 h "
+                    "soak.",
+                    "",
+                ]
+                if long
+                else []
+            ),
             "| # | issue | scenario | broker | result | lost | duplicated | time to recover "
             "| observed | run |",
             "|---|---|---|---|---|---|---|---|---|---|",
