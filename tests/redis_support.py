@@ -70,7 +70,8 @@ def _wait_until_up(port: int) -> None:
 class PrivateRedis:
     """A redis-server a test owns (append-only file on), so it may stop and restart it."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, appendfsync: str = "everysec") -> None:
+        self.appendfsync = appendfsync
         self.dir = tmp / "redis"
         self.dir.mkdir(exist_ok=True)
         self.port = _free_port()
@@ -81,7 +82,7 @@ class PrivateRedis:
     def start(self) -> None:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
         args += ["--unixsocket", str(self.socket_path), "--appendonly", "yes"]
-        args += ["--appendfsync", "everysec", "--save", ""]
+        args += ["--appendfsync", self.appendfsync, "--save", ""]
         self.procs.append(subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL))
         _wait_until_up(self.port)
 
@@ -98,6 +99,15 @@ class PrivateRedis:
         )
         _wait_until_up(port)
         return port
+
+    def kill(self) -> None:
+        """A crash (SIGKILL): what survives is what the append-only file had (all of it with
+        ``appendfsync="always"``)."""
+        while self.procs:
+            proc = self.procs.pop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
     def stop(self) -> None:
         """A clean shutdown: Redis writes and fsyncs its append-only file, then exits."""
