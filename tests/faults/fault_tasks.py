@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 import uuid
@@ -97,11 +96,14 @@ def killed_once(self: Any, seconds: float) -> str:
 
 
 @app.task(name="faults.gil_hog", bind=True)
-def gil_hog(self: Any, n: int) -> int:
-    """Catastrophic backtracking in ``re``: C code that never releases the GIL (~1.6**n steps)."""
+def gil_hog(self: Any, seconds: float) -> float:
+    """C code that holds the GIL for ``seconds`` (libc's usleep called without releasing it,
+    as a long regex match or a C extension does): no other thread of the process runs."""
+    import ctypes
+
     with _Run(self):
-        re.match(r"(a|aa)+$", "a" * n + "b")
-        return n
+        ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
+        return seconds
 
 
 @app.task(name="faults.hog_memory", bind=True)

@@ -65,7 +65,7 @@ MATRIX: dict[str, Entry] = {
         "kill -9 one prefork child",
         "only the running task is charged (delivered again); the child's other prefetched "
         "tasks run once, none FAILURE or dead-lettered; the worker keeps serving",
-        _all(XFail("issue 13 b: one crash blames the whole batch (a finished task runs again)")),
+        _all(),
         issue="b",
     ),
     "crash_at_fetch": Entry(
@@ -120,7 +120,6 @@ MATRIX: dict[str, Entry] = {
         "a task stuck in C code (a regex) for ~3 x the visibility timeout is not started by a "
         "second worker",
         _all(
-            XFail("issue 13 d: lease renewal starves while a task holds the GIL"),
             amqp=NA(
                 "the lease is the connection, kept by RabbitMQ's heartbeat (60 s): a GIL "
                 "held for a few seconds cannot lose it"
@@ -147,7 +146,6 @@ MATRIX: dict[str, Entry] = {
         "one bad SQLite row (headers not JSON)",
         "the row is dead-lettered (or set aside) and the tasks behind it run",
         _all(
-            XFail("issue 13 c: one bad SQLite row stops the queue"),
             redis=NA("Redis's form, a list element that is not an envelope, is in #10+11"),
             amqp=NA(
                 "RabbitMQ hands over headers already parsed: a frame that does not parse "
@@ -161,13 +159,14 @@ MATRIX: dict[str, Entry] = {
         "poison task that kills its process",
         "os._exit(1) every run: dead-lettered after worker_max_deliveries (3) deliveries; "
         "crashes <= 3; every other task runs once",
-        _all(amqp=XFail("issue 13 a: RabbitMQ poison loop, the delivery count stops at 2")),
+        _all(),
         issue="a",
     ),
     "duplicate_publish": Entry(
         "14",
         "duplicate delivery: one task id published twice",
-        "a single terminal state: the first SUCCESS stays (never overwritten)",
+        "a single terminal state: the first SUCCESS stays (never overwritten), and the second "
+        "message is acknowledged without running",
         _all(),
     ),
     "chord_redelivery": Entry(
@@ -175,10 +174,7 @@ MATRIX: dict[str, Entry] = {
         "chord under redelivery",
         "a worker killed right after publishing a chord's body, before acking the header that "
         "completed it: the body runs exactly once with every header result in order",
-        _all(
-            XFail("issue 13 i: the chord body fires twice"),
-            amqp=RUN,  # the header comes back at once, before its chord's claim is stale
-        ),
+        _all(),
         issue="i",
     ),
     "backlog": Entry(
@@ -214,7 +210,6 @@ MATRIX: dict[str, Entry] = {
         "with the Redis broker and backend down, get(timeout=5) and delay() return or raise "
         "within 5 s + 3 s",
         _all(
-            XFail("issue 13 h: with Redis down, calls take longer than their bound"),
             sqlite=NA("no server to be down"),
             amqp=NA("Redis-specific (issue 13 h)"),
         ),
@@ -226,7 +221,7 @@ MATRIX: dict[str, Entry] = {
         "a follow-up to a queue that refuses every publish (SQLite: a trigger; Redis: a key of "
         "the wrong type; RabbitMQ: a queue declared with other arguments): that task ends "
         "FAILURE or dead-lettered, the tasks behind it get their results",
-        _all(XFail("issue 13 e: finisher wedge, a permanent publish error is retried forever")),
+        _all(),
         issue="e",
     ),
     "fairness": Entry(
@@ -234,7 +229,7 @@ MATRIX: dict[str, Entry] = {
         "per-task fairness",
         "4 x 1 s tasks on -c 2 take < 3.2 s (not 4); 6 short tasks sent with a 3 s one finish "
         "within 1.5 s (a slot is free all along)",
-        _all(XFail("issue 13 f: no per-task fairness (a child leases a batch and runs it alone)")),
+        _all(),
         issue="f",
     ),
     "memory_limit": Entry(
@@ -243,7 +238,6 @@ MATRIX: dict[str, Entry] = {
         "a task allocating 600 MB over 3 s past a 150 MB limit is stopped before it finishes, "
         "its process under 300 MB",
         _all(
-            XFail("issue 13 g: --max-memory-per-child is checked only after the task"),
             redis=NA("the pool's limit, not the broker's: one cell (SQLite) covers it"),
             amqp=NA("the pool's limit, not the broker's: one cell (SQLite) covers it"),
         ),

@@ -22,18 +22,20 @@ def test_same_task_id_twice_keeps_the_first_success(cluster, broker, record):
     first = tasks.token.apply_async(task_id="faults-dup-1")
     value = first.get(timeout=20)
     tasks.token.apply_async(task_id="faults-dup-1")  # published again: a second message
-    wait_for(lambda: c.ledger.completed()["faults-dup-1"] == 2, 20, "the second run")
-    time.sleep(1.0)  # its result has been applied (or refused) by now
+    wait_for(lambda: c.depth() == 0, 20, "the second message to be settled")
+    time.sleep(1.0)  # a second run, if there were one, would be in the ledger by now
     meta = c.app.backend.get_meta("faults-dup-1")
+    runs = c.ledger.completed()["faults-dup-1"]
     record(
         lost=0,
-        duplicated=1,
-        allowed=1,
-        detail="2 publishes, 2 runs; the stored result "
+        duplicated=runs - 1,
+        allowed=0,
+        detail=f"2 publishes, {runs} run(s); the stored result "
         + ("stayed the first's" if meta["result"] == value else "CHANGED"),
     )
     assert meta["status"] == "SUCCESS"
     assert meta["result"] == value  # SUCCESS is final: the second run did not overwrite it
+    assert runs == 1  # and a task that succeeded is not run again
 
 
 @cells("chord_redelivery")

@@ -23,7 +23,7 @@ from typing import Any
 
 import amqp.exceptions
 
-from celeriac.exceptions import BrokerError
+from celeriac.exceptions import PublishRefused
 from celeriac.protocol.publication import Route
 from celeriac.routing import Topology
 from celeriac.transports.amqp.connection import Link
@@ -137,7 +137,8 @@ class Declarations:
                 self._cascade(ch, topology.physical(queue))
                 self.delays.add(queue)
         except amqp.exceptions.PreconditionFailed as exc:
-            raise BrokerError(
+            # Refused for good (until someone declares it alike): not worth retrying.
+            raise PublishRefused(
                 f"queue {queue!r} exists with other arguments than "
                 f"{self.queue_arguments(queue)} (RabbitMQ: {exc}); every peer must declare "
                 "it alike (task_queues, max_priority, queue_type)"
@@ -163,7 +164,7 @@ class Declarations:
                 auto_delete=known.auto_delete if known is not None else False,
             )
         except amqp.exceptions.PreconditionFailed as exc:
-            raise BrokerError(
+            raise PublishRefused(
                 f"exchange {dest.exchange!r} exists with another type than "
                 f"{dest.exchange_type!r} (RabbitMQ: {exc}); declare it alike in task_queues"
             ) from exc

@@ -122,6 +122,11 @@ class RedisBroker(Broker):
         with deadline(time.monotonic() + self.publish_timeout):
             try:
                 yield
+            except redis.ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise BrokerError(f"Redis broker: {what} failed: {exc}") from exc
+                # A queue's key holds another type: no retry mends that.
+                raise PublishRefused(f"Redis broker: {what} refused: {exc}") from exc
             except redis.RedisError as exc:
                 raise BrokerError(
                     f"Redis broker: {what} failed (publish_timeout={self.publish_timeout:g}s):"

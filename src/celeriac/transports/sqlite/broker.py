@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
-from celeriac.exceptions import BrokerError
+from celeriac.exceptions import BrokerError, PublishRefused
 from celeriac.protocol.publication import Publication
 from celeriac.transports.sqlite.connection import SQLiteFile
 from celeriac.transports.sqlite.options import SQLiteOptions
@@ -111,8 +111,11 @@ class SQLiteBroker(Broker):
             with self.db.write() as conn:
                 insert_rows(conn, rows)
         except (sqlite3.Error, BrokerError) as exc:
-            queues = sorted({p.route.name for p in publications})
-            raise BrokerError(f"publish to {', '.join(map(repr, queues))} failed: {exc}") from exc
+            queues = ", ".join(map(repr, sorted({p.route.name for p in publications})))
+            if isinstance(exc.__cause__ or exc, sqlite3.IntegrityError):
+                # A constraint (a trigger, say) refused the rows: no retry mends that.
+                raise PublishRefused(f"publish to {queues} refused: {exc}") from exc
+            raise BrokerError(f"publish to {queues} failed: {exc}") from exc
 
     def rows(self, publications: Sequence[Publication]) -> list[tuple[Any, ...]]:
         """The message rows for ``publications``, one per queue each reaches, for
