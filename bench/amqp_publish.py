@@ -1,6 +1,6 @@
 """Where a confirmed publish's time goes on RabbitMQ: Celeriac's paths against the raw clients.
 
-    /work/venv/bin/python bench/amqp_publish.py [--n 3000] [--repeat 5]
+    .venv/bin/python bench/amqp_publish.py [--n 3000] [--repeat 5]
 
 One private vhost (``rabbitmqctl add_vhost``, deleted afterwards), one durable queue, Celeriac's
 own message for ``echo(i)`` (Celery's headers, persistent, mandatory), sequential: each publish

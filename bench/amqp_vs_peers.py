@@ -1,6 +1,6 @@
 """Celeriac vs Celery and Dramatiq on one RabbitMQ, in one run.
 
-    /work/venv/bin/python bench/amqp_vs_peers.py [--n 10000] [--repeat 3] [--systems ...]
+    .venv/bin/python bench/amqp_vs_peers.py [--n 10000] [--repeat 3] [--systems ...]
 
 Every system runs the same task as in redis_vs_peers.py (takes an int, returns it, INCRs a Redis
 counter so completion is counted by the tasks themselves, as in shared/ANCHORS.md). Each run gets

@@ -1,6 +1,6 @@
 """10,000 concurrent ``async def`` tasks (each ``await asyncio.sleep(0.1)``) on ONE asyncio worker.
 
-    /work/venv/bin/python bench/asyncio_10k.py [--n 10000] [--prefetch-multiplier 1]
+    .venv/bin/python bench/asyncio_10k.py [--n 10000] [--prefetch-multiplier 1]
         [--brokers sqlite redis] [--modes live preloaded] [--repeat 1] [--py-spy DIR]
         [--json out.json]
 

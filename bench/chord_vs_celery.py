@@ -1,6 +1,6 @@
 """A 10,000-task chord on Redis: Celeriac vs Celery, on one Redis, in one run.
 
-    /work/venv/bin/python bench/chord_vs_celery.py [--n 10000] [--repeat 3] [--private-redis]
+    .venv/bin/python bench/chord_vs_celery.py [--n 10000] [--repeat 3] [--private-redis]
 
 Header: N ``add(i, i)`` tasks (no-op: returns the sum); body: ``tsum`` (sums the header results).
 Broker and results on the Redis at ``--redis`` (DB 12, a fresh key prefix per run, deleted

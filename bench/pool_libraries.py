@@ -1,6 +1,6 @@
 """Our prefork supervisor against billiard and pebble: job throughput, per-task kill, memory.
 
-    /work/venv/bin/python bench/pool_libraries.py [--n 20000] [--trials 3] [--repeat 2]
+    .venv/bin/python bench/pool_libraries.py [--n 20000] [--trials 3] [--repeat 2]
         [--json out.json]
 
 Needs ``pip install billiard pebble`` (bench-only; not dependencies of Celeriac).

@@ -1,6 +1,6 @@
 """Celeriac's own pools side by side: prefork, threads, solo and asyncio, on SQLite (and Redis).
 
-    /work/venv/bin/python bench/pools.py [--n 10000] [--repeat 3] [--calls 500] [--json out.json]
+    .venv/bin/python bench/pools.py [--n 10000] [--repeat 3] [--calls 500] [--json out.json]
 
 For every pool configuration (see CONFIGS) and broker, per run:
 

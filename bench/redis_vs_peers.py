@@ -1,6 +1,6 @@
 """Celeriac vs Celery (and other Redis task queues, when installed) on one Redis, in one run.
 
-    /work/venv/bin/python bench/redis_vs_peers.py [--n 20000] [--repeat 3] [--systems ...]
+    .venv/bin/python bench/redis_vs_peers.py [--n 20000] [--repeat 3] [--systems ...]
 
 Every system runs the same task (takes an int, returns it, INCRs a counter so completion is
 counted by the tasks themselves, as in shared/ANCHORS.md) with broker and results on the Redis at

@@ -1,6 +1,6 @@
 """Celeriac vs Huey, both on one embedded SQLite file, measured in one run on this machine.
 
-    /work/venv/bin/python bench/sqlite_vs_huey.py [--n 20000] [--repeat 3] [--json out.json]
+    .venv/bin/python bench/sqlite_vs_huey.py [--n 20000] [--repeat 3] [--json out.json]
 
 See bench/README.md for what each number means.
 """

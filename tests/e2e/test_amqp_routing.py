@@ -135,11 +135,10 @@ def test_broadcast_on_redis_runs_once_on_each_of_two_prefork_workers(
 
     client = Celeriac("client", broker_url=env.url, task_queues=[Broadcast(reload)])
     try:
-        before = _patterns(client)
         for name in ("r1", "r2"):
             env.start_worker("-P", "prefork", "-c", "2", "-Q", reload, name=name)
-        # PUB/SUB: each of the four children must have subscribed (two patterns each) first
-        wait_for(lambda: _patterns(client) - before >= 8, 30, "four subscribed children")
+        # PUB/SUB: each of the four children must have subscribed first
+        wait_for(lambda: _listeners(client, env.prefix, reload) == 4, 30, "four children")
         sent = [client.send_task("interop.add", (i,), queue=reload).id for i in (1, 2)]
         wait_for(lambda: len(runs(env)) >= 4, 20, "four runs")  # type: ignore[arg-type]
         time.sleep(0.5)
@@ -149,7 +148,12 @@ def test_broadcast_on_redis_runs_once_on_each_of_two_prefork_workers(
         env.close()
 
 
-def _patterns(app: Any) -> int:
-    """Pattern subscriptions of connections to the server (shared: compared with a count
-    taken before); a Celeriac broadcast consumer holds two."""
-    return sum(int(c.get("psub", 0)) for c in app.broker.client.client_list())
+def _listeners(app: Any, prefix: str, exchange: str) -> int:
+    """How many processes listen to broadcasts on ``exchange``: PUBLISH answers how many
+    subscriptions matched, counting only this test's channel (other tests may be subscribed
+    to theirs meanwhile). The probe is not an envelope: workers log and drop it."""
+    from celeriac.transports.redis.fanout import fanout_channel
+    from tests import redis_support
+
+    channel = fanout_channel(prefix, redis_support.DB, exchange)
+    return int(app.broker.client.publish(channel, b"readiness probe"))

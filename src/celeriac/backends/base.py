@@ -47,6 +47,10 @@ class EncodedResult(NamedTuple):
 #: claimed again by a redelivered header task.
 CHORD_CLAIM_STALE = 10.0
 
+#: s a chord body claimed again is held back: its first copy, if its sender died after sending
+#: it, runs meanwhile, and the second is then acknowledged as already succeeded.
+CHORD_RESEND_DELAY = 10.0
+
 #: s past a wait's timeout that its last look at the result may take: ``get(timeout=T)``
 #: returns or raises within T + this.
 WAIT_GRACE = 0.25

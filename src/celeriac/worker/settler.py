@@ -21,12 +21,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
 from celeriac import sending, states
-from celeriac.backends.base import ChordPart, EncodedResult
+from celeriac.backends.base import CHORD_RESEND_DELAY, ChordPart, EncodedResult
 from celeriac.exceptions import CeleriacError, ConfigurationError, ProtocolError, PublishRefused
 from celeriac.protocol.results import make_meta
 from celeriac.worker.chords import fire
@@ -299,6 +299,15 @@ class Settler:
         if not parts:
             return
         bodies = {o.chord[0]: o.chord[2] for o in batch if o.chord is not None}
+        # A chord completed by a redelivered header task may have had its body sent already,
+        # by a worker that died before it could record the sending (chord_done).
+        resent = {
+            o.chord[0]
+            for o in batch
+            if o.chord is not None
+            and (delivery := self.inflight.get(o.job_id)) is not None
+            and delivery.redelivered
+        }
         backend = self.backend
         claimed: list[str] = []
         self._must(lambda: claimed.extend(backend.chord_record(parts)))
@@ -306,11 +315,27 @@ class Settler:
             plan, failed = fire(self.app, backend, gid, bodies[gid])
             for start in plan.chord_starts:
                 self._must(partial(backend.chord_start, *start))
-            self.publish(plan.publishes)
+            publishes = plan.publishes
+            if gid in resent and publishes:
+                publishes = self._resend_body(publishes)
+            self.publish(publishes)
             if failed:
                 self._must(partial(backend.store_encoded, failed))
             self.safely(partial(backend.chord_done, gid))
             logger.info("chord %s complete: body %s", gid, "failed" if failed else "sent")
+
+    def _resend_body(self, publishes: list[Publication]) -> list[Publication]:
+        """The body of a chord claimed again: not at all if it has a state (the first copy
+        ran or runs), else held back :data:`CHORD_RESEND_DELAY` seconds, so that a first copy
+        still queued runs first and the second is skipped as already succeeded."""
+        ids = [str(p.message.headers.get("id")) for p in publishes]
+        known: dict[str, str] = {}
+        self._must(lambda: known.update(self.backend.get_states(ids)))
+        if any(state != states.PENDING for state in known.values()):
+            logger.info("chord body %s was sent before its sender died; not sent again", ids)
+            return []
+        eta = time.time() + CHORD_RESEND_DELAY
+        return [replace(p, eta=max(p.eta or 0.0, eta)) for p in publishes]
 
     def store_started(self, job: Job, pid: int) -> None:
         """Store STARTED for tasks that track it (``task_track_started`` / ``track_started``)."""
