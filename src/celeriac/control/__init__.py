@@ -80,11 +80,13 @@ class Control:
         terminate: bool = False,
         signal: str | None = None,
         destination: list[str] | None = None,
-    ) -> None:
+        reply: bool = False,
+        timeout: float = 1.0,
+    ) -> list[dict[str, Any]]:
         """Revoke tasks: not started ones never start; with ``terminate``, running ones stop
         (killed with ``signal``, SIGTERM by default; see the worker's notes on prefork).
 
-        A task that already succeeded stays SUCCESS.
+        A task that already succeeded stays SUCCESS. With ``reply``, the workers' answers.
         """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         backend = self.app.backend
@@ -96,7 +98,9 @@ class Control:
                 items.append(EncodedResult(tid, states.REVOKED, backend.encode_meta(meta)))
             backend.store_encoded(items)
         arguments = {"task_id": ids, "terminate": bool(terminate), "signal": signal or "SIGTERM"}
-        self.broadcast("revoke", arguments, destination=destination)
+        return self.broadcast(
+            "revoke", arguments, destination=destination, reply=reply, timeout=timeout
+        )
 
     # -- control commands, as Celery's (no reply unless asked) --------------------------------
     def _command(self, name: str, arguments: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
