@@ -41,6 +41,7 @@ class AMQPMailbox(Mailbox):
         self._chan: Any = None
         self._got: list[Raw] = []
         self._consuming: str | None = None  # the node queue consumed
+        self._reply_tag = ""  # the consumer of the client's reply queue
 
     def _channel(self) -> Any:
         if self._conn is None:
@@ -89,7 +90,7 @@ class AMQPMailbox(Mailbox):
         got, self._got = self._got, []
         return got
 
-    def _declare_own(self, chan: Any, name: str, key: str, exchange: str) -> None:
+    def _declare_own(self, chan: Any, name: str, key: str, exchange: str) -> str:
         chan.queue_declare(
             name,
             durable=False,
@@ -98,7 +99,7 @@ class AMQPMailbox(Mailbox):
             arguments=dict(QUEUE_ARGUMENTS),
         )
         chan.queue_bind(name, exchange, key)
-        chan.basic_consume(name, callback=self._on_message, no_ack=True)
+        return str(chan.basic_consume(name, callback=self._on_message, no_ack=True))
 
     # -- the worker's side -----------------------------------------------------------------------
     def _listen(self, node: str) -> None:
@@ -144,7 +145,9 @@ class AMQPMailbox(Mailbox):
     def _open_replies(self, oid: str) -> None:
         chan = self._channel()
         try:
-            self._declare_own(chan, f"{oid}.{REPLY_EXCHANGE}", oid, REPLY_EXCHANGE)
+            self._reply_tag = self._declare_own(
+                chan, f"{oid}.{REPLY_EXCHANGE}", oid, REPLY_EXCHANGE
+            )
         except _ERRORS as exc:
             raise self._failed("declaring the reply queue", exc) from exc
 
@@ -158,6 +161,10 @@ class AMQPMailbox(Mailbox):
         if self._chan is None:
             return
         try:
+            # Cancelled first: a queue deleted under its consumer makes RabbitMQ send a
+            # basic.cancel that py-amqp raises on the next call.
+            if self._reply_tag:
+                self._chan.basic_cancel(self._reply_tag)
             self._chan.queue_delete(f"{oid}.{REPLY_EXCHANGE}")
         except _ERRORS as exc:
             logger.debug("deleting a reply queue failed (it expires): %s", exc)
