@@ -24,6 +24,7 @@ from celeriac.transports import (
 if TYPE_CHECKING:
     from celeriac.beat.store import BeatStore
     from celeriac.brokers.base import Broker
+    from celeriac.control.mailbox import Mailbox
     from celeriac.routing import Topology
     from celeriac.settings import Settings
 
@@ -106,6 +107,12 @@ class Connections:
                     )
                 store = self._beat_store
         return store
+
+    def mailbox(self) -> Mailbox:
+        """A new remote-control mailbox on the broker's server (the caller closes it)."""
+        with self._lock:
+            transport = self._transport(self.conf.broker_url)
+        return transport.mailbox(self.conf.broker_transport_options)
 
     def combined(self) -> Combined:
         """The broker and backend as a worker finishes batches with them: on the transport's

@@ -19,7 +19,8 @@
     ├── ChordError                  a chord header task failed, so the body cannot run
     ├── TimeLimitExceeded           the hard time limit killed the task
     ├── MemoryLimitExceeded         the task's process outgrew ``worker_max_memory_per_child``
-    └── RemoteTaskError             a task's exception whose type is not importable here
+    ├── RemoteTaskError             a task's exception whose type is not importable here
+    └── Unsupported                 a remote-control command this worker cannot honour
 
 Control flow inside tasks (not errors): :class:`Retry`, :class:`Reject`, :class:`Ignore`.
 """
@@ -151,3 +152,8 @@ class Reject(Exception):
 
 class Ignore(Exception):
     """Raised by a task so that the worker stores no state for it."""
+
+
+class Unsupported(CeleriacError):
+    """A remote-control command this worker (its pool, its shape) cannot honour; the reply
+    says so (``{"error": ..., "unsupported": true}``) instead of staying silent."""

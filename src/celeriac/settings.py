@@ -93,6 +93,8 @@ class Settings:
     worker_prefork_pipeline: int = 1
     worker_send_task_events: bool = False
     worker_hostname: str | None = None
+    #: Answer remote control (Celery's pidbox: inspect, ping, revoke broadcasts, ...).
+    worker_enable_remote_control: bool = True
     #: A message delivered this many times without being acknowledged (its worker died each
     #: time) is dead-lettered instead of run again.
     worker_max_deliveries: int = 5

@@ -52,6 +52,14 @@ class RedisEnv(Env):
         argv += ["-l", "info", "-n", f"{name}@e2e", "--without-mingle", "--without-gossip"]
         return self._spawn(name, [*argv, "--without-heartbeat"], b" ready.")
 
+    def start_celery_worker_on(self, queue: str, name: str) -> subprocess.Popen[bytes]:
+        """A Celery worker on ``queue`` that answers remote control while a task runs (a
+        prefork child runs it; the solo pool would read commands only between tasks)."""
+        argv = [sys.executable, "-m", "celery", "-A", "celery_tasks", "worker", "-P", "prefork"]
+        argv += ["-c", "1"]
+        argv += ["-l", "info", "-n", f"{name}@e2e", "-Q", queue, "--without-mingle"]
+        return self._spawn(name, [*argv, "--without-gossip", "--without-heartbeat"], b" ready.")
+
     def close(self) -> None:
         super().close()
         redis_support.drop(self.prefix)

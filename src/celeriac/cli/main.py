@@ -13,6 +13,7 @@ import click
 from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
+from celeriac.cli.control import control, expand_nodename, inspect, status
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 
@@ -105,6 +106,7 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     # The node's name in the settings, so that every process of this worker (prefork children
     # consume on their own) shares one copy of a broadcast.
+    hostname = expand_nodename(hostname)  # Celery's -n name@%h
     app.conf.worker_hostname = (
         hostname or app.conf.worker_hostname or f"celeriac@{socket.gethostname()}"
     )
@@ -315,6 +317,9 @@ def demo(count: int, concurrency: int, workdir: str | None) -> None:
 
 
 cli.add_command(beat)
+cli.add_command(inspect)
+cli.add_command(control)
+cli.add_command(status)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
+    from celeriac.control.mailbox import Mailbox
 
 
 class Part(Protocol):
@@ -89,6 +90,9 @@ class Transport(ABC):
             f"beat keeps its state in the broker, and {_scheme(self.url)}:// cannot hold it"
         )
 
+    def _open_mailbox(self, transport_options: dict[str, Any]) -> Mailbox:
+        raise ConfigurationError(f"{_scheme(self.url)}:// carries no remote control")
+
     def _close_connections(self) -> None:  # noqa: B027 - transports holding nothing
         """Close what the parts shared; called once, after the last part was given back."""
 
@@ -105,6 +109,10 @@ class Transport(ABC):
     def beat_store(self, transport_options: dict[str, Any] | None = None) -> BeatStore:
         """Beat's shared state, kept on this server."""
         return self._hand_out(self._open_beat_store(dict(transport_options or {})))
+
+    def mailbox(self, transport_options: dict[str, Any] | None = None) -> Mailbox:
+        """Remote control (Celery's pidbox) on this server (``broker_transport_options``)."""
+        return self._hand_out(self._open_mailbox(dict(transport_options or {})))
 
     def _hand_out(self, part: P) -> P:
         with self._lock:

@@ -28,6 +28,7 @@ from celeriac.backends.base import DisabledBackend, EncodedResult
 from celeriac.exceptions import (
     CeleriacError,
     MemoryLimitExceeded,
+    TaskRevokedError,
     TimeLimitExceeded,
     WorkerLostError,
 )
@@ -47,6 +48,8 @@ class Death(enum.Enum):
     CRASHED = "crashed"
     TIME_LIMIT = "time limit"
     MEMORY = "memory"
+    #: killed by ``revoke(terminate=True)``: the task ends REVOKED
+    REVOKED = "revoked"
 
 
 class Custody:
@@ -104,9 +107,13 @@ class Custody:
 
     # -- a child died ---------------------------------------------------------------------------
     def child_died(self, index: int, death: Death, detail: str) -> int:
-        """Settle what the child in slot ``index`` held; how many messages that was."""
+        """Settle what the child in slot ``index`` held; how many messages that was.
+
+        For :attr:`Death.REVOKED`, ``detail`` is the id of the task that was terminated."""
         held = self.slots.read(index)
         self.slots.clear(index)
+        if death is Death.REVOKED and detail not in {h.task_id for h in held}:
+            self._store_revoked(detail)  # acknowledged on receipt: nothing else to settle
         if not held:
             return 0
         try:
@@ -143,6 +150,12 @@ class Custody:
             broker.requeue(delivery, count=True)
             return
         exc: Exception
+        if death is Death.REVOKED:
+            if item.task_id == detail:
+                self._revoked(broker, item)
+            else:  # prefetched, never started: back to the queue, not a delivery attempt
+                broker.requeue(delivery, count=False)
+            return
         if death is Death.TIME_LIMIT:
             exc = TimeLimitExceeded(detail)
         elif death is Death.MEMORY:
@@ -159,3 +172,22 @@ class Custody:
             broker.dead_letter(delivery, f"{type(exc).__name__}: {exc}")
         else:
             broker.ack([delivery])
+
+    def _revoked(self, broker: Broker, item: Held) -> None:
+        """A task terminated by a revoke: REVOKED, acknowledged (it must not run again)."""
+        logger.warning("task %s[%s] terminated (revoked)", item.task_name, item.task_id)
+        if item.task_id:
+            self._store_revoked(item.task_id)
+        broker.ack([item.delivery()])
+
+    def _store_revoked(self, task_id: str) -> None:
+        backend = self.app.backend
+        if isinstance(backend, DisabledBackend):
+            return
+        try:
+            meta = make_meta(task_id, states.REVOKED, TaskRevokedError("terminated"))
+            backend.store_encoded(
+                [EncodedResult(task_id, states.REVOKED, backend.encode_meta(meta))]
+            )
+        except CeleriacError as exc:
+            logger.error("could not store REVOKED for terminated task %s: %s", task_id, exc)

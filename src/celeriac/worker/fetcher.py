@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend
 from celeriac.exceptions import CeleriacError
-from celeriac.worker.executor import STATE_UNREAD, precheck
+from celeriac.worker.executor import STATE_UNREAD, precheck, revoked
 from celeriac.worker.job import Job, Outcome
 from celeriac.worker.limits import RateSchedule, RateScheduler, parse_rate
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery
     from celeriac.transports.base import Combined
     from celeriac.worker.inflight import InFlight
+    from celeriac.worker.revoked import Revoked
     from celeriac.worker.settler import Deferred
 
 logger = logging.getLogger("celeriac.worker")
@@ -71,6 +72,8 @@ class Fetcher:
         self.scheduler = RateScheduler()
         self.scheduler.submit = submit
         self._rates: dict[str, RateSchedule] = {}
+        #: ids revoked by broadcast (remote control), set by the worker
+        self.revoked: Revoked | None = None
         #: This consumer's part of a per-worker ``rate_limit`` (a prefork child's: 1/N).
         self.rate_share = 1.0
 
@@ -133,6 +136,11 @@ class Fetcher:
 
     def _dispatch(self, job_id: int, delivery: Delivery, stored_state: str | None) -> None:
         headers, outcome = precheck(self.app, job_id, delivery, stored_state)
+        if outcome is None and headers is not None and self.revoked and headers.id in self.revoked:
+            job = Job(
+                job_id, delivery.message, headers, delivery.queue, delivery.delivery_count, ""
+            )
+            outcome = revoked(self.app, job, terminated=False, store=True)
         if outcome is not None or headers is None:
             assert outcome is not None
             self.report(outcome)
@@ -159,6 +167,10 @@ class Fetcher:
             self.scheduler.at(start, job)
         else:
             self.submit(job)
+
+    def forget_rate(self, task_name: str) -> None:
+        """``task_name``'s rate limit changed: the next task starts a new schedule."""
+        self._rates.pop(task_name, None)
 
     def _rate_slot(self, task: object) -> float | None:
         """When a rate-limited task may start: a shared slot from the broker, else our own."""

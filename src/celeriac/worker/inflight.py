@@ -135,6 +135,11 @@ class InFlight:
         with self.cond:
             return [d for j, d in self._held.items() if j not in self._acked_early]
 
+    def held(self) -> list[Delivery]:
+        """Every held message (remote control's ``active`` and ``reserved``)."""
+        with self.cond:
+            return list(self._held.values())
+
     def task_ids(self) -> list[str]:
         with self.cond:
             return list(self._task_ids.values())

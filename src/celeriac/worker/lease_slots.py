@@ -74,6 +74,13 @@ class LeaseSlots:
     # -- the supervisor's side ----------------------------------------------------------------
     def read(self, index: int) -> list[Held]:
         """What the child in slot ``index`` holds now (its last complete write)."""
+        return self._read(index)[0]
+
+    def running(self, index: int) -> dict[str, Any] | None:
+        """The task the child in slot ``index`` runs, as remote control's ``active`` tells it."""
+        return self._read(index)[1]
+
+    def _read(self, index: int) -> tuple[list[Held], dict[str, Any] | None]:
         for _ in range(100):
             before = self._seq[index]
             if before % 2:
@@ -83,7 +90,7 @@ class LeaseSlots:
             data = bytes(self._data[start : start + size])
             if self._seq[index] == before:
                 return _decode(data)
-        return []
+        return [], None
 
     def clear(self, index: int) -> None:
         """Forget what a dead child held (the supervisor dealt with it)."""
@@ -100,6 +107,8 @@ class SlotWriter:
         # what is held at that moment, so an older picture never lands after a newer one.
         self._lock = threading.Lock()
         self._inflight: InFlight | None = None
+        #: the running task's info (remote control's ``active``), until it is settled
+        self._running: dict[str, Any] | None = None
 
     def attach(self, inflight: InFlight) -> None:
         """Publish whatever ``inflight`` holds, now and whenever it changes."""
@@ -110,27 +119,42 @@ class SlotWriter:
     def refresh(self) -> None:
         assert self._inflight is not None
         with self._lock:
-            self._publish(self._inflight.renewable())
+            running = self._running
+            if running is not None and running.get("id") not in self._inflight.task_ids():
+                running = self._running = None
+            self._publish(self._inflight.renewable(), running)
 
-    def _publish(self, held: Sequence[Delivery]) -> None:
+    def running(self, info: dict[str, Any]) -> None:
+        """A task started: publish its info along with what is held."""
+        self._running = info
+        if self._inflight is not None:
+            self.refresh()
+
+    def _publish(self, held: Sequence[Delivery], running: dict[str, Any] | None) -> None:
         items = [
             (d.queue, d.tag, d.delivery_count, d.message.task_id, d.message.headers.get("task"))
             for d in held
         ]
-        data = pickle.dumps(items, pickle.HIGHEST_PROTOCOL) if items else b""
-        while len(data) > SLOT_SIZE and items:
+        data = pickle.dumps((items, running), pickle.HIGHEST_PROTOCOL) if items or running else b""
+        while len(data) > SLOT_SIZE and (items or running):
             # Not expected with a child's prefetch of one or a few: keep what fits, and the
-            # child's own renewals keep the rest leased.
-            items.pop()
-            data = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+            # child's own renewals keep the rest leased (a huge args list goes first).
+            if running is not None and running.get("args") is not None:
+                running = {**running, "args": None, "kwargs": None}
+            elif items:
+                items.pop()
+            else:
+                running = None
+            data = pickle.dumps((items, running), pickle.HIGHEST_PROTOCOL)
             if not self._warned:
                 self._warned = True
                 logger.warning("lease slot full: the supervisor renews only part of a batch")
         self.slots._write(self.index, data)
 
 
-def _decode(data: bytes) -> list[Held]:
+def _decode(data: bytes) -> tuple[list[Held], dict[str, Any] | None]:
     if not data:
-        return []
+        return [], None
     # Written by our own child process with our own code: not input from outside.
-    return [Held(*item) for item in pickle.loads(data)]
+    items, running = pickle.loads(data)
+    return [Held(*item) for item in items], running

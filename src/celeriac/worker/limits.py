@@ -132,6 +132,11 @@ class RateScheduler:
         self._stopped = False
         self.submit: Callable[[Job], None] | None = None
 
+    def waiting(self) -> list[tuple[float, Job]]:
+        """The jobs waiting for their slot, with when each may start (remote ``scheduled``)."""
+        with self._cond:
+            return [(when, job) for when, _, job in sorted(self._heap)]
+
     def at(self, when: float, job: Job) -> None:
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._seq), job))

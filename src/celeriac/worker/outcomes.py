@@ -287,15 +287,19 @@ def worker_lost(app: Celeriac, job: Job, detail: str) -> Outcome:
     )
 
 
-def revoked(app: Celeriac, job: Job, *, terminated: bool) -> Outcome:
-    """A revoked job that was not run, or was stopped while running."""
+def revoked(app: Celeriac, job: Job, *, terminated: bool, store: bool = False) -> Outcome:
+    """A revoked job that was not run, or was stopped while running.
+
+    A job revoked before it started stores nothing (its REVOKED state is what said so) unless
+    ``store``: revoked by a broadcast, which may have stored nothing.
+    """
     task = app.tasks.get(job.headers.task)
     signals.task_revoked.send(
         task, request=job.headers, terminated=terminated, signum=None, expired=False
     )
     meta = None
-    if terminated:
-        exc = TaskRevokedError("terminated")
+    if terminated or store:
+        exc = TaskRevokedError("terminated" if terminated else "revoked")
         meta = result_meta(app, job.headers, job.headers.id, states.REVOKED, exc)
     return Outcome(
         job.job_id,

@@ -39,6 +39,7 @@ from celeriac.worker.custody import Custody, Death
 from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
+from celeriac.worker.revoked import Revoked, RevokedRing
 from celeriac.worker.worker import Worker, redact
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ class Supervisor:
         # Re-entrant: the signal handler takes it on the main thread, which may hold it already.
         self._lock = threading.RLock()
         self.custody = Custody(self.app, self.size)
+        # Revoked ids reach the children (which consume) through shared memory.
+        worker.revoked = Revoked(RevokedRing())
         #: why this process killed a child, until it is reaped: (death, detail)
         self._killed: list[tuple[Death, str] | None] = [None] * self.size
         #: when a child over its memory limit was told to stop its task (monotonic; 0: not yet)
@@ -96,6 +99,7 @@ class Supervisor:
         for i in range(self.size):
             self._spawn(i)
         self.custody.start()
+        worker.start_remote_control()
         worker.ready.set()
         if worker._stopping:  # Worker.stop() came while starting
             self.stop()
@@ -112,6 +116,7 @@ class Supervisor:
         try:
             self._loop()
         finally:
+            worker.stop_remote_control()
             self.custody.stop()
             worker._stopped.set()
         logger.warning("%s stopped", worker.hostname)
@@ -140,6 +145,7 @@ class Supervisor:
                 self.size,
                 _SharedDeadline(self.deadlines, index),
                 self.custody.writer(index),
+                self.worker.revoked,
             ),
             name=f"ForkPoolWorker-{index + 1}",
             daemon=False,
@@ -209,6 +215,22 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
+    def terminate(self, index: int, task_id: str, signame: str) -> bool:
+        """Stop ``task_id``, running in child ``index``, for a revoke: the child is killed and
+        the task ends REVOKED (``custody.py``). The child's own SIGTERM, SIGINT and SIGUSR1
+        mean other things (a warm stop, nothing, the memory limit), so those become SIGKILL."""
+        proc = self.children[index]
+        if proc is None or not proc.pid or self._killed[index] is not None:
+            return False
+        sig = _signal_of(signame)
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            sig = signal.SIGKILL
+        logger.warning("task %s revoked: killing child %s (%s)", task_id, proc.pid, sig.name)
+        self._killed[index] = (Death.REVOKED, task_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        return True
+
     def _enforce_memory(self) -> None:
         """A child over ``max_memory_per_child`` while it runs a task is told to stop the task
         (SIGUSR1: it raises MemoryLimitExceeded there), and killed if it is still over the
@@ -265,8 +287,25 @@ class Supervisor:
             os._exit(1)
 
 
+def _signal_of(name: str) -> signal.Signals:
+    """A signal by name (``"KILL"``, ``"SIGKILL"``, ``"9"``); SIGTERM for one unknown here."""
+    text = name.upper()
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text))
+        return signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
+    except (KeyError, ValueError):
+        logger.warning("unknown signal %r; using SIGTERM", name)
+        return signal.SIGTERM
+
+
 def _child_main(
-    worker: Worker, parent_pid: int, size: int, deadline: Deadline, slot: SlotWriter
+    worker: Worker,
+    parent_pid: int,
+    size: int,
+    deadline: Deadline,
+    slot: SlotWriter,
+    revoked: Revoked,
 ) -> None:
     die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
@@ -285,6 +324,8 @@ def _child_main(
         announce=False,
     )
     child.consumer.rate_share = 1.0 / size
+    child.revoked = revoked  # the supervisor's ring: ids revoked after this fork too
+    child.activity.on_start = slot.running  # what runs, where remote control reads it
     slot.attach(child.consumer.inflight)  # what it holds, where this supervisor sees it
     # Warm only, however often: a SIGTERM to the whole process group reaches a child twice
     # (directly and from the parent), and a cold stop is the parent's SIGKILL.

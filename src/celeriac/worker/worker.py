@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING
 from celeriac import signals
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports import transport_class
+from celeriac.worker.activity import Activity
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.pools import pool_class
+from celeriac.worker.revoked import Revoked
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.worker.job import Outcome
     from celeriac.worker.pools.base import Pool
+    from celeriac.worker.remote import RemoteControl
     from celeriac.worker.supervisor import Supervisor
 
 logger = logging.getLogger("celeriac.worker")
@@ -84,6 +87,10 @@ class Worker:
         self._stop_once = threading.Lock()
         self._stopping = False
         self._supervisor: Supervisor | None = None
+        #: task ids revoked by broadcast; what the consumer works on (remote control)
+        self.revoked = Revoked()
+        self.activity = Activity(self.hostname)
+        self._remote: RemoteControl | None = None
 
     def start(self) -> None:
         if self._supervised():
@@ -141,6 +148,11 @@ class Worker:
         self.pool.on_abandon = self._abandon
         self.pool.start()
         self.consumer.start(self.pool)
+        assert self.consumer.fetcher is not None
+        self.consumer.fetcher.revoked = self.pool.revoked_ids = self.revoked
+        self.activity.attach(self.pool, self.consumer.inflight)
+        if self.announce:  # a prefork child leaves remote control to its supervisor
+            self.start_remote_control()
         self.ready.set()
         if self._stopping:  # a signal came while starting
             threading.Thread(target=self.stop, daemon=True).start()
@@ -156,6 +168,26 @@ class Worker:
             self.prefetch,
             redact(app.conf.broker_url),
         )
+
+    def start_remote_control(self) -> None:
+        """Answer remote control as this node (``worker_enable_remote_control``)."""
+        if not self.app.conf.worker_enable_remote_control:
+            return
+        from celeriac.worker.remote import RemoteControl
+        from celeriac.worker.remote_views import LocalView, SupervisorView
+
+        view = (
+            SupervisorView(self, self._supervisor)
+            if self._supervisor is not None
+            else LocalView(self)
+        )
+        self._remote = RemoteControl(view)
+        self._remote.start()
+
+    def stop_remote_control(self) -> None:
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            remote.stop()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping:
@@ -196,6 +228,7 @@ class Worker:
             if cold:
                 assert self.pool is not None
                 self.pool.stop(cold=True)
+                self.stop_remote_control()
                 self.app.close()
                 os._exit(1)
             waiting = self.consumer.stop_fetching()
@@ -203,6 +236,7 @@ class Worker:
             unstarted = waiting + self.pool.stop(cold=False)
             self.consumer.return_unstarted(unstarted)
             self.consumer.drain(timeout=None)
+            self.stop_remote_control()
             self.app.close()
             logger.log(
                 logging.WARNING if self.announce else logging.INFO,

@@ -24,6 +24,7 @@ from celeriac.transports.options import BROKER, parse_options
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
     from celeriac.brokers.base import Broker, Delivery
+    from celeriac.control.mailbox import Mailbox
 
 
 class AMQPTransport(Transport):
@@ -68,6 +69,12 @@ class AMQPTransport(Transport):
         )
         self._backends.append(backend)
         return backend
+
+    def _open_mailbox(self, transport_options: dict[str, Any]) -> Mailbox:
+        from celeriac.transports.amqp.mailbox import AMQPMailbox
+
+        options = parse_options(AMQPOptions, transport_options, url=self.url, setting=BROKER)
+        return AMQPMailbox(self.url, options)
 
     def _close_connections(self) -> None:
         link, self._link = self._link, None

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.beat.store import BeatStore
     from celeriac.brokers.base import Broker
+    from celeriac.control.mailbox import Mailbox
 
 
 class MemoryTransport(Transport):
@@ -37,3 +38,8 @@ class MemoryTransport(Transport):
         from celeriac.transports.memory.beat_store import MemoryBeatStore
 
         return MemoryBeatStore(self.url, transport_options)
+
+    def _open_mailbox(self, transport_options: dict[str, Any]) -> Mailbox:
+        from celeriac.transports.memory.mailbox import MemoryMailbox
+
+        return MemoryMailbox(self.url)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
+    from celeriac.control.mailbox import Mailbox
 
 
 class RedisTransport(Transport):
@@ -83,6 +84,12 @@ class RedisTransport(Transport):
         store = RedisBeatStore(self.url, transport_options, target=self._target(self.url, options))
         self._stores.append(store)
         return store
+
+    def _open_mailbox(self, transport_options: dict[str, Any]) -> Mailbox:
+        from celeriac.transports.redis.mailbox import RedisMailbox
+
+        options = self._broker_options(transport_options)
+        return RedisMailbox(self._target(self.url, options))
 
     def _close_connections(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker
+    from celeriac.control.mailbox import Mailbox
     from celeriac.transports.sqlite.beat_store import SQLiteBeatStore
     from celeriac.transports.sqlite.broker import SQLiteBroker
 
@@ -77,6 +78,11 @@ class SQLiteTransport(Transport):
         )
         self._stores.append(made)
         return made
+
+    def _open_mailbox(self, transport_options: dict[str, Any]) -> Mailbox:
+        from celeriac.transports.sqlite import mailbox
+
+        return mailbox.SQLiteMailbox(self._file(mailbox.SCHEMA, BrokerError))
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one transaction: both live in this file."""

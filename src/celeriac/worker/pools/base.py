@@ -14,6 +14,7 @@ from celeriac.worker.job import Job, Outcome
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
+    from celeriac.worker.revoked import Revoked
 
 OutcomeCallback = Callable[[Outcome], None]
 
@@ -57,6 +58,8 @@ class Pool(ABC):
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
         self._revoked: set[str] = set()
+        #: ids revoked by broadcast (remote control), set by the worker
+        self.revoked_ids: Revoked | None = None
         self._revoked_lock = threading.Lock()
         #: Called as a job starts, with the pid running it (STARTED state, when tracked).
         self.on_started: Callable[[Job, int], None] | None = None
@@ -114,7 +117,10 @@ class Pool(ABC):
     def take_revoked(self, job: Job) -> Outcome | None:
         """Called just before a job starts: the outcome to report instead, when revoked."""
         with self._revoked_lock:
-            if job.headers.id not in self._revoked:
-                return None
+            mine = job.headers.id in self._revoked
             self._revoked.discard(job.headers.id)
-        return revoked(self.app, job, terminated=False)
+        if mine:
+            return revoked(self.app, job, terminated=False)
+        if self.revoked_ids is not None and job.headers.id in self.revoked_ids:
+            return revoked(self.app, job, terminated=False, store=True)
+        return None
