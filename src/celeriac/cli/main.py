@@ -13,6 +13,7 @@ import click
 from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
+from celeriac.cli.events import events
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 
@@ -84,6 +85,8 @@ def setup_logging(level: str, fmt: str) -> None:
 @click.option(
     "-B", "--beat", "embed_beat", is_flag=True, help="Also run beat here (safe on every node)."
 )
+@click.option("-E", "--task-events", is_flag=True, help="Send task events (monitoring).")
+@click.option("--without-heartbeat", is_flag=True, help="Send no worker-* events.")
 @pass_state
 def worker(
     state: _State,
@@ -96,6 +99,8 @@ def worker(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     embed_beat: bool,
+    task_events: bool,
+    without_heartbeat: bool,
 ) -> None:
     """Consume queues and run their tasks."""
     from celeriac.worker import Worker
@@ -108,6 +113,8 @@ def worker(
     app.conf.worker_hostname = (
         hostname or app.conf.worker_hostname or f"celeriac@{socket.gethostname()}"
     )
+    if task_events:  # in the settings: prefork children read it there
+        app.conf.worker_send_task_events = True
     # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
     w = Worker(
         app,
@@ -118,6 +125,7 @@ def worker(
         prefetch_multiplier=prefetch_multiplier,
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
+        heartbeat=not without_heartbeat,  # as Celery: worker-* events unless told otherwise
     )
     try:
         if embed_beat:
@@ -315,6 +323,7 @@ def demo(count: int, concurrency: int, workdir: str | None) -> None:
 
 
 cli.add_command(beat)
+cli.add_command(events)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from celeriac.transports.base import BackendConfig, Combined, Transport, own
+from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
 from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
+    from celeriac.events.channel import EventChannel
 
 
 class RedisTransport(Transport):
@@ -83,6 +84,13 @@ class RedisTransport(Transport):
         store = RedisBeatStore(self.url, transport_options, target=self._target(self.url, options))
         self._stores.append(store)
         return store
+
+    def _open_events(self, config: EventConfig) -> EventChannel:
+        from celeriac.transports.redis.events import RedisEventChannel
+
+        options = self._broker_options(dict(config.transport_options or {}))
+        target = self._target(self.url, options)
+        return RedisEventChannel(target.client, target.prefix)
 
     def _close_connections(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BackendError, BrokerError, CeleriacError
-from celeriac.transports.base import BackendConfig, Transport, own
+from celeriac.transports.base import BackendConfig, EventConfig, Transport, own
 from celeriac.transports.sqlite.connection import SQLiteFile, WriteLock, path_from_url
 
 if TYPE_CHECKING:
     from celeriac.backends.base import ResultBackend
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker
+    from celeriac.events.channel import EventChannel
     from celeriac.transports.sqlite.beat_store import SQLiteBeatStore
     from celeriac.transports.sqlite.broker import SQLiteBroker
 
@@ -77,6 +78,12 @@ class SQLiteTransport(Transport):
         )
         self._stores.append(made)
         return made
+
+    def _open_events(self, config: EventConfig) -> EventChannel:
+        from celeriac.transports.sqlite import events
+
+        db = self._file(events.SCHEMA, BrokerError)
+        return events.SQLiteEventChannel(db, config.retention)
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one transaction: both live in this file."""
