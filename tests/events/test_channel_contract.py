@@ -123,3 +123,12 @@ def test_topic_matching() -> None:
     assert not topic_matches("worker.*", "task.multi")
     assert not topic_matches("*", "worker.heartbeat")
     assert topic_matches("a.#.z", "a.z") and topic_matches("a.#.z", "a.b.c.z")
+
+
+def test_a_grouped_batch_of_one_goes_as_multi(make_channel: MakeChannel, group: str) -> None:
+    channel = make_channel()
+    with channel.subscribe([f"{group}.multi"]) as multi:
+        channel.publish([ev(f"{group}-done", 1)], grouped=True)
+        channel.publish([ev(f"{group}-done", 2)])  # {group}.done
+        assert [e["n"] for e in receive_n(multi, 1)] == [1]
+        assert multi.receive(0.3) == []

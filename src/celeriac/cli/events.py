@@ -99,8 +99,9 @@ def render(cluster: State, max_rows: int) -> Group:
             " ".join(f"{x:.2f}" for x in w.loadavg),
         )
     tasks = Table(title=f"Tasks (latest {max_rows})", expand=True)
-    for column in ("uuid", "name", "state", "runtime", "worker", "result"):
-        tasks.add_column(column, overflow="fold" if column == "uuid" else "ellipsis")
+    tasks.add_column("uuid", no_wrap=True, min_width=36)
+    for column in ("name", "state", "runtime", "worker", "result"):
+        tasks.add_column(column, overflow="ellipsis", no_wrap=True)
     colours = {"SUCCESS": "green", "FAILURE": "red", "RETRY": "yellow", "REVOKED": "magenta"}
     for t in cluster.recent_tasks(max_rows):
         colour = colours.get(t.state, "cyan")

@@ -6,9 +6,10 @@ An *event* is a flat JSON object with Celery's fields (``type``, ``hostname``, `
 
 * :meth:`EventChannel.publish` sends a batch of events at once. A batch of one event goes under
   its own routing key (its type with ``-`` turned into ``.``, e.g. ``worker.heartbeat``) with the
-  event as the body; a longer batch, whose events share one group (``task``), goes as one
-  message under ``<group>.multi`` with the list as the body, which is how Celery's workers send
-  buffered task events. Delivery is best effort, as in Celery: an event nobody listens to is lost.
+  event as the body; a longer batch, or any batch published ``grouped`` (a buffer's flush),
+  whose events share one group (``task``), goes as one message under ``<group>.multi`` with the
+  list as the body, which is how Celery's workers send buffered task events. Delivery is best
+  effort, as in Celery: an event nobody listens to is lost.
 * :meth:`EventChannel.subscribe` returns a :class:`Subscription` to AMQP-style topic patterns
   (``#`` any number of words, ``*`` one word, on the routing key); it sees the events published
   after it was made, in order per publisher, each batch unpacked into single events.
@@ -49,12 +50,12 @@ def routing_key(event_type: str) -> str:
     return event_type.replace("-", ".")
 
 
-def wire_form(events: Sequence[Event]) -> tuple[str, Event | list[Event]]:
+def wire_form(events: Sequence[Event], grouped: bool = False) -> tuple[str, Event | list[Event]]:
     """The routing key and body a batch travels as (see the module docstring)."""
     if not events:
         raise ValueError("an empty batch of events")
     first = str(events[0].get("type", ""))
-    if len(events) == 1:
+    if len(events) == 1 and not grouped:
         return routing_key(first), events[0]
     group = group_of(first)
     if any(group_of(str(e.get("type", ""))) != group for e in events):
@@ -132,7 +133,7 @@ class EventChannel(ABC):
         self._closed = False
 
     @abstractmethod
-    def publish(self, events: Sequence[Event]) -> None:
+    def publish(self, events: Sequence[Event], *, grouped: bool = False) -> None:
         """Send a batch (module docstring); raises the transport's error when it cannot."""
 
     @abstractmethod

@@ -101,7 +101,7 @@ class EventDispatcher:
         """Send an event now, or buffer it when its group is buffered."""
         event = self.event(type, **fields)
         if group_of(type) not in self.buffer_groups:
-            self._publish([event])
+            self._publish([event], grouped=False)
             return
         with self._lock:
             self._buffer.append(event)
@@ -124,10 +124,10 @@ class EventDispatcher:
         if batch:
             self._publish(batch)
 
-    def _publish(self, batch: list[Event]) -> None:
+    def _publish(self, batch: list[Event], grouped: bool = True) -> None:
         try:
             with self._send_lock:
-                self.channel.publish(batch)
+                self.channel.publish(batch, grouped=grouped)
             self.sent += len(batch)
         except Exception as exc:
             self.dropped += len(batch)

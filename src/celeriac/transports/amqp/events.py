@@ -126,8 +126,8 @@ class AMQPEventChannel(EventChannel):
         self._conn: amqp.Connection | None = None
         self._channel: Any = None
 
-    def publish(self, events: Sequence[Event]) -> None:
-        key, body = wire_form(events)
+    def publish(self, events: Sequence[Event], *, grouped: bool = False) -> None:
+        key, body = wire_form(events, grouped)
         message = amqp.Message(
             json.dumps(body),
             content_type="application/json",

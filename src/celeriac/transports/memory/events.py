@@ -50,8 +50,8 @@ class MemoryEventChannel(EventChannel):
         super().__init__()
         self._hub = hub
 
-    def publish(self, events: Sequence[Event]) -> None:
-        key, body = wire_form(events)
+    def publish(self, events: Sequence[Event], *, grouped: bool = False) -> None:
+        key, body = wire_form(events, grouped)
         text = json.dumps(body)  # as on a wire: what cannot be serialised fails here too
         with self._hub.lock:
             subscriptions = list(self._hub.subscriptions)

@@ -116,8 +116,8 @@ class RedisEventChannel(EventChannel):
         db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
         self.base = fanout_channel(prefix, db, EXCHANGE)
 
-    def publish(self, events: Sequence[Event]) -> None:
-        key, body = wire_form(events)
+    def publish(self, events: Sequence[Event], *, grouped: bool = False) -> None:
+        key, body = wire_form(events, grouped)
         envelope = event_envelope(key, body, str(events[0].get("hostname", "")))
         try:
             self.client.publish(f"{self.base}/{key}", envelope)

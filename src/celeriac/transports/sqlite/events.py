@@ -2,7 +2,8 @@
 
 A subscriber starts after the newest row when it subscribes and reads forward by id, waiting
 on the file's change counter (``PRAGMA data_version``) between reads. Each event is one row (a
-``task.multi`` batch is one transaction of several rows), with the routing key its type gives.
+``task.multi`` batch is one transaction of several rows), with the routing key its message
+would travel under elsewhere.
 Rows older than ``retention`` seconds are deleted by the publishers, at most once every
 :data:`TRIM_EVERY` seconds each, so the table stays small without a delete per insert.
 """
@@ -13,7 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 
-from celeriac.events.channel import Event, EventChannel, Subscription, routing_key, unpack
+from celeriac.events.channel import Event, EventChannel, Subscription, unpack, wire_form
 from celeriac.transports.sqlite.connection import SQLiteFile, wait_for_change
 
 SCHEMA = """
@@ -73,9 +74,10 @@ class SQLiteEventChannel(EventChannel):
         self.retention = retention
         self._trimmed = 0.0
 
-    def publish(self, events: Sequence[Event]) -> None:
+    def publish(self, events: Sequence[Event], *, grouped: bool = False) -> None:
         now = time.time()
-        rows = [(routing_key(str(e.get("type", ""))), now, json.dumps(e)) for e in events]
+        key, _ = wire_form(events, grouped)  # each row keeps the key its message would have
+        rows = [(key, now, json.dumps(e)) for e in events]
         trim = now - self._trimmed >= min(TRIM_EVERY, self.retention / 10)
         with self.db.write() as conn:
             conn.executemany(
