@@ -112,9 +112,21 @@ def test_the_live_view_shows_a_task_reach_success(sqlite_worker: Env, client: An
             timeout=10,
         ).stdout
 
+    size = ("-x", "200", "-y", "50")
     subprocess.run(
-        [*("tmux", "-L", socket, "new-session", "-d", "-s", "view", "-x", "200", "-y", "50")]
-        + ["-c", str(sqlite_worker.tmp), command],
+        [
+            "tmux",
+            "-L",
+            socket,
+            "new-session",
+            "-d",
+            "-s",
+            "view",
+            *size,
+            "-c",
+            str(sqlite_worker.tmp),
+            command,
+        ],
         check=True,
         timeout=10,
     )
