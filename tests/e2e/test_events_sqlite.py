@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -145,3 +146,42 @@ def test_the_live_view_shows_a_task_reach_success(sqlite_worker: Env, client: An
         )
     finally:
         subprocess.run(["tmux", "-L", socket, "kill-server"], timeout=10, check=False)
+
+
+def test_without_e_a_worker_sends_worker_events_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As Celery's: heartbeats by default, task events only with -E."""
+    env = Env(tmp_path)
+    monkeypatch.syspath_prepend(str(HERE))
+    import e2e_tasks
+
+    e2e_tasks.app.conf.update(broker_url=env.url, result_backend=None)
+    e2e_tasks.app.close()
+    seen: list[dict[str, Any]] = []
+    receiver = EventReceiver(e2e_tasks.app, {"*": seen.append})
+    try:
+        proc = env.start_worker("-P", "solo", name="plain")
+        result = e2e_tasks.add.delay(1, 1)
+        assert result.get(timeout=20) == 2
+        wait_for(
+            lambda: receiver.capture(timeout=0.2) >= 0
+            and any(e["type"] == "worker-heartbeat" for e in seen),
+            10,
+            "a heartbeat",
+        )
+        env.stop_worker(proc)
+        wait_for(
+            lambda: receiver.capture(timeout=0.2) >= 0
+            and any(e["type"] == "worker-offline" for e in seen),
+            10,
+            "worker-offline",
+        )
+        kinds = {e["type"] for e in seen}
+        assert kinds == {"worker-online", "worker-heartbeat", "worker-offline"}
+        offline = next(e for e in seen if e["type"] == "worker-offline")
+        assert (offline["hostname"], offline["processed"], offline["active"]) == ("plain@e2e", 1, 0)
+    finally:
+        receiver.close()
+        env.close()
+        e2e_tasks.app.close()
