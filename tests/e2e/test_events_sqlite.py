@@ -165,15 +165,19 @@ def test_without_e_a_worker_sends_worker_events_only(
         result = e2e_tasks.add.delay(1, 1)
         assert result.get(timeout=20) == 2
         wait_for(
-            lambda: receiver.capture(timeout=0.2) >= 0
-            and any(e["type"] == "worker-heartbeat" for e in seen),
+            lambda: (
+                receiver.capture(timeout=0.2) >= 0
+                and any(e["type"] == "worker-heartbeat" for e in seen)
+            ),
             10,
             "a heartbeat",
         )
         env.stop_worker(proc)
         wait_for(
-            lambda: receiver.capture(timeout=0.2) >= 0
-            and any(e["type"] == "worker-offline" for e in seen),
+            lambda: (
+                receiver.capture(timeout=0.2) >= 0
+                and any(e["type"] == "worker-offline" for e in seen)
+            ),
             10,
             "worker-offline",
         )
