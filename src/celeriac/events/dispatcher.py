@@ -124,6 +124,12 @@ class EventDispatcher:
         if batch:
             self._publish(batch)
 
+    def publish(self, events: list[Event]) -> None:
+        """Send events made by :meth:`event` at once: one of them under its own routing key,
+        several as one batch."""
+        if events:
+            self._publish(events, grouped=len(events) > 1)
+
     def _publish(self, batch: list[Event], grouped: bool = True) -> None:
         try:
             with self._send_lock:
