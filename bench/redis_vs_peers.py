@@ -68,6 +68,12 @@ class System:
 SYSTEMS = [
     System("celeriac prefork -c 2", "celeriac", [[*CELERIAC, "-c", "2"]]),
     System(
+        "celeriac prefork -c 2 -E",
+        "celeriac",
+        [[*CELERIAC, "-c", "2", "-E"]],
+        notes="task events on: each child sends task.multi batches (PUBLISH) as it works",
+    ),
+    System(
         "celeriac prefork dispatch",
         "celeriac",
         [[*CELERIAC, "-c", "2"]],

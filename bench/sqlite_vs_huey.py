@@ -60,6 +60,13 @@ SYSTEMS = [
     ),
 ]
 
+#: ``--events``: the same Celeriac worker with task events on (-E), instead of Huey
+EVENTS = System(
+    "celeriac -E",
+    [*SYSTEMS[0].worker, "-E"],
+    SYSTEMS[0].count_sql,
+)
+
 # (key, label, is higher better? None: neither, just context)
 METRICS = [
     ("enqueue_per_s", "enqueue tasks/s", True),
@@ -77,7 +84,7 @@ METRICS = [
 
 def run_client(system: System, action: str, n: int, env: dict[str, str]) -> dict:
     out = subprocess.run(
-        [PY, str(HERE / "client.py"), system.name, action, str(n)],
+        [PY, str(HERE / "client.py"), system.name.split()[0], action, str(n)],
         env=env,
         capture_output=True,
         text=True,
@@ -223,10 +230,11 @@ def print_table(medians: dict[str, dict[str, float]], args: argparse.Namespace) 
         f"{os.cpu_count()} CPUs, SQLite {sqlite3.sqlite_version}, "
         f"celeriac {celeriac.__version__}, huey {huey.__version__}"
     )
-    row = "{:<36} {:>10} {:>10} {:>15}"
-    print(row.format("metric", "celeriac", "huey", "celeriac/huey"))
+    other = "celeriac -E" if args.events else "huey"
+    row = "{:<36} {:>10} {:>12} {:>18}"
+    print(row.format("metric", "celeriac", other, f"celeriac/{other}"))
     for key, label, higher in METRICS:
-        c, h = medians["celeriac"][key], medians["huey"][key]
+        c, h = medians["celeriac"][key], medians[other][key]
         ratio = c / h if h else math.nan
         better = {True: "higher", False: "lower", None: "info"}[higher]
         print(row.format(label, fmt(c), fmt(h), f"{ratio:.2f} ({better})"))
@@ -238,13 +246,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per system (median)")
     parser.add_argument("--calls", type=int, default=500, help="sequential round trips")
     parser.add_argument("--json", type=Path, help="also write all runs and medians here")
+    parser.add_argument(
+        "--events",
+        action="store_true",
+        help="compare the Celeriac worker with and without -E (task events) instead of Huey",
+    )
     args = parser.parse_args()
+    systems = [SYSTEMS[0], EVENTS] if args.events else SYSTEMS
     # A plain `kill` of the bench should still reach the finally blocks that stop the workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in SYSTEMS}
+    runs: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
     for i in range(args.repeat):
-        for system in SYSTEMS:  # interleaved, so drift on the machine hits both alike
+        for system in systems:  # interleaved, so drift on the machine hits both alike
             result = run_once(system, args.n, args.calls)
             runs[system.name].append(result)
             print(

@@ -16,6 +16,7 @@ from celeriac.backends.base import DisabledBackend, ResultBackend
 from celeriac.transports import (
     BackendConfig,
     Combined,
+    EventConfig,
     Transport,
     backend_server_url,
     transport_class,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from celeriac.beat.store import BeatStore
     from celeriac.brokers.base import Broker
     from celeriac.control.mailbox import Mailbox
+    from celeriac.events.channel import EventChannel
     from celeriac.routing import Topology
     from celeriac.settings import Settings
 
@@ -113,6 +115,13 @@ class Connections:
         with self._lock:
             transport = self._transport(self.conf.broker_url)
         return transport.mailbox(self.conf.broker_transport_options)
+
+    def event_channel(self) -> EventChannel:
+        """A new channel for events on the broker's server; its user closes it."""
+        config = EventConfig(self.conf.broker_transport_options, self.conf.event_retention)
+        with self._lock:
+            transport = self._transport(self.conf.broker_url)
+        return transport.events(config)
 
     def combined(self) -> Combined:
         """The broker and backend as a worker finishes batches with them: on the transport's

@@ -237,6 +237,10 @@ def publish(app: Celeriac, broker: Broker, publications: Sequence[Publication]) 
     else:
         broker.publish_many(publications)
     announce(app, signals.after_task_publish, publications)
+    if app.conf.task_send_sent_event:
+        from celeriac.events.sent import sent
+
+        sent(app, publications)
 
 
 def announce(app: Celeriac, signal: Signal, publications: Sequence[Publication]) -> None:

@@ -92,6 +92,9 @@ class Settings:
     #: hides the hand-off latency for short tasks (~20-30% more no-op throughput), at that risk.
     worker_prefork_pipeline: int = 1
     worker_send_task_events: bool = False
+    #: s events are kept where the broker stores them (SQLite's event table); older ones are
+    #: deleted by the publishers every minute or so
+    event_retention: float = 3600.0
     worker_hostname: str | None = None
     #: Answer remote control (Celery's pidbox: inspect, ping, revoke broadcasts, ...).
     worker_enable_remote_control: bool = True

@@ -14,6 +14,7 @@ from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
 from celeriac.cli.control import control, expand_nodename, inspect, status
+from celeriac.cli.events import events
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 
@@ -85,6 +86,8 @@ def setup_logging(level: str, fmt: str) -> None:
 @click.option(
     "-B", "--beat", "embed_beat", is_flag=True, help="Also run beat here (safe on every node)."
 )
+@click.option("-E", "--task-events", is_flag=True, help="Send task events (monitoring).")
+@click.option("--without-heartbeat", is_flag=True, help="Send no worker-* events.")
 @pass_state
 def worker(
     state: _State,
@@ -97,6 +100,8 @@ def worker(
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
     embed_beat: bool,
+    task_events: bool,
+    without_heartbeat: bool,
 ) -> None:
     """Consume queues and run their tasks."""
     from celeriac.worker import Worker
@@ -110,6 +115,8 @@ def worker(
     app.conf.worker_hostname = (
         hostname or app.conf.worker_hostname or f"celeriac@{socket.gethostname()}"
     )
+    if task_events:  # in the settings: prefork children read it there
+        app.conf.worker_send_task_events = True
     # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
     w = Worker(
         app,
@@ -120,6 +127,7 @@ def worker(
         prefetch_multiplier=prefetch_multiplier,
         max_tasks_per_child=max_tasks_per_child,
         max_memory_per_child=max_memory_per_child,
+        heartbeat=not without_heartbeat,  # as Celery: worker-* events unless told otherwise
     )
     try:
         if embed_beat:
@@ -320,6 +328,7 @@ cli.add_command(beat)
 cli.add_command(inspect)
 cli.add_command(control)
 cli.add_command(status)
+cli.add_command(events)
 
 
 def main() -> None:

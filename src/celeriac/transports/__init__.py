@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 from celeriac.exceptions import ConfigurationError
-from celeriac.transports.base import BackendConfig, Combined, Transport
+from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport
 
 #: URL scheme -> "module:class".
 TRANSPORTS: dict[str, str] = {
@@ -76,6 +76,7 @@ __all__ = [
     "TRANSPORTS",
     "BackendConfig",
     "Combined",
+    "EventConfig",
     "Transport",
     "backend_server_url",
     "open_transport",

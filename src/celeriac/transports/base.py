@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.control.mailbox import Mailbox
+    from celeriac.events.channel import EventChannel
 
 
 class Part(Protocol):
@@ -53,6 +54,15 @@ class BackendConfig:
     #: seconds results are kept (None: forever)
     expires: float | None = 86400.0
     transport_options: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventConfig:
+    """What an event channel needs from the app's settings besides the broker's URL."""
+
+    transport_options: dict[str, Any] | None = None
+    #: s events are kept where the server stores them (SQLite's table; ``event_retention``)
+    retention: float = 3600.0
 
 
 class Transport(ABC):
@@ -93,6 +103,9 @@ class Transport(ABC):
     def _open_mailbox(self, transport_options: dict[str, Any]) -> Mailbox:
         raise ConfigurationError(f"{_scheme(self.url)}:// carries no remote control")
 
+    def _open_events(self, config: EventConfig) -> EventChannel:
+        raise ConfigurationError(f"{_scheme(self.url)}:// carries no events")
+
     def _close_connections(self) -> None:  # noqa: B027 - transports holding nothing
         """Close what the parts shared; called once, after the last part was given back."""
 
@@ -113,6 +126,10 @@ class Transport(ABC):
     def mailbox(self, transport_options: dict[str, Any] | None = None) -> Mailbox:
         """Remote control (Celery's pidbox) on this server (``broker_transport_options``)."""
         return self._hand_out(self._open_mailbox(dict(transport_options or {})))
+
+    def events(self, config: EventConfig | None = None) -> EventChannel:
+        """A channel for Celery's events on this server (see :mod:`celeriac.events.channel`)."""
+        return self._hand_out(self._open_events(config or EventConfig()))
 
     def _hand_out(self, part: P) -> P:
         with self._lock:

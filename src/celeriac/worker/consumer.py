@@ -27,6 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend
+from celeriac.worker.events import TaskEvents, task_events, wrap_started
 from celeriac.worker.fetcher import Fetcher
 from celeriac.worker.inflight import InFlight
 from celeriac.worker.leases import LeaseKeeper, RevocationWatch
@@ -70,11 +71,13 @@ class Consumer:
         self.rate_share = 1.0
         self.fetcher: Fetcher | None = None
         self.settler: Settler | None = None
+        self.events: TaskEvents | None = None  # task events (-E), opened by start()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
         self.pool = pool
         self.driven = pool.drives_consumer
+        self.events = task_events(self.app, self.hostname)
         combined = self.app.connections.combined()
         watch = RevocationWatch(combined.backend, self.inflight.task_ids, self._revoke)
         settler = self.settler = Settler(
@@ -91,7 +94,7 @@ class Consumer:
             self.inflight,
             self.queues,
             hostname=self.hostname,
-            submit=pool.submit,
+            submit=pool.submit if self.events is None else self._received(pool.submit),
             report=self.on_outcome,
             ack=settler.ack_now,
             unsent=settler.send,
@@ -99,6 +102,8 @@ class Consumer:
         fetcher.rate_share = self.rate_share
         keeper = LeaseKeeper(combined.broker, self.inflight.renewable)
         pool.on_started = settler.store_started
+        if self.events is not None:
+            pool.on_started = wrap_started(self.events, settler.store_started)
         fetcher.fetching.set()
         self._running.set()
         loops: list[tuple[str, Callable[[], None]]] = [
@@ -123,8 +128,20 @@ class Consumer:
         assert self.pool is not None
         self.pool.revoke(task_id, terminate=terminate)
 
+    def _received(self, submit: Callable[[Job], None]) -> Callable[[Job], None]:
+        events = self.events
+        assert events is not None
+
+        def received(job: Job) -> None:
+            events.received(job)
+            submit(job)
+
+        return received
+
     def on_outcome(self, outcome: Outcome) -> None:
         assert self.settler is not None
+        if self.events is not None:
+            self.events.outcome(outcome)
         self.settler.report(outcome, driven=self.driven)
         self.inflight.reported()
 
@@ -202,6 +219,8 @@ class Consumer:
         for t in self._threads:
             if t is not self._fetcher_thread:
                 t.join(5)
+        if self.events is not None:
+            self.events.close()
 
     @property
     def processed(self) -> int:

@@ -99,6 +99,7 @@ def precheck(
             states.REVOKED,
             meta,
             summary="expired before it started",
+            event=("task-revoked", {"terminated": False, "signum": None, "expired": True}),
         )
     if headers.eta is not None and headers.eta > now + 0.01:
         # A producer that put the ETA only in the header (a Celery client on a shared queue):
@@ -333,6 +334,7 @@ def finish(app: Celeriac, call: Call, value: Any, error: BaseException | None) -
             action=action,
             reason=f"rejected by task: {error.reason}",
             summary="rejected",
+            event=("task-rejected", {"requeue": bool(error.requeue)}),
         )
     elif isinstance(error, Ignore):
         outcome = Outcome(job_id, request.id, task.name, summary="ignored")

@@ -102,6 +102,9 @@ class Outcome:
     #: the exception the task raised (or that refused it), for eager callers who propagate it
     #: as it was; not on the wire (the stored result says the same in its own form)
     error: BaseException | None = field(default=None, compare=False)
+    #: the task event this outcome makes (its type and own fields, e.g. ``("task-succeeded",
+    #: {"result": "4"})``), for a worker that sends events; not on the wire either
+    event: tuple[str, dict[str, Any]] | None = field(default=None, compare=False)
 
     def to_wire(self) -> tuple[Any, ...]:
         return (

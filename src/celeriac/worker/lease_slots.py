@@ -59,9 +59,16 @@ class LeaseSlots:
         self._seq = ctx.RawArray("q", count)
         self._len = ctx.RawArray("i", count)
         self._data = ctx.RawArray("c", count * SLOT_SIZE)
+        #: outcomes each child applied (worker-heartbeat's ``processed``), and those of the
+        #: children replaced so far
+        self._processed = ctx.RawArray("q", count)
+        self._retired = 0
 
     # -- the child's side ---------------------------------------------------------------------
     def writer(self, index: int) -> SlotWriter:
+        """The slot for a new child (what the previous one processed is kept in the total)."""
+        self._retired += int(self._processed[index])
+        self._processed[index] = 0
         return SlotWriter(self, index)
 
     def _write(self, index: int, data: bytes) -> None:
@@ -91,6 +98,14 @@ class LeaseSlots:
             if self._seq[index] == before:
                 return _decode(data)
         return [], None
+
+    def active(self) -> int:
+        """Messages the children hold now (each child leases only what it runs)."""
+        return sum(len(self.read(i)) for i in range(self.count))
+
+    def processed(self) -> int:
+        """Outcomes applied by every child so far, replaced ones included."""
+        return self._retired + sum(int(self._processed[i]) for i in range(self.count))
 
     def clear(self, index: int) -> None:
         """Forget what a dead child held (the supervisor dealt with it)."""
@@ -123,6 +138,7 @@ class SlotWriter:
             if running is not None and running.get("id") not in self._inflight.task_ids():
                 running = self._running = None
             self._publish(self._inflight.renewable(), running)
+            self.slots._processed[self.index] = self._inflight.processed
 
     def running(self, info: dict[str, Any]) -> None:
         """A task started: publish its info along with what is held."""

@@ -81,6 +81,7 @@ def refuse(
         reason=reason,
         summary=reason,
         error=exc,
+        event=("task-failed", {"exception": repr(exc), "traceback": ""}) if task_id else None,
     )
 
 
@@ -119,6 +120,7 @@ def success_outcome(
     except Exception as exc:
         return failure_outcome(app, task, request, job_id, exc)
     signals.task_success.send(task, result=value)
+    summary = _short(value)
     return Outcome(
         job_id,
         request.id,
@@ -126,9 +128,10 @@ def success_outcome(
         states.SUCCESS if meta else None,
         meta,
         followups=followups,
-        summary=_short(value),
+        summary=summary,
         chord_starts=plan.chord_starts,
         chord=chord,
+        event=("task-succeeded", {"result": summary}),
     )
 
 
@@ -184,6 +187,7 @@ def failure_outcome(
         chord_starts=plan.chord_starts,
         chord=chord,
         error=exc,
+        event=("task-failed", {"exception": repr(exc), "traceback": tb}),
     )
 
 
@@ -232,6 +236,7 @@ def retry_outcome(
         meta,
         followups=[publication],
         summary=f"retry {request.retries + 1} in {max(0.0, eta - time.time()):.2f}s",
+        event=("task-retried", {"exception": repr(reason), "traceback": _traceback(reason)}),
     )
 
 
@@ -257,6 +262,12 @@ def _follow(
     if chain:
         options["chain"] = chain
     plan_signature(app, Signature.from_dict(sig, app), args, {}, options, plan)
+
+
+def _traceback(exc: BaseException) -> str:
+    if exc.__traceback__ is None:
+        return ""
+    return "".join(tb_mod.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -308,6 +319,7 @@ def revoked(app: Celeriac, job: Job, *, terminated: bool, store: bool = False) -
         states.REVOKED if meta else None,
         meta,
         summary="terminated" if terminated else "revoked before it started",
+        event=("task-revoked", {"terminated": terminated, "signum": None, "expired": False}),
     )
 
 
@@ -337,4 +349,5 @@ def hard_time_limit(app: Celeriac, job: Job, seconds: float) -> Outcome:
         action=action,
         reason=str(exc),
         summary=f"TimeLimitExceeded: {exc}",
+        event=("task-failed", {"exception": repr(exc), "traceback": ""}),
     )

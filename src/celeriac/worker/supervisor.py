@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac.worker.custody import Custody, Death
+from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
@@ -100,6 +101,10 @@ class Supervisor:
             self._spawn(i)
         self.custody.start()
         worker.start_remote_control()
+        slots = self.custody.slots
+        heart = None
+        if worker.heartbeat:  # the children send task events; this process the node's
+            heart = start_heart(app, worker.hostname, lambda: (slots.active(), slots.processed()))
         worker.ready.set()
         if worker._stopping:  # Worker.stop() came while starting
             self.stop()
@@ -117,6 +122,8 @@ class Supervisor:
             self._loop()
         finally:
             worker.stop_remote_control()
+            if heart is not None:
+                heart.stop()
             self.custody.stop()
             worker._stopped.set()
         logger.warning("%s stopped", worker.hostname)

@@ -17,6 +17,7 @@ from celeriac.exceptions import ConfigurationError
 from celeriac.transports import transport_class
 from celeriac.worker.activity import Activity
 from celeriac.worker.consumer import Consumer
+from celeriac.worker.events import Heart, start_heart
 from celeriac.worker.pools import pool_class
 from celeriac.worker.revoked import Revoked
 
@@ -56,6 +57,7 @@ class Worker:
         max_memory_per_child: int | None = None,
         install_signal_handlers: bool = True,
         announce: bool = True,
+        heartbeat: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -77,6 +79,10 @@ class Worker:
         self.install_signal_handlers = install_signal_handlers
         #: Log ready/stopped at WARNING (a supervised child announces nothing of its own).
         self.announce = announce
+        #: Send worker-online/heartbeat/offline (default: when task events are on; the
+        #: ``celeriac worker`` command, like Celery's, unless ``--without-heartbeat``).
+        self.heartbeat = conf.worker_send_task_events if heartbeat is None else heartbeat
+        self._heart: Heart | None = None
         self.consumer = Consumer(
             app, self.queues, prefetch=self.prefetch, hostname=self.hostname, refill=refill
         )
@@ -158,6 +164,11 @@ class Worker:
             threading.Thread(target=self.stop, daemon=True).start()
         if not self.announce:
             return
+        if self.heartbeat:
+            consumer = self.consumer
+            self._heart = start_heart(
+                app, self.hostname, lambda: (consumer.inflight.unfinished, consumer.processed)
+            )
         signals.worker_ready.send(self)
         logger.warning(
             "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
@@ -237,6 +248,8 @@ class Worker:
             self.consumer.return_unstarted(unstarted)
             self.consumer.drain(timeout=None)
             self.stop_remote_control()
+            if self._heart is not None:
+                self._heart.stop()
             self.app.close()
             logger.log(
                 logging.WARNING if self.announce else logging.INFO,

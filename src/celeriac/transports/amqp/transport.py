@@ -18,13 +18,14 @@ from celeriac.transports.amqp.connection import Link
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.rpc_backend import RPCBackend
 from celeriac.transports.amqp.urls import server_key
-from celeriac.transports.base import BackendConfig, Combined, Transport, own
+from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
 from celeriac.transports.options import BROKER, parse_options
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.control.mailbox import Mailbox
+    from celeriac.events.channel import EventChannel
 
 
 class AMQPTransport(Transport):
@@ -75,6 +76,13 @@ class AMQPTransport(Transport):
 
         options = parse_options(AMQPOptions, transport_options, url=self.url, setting=BROKER)
         return AMQPMailbox(self.url, options)
+
+    def _open_events(self, config: EventConfig) -> EventChannel:
+        from celeriac.transports.amqp.events import AMQPEventChannel
+
+        options = dict(config.transport_options or {})
+        parsed = parse_options(AMQPOptions, options, url=self.url, setting=BROKER)
+        return AMQPEventChannel(self.url, parsed)
 
     def _close_connections(self) -> None:
         link, self._link = self._link, None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from celeriac.transports.base import BackendConfig, Combined, Transport, own
+from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
 from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker, Delivery
     from celeriac.control.mailbox import Mailbox
+    from celeriac.events.channel import EventChannel
 
 
 class RedisTransport(Transport):
@@ -90,6 +91,13 @@ class RedisTransport(Transport):
 
         options = self._broker_options(transport_options)
         return RedisMailbox(self._target(self.url, options))
+
+    def _open_events(self, config: EventConfig) -> EventChannel:
+        from celeriac.transports.redis.events import RedisEventChannel
+
+        options = self._broker_options(dict(config.transport_options or {}))
+        target = self._target(self.url, options)
+        return RedisEventChannel(target.client, target.prefix)
 
     def _close_connections(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

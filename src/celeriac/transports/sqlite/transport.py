@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BackendError, BrokerError, CeleriacError
-from celeriac.transports.base import BackendConfig, Transport, own
+from celeriac.transports.base import BackendConfig, EventConfig, Transport, own
 from celeriac.transports.sqlite.connection import SQLiteFile, WriteLock, path_from_url
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from celeriac.beat.store import BeatStore, TickSender
     from celeriac.brokers.base import Broker
     from celeriac.control.mailbox import Mailbox
+    from celeriac.events.channel import EventChannel
     from celeriac.transports.sqlite.beat_store import SQLiteBeatStore
     from celeriac.transports.sqlite.broker import SQLiteBroker
 
@@ -83,6 +84,12 @@ class SQLiteTransport(Transport):
         from celeriac.transports.sqlite import mailbox
 
         return mailbox.SQLiteMailbox(self._file(mailbox.SCHEMA, BrokerError))
+
+    def _open_events(self, config: EventConfig) -> EventChannel:
+        from celeriac.transports.sqlite import events
+
+        db = self._file(events.SCHEMA, BrokerError)
+        return events.SQLiteEventChannel(db, config.retention)
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one transaction: both live in this file."""
