@@ -172,7 +172,11 @@ def test_result_backend_down(cluster, broker, record):
     assert lost == 0 and dups == 0
     assert missing == 0
     assert get_s < 2 + 3 and raised != "nothing"
-    assert ran_while_down == len(during), "tasks stopped running while results could not be stored"
+    # A task's message is acknowledged only once its result is stored, so a worker whose results
+    # cannot be stored holds what it ran and takes nothing more: at most one task per slot
+    # runs in the outage (RELIABILITY.md #19 allows either this or running on with results
+    # kept for later).
+    assert ran_while_down <= 2  # the worker's two slots
 
 
 @cells("redis_down_calls")

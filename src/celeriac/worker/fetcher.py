@@ -105,10 +105,12 @@ class Fetcher:
                 logger.exception("fetch failed unexpectedly, retrying in %.0fs", _RETRY_PAUSE)
             time.sleep(_RETRY_PAUSE)
             return
+        # Hold the whole batch (its leases are renewed from here on) before reading its states,
+        # which may take long with the result store down, and before running any of it: a pool
+        # that runs tasks in this thread would otherwise leave the rest unrenewed meanwhile.
+        held = self.inflight.add(deliveries)
         stored = self._stored_states(deliveries)
-        # Hold the whole batch before running any of it: a pool that runs tasks in this
-        # thread would otherwise leave the rest of the batch unrenewed meanwhile.
-        for job_id, delivery in self.inflight.add(deliveries):
+        for job_id, delivery in held:
             self._dispatch(job_id, delivery, stored.get(delivery.message.task_id or ""))
 
     def _stored_states(self, deliveries: list[Delivery]) -> dict[str, str]:
