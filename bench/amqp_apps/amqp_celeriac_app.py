@@ -17,6 +17,9 @@ if os.environ.get("BENCH_RESULTS", "rpc") == "redis":
 else:
     BACKEND = "rpc://"
 app = Celeriac("bench_amqp", broker=AMQP_URL, backend=BACKEND)
+# To compare with code whose default multiplier differed (4, before per-task fairness).
+if os.environ.get("BENCH_PREFETCH_MULTIPLIER"):
+    app.conf.worker_prefetch_multiplier = int(os.environ["BENCH_PREFETCH_MULTIPLIER"])
 
 
 @app.task(name="bench.echo")
