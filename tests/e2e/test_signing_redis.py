@@ -99,9 +99,8 @@ def test_a_signing_worker_runs_signed_work_and_refuses_the_rest(signing_e2e):
         celery.close()
 
     cli = subprocess.run(
-        [sys.executable, "-m", "celeriac", "-A", "signing_tasks:app", "inspect", "conf"]
-        + ["-d", node, "-t", "10", "--json"],
-        env={**env.env, "PYTHONPATH": env.env["PYTHONPATH"]},
+        [*argv[:5], "inspect", "conf", "-d", node, "-t", "10", "--json"],
+        env=env.env,
         cwd=env.tmp,
         capture_output=True,
         text=True,

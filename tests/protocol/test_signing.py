@@ -18,6 +18,7 @@ from celeriac.protocol.serializers import JSON, default_registry
 from celeriac.protocol.signing import (
     KEY_ID_HEADER,
     SIGNATURE_HEADER,
+    SIGNED_HEADERS,
     Keyring,
     key_id,
     sign_control,
@@ -52,9 +53,14 @@ def signed(**kw):
     return message
 
 
-@pytest.mark.parametrize(
-    "header", ["task", "id", "eta", "expires", "retries", "timelimit", "group", "root_id"]
-)
+def test_the_signed_headers_are_those_the_readme_lists():
+    assert SIGNED_HEADERS == (
+        "task", "id", "eta", "expires", "retries", "timelimit", "root_id", "parent_id", "group",
+        "group_index", "ignore_result", "compression",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("header", SIGNED_HEADERS)
 def test_each_header_that_decides_what_runs_is_covered(header):
     message = signed()
     message.headers[header] = [999] if header == "timelimit" else "changed"

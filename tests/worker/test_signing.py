@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from celeriac import Celeriac, signals, states
+from celeriac import Celeriac, chord, signals, states
 from celeriac.beat.scheduler import start_embedded_beat
 from celeriac.brokers.base import DeadLetter
 from celeriac.exceptions import ConfigurationError, SignatureError
@@ -106,6 +106,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     def mul(x: int, y: int) -> int:
         return x * y
 
+    @app.task(name="sig.tsum")
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
     @app.task(name="sig.flaky", bind=True, max_retries=3)
     def flaky(self: Any, fail_times: int) -> int:
         if self.request.retries < fail_times:
@@ -189,6 +193,21 @@ def test_a_message_changed_after_signing_is_dead_lettered(setup, forge):
     assert forged.task_id not in setup.runs
 
 
+def test_a_message_signed_by_celerys_auth_serializer_is_refused_as_unsigned(setup):
+    # Celery's security serializer wraps the body (content type application/data) with a
+    # certificate signature; none of Celeriac's headers.
+    signed = setup.client(None)
+    publication = signed.prepare_message("sig.add", (5, 5))
+    wrapped = dataclasses.replace(
+        publication.message,
+        body=b'{"body": "W1s1LCA1XSwge30sIHt9XQ==", "signer": "x", "signature": "c2ln"}',
+        content_type="application/data",
+    )
+    signed.broker.publish(dataclasses.replace(publication, message=wrapped))
+    dead = setup.dead_letter(wrapped.task_id or "")
+    assert dead.reason.endswith(f"refused: message is not signed (no {SIGNATURE_HEADER} header)")
+
+
 def test_rotation_an_old_accepted_key_runs_a_removed_key_is_refused(setup):
     old = setup.client(OLD).send_task("sig.add", (10, 1))
     removed = setup.client(REMOVED).send_task("sig.add", (10, 2))
@@ -206,7 +225,8 @@ def test_retries_and_follow_ups_a_signing_worker_publishes_are_signed_and_run(se
     published: list[dict[str, Any]] = []
 
     def record(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-        if headers and headers.get("parent_id"):  # sent by the worker, from inside a task
+        # sent by the worker: from inside a task, or a chord's body
+        if headers and (headers.get("parent_id") or headers.get("task") == "sig.tsum"):
             published.append(dict(headers))
 
     signals.after_task_publish.connect(record)
@@ -214,7 +234,10 @@ def test_retries_and_follow_ups_a_signing_worker_publishes_are_signed_and_run(se
         flaky = app.send_task("sig.flaky", (2,))
         chained = (app.tasks["sig.add"].s(1, 2) | app.tasks["sig.mul"].s(10)).apply_async()
         linked = app.tasks["sig.add"].apply_async((4, 4), link=app.tasks["sig.mul"].s(3))
+        header = [app.tasks["sig.add"].s(i, i) for i in range(3)]
+        chorded = chord(header)(app.tasks["sig.tsum"].s())
         assert flaky.get(timeout=10) == 2
+        assert chorded.get(timeout=10) == 6
         assert chained.get(timeout=10) == 30
         follow = wait_until(
             lambda: [h for h in published if h["parent_id"] == linked.id], 10, "the link"
@@ -223,9 +246,15 @@ def test_retries_and_follow_ups_a_signing_worker_publishes_are_signed_and_run(se
     finally:
         signals.after_task_publish.disconnect(record)
     kinds = sorted((h["task"], h["retries"]) for h in published)
-    assert kinds == [("sig.flaky", 1), ("sig.flaky", 2), ("sig.mul", 0), ("sig.mul", 0)]
+    assert kinds == [
+        ("sig.flaky", 1),
+        ("sig.flaky", 2),
+        ("sig.mul", 0),
+        ("sig.mul", 0),
+        ("sig.tsum", 0),
+    ]
     signer = key_id(NEW.encode())
-    assert [h[KEY_ID_HEADER] for h in published] == [signer] * 4
+    assert [h[KEY_ID_HEADER] for h in published] == [signer] * 5
     assert all(len(h[SIGNATURE_HEADER]) == 64 for h in published)
 
 
