@@ -99,23 +99,37 @@ class Keyring:
         return f"<Keyring signs with {self.keys[0][0]}, accepts {[k for k, _ in self.keys]}>"
 
 
+# Built once: json.dumps() with options builds an encoder per call (2 us of a 6 us call).
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+_AS_IS = frozenset({str, bool, int, type(None)})
+
+
 def canonical(value: Any) -> bytes:
     """The canonical JSON of ``value`` (see the module docstring)."""
     try:
-        return json.dumps(
-            _norm(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        ).encode("ascii")
+        return _ENCODER.encode(_norm(value)).encode("ascii")
     except (TypeError, ValueError, RecursionError) as exc:
         raise SignatureError(f"cannot sign or check this content: {exc}") from exc
 
 
 def _norm(value: Any) -> Any:
-    if value is None or isinstance(value, bool | str):
+    kind = type(value)
+    if kind in _AS_IS:  # exact types first: this runs for every header of every message
         return value
+    if kind is float:
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if kind is list or kind is tuple:
+        return [_norm(v) for v in value]
+    if kind is dict:
+        return {k if type(k) is str else str(k): _norm(v) for k, v in value.items()}
+    if isinstance(value, bool | str):
+        return bool(value) if isinstance(value, bool) else str(value)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+        return _norm(float(value))
     if isinstance(value, bytes | bytearray | memoryview):
         return {"$bytes": bytes(value).hex()}
     if isinstance(value, list | tuple):
@@ -126,10 +140,8 @@ def _norm(value: Any) -> Any:
 
 
 def _mac(key: bytes, *parts: bytes) -> str:
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in parts:
-        mac.update(part)
-    return mac.hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without building an hmac object in Python.
+    return hmac.digest(key, b"".join(parts), "sha256").hex()
 
 
 def _task_material(message: Message) -> tuple[bytes, ...]:
