@@ -191,6 +191,7 @@ def test_a_message_changed_after_signing_is_dead_lettered(setup, forge):
         "message signature does not match its content (changed after signing)"
     )
     assert forged.task_id not in setup.runs
+    assert signed.backend.get_meta(forged.task_id or "")["status"] == states.PENDING
 
 
 def test_a_message_signed_by_celerys_auth_serializer_is_refused_as_unsigned(setup):
@@ -218,6 +219,7 @@ def test_rotation_an_old_accepted_key_runs_a_removed_key_is_refused(setup):
         f"{key_id(REMOVED.encode())!r}, which is not an accepted signing key"
     )
     assert removed.id not in setup.runs
+    assert removed.backend.get_meta(removed.id)["status"] == states.PENDING
 
 
 def test_retries_and_follow_ups_a_signing_worker_publishes_are_signed_and_run(setup):
