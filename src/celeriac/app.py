@@ -18,9 +18,11 @@ from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.connections import Connections
 from celeriac.control import Control
+from celeriac.keyring import keyring_of
 from celeriac.protocol.message import build_task_message, new_id
 from celeriac.protocol.publication import Publication
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
+from celeriac.protocol.signing import sign_message
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.routing import Topology
@@ -344,6 +346,9 @@ class Celeriac:
             now=now,
         )
         sending.check_size(message, name, conf.broker_max_message_size)
+        keyring = keyring_of(conf)
+        if keyring is not None:  # every publish (calls, retries, follow-ups, beat) comes here
+            sign_message(message, keyring)
         return Publication(message, route, priority, eta_ts)
 
     def __repr__(self) -> str:

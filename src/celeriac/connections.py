@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend, ResultBackend
+from celeriac.keyring import keyring_of, result_keyring_of
 from celeriac.transports import (
     BackendConfig,
     Combined,
@@ -87,7 +88,9 @@ class Connections:
             transport_options=conf.result_backend_transport_options,
         )
         server = backend_server_url(url, conf.broker_url)
-        return self._transport(server).backend(url, config)
+        backend = self._transport(server).backend(url, config)
+        backend.keyring = result_keyring_of(conf)
+        return backend
 
     def backend_url(self) -> str | None:
         """The configured backend, or the broker's own store when its transport keeps results
@@ -114,7 +117,9 @@ class Connections:
         """A new remote-control mailbox on the broker's server (the caller closes it)."""
         with self._lock:
             transport = self._transport(self.conf.broker_url)
-        return transport.mailbox(self.conf.broker_transport_options)
+        mailbox = transport.mailbox(self.conf.broker_transport_options)
+        mailbox.keyring = keyring_of(self.conf)
+        return mailbox
 
     def event_channel(self) -> EventChannel:
         """A new channel for events on the broker's server; its user closes it."""

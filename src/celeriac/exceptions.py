@@ -7,7 +7,8 @@
     ├── ProtocolError               a message that cannot be understood
     │   ├── DecodeError             the body does not decode with its content type
     │   ├── ContentDisallowed       the content type is not in ``accept_content``
-    │   └── MessageTooLarge         the encoded message exceeds ``broker_max_message_size``
+    │   ├── MessageTooLarge         the encoded message exceeds ``broker_max_message_size``
+    │   └── SignatureError          a message or result is unsigned, or its signature is wrong
     ├── BrokerError                 the broker failed or is unreachable
     │   └── PublishRefused          the broker refused a message for good (no route to a queue)
     ├── BackendError                the result backend failed, or none is configured
@@ -53,6 +54,12 @@ class ContentDisallowed(ProtocolError):
 
 class MessageTooLarge(ProtocolError):
     """An encoded message exceeds ``broker_max_message_size``."""
+
+
+class SignatureError(ProtocolError):
+    """A message, remote-control command or stored result that must be signed (a signing key
+    is set) carries no signature, one made with a key not accepted here, or one that does not
+    match its content (it was changed after signing)."""
 
 
 class BrokerError(CeleriacError):

@@ -73,6 +73,14 @@ class Settings:
     task_annotations: Any = None
     task_protocol: int = 2
     task_send_sent_event: bool = False
+    #: HMAC-SHA256 key that signs every task message sent, and the only one a worker accepts
+    #: (``"env:NAME"``: read from that environment variable, ``"file:/path"``: from that file).
+    #: None (the default): messages are neither signed nor checked. See celeriac.keyring.
+    task_signing_key: str | None = field(default=None, repr=False)
+    #: Key rotation: every key listed is accepted, the first one signs (same value forms).
+    task_signing_keys: list[str] = field(default_factory=list, repr=False)
+    #: Sign stored result documents with the signing key; ``get()`` checks them.
+    result_signing: bool = False
 
     # Worker
     worker_concurrency: int | None = None

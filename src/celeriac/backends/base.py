@@ -24,6 +24,7 @@ from celeriac._fork import generation
 from celeriac.exceptions import BackendError, TimeoutError
 from celeriac.protocol.results import make_meta, pending_meta
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
+from celeriac.protocol.signing import Keyring, sign_encoded, verify_document
 from celeriac.states import READY_STATES
 from celeriac.transports.options import BACKEND, parse_options
 
@@ -97,6 +98,10 @@ class ResultBackend(ABC):
     #: thread the caller stops waiting for at the deadline (an SQLite read waits up to its
     #: 30 s busy timeout while another process holds the file locked).
     bounded_reads: ClassVar[bool] = False
+    #: ``result_signing``: documents written through :meth:`encode_meta` are signed, and
+    #: :meth:`get_meta` (what ``AsyncResult`` reads) raises :class:`SignatureError` for one
+    #: that is unsigned or changed. None: signing is off.
+    keyring: Keyring | None = None
 
     def __init__(
         self,
@@ -152,7 +157,9 @@ class ResultBackend(ABC):
 
     # -- shared logic --------------------------------------------------------------------------
     def encode_meta(self, meta: dict[str, Any]) -> bytes:
-        return self.registry.get(self.serializer).dumps(meta)
+        serializer = self.registry.get(self.serializer)
+        data = serializer.dumps(meta)
+        return data if self.keyring is None else sign_encoded(data, serializer, self.keyring)
 
     def decode_meta(self, data: bytes) -> dict[str, Any]:
         meta = self.registry.loads(data, self.content_type, self.accept | {self.content_type})
@@ -179,7 +186,12 @@ class ResultBackend(ABC):
 
     def get_meta(self, task_id: str) -> dict[str, Any]:
         data = self._load(task_id)
-        return pending_meta(task_id) if data is None else self.decode_meta(data)
+        if data is None:
+            return pending_meta(task_id)
+        meta = self.decode_meta(data)
+        if self.keyring is not None:
+            meta = verify_document(meta, self.keyring, f"the stored result of task {task_id}")
+        return meta
 
     def wait_for(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The document once the task is ready.

@@ -12,7 +12,12 @@ take part: the command body ``{"method", "arguments", "destination", "pattern", 
 headers ``clock`` and ``expires`` (unix time; an expired command is dropped unread), and a reply
 body ``{<node>: <reply>}`` with headers ``ticket`` and ``clock``. A transport supplies four
 primitives per side (publish a command, read commands, send a reply, read replies); the
-filtering, expiry, tickets and waiting live here once.
+filtering, expiry, tickets, waiting and signatures live here once.
+
+With a signing key (``task_signing_key(s)``, handed over as :attr:`Mailbox.keyring`) commands
+and replies carry an HMAC in two headers (:func:`~celeriac.protocol.signing.sign_control`): a
+worker ignores a command that is unsigned or forged, and a client a reply, each with a log line
+saying why.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from celeriac.exceptions import SignatureError
+from celeriac.protocol.signing import Keyring, sign_control, verify_control
 
 if TYPE_CHECKING:
     from celeriac.transports.base import Transport
@@ -113,6 +121,8 @@ class Mailbox(ABC):
     """Celery's pidbox on one transport: a worker's side and a client's side."""
 
     transport: Transport | None = None
+    #: signs what this mailbox sends and rejects what arrives unsigned (None: signing is off)
+    keyring: Keyring | None = None
 
     def __init__(self) -> None:
         self.node: str | None = None
@@ -169,6 +179,8 @@ class Mailbox(ABC):
                 continue
             if not command.meant_for(self.node):
                 continue
+            if not self._signed(body, headers, f"remote-control command {command.method!r}"):
+                continue
             if command.expires is not None and command.expires < time.time():
                 logger.info("dropped remote-control command %r: expired", command.method)
                 continue
@@ -180,7 +192,10 @@ class Mailbox(ABC):
         assert self.node is not None, "listen() first"
         if command.reply_to:
             headers = {"ticket": command.ticket, "clock": tick()}
-            self._reply(command.reply_to, {self.node: reply}, headers)
+            body = {self.node: reply}
+            if self.keyring is not None:
+                sign_control(body, headers, self.keyring)
+            self._reply(command.reply_to, body, headers)
 
     # -- the client's side ---------------------------------------------------------------------
     def call(
@@ -229,12 +244,15 @@ class Mailbox(ABC):
             tuple(destination) if destination is not None else None,
             _expiry(expires, timeout if reply else None),
         )
+        body, headers = command.body(), command.headers()
+        if self.keyring is not None:
+            sign_control(body, headers, self.keyring)
         if not reply:
-            self._publish(command.body(), command.headers())
+            self._publish(body, headers)
             return []
         self._open_replies(oid)
         try:
-            self._publish(command.body(), command.headers())
+            self._publish(body, headers)
             return self._collect(oid, ticket, timeout, limit, on_reply)
         finally:
             self._close_replies(oid)
@@ -256,10 +274,23 @@ class Mailbox(ABC):
             for body, headers in self._replies(oid, min(left, 1.0)):
                 if headers.get("ticket") != ticket or not isinstance(body, dict):
                     continue  # a late reply to an earlier command of this client
+                if not self._signed(body, headers, f"reply from {', '.join(map(str, body))}"):
+                    continue
                 replies.append(body)
                 if on_reply is not None:
                     on_reply(body)
         return replies[:limit] if limit is not None else replies
+
+    def _signed(self, body: dict[str, Any], headers: dict[str, Any], what: str) -> bool:
+        """Whether a message may be acted on: signing is off, or its signature holds."""
+        if self.keyring is None:
+            return True
+        try:
+            verify_control(body, headers, self.keyring)
+        except SignatureError as exc:
+            logger.warning("ignored %s: %s", what, exc)
+            return False
+        return True
 
     def close(self) -> None:
         self._close()

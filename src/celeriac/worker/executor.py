@@ -43,6 +43,7 @@ from celeriac.worker.outcomes import (
     success_outcome,
     worker_lost,
 )
+from celeriac.worker.signatures import check_signature
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -81,6 +82,9 @@ def precheck(
     batch at once: REVOKED means it must not run; :data:`STATE_UNREAD` that it is not known.
     """
     message = delivery.message
+    unsigned = check_signature(app, job_id, message)
+    if unsigned is not None:
+        return None, unsigned
     try:
         headers = read_headers(message, app.serializers, accepted(app))
     except ProtocolError as exc:

@@ -14,8 +14,10 @@ from celeriac import signals, states
 from celeriac.canvas.plan import Plan, plan_signature
 from celeriac.canvas.signature import Signature
 from celeriac.exceptions import Retry, TaskRevokedError, TimeLimitExceeded, WorkerLostError
+from celeriac.keyring import result_keyring_of
 from celeriac.protocol.message import TaskHeaders
 from celeriac.protocol.results import make_meta
+from celeriac.protocol.signing import sign_encoded
 from celeriac.tasks.context import Request
 from celeriac.worker.job import Action, Job, Outcome
 
@@ -56,7 +58,10 @@ def result_meta(
         parent_id=headers.parent_id if headers else (request.parent_id if request else None),
         extended=extended,
     )
-    return app.serializers.get(app.conf.result_serializer).dumps(meta)
+    serializer = app.serializers.get(app.conf.result_serializer)
+    keyring = result_keyring_of(app.conf)
+    data = serializer.dumps(meta)
+    return data if keyring is None else sign_encoded(data, serializer, keyring)
 
 
 def refuse(
