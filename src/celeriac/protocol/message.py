@@ -246,13 +246,25 @@ def _read_v1(message: Message, registry: SerializerRegistry, accept: frozenset[s
 
 
 def decode_body(
-    message: Message, headers: TaskHeaders, registry: SerializerRegistry, accept: frozenset[str]
+    message: Message,
+    headers: TaskHeaders,
+    registry: SerializerRegistry,
+    accept: frozenset[str],
+    *,
+    max_size: int | None = None,
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """``(args, kwargs, embed)`` of a task message, checked for shape."""
+    """``(args, kwargs, embed)`` of a task message, checked for shape.
+
+    ``max_size`` bounds the body, raw and decompressed (``broker_max_message_size``).
+    """
     if headers.v1_body is not None:
         return headers.v1_body
     body = registry.loads(
-        message.body, message.content_type, accept, message.headers.get("compression")
+        message.body,
+        message.content_type,
+        accept,
+        message.headers.get("compression"),
+        max_size=max_size,
     )
     if not isinstance(body, list | tuple) or len(body) not in (2, 3):
         raise DecodeError("task body is not [args, kwargs, embed]")
