@@ -97,6 +97,9 @@ class ResultBackend(ABC):
     #: thread the caller stops waiting for at the deadline (an SQLite read waits up to its
     #: 30 s busy timeout while another process holds the file locked).
     bounded_reads: ClassVar[bool] = False
+    #: Largest encoded result document this store accepts (bytes), None for no limit of its own
+    #: (memcached's is 1 MB by default); results over it are stored as a FAILURE instead.
+    max_item_size: int | None = None
 
     def __init__(
         self,

@@ -21,9 +21,7 @@ CHUNK = 256 * 1024
 def check_raw_size(size: int, limit: int | None) -> None:
     """Refuse a body of ``size`` bytes over ``limit`` (``broker_max_message_size``)."""
     if limit and size > limit:
-        raise MessageTooLarge(
-            f"message body is {size} bytes, over broker_max_message_size={limit}"
-        )
+        raise MessageTooLarge(f"message body is {size} bytes, over broker_max_message_size={limit}")
 
 
 def _too_large(compression: str, limit: int) -> MessageTooLarge:

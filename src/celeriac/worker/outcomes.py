@@ -18,6 +18,7 @@ from celeriac.protocol.message import TaskHeaders
 from celeriac.protocol.results import make_meta
 from celeriac.tasks.context import Request
 from celeriac.worker.job import Action, Job, Outcome
+from celeriac.worker.result_size import oversize
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -56,7 +57,15 @@ def result_meta(
         parent_id=headers.parent_id if headers else (request.parent_id if request else None),
         extended=extended,
     )
-    return app.serializers.get(app.conf.result_serializer).dumps(meta)
+    data = app.serializers.get(app.conf.result_serializer).dumps(meta)
+    too_large = oversize(app, task_id, state, len(data))
+    if too_large is not None:
+        if state == states.SUCCESS:
+            raise too_large  # success_outcome stores it as the task's failure
+        # Any other state keeps its name; the error replaces what did not fit.
+        small = make_meta(task_id, state, too_large, group_id=meta.get("group_id"))
+        data = app.serializers.get(app.conf.result_serializer).dumps(small)
+    return data
 
 
 def refuse(
