@@ -85,13 +85,17 @@ def exception_from_dict(data: Any) -> BaseException:
     return _remote_type(module, name)(*args)
 
 
+#: BaseException's own ``args`` descriptor
+_ARGS: Any = vars(BaseException)["args"]
+
+
 def _without_constructor(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
     """An instance of ``cls`` made by its nearest builtin base, so that no ``__new__`` or
     ``__init__`` of its own runs; ``args`` set through the builtin descriptor (not a
     ``__setattr__`` of its own)."""
     base = next(c for c in cls.__mro__ if c.__module__ == "builtins")
     inst: BaseException = base.__new__(cls, *args)  # type: ignore[call-overload]
-    BaseException.args.__set__(inst, args)
+    _ARGS.__set__(inst, args)
     return inst
 
 
