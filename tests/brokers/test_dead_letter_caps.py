@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -149,6 +150,21 @@ def test_rabbitmq_uses_an_existing_uncapped_queue_and_says_how_to_cap_it(
         assert [d.message.task_id for d in broker.dead_letters()] == ["a", "b", "c"]
         assert "rabbitmqctl set_policy" in caplog.text
         assert f"'^{dlq}$'" in caplog.text
+        # The README's way to cap it: a policy, which RabbitMQ applies to what is there too.
+        subprocess.run(
+            ["rabbitmqctl", "set_policy", "-p", amqp_vhost, "celeriac-dead", f"^{dlq}$",
+             '{"max-length": 2, "message-ttl": 604800000}', "--apply-to", "queues"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while len(broker.dead_letters()) != 2:
+            assert time.monotonic() < deadline, "the policy did not cap the queue"
+            time.sleep(0.05)
+        assert [d.message.task_id for d in broker.dead_letters()] == ["b", "c"]
+        subprocess.run(
+            ["rabbitmqctl", "clear_policy", "-p", amqp_vhost, "celeriac-dead"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
     finally:
         names = amqp_support.queues_of(broker) | {dlq, q}
         broker.close()
