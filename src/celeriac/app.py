@@ -30,6 +30,7 @@ from celeriac.settings import Settings, settings_from_object
 from celeriac.signals import Signal
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
+from celeriac.urls import redact
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -352,4 +353,4 @@ class Celeriac:
         return Publication(message, route, priority, eta_ts)
 
     def __repr__(self) -> str:
-        return f"<Celeriac {self.main or '__main__'} broker={self.conf.broker_url}>"
+        return f"<Celeriac {self.main or '__main__'} broker={redact(self.conf.broker_url)}>"

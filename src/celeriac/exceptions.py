@@ -12,6 +12,7 @@
     ├── BrokerError                 the broker failed or is unreachable
     │   └── PublishRefused          the broker refused a message for good (no route to a queue)
     ├── BackendError                the result backend failed, or none is configured
+    ├── ResultTooLarge              a task's result exceeds ``result_max_size`` or its store's limit
     ├── NotRegistered               no task by that name
     ├── InvalidTaskArguments        the arguments do not fit the task's signature
     ├── TimeoutError                ``AsyncResult.get()`` waited too long (a builtin one too)
@@ -73,6 +74,11 @@ class PublishRefused(BrokerError):
 
 class BackendError(CeleriacError):
     """The result backend failed, or no result backend is configured."""
+
+
+class ResultTooLarge(CeleriacError):
+    """A task's encoded result exceeds ``result_max_size`` or the backend's own item limit; the
+    task's state is stored as a FAILURE with this error instead."""
 
 
 class NotRegistered(CeleriacError, KeyError):

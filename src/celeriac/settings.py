@@ -43,6 +43,9 @@ class Settings:
     result_accept_content: list[str] | None = None
     result_expires: float | None = 86400.0
     result_extended: bool = False
+    #: Largest encoded result document stored (bytes; None: no limit but the backend's own). A
+    #: bigger one is stored as a FAILURE raising ResultTooLarge on get().
+    result_max_size: int | None = 16 * 1024 * 1024
 
     # Messages and tasks
     task_serializer: str = "json"

@@ -102,6 +102,9 @@ class ResultBackend(ABC):
     #: :meth:`get_meta` (what ``AsyncResult`` reads) raises :class:`SignatureError` for one
     #: that is unsigned or changed. None: signing is off.
     keyring: Keyring | None = None
+    #: Largest encoded result document this store accepts (bytes), None for no limit of its own
+    #: (memcached's is 1 MB by default); results over it are stored as a FAILURE instead.
+    max_item_size: int | None = None
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from celeriac.beat import api
 from celeriac.beat.scheduler import DEFAULT_LEASE_TTL, Beat
 from celeriac.beat.schedules import Schedule, clocked, crontab, schedule
 from celeriac.exceptions import CeleriacError
+from celeriac.urls import mask_log_handlers
 
 _LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False)
 
@@ -50,6 +51,7 @@ def beat(ctx: click.Context, loglevel: str, lease_ttl: float) -> None:
     logging.basicConfig(
         level=loglevel.upper(), format=app.conf.worker_log_format, stream=sys.stderr, force=True
     )
+    mask_log_handlers()
     try:
         Beat(app, lease_ttl=lease_ttl).run()
     except CeleriacError as exc:

@@ -17,6 +17,7 @@ from celeriac.cli.control import control, expand_nodename, inspect, status
 from celeriac.cli.events import events
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
+from celeriac.urls import mask_log_handlers, mask_urls
 
 
 class _State:
@@ -39,7 +40,20 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _MaskingGroup(click.Group):
+    """Every command's error message, masked: a URL in it shows no password."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            # Masked in place, so the error keeps its kind (a UsageError its usage and exit
+            # code); click types the attribute Final for its own code, not for this.
+            setattr(exc, "message", mask_urls(exc.message))  # noqa: B010
+            raise
+
+
+@click.group(cls=_MaskingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-A",
     "--app",
@@ -57,6 +71,7 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
 
 def setup_logging(level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    mask_log_handlers()
 
 
 @cli.command()

@@ -211,7 +211,7 @@ def read_headers(
         )
     except ProtocolError:
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # overflow: retries=inf, eta=1e400
         raise ProtocolError(f"malformed task headers: {exc}") from exc
 
 
@@ -219,7 +219,6 @@ def _read_v1(message: Message, registry: SerializerRegistry, accept: frozenset[s
     body = registry.loads(message.body, message.content_type, accept)
     if not isinstance(body, dict) or "task" not in body or "id" not in body:
         raise DecodeError("message has no 'task' header and its body is not a v1 task dict")
-    hard, soft = ([*list(body.get("timelimit") or []), None, None])[:2]
     embed = {
         "callbacks": body.get("callbacks"),
         "errbacks": body.get("errbacks"),
@@ -227,6 +226,7 @@ def _read_v1(message: Message, registry: SerializerRegistry, accept: frozenset[s
         "chord": body.get("chord"),
     }
     try:
+        hard, soft = ([*list(body.get("timelimit") or []), None, None])[:2]
         return TaskHeaders(
             task=str(body["task"]),
             id=str(body["id"]),
@@ -241,18 +241,30 @@ def _read_v1(message: Message, registry: SerializerRegistry, accept: frozenset[s
             soft_time_limit=_limit(soft),
             v1_body=(list(body.get("args") or []), dict(body.get("kwargs") or {}), embed),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"malformed v1 task body: {exc}") from exc
 
 
 def decode_body(
-    message: Message, headers: TaskHeaders, registry: SerializerRegistry, accept: frozenset[str]
+    message: Message,
+    headers: TaskHeaders,
+    registry: SerializerRegistry,
+    accept: frozenset[str],
+    *,
+    max_size: int | None = None,
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """``(args, kwargs, embed)`` of a task message, checked for shape."""
+    """``(args, kwargs, embed)`` of a task message, checked for shape.
+
+    ``max_size`` bounds the body, raw and decompressed (``broker_max_message_size``).
+    """
     if headers.v1_body is not None:
         return headers.v1_body
     body = registry.loads(
-        message.body, message.content_type, accept, message.headers.get("compression")
+        message.body,
+        message.content_type,
+        accept,
+        message.headers.get("compression"),
+        max_size=max_size,
     )
     if not isinstance(body, list | tuple) or len(body) not in (2, 3):
         raise DecodeError("task body is not [args, kwargs, embed]")

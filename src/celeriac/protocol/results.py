@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from celeriac import exceptions as exc_mod
@@ -56,10 +57,14 @@ def _jsonable_args(args: tuple[Any, ...]) -> list[Any]:
 
 
 def exception_from_dict(data: Any) -> BaseException:
-    """Rebuild a stored exception without importing anything a message names.
+    """Rebuild a stored exception without running code a result names.
 
     The type is looked up among builtins, Celeriac's own errors, and modules this process has
-    already imported; anything else becomes a :class:`RemoteTaskError` subclass with that name.
+    already imported (never importing one, and reading their namespaces without attribute
+    hooks); anything else becomes a :class:`RemoteTaskError` subclass with that name. Builtin
+    and Celeriac types are called as usual; any other type is made without running its
+    ``__new__`` or ``__init__`` (a result is data anyone who can write to the backend wrote,
+    and a constructor may do anything), carrying the stored arguments as ``args``.
     """
     if not isinstance(data, dict) or "exc_type" not in data:
         return exc_mod.RemoteTaskError(data)
@@ -69,28 +74,43 @@ def exception_from_dict(data: Any) -> BaseException:
     args = tuple(message) if isinstance(message, list | tuple) else (message,)
     cls = _lookup(module, name)
     if cls is not None:
+        trusted = module in ("builtins", "celeriac.exceptions", _CELERY_EXC_MODULE)
         try:
-            return cls(*args)
+            return cls(*args) if trusted else _without_constructor(cls, args)
         except Exception:
             try:
-                inst = cls.__new__(cls)
-                inst.args = args
-                return inst
+                return _without_constructor(cls, args)
             except Exception:
                 pass
     return _remote_type(module, name)(*args)
 
 
+#: BaseException's own ``args`` descriptor
+_ARGS: Any = vars(BaseException)["args"]
+
+
+def _without_constructor(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An instance of ``cls`` made by its nearest builtin base, so that no ``__new__`` or
+    ``__init__`` of its own runs; ``args`` set through the builtin descriptor (not a
+    ``__setattr__`` of its own)."""
+    base = next(c for c in cls.__mro__ if c.__module__ == "builtins")
+    inst: BaseException = base.__new__(cls, *args)  # type: ignore[call-overload]
+    _ARGS.__set__(inst, args)
+    return inst
+
+
 def _lookup(module: str, name: str) -> type[BaseException] | None:
     if module == _CELERY_EXC_MODULE or module == "celeriac.exceptions":
-        obj = getattr(exc_mod, name, None)
+        obj = vars(exc_mod).get(name)
     elif module == "builtins":
-        obj = getattr(builtins, name, None)
+        obj = vars(builtins).get(name)
     else:
-        mod = sys.modules.get(module)
-        obj = mod
+        # Namespaces read directly: getattr could run a module's __getattr__ (PEP 562) or a
+        # class's descriptors and metaclass hooks.
+        obj = sys.modules.get(module)
         for part in name.split("."):
-            obj = getattr(obj, part, None) if obj is not None else None
+            space = getattr(obj, "__dict__", None) if obj is not None else None
+            obj = space.get(part) if isinstance(space, Mapping) else None
     if isinstance(obj, type) and issubclass(obj, BaseException):
         return obj
     return None

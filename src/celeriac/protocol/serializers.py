@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeriac.exceptions import ConfigurationError, ContentDisallowed, DecodeError
+from celeriac.protocol import bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,6 @@ COMPRESSIONS: dict[str, tuple[str, Callable[[bytes], bytes], Callable[[bytes], b
     "zlib": ("application/x-zlib", zlib.compress, zlib.decompress),
     "bzip2": ("application/x-bz2", bz2.compress, bz2.decompress),
 }
-_DECOMPRESS_BY_TYPE = {ctype: dec for ctype, _, dec in COMPRESSIONS.values()}
 
 
 class SerializerRegistry:
@@ -155,8 +155,14 @@ class SerializerRegistry:
         content_type: str,
         accept: frozenset[str],
         compression: str | None = None,
+        *,
+        max_size: int | None = None,
     ) -> Any:
-        """Decode a body, refusing content types not in ``accept`` before touching the bytes."""
+        """Decode a body, refusing content types not in ``accept`` before touching the bytes.
+
+        ``max_size`` bounds the body as it came and as it decompresses
+        (:class:`~celeriac.exceptions.MessageTooLarge` past it).
+        """
         if content_type not in accept:
             raise ContentDisallowed(
                 f"refusing to decode content type {content_type!r}: it is not in accept_content "
@@ -165,14 +171,9 @@ class SerializerRegistry:
         ser = self._by_type.get(content_type)
         if ser is None:
             raise DecodeError(f"no serializer for content type {content_type!r}")
+        bounds.check_raw_size(len(body), max_size)
         if compression:
-            decompress = _DECOMPRESS_BY_TYPE.get(compression)
-            if decompress is None:
-                raise DecodeError(f"unknown compression {compression!r}")
-            try:
-                body = decompress(body)
-            except Exception as exc:
-                raise DecodeError(f"cannot decompress body ({compression}): {exc}") from exc
+            body = bounds.decompress(body, str(compression), max_size)
         try:
             return ser.loads(body)
         except Exception as exc:

@@ -12,6 +12,7 @@ import importlib
 
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport
+from celeriac.urls import redact
 
 #: URL scheme -> "module:class".
 TRANSPORTS: dict[str, str] = {
@@ -37,7 +38,7 @@ def transport_class(url: str) -> type[Transport]:
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(TRANSPORTS))
         raise ConfigurationError(
-            f"no transport for URL scheme {scheme!r} in {url!r}; known: {known}"
+            f"no transport for URL scheme {scheme!r} in {redact(url)!r}; known: {known}"
         )
     module_name, _, cls_name = target.partition(":")
     cls: type[Transport] = getattr(importlib.import_module(module_name), cls_name)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from celeriac.exceptions import ConfigurationError
+from celeriac.urls import redact
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult, ResultBackend
@@ -135,7 +136,7 @@ class Transport(ABC):
         with self._lock:
             if self._closed:
                 part.close()
-                raise ConfigurationError(f"the transport for {self.url} was closed")
+                raise ConfigurationError(f"the transport for {redact(self.url)} was closed")
             self._parts.append(part)
         part.transport = self
         return part

@@ -29,6 +29,7 @@ from celeriac.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from celeriac.protocol.bounds import check_raw_size
 from celeriac.protocol.message import TaskHeaders, decode_body, read_headers
 from celeriac.tasks.context import Request, reset_request, set_request
 from celeriac.worker.job import Action, Job, Outcome, accepted
@@ -86,6 +87,8 @@ def precheck(
     if unsigned is not None:
         return None, unsigned
     try:
+        # Before anything reads the body (a v1 message's headers are in it): see protocol/bounds.
+        check_raw_size(message.size, app.conf.broker_max_message_size)
         headers = read_headers(message, app.serializers, accepted(app))
     except ProtocolError as exc:
         return None, refuse(app, job_id, None, message.task_id, exc)
@@ -175,7 +178,13 @@ def prepare(app: Celeriac, job: Job) -> Call | Outcome:
         missing = NotRegistered(app.tasks.missing_message(headers.task))
         return refuse(app, job.job_id, headers, headers.id, missing)
     try:
-        args, kwargs, embed = decode_body(job.message, headers, app.serializers, accepted(app))
+        args, kwargs, embed = decode_body(
+            job.message,
+            headers,
+            app.serializers,
+            accepted(app),
+            max_size=app.conf.broker_max_message_size,
+        )
         task.check_arguments(args, kwargs)
     except (ProtocolError, TypeError) as exc:
         return refuse(app, job.job_id, headers, headers.id, exc)

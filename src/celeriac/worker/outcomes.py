@@ -20,6 +20,7 @@ from celeriac.protocol.results import make_meta
 from celeriac.protocol.signing import sign_encoded
 from celeriac.tasks.context import Request
 from celeriac.worker.job import Action, Job, Outcome
+from celeriac.worker.result_size import oversize
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -59,8 +60,15 @@ def result_meta(
         extended=extended,
     )
     serializer = app.serializers.get(app.conf.result_serializer)
-    keyring = result_keyring_of(app.conf)
     data = serializer.dumps(meta)
+    too_large = oversize(app, task_id, state, len(data))
+    if too_large is not None:
+        if state == states.SUCCESS:
+            raise too_large  # success_outcome stores it as the task's failure
+        # Any other state keeps its name; the error replaces what did not fit.
+        small = make_meta(task_id, state, too_large, group_id=meta.get("group_id"))
+        data = serializer.dumps(small)
+    keyring = result_keyring_of(app.conf)
     return data if keyring is None else sign_encoded(data, serializer, keyring)
 
 

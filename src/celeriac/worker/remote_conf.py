@@ -12,17 +12,17 @@ import re
 from typing import Any
 
 from celeriac.settings import Settings
+from celeriac.urls import mask_urls
 
 MASK = "********"
 _SECRET_NAME = re.compile("API|TOKEN|KEY|SECRET|PASS|SIGNATURE|DATABASE", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)", re.I)
 #: name parts that match :data:`_SECRET_NAME` but hold nothing secret
 _NOT_SECRET = ("routing_key", "keyprefix", "key_prefix")
 
 
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _URL_PASSWORD.sub(lambda m: m.group("head") + "**", value)
+        return mask_urls(value)
     if isinstance(value, dict):
         return {k: _mask(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -35,13 +35,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
+from celeriac.urls import redact
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
 from celeriac.worker.revoked import Revoked, RevokedRing
-from celeriac.worker.worker import Worker, redact
+from celeriac.worker.worker import Worker
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from celeriac import signals
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports import transport_class
+from celeriac.urls import redact
 from celeriac.worker.activity import Activity
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.events import Heart, start_heart
@@ -269,13 +270,3 @@ class Worker:
         self.consumer.return_unstarted(waiting + self.pool.take_queued())
         self.consumer.drain(timeout=10.0)
         self.app.close()
-
-
-def redact(url: str) -> str:
-    """A URL with its password replaced, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -41,6 +41,7 @@ from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.transports.amqp.admin import Admin
 from celeriac.transports.amqp.connection import Link, Lost
+from celeriac.transports.amqp.dead_letters import dead_letter_arguments
 from celeriac.transports.amqp.declarations import (
     DEAD_EXCHANGE,
     MAX_DELAY,
@@ -96,6 +97,7 @@ class AMQPBroker(Broker):
             max_priority=self.max_priority,
             queue_type=self.queue_type,
             dead_letter_queue=self.dead_letter_queue,
+            dead_letter_arguments=dead_letter_arguments(opts),
         )
         self.inbox = Inbox(link, self.declarations, lambda: self.topology)
         self.admin = Admin(link, self.declarations, self.inbox, self._replay)

@@ -56,7 +56,8 @@ from amqp import spec
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.publisher import PublisherPool
-from celeriac.transports.amqp.urls import connect_params, safe
+from celeriac.transports.amqp.urls import connect_params
+from celeriac.urls import redact
 
 logger = logging.getLogger("celeriac.amqp")
 T = TypeVar("T")
@@ -274,7 +275,7 @@ class Link:
             sock.settimeout(IO_TIMEOUT)
         except Exception as exc:
             conn.collect()
-            logger.warning("AMQP: cannot connect to %s (%s); retrying soon", safe(self.url), exc)
+            logger.warning("AMQP: cannot connect to %s (%s); retrying soon", redact(self.url), exc)
             return False
         assert self._selector is not None
         self._selector.register(sock, selectors.EVENT_READ)
@@ -374,7 +375,7 @@ class Link:
 
     def _lost(self, exc: BaseException) -> None:
         if not self._closed:
-            logger.warning("AMQP: connection to %s lost (%r); reconnecting", safe(self.url), exc)
+            logger.warning("AMQP: connection to %s lost (%r); reconnecting", redact(self.url), exc)
         self._disconnect(polite=False)
 
     def _disconnect(self, *, polite: bool) -> None:

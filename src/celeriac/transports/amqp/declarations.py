@@ -74,12 +74,16 @@ class Declarations:
         max_priority: int | None,
         queue_type: str,
         dead_letter_queue: str,
+        dead_letter_arguments: dict[str, Any] | None = None,
     ) -> None:
         self.link = link
         self._topology = topology
         self.max_priority = max_priority
         self.queue_type = queue_type
         self.dead_letter_queue = dead_letter_queue
+        #: ``x-max-length`` / ``x-message-ttl`` of the dead-letter queue (its caps), applied
+        #: when it is first declared
+        self.dead_letter_arguments = dead_letter_arguments or {}
         #: names this process declared
         self.declared: set[str] = set()
         self.delays: set[str] = set()
@@ -194,7 +198,23 @@ class Declarations:
             return
         ch = self.link.channel("admin").channel
         declare_exchange(ch, DEAD_EXCHANGE, "fanout")
-        declare_plain_queue(ch, self.dead_letter_queue)
+        try:
+            declare_plain_queue(ch, self.dead_letter_queue, self.dead_letter_arguments)
+        except amqp.exceptions.PreconditionFailed as exc:
+            # Declared before with other caps (or none): RabbitMQ refuses to change a queue's
+            # arguments, so use it as it is and say how to cap it (a policy: see the README).
+            logger.warning(
+                "dead-letter queue %r exists with other arguments than %s (RabbitMQ: %s): "
+                "using it as it is; cap it with a policy: rabbitmqctl set_policy "
+                "celeriac-dead '^%s$' '{\"max-length\": N, \"message-ttl\": MS}' "
+                "--apply-to queues",
+                self.dead_letter_queue,
+                self.dead_letter_arguments,
+                exc,
+                self.dead_letter_queue,
+            )
+            ch = self.link.channel("admin").channel  # the refusal closed the channel
+            ch.queue_declare(self.dead_letter_queue, passive=True)
         ch.queue_bind(self.dead_letter_queue, DEAD_EXCHANGE, routing_key="")
         self.declared.add(marker)
 

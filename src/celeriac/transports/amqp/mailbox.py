@@ -24,7 +24,8 @@ import amqp.exceptions
 from celeriac.control.mailbox import EXCHANGE, REPLY_EXCHANGE, Mailbox, Raw
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.urls import connect_params, safe
+from celeriac.transports.amqp.urls import connect_params
+from celeriac.urls import redact
 
 logger = logging.getLogger("celeriac.control")
 
@@ -52,7 +53,7 @@ class AMQPMailbox(Mailbox):
                 chan.exchange_declare(EXCHANGE, "fanout", durable=False, auto_delete=False)
                 chan.exchange_declare(REPLY_EXCHANGE, "direct", durable=False, auto_delete=False)
             except _ERRORS as exc:
-                raise BrokerError(f"RabbitMQ remote control at {safe(self.url)}: {exc}") from exc
+                raise BrokerError(f"RabbitMQ remote control at {redact(self.url)}: {exc}") from exc
             self._conn, self._chan = conn, chan
         return self._chan
 

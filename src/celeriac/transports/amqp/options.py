@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from celeriac.brokers import dead_letters
 from celeriac.brokers.base import DEFAULT_VISIBILITY_TIMEOUT
 from celeriac.transports.options import KOMBU_RETRY
 
@@ -39,6 +40,10 @@ class AMQPOptions:
     #: ``publisher.py``); a thread that finds them all in use waits for one. At least 1 (0,
     #: which once sent publishes through the consuming connection's thread, is read as 1)
     publish_connections: int = 10
+    #: dead letters kept at most, the oldest dropped first (None or 0: no cap)
+    dead_letter_max_count: int | None = dead_letters.MAX_COUNT
+    #: s a dead letter is kept (None or 0: no limit)
+    dead_letter_max_age: float | None = dead_letters.MAX_AGE
 
     #: kombu's names for its py-amqp transport that mean nothing here: ``confirm_publish``
     #: (every publish is confirmed), connection arguments of py-amqp that we do not pass on

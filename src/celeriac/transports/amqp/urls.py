@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.amqp.options import AMQPOptions
+from celeriac.urls import redact
 
 #: our URL's TLS parameters and py-amqp's names for them
 _TLS_FILES = (("cafile", "ca_certs"), ("certfile", "certfile"), ("keyfile", "keyfile"))
@@ -44,7 +45,7 @@ class Address:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("amqp", "amqps"):
-            raise ConfigurationError(f"not an AMQP URL: {url!r} (amqp:// or amqps://)")
+            raise ConfigurationError(f"not an AMQP URL: {redact(url)!r} (amqp:// or amqps://)")
         tls = scheme == "amqps"
         path = parts.path
         return cls(
@@ -110,11 +111,3 @@ def server_key(url: str) -> str:
     """Names the server, login and vhost ``url`` reaches (not its query)."""
     a = Address.parse(url)
     return f"{'amqps' if a.tls else 'amqp'}://{a.user}:{a.password}@{a.host}:{a.port}/{a.vhost}"
-
-
-def safe(url: str) -> str:
-    """``url`` with its password masked, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url

@@ -37,8 +37,15 @@ class Tag:
 def _int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # overflow: a header of inf
         return 0
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value or 0.0)
+    except (TypeError, ValueError, OverflowError):  # overflow: an int past a float's range
+        return 0.0
 
 
 def to_message(msg: amqp.Message) -> tuple[Message, int, int | None]:
@@ -94,7 +101,7 @@ def to_dead_letter(msg: amqp.Message) -> DeadLetter:
         id=_int(info[HDR_DEAD_ID]),
         queue=str(info[HDR_QUEUE] or msg.delivery_info.get("routing_key") or ""),
         reason=str(info[HDR_REASON] or ""),
-        failed_at=float(info[HDR_FAILED] or 0.0),
+        failed_at=_float(info[HDR_FAILED]),
         message=message,
     )
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from celeriac.brokers import dead_letters
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
@@ -137,11 +138,18 @@ class MemoryBroker(Broker):
         with self._cond:
             if self._take(delivery) is None:  # stale: the message is someone else's now
                 return
+            now = time.time()
             self._dead.append(
-                DeadLetter(
-                    next(self._dead_ids), delivery.queue, reason, time.time(), delivery.message
-                )
+                DeadLetter(next(self._dead_ids), delivery.queue, reason, now, delivery.message)
             )
+            opts = self.options
+            drop = dead_letters.excess(
+                [d.failed_at for d in self._dead],
+                opts.dead_letter_max_count,
+                opts.dead_letter_max_age,
+                now,
+            )
+            del self._dead[:drop]
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         now = time.time()

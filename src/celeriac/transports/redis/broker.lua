@@ -15,6 +15,7 @@
 --   celeriac.queues              set of queues that have leases or delayed messages (for sweeps)
 --   celeriac.wake.<q>            list holding at most a few tokens: wakes an idle consumer
 --   celeriac.dead, .dead.seq     zset of dead-letter documents scored by their id
+--   celeriac.dead.caps           hash max_count, max_age (s) the brokers set; 0: no cap
 
 -- store_results() comes from backends/redis_store.lua, loaded ahead of this file.
 
@@ -24,6 +25,7 @@ local STEPS = {0, 3, 6, 9}
 local UNACKED, INDEX = P .. 'unacked', P .. 'unacked_index'
 local COUNTS, QUEUES = P .. 'celeriac.deliveries', P .. 'celeriac.queues'
 local DEAD, DEADSEQ = P .. 'celeriac.dead', P .. 'celeriac.dead.seq'
+local DEADCAPS = P .. 'celeriac.dead.caps'
 
 local function lease_key(q) return P .. 'celeriac.leases.' .. q end
 local function delayed_key(q) return P .. 'celeriac.delayed.' .. q end
@@ -65,6 +67,21 @@ local function dead(envelope, q, reason)
   local doc = cjson.encode({id = id, queue = q, reason = reason, failed_at = tostring(now()),
                             envelope = envelope})
   redis.call('ZADD', DEAD, id, doc)
+  -- The caps (absent: the defaults of brokers/dead_letters.py). Ids grow with time, so the
+  -- oldest are always at the front: each dead letter is looked at once when it goes.
+  local caps = redis.call('HMGET', DEADCAPS, 'max_count', 'max_age')
+  local max_count, max_age = tonumber(caps[1]) or 10000, tonumber(caps[2]) or 604800
+  if max_count > 0 then redis.call('ZREMRANGEBYRANK', DEAD, 0, -(max_count + 1)) end
+  if max_age > 0 then
+    local cutoff = now() - max_age
+    while true do
+      local oldest = redis.call('ZRANGE', DEAD, 0, 0)
+      if #oldest == 0 then break end
+      local ok, d = pcall(cjson.decode, oldest[1])
+      if ok and type(d) == 'table' and (tonumber(d.failed_at) or 0) >= cutoff then break end
+      redis.call('ZREMRANGEBYRANK', DEAD, 0, 0)
+    end
+  end
 end
 
 -- kombu's unacked entry is the JSON '[envelope, exchange, routing_key]'. We keep the envelope

@@ -108,9 +108,26 @@ class RedisBroker(Broker):
         #: see read_results), and their expiry in ms.
         self._results_prefix = ""
         self._results_ttl_ms = 0
+        self._caps_sent = False
+
+    def _send_caps(self) -> None:
+        """Write this broker's dead-letter caps where the script reads them (once, on first
+        use): the dead-letter store is shared by every peer of the prefix, and so are its caps,
+        the last broker to start setting them."""
+        opts = self.options
+        self.client.hset(
+            f"{self.prefix}celeriac.dead.caps",
+            mapping={
+                "max_count": opts.dead_letter_max_count or 0,
+                "max_age": opts.dead_letter_max_age or 0,
+            },
+        )
+        self._caps_sent = True
 
     def _call(self, *args: Any) -> Any:
         try:
+            if not self._caps_sent:
+                self._send_caps()
             return self._script(args=[args[0], self.prefix, *args[1:]])
         except redis.RedisError as exc:
             raise BrokerError(f"Redis broker: {args[0]} failed: {exc}") from exc

@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.redis.deadline import DeadlineRetry, bound
 from celeriac.transports.redis.options import RedisConnectionOptions
+from celeriac.urls import mask_urls, redact
 
 #: Errors after which a command may be sent again on a new connection.
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (
@@ -72,7 +73,11 @@ def server_key(url: str) -> str:
     query = sorted((k, v) for k, v in parse_qsl(parts.query) if k not in _OURS)
     if scheme in ("redis", "rediss"):
         db = parts.path.strip("/") or "0"
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}"
+        try:
+            port = parts.port or 6379
+        except ValueError as exc:  # a port that is not a number
+            raise ConfigurationError(f"bad Redis URL {redact(url)!r}: {exc}") from exc
+        where = f"{parts.hostname or 'localhost'}:{port}/{db}"
     else:
         where = f"{parts.netloc}{parts.path}"
     return f"{scheme}://{parts.username or ''}:{parts.password or ''}@{where}?{query}"
@@ -119,9 +124,9 @@ def connect(url: str, options: RedisConnectionOptions | None = None) -> RedisTar
         elif scheme == "sentinel":
             client = _sentinel(url, master, options, common)
         else:
-            raise ConfigurationError(f"not a Redis URL: {url!r}")
+            raise ConfigurationError(f"not a Redis URL: {redact(url)!r}")
     except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from exc
+        raise ConfigurationError(f"bad Redis URL {redact(url)!r}: {mask_urls(str(exc))}") from exc
     return RedisTarget(bound(client), prefix)
 
 
@@ -136,7 +141,7 @@ def _sentinel(
 
     if not master:
         raise ConfigurationError(
-            f"{url!r}: a sentinel:// URL needs the 'master_name' transport option"
+            f"{redact(url)!r}: a sentinel:// URL needs the 'master_name' transport option"
         )
     hosts: list[tuple[str, int]] = []
     db, password = 0, None

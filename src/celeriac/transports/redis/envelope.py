@@ -9,6 +9,7 @@ import base64
 import json
 from typing import Any
 
+from celeriac.exceptions import DecodeError
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Route
 
@@ -40,22 +41,33 @@ def encode_envelope(message: Message, route: Route, priority: int, tag: str) -> 
     )
 
 
+class BadEnvelope(DecodeError, ValueError):
+    """What a Redis list holds is not a kombu envelope (a ValueError too, for callers that
+    handle any malformed input alike)."""
+
+
 def decode_envelope(raw: bytes | str) -> Message:
-    """A :class:`Message` from an envelope; ``ValueError`` when it is not one."""
-    env = json.loads(raw)
+    """A :class:`Message` from an envelope; :class:`BadEnvelope` when it is not one."""
+    try:
+        env = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's limit
+        raise BadEnvelope(f"not a JSON envelope: {exc}") from None
     if not isinstance(env, dict) or not isinstance(env.get("properties"), dict):
-        raise ValueError("not a kombu envelope: no properties object")
+        raise BadEnvelope("not a kombu envelope: no properties object")
     props = env["properties"]
     body = env.get("body")
     if not isinstance(body, str):
-        raise ValueError("envelope body is not a string")
-    if props.get("body_encoding") == "base64":
-        data = base64.b64decode(body, validate=True)
-    else:
-        data = body.encode("utf-8")
+        raise BadEnvelope("envelope body is not a string")
+    try:
+        if props.get("body_encoding") == "base64":
+            data = base64.b64decode(body, validate=True)
+        else:
+            data = body.encode("utf-8")
+    except ValueError as exc:  # not base64; a lone surrogate that is not UTF-8
+        raise BadEnvelope(f"envelope body does not decode: {exc}") from None
     headers = env.get("headers") or {}
     if not isinstance(headers, dict):
-        raise ValueError("envelope headers are not an object")
+        raise BadEnvelope("envelope headers are not an object")
     properties = {k: v for k, v in props.items() if k not in _TRANSPORT_PROPERTIES}
     return Message(
         headers,

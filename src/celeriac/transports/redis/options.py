@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from celeriac.brokers import dead_letters
 from celeriac.brokers.base import DEFAULT_VISIBILITY_TIMEOUT
 from celeriac.transports.options import KOMBU_RETRY
 
@@ -100,6 +101,10 @@ class RedisOptions(RedisConnectionOptions):
     #: to move due ones); ``"queue"``: Celery's way, onto the list with the ``eta`` header, for
     #: producers whose consumers are stock Celery workers
     delayed_delivery: Literal["broker", "queue"] = "broker"
+    #: dead letters kept at most, the oldest dropped first (None or 0: no cap)
+    dead_letter_max_count: int | None = dead_letters.MAX_COUNT
+    #: s a dead letter is kept (None or 0: no limit)
+    dead_letter_max_age: float | None = dead_letters.MAX_AGE
 
     KOMBU_ONLY: ClassVar[frozenset[str]] = KOMBU_REDIS
 

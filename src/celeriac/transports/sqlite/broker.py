@@ -27,6 +27,7 @@ from typing import Any
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, PublishRefused
 from celeriac.protocol.publication import Publication
+from celeriac.transports.sqlite import dead_letters
 from celeriac.transports.sqlite.connection import SQLiteFile
 from celeriac.transports.sqlite.options import SQLiteOptions
 from celeriac.transports.sqlite.rows import UnreadableRow, message_of, salvage
@@ -35,7 +36,8 @@ logger = logging.getLogger("celeriac.broker.sqlite")
 
 READY, DELAYED, LEASED = 0, 1, 2
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS celeriac_messages (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     queue            TEXT    NOT NULL,
@@ -69,6 +71,8 @@ CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
     body             BLOB    NOT NULL
 );
 """
+    + dead_letters.INDEX
+)
 
 _CLAIM = """
 UPDATE celeriac_messages
@@ -189,6 +193,8 @@ class SQLiteBroker(Broker):
                     self._claim_queue(conn, queue, limit, lease_until, out, dead)
                     if len(out) >= limit:
                         break
+                if dead:
+                    self._trim_dead(conn, now)
                 nxt = conn.execute(
                     "SELECT MIN(visible_at) FROM celeriac_messages WHERE state > 0"
                 ).fetchone()[0]
@@ -302,6 +308,11 @@ class SQLiteBroker(Broker):
                     m.body,
                 ),
             )
+            self._trim_dead(conn, time.time())
+
+    def _trim_dead(self, conn: sqlite3.Connection, now: float) -> None:
+        opts = self.options
+        dead_letters.trim(conn, opts.dead_letter_max_count, opts.dead_letter_max_age, now)
 
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         now = time.time()

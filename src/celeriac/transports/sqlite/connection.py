@@ -23,6 +23,7 @@ from typing import Any
 
 from celeriac._fork import generation
 from celeriac.exceptions import BrokerError, CeleriacError, ConfigurationError
+from celeriac.urls import redact
 
 logger = logging.getLogger("celeriac.transport.sqlite")
 
@@ -38,12 +39,12 @@ def path_from_url(url: str) -> str:
     """``sqlite:///rel.db`` is relative to the working directory, ``sqlite:////abs.db`` absolute."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() != "sqlite":
-        raise ConfigurationError(f"not an sqlite:// URL: {url!r}")
+        raise ConfigurationError(f"not an sqlite:// URL: {redact(url)!r}")
     path = rest.split("?", 1)[0]
     if path.startswith("/"):
         path = path[1:]
     if not path:
-        raise ConfigurationError(f"sqlite URL {url!r} names no file; use sqlite:///file.db")
+        raise ConfigurationError(f"sqlite URL {redact(url)!r} names no file; use sqlite:///file.db")
     return str(Path(path).expanduser().resolve())
 
 

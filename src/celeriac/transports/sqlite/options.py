@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from celeriac.brokers import dead_letters
 from celeriac.brokers.base import DEFAULT_VISIBILITY_TIMEOUT
 from celeriac.transports.options import KOMBU_RETRY
 
@@ -21,6 +22,10 @@ class SQLiteOptions:
     #: s between checks for new messages when idle; a check reads one counter and costs
     #: microseconds
     polling_interval: float = 0.005
+    #: dead letters kept at most, the oldest dropped first (None or 0: no cap)
+    dead_letter_max_count: int | None = dead_letters.MAX_COUNT
+    #: s a dead letter is kept (None or 0: no limit)
+    dead_letter_max_age: float | None = dead_letters.MAX_AGE
 
     #: kombu's names for its SQLAlchemy transport (``sqla+sqlite://``) that mean nothing here:
     #: the connection retry policy and ``retry_errors`` (writers wait on SQLite's busy timeout),

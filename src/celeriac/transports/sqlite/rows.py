@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from celeriac.exceptions import DecodeError
 from celeriac.protocol.message import Message
 
 
-class UnreadableRow(ValueError):
+class UnreadableRow(DecodeError, ValueError):
     """A row that cannot be turned into a message; the text says which column and why."""
 
 
@@ -64,7 +65,8 @@ def _object(value: object, column: str) -> dict[str, Any]:
         raise UnreadableRow(f"{column} are {_sql_type(value)}, not JSON text")
     try:
         doc = json.loads(value)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError (a blob) both
+    except (ValueError, RecursionError) as exc:  # also a blob's UnicodeDecodeError, and JSON
+        # nested deeper than Python's recursion limit
         raise UnreadableRow(f"{column} are not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise UnreadableRow(f"{column} are not a JSON object but {type(doc).__name__}")
