@@ -31,12 +31,7 @@ REPORT_ENV = "CELERIAC_RELIABILITY_REPORT"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     wanted = "soak" in (config.getoption("markexpr", "") or "")
     keep, drop = [], []
-    here = Path(__file__).parent
     for item in items:
-        if here in item.path.parents:
-            # Under pytest-xdist the fault scenarios run one after another in one process: they
-            # time recoveries, and two of them at once on 2 cores would time each other.
-            item.add_marker(pytest.mark.xdist_group("faults"))
         if item.get_closest_marker("soak") is not None and not wanted:
             drop.append(item)
         else:
