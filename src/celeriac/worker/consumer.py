@@ -146,6 +146,13 @@ class Consumer:
             self._fetcher_thread.join()
         return fetcher.scheduler.take_all()
 
+    def between_fetches(self) -> None:
+        """Return once a fetch under way when called is over (a driven consumer's: the pool's
+        thread may be blocked in one), so a changed queue list holds for every later lease."""
+        if self.driven:
+            with self._pump_lock:
+                pass
+
     def pump(self, waiting: bool) -> None:
         """One step of a driven consumer, on the pool's thread between two tasks.
 
