@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -80,7 +81,7 @@ def test_rate_limit_set_remotely_spaces_the_starts(fleet):
         # ...each of the two children taking its half, a start a second.
         for pid in {pid for pid, _ in runs}:
             mine = sorted(at for p, at in runs if p == pid)
-            assert all(b - a >= 0.95 for a, b in zip(mine, mine[1:], strict=False)), mine
+            assert all(b - a >= 0.95 for a, b in pairwise(mine)), mine
     finally:
         disabled = fleet.ask("rate_limit", task_name="interop.stamp", rate_limit=None)
         assert disabled == {"ok": "rate limit disabled successfully"}
