@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from celeriac.exceptions import Unsupported
+from celeriac.exceptions import CeleriacError, Unsupported
 
 if TYPE_CHECKING:
     from celeriac.worker.worker import Worker
@@ -103,6 +103,20 @@ def apply(worker: Worker, overrides: Overrides) -> None:
         fetcher.queues = queues
         fetcher.rate_share = share
         fetcher.forget_rate(None)  # a changed limit or share starts a new schedule
+
+
+def stop_consuming(worker: Worker, queues: list[str]) -> None:
+    """Tell the broker ``worker`` no longer fetches ``queues`` (RabbitMQ: cancel the consumers,
+    give back what they received)."""
+    try:
+        worker.app.broker.stop_consuming(queues)
+    except CeleriacError as exc:
+        logger.error(
+            "could not stop consuming %s (%s): what it received returns when this process's "
+            "connection closes",
+            ", ".join(queues),
+            exc,
+        )
 
 
 class SharedOverrides:
@@ -180,10 +194,13 @@ class Follower:
         if self.shared.version == self._seen:
             return
         version, overrides = self.shared.read()
+        dropped = [q for q in self.worker.queues if q not in overrides.queues]
         apply(self.worker, overrides)
         # Acknowledged once no fetch with the old queue list is under way: after a reply to
         # cancel_consumer, nothing more is leased from that queue.
         self.worker.consumer.between_fetches()
+        if dropped and self.worker.consumer.fetcher is not None:
+            stop_consuming(self.worker, dropped)
         self._seen = version
         self.shared.applied(self.slot, version)
         logger.debug("applied run-time settings version %d", version)

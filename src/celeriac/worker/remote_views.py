@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import Unsupported
 from celeriac.worker.activity import request_info
+from celeriac.worker.overrides import stop_consuming
 from celeriac.worker.resize import max_pool_size, resized
 
 if TYPE_CHECKING:
@@ -205,6 +206,7 @@ class LocalView(View):
     def cancel_consumer(self, queue: str) -> None:
         if queue in self.worker.queues:
             self.worker.queues.remove(queue)
+            stop_consuming(self.worker, [queue])
 
 
 class SupervisorView(View):
