@@ -31,7 +31,7 @@ class Fleet:
         replies = self.control.broadcast(
             command, arguments, destination=[node], reply=True, timeout=5.0
         )
-        assert len(replies) == 1, replies
+        assert len(replies) == 1, (replies, self.env.log(self.env.workers[0])[-4000:])
         return replies[0][node]
 
     def starts(self, kind: str = "run") -> dict[str, tuple[int, float]]:
@@ -76,12 +76,14 @@ def test_rate_limit_set_remotely_spaces_the_starts(fleet):
         runs = sorted(ledger[r.id] for r in results)
         assert len(runs) == 6
         times = sorted(at for _, at in runs)
-        # 2/s for the worker: never more than two starts within a second...
-        assert all(b - a >= 0.95 for a, b in zip(times, times[2:], strict=False)), times
+        # 2/s for the worker: never more than two starts within a second (the slots are exact;
+        # a task body starts a little after its slot, by up to ~0.1 s on a loaded machine)...
+        assert all(b - a >= 0.8 for a, b in zip(times, times[2:], strict=False)), times
+        assert times[-1] - times[0] >= 1.8, times
         # ...each of the two children taking its half, a start a second.
         for pid in {pid for pid, _ in runs}:
             mine = sorted(at for p, at in runs if p == pid)
-            assert all(b - a >= 0.95 for a, b in pairwise(mine)), mine
+            assert all(b - a >= 0.8 for a, b in pairwise(mine)), mine
     finally:
         disabled = fleet.ask("rate_limit", task_name="interop.stamp", rate_limit=None)
         assert disabled == {"ok": "rate limit disabled successfully"}

@@ -275,6 +275,12 @@ class RemoteControl:
         self._mailbox: Mailbox | None = None
 
     def start(self) -> None:
+        # Listening before the worker says it is ready: a command sent right after would
+        # otherwise be missed (a pub/sub broadcast reaches only those subscribed already).
+        try:
+            self._mailbox = self._open()
+        except CeleriacError as exc:
+            logger.error("remote control: %s; listening again in 1s", exc)
         self._thread = threading.Thread(target=self._run, name="celeriac-remote", daemon=True)
         self._thread.start()
 

@@ -297,7 +297,15 @@ class Supervisor:
                 self.worker, new
             )  # what this process reports, and what children forked later inherit
             live = [i for i, p in enumerate(self.children) if p is not None and self.wanted[i]]
+        started = time.monotonic()
         late = self.overrides.wait_applied(version, live, timeout)
+        logger.info(
+            "run-time settings version %d applied by %d of %d child(ren) in %.0f ms",
+            version,
+            len(live) - len(late),
+            len(live),
+            (time.monotonic() - started) * 1e3,
+        )
         if late:
             logger.warning(
                 "%d child(ren) did not apply the new settings within %.0fs; they apply them "
