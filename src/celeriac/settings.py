@@ -94,6 +94,8 @@ class Settings:
     worker_prefetch_multiplier: int = 1
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
+    #: The most processes/threads ``pool_grow`` may take the pool to (default: 4 x concurrency).
+    worker_max_pool_size: int | None = None
     #: ``"consume"`` (default): each prefork child consumes from the broker itself and this
     #: process supervises. ``"dispatch"``: this process consumes and pipes tasks to children
     #: (always the case for a broker that lives in one process, ``memory://``).

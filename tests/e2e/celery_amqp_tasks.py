@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 
 from celery import Celery
 
@@ -31,3 +33,14 @@ app.conf.update(
 @app.task(name="interop.add")
 def add(x: int, y: int = 0) -> int:
     return x + y
+
+
+@app.task(name="interop.sleepy", bind=True)
+def sleepy(self, seconds: float) -> float:
+    """As amqp_tasks.sleepy: start and end go to the test's ledger."""
+    for kind in ("start", "end"):
+        with open(Path(os.environ.get("E2E_LEDGER", ".")) / f"{os.getpid()}.log", "a") as f:
+            f.write(f"{kind} {self.request.id} {time.time():.6f}\n")
+        if kind == "start":
+            time.sleep(seconds)
+    return seconds

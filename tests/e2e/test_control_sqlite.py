@@ -64,12 +64,12 @@ def test_inspect_control_and_status_from_the_shell(sqlite_fleet):
 
 def test_a_command_the_pool_cannot_honour_gets_a_typed_reply(sqlite_fleet):
     env, tasks = sqlite_fleet
-    grow = cli(env, "control", "pool_grow", "2")
+    grow = cli(env, "control", "pool_grow", "10")
     assert grow.stdout == (
-        "-> w1@e2e: ERROR\n    pool_grow: the prefork pool of w1@e2e has a fixed size "
-        "(restart it with another -c)\n\n1 node online.\n"
+        "-> w1@e2e: ERROR\n    pool_grow: w1@e2e runs 1 and may grow to 4 at most "
+        "(worker_max_pool_size)\n\n1 node online.\n"
     )
-    replies = tasks.app.control.broadcast("pool_grow", {"n": 1}, reply=True, timeout=2.0)
+    replies = tasks.app.control.broadcast("pool_shrink", {"n": 1}, reply=True, timeout=2.0)
     assert replies[0]["w1@e2e"]["unsupported"] is True
     none = cli(env, "inspect", "ping", "-d", "nobody@nowhere", "-t", "0.3")
     assert (none.returncode, none.stderr) == (1, "Error: no nodes replied within 0.3s\n")

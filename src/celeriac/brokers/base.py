@@ -191,6 +191,11 @@ class Broker(ABC):
                     "with pub/sub (redis:// or amqp://)"
                 )
 
+    def stop_consuming(self, queues: Sequence[str]) -> None:  # noqa: B027 - pull brokers
+        """No longer fetch from ``queues`` (remote control's ``cancel_consumer``). A broker that
+        pushes to subscribers (RabbitMQ) cancels them and gives back what they received and
+        nobody fetched; the others take only what a fetch names and need nothing."""
+
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         """Reserve the next start time for a rate limit shared by every worker.
 

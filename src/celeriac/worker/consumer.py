@@ -68,6 +68,9 @@ class Consumer:
         # Held by whoever fetches or settles in a driven consumer: stop_fetching and drain wait
         # for the pool's thread to be out of both.
         self._pump_lock = threading.Lock()
+        #: a driven consumer's fetches: one under way, how many done (``between_fetches``)
+        self._in_fetch = False
+        self._fetches = 0
         self.rate_share = 1.0
         self.fetcher: Fetcher | None = None
         self.settler: Settler | None = None
@@ -163,6 +166,17 @@ class Consumer:
             self._fetcher_thread.join()
         return fetcher.scheduler.take_all()
 
+    def between_fetches(self, timeout: float = 2.0) -> None:
+        """Return once a fetch under way when called is over (a driven consumer's: the pool's
+        thread may be blocked in one), so a changed queue list holds for every later lease.
+
+        Watched, not waited for on the pump's lock: the pool's thread takes that again at once,
+        and a lock is not fair, so a waiter could starve."""
+        started = self._fetches
+        deadline = time.monotonic() + timeout
+        while self._in_fetch and self._fetches == started and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def pump(self, waiting: bool) -> None:
         """One step of a driven consumer, on the pool's thread between two tasks.
 
@@ -190,7 +204,12 @@ class Consumer:
                 time.sleep(min(0.05, max(0.0, fetcher.scheduler.next_due() - time.time())))
                 return
             timeout = min(0.5, fetcher.scheduler.next_due() - time.time())
-            fetcher.fetch_once(room, timeout, later)
+            self._in_fetch = True
+            try:
+                fetcher.fetch_once(room, timeout, later)
+            finally:
+                self._in_fetch = False
+                self._fetches += 1
 
     def return_unstarted(self, jobs: list[Job]) -> None:
         """Give never-started jobs back to the broker without counting a delivery."""

@@ -170,9 +170,13 @@ class Fetcher:
         else:
             self.submit(job)
 
-    def forget_rate(self, task_name: str) -> None:
-        """``task_name``'s rate limit changed: the next task starts a new schedule."""
-        self._rates.pop(task_name, None)
+    def forget_rate(self, task_name: str | None) -> None:
+        """``task_name``'s rate limit changed (None: every one, or this consumer's share): the
+        next task starts a new schedule."""
+        if task_name is None:
+            self._rates = {}
+        else:
+            self._rates.pop(task_name, None)
 
     def _rate_slot(self, task: object) -> float | None:
         """When a rate-limited task may start: a shared slot from the broker, else our own."""

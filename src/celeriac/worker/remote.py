@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from celeriac import states
 from celeriac.backends.base import DisabledBackend, EncodedResult
 from celeriac.control.mailbox import Command, tick
-from celeriac.exceptions import CeleriacError, TaskRevokedError, Unsupported
+from celeriac.exceptions import CeleriacError, ConfigurationError, TaskRevokedError, Unsupported
 from celeriac.protocol.results import make_meta
 from celeriac.routing import Queue
+from celeriac.worker.limits import parse_rate
 from celeriac.worker.remote_conf import masked_conf
 
 if TYPE_CHECKING:
@@ -174,10 +175,15 @@ def _store_revoked(view: View, ids: list[str]) -> None:
 
 @command("rate_limit")
 def _rate_limit(view: View, args: dict[str, Any]) -> Any:
+    rate = args.get("rate_limit")
+    try:
+        parse_rate(rate)
+    except ConfigurationError as exc:
+        return {"error": f"Invalid rate limit string: {exc}"}
     task = view.app.tasks.get(str(args.get("task_name")))
     if task is None:
         return {"error": "unknown task"}
-    view.set_rate_limit(task.name, args.get("rate_limit"))
+    view.set_rate_limit(task.name, rate)
     if not args.get("rate_limit"):
         return ok("rate limit disabled successfully")
     return ok("new rate limit set successfully")
@@ -188,8 +194,12 @@ def _time_limit(view: View, args: dict[str, Any]) -> Any:
     task = view.app.tasks.get(str(args.get("task_name")))
     if task is None:
         return {"error": "unknown task"}
-    view.set_time_limit(task.name, args.get("soft"), args.get("hard"))
+    view.set_time_limit(task.name, _seconds(args.get("soft")), _seconds(args.get("hard")))
     return ok("time limits set successfully")
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @command("shutdown")
@@ -224,7 +234,7 @@ def _add_consumer(view: View, args: dict[str, Any]) -> Any:
 def _cancel_consumer(view: View, args: dict[str, Any]) -> Any:
     queue = str(args.get("queue"))
     view.cancel_consumer(queue)
-    return ok(f"no longer consuming from {queue!r}")
+    return ok(f"no longer consuming from {queue}")
 
 
 def _queue_dict(view: View, name: str) -> dict[str, Any]:
@@ -265,6 +275,12 @@ class RemoteControl:
         self._mailbox: Mailbox | None = None
 
     def start(self) -> None:
+        # Listening before the worker says it is ready: a command sent right after would
+        # otherwise be missed (a pub/sub broadcast reaches only those subscribed already).
+        try:
+            self._mailbox = self._open()
+        except CeleriacError as exc:
+            logger.error("remote control: %s; listening again in 1s", exc)
         self._thread = threading.Thread(target=self._run, name="celeriac-remote", daemon=True)
         self._thread.start()
 

@@ -6,9 +6,10 @@
 * :class:`SupervisorView`: a prefork worker whose children consume. The tasks live in the
   children; the supervisor knows what each holds and runs from their shared-memory slots
   (``lease_slots.py``), stops a revoked running task by killing the child that runs it (the
-  task ends REVOKED, see ``custody.py``), and hands revoked ids to the children through a ring
-  in shared memory (``revoked.py``). Changing a running child's settings (rate and time limits,
-  queues, pool size) is not done yet: those commands answer "unsupported".
+  task ends REVOKED, see ``custody.py``), hands revoked ids to the children through a ring
+  in shared memory (``revoked.py``) and the settings it changes (rate and time limits, queues,
+  the pool's size) through another (``overrides.py``), and starts or retires children to
+  resize the pool.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import os
 import resource
 import time
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import Unsupported
 from celeriac.worker.activity import request_info
+from celeriac.worker.overrides import stop_consuming
+from celeriac.worker.resize import max_pool_size, resized
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -70,29 +74,21 @@ class View(ABC):
     def _total(self) -> dict[str, int]:
         return {}
 
-    def set_rate_limit(self, task_name: str, rate: Any) -> None:
-        raise self._unsupported("rate_limit")
+    @abstractmethod
+    def set_rate_limit(self, task_name: str, rate: Any) -> None: ...
 
-    def set_time_limit(self, task_name: str, soft: Any, hard: Any) -> None:
-        raise self._unsupported("time_limit")
+    @abstractmethod
+    def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None: ...
 
+    @abstractmethod
     def resize(self, n: int) -> None:
-        raise Unsupported(
-            f"{'pool_grow' if n > 0 else 'pool_shrink'}: the {self.worker.pool_name} pool of "
-            f"{self.hostname} has a fixed size (restart it with another -c)"
-        )
+        """Grow the pool by ``n`` (shrink when negative)."""
 
-    def add_consumer(self, queue: str) -> None:
-        raise self._unsupported("add_consumer")
+    @abstractmethod
+    def add_consumer(self, queue: str) -> None: ...
 
-    def cancel_consumer(self, queue: str) -> None:
-        raise self._unsupported("cancel_consumer")
-
-    def _unsupported(self, what: str) -> Unsupported:
-        return Unsupported(
-            f"{what}: not supported by {self.hostname} (a prefork worker whose children "
-            "consume; restart it with the new setting)"
-        )
+    @abstractmethod
+    def cancel_consumer(self, queue: str) -> None: ...
 
     def stats(self) -> dict[str, Any]:
         """Celery's ``stats`` reply (the keys Flower and ``celery inspect stats`` read)."""
@@ -122,6 +118,11 @@ class View(ABC):
 
 
 class LocalView(View):
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(worker)
+        #: how far ``pool_grow`` may take a pool that can grow (fixed at start, as prefork's)
+        self.max_size = max_pool_size(self.app.conf, worker.concurrency)
+
     def active(self) -> list[dict[str, Any]]:
         return self.worker.activity.active()
 
@@ -173,15 +174,31 @@ class LocalView(View):
         if fetcher is not None:
             fetcher.forget_rate(task_name)
 
-    def set_time_limit(self, task_name: str, soft: Any, hard: Any) -> None:
+    def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
         if hard is not None and self.worker.pool_name != "prefork":
             raise Unsupported(
                 f"time_limit: the {self.worker.pool_name} pool cannot enforce a hard time limit "
                 "(it cannot kill a running task); set soft= only"
             )
         task = self.app.tasks[task_name]
-        task.soft_time_limit = float(soft) if soft is not None else None
-        task.time_limit = float(hard) if hard is not None else None
+        task.soft_time_limit, task.time_limit = soft, hard
+
+    def resize(self, n: int) -> None:
+        pool, worker = self.worker.pool, self.worker
+        resize = getattr(pool, "resize", None)
+        if resize is None:
+            raise Unsupported(
+                f"{'pool_grow' if n > 0 else 'pool_shrink'}: the {worker.pool_name} pool of "
+                f"{self.hostname} has a fixed size (restart it with another -c)"
+            )
+        size = resized(self.hostname, worker.concurrency, n, self.max_size)
+        per_slot = max(1, worker.prefetch // worker.concurrency)
+        resize(n)
+        inflight = worker.consumer.inflight
+        with inflight.cond:  # room for the slots added (none beyond those left)
+            inflight.prefetch = max(1, inflight.prefetch + n * per_slot)
+            inflight.cond.notify_all()
+        worker.concurrency, worker.prefetch = size, size * per_slot
 
     def add_consumer(self, queue: str) -> None:
         self.worker.queues.append(queue)
@@ -189,6 +206,7 @@ class LocalView(View):
     def cancel_consumer(self, queue: str) -> None:
         if queue in self.worker.queues:
             self.worker.queues.remove(queue)
+            stop_consuming(self.worker, [queue])
 
 
 class SupervisorView(View):
@@ -240,3 +258,20 @@ class SupervisorView(View):
 
     def shutdown(self) -> None:
         self.supervisor.stop()
+
+    def set_rate_limit(self, task_name: str, rate: Any) -> None:
+        self.supervisor.change(lambda o: o.with_rate(task_name, rate or None))
+
+    def set_time_limit(self, task_name: str, soft: float | None, hard: float | None) -> None:
+        self.supervisor.change(lambda o: o.with_time_limits(task_name, soft, hard))
+
+    def resize(self, n: int) -> None:
+        self.supervisor.resize(n)
+
+    def add_consumer(self, queue: str) -> None:
+        self.supervisor.change(lambda o: replace(o, queues=(*o.queues, queue)))
+
+    def cancel_consumer(self, queue: str) -> None:
+        self.supervisor.change(
+            lambda o: replace(o, queues=tuple(q for q in o.queues if q != queue))
+        )

@@ -17,7 +17,11 @@ work per task; it only
 * enforces ``max_memory_per_child`` while a task runs: a child that grows past it is told to
   stop the task (``MemoryLimitExceeded`` raised in it) and killed if it cannot;
 * turns the first SIGTERM/SIGINT into a warm shutdown of every child (each finishes its task and
-  returns its prefetched messages) and the second into a cold one.
+  returns its prefetched messages) and the second into a cold one;
+* passes what remote control changes at run time (rate and time limits, queues, the pool's
+  size) to the children (``overrides.py``), and grows or shrinks the pool (``pool_grow``,
+  ``pool_shrink``) up to ``worker_max_pool_size`` children, the size its shared memory was
+  made for.
 """
 
 from __future__ import annotations
@@ -29,18 +33,23 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from multiprocessing.connection import wait
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
+from celeriac.exceptions import Unsupported
 from celeriac.urls import redact
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
+from celeriac.worker.overrides import Follower, Overrides, SharedOverrides, apply
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
+from celeriac.worker.resize import max_pool_size, resized
 from celeriac.worker.revoked import Revoked, RevokedRing
 from celeriac.worker.worker import Worker
 
@@ -70,22 +79,30 @@ class Supervisor:
         self.worker = worker
         self.app = worker.app
         self.size = worker.concurrency
+        # Shared memory is made once, before the first fork: for as many children as the pool
+        # may grow to. A child slot is "wanted" while the pool's size includes it.
+        self.capacity = cap = max_pool_size(worker.app.conf, self.size)
+        self.wanted = [i < self.size for i in range(cap)]
+        #: messages each child may hold (the same for children added later)
+        self.child_prefetch = max(1, worker.prefetch // self.size)
         # One double per child: when its running task must be over (0: no hard limit running).
-        self.deadlines = mp.get_context("fork").RawArray("d", self.size)
-        self.children: list[BaseProcess | None] = [None] * self.size
-        self.born = [0.0] * self.size
-        self.crashes = [0] * self.size
-        self.respawn_at = [0.0] * self.size
+        self.deadlines = mp.get_context("fork").RawArray("d", cap)
+        self.children: list[BaseProcess | None] = [None] * cap
+        self.born = [0.0] * cap
+        self.crashes = [0] * cap
+        self.respawn_at = [0.0] * cap
         self._stopping = False
         # Re-entrant: the signal handler takes it on the main thread, which may hold it already.
         self._lock = threading.RLock()
-        self.custody = Custody(self.app, self.size)
-        # Revoked ids reach the children (which consume) through shared memory.
+        self.custody = Custody(self.app, cap)
+        # Revoked ids reach the children (which consume) through shared memory, and so do the
+        # settings remote control changes.
         worker.revoked = Revoked(RevokedRing())
+        self.overrides = SharedOverrides(Overrides(tuple(worker.queues), self.size), cap)
         #: why this process killed a child, until it is reaped: (death, detail)
-        self._killed: list[tuple[Death, str] | None] = [None] * self.size
+        self._killed: list[tuple[Death, str] | None] = [None] * cap
         #: when a child over its memory limit was told to stop its task (monotonic; 0: not yet)
-        self._memory_warned = [0.0] * self.size
+        self._memory_warned = [0.0] * cap
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -116,7 +133,7 @@ class Supervisor:
             worker.hostname,
             ",".join(worker.queues),
             self.size,
-            self.worker.prefetch // self.size,
+            self.child_prefetch,
             redact(app.conf.broker_url),
         )
         try:
@@ -150,10 +167,11 @@ class Supervisor:
             args=(
                 self.worker,
                 os.getpid(),
-                self.size,
+                self.child_prefetch,
                 _SharedDeadline(self.deadlines, index),
                 self.custody.writer(index),
                 self.worker.revoked,
+                (self.overrides, index),
             ),
             name=f"ForkPoolWorker-{index + 1}",
             daemon=False,
@@ -161,6 +179,7 @@ class Supervisor:
         self.deadlines[index] = 0.0
         self._killed[index] = None
         self._memory_warned[index] = 0.0
+        self.overrides.forget(index)
         proc.start()
         self.children[index] = proc
         self.born[index] = time.monotonic()
@@ -179,6 +198,9 @@ class Supervisor:
             death, detail = self._killed[index] or (Death.CRASHED, f"exit code {code}")
             self.custody.child_died(index, death, detail)
         if stopping:
+            return
+        if not self.wanted[index]:
+            logger.info("child %s ended: the pool shrank", proc.pid)
             return
         lived = time.monotonic() - self.born[index]
         if code == EXIT_REPLACE:
@@ -201,7 +223,12 @@ class Supervisor:
         now = time.monotonic()
         with self._lock:
             for i, proc in enumerate(self.children):
-                if proc is None and self.respawn_at[i] <= now and not self._stopping:
+                if (
+                    proc is None
+                    and self.wanted[i]
+                    and self.respawn_at[i] <= now
+                    and not self._stopping
+                ):
                     self._spawn(i)
 
     def _enforce_deadlines(self) -> None:
@@ -267,6 +294,67 @@ class Supervisor:
                 logger.error("child %s did not stop its task; killing it", proc.pid)
                 self._kill(i, proc.pid, Death.MEMORY, detail)
 
+    # -- run-time changes (remote control) -------------------------------------------------------
+    def change(self, how: Callable[[Overrides], Overrides], timeout: float = 3.0) -> None:
+        """Change the run-time settings with ``how`` here and in every child; returns once each
+        running child applied them (or after ``timeout`` s, logged)."""
+        with self._lock:
+            new = how(self.overrides.current)
+            version = self.overrides.publish(new)
+            apply(
+                self.worker, new
+            )  # what this process reports, and what children forked later inherit
+            live = [i for i, p in enumerate(self.children) if p is not None and self.wanted[i]]
+        started = time.monotonic()
+        late = self.overrides.wait_applied(version, live, timeout)
+        logger.info(
+            "run-time settings version %d applied by %d of %d child(ren) in %.0f ms",
+            version,
+            len(live) - len(late),
+            len(live),
+            (time.monotonic() - started) * 1e3,
+        )
+        if late:
+            logger.warning(
+                "%d child(ren) did not apply the new settings within %.0fs; they apply them "
+                "when they can",
+                len(late),
+                timeout,
+            )
+
+    def resize(self, delta: int) -> int:
+        """Grow (``delta`` > 0) or shrink the pool; the new size. Children added start within a
+        tick; children retired finish their running task first (a warm stop)."""
+        with self._lock:
+            if self._stopping:
+                raise Unsupported(f"{self.worker.hostname} is shutting down")
+            size = resized(self.worker.hostname, self.size, delta, self.capacity)
+            free = [i for i in range(self.capacity) if not self.wanted[i]]
+            # New slots: empty ones first; else one whose child is still finishing (it is
+            # replaced once it ends).
+            free.sort(key=lambda i: self.children[i] is not None)
+            for i in free[: max(0, delta)]:
+                self.wanted[i] = True
+                self.respawn_at[i] = 0.0
+                self.crashes[i] = 0
+            if delta < 0:
+                busy = [i for i in range(self.capacity) if self.wanted[i]]
+                # Retire idle children first, then the newest slots.
+                busy.sort(key=lambda i: (bool(self.custody.held(i)), i))
+                for i in busy[:-delta]:
+                    self.wanted[i] = False
+                    proc = self.children[i]
+                    if proc is not None and proc.pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(proc.pid, signal.SIGTERM)
+            self.size = size
+            self.worker.concurrency = size
+            self.worker.prefetch = size * self.child_prefetch
+        # Each child's part of a per-worker rate limit follows the size.
+        self.change(lambda o: replace(o, size=size), timeout=0.0)
+        logger.warning("pool resized to %d child(ren)", size)
+        return size
+
     # -- stopping --------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping:
@@ -310,10 +398,11 @@ def _signal_of(name: str) -> signal.Signals:
 def _child_main(
     worker: Worker,
     parent_pid: int,
-    size: int,
+    prefetch: int,
     deadline: Deadline,
     slot: SlotWriter,
     revoked: Revoked,
+    overrides: tuple[SharedOverrides, int],
 ) -> None:
     die_with_parent(parent_pid)
     # The parent decides about shutdown; a Ctrl-C in the terminal must not kill tasks midway.
@@ -325,13 +414,13 @@ def _child_main(
         concurrency=1,
         pool=partial(ChildPool, deadline=deadline),
         hostname=worker.hostname,
-        prefetch_multiplier=max(1, worker.prefetch // size),
+        prefetch_multiplier=prefetch,
         max_tasks_per_child=worker.max_tasks_per_child,
         max_memory_per_child=worker.max_memory_per_child,
         install_signal_handlers=False,
         announce=False,
     )
-    child.consumer.rate_share = 1.0 / size
+    Follower(*overrides, child).start()  # queues, limits, rate share: now and as they change
     child.revoked = revoked  # the supervisor's ring: ids revoked after this fork too
     child.activity.on_start = slot.running  # what runs, where remote control reads it
     slot.attach(child.consumer.inflight)  # what it holds, where this supervisor sees it

@@ -298,6 +298,10 @@ class AMQPBroker(Broker):
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: a delivery stays leased while its channel lives."""
 
+    def stop_consuming(self, queues: Sequence[str]) -> None:
+        for delivery in self.inbox.unsubscribe(queues):
+            self.requeue(delivery, count=False)  # received, never fetched: not a delivery
+
     def requeue(
         self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
     ) -> None:

@@ -183,6 +183,25 @@ class Inbox:
             self._buffer.append(delivery)
             self._cond.notify_all()
 
+    def unsubscribe(self, queues: Sequence[str]) -> list[Delivery]:
+        """Cancel the consumers of ``queues``; what they received that no fetch took (still
+        held here, to be given back by the caller)."""
+        gone = set(queues)
+
+        def cancel() -> None:
+            chan = self.link.existing("consume")
+            with self._cond:
+                tags = [self._consumers.pop(q)[0] for q in gone if q in self._consumers]
+            if chan is not None and chan.epoch == self._epoch:
+                for ctag in tags:
+                    chan.channel.basic_cancel(ctag)
+
+        self.link.run(cancel, ADMIN_TIMEOUT + 5, "unsubscribing")
+        with self._cond:
+            left = [d for d in self._buffer if d.queue in gone and d.tag.epoch == self._epoch]
+            self._buffer = deque(d for d in self._buffer if d.queue not in gone)
+        return left
+
     def _on_cancel(self, consumer_tag: str) -> None:
         """RabbitMQ cancelled a consumer (its queue was deleted): the next fetch declares the
         queue again and subscribes afresh."""

@@ -15,12 +15,25 @@ from celeriac.worker.pools.base import Pool, drain_jobs
 class ThreadPool(Pool):
     def start(self) -> None:
         self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"celeriac-thread-{i}", daemon=True)
-            for i in range(self.concurrency)
-        ]
-        for t in self._threads:
+        self._threads: list[threading.Thread] = []
+        self._add(self.concurrency)
+
+    def _add(self, n: int) -> None:
+        for _ in range(n):
+            t = threading.Thread(
+                target=self._run, name=f"celeriac-thread-{len(self._threads)}", daemon=True
+            )
             t.start()
+            self._threads.append(t)
+
+    def resize(self, delta: int) -> None:
+        """Start ``delta`` more threads, or end ``-delta`` of them (each after the jobs queued
+        before its stop marker: a running task is never cut short)."""
+        if delta > 0:
+            self._add(delta)
+        for _ in range(-delta):
+            self._jobs.put(None)
+        self.concurrency += delta
 
     def _run(self) -> None:
         while True:
