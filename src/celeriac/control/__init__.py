@@ -89,18 +89,27 @@ class Control:
         A task that already succeeded stays SUCCESS. With ``reply``, the workers' answers.
         """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        backend = self.app.backend
-        if not isinstance(backend, DisabledBackend):
-            items = []
-            for tid in ids:
-                meta = make_meta(tid, states.REVOKED, TaskRevokedError("revoked"))
-                meta["revoke"] = {"terminate": bool(terminate), "signal": signal or "SIGTERM"}
-                items.append(EncodedResult(tid, states.REVOKED, backend.encode_meta(meta)))
-            backend.store_encoded(items)
         arguments = {"task_id": ids, "terminate": bool(terminate), "signal": signal or "SIGTERM"}
-        return self.broadcast(
-            "revoke", arguments, destination=destination, reply=reply, timeout=timeout
-        )
+        # Broadcast first, store after (also when the broadcast fails): a worker running the
+        # task would otherwise see the stored flag, end the task itself, and answer the
+        # broadcast that it knows of no such task.
+        try:
+            return self.broadcast(
+                "revoke", arguments, destination=destination, reply=reply, timeout=timeout
+            )
+        finally:
+            self._store_revoked(ids, terminate, signal)
+
+    def _store_revoked(self, ids: list[str], terminate: bool, signal: str | None) -> None:
+        backend = self.app.backend
+        if isinstance(backend, DisabledBackend):
+            return
+        items = []
+        for tid in ids:
+            meta = make_meta(tid, states.REVOKED, TaskRevokedError("revoked"))
+            meta["revoke"] = {"terminate": bool(terminate), "signal": signal or "SIGTERM"}
+            items.append(EncodedResult(tid, states.REVOKED, backend.encode_meta(meta)))
+        backend.store_encoded(items)
 
     # -- control commands, as Celery's (no reply unless asked) --------------------------------
     def _command(self, name: str, arguments: dict[str, Any], **kwargs: Any) -> list[dict[str, Any]]:
