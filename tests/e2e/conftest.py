@@ -26,6 +26,16 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def ledger_records(ledger: Path) -> list[tuple[Path, list[str]]]:
+    """(ledger file, fields) of every complete line: a worker may be writing the last one."""
+    out = []
+    for path in sorted(ledger.glob("*.log")):
+        text = path.read_text()
+        for line in text[: text.rfind("\n") + 1].splitlines():
+            out.append((path, line.split()))
+    return out
+
+
 class Env:
     """One test's SQLite broker, ledger and worker processes."""
 
@@ -87,11 +97,9 @@ class Env:
 
     def ledger_entries(self, kind: str = "run") -> Counter[str]:
         counts: Counter[str] = Counter()
-        for path in self.ledger.glob("*.log"):
-            for line in path.read_text().splitlines():
-                k, task_id, _ = line.split()
-                if k == kind:
-                    counts[task_id] += 1
+        for _, (k, task_id, _at) in ledger_records(self.ledger):
+            if k == kind:
+                counts[task_id] += 1
         return counts
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from celeriac.brokers import create_broker
 from tests import amqp_support
 
 from .amqp_env import AmqpEnv
+from .conftest import ledger_records
 from .redis_env import HERE, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.amqp]
@@ -60,11 +61,9 @@ def proxied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def ran(env: AmqpEnv) -> set[str]:
     """Ids in the ledger, skipping a line a worker thread is still writing."""
     ids = set()
-    for path in env.ledger.glob("*.log"):
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "run":
-                ids.add(parts[1])
+    for _, parts in ledger_records(env.ledger):
+        if parts[0] == "run":
+            ids.add(parts[1])
     return ids
 
 
@@ -200,11 +199,9 @@ def test_10000_hour_long_countdowns_cost_the_worker_no_memory(amqp_e2e):
 
 
 def _ran_at(env: AmqpEnv, task_id: str) -> float:
-    for path in env.ledger.glob("*.log"):
-        for line in path.read_text().splitlines():
-            _, tid, at = line.split()
-            if tid == task_id:
-                return float(at)
+    for _, (_kind, tid, at) in ledger_records(env.ledger):
+        if tid == task_id:
+            return float(at)
     raise AssertionError(f"{task_id} did not run")
 
 

@@ -15,6 +15,7 @@ import pytest
 from tests import amqp_support
 
 from .amqp_env import AmqpEnv
+from .conftest import ledger_records
 from .redis_env import wait_for
 from .test_amqp import amqp_e2e  # noqa: F401 - a fixture
 
@@ -29,11 +30,9 @@ def topic_spec(tag: str) -> tuple[str, str, list[list[str]]]:
 def runs(env: AmqpEnv) -> list[tuple[str, str]]:
     """(ledger file, task id) per run: a ledger file per worker process."""
     out = []
-    for path in env.ledger.glob("*.log"):
-        for line in path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "run":
-                out.append((path.name, parts[1]))
+    for path, parts in ledger_records(env.ledger):
+        if parts[0] == "run":
+            out.append((path.name, parts[1]))
     return out
 
 

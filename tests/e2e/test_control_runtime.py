@@ -14,6 +14,7 @@ import pytest
 
 from celeriac import states
 
+from .conftest import ledger_records
 from .redis_env import HERE, RedisEnv, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.xdist_group("control-runtime")]
@@ -37,11 +38,9 @@ class Fleet:
     def starts(self, kind: str = "run") -> dict[str, tuple[int, float]]:
         """Ledger records of ``kind``: task id -> (pid, time)."""
         out = {}
-        for path in self.env.ledger.glob("*.log"):
-            for line in path.read_text().splitlines():
-                k, task_id, at = line.split()
-                if k == kind:
-                    out[task_id] = (int(path.stem), float(at))
+        for path, (k, task_id, at) in ledger_records(self.env.ledger):
+            if k == kind:
+                out[task_id] = (int(path.stem), float(at))
         return out
 
 

@@ -10,18 +10,16 @@ import pytest
 from celeriac import SoftTimeLimitExceeded, TimeLimitExceeded, states
 from celeriac.exceptions import TaskRevokedError
 
-from .conftest import wait_for
+from .conftest import ledger_records, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 def _times(env, kind: str, task_id: str) -> list[float]:
     out = []
-    for path in env.ledger.glob("*.log"):
-        for line in path.read_text().splitlines():
-            k, tid, ts = line.split()
-            if k == kind and tid == task_id:
-                out.append(float(ts))
+    for _, (k, tid, ts) in ledger_records(env.ledger):
+        if k == kind and tid == task_id:
+            out.append(float(ts))
     return sorted(out)
 
 
