@@ -18,6 +18,7 @@ from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.connections import Connections
 from celeriac.control import Control
+from celeriac.current import set_current_app
 from celeriac.keyring import keyring_of
 from celeriac.protocol.message import build_task_message, new_id
 from celeriac.protocol.publication import Publication
@@ -75,6 +76,11 @@ class Celeriac:
         if explicit:
             self.conf.update(explicit)
         register_builtins(self)
+        set_current_app(self)  # as Celery's set_as_current: see celeriac.current
+
+    def set_current(self) -> None:
+        """Make this the app signatures built without one use (the last app created is)."""
+        set_current_app(self)
 
     # -- configuration ---------------------------------------------------------------------
     def config_from_object(self, obj: Any, *, namespace: str | None = None) -> None:
