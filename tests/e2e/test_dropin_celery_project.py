@@ -22,7 +22,8 @@ from tests import amqp_support, redis_support
 
 from .conftest import HERE, wait_for
 
-pytestmark = pytest.mark.e2e
+# One xdist process for the module, so each broker's two workers start once.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dropin_celery_project")]
 
 IMPORT = "from celery import Celery, chain, chord, group"
 SWITCHED = "from celeriac import Celery, chain, chord, group"
