@@ -15,6 +15,7 @@ PUBLIC = [
     "Broadcast",
     "Celeriac",
     "CeleriacError",
+    "Celery",
     "ConfigurationError",
     "EagerResult",
     "Exchange",

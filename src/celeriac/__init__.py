@@ -26,6 +26,10 @@ from celeriac.routing import Broadcast, Exchange, Queue
 from celeriac.tasks.context import Request
 from celeriac.tasks.task import Task
 
+#: Celery's name for the app class, so that switching a project's ``from celery import
+#: Celery`` to ``from celeriac import Celery`` is the whole change.
+Celery = Celeriac
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "Broadcast",
     "Celeriac",
     "CeleriacError",
+    "Celery",
     "ConfigurationError",
     "EagerResult",
     "Exchange",

@@ -18,6 +18,8 @@ from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.connections import Connections
 from celeriac.control import Control
+from celeriac.current import set_current_app
+from celeriac.discovery import Packages, discover
 from celeriac.keyring import keyring_of
 from celeriac.protocol.message import build_task_message, new_id
 from celeriac.protocol.publication import Publication
@@ -64,6 +66,8 @@ class Celeriac:
         #: (task_queues as configured, the other settings it depends on, the topology)
         self._topology: tuple[Any, tuple[Any, ...], Topology] | None = None
         self._fork_gen = generation()
+        #: autodiscover_tasks() calls not run yet: (packages, related name)
+        self._discover: list[tuple[Packages, str]] = []
         if config_source is not None:
             self.config_from_object(config_source)
         explicit = dict(settings)
@@ -76,6 +80,11 @@ class Celeriac:
         if explicit:
             self.conf.update(explicit)
         register_builtins(self)
+        set_current_app(self)  # as Celery's set_as_current: see celeriac.current
+
+    def set_current(self) -> None:
+        """Make this the app signatures built without one use (the last app created is)."""
+        set_current_app(self)
 
     # -- configuration ---------------------------------------------------------------------
     def config_from_object(self, obj: Any, *, namespace: str | None = None) -> None:
@@ -87,9 +96,24 @@ class Celeriac:
         self._reset_connections()
 
     def import_modules(self) -> None:
-        """Import ``imports`` and ``include`` so that their tasks register (workers do this)."""
+        """Import ``imports`` and ``include`` so that their tasks register (workers do this),
+        and the tasks modules :meth:`autodiscover_tasks` was asked to find."""
         for name in [*self.conf.imports, *self.conf.include]:
             importlib.import_module(name)
+        pending, self._discover = self._discover, []
+        for packages, related_name in pending:
+            discover(packages, related_name)
+
+    def autodiscover_tasks(
+        self, packages: Packages = None, related_name: str = "tasks", force: bool = False
+    ) -> None:
+        """Import ``<package>.tasks`` for each of ``packages`` (a list, or a callable returning
+        one; default: Django's installed apps) when the app imports its modules, or now with
+        ``force=True`` (see :mod:`celeriac.discovery`)."""
+        if force:
+            discover(packages, related_name)
+        else:
+            self._discover.append((packages, related_name))
 
     # -- tasks ----------------------------------------------------------------------------
     @overload

@@ -21,7 +21,7 @@ from celeriac.canvas.signature import Signature, chain, chord, group
 from celeriac.protocol.message import new_id
 from celeriac.protocol.publication import Publication
 from celeriac.result import AsyncResult, GroupResult
-from celeriac.sending import publish
+from celeriac.sending import publish, reply_to_of
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -96,6 +96,13 @@ def freeze(app: Celeriac, sig: Signature) -> AsyncResult[Any]:
         result.parent = header_result
         return result
     task_id = opts.setdefault("task_id", new_id())
+    if not opts.get("reply_to"):
+        # As Celery's freeze: every step carries the client's reply queue, so a worker that
+        # sends the next step (a chain's, a chord's body) addresses its result to the client
+        # (``rpc://``), whichever worker, Celery's or ours, sends it.
+        reply_to = reply_to_of(None, lambda: app.backend.reply_to())
+        if reply_to:
+            opts["reply_to"] = reply_to
     return AsyncResult(task_id, app, task_name=sig.name)
 
 

@@ -88,9 +88,12 @@ class Signature(dict[str, Any]):
         return self._app
 
     def _require_app(self) -> Celeriac:
-        if self._app is None:
-            raise RuntimeError(f"{self!r} is not bound to an app; build it with task.s(...)")
-        return self._app
+        """This signature's app, else (built by name, as Celery code does) the current one."""
+        if self._app is not None:
+            return self._app
+        from celeriac.current import current_app
+
+        return current_app()
 
     # -- building -------------------------------------------------------------------------------
     def clone(
@@ -168,9 +171,9 @@ class Signature(dict[str, Any]):
         from celeriac.worker.eager import eager_scope, run_eagerly
 
         app = self._require_app()
-        handle = freeze(app, self)
         plan = Plan()
-        with eager_scope():
+        with eager_scope():  # freezing too: no reply queue is opened for an eager run
+            handle = freeze(app, self)
             plan_signature(app, self, list(args or ()), dict(kwargs or {}), options, plan)
         return run_eagerly(app, plan.publishes, handle, chord_starts=plan.chord_starts)
 
@@ -216,6 +219,11 @@ class _TaskList(Signature):
     @property
     def tasks(self) -> list[Signature]:
         return [Signature.from_dict(t, self._app) for t in self["kwargs"]["tasks"]]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``chain(...)()``, ``group(...)()``: send it, as Celery does (a workflow has no
+        function to call here)."""
+        return self.apply_async(args, kwargs)
 
 
 class chain(_TaskList):

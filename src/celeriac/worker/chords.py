@@ -16,6 +16,8 @@ from celeriac.canvas.plan import Plan, freeze, plan_signature
 from celeriac.canvas.signature import Signature, chain
 from celeriac.exceptions import ChordError
 from celeriac.protocol.results import make_meta
+from celeriac.tasks.context import Request
+from celeriac.worker.errbacks import run_errbacks
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -57,9 +59,20 @@ def _fail_body(
         for tid in _ids(body)
     ]
     first_id = results[0][0] if results else None
-    for eb in body.options.get("link_error") or []:
-        errback = Signature.from_dict(eb, app)
-        plan_signature(app, errback, [] if errback.immutable else [first_id], {}, {}, plan)
+    errbacks = body.options.get("link_error")
+    # The body never ran: its errbacks get a request made from the body's signature (Celery's
+    # chord_error_from_stack does the same), and the old form the body's id.
+    request = Request(
+        id=first_id, task=body.name, args=body.args, kwargs=body.kwargs, errbacks=errbacks
+    )
+    run_errbacks(
+        app,
+        errbacks,
+        request,
+        exc,
+        None,
+        lambda eb: plan_signature(app, eb, [] if eb.immutable else [first_id], {}, {}, plan),
+    )
     return results
 
 

@@ -19,6 +19,7 @@ from celeriac.protocol.message import TaskHeaders
 from celeriac.protocol.results import make_meta
 from celeriac.protocol.signing import sign_encoded
 from celeriac.tasks.context import Request
+from celeriac.worker.errbacks import run_errbacks
 from celeriac.worker.job import Action, Job, Outcome
 from celeriac.worker.result_size import oversize
 
@@ -160,8 +161,14 @@ def failure_outcome(
     assert request.id is not None
     tb = "".join(tb_mod.format_exception(type(exc), exc, exc.__traceback__))
     plan = Plan()
-    for eb in request.errbacks or []:
-        _follow(app, plan, eb, [request.id], request)
+    run_errbacks(
+        app,
+        request.errbacks,
+        request,
+        exc,
+        exc.__traceback__,
+        lambda sig: _follow(app, plan, sig, [request.id], request),
+    )
     chord = _chord_part(request)
     store = (
         chord is not None

@@ -428,3 +428,24 @@ def test_publish_many_is_one_round_trip_even_after_redis_lost_the_script(tmp_pat
         watcher.close()
         broker.close()
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["queue", "broker"])
+def test_a_countdown_goes_where_delayed_delivery_says(prefix: str, mode: str) -> None:
+    # "queue" (the default): onto the list with the eta header a Celery worker reads, and our
+    # fetch parks it in the sorted set; "broker": into the sorted set at once.
+    options = {} if mode == "queue" else {"delayed_delivery": "broker"}
+    broker = create_broker(redis_support.url_with_prefix(prefix), options)
+    eta = time.time() + 60
+    message = build_task_message(default_registry, task_name="t", task_id="cd", eta=eta)
+    try:
+        broker.publish(Publication(message, Route("q"), eta=eta))
+        r = broker.client
+        assert (r.llen(f"{prefix}q"), r.zcard(f"{prefix}celeriac.delayed.q")) == (
+            (1, 0) if mode == "queue" else (0, 1)
+        )
+        assert broker.fetch(["q"], 10, timeout=0) == []
+        assert (r.llen(f"{prefix}q"), r.zcard(f"{prefix}celeriac.delayed.q")) == (0, 1)
+        assert r.hlen(f"{prefix}unacked") == 0
+    finally:
+        broker.close()

@@ -96,7 +96,7 @@ def test_defaults_are_what_they_were(url: str) -> None:
         assert broker.visibility_timeout == 30.0
         assert (broker.polling_interval, broker.sweep_interval) == (0.1, 1.0)
         assert broker.options.celery_visibility_timeout == 3600.0
-        assert broker.delay_in_broker
+        assert not broker.delay_in_broker  # the eta header; parked on fetch
         assert broker.publish_timeout == 5.0
         kwargs = broker.client.connection_pool.connection_kwargs
         assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (10.0, 5.0)

@@ -20,10 +20,13 @@ Exchanges as kombu lays them out: a publish to a direct or topic exchange reads
 Celery writes its own) and pushes to every matching queue; a fanout exchange (``Broadcast``) is
 a PUB/SUB channel (see ``redis_fanout``).
 
-Transport options (``broker_transport_options``): :class:`.options.RedisOptions`. With
-``delayed_delivery="queue"``, a Celeriac worker that gets a message with an ``eta`` header
-parks it in the sorted set until it is due. A publish returns or raises :class:`BrokerError`
-within ``publish_timeout``, reconnections and retries included (see ``deadline.py``).
+Transport options (``broker_transport_options``): :class:`.options.RedisOptions`. By default
+(``delayed_delivery="queue"``) a countdown goes onto the list with its ``eta`` header, as
+Celery's client sends it, so a stock Celery worker on the queue holds it as usual; a fetch here
+that pops a message whose ``eta`` is ahead parks it in the sorted set until it is due, so a
+Celeriac worker never holds one. ``"broker"`` puts it in the sorted set at once. A publish
+returns or raises :class:`BrokerError` within ``publish_timeout``, reconnections and retries
+included (see ``deadline.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError, PublishRefused
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
+from celeriac.protocol.timeutil import parse_iso
 from celeriac.routing import kombu_topic_pattern, no_queue_bound
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.deadline import deadline
@@ -150,13 +154,22 @@ class RedisBroker(Broker):
                     f" {exc}"
                 ) from exc
 
+    def _held(self, p: Publication) -> float | None:
+        """The ETA the sorted set holds ``p`` until, or None: straight onto the list. With
+        ``delayed_delivery="queue"`` a message whose ``eta`` header a Celery worker can read
+        goes onto the list (that worker holds it, as it holds a Celery client's); one with no
+        such header could be held by nobody but us."""
+        if p.eta is None or (not self.delay_in_broker and p.message.headers.get("eta")):
+            return None
+        return p.eta
+
     def publish(self, publication: Publication) -> None:
         route = publication.route
         if route.exchange is not None or self.topology.queues:
             self.publish_many([publication])
             return
         queue, priority = route.name, publication.priority
-        eta = publication.eta if self.delay_in_broker else None
+        eta = self._held(publication)
         envelope = encode_envelope(publication.message, route, priority, str(uuid.uuid4()))
         bind = queue not in self._bound
         args: list[str | int] = [queue, _bucket_priority(priority), _delay(eta), envelope]
@@ -183,7 +196,7 @@ class RedisBroker(Broker):
         calls: list[list[str | int]] = []
         for p in publications:
             queue, priority = p.route.name, p.priority
-            eta = p.eta if self.delay_in_broker else None
+            eta = self._held(p)
             envelope = encode_envelope(p.message, p.route, priority, str(uuid.uuid4()))
             bind = queue not in self._bound and queue not in binding
             binding.add(queue)
@@ -214,7 +227,7 @@ class RedisBroker(Broker):
             routed = self._route(routed)
         out = []
         for p in routed:
-            eta = p.eta if self.delay_in_broker else None
+            eta = self._held(p)
             envelope = encode_envelope(p.message, p.route, p.priority, str(uuid.uuid4()))
             out.append(
                 [p.route.name, str(_bucket_priority(p.priority)), _delay(eta), envelope, "1"]
@@ -378,6 +391,7 @@ class RedisBroker(Broker):
         while True:
             got, popped = self._fetch_once(order, limit, acks, results)
             acks, results = [], ()
+            got = self._park_early(got)
             if got:
                 return got
             if popped:  # everything popped was dead-lettered: look again at once
@@ -392,6 +406,25 @@ class RedisBroker(Broker):
                 got = self._fanout.drain(limit)
                 if got:
                     return got
+
+    def _park_early(self, got: list[Delivery]) -> list[Delivery]:
+        """Hand a message whose ``eta`` header is still ahead (a countdown published onto the
+        list for Celery workers, by Celery's client or ours) to the sorted set until it is due,
+        rather than to the worker, which would hold it in memory as Celery's does."""
+        if not any(d.message.headers.get("eta") for d in got):
+            return got
+        now = time.time()
+        ready = []
+        for d in got:
+            try:
+                eta = parse_iso(d.message.headers.get("eta"))
+            except (TypeError, ValueError):
+                eta = None  # the worker refuses it with the reason
+            if eta is not None and eta > now + 0.01:
+                self.requeue(d, delay_until=eta, count=False)
+            else:
+                ready.append(d)
+        return ready
 
     def _fetch_once(
         self,

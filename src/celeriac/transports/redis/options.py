@@ -97,10 +97,11 @@ class RedisOptions(RedisConnectionOptions):
     #: s a publish (``delay()``, ``apply_async()``, a worker's follow-ups) may take, reconnections
     #: and retries included, before it raises BrokerError
     publish_timeout: float = 5.0
-    #: ``"broker"``: delayed messages wait in a sorted set (a Celeriac worker must run somewhere
-    #: to move due ones); ``"queue"``: Celery's way, onto the list with the ``eta`` header, for
-    #: producers whose consumers are stock Celery workers
-    delayed_delivery: Literal["broker", "queue"] = "broker"
+    #: ``"queue"``: Celery's way, onto the list with the ``eta`` header, so that stock Celery
+    #: workers on the queue hold it as they do; a Celeriac fetch that pops it early parks it in
+    #: the sorted set (safe in a mixed fleet). ``"broker"``: into the sorted set at once (only
+    #: Celeriac workers move due ones: for queues no Celery worker consumes)
+    delayed_delivery: Literal["broker", "queue"] = "queue"
     #: dead letters kept at most, the oldest dropped first (None or 0: no cap)
     dead_letter_max_count: int | None = dead_letters.MAX_COUNT
     #: s a dead letter is kept (None or 0: no limit)
