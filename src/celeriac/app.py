@@ -26,7 +26,8 @@ from celeriac.protocol.signing import sign_message
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.routing import Topology
-from celeriac.settings import Settings, settings_from_object
+from celeriac.home import creator_directory, default_sqlite_url
+from celeriac.settings import DEFAULT_BROKER_URL, Settings, settings_from_object
 from celeriac.signals import Signal
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
@@ -38,7 +39,7 @@ R = TypeVar("R")
 class Celeriac:
     """A Celeriac application.
 
-    >>> app = Celeriac("proj")                     # SQLite file in the working directory
+    >>> app = Celeriac("proj")      # celeriac.sqlite3 beside the module that runs this line
     >>> app = Celeriac("proj", broker_url="memory://", task_always_eager=True)
     """
 
@@ -54,6 +55,10 @@ class Celeriac:
     ) -> None:
         self.main = main
         self.conf = Settings()
+        if self.conf.broker_url == DEFAULT_BROKER_URL:
+            # Not relative to the working directory: see celeriac.home. Not explicit either, so
+            # a config object still sets broker_url.
+            self.conf.set_default("broker_url", default_sqlite_url(creator_directory()))
         self.tasks = TaskRegistry()
         #: Celery's hook: receivers (``sender=app``) run once before beat reads beat_schedule.
         self.on_after_configure = Signal("on_after_configure", "The app's settings are final.")
