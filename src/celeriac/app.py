@@ -18,6 +18,7 @@ from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
 from celeriac.connections import Connections
 from celeriac.control import Control
+from celeriac.home import creator_directory, default_sqlite_url
 from celeriac.keyring import keyring_of
 from celeriac.protocol.message import build_task_message, new_id
 from celeriac.protocol.publication import Publication
@@ -26,7 +27,6 @@ from celeriac.protocol.signing import sign_message
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.routing import Topology
-from celeriac.home import creator_directory, default_sqlite_url
 from celeriac.settings import DEFAULT_BROKER_URL, Settings, settings_from_object
 from celeriac.signals import Signal
 from celeriac.tasks.registry import TaskRegistry

@@ -88,7 +88,9 @@ def _json_dumps(obj: Any) -> bytes:
 
 
 def _json_loads(data: bytes) -> Any:
-    return _json_decoder.decode(data.decode("utf-8") if isinstance(data, bytes | bytearray) else data)
+    return _json_decoder.decode(
+        data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    )
 
 
 def _pickle_dumps(obj: Any) -> bytes:

@@ -35,13 +35,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
+from celeriac.worker.banner import announce
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
 from celeriac.worker.revoked import Revoked, RevokedRing
-from celeriac.worker.worker import Worker, redact
+from celeriac.worker.worker import Worker
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -109,14 +110,15 @@ class Supervisor:
         if worker._stopping:  # Worker.stop() came while starting
             self.stop()
         signals.worker_ready.send(worker)
-        logger.warning(
-            "%s ready: queues=%s pool=prefork concurrency=%d (each child consumes) "
-            "prefetch=%d per child broker=%s",
+        per_child = f"{worker.prefetch // self.size} per child"
+        announce(
+            app,
             worker.hostname,
-            ",".join(worker.queues),
+            worker.queues,
+            "prefork",
             self.size,
-            self.worker.prefetch // self.size,
-            redact(app.conf.broker_url),
+            per_child,
+            consuming_children=True,
         )
         try:
             self._loop()
