@@ -395,6 +395,10 @@ class Settler:
         self.on_settled(inflight.settled(o.job_id for o in batch))
 
 
+#: Celery's words for the log line of a finished task
+_DONE = {"SUCCESS": "succeeded", "RETRY": "retried", "REVOKED": "revoked", "IGNORED": "ignored"}
+
+
 def _log(o: Outcome) -> None:
     if o.action is Action.DELAY:
         return
@@ -415,7 +419,7 @@ def _log(o: Outcome) -> None:
             "Task %s[%s] %s in %.3fs: %s",
             o.task_name,
             o.task_id,
-            (o.state or o.action.value).lower(),
+            _DONE.get(o.state or "", (o.state or o.action.value).lower()),
             o.runtime,
             o.summary,
         )
