@@ -32,7 +32,9 @@ def _app(ctx: click.Context) -> Celeriac:
 
 
 @click.group(invoke_without_command=True)
-@click.option("-l", "--loglevel", default="info", show_default=True, type=_LEVELS)
+@click.option(
+    "-l", "--loglevel", default="info", show_default=True, type=_LEVELS, help="Log level."
+)
 @click.option(
     "--lease",
     "lease_ttl",

@@ -335,8 +335,8 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=50, show_default=True, help="Most letters listed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_state
 def dlq_list(state: _State, limit: int, as_json: bool) -> None:
     """List dead letters with the reason each was set aside."""
@@ -382,7 +382,7 @@ def dlq_replay(state: _State, ids: tuple[int, ...]) -> None:
 
 
 @dlq.command("purge")
-@click.option("-f", "--force", is_flag=True)
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
 def dlq_purge(state: _State, force: bool) -> None:
     """Delete every dead letter."""
@@ -401,7 +401,9 @@ def dlq_purge(state: _State, force: bool) -> None:
     show_default=True,
     help="How many tasks to send.",
 )
-@click.option("-c", "--concurrency", type=int, default=2, show_default=True)
+@click.option(
+    "-c", "--concurrency", type=int, default=2, show_default=True, help="The worker's slots."
+)
 @click.option(
     "--dir",
     "workdir",
