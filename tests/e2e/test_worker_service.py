@@ -48,6 +48,7 @@ def test_detach_with_pidfile_and_logfile_then_sigterm(tmp_path: Path) -> None:
     argv += ["-c", "1", "-l", "info", "-n", "svc@e2e", "-O", "fair", "--without-gossip"]
     argv += ["--without-mingle", "--without-heartbeat", "--time-limit", "1.5"]
     argv += ["--soft-time-limit", "0.5", "-D", "--pidfile", str(pidfile), "-f", str(logfile)]
+    logfile.write_text("an earlier line\n")  # --logfile appends
     started = time.monotonic()
     done = subprocess.run(argv, env=_env(url), cwd=tmp_path, capture_output=True, timeout=30)
     # the command returns at once, with nothing on the terminal
@@ -84,7 +85,9 @@ def test_detach_with_pidfile_and_logfile_then_sigterm(tmp_path: Path) -> None:
         wait_for(lambda: not _alive(pid), 30, "the detached worker to stop")
         pid_died = True
         assert not pidfile.exists()
-        assert "stopped" in logfile.read_text()
+        log = logfile.read_text()
+        assert log.startswith("an earlier line\n")
+        assert "warm shutdown" in log and "svc@e2e stopped" in log
     finally:
         if not pid_died and _alive(pid):
             os.kill(pid, signal.SIGKILL)
