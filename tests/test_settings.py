@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -42,7 +43,31 @@ def test_unknown_name_without_a_close_match_has_no_hint() -> None:
 
 
 def test_default_when_nothing_is_set() -> None:
-    assert Celeriac("proj").conf.broker_url == DEFAULT_BROKER_URL
+    # beside the module that creates the app (this one), not in the working directory
+    expected = f"sqlite:///{Path(__file__).resolve().parent / 'celeriac.sqlite3'}"
+    assert DEFAULT_BROKER_URL == "sqlite:///celeriac.sqlite3"
+    assert Celeriac("proj").conf.broker_url == expected
+
+
+def test_default_sqlite_file_without_a_module_file_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"Celeriac": Celeriac, "__name__": "interactive"}
+    exec("app = Celeriac('proj')", namespace)  # as at the >>> prompt: no __file__
+    assert namespace["app"].conf.broker_url == f"sqlite:///{tmp_path}/celeriac.sqlite3"  # type: ignore[attr-defined]
+
+
+def test_attribute_assignment_is_checked_and_converted() -> None:
+    app = Celeriac("proj", broker_url="memory://")
+    with pytest.raises(ConfigurationError, match="did you mean 'beat_schedule'"):
+        app.conf.beat_schedul = {}
+    app.conf.result_expires = dt.timedelta(hours=1)
+    app.conf.accept_content = "json"
+    assert (app.conf.result_expires, app.conf.accept_content) == (3600.0, ["json"])
+    # set by attribute: explicit, so a config object read later does not replace it
+    app.config_from_object({"result_expires": 5})
+    assert app.conf.result_expires == 3600.0
 
 
 def test_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:

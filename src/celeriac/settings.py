@@ -129,7 +129,19 @@ class Settings:
         for name, var in ENV_VARS.items():
             value = os.environ.get(var)
             if value:
-                setattr(self, name, value)
+                object.__setattr__(self, name, value)  # not explicit: config objects win
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``app.conf.beat_schedul = ...`` is an error as ``update()`` makes it, and a value set
+        # this way is converted and wins over config objects as ``update()``'s does.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        self._check(name)
+        object.__setattr__(self, name, _coerce(name, value))
+        explicit = self.__dict__.get("_explicit")
+        if explicit is not None:  # None while the dataclass's __init__ sets the defaults
+            explicit.add(name)
 
     # -- mapping-style access, as Celery's app.conf offers --------------------------------
     def __getitem__(self, name: str) -> Any:
@@ -151,16 +163,20 @@ class Settings:
         for name in items:
             self._check(name)
         for name, value in items.items():
-            setattr(self, name, _coerce(name, value))
-            self._explicit.add(name)
+            setattr(self, name, value)  # __setattr__ converts it and records it as explicit
 
     def setdefaults(self, mapping: Mapping[str, Any]) -> None:
         """Set settings that were not set explicitly (config objects and presets use this)."""
         for name in mapping:
             self._check(name)
         for name, value in mapping.items():
-            if name not in self._explicit:
-                setattr(self, name, _coerce(name, value))
+            self.set_default(name, value)
+
+    def set_default(self, name: str, value: Any) -> None:
+        """Replace a default without making it explicit (config objects may still set it)."""
+        self._check(name)
+        if name not in self._explicit:
+            object.__setattr__(self, name, _coerce(name, value))
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in setting_names()}

@@ -243,6 +243,14 @@ class EntryInfo:
     paused: bool
     last_tick: float | None
     next_tick: float | None
+    #: why beat refuses the entry (an unknown task, ...); None: it runs
+    problem: str | None = None
+
+    @property
+    def state(self) -> str:
+        if self.problem is not None:
+            return "unknown task" if "no task named" in self.problem else "invalid"
+        return "paused" if self.paused else "active"
 
     def as_dict(self) -> dict[str, Any]:
         e = self.entry
@@ -256,6 +264,8 @@ class EntryInfo:
             "catchup": e.catchup,
             "source": "dynamic" if e.dynamic else "beat_schedule",
             "paused": self.paused,
+            "state": self.state,
+            "problem": self.problem,
             "last_tick": self.last_tick,
             "next_tick": self.next_tick,
         }
@@ -264,6 +274,7 @@ class EntryInfo:
 def list_entries(app: Celeriac) -> list[EntryInfo]:
     """Every entry with its state; ``next_tick`` is None when paused or finished."""
     tz = app_timezone(app)
+    app.import_modules()  # as beat does before it checks the entries' tasks
     entries = dict(static_entries(app))
     store = app.beat_store
     for name, spec in store.entries().items():
@@ -283,8 +294,17 @@ def list_entries(app: Celeriac) -> list[EntryInfo]:
         if not paused:
             base = last if last is not None else entry.schedule.first_anchor(time.time())
             nxt = entry.schedule.next_after(base, tz)
-        out.append(EntryInfo(entry, paused, last, nxt))
+        out.append(EntryInfo(entry, paused, last, nxt, _problem(app, entry)))
     return out
+
+
+def _problem(app: Celeriac, entry: Entry) -> str | None:
+    """Why ``celeriac beat`` would refuse this entry (as :func:`check_entry` decides)."""
+    try:
+        check_entry(app, entry)
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
 
 
 __all__ = [

@@ -33,7 +33,9 @@ def _app(ctx: click.Context) -> Celeriac:
 
 
 @click.group(invoke_without_command=True)
-@click.option("-l", "--loglevel", default="info", show_default=True, type=_LEVELS)
+@click.option(
+    "-l", "--loglevel", default="info", show_default=True, type=_LEVELS, help="Log level."
+)
 @click.option(
     "--lease",
     "lease_ttl",
@@ -88,12 +90,15 @@ def beat_list(ctx: click.Context, as_json: bool) -> None:
             e.task,
             e.schedule.describe(),
             "dynamic" if e.dynamic else "beat_schedule",
-            "paused" if info.paused else "active",
+            info.state,
             _when(info.last_tick, tz),
             _when(info.next_tick, tz),
         )
     console = Console()
     console.print(table)
+    for info in infos:
+        if info.problem is not None:  # celeriac beat refuses to start for these
+            console.print(f"[red]{info.problem}[/]")
     if lease:
         console.print(f"leader: {lease.holder} (lease for {lease.expires_at - time.time():.1f}s)")
     else:

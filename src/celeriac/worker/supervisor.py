@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac.exceptions import Unsupported
-from celeriac.urls import redact
+from celeriac.worker.banner import announce
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
@@ -127,14 +127,15 @@ class Supervisor:
         if worker._stopping:  # Worker.stop() came while starting
             self.stop()
         signals.worker_ready.send(worker)
-        logger.warning(
-            "%s ready: queues=%s pool=prefork concurrency=%d (each child consumes) "
-            "prefetch=%d per child broker=%s",
+        per_child = f"{self.child_prefetch} per child"
+        announce(
+            app,
             worker.hostname,
-            ",".join(worker.queues),
+            worker.queues,
+            "prefork",
             self.size,
-            self.child_prefetch,
-            redact(app.conf.broker_url),
+            per_child,
+            consuming_children=True,
         )
         try:
             self._loop()

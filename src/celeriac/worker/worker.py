@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from celeriac import signals
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports import transport_class
-from celeriac.urls import redact
 from celeriac.worker.activity import Activity
+from celeriac.worker.banner import announce
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.events import Heart, start_heart
 from celeriac.worker.pools import pool_class
@@ -69,6 +69,11 @@ class Worker:
         self.pool_name = pool if isinstance(pool, str) else conf.worker_pool
         if self._pool_factory is not None:
             self.pool_name = getattr(self._pool_factory, "__name__", "custom")
+        if self.pool_name == "solo" and self.concurrency != 1:
+            # Solo runs one task at a time: more slots would only lease messages it cannot run.
+            if concurrency:
+                logger.warning("the solo pool runs one task at a time; -c %d ignored", concurrency)
+            self.concurrency = 1
         self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
         multiplier = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.prefetch = max(1, self.concurrency * multiplier)
@@ -171,14 +176,8 @@ class Worker:
                 app, self.hostname, lambda: (consumer.inflight.unfinished, consumer.processed)
             )
         signals.worker_ready.send(self)
-        logger.warning(
-            "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
-            self.hostname,
-            ",".join(self.queues),
-            self.pool_name,
-            self.concurrency,
-            self.prefetch,
-            redact(app.conf.broker_url),
+        announce(
+            app, self.hostname, self.queues, self.pool_name, self.concurrency, str(self.prefetch)
         )
 
     def start_remote_control(self) -> None:
