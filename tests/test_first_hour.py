@@ -148,6 +148,6 @@ def test_unreachable_amqp_is_one_clear_error_and_nothing_else() -> None:
     )
     assert done.stderr == ""
     assert done.stdout == (
-        f"AMQP: cannot connect to amqp://guest:***@127.0.0.1:{port}// ([Errno 111] Connection "
+        f"AMQP: cannot connect to amqp://guest:**@127.0.0.1:{port}// ([Errno 111] Connection "
         "refused); gave up on declaring for a publish after 2.0s\n"
     )

@@ -177,3 +177,21 @@ def test_celery_namespace_reads_only_prefixed_names() -> None:
     app.config_from_object(django_settings, namespace="CELERY")
     assert app.conf.broker_url == "memory://django"
     assert app.conf.task_default_queue == "ns"
+
+
+def test_a_celery_setting_without_a_counterpart_is_kept_with_a_warning(caplog) -> None:
+    # A Celery project moving over sets these; they mean nothing here but are not typos.
+    app = Celeriac("celery-settings", broker_url="memory://")
+    with caplog.at_level("WARNING", logger="celeriac"):
+        app.conf.broker_connection_retry_on_startup = True
+        app.conf.update(worker_hijack_root_logger=False)
+    assert app.conf.broker_connection_retry_on_startup is True
+    assert app.conf.get("worker_hijack_root_logger") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "setting 'broker_connection_retry_on_startup' is Celery's and has no effect in Celeriac",
+        "setting 'worker_hijack_root_logger' is Celery's and has no effect in Celeriac",
+    ]
+    with pytest.raises(ConfigurationError, match="did you mean 'broker_connection_timeout'"):
+        app.conf.broker_conection_retry_on_startup = True  # a typo is still one
+    with pytest.raises(ConfigurationError, match="unknown setting 'security_key'"):
+        app.conf.security_key = "key.pem"  # never ignored silently: signing is set otherwise

@@ -12,12 +12,16 @@ import dataclasses
 import datetime as dt
 import difflib
 import importlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac.celery_settings import CELERY_ONLY
 from celeriac.exceptions import ConfigurationError
+
+logger = logging.getLogger("celeriac")
 
 DEFAULT_BROKER_URL = "sqlite:///celeriac.sqlite3"
 ENV_VARS = {"broker_url": "CELERIAC_BROKER_URL", "result_backend": "CELERIAC_RESULT_BACKEND"}
@@ -124,6 +128,8 @@ class Settings:
     beat_schedule: dict[str, Any] = field(default_factory=dict)
 
     _explicit: set[str] = field(default_factory=set, repr=False, compare=False)
+    #: Celery settings without a counterpart here (``celery_settings.py``): kept, not used
+    _celery_only: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, var in ENV_VARS.items():
@@ -138,6 +144,9 @@ class Settings:
             object.__setattr__(self, name, value)
             return
         self._check(name)
+        if name in CELERY_ONLY:
+            self._keep_celery_only(name, value)
+            return
         object.__setattr__(self, name, _coerce(name, value))
         explicit = self.__dict__.get("_explicit")
         if explicit is not None:  # None while the dataclass's __init__ sets the defaults
@@ -146,7 +155,7 @@ class Settings:
     # -- mapping-style access, as Celery's app.conf offers --------------------------------
     def __getitem__(self, name: str) -> Any:
         self._check(name)
-        return getattr(self, name)
+        return self.get(name)
 
     def __setitem__(self, name: str, value: Any) -> None:
         self.update({name: value})
@@ -155,7 +164,20 @@ class Settings:
         return iter(setting_names())
 
     def get(self, name: str, default: Any = None) -> Any:
+        if name in CELERY_ONLY:
+            return self._celery_only.get(name, default)
         return getattr(self, name, default) if name in _NAMES else default
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: Celery's settings set here.
+        if name in CELERY_ONLY:
+            return self.__dict__.get("_celery_only", {}).get(name)
+        raise AttributeError(name)
+
+    def _keep_celery_only(self, name: str, value: Any) -> None:
+        if name not in self._celery_only:
+            logger.warning("setting %r is Celery's and has no effect in Celeriac", name)
+        self._celery_only[name] = value
 
     def update(self, mapping: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings; unknown names raise :class:`ConfigurationError`."""
@@ -175,6 +197,9 @@ class Settings:
     def set_default(self, name: str, value: Any) -> None:
         """Replace a default without making it explicit (config objects may still set it)."""
         self._check(name)
+        if name in CELERY_ONLY:
+            self._keep_celery_only(name, value)
+            return
         if name not in self._explicit:
             object.__setattr__(self, name, _coerce(name, value))
 
@@ -183,7 +208,7 @@ class Settings:
 
     @staticmethod
     def _check(name: str) -> None:
-        if name not in _NAMES:
+        if name not in _NAMES and name not in CELERY_ONLY:
             close = difflib.get_close_matches(name.lower(), _NAMES, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(f"unknown setting {name!r}{hint}")
