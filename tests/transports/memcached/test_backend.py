@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from celeriac.result import AsyncResult
 from celeriac.transports.memcached import backend as backend_module
 from celeriac.transports.memcached.backend import ITEM_OVERHEAD, MemcachedBackend
 from celeriac.transports.memcached.connection import parse_servers
+from celeriac.transports.memcached.options import MemcachedOptions
 from tests.memcached_support import MemcachedServer, start_memcached
 
 pytestmark = pytest.mark.memcached
@@ -67,13 +69,15 @@ def test_a_memcached_broker_url_is_a_configuration_error(tmp_path: Path) -> None
 def test_options_are_typed_and_a_typo_is_an_error(memcached_server: MemcachedServer) -> None:
     with pytest.raises(exceptions.ConfigurationError, match="did you mean 'key_prefix'"):
         create_backend(memcached_server.url, transport_options={"keyprefix": "x"})
-    b = open_backend(memcached_server.url, item_size_max="2097152")
+    assert astuple(MemcachedOptions()) == (1024 * 1024, "", 2.0, 2.0, 0.1)  # as the README says
+    b = open_backend("cache+" + memcached_server.url, item_size_max="2097152")
     assert b.max_item_size == 2 * 1024 * 1024 - ITEM_OVERHEAD
+    b.store_result("t1", 4, "SUCCESS")  # Celery's spelling of the URL
+    assert b.get_meta("t1")["result"] == 4
     b.close()
 
 
 def test_the_extra_and_the_readme_name_the_options() -> None:
-    from celeriac.transports.memcached.options import MemcachedOptions
     from celeriac.transports.options import option_names
 
     pyproject = (ROOT / "pyproject.toml").read_text()
@@ -125,6 +129,18 @@ def test_a_document_of_max_item_size_fits_and_one_over_the_server_limit_fails(
     assert backend._load("big") == fits
     with pytest.raises(exceptions.BackendError, match="too large"):
         backend.store_encoded([EncodedResult("huge", "SUCCESS", b"x" * (1024 * 1024 + 1))])
+
+
+def test_item_size_max_follows_a_server_started_with_a_bigger_item_limit() -> None:
+    server = start_memcached("-I", "2m")
+    try:
+        b = open_backend(server.url, item_size_max=2 * 1024 * 1024)
+        fits = b"x" * b.max_item_size
+        b.store_encoded([EncodedResult("big", "SUCCESS", fits)])
+        assert b._load("big") == fits
+        b.close()
+    finally:
+        server.stop()
 
 
 # -- waiting -----------------------------------------------------------------------------------
