@@ -31,6 +31,10 @@ TRANSPORTS: dict[str, str] = {
 }
 
 
+#: Schemes of result stores that carry no broker: as ``broker_url`` they are a ConfigurationError.
+BACKEND_ONLY = frozenset({"memcached", "cache+memcached"})
+
+
 def scheme_of(url: str) -> str:
     return url.partition("://")[0].lower()
 
@@ -47,6 +51,18 @@ def transport_class(url: str) -> type[Transport]:
     module_name, _, cls_name = target.partition(":")
     cls: type[Transport] = getattr(importlib.import_module(module_name), cls_name)
     return cls
+
+
+def broker_transport_class(url: str) -> type[Transport]:
+    """The transport class for ``broker_url``, refusing a scheme that stores results only."""
+    scheme = scheme_of(url)
+    if scheme in BACKEND_ONLY:
+        raise ConfigurationError(
+            f"{scheme}:// stores results only (it keeps no queues and may evict what it holds):"
+            f" set broker_url to a sqlite://, redis:// or amqp:// URL and use {redact(url)!r} as"
+            " result_backend"
+        )
+    return transport_class(url)
 
 
 #: Result backend schemes that name the broker's server in their own spelling: ``rpc://``
@@ -78,12 +94,14 @@ def open_transport(url: str) -> Transport:
 
 
 __all__ = [
+    "BACKEND_ONLY",
     "TRANSPORTS",
     "BackendConfig",
     "Combined",
     "EventConfig",
     "Transport",
     "backend_server_url",
+    "broker_transport_class",
     "open_transport",
     "scheme_of",
     "transport_class",

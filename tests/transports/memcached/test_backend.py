@@ -3,7 +3,10 @@ cover (tests/backends/test_contract.py runs that on memcached too), and the READ
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -56,6 +59,9 @@ def test_urls_name_one_or_several_servers() -> None:
     assert parse_servers("cache+memcached://h1,[::1]:11311") == [("h1", 11211), ("::1", 11311)]
     with pytest.raises(exceptions.ConfigurationError, match="names no memcached server"):
         parse_servers("memcached://")
+    with pytest.raises(exceptions.ConfigurationError, match="no user or password") as info:
+        parse_servers("memcached://u:s3cret@h1:11211")
+    assert "s3cret" not in str(info.value)
 
 
 def test_a_memcached_broker_url_is_a_configuration_error(tmp_path: Path) -> None:
@@ -64,6 +70,22 @@ def test_a_memcached_broker_url_is_a_configuration_error(tmp_path: Path) -> None
         with pytest.raises(exceptions.ConfigurationError, match="stores results only"):
             app.broker  # noqa: B018 - opening it is the test
         app.close()
+
+
+def test_a_worker_given_a_memcached_broker_exits_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "mc_app.py").write_text("from celeriac import Celeriac\napp = Celeriac('mc')\n")
+    env = {**os.environ, "CELERIAC_BROKER_URL": "memcached://127.0.0.1:1"}
+    for pool in ("prefork", "threads"):
+        done = subprocess.run(
+            [sys.executable, "-m", "celeriac", "-A", "mc_app:app", "worker", "-P", pool],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "Error: memcached:// stores results only" in done.stderr + done.stdout
 
 
 def test_options_are_typed_and_a_typo_is_an_error(memcached_server: MemcachedServer) -> None:

@@ -35,6 +35,11 @@ def parse_servers(url: str) -> list[tuple[str, int]]:
     """``(host, port)`` of each server ``url`` names, in order."""
     rest = url.partition("://")[2].split("?", 1)[0]
     hosts = rest.split("/", 1)[0]
+    if "@" in hosts:  # and a password would end up in error messages as part of a host name
+        raise ConfigurationError(
+            f"{redact(url)!r}: memcached:// takes no user or password (memcached's text"
+            " protocol has no authentication)"
+        )
     servers: list[tuple[str, int]] = []
     for spec in hosts.replace(",", ";").split(";"):
         spec = spec.strip()

@@ -7,6 +7,7 @@ memcached carries no broker, so there are no ``broker_transport_options`` here: 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 #: memcached's default item size limit (its ``-I`` option, ``item_size_max`` in ``stats settings``)
 DEFAULT_ITEM_SIZE_MAX = 1024 * 1024
@@ -27,3 +28,6 @@ class MemcachedOptions:
     #: s, the longest pause between two reads of a result ``get()`` waits for: memcached tells
     #: no one of a change, so a wait polls, 5 ms after the first read, doubling up to this
     polling_interval: float = 0.1
+
+    #: Celery's cache backend reads no transport options: no name here is kombu's alone.
+    KOMBU_ONLY: ClassVar[frozenset[str]] = frozenset()

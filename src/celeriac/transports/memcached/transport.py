@@ -22,12 +22,10 @@ class MemcachedTransport(Transport):
         self._servers: list[Servers] = []
 
     def _open_broker(self, transport_options: dict[str, Any]) -> Broker:
-        scheme = self.url.partition("://")[0].lower()
-        raise ConfigurationError(
-            f"{scheme}:// stores results only (memcached keeps no queues and may evict what it"
-            f" holds): set broker_url to a sqlite://, redis:// or amqp:// URL and keep"
-            f" result_backend={redact(self.url)!r}"
-        )
+        from celeriac.transports import broker_transport_class
+
+        broker_transport_class(self.url)  # raises: memcached:// is a result backend only
+        raise AssertionError("unreachable")
 
     def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
         try:
