@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac.exceptions import ConfigurationError
-from celeriac.transports import transport_class
+from celeriac.transports import broker_transport_class
 from celeriac.worker.activity import Activity
 from celeriac.worker.banner import announce
 from celeriac.worker.consumer import Consumer
@@ -130,7 +130,7 @@ class Worker:
 
     def _broker_shared(self) -> bool:
         """Can other processes reach the broker (every one but ``memory://``)?"""
-        return transport_class(self.app.conf.broker_url).shared_between_processes
+        return broker_transport_class(self.app.conf.broker_url).shared_between_processes
 
     def _boot(self) -> None:
         app = self.app
@@ -139,7 +139,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         app.import_modules()
-        if self.pool_name == "prefork" and not self._broker_shared():
+        if not self._broker_shared() and self.pool_name == "prefork":  # refuses memcached://
             # Prefork children run tasks; tasks that send tasks need a broker they can reach.
             logger.warning(
                 "the %s broker lives in this process only; child processes cannot "
