@@ -45,14 +45,17 @@ class Dashboard:
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["config"] = config
         self.templates.env.filters.update(secs=secs, when=when)
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         self.recorder.start()
         self.cluster.start()
 
     def stop(self) -> None:
-        self.cluster.stop()
-        self.recorder.stop()
+        if self._started:
+            self.cluster.stop()
+            self.recorder.stop()
         self.history.close()
 
 
