@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import base64
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
-
-import warnings
 
 import pytest
 from click.testing import CliRunner
