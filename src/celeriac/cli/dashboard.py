@@ -38,6 +38,12 @@ from celeriac.exceptions import CeleriacError
     help="Show this task's arguments as *** (a shell pattern; repeatable). Adds to the "
     "dashboard_masked_tasks setting.",
 )
+@click.option(
+    "-Q",
+    "--queues",
+    help="Comma-separated queues to show besides the default queue, task_queues and those "
+    "workers consume.",
+)
 @click.option("--refresh", type=click.FloatRange(0.25, 60.0), default=1.0, show_default=True)
 @click.option(
     "-l",
@@ -56,6 +62,7 @@ def dashboard(
     token: str | None,
     basic_auth: str | None,
     mask: tuple[str, ...],
+    queues: str | None,
     refresh: float,
     loglevel: str,
 ) -> None:
@@ -76,6 +83,7 @@ def dashboard(
             token=token or None,
             basic_auth=basic_auth or None,
             masked_tasks=masked_tasks(app.conf.dashboard_masked_tasks, mask),
+            queues=tuple(q.strip() for q in (queues or "").split(",") if q.strip()),
             refresh=refresh,
         )
         serve(app, config, log_level=loglevel.lower())

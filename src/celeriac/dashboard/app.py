@@ -39,8 +39,8 @@ class Dashboard:
         self.app = app
         self.config = config
         self.history = history
-        self.recorder = Recorder(app, history, config)
-        self.cluster = Cluster(app)
+        self.cluster = Cluster(app, queues=config.queues)
+        self.recorder = Recorder(app, history, config, on_queue=self.cluster.queues.add)
         self.guard = Guard(config)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["config"] = config

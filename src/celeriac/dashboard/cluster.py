@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +45,13 @@ class Snapshot:
 class Cluster:
     """Polls the cluster (module docstring); :attr:`snapshot` is the latest answer."""
 
-    def __init__(self, app: Celeriac, every: float = POLL_EVERY) -> None:
+    def __init__(
+        self, app: Celeriac, every: float = POLL_EVERY, queues: Iterable[str] = ()
+    ) -> None:
         self.app = app
         self.every = every
+        #: queues shown besides those the app and the workers name (given, or seen in events)
+        self.queues: set[str] = set(queues)
         self.snapshot = Snapshot()
         self._depths: dict[str, tuple[float, int]] = {}
         self._stop = threading.Event()
@@ -85,7 +90,12 @@ class Cluster:
                 name = q.get("name") if isinstance(q, dict) else None
                 if name:
                     consumers.setdefault(str(name), []).append(node)
-        names = {self.app.conf.task_default_queue, *self.app.topology.queues, *consumers}
+        names = {
+            self.app.conf.task_default_queue,
+            *self.app.topology.queues,
+            *consumers,
+            *list(self.queues),
+        }
         return Snapshot(
             time.time(),
             stats,

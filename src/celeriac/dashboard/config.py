@@ -32,6 +32,8 @@ class DashboardConfig:
     basic_auth: str | None = field(default=None, repr=False)
     #: task names (shell patterns: ``proj.secret.*``) whose arguments are shown as ``***``
     masked_tasks: tuple[str, ...] = ()
+    #: queues to show besides the default one, ``task_queues`` and those workers consume
+    queues: tuple[str, ...] = ()
     #: s between the live parts' refreshes in the browser
     refresh: float = 1.0
     #: tasks on one page of the list

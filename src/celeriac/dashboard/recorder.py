@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from celeriac.dashboard.history import Event, HistoryStore
@@ -42,8 +43,16 @@ def mask(event: Event, config: DashboardConfig) -> Event:
 class Recorder:
     """Records events into ``history`` and ``state`` on a thread of its own (module doc)."""
 
-    def __init__(self, app: Celeriac, history: HistoryStore, config: DashboardConfig) -> None:
+    def __init__(
+        self,
+        app: Celeriac,
+        history: HistoryStore,
+        config: DashboardConfig,
+        on_queue: Callable[[str], object] | None = None,
+    ) -> None:
         self.app = app
+        #: called with each queue a ``task-sent`` event names (the queues page shows them)
+        self.on_queue = on_queue
         self.history = history
         self.config = config
         self.state = State(max_tasks=0)  # tasks live in the history, not here
@@ -100,6 +109,10 @@ class Recorder:
                 if str(event.get("type", "")).startswith("worker-"):
                     self.state.event(event)
         tasks = [mask(e, self.config) for e in batch if str(e.get("type", "")).startswith("task-")]
+        if self.on_queue is not None:
+            for e in tasks:
+                if e.get("queue"):
+                    self.on_queue(str(e["queue"]))
         if tasks:
             self.recorded += self.history.record(tasks)
 
