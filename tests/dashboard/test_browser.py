@@ -67,6 +67,10 @@ def test_the_dashboard_lists_the_running_worker(stack: Stack, driver: Any) -> No
     # pool and concurrency come from remote control (inspect stats), polled every few seconds
     wait_for(lambda: text(driver, f"{worker} td:nth-child(3)") == "prefork", 15, "its pool")
     assert text(driver, f"{worker} td:nth-child(4)") == "1"
+    assert re.fullmatch(
+        r"\d+\.\d\d \d+\.\d\d \d+\.\d\d", text(driver, f"{worker} td:nth-child(7)") or ""
+    )
+    assert re.fullmatch(r"\d+\.\ds ago", text(driver, f"{worker} td:nth-child(8)") or "")
     screenshot(driver, "workers")
 
 
@@ -129,6 +133,22 @@ def test_a_dead_lettered_message_is_replayed_with_its_button(
     driver.get(f"{stack.base}/tasks/{result.id}")
     wait_for(lambda: text(driver, "#task-state") == "SUCCESS", 20, "SUCCESS after the replay")
     screenshot(driver, "dead-letter-replayed")
+
+
+def test_masked_arguments_are_shown_as_stars(stack: Stack, tasks: Any) -> None:
+    # dash_tasks sets dashboard_masked_tasks = ["dash_tasks.secret_*"]
+    result = tasks.secret_login.apply_async(("hunter2",), queue=stack.queue)
+    assert result.get(timeout=20) == "ok"
+    wait_for(
+        lambda: (
+            '<td class="state" id="task-state">SUCCESS' in get(f"{stack.base}/tasks/{result.id}")[1]
+        ),
+        20,
+        "the task in the history",
+    )
+    body = get(f"{stack.base}/tasks/{result.id}")[1]
+    assert '<td class="args"><code>***</code></td>' in body
+    assert "hunter2" not in body
 
 
 def _total(base: str) -> int:

@@ -109,6 +109,26 @@ def test_retry_sends_the_task_again_with_its_arguments(site: Site) -> None:
     site.app.broker.ack([delivery])
 
 
+def test_the_task_list_searches_and_pages(tmp_path: Path) -> None:
+    s = Site(tmp_path, page_size=2)
+    now = time.time()
+    s.dashboard.recorder.apply(
+        [
+            {"type": "task-received", "uuid": f"id-{i}", "name": f"p.{n}", "timestamp": now + i}
+            for i, n in enumerate(["a", "b", "a", "a"])
+        ]
+    )
+    with s.client:
+        body = s.client.get("/tasks?q=p.a").text
+        assert re.findall(r'data-task="([^"]+)"', body) == ["id-3", "id-2"]
+        older = re.search(r'id="older" href="([^"]+)"', body)
+        assert older
+        body = s.client.get(older.group(1).replace("&amp;", "&")).text
+        assert re.findall(r'data-task="([^"]+)"', body) == ["id-0"]
+        assert 'id="older"' not in body
+    s.app.close()
+
+
 def test_purge_deletes_every_dead_letter(site: Site) -> None:
     for _ in range(2):
         site.app.send_task("pages.tick", queue=site.queue)
@@ -128,6 +148,8 @@ def test_beat_entries_pause_and_resume(site: Site) -> None:
         return found.group(1)
 
     assert state() == "active"
+    row = re.search(r'data-entry="tick">(.*?)</tr>', site.client.get("/beat").text, re.S)
+    assert row and re.search(r"<td>\d\d:\d\d:\d\d\.\d{3}</td>", row.group(1))  # next run
     assert site.post("/beat/tick/pause").headers["location"] == "/beat?notice=paused%20tick"
     assert state() == "paused"
     site.post("/beat/tick/resume")
