@@ -120,6 +120,10 @@ class Settings:
     worker_max_deliveries: int = 5
     worker_log_format: str = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 
+    # Dashboard
+    #: task names (shell patterns) whose arguments the dashboard shows as ``***``
+    dashboard_masked_tasks: list[str] = field(default_factory=list)
+
     # Misc
     imports: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)

@@ -156,6 +156,11 @@ class Broker(ABC):
     def depth(self, queue: str) -> int:
         """Messages on ``queue`` that are ready, delayed or leased."""
 
+    def oldest_age(self, queue: str) -> float | None:
+        """Seconds the oldest ready message on ``queue`` has waited to be delivered, read
+        without consuming it; None when the queue is empty or the broker cannot tell."""
+        return None
+
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead-lettered messages."""
