@@ -156,6 +156,11 @@ class Broker(ABC):
     def depth(self, queue: str) -> int:
         """Messages on ``queue`` that are ready, delayed or leased."""
 
+    def ready(self, queue: str) -> int:
+        """Messages on ``queue`` a fetch could take now (neither delayed nor leased): the
+        waiting work an autoscaler reads. Brokers that can count it override this."""
+        return self.depth(queue)
+
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead-lettered messages."""
