@@ -100,6 +100,8 @@ class Settings:
     worker_max_memory_per_child: int | None = None
     #: The most processes/threads ``pool_grow`` may take the pool to (default: 4 x concurrency).
     worker_max_pool_size: int | None = None
+    #: ``--autoscale``: seconds without new work before the pool shrinks (Celery's 30).
+    worker_autoscale_keepalive: float = 30.0
     #: ``"consume"`` (default): each prefork child consumes from the broker itself and this
     #: process supervises. ``"dispatch"``: this process consumes and pipes tasks to children
     #: (always the case for a broker that lives in one process, ``memory://``).

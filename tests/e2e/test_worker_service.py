@@ -153,12 +153,16 @@ def test_worker_option_errors(tmp_path: Path) -> None:
         2,
         "Error: --detach needs --pidfile (to find and stop the worker)",
     )
-    done = _cli("worker", "--autoscale", "4,1", cwd=tmp_path)  # not supported yet (README)
-    last = done.stderr.splitlines()[-1]
-    assert (done.returncode, last.startswith("Error: No such option"), "--autoscale" in last) == (
+    done = _cli("worker", "--autoscale", "4,1", "-P", "solo", cwd=tmp_path)  # (README)
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
         2,
-        True,
-        True,
+        "Error: --autoscale: the solo pool has a fixed size; use --pool prefork or threads",
+    )
+    done = _cli("worker", "--autoscale", "4-1", cwd=tmp_path)
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        2,
+        "Error: Invalid value for '--autoscale': --autoscale '4-1': expected MAX,MIN (two "
+        "numbers, e.g. 10,3)",
     )
 
 

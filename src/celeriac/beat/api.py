@@ -245,6 +245,9 @@ class EntryInfo:
     next_tick: float | None
     #: why beat refuses the entry (an unknown task, ...); None: it runs
     problem: str | None = None
+    #: when its message last went to the broker (unix seconds); None: never. ``last_tick``
+    #: is the schedule's bookkeeping: the first-sight anchor or a skipped tick count there.
+    last_sent: float | None = None
 
     @property
     def state(self) -> str:
@@ -267,6 +270,7 @@ class EntryInfo:
             "state": self.state,
             "problem": self.problem,
             "last_tick": self.last_tick,
+            "last_sent": self.last_sent,
             "next_tick": self.next_tick,
         }
 
@@ -294,7 +298,8 @@ def list_entries(app: Celeriac) -> list[EntryInfo]:
         if not paused:
             base = last if last is not None else entry.schedule.first_anchor(time.time())
             nxt = entry.schedule.next_after(base, tz)
-        out.append(EntryInfo(entry, paused, last, nxt, _problem(app, entry)))
+        sent = state.last_sent if state else None
+        out.append(EntryInfo(entry, paused, last, nxt, _problem(app, entry), sent))
     return out
 
 

@@ -161,6 +161,11 @@ class Broker(ABC):
         without consuming it; None when the queue is empty or the broker cannot tell."""
         return None
 
+    def ready(self, queue: str) -> int:
+        """Messages on ``queue`` a fetch could take now (neither delayed nor leased): the
+        waiting work an autoscaler reads. Brokers that can count it override this."""
+        return self.depth(queue)
+
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead-lettered messages."""

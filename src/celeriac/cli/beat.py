@@ -64,7 +64,8 @@ def beat(ctx: click.Context, loglevel: str, lease_ttl: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def beat_list(ctx: click.Context, as_json: bool) -> None:
-    """List entries with their schedule, state, last and next run, and the current leader."""
+    """List entries with their schedule, state, last run (when a message was last sent; never,
+    before the first), next run, and the current leader."""
     app = _app(ctx)
     try:
         infos = api.list_entries(app)
@@ -91,7 +92,7 @@ def beat_list(ctx: click.Context, as_json: bool) -> None:
             e.schedule.describe(),
             "dynamic" if e.dynamic else "beat_schedule",
             info.state,
-            _when(info.last_tick, tz),
+            "never" if info.last_sent is None else _when(info.last_sent, tz),
             _when(info.next_tick, tz),
         )
     console = Console()

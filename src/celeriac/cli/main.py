@@ -77,6 +77,15 @@ def _concurrency(ctx: click.Context, param: click.Parameter, value: int | None) 
     return value or None
 
 
+def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from celeriac.worker.autoscale import parse
+
+    try:
+        return None if value is None else parse(value)
+    except CeleriacError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @cli.command()
 @click.option(
     "-Q", "--queues", help="Comma-separated queues to consume (default: the default queue)."
@@ -93,6 +102,12 @@ def _concurrency(ctx: click.Context, param: click.Parameter, value: int | None) 
     "--pool",
     type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
     help="Where tasks run (default: prefork; solo runs one task at a time).",
+)
+@click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    callback=_autoscale,
+    help="Grow the pool up to MAX while work waits, shrink to MIN when idle (prefork, threads).",
 )
 @click.option(
     "-l",
@@ -142,6 +157,7 @@ def worker(
     queues: str | None,
     concurrency: int | None,
     pool: str | None,
+    autoscale: tuple[int, int] | None,
     loglevel: str,
     hostname: str | None,
     prefetch_multiplier: int | None,
@@ -167,6 +183,11 @@ def worker(
     app = state.app
     if detach and not pidfile:
         raise click.UsageError("--detach needs --pidfile (to find and stop the worker)")
+    if autoscale is not None and (pool or app.conf.worker_pool) not in ("prefork", "threads"):
+        raise click.UsageError(
+            f"--autoscale: the {pool or app.conf.worker_pool} pool has a fixed size; "
+            "use --pool prefork or threads"
+        )
     pid = Pidfile(pidfile) if pidfile else None
     try:
         if pid is not None:
@@ -201,6 +222,7 @@ def worker(
             max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child,
             heartbeat=not without_heartbeat,  # as Celery: worker-* events unless told otherwise
+            autoscale=autoscale,
         )
         if pid is not None:
             pid.write()

@@ -49,7 +49,7 @@ from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.overrides import Follower, Overrides, SharedOverrides, apply
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
-from celeriac.worker.resize import max_pool_size, resized
+from celeriac.worker.resize import pool_capacity, resized
 from celeriac.worker.revoked import Revoked, RevokedRing
 from celeriac.worker.worker import Worker
 
@@ -81,7 +81,7 @@ class Supervisor:
         self.size = worker.concurrency
         # Shared memory is made once, before the first fork: for as many children as the pool
         # may grow to. A child slot is "wanted" while the pool's size includes it.
-        self.capacity = cap = max_pool_size(worker.app.conf, self.size)
+        self.capacity = cap = pool_capacity(worker)
         self.wanted = [i < self.size for i in range(cap)]
         #: messages each child may hold (the same for children added later)
         self.child_prefetch = max(1, worker.prefetch // self.size)
@@ -118,6 +118,10 @@ class Supervisor:
         for i in range(self.size):
             self._spawn(i)
         self.custody.start()
+        if worker.autoscale is not None:
+            from celeriac.worker.autoscale import supervisor_autoscaler
+
+            worker.autoscaler = supervisor_autoscaler(self, worker.autoscale)
         worker.start_remote_control()
         slots = self.custody.slots
         heart = None
@@ -140,6 +144,8 @@ class Supervisor:
         try:
             self._loop()
         finally:
+            if worker.autoscaler is not None:
+                worker.autoscaler.stop()
             worker.stop_remote_control()
             if heart is not None:
                 heart.stop()
@@ -315,7 +321,7 @@ class Supervisor:
             len(live),
             (time.monotonic() - started) * 1e3,
         )
-        if late:
+        if late and timeout > 0:  # 0: the caller does not wait (a resize), nothing is late
             logger.warning(
                 "%d child(ren) did not apply the new settings within %.0fs; they apply them "
                 "when they can",
@@ -373,6 +379,8 @@ class Supervisor:
             first = not self._stopping
             self._stopping = True
             children = [p for p in self.children if p is not None and p.pid]
+        if self.worker.autoscaler is not None:  # no joining here: this may be a signal handler
+            self.worker.autoscaler.halt()
         if first:
             signals.worker_shutdown.send(self.worker)
         sig = signal.SIGKILL if cold else signal.SIGTERM

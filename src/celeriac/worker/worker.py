@@ -16,6 +16,7 @@ from celeriac import signals
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports import broker_transport_class
 from celeriac.worker.activity import Activity
+from celeriac.worker.autoscale import Autoscaler, Bounds, check_pool
 from celeriac.worker.banner import announce
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.events import Heart, start_heart
@@ -59,6 +60,7 @@ class Worker:
         install_signal_handlers: bool = True,
         announce: bool = True,
         heartbeat: bool | None = None,
+        autoscale: tuple[int, int] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -74,6 +76,13 @@ class Worker:
             if concurrency:
                 logger.warning("the solo pool runs one task at a time; -c %d ignored", concurrency)
             self.concurrency = 1
+        #: ``--autoscale MAX,MIN`` (``autoscale.py``): the pool starts at MIN
+        self.autoscale: Bounds | None = None
+        self.autoscaler: Autoscaler | None = None
+        if autoscale is not None:
+            check_pool(self.pool_name)
+            self.autoscale = Bounds(*autoscale, keepalive=conf.worker_autoscale_keepalive)
+            self.concurrency = self.autoscale.min
         self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
         multiplier = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.prefetch = max(1, self.concurrency * multiplier)
@@ -149,6 +158,8 @@ class Worker:
         factory = self._pool_factory or pool_class(self.pool_name)
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if self.autoscale is not None and not hasattr(factory, "resize"):
+            raise ConfigurationError(f"--autoscale: this {self.pool_name} pool cannot resize")
         self.pool = factory(
             app,
             self.concurrency,
@@ -163,6 +174,10 @@ class Worker:
         assert self.consumer.fetcher is not None
         self.consumer.fetcher.revoked = self.pool.revoked_ids = self.revoked
         self.activity.attach(self.pool, self.consumer.inflight)
+        if self.autoscale is not None:
+            from celeriac.worker.autoscale import local_autoscaler
+
+            self.autoscaler = local_autoscaler(self, self.autoscale)
         if self.announce:  # a prefork child leaves remote control to its supervisor
             self.start_remote_control()
         self.ready.set()
@@ -242,6 +257,8 @@ class Worker:
                 self.stop_remote_control()
                 self.app.close()
                 os._exit(1)
+            if self.autoscaler is not None:
+                self.autoscaler.stop()
             waiting = self.consumer.stop_fetching()
             assert self.pool is not None
             unstarted = waiting + self.pool.stop(cold=False)

@@ -523,6 +523,19 @@ class RedisBroker(Broker):
             return
         self._call("dead_letter", *delivery.tag, reason)
 
+    def ready(self, queue: str) -> int:
+        # The lists only (one per priority bucket); a countdown sent with its ``eta`` header
+        # (``delayed_delivery="queue"``) counts until a fetch parks it.
+        p = self.prefix
+        keys = [f"{p}{queue}"] + [f"{p}{queue}\x06\x16{step}" for step in (3, 6, 9)]
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.llen(key)
+                return sum(int(n) for n in pipe.execute())
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: ready count of {queue!r} failed: {exc}") from exc
+
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         return float(self._call("rate", key, repr(float(interval))))
 

@@ -347,6 +347,12 @@ class SQLiteBroker(Broker):
         )
         return None if oldest is None else max(0.0, time.time() - float(oldest))
 
+    def ready(self, queue: str) -> int:
+        [(count,)] = self.db.read(
+            "SELECT COUNT(*) FROM celeriac_messages WHERE queue = ? AND state = 0", (queue,)
+        )
+        return int(count)
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = self.db.read(
             "SELECT id, queue, reason, failed_at, headers, properties, content_type,"
