@@ -15,6 +15,7 @@ from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
 from celeriac.cli.control import control, expand_nodename, inspect, status
 from celeriac.cli.events import events
+from celeriac.cli.health import health
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 from celeriac.urls import mask_log_handlers, mask_urls
@@ -103,6 +104,8 @@ def setup_logging(level: str, fmt: str) -> None:
 )
 @click.option("-E", "--task-events", is_flag=True, help="Send task events (monitoring).")
 @click.option("--without-heartbeat", is_flag=True, help="Send no worker-* events.")
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port.")
+@click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
 @pass_state
 def worker(
     state: _State,
@@ -117,6 +120,8 @@ def worker(
     embed_beat: bool,
     task_events: bool,
     without_heartbeat: bool,
+    metrics_port: int | None,
+    health_port: int | None,
 ) -> None:
     """Consume queues and run their tasks."""
     from celeriac.worker import Worker
@@ -132,6 +137,10 @@ def worker(
     )
     if task_events:  # in the settings: prefork children read it there
         app.conf.worker_send_task_events = True
+    if metrics_port is not None:
+        app.conf.worker_metrics_port = metrics_port
+    if health_port is not None:
+        app.conf.worker_health_port = health_port
     # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
     w = Worker(
         app,
@@ -344,6 +353,7 @@ cli.add_command(inspect)
 cli.add_command(control)
 cli.add_command(status)
 cli.add_command(events)
+cli.add_command(health)
 
 
 def main() -> None:

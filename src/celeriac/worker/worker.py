@@ -25,6 +25,7 @@ from celeriac.worker.revoked import Revoked
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.worker.job import Outcome
+    from celeriac.worker.monitor import Monitor
     from celeriac.worker.pools.base import Pool
     from celeriac.worker.remote import RemoteControl
     from celeriac.worker.supervisor import Supervisor
@@ -98,6 +99,7 @@ class Worker:
         self.revoked = Revoked()
         self.activity = Activity(self.hostname)
         self._remote: RemoteControl | None = None
+        self._monitor: Monitor | None = None
 
     def start(self) -> None:
         if self._supervised():
@@ -165,6 +167,7 @@ class Worker:
             threading.Thread(target=self.stop, daemon=True).start()
         if not self.announce:
             return
+        self._start_monitor()
         if self.heartbeat:
             consumer = self.consumer
             self._heart = start_heart(
@@ -180,6 +183,22 @@ class Worker:
             self.prefetch,
             redact(app.conf.broker_url),
         )
+
+    def _start_monitor(self) -> None:
+        """/metrics, /livez and /readyz when their ports are set (``worker/monitor.py``)."""
+        from celeriac.health.pulse import Pulse
+        from celeriac.worker.monitor import monitor_for
+
+        consumer = self.consumer
+        self._monitor = monitor_for(
+            self,
+            pulse=Pulse(),
+            consuming=lambda: self.ready.is_set() and not self._stopping,
+            active=lambda: consumer.inflight.unfinished,
+            supervised=False,
+        )
+        if self._monitor is not None:
+            self._monitor.start(watch_lock=consumer.inflight.cond)
 
     def start_remote_control(self) -> None:
         """Answer remote control as this node (``worker_enable_remote_control``)."""
@@ -251,6 +270,8 @@ class Worker:
             self.stop_remote_control()
             if self._heart is not None:
                 self._heart.stop()
+            if self._monitor is not None:
+                self._monitor.stop()
             self.app.close()
             logger.log(
                 logging.WARNING if self.announce else logging.INFO,
