@@ -162,12 +162,12 @@ class Worker:
         self.activity.attach(self.pool, self.consumer.inflight)
         if self.announce:  # a prefork child leaves remote control to its supervisor
             self.start_remote_control()
+            self._start_monitor()
         self.ready.set()
         if self._stopping:  # a signal came while starting
             threading.Thread(target=self.stop, daemon=True).start()
         if not self.announce:
             return
-        self._start_monitor()
         if self.heartbeat:
             consumer = self.consumer
             self._heart = start_heart(
