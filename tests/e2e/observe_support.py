@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .conftest import Env, wait_for
 
-SERVING = re.compile(rb"serving (?P<paths>[/a-z ]+) on http://[^:]+:(?P<port>\d+)")
+SERVING = re.compile(rb"serving (?P<paths>[/a-z ]+) on http://(?P<host>[^:]+):(?P<port>\d+)")
 
 
 def start_observed(env: Env, *args: str, name: str = "w1") -> tuple[subprocess.Popen[bytes], int]:
@@ -38,7 +38,8 @@ def start_observed(env: Env, *args: str, name: str = "w1") -> tuple[subprocess.P
     assert proc.poll() is None, env.log(proc)
     found = SERVING.search(log_path.read_bytes())
     assert found is not None, env.log(proc)
-    assert found["paths"].split() == [b"/livez", b"/metrics", b"/readyz"]
+    assert found["paths"].split() == [b"/livez", b"/metrics", b"/readyz"]  # one server
+    assert found["host"] == b"0.0.0.0"  # worker_http_host's default
     return proc, int(found["port"])
 
 

@@ -14,7 +14,7 @@ from tests.conftest import service_url
 from tests.faults.proxy import FaultProxy
 
 from .conftest import Env, wait_for
-from .observe_support import get, start_observed
+from .observe_support import get, samples, start_observed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -28,8 +28,13 @@ def test_readyz_turns_unready_within_5s_of_losing_redis_and_ready_after(tmp_path
     url = f"redis://127.0.0.1:{proxy.port}/{redis_support.DB}?global_keyprefix={prefix}"
     env.env.update(CELERIAC_BROKER_URL=url, CELERIAC_RESULT_BACKEND=url)
     try:
-        _, port = start_observed(env, "-P", "prefork", "-c", "1", "-Q", f"r-{uuid.uuid4().hex}")
+        queue = f"r-{uuid.uuid4().hex}"
+        _, port = start_observed(env, "-P", "prefork", "-c", "1", "-Q", queue)
         wait_for(lambda: get(port, "/readyz")[0] == 200, 10, "the worker to be ready")
+        found = samples(get(port, "/metrics")[1])
+        assert found[f'celeriac_queue_depth{{queue="{queue}"}}'] == 0
+        # A Redis message carries no time: no age sample rather than a guess.
+        assert not any(k.startswith("celeriac_queue_oldest_age_seconds") for k in found)
 
         proxy.refusing = True  # Redis is gone: open connections cut, new ones refused
         proxy.cut()

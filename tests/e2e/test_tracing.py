@@ -30,6 +30,10 @@ def test_worker_span_is_a_child_of_the_clients_publish_span(e2e, tmp_path):
 
     spans_file = tmp_path / "worker-spans.jsonl"
     env.env["OBSERVE_TRACE_FILE"] = str(spans_file)
+    # A multiprocess directory of the user's: the children's metric files go there.
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    env.env["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     observe_tasks.app.conf.update(broker_url=env.url, result_backend=None)
     observe_tasks.app.close()
     exporter = InMemorySpanExporter()
@@ -49,6 +53,7 @@ def test_worker_span_is_a_child_of_the_clients_publish_span(e2e, tmp_path):
         tracing.configure(None)
         observe_tasks.app.close()
 
+    assert any(p.name.startswith("counter_") for p in prom_dir.iterdir())
     trace_id = format(root.get_span_context().trace_id, "032x")
     client = {
         s.attributes["messaging.message.id"]: s

@@ -3,6 +3,7 @@ codes of ``celeriac health``."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,12 @@ def worker() -> Iterator[Worker]:
         worker_http_host="127.0.0.1",
         worker_liveness_timeout=1.0,
     )
+
+    @app.task(name="probe.sleep")
+    def sleep(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
     w = Worker(app, pool="threads", concurrency=1, install_signal_handlers=False)
     thread = threading.Thread(target=w.start, daemon=True)
     thread.start()
@@ -41,6 +48,11 @@ def port_of(worker: Worker) -> int:
     assert worker._monitor is not None
     [server] = worker._monitor.servers
     return server.port
+
+
+def health_of_app() -> int:
+    sys.modules.pop("tests.health.probe_app", None)  # it reads the port as it is imported
+    return CliRunner().invoke(cli, ["-A", "tests.health.probe_app:app", "health"]).exit_code
 
 
 def health(*args: str) -> int:
@@ -60,12 +72,30 @@ def test_livez_fails_while_the_consumer_is_wedged_and_recovers(worker):
     with cond:
         wedged = time.monotonic()
         wait_for(lambda: get(port, "/livez")[0] == 503, 3, "/livez to fail")
-        assert time.monotonic() - wedged > 1.0  # not before the timeout
+        # Not before the timeout (1 s) since the last beat, which was at most one watch
+        # interval (0.5 s) before the wedge.
+        assert time.monotonic() - wedged > 0.5
         status, body = get(port, "/livez")
         assert status == 503 and body.startswith("wedged: the worker's loop last turned")
         assert health("--port", str(port), "--live") == 1
     wait_for(lambda: get(port, "/livez")[0] == 200, 3, "/livez to pass again")
     assert health("--port", str(port), "--live") == 0
+
+
+def test_a_long_task_does_not_fail_livez(worker):
+    port = port_of(worker)
+    result = worker.app.send_task("probe.sleep", (1.6,))
+    wait_for(lambda: worker.consumer.inflight.unfinished == 1, 5, "the task to start")
+    deadline = time.monotonic() + 1.4  # past the 1 s liveness timeout, while it runs
+    while time.monotonic() < deadline:
+        assert get(port, "/livez")[0] == 200
+        time.sleep(0.1)
+    assert result.get(timeout=5) == 1.6
+
+
+def test_health_reads_the_port_from_the_apps_settings(worker, monkeypatch):
+    monkeypatch.setenv("PROBE_HEALTH_PORT", str(port_of(worker)))
+    assert health_of_app() == 0
 
 
 def test_readyz_fails_once_the_worker_stops_consuming(worker):

@@ -57,6 +57,8 @@ from celeriac.worker.worker import Worker
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from celeriac.worker.monitor import Monitor
+
 logger = logging.getLogger("celeriac.worker")
 
 _TICK = 0.25
@@ -106,6 +108,7 @@ class Supervisor:
         self._memory_warned = [0.0] * cap
         #: bumped by every turn of the loop: /livez (``worker/monitor.py``)
         self.pulse = Pulse()
+        self.monitor: Monitor | None = None
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -121,7 +124,7 @@ class Supervisor:
         from celeriac.worker.monitor import monitor_for
 
         # Before the first fork: children count their tasks where this process reads them.
-        monitor = monitor_for(
+        monitor = self.monitor = monitor_for(
             worker,
             pulse=self.pulse,
             consuming=self._consuming,
