@@ -29,7 +29,7 @@ def test_readyz_turns_unready_within_5s_of_losing_redis_and_ready_after(tmp_path
     env.env.update(CELERIAC_BROKER_URL=url, CELERIAC_RESULT_BACKEND=url)
     try:
         queue = f"r-{uuid.uuid4().hex}"
-        _, port = start_observed(env, "-P", "prefork", "-c", "1", "-Q", queue)
+        proc, port = start_observed(env, "-P", "prefork", "-c", "1", "-Q", queue)
         wait_for(lambda: get(port, "/readyz")[0] == 200, 10, "the worker to be ready")
         found = samples(get(port, "/metrics")[1])
         assert found[f'celeriac_queue_depth{{queue="{queue}"}}'] == 0
@@ -49,6 +49,7 @@ def test_readyz_turns_unready_within_5s_of_losing_redis_and_ready_after(tmp_path
         back = time.monotonic()
         wait_for(lambda: get(port, "/readyz") == (200, "ready\n"), 10, "/readyz to say ready")
         print(f"unready after {took:.2f}s, ready again after {time.monotonic() - back:.2f}s")
+        assert env.stop_worker(proc) == 0  # a warm stop removes its metrics directory
     finally:
         env.close()
         proxy.close()

@@ -42,13 +42,14 @@ def test_worker_span_is_a_child_of_the_clients_publish_span(e2e, tmp_path):
     tracing.configure(tracer_provider=provider)  # this process only, not the global provider
     queue = f"trace-{uuid.uuid4().hex[:8]}"
     try:
-        start_observed(env, "-P", "prefork", "-c", "1", "-Q", queue)
+        proc, _ = start_observed(env, "-P", "prefork", "-c", "1", "-Q", queue)
         with provider.get_tracer("test").start_as_current_span("client request") as root:
             ok = observe_tasks.ok.apply_async((7,), queue=queue)
             bad = observe_tasks.fail.apply_async((1,), queue=queue)
         assert ok.get(timeout=30) == 7
         with pytest.raises(ValueError):
             bad.get(timeout=30)
+        assert env.stop_worker(proc) == 0
     finally:
         tracing.configure(None)
         observe_tasks.app.close()
