@@ -121,6 +121,15 @@ class Settings:
     #: time) is dead-lettered instead of run again.
     worker_max_deliveries: int = 5
     worker_log_format: str = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+    #: Port of the worker's Prometheus ``/metrics`` (``--metrics-port``; None: not served;
+    #: needs ``pip install celeriac[metrics]``).
+    worker_metrics_port: int | None = None
+    #: Port of the worker's ``/livez`` and ``/readyz`` (``--health-port``; None: not served).
+    worker_health_port: int | None = None
+    #: Address both of those listen on.
+    worker_http_host: str = "0.0.0.0"
+    #: ``/livez`` fails once the worker's loop has not turned for this many seconds.
+    worker_liveness_timeout: float = 5.0
 
     # Dashboard
     #: task names (shell patterns) whose arguments the dashboard shows as ``***``

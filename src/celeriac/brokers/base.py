@@ -157,8 +157,8 @@ class Broker(ABC):
         """Messages on ``queue`` that are ready, delayed or leased."""
 
     def oldest_age(self, queue: str) -> float | None:
-        """Seconds the oldest ready message on ``queue`` has waited to be delivered, read
-        without consuming it; None when the queue is empty or the broker cannot tell."""
+        """Seconds the oldest ready message of ``queue`` has waited, 0.0 for an empty queue;
+        None where the broker cannot tell without consuming (the default)."""
         return None
 
     def ready(self, queue: str) -> int:

@@ -16,6 +16,7 @@ from celeriac.cli.beat import beat
 from celeriac.cli.control import control, expand_nodename, inspect, status
 from celeriac.cli.dashboard import dashboard
 from celeriac.cli.events import events
+from celeriac.cli.health import health
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 from celeriac.urls import mask_urls
@@ -151,6 +152,8 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option(
     "-D", "--detach", is_flag=True, help="Run in the background (with --pidfile, --logfile)."
 )
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port.")
+@click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
 @pass_state
 def worker(
     state: _State,
@@ -174,6 +177,8 @@ def worker(
     logfile: str | None,
     pidfile: str | None,
     detach: bool,
+    metrics_port: int | None,
+    health_port: int | None,
 ) -> None:
     """Consume queues and run their tasks."""
     from celeriac.cli.daemon import Pidfile, setup_logging
@@ -210,6 +215,10 @@ def worker(
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
+    if metrics_port is not None:
+        app.conf.worker_metrics_port = metrics_port
+    if health_port is not None:
+        app.conf.worker_health_port = health_port
     try:
         # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
         w = Worker(
@@ -460,6 +469,7 @@ cli.add_command(control)
 cli.add_command(status)
 cli.add_command(events)
 cli.add_command(dashboard)
+cli.add_command(health)
 
 
 def main() -> None:

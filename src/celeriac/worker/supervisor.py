@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac.exceptions import Unsupported
+from celeriac.health.pulse import Pulse
 from celeriac.worker.banner import announce
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
@@ -55,6 +56,8 @@ from celeriac.worker.worker import Worker
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+
+    from celeriac.worker.monitor import Monitor
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -103,6 +106,9 @@ class Supervisor:
         self._killed: list[tuple[Death, str] | None] = [None] * cap
         #: when a child over its memory limit was told to stop its task (monotonic; 0: not yet)
         self._memory_warned = [0.0] * cap
+        #: bumped by every turn of the loop: /livez (``worker/monitor.py``)
+        self.pulse = Pulse()
+        self.monitor: Monitor | None = None
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -115,6 +121,18 @@ class Supervisor:
         # them share one copy of each broadcast.
         if not app.conf.worker_hostname:
             app.conf.worker_hostname = worker.hostname
+        from celeriac.worker.monitor import monitor_for
+
+        # Before the first fork: children count their tasks where this process reads them.
+        monitor = self.monitor = monitor_for(
+            worker,
+            pulse=self.pulse,
+            consuming=self._consuming,
+            active=lambda: self.custody.slots.active(),
+            supervised=True,
+        )
+        if monitor is not None:
+            monitor.start()
         for i in range(self.size):
             self._spawn(i)
         self.custody.start()
@@ -149,12 +167,15 @@ class Supervisor:
             worker.stop_remote_control()
             if heart is not None:
                 heart.stop()
+            if monitor is not None:
+                monitor.stop()
             self.custody.stop()
             worker._stopped.set()
         logger.warning("%s stopped", worker.hostname)
 
     def _loop(self) -> None:
         while True:
+            self.pulse.beat()
             with self._lock:
                 alive = {p.sentinel: i for i, p in enumerate(self.children) if p is not None}
                 stopping = self._stopping
@@ -166,6 +187,15 @@ class Supervisor:
                 self._respawn_due()
                 self._enforce_deadlines()
                 self._enforce_memory()
+
+    def _consuming(self) -> bool:
+        """Ready, not stopping, and at least one child alive (/readyz)."""
+        # No lock: a probe must answer even while the loop is stuck holding it.
+        return (
+            self.worker.ready.is_set()
+            and not self._stopping
+            and any(p is not None for p in self.children)
+        )
 
     def _spawn(self, index: int) -> None:
         ctx = mp.get_context("fork")

@@ -26,6 +26,7 @@ from celeriac.worker.revoked import Revoked
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.worker.job import Outcome
+    from celeriac.worker.monitor import Monitor
     from celeriac.worker.pools.base import Pool
     from celeriac.worker.remote import RemoteControl
     from celeriac.worker.supervisor import Supervisor
@@ -112,6 +113,7 @@ class Worker:
         self.revoked = Revoked()
         self.activity = Activity(self.hostname)
         self._remote: RemoteControl | None = None
+        self._monitor: Monitor | None = None
 
     def start(self) -> None:
         if self._supervised():
@@ -180,6 +182,7 @@ class Worker:
             self.autoscaler = local_autoscaler(self, self.autoscale)
         if self.announce:  # a prefork child leaves remote control to its supervisor
             self.start_remote_control()
+            self._start_monitor()
         self.ready.set()
         if self._stopping:  # a signal came while starting
             threading.Thread(target=self.stop, daemon=True).start()
@@ -194,6 +197,22 @@ class Worker:
         announce(
             app, self.hostname, self.queues, self.pool_name, self.concurrency, str(self.prefetch)
         )
+
+    def _start_monitor(self) -> None:
+        """/metrics, /livez and /readyz when their ports are set (``worker/monitor.py``)."""
+        from celeriac.health.pulse import Pulse
+        from celeriac.worker.monitor import monitor_for
+
+        consumer = self.consumer
+        self._monitor = monitor_for(
+            self,
+            pulse=Pulse(),
+            consuming=lambda: self.ready.is_set() and not self._stopping,
+            active=lambda: consumer.inflight.unfinished,
+            supervised=False,
+        )
+        if self._monitor is not None:
+            self._monitor.start(watch_lock=consumer.inflight.cond)
 
     def start_remote_control(self) -> None:
         """Answer remote control as this node (``worker_enable_remote_control``)."""
@@ -267,6 +286,8 @@ class Worker:
             self.stop_remote_control()
             if self._heart is not None:
                 self._heart.stop()
+            if self._monitor is not None:
+                self._monitor.stop()
             self.app.close()
             logger.log(
                 logging.WARNING if self.announce else logging.INFO,
