@@ -217,7 +217,14 @@ class Supervisor:
         self._killed[index] = None
         self._memory_warned[index] = 0.0
         self.overrides.forget(index)
-        proc.start()
+        # A stop signal that reaches the child before it has its own handlers would run this
+        # process's handler there (and the child would never stop): held back across the fork,
+        # it waits in the child until _child_main is ready for it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.children[index] = proc
         self.born[index] = time.monotonic()
 
@@ -434,6 +441,10 @@ def _signal_of(name: str) -> signal.Signals:
         return signal.SIGTERM
 
 
+#: Signals a child must not see before it has installed its own handlers.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _child_main(
     worker: Worker,
     parent_pid: int,
@@ -466,4 +477,5 @@ def _child_main(
     # Warm only, however often: a SIGTERM to the whole process group reaches a child twice
     # (directly and from the parent), and a cold stop is the parent's SIGKILL.
     signal.signal(signal.SIGTERM, lambda signum, frame: child.stop_soon())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork (_spawn)
     child.start()
