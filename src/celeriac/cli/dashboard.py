@@ -9,7 +9,13 @@ from celeriac.exceptions import CeleriacError
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=5555, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=5555,
+    show_default=True,
+    help="Port to listen on (0: a free one).",
+)
 @click.option(
     "--history",
     "history_url",
@@ -29,7 +35,12 @@ from celeriac.exceptions import CeleriacError
     envvar="CELERIAC_DASHBOARD_TOKEN",
     help="Require this token (needed to listen beyond loopback, or --basic-auth).",
 )
-@click.option("--basic-auth", envvar="CELERIAC_DASHBOARD_BASIC_AUTH", metavar="USER:PASSWORD")
+@click.option(
+    "--basic-auth",
+    envvar="CELERIAC_DASHBOARD_BASIC_AUTH",
+    metavar="USER:PASSWORD",
+    help="Require HTTP basic auth with these credentials.",
+)
 @click.option(
     "--mask-args",
     "mask",
@@ -44,13 +55,20 @@ from celeriac.exceptions import CeleriacError
     help="Comma-separated queues to show besides the default queue, task_queues and those "
     "workers consume.",
 )
-@click.option("--refresh", type=click.FloatRange(0.25, 60.0), default=1.0, show_default=True)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(0.25, 60.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between live updates of a page.",
+)
 @click.option(
     "-l",
     "--loglevel",
     default="warning",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level of the dashboard process.",
 )
 @click.pass_obj
 def dashboard(

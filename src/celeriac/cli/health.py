@@ -15,13 +15,15 @@ from celeriac.health.probe import check
 
 @click.command()
 @click.option("--port", type=int, help="The worker's health port (default: worker_health_port).")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The worker's address.")
 @click.option(
     "--live",
     is_flag=True,
     help="Check /livez (the worker's loop turns) instead of /readyz (it consumes).",
 )
-@click.option("--timeout", type=float, default=2.0, show_default=True)
+@click.option(
+    "--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait for an answer."
+)
 @click.pass_context
 def health(ctx: click.Context, port: int | None, host: str, live: bool, timeout: float) -> None:
     """Exit 0 when the local worker is ready (or alive, with --live), 1 when it is not."""
