@@ -102,13 +102,10 @@ class Settings:
     worker_max_pool_size: int | None = None
     #: ``--autoscale``: seconds without new work before the pool shrinks (Celery's 30).
     worker_autoscale_keepalive: float = 30.0
-    #: ``"consume"`` (default): each prefork child consumes from the broker itself and this
-    #: process supervises. ``"dispatch"``: this process consumes and pipes tasks to children
-    #: (always the case for a broker that lives in one process, ``memory://``).
-    worker_prefork_mode: str = "consume"
-    #: ``"dispatch"`` mode: jobs a prefork child may have queued in its pipe. 1 (the default):
-    #: one at a time, so a job never waits behind a long task while another child is free. 2
-    #: hides the hand-off latency for short tasks (~20-30% more no-op throughput), at that risk.
+    #: A prefork worker on ``memory://`` (its children cannot reach the broker, so this process
+    #: consumes and pipes tasks to them): jobs a child may have queued in its pipe. 1 (the
+    #: default): one at a time, so a job never waits behind a long task while another child is
+    #: free. 2 hides the hand-off latency for short tasks (~20-30% more no-op throughput).
     worker_prefork_pipeline: int = 1
     worker_send_task_events: bool = False
     #: s events are kept where the broker stores them (SQLite's event table); older ones are

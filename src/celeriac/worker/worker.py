@@ -39,12 +39,11 @@ class Worker:
 
     ``Worker(app).start()`` blocks until a signal (or :meth:`stop`) ends it.
 
-    The prefork pool has two shapes. By default (``worker_prefork_mode = "consume"``) this
-    process only supervises: each of ``concurrency`` child processes is a worker of its own
-    (connection, fetcher, finisher) running one task at a time, so the broker I/O of N children
-    runs in N processes instead of funnelling through this one. ``"dispatch"`` (and any broker
-    that lives in one process, such as ``memory://``) keeps the consuming in this process and
-    pipes each task to a child.
+    With the prefork pool this process only supervises: each of ``concurrency`` child
+    processes is a worker of its own (connection, fetcher, finisher) running one task at a
+    time, so the broker I/O of N children runs in N processes instead of funnelling through this
+    one. Only a broker that lives in this process (``memory://``), which children cannot reach,
+    keeps the consuming here and pipes each task to a child.
     """
 
     def __init__(
@@ -131,13 +130,8 @@ class Worker:
         """Prefork with consuming children (see the class docstring)?"""
         if self.pool_name != "prefork" or self._pool_factory is not None:
             return False
-        mode = self.app.conf.worker_prefork_mode
-        if mode not in ("consume", "dispatch"):
-            raise ConfigurationError(
-                f"worker_prefork_mode must be 'consume' or 'dispatch', not {mode!r}"
-            )
         # Checked on the class: opening a connection here would leak it into every child.
-        return mode == "consume" and self._broker_shared()
+        return self._broker_shared()
 
     def _broker_shared(self) -> bool:
         """Can other processes reach the broker (every one but ``memory://``)?"""
