@@ -45,7 +45,7 @@ class Site:
             self.app,
             cfg,
             background=False,
-            extra_routes=[Route("/metrics", lambda r: PlainTextResponse("up 1\n"))],
+            extra_routes=[Route("/extra", lambda r: PlainTextResponse("up 1\n"))],
         )
         self.dashboard = self.web.state.dashboard
         self.client = TestClient(self.web, base_url="http://127.0.0.1:5555")
@@ -199,8 +199,8 @@ def test_the_recorder_drops_tasks_older_than_the_retention(tmp_path: Path) -> No
 def test_routes_added_by_other_parts_are_served_behind_the_same_guard(tmp_path: Path) -> None:
     s = Site(tmp_path, token="t0k")
     with s.client:
-        assert s.client.get("/metrics").status_code == 401
-        r = s.client.get("/metrics", headers={"Authorization": "Bearer t0k"})
+        assert s.client.get("/extra").status_code == 401
+        r = s.client.get("/extra", headers={"Authorization": "Bearer t0k"})
         assert (r.status_code, r.text) == (200, "up 1\n")
     s.app.close()
 
@@ -219,3 +219,59 @@ def test_the_command_and_the_extra() -> None:
     assert masked_tasks(["a.*"], ("b.secret",)) == ("a.*", "b.secret")
     assert DashboardConfig(masked_tasks=("p.secret_*",)).masks("p.secret_login")
     assert not DashboardConfig(masked_tasks=("p.secret_*",)).masks("p.login")
+
+
+def test_metrics_count_the_tasks_and_workers_the_events_told_of(site: Site) -> None:
+    now = time.time()
+    site.dashboard.recorder.apply(
+        [
+            {
+                "type": "worker-heartbeat",
+                "hostname": "w1@x",
+                "timestamp": now,
+                "active": 1,
+                "freq": 2.0,
+                "processed": 3,
+            },
+            {
+                "type": "task-received",
+                "uuid": "a",
+                "name": "p.add",
+                "hostname": "w1@x",
+                "timestamp": now,
+            },
+            {
+                "type": "task-succeeded",
+                "uuid": "a",
+                "runtime": 0.25,
+                "hostname": "w1@x",
+                "timestamp": now,
+            },
+            {
+                "type": "task-received",
+                "uuid": "b",
+                "name": "p.add",
+                "hostname": "w1@x",
+                "timestamp": now,
+            },
+            {
+                "type": "task-failed",
+                "uuid": "b",
+                "runtime": 0.5,
+                "hostname": "w1@x",
+                "timestamp": now,
+                "exception": "E()",
+            },
+        ]
+    )
+    text = site.client.get("/metrics").text
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("celeriac_") and not line.startswith("celeriac_task_runtime_seconds_b")
+    }
+    assert lines['celeriac_tasks_total{hostname="w1@x",state="SUCCESS",task="p.add"}'] == 1
+    assert lines['celeriac_tasks_total{hostname="w1@x",state="FAILURE",task="p.add"}'] == 1
+    assert lines['celeriac_task_runtime_seconds_count{hostname="w1@x",task="p.add"}'] == 2
+    assert lines['celeriac_task_runtime_seconds_sum{hostname="w1@x",task="p.add"}'] == 0.75
+    assert lines['celeriac_worker_up{hostname="w1@x"}'] == 1

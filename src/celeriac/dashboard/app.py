@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
@@ -25,6 +26,11 @@ from celeriac.dashboard.config import DashboardConfig
 from celeriac.dashboard.history import HistoryStore, open_history
 from celeriac.dashboard.recorder import Recorder
 from celeriac.dashboard.security import Guard, GuardMiddleware
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from celeriac.metrics.events import EventMetrics
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -40,7 +46,16 @@ class Dashboard:
         self.config = config
         self.history = history
         self.cluster = Cluster(app, queues=config.queues)
-        self.recorder = Recorder(app, history, config, on_queue=self.cluster.queues.add)
+        #: Prometheus metrics from the events seen (``/metrics``), when prometheus-client is
+        #: installed (``celeriac[metrics]``)
+        self.metrics = event_metrics()
+        self.recorder = Recorder(
+            app,
+            history,
+            config,
+            on_queue=self.cluster.queues.add,
+            on_events=self.metrics.events if self.metrics is not None else None,
+        )
         self.guard = Guard(config)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["config"] = config
@@ -107,6 +122,7 @@ def create_app(
         *pages.routes(),
         *actions.routes(),
         *extra_routes,
+        Route("/metrics", metrics_page),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     web = Starlette(
@@ -116,3 +132,24 @@ def create_app(
     )
     web.state.dashboard = dashboard
     return web
+
+
+def event_metrics() -> EventMetrics | None:
+    """Metrics from events, or None without prometheus-client."""
+    try:
+        from celeriac.metrics.events import EventMetrics
+    except ImportError:
+        return None
+    try:
+        return EventMetrics()
+    except ImportError:  # celeriac.metrics imports prometheus-client lazily
+        return None
+
+
+async def metrics_page(request: Request) -> Response:
+    """``/metrics``: the task metrics of every worker whose events this dashboard saw."""
+    metrics = request.app.state.dashboard.metrics
+    if metrics is None:
+        return PlainTextResponse("/metrics needs prometheus-client: celeriac[metrics]\n", 404)
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -49,8 +49,11 @@ class Recorder:
         history: HistoryStore,
         config: DashboardConfig,
         on_queue: Callable[[str], object] | None = None,
+        on_events: Callable[[list[Event]], object] | None = None,
     ) -> None:
         self.app = app
+        #: called with every batch of events as it is recorded (the dashboard's metrics)
+        self.on_events = on_events
         #: called with each queue a ``task-sent`` event names (the queues page shows them)
         self.on_queue = on_queue
         self.history = history
@@ -115,6 +118,8 @@ class Recorder:
                     self.on_queue(str(e["queue"]))
         if tasks:
             self.recorded += self.history.record(tasks)
+        if self.on_events is not None:
+            self.on_events(batch)
 
     def _maybe_prune(self) -> None:
         now = time.time()

@@ -70,6 +70,11 @@ class EventMetrics:
             if kind in ("task-succeeded", "task-failed") and isinstance(runtime, (int, float)):
                 self.runtime.labels(name or "unknown", host).observe(float(runtime))
 
+    def events(self, batch: list[Event]) -> None:
+        """Count a batch of events, in order."""
+        for event in batch:
+            self.event(event)
+
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type, for an HTTP ``/metrics``."""
         client = prometheus()
