@@ -393,14 +393,6 @@ class Settler:
         self.on_settled(inflight.settled(o.job_id for o in batch))
 
 
-def _left_leased(count: int) -> None:
-    logger.error(
-        "left %d message(s) leased: what their tasks caused could not be stored before "
-        "stopping; they are delivered again when their leases end",
-        count,
-    )
-
-
 def _log(o: Outcome) -> None:
     if o.action is Action.DELAY:
         return
@@ -440,3 +432,11 @@ def _results(outcome: Outcome, delivery: Delivery | None) -> list[EncodedResult]
     for task_id, state, meta in outcome.extra_results:
         out.append(EncodedResult(task_id, state, meta, reply_to, task_id))
     return out
+
+
+def _left_leased(count: int) -> None:
+    logger.error(
+        "left %d message(s) leased: what their tasks caused could not be stored before "
+        "stopping; they are delivered again when their leases end",
+        count,
+    )
