@@ -62,7 +62,7 @@ def test_kombu_only_options_are_accepted_and_defaults_are_what_they_were(
             None,
             "classic",
         )
-        assert (broker.publish_timeout, broker.dead_letter_queue) == (30.0, "celeriac.dead")
+        assert (broker.publish_timeout, broker.dead_letter_queue) == (10.0, "celeriac.dead")
         assert broker.link.publishers.limit == 10
         params = broker.link.params
         assert (params["heartbeat"], params["connect_timeout"]) == (60, 10.0)

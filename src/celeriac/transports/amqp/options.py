@@ -25,7 +25,7 @@ class AMQPOptions:
     #: ``"quorum"`` declares queues with ``x-queue-type: quorum``
     queue_type: Literal["classic", "quorum"] = "classic"
     #: s a publish may take, reconnections and resends included, before it raises BrokerError
-    publish_timeout: float = 30.0
+    publish_timeout: float = 10.0
     #: s, the heartbeat interval asked of RabbitMQ (0: none); a ``heartbeat`` query parameter
     #: of the URL wins. The consuming connection's thread sends them, and gives the connection
     #: up when RabbitMQ was silent for two intervals; publishing connections ask for none and
