@@ -1,7 +1,7 @@
 """One package per technology, chosen by URL scheme: the one place that names them.
 
-Each package (``memory``, ``sqlite``, ``redis``, ``amqp``) holds its connection handling, its
-options, its broker, result backend and beat store, and its server-side scripts; its
+Each package (``memory``, ``sqlite``, ``redis``, ``amqp``, ``postgres``) holds its connection
+handling, its options, its broker, result backend and beat store, and its server-side scripts; its
 ``transport`` module is imported only when a URL asks for it, so ``import celeriac`` imports no
 broker client. A new technology is one package plus its lines here.
 """
@@ -24,6 +24,10 @@ TRANSPORTS: dict[str, str] = {
     "sentinel": "celeriac.transports.redis.transport:RedisTransport",
     "amqp": "celeriac.transports.amqp.transport:AMQPTransport",
     "amqps": "celeriac.transports.amqp.transport:AMQPTransport",
+    "postgresql": "celeriac.transports.postgres.transport:PostgresTransport",
+    "postgres": "celeriac.transports.postgres.transport:PostgresTransport",
+    # Celery's spelling of a database result backend
+    "db+postgresql": "celeriac.transports.postgres.transport:PostgresTransport",
 }
 
 

@@ -1,0 +1,398 @@
+"""Leased delivery over one PostgreSQL table (``{schema}.messages``).
+
+A claim is one statement: ``SELECT ... FOR UPDATE SKIP LOCKED`` picks up to ``limit`` ready rows
+(``available_at <= now``) by priority then age, and the ``UPDATE ... RETURNING`` around it leases
+them (``available_at`` becomes the lease's end) and hands them back. Workers claiming together
+skip each other's rows instead of waiting on them. A lease that lapses needs no sweep: its row is
+ready again by the same test. The claim's last row says when the next delayed or leased message
+of those queues comes due, so an idle fetch sleeps exactly until then.
+
+Idle fetches wait on ``LISTEN``: a publish of a ready message sends ``NOTIFY`` with its queue
+name in the same transaction (delivered on commit), and a fetch wakes for its own queues. With
+nothing published an idle worker claims once per ``polling_interval`` (2 s) at most.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from celeriac.brokers.base import Broker, DeadLetter, Delivery
+from celeriac.exceptions import BrokerError, PublishRefused
+from celeriac.protocol.publication import Publication
+from celeriac.transports.postgres.connection import Database
+from celeriac.transports.postgres.options import PostgresOptions
+from celeriac.transports.sqlite.rows import UnreadableRow, message_of, salvage
+
+if TYPE_CHECKING:
+    import psycopg
+
+logger = logging.getLogger("celeriac.broker.postgres")
+
+_INSERT = """
+INSERT INTO {s}.messages (queue, priority, available_at, task_id, headers, properties,
+                          content_type, content_encoding, body)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+# The claim, then one row (id NULL) whose last column says when the next timed row of these
+# queues is due.
+_CLAIM = """
+WITH picked AS (
+    SELECT id FROM {s}.messages
+     WHERE queue = ANY(%(queues)s) AND available_at <= %(now)s
+     ORDER BY priority DESC, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE {s}.messages m
+       SET available_at = %(until)s, leased = true, delivery_count = m.delivery_count + 1
+      FROM picked WHERE m.id = picked.id
+    RETURNING m.id, m.queue, m.delivery_count, m.headers, m.properties, m.content_type,
+              m.content_encoding, m.body, m.priority, {stored}
+)
+SELECT * FROM leased
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT min(available_at) FROM {s}.messages
+         WHERE queue = ANY(%(queues)s) AND available_at > %(now)s)::text
+"""
+#: what the claim returns as each task's stored result state, when results are in this schema
+#: ('' when none is stored; NULL when the row has no task id to look for: a replayed dead letter)
+STORED_STATE = (
+    "CASE WHEN m.task_id IS NULL THEN NULL"
+    " ELSE COALESCE((SELECT r.status FROM {s}.results r WHERE r.task_id = m.task_id"
+    " AND (r.expires_at IS NULL OR r.expires_at > %(now)s)), '') END"
+)
+
+_DEAD = """
+INSERT INTO {s}.dead_letters (queue, reason, failed_at, headers, properties, content_type,
+                              content_encoding, body)
+"""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+class PostgresBroker(Broker):
+    """Leased delivery over PostgreSQL (``broker_transport_options``:
+    :class:`.options.PostgresOptions`)."""
+
+    options_class = PostgresOptions
+    options: PostgresOptions
+
+    def __init__(
+        self, url: str, transport_options: dict[str, Any] | None = None, *, db: Database
+    ) -> None:
+        super().__init__(url, transport_options)
+        self.db = db
+        self.queue_channel = db.channel("q")
+        self._insert = db.sql(_INSERT)
+        self._claim_sql = db.sql(_CLAIM.replace("{stored}", "NULL::text"))
+
+    def read_results(self) -> None:
+        """Claims return each task's stored state (results live in this schema too)."""
+        self._claim_sql = self.db.sql(_CLAIM.replace("{stored}", STORED_STATE))
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(self, publication: Publication) -> None:
+        self.publish_many([publication])
+
+    def publish_many(self, publications: Sequence[Publication]) -> None:
+        """All in one transaction: a group of any size costs one commit."""
+        rows, ready = self.rows(publications)
+        try:
+            with self.db.transaction(BrokerError, "publish") as cur:
+                self.insert(cur, rows, ready)
+        except BrokerError as exc:
+            import psycopg
+
+            if isinstance(exc.__cause__, psycopg.IntegrityError | psycopg.DataError):
+                queues = ", ".join(map(repr, sorted({p.route.name for p in publications})))
+                raise PublishRefused(f"publish to {queues} refused: {exc}") from exc
+            raise
+
+    def rows(self, publications: Sequence[Publication]) -> tuple[list[tuple[Any, ...]], set[str]]:
+        """The message rows for ``publications`` (one per queue each reaches) and the queues
+        that get a ready message, for :meth:`insert`."""
+        now = time.time()
+        rows: list[tuple[Any, ...]] = []
+        ready: set[str] = set()
+        for p in publications:
+            m, eta = p.message, p.eta
+            at = eta if eta is not None and eta > now else now
+            for queue in self.local_targets(p.route):
+                if at == now:
+                    ready.add(queue)
+                rows.append(
+                    (
+                        queue,
+                        p.priority,
+                        at,
+                        m.task_id,
+                        _dumps(m.headers),
+                        _dumps(m.properties),
+                        m.content_type,
+                        m.content_encoding,
+                        m.body,
+                    )
+                )
+        return rows, ready
+
+    def insert(
+        self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], ready: set[str]
+    ) -> None:
+        """Insert :meth:`rows` inside the caller's transaction (``cur``'s), and wake the
+        workers of ``ready`` queues when it commits."""
+        if len(rows) == 1:
+            cur.execute(self._insert, rows[0])
+        else:
+            cur.executemany(self._insert, rows)
+        for queue in sorted(ready):
+            cur.execute("SELECT pg_notify(%s, %s)", (self.queue_channel, queue))
+
+    # -- consuming --------------------------------------------------------------------------
+    def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        self.refuse_broadcast(queues)
+        if limit <= 0:
+            return []
+        deadline = time.time() + timeout
+        names = list(queues)
+        self.db.listen((self.queue_channel,), BrokerError)
+        while True:
+            got, due = self._claim(names, limit)
+            if got:
+                return got
+            now = time.time()
+            if now >= deadline:
+                return []
+            wait = min(deadline, due) - now
+            self.db.wait(
+                (self.queue_channel,), min(wait, self.options.polling_interval), BrokerError
+            )
+
+    def claim_rows(
+        self, cur: psycopg.Cursor[Any], queues: list[str], limit: int
+    ) -> tuple[list[Delivery], float]:
+        """One claim on ``cur``; the deliveries and when the next timed row is due."""
+        now = time.time()
+        params = {
+            "queues": queues,
+            "now": now,
+            "limit": limit,
+            "until": now + self.visibility_timeout,
+        }
+        rows = cur.execute(self._claim_sql, params).fetchall()
+        tail = rows.pop()
+        due = float(tail[9]) if tail[9] is not None else float("inf")
+        # RETURNING has no defined order: hand the batch out in the order it was chosen.
+        rows.sort(key=lambda r: (-r[8], r[0]))
+        out: list[Delivery] = []
+        for row_id, queue, count, headers, props, ctype, cenc, body, _prio, stored in rows:
+            try:
+                message = message_of(headers, props, ctype, cenc, bytes(body))
+            except UnreadableRow as exc:
+                reason = f"unreadable message row: {exc}"
+                logger.error("dead-lettered message row %d on %r: %s", row_id, queue, reason)
+                self._dead_letter_row(cur, row_id, reason)
+                continue
+            out.append(Delivery(message, queue, (row_id, count), count, stored))
+        return out, due
+
+    def _claim(self, queues: list[str], limit: int) -> tuple[list[Delivery], float]:
+        with self.db.transaction(BrokerError, "fetch") as cur:
+            return self.claim_rows(cur, queues, limit)
+
+    def ack_and_fetch(
+        self, acks: Sequence[Delivery], queues: Sequence[str], limit: int, *, timeout: float
+    ) -> list[Delivery]:
+        if acks and limit > 0:
+            self.refuse_broadcast(queues)
+            with self.db.transaction(BrokerError, "ack and fetch") as cur:
+                self.delete(cur, acks)
+                got, _ = self.claim_rows(cur, list(queues), limit)
+            if got or timeout <= 0:
+                return got
+            return self.fetch(queues, limit, timeout=timeout)
+        return super().ack_and_fetch(acks, queues, limit, timeout=timeout)
+
+    def delete(self, cur: psycopg.Cursor[Any], deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge inside the caller's transaction. The delivery count is part of the
+        handle: a worker whose lease lapsed and was re-delivered elsewhere must not delete the
+        copy the other worker runs."""
+        cur.execute(
+            self.db.sql(
+                "DELETE FROM {s}.messages m USING unnest(%s::bigint[], %s::int[]) AS a(id, n)"
+                " WHERE m.id = a.id AND m.delivery_count = a.n"
+            ),
+            ([d.tag[0] for d in deliveries], [d.tag[1] for d in deliveries]),
+        )
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            with self.db.cursor(BrokerError, "ack") as cur:
+                self.delete(cur, deliveries)
+
+    def requeue(
+        self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
+    ) -> None:
+        now = time.time()
+        at = delay_until if delay_until is not None and delay_until > now else now
+        with self.db.transaction(BrokerError, "requeue") as cur:
+            cur.execute(
+                self.db.sql(
+                    "UPDATE {s}.messages SET leased = false, available_at = %s,"
+                    " delivery_count = delivery_count - %s WHERE id = %s AND delivery_count = %s"
+                ),
+                (at, 0 if count else 1, *delivery.tag),
+            )
+            if at == now:
+                cur.execute("SELECT pg_notify(%s, %s)", (self.queue_channel, delivery.queue))
+
+    def extend(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self.db.cursor(BrokerError, "extend leases") as cur:
+            cur.execute(
+                self.db.sql(
+                    "UPDATE {s}.messages m SET available_at = %s"
+                    " FROM unnest(%s::bigint[], %s::int[]) AS a(id, n)"
+                    " WHERE m.id = a.id AND m.delivery_count = a.n AND m.leased"
+                ),
+                (
+                    time.time() + self.visibility_timeout,
+                    [d.tag[0] for d in deliveries],
+                    [d.tag[1] for d in deliveries],
+                ),
+            )
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        m = delivery.message
+        with self.db.transaction(BrokerError, "dead-letter") as cur:
+            cur.execute(
+                self.db.sql("DELETE FROM {s}.messages WHERE id = %s AND delivery_count = %s"),
+                delivery.tag,
+            )
+            if not cur.rowcount:  # stale: the lease lapsed and the message is someone else's
+                return
+            cur.execute(
+                self.db.sql(_DEAD + " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
+                (
+                    delivery.queue,
+                    reason,
+                    time.time(),
+                    _dumps(m.headers),
+                    _dumps(m.properties),
+                    m.content_type,
+                    m.content_encoding,
+                    m.body,
+                ),
+            )
+            self._trim_dead(cur)
+
+    def _dead_letter_row(self, cur: psycopg.Cursor[Any], row_id: int, reason: str) -> None:
+        """Move a row to the dead letters as it is stored (a replay puts back what came in)."""
+        cur.execute(
+            self.db.sql(
+                _DEAD + " SELECT queue, %s, %s, headers, properties, content_type,"
+                " content_encoding, body FROM {s}.messages WHERE id = %s"
+            ),
+            (reason, time.time(), row_id),
+        )
+        cur.execute(self.db.sql("DELETE FROM {s}.messages WHERE id = %s"), (row_id,))
+        self._trim_dead(cur)
+
+    def _trim_dead(self, cur: psycopg.Cursor[Any]) -> None:
+        opts = self.options
+        now = time.time()
+        if opts.dead_letter_max_age:
+            cur.execute(
+                self.db.sql("DELETE FROM {s}.dead_letters WHERE failed_at < %s"),
+                (now - opts.dead_letter_max_age,),
+            )
+        if opts.dead_letter_max_count:
+            [(count,)] = cur.execute(self.db.sql("SELECT count(*) FROM {s}.dead_letters"))
+            drop = count - opts.dead_letter_max_count
+            if drop > 0:
+                cur.execute(
+                    self.db.sql(
+                        "DELETE FROM {s}.dead_letters WHERE id IN"
+                        " (SELECT id FROM {s}.dead_letters ORDER BY id LIMIT %s)"
+                    ),
+                    (drop,),
+                )
+
+    def reserve_rate_slot(self, key: str, interval: float) -> float | None:
+        now = time.time()
+        with self.db.cursor(BrokerError, "reserve a rate-limit slot") as cur:
+            [(next_at,)] = cur.execute(
+                self.db.sql(
+                    "INSERT INTO {s}.rate_limits AS r (key, next_at) VALUES (%s, %s + %s)"
+                    " ON CONFLICT (key) DO UPDATE SET next_at = GREATEST(r.next_at, %s) + %s"
+                    " RETURNING next_at"
+                ),
+                (key, now, interval, now, interval),
+            )
+        return float(next_at) - interval
+
+    # -- administration ---------------------------------------------------------------------
+    def purge(self, queue: str) -> int:
+        with self.db.cursor(BrokerError, "purge") as cur:
+            cur.execute(
+                self.db.sql("DELETE FROM {s}.messages WHERE queue = %s AND NOT leased"), (queue,)
+            )
+            return cur.rowcount
+
+    def depth(self, queue: str) -> int:
+        with self.db.cursor(BrokerError, "depth") as cur:
+            [(count,)] = cur.execute(
+                self.db.sql("SELECT count(*) FROM {s}.messages WHERE queue = %s"), (queue,)
+            )
+        return int(count)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self.db.cursor(BrokerError, "list dead letters") as cur:
+            rows = cur.execute(
+                self.db.sql(
+                    "SELECT id, queue, reason, failed_at, headers, properties, content_type,"
+                    " content_encoding, body FROM {s}.dead_letters ORDER BY id LIMIT %s"
+                ),
+                (limit,),
+            ).fetchall()
+        out = []
+        for row_id, queue, reason, failed_at, headers, props, ctype, cenc, body in rows:
+            message, problems = salvage(headers, props, ctype, cenc, bytes(body))
+            if problems:
+                logger.warning("dead letter %s: stored message is unreadable: %s", row_id, problems)
+            out.append(DeadLetter(row_id, queue, reason, float(failed_at), message))
+        return out
+
+    def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
+        where, params = (
+            ("", ()) if ids is None else (" WHERE id = ANY(%s)", ([int(i) for i in ids],))
+        )
+        with self.db.transaction(BrokerError, "replay dead letters") as cur:
+            cur.execute(
+                self.db.sql(
+                    "WITH moved AS (DELETE FROM {s}.dead_letters" + where + " RETURNING *)"
+                    " INSERT INTO {s}.messages (queue, priority, available_at, task_id, headers,"
+                    " properties, content_type, content_encoding, body)"
+                    " SELECT queue, 0, %s, NULL, headers, properties, content_type,"
+                    " content_encoding, body FROM moved ORDER BY id"
+                    " RETURNING queue"
+                ),
+                (*params, time.time()),
+            )
+            moved = [row[0] for row in cur.fetchall()]
+            for queue in sorted(set(moved)):
+                cur.execute("SELECT pg_notify(%s, %s)", (self.queue_channel, queue))
+        return len(moved)
+
+    def purge_dead_letters(self) -> int:
+        with self.db.cursor(BrokerError, "purge dead letters") as cur:
+            cur.execute(self.db.sql("DELETE FROM {s}.dead_letters"))
+            return cur.rowcount
