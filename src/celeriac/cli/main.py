@@ -14,6 +14,7 @@ from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
 from celeriac.cli.control import control, expand_nodename, inspect, status
+from celeriac.cli.db import db
 from celeriac.cli.events import events
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
@@ -344,6 +345,7 @@ cli.add_command(inspect)
 cli.add_command(control)
 cli.add_command(status)
 cli.add_command(events)
+cli.add_command(db)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
-from celeriac.exceptions import BrokerError, PublishRefused
+from celeriac.exceptions import BrokerError, ConfigurationError, PublishRefused
 from celeriac.protocol.publication import Publication
 from celeriac.transports.postgres.connection import Database
 from celeriac.transports.postgres.options import PostgresOptions
@@ -115,6 +115,29 @@ class PostgresBroker(Broker):
                 queues = ", ".join(map(repr, sorted({p.route.name for p in publications})))
                 raise PublishRefused(f"publish to {queues} refused: {exc}") from exc
             raise
+
+    def publish_in(self, conn: Any, publications: Sequence[Publication]) -> None:
+        """Insert ``publications`` through the caller's psycopg connection ``conn``, inside its
+        open transaction (see :mod:`celeriac.transactional`): they are sent if it commits."""
+        import psycopg
+
+        self.db.connection(BrokerError)  # makes the tables on first use, on our own connection
+        info = getattr(conn, "info", None)
+        if not isinstance(conn, psycopg.Connection) or info is None:
+            raise ConfigurationError(
+                f"transaction= takes a psycopg connection, not {type(conn).__name__}"
+            )
+        if info.dbname != self.db.dbname:
+            raise ConfigurationError(
+                f"transaction= is a connection to database {info.dbname!r}; the broker's "
+                f"messages are in {self.db.dbname!r}"
+            )
+        rows, ready = self.rows(publications)
+        try:
+            with conn.cursor() as cur:
+                self.insert(cur, rows, ready)
+        except psycopg.Error as exc:
+            raise BrokerError(f"publish in the caller's transaction: {exc}") from exc
 
     def rows(self, publications: Sequence[Publication]) -> tuple[list[tuple[Any, ...]], set[str]]:
         """The message rows for ``publications`` (one per queue each reaches) and the queues

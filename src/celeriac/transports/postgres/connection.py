@@ -82,6 +82,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conninfo, self.schema = parse_url(url)
+        #: the database's name, as libpq will resolve it (URL path, else PGDATABASE, else user)
+        self.dbname = _dbname(self.conninfo)
         self._local = threading.local()
         self._gen = generation()
         self._lock = threading.Lock()
@@ -247,6 +249,14 @@ def _disown(conn: psycopg.Connection[Any]) -> None:
     finally:
         os.close(null)
     _kept.append(conn)  # never finalised in this process: nothing more to go wrong
+
+
+def _dbname(conninfo: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(conninfo)
+    name = params.get("dbname") or os.environ.get("PGDATABASE")
+    return str(name or params.get("user") or os.environ.get("PGUSER") or "")
 
 
 def _first_line(exc: BaseException) -> str:
