@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
@@ -74,6 +76,16 @@ INSERT INTO {s}.dead_letters (queue, reason, failed_at, headers, properties, con
 """
 
 
+@dataclass(slots=True)
+class _Idle:
+    """A thread's last empty claim: on which connection and queues, and when to look again
+    without a NOTIFY (the next timed row's due time, or the polling interval)."""
+
+    conn: object
+    queues: list[str]
+    next_look: float
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), default=str)
 
@@ -93,6 +105,8 @@ class PostgresBroker(Broker):
         self.queue_channel = db.channel("q")
         self._insert = db.sql(_INSERT)
         self._claim_sql = db.sql(_CLAIM.replace("{stored}", "NULL::text"))
+        #: per thread: what its last empty claim found (see :meth:`fetch`)
+        self._idle = threading.local()
 
     def read_results(self) -> None:
         """Claims return each task's stored state (results live in this schema too)."""
@@ -141,7 +155,7 @@ class PostgresBroker(Broker):
 
     def rows(self, publications: Sequence[Publication]) -> tuple[list[tuple[Any, ...]], set[str]]:
         """The message rows for ``publications`` (one per queue each reaches) and the queues
-        that get a ready message, for :meth:`insert`."""
+        they reach, for :meth:`insert`."""
         now = time.time()
         rows: list[tuple[Any, ...]] = []
         ready: set[str] = set()
@@ -149,8 +163,7 @@ class PostgresBroker(Broker):
             m, eta = p.message, p.eta
             at = eta if eta is not None and eta > now else now
             for queue in self.local_targets(p.route):
-                if at == now:
-                    ready.add(queue)
+                ready.add(queue)  # a delayed one too: a waiting fetch learns its due time
                 rows.append(
                     (
                         queue,
@@ -170,7 +183,7 @@ class PostgresBroker(Broker):
         self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], ready: set[str]
     ) -> None:
         """Insert :meth:`rows` inside the caller's transaction (``cur``'s), and wake the
-        workers of ``ready`` queues when it commits."""
+        workers of the ``ready`` queues when it commits."""
         if len(rows) == 1:
             cur.execute(self._insert, rows[0])
         else:
@@ -185,18 +198,28 @@ class PostgresBroker(Broker):
             return []
         deadline = time.time() + timeout
         names = list(queues)
-        self.db.listen((self.queue_channel,), BrokerError)
+        conn = self.db.listen((self.queue_channel,), BrokerError)
+        idle: _Idle | None = getattr(self._idle, "state", None)
+        # A worker calls fetch every half second while idle: claim only when something may
+        # have changed since this thread's last empty claim (a NOTIFY for one of its queues, a
+        # timed row come due, the polling interval gone by, another connection or queues).
+        fresh = idle is None or idle.conn is not conn or idle.queues != names
         while True:
-            got, due = self._claim(names, limit)
-            if got:
-                return got
             now = time.time()
+            if fresh or idle is None or now >= idle.next_look:
+                got, due = self._claim(names, limit)
+                if got:
+                    self._idle.state = None
+                    return got
+                now = time.time()
+                idle = _Idle(conn, names, min(due, now + self.options.polling_interval))
+                self._idle.state = idle
             if now >= deadline:
                 return []
-            wait = min(deadline, due) - now
-            self.db.wait(
-                (self.queue_channel,), min(wait, self.options.polling_interval), BrokerError
+            heard = self.db.wait(
+                (self.queue_channel,), min(deadline, idle.next_look) - now, BrokerError
             )
+            fresh = any(q in names for q in heard)
 
     def claim_rows(
         self, cur: psycopg.Cursor[Any], queues: list[str], limit: int

@@ -8,8 +8,8 @@ and the call raises the part's error; the next call connects again, so a worker 
 server restart without being restarted itself.
 
 After a ``fork`` the child must neither use nor close its parent's connections: closing one
-would tell the server to end the parent's session. The child points their sockets at
-``/dev/null`` instead (:func:`_disown`) and opens its own.
+would tell the server to end the parent's session. The child forgets them and opens its own
+(psycopg finalises a connection only in the process that opened it, so forgetting is safe).
 """
 
 from __future__ import annotations
@@ -189,6 +189,20 @@ class Database:
         them from its first wait on); the payloads that came (``[]``: none)."""
         import psycopg
 
+        conn = self.listen(channels, error)
+        try:
+            got = list(conn.notifies(timeout=max(0.0, timeout), stop_after=1))
+        except psycopg.Error as exc:
+            raise self._failed(exc, error, "waiting for NOTIFY") from exc
+        return [n.payload for n in got if n.channel in channels]
+
+    def listen(
+        self, channels: tuple[str, ...], error: type[CeleriacError]
+    ) -> psycopg.Connection[Any]:
+        """Start listening now (so a NOTIFY sent before the first :meth:`wait` is kept); the
+        connection that listens (a new one after a failure: it missed what came meanwhile)."""
+        import psycopg
+
         conn = self.connection(error)
         try:
             heard = self._listening.setdefault(conn, set())
@@ -196,22 +210,14 @@ class Database:
                 if channel not in heard:
                     conn.execute(f'LISTEN "{channel}"')
                     heard.add(channel)
-            got = list(conn.notifies(timeout=max(0.0, timeout), stop_after=1))
         except psycopg.Error as exc:
-            raise self._failed(exc, error, "waiting for NOTIFY") from exc
-        return [n.payload for n in got if n.channel in channels]
-
-    def listen(self, channels: tuple[str, ...], error: type[CeleriacError]) -> None:
-        """Start listening now (so a NOTIFY sent before the first :meth:`wait` is kept)."""
-        self.wait(channels, 0.0, error)
+            raise self._failed(exc, error, "LISTEN") from exc
+        return conn
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _after_fork(self) -> None:
-        with self._lock:
-            inherited = list(self._open)
-            self._open = weakref.WeakSet()
-        for conn in inherited:
-            _disown(conn)
+        self._lock = threading.Lock()  # a parent's thread may have held the old one
+        self._open = weakref.WeakSet()
         self._local = threading.local()
         self._listening = weakref.WeakKeyDictionary()
         self._gen = generation()
@@ -231,24 +237,6 @@ class Database:
             except Exception:
                 logger.debug("closing a connection failed", exc_info=True)
         self._local = threading.local()
-
-
-_kept: list[Any] = []
-
-
-def _disown(conn: psycopg.Connection[Any]) -> None:
-    """Make a connection inherited over ``fork`` harmless: its socket now leads to /dev/null,
-    so whatever libpq writes when it is finalised never reaches the parent's session."""
-    try:
-        fd = conn.pgconn.socket
-    except Exception:  # already closed
-        return
-    null = os.open(os.devnull, os.O_RDWR)
-    try:
-        os.dup2(null, fd)
-    finally:
-        os.close(null)
-    _kept.append(conn)  # never finalised in this process: nothing more to go wrong
 
 
 def _dbname(conninfo: str) -> str:

@@ -24,6 +24,8 @@ logger = logging.getLogger("celeriac.control")
 COMMAND_TTL = 300.0
 #: s a reply is kept for a client that stopped waiting
 REPLY_TTL = 60.0
+#: s between reads of the commands table with no NOTIFY (one lost with a connection is found)
+LOOK_EVERY = 10.0
 
 
 def _raw(body: str, headers: str) -> Raw | None:
@@ -42,6 +44,8 @@ class PostgresMailbox(Mailbox):
         self._commands = db.channel("ctl")
         self._replies_channel = db.channel("ctl_r")
         self._after = 0
+        self._conn: object = None  # the connection the last read listened on
+        self._next_look = 0.0
 
     def _rows(self, what: str, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self.db.cursor(BrokerError, what) as cur:
@@ -49,27 +53,36 @@ class PostgresMailbox(Mailbox):
 
     # -- the worker's side -----------------------------------------------------------------------
     def _listen(self, node: str) -> None:
-        self.db.listen((self._commands,), BrokerError)
+        self._conn = self.db.listen((self._commands,), BrokerError)
+        self._next_look = time.monotonic() + LOOK_EVERY
         [(last,)] = self._rows(
             "remote control", "SELECT COALESCE(max(id), 0) FROM {s}.control_commands"
         )
         self._after = int(last)
 
     def _receive(self, timeout: float) -> list[Raw]:
+        # A worker asks every half second: read the table only after a NOTIFY, on a new
+        # connection (it may have missed one) or every LOOK_EVERY s, so an idle node costs
+        # nothing but the wait.
         until = time.monotonic() + timeout
+        conn = self.db.listen((self._commands,), BrokerError)
+        fresh = conn is not self._conn or time.monotonic() >= self._next_look
         while True:
-            rows = self._rows(
-                "reading remote-control commands",
-                "SELECT id, body, headers FROM {s}.control_commands WHERE id > %s ORDER BY id",
-                (self._after,),
-            )
-            if rows:
-                self._after = int(rows[-1][0])
-                return [r for _, b, h in rows if (r := _raw(b, h)) is not None]
-            left = until - time.monotonic()
-            if left <= 0:
+            if fresh:
+                self._conn, self._next_look = conn, time.monotonic() + LOOK_EVERY
+                rows = self._rows(
+                    "reading remote-control commands",
+                    "SELECT id, body, headers FROM {s}.control_commands WHERE id > %s ORDER BY id",
+                    (self._after,),
+                )
+                if rows:
+                    self._after = int(rows[-1][0])
+                    return [r for _, b, h in rows if (r := _raw(b, h)) is not None]
+            now = time.monotonic()
+            if now >= until:
                 return []
-            self.db.wait((self._commands,), left, BrokerError)
+            heard = self.db.wait((self._commands,), min(until, self._next_look) - now, BrokerError)
+            fresh = bool(heard) or time.monotonic() >= self._next_look
 
     def _reply(self, oid: str, body: dict[str, Any], headers: dict[str, Any]) -> None:
         with self.db.transaction(BrokerError, "sending a remote-control reply") as cur:
