@@ -219,9 +219,9 @@ class PostgresTickSender(TickSender):
     def claim_and_send(
         self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
     ) -> bool:
-        rows, ready = self.broker.rows([publication])
+        rows = self.broker.rows([publication])
         with self.broker.db.transaction(BrokerError, "beat: claiming and sending a tick") as cur:
             if not self.store.claim(cur, holder, entry, tick, previous):
                 return False
-            self.broker.insert(cur, rows, ready)
+            self.broker.insert(cur, rows)
         return True

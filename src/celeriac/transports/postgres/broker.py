@@ -34,10 +34,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.broker.postgres")
 
+# One statement for any number of rows (one round trip, and in autocommit one transaction);
+# the NOTIFY for their queues is delivered when it commits.
 _INSERT = """
-INSERT INTO {s}.messages (queue, priority, available_at, task_id, headers, properties,
-                          content_type, content_encoding, body)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+WITH ins AS (
+    INSERT INTO {s}.messages (queue, priority, available_at, task_id, headers, properties,
+                              content_type, content_encoding, body)
+    SELECT * FROM unnest(%s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],
+                         %s::text[], %s::text[], %s::text[], %s::bytea[])
+    RETURNING queue
+)
+SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS d
 """
 
 # The claim, then one row (id NULL) whose last column says when the next timed row of these
@@ -117,11 +124,11 @@ class PostgresBroker(Broker):
         self.publish_many([publication])
 
     def publish_many(self, publications: Sequence[Publication]) -> None:
-        """All in one transaction: a group of any size costs one commit."""
-        rows, ready = self.rows(publications)
+        """All in one statement: a group of any size costs one round trip and one commit."""
+        rows = self.rows(publications)
         try:
-            with self.db.transaction(BrokerError, "publish") as cur:
-                self.insert(cur, rows, ready)
+            with self.db.cursor(BrokerError, "publish") as cur:
+                self.insert(cur, rows)
         except BrokerError as exc:
             import psycopg
 
@@ -146,50 +153,40 @@ class PostgresBroker(Broker):
                 f"transaction= is a connection to database {info.dbname!r}; the broker's "
                 f"messages are in {self.db.dbname!r}"
             )
-        rows, ready = self.rows(publications)
+        rows = self.rows(publications)
         try:
             with conn.cursor() as cur:
-                self.insert(cur, rows, ready)
+                self.insert(cur, rows)
         except psycopg.Error as exc:
             raise BrokerError(f"publish in the caller's transaction: {exc}") from exc
 
-    def rows(self, publications: Sequence[Publication]) -> tuple[list[tuple[Any, ...]], set[str]]:
-        """The message rows for ``publications`` (one per queue each reaches) and the queues
-        they reach, for :meth:`insert`."""
+    def rows(self, publications: Sequence[Publication]) -> list[list[Any]]:
+        """The columns of the message rows for ``publications`` (a row per queue each
+        reaches), for :meth:`insert`."""
         now = time.time()
-        rows: list[tuple[Any, ...]] = []
-        ready: set[str] = set()
+        cols: list[list[Any]] = [[] for _ in range(9)]
+        queues, prios, ats, tids, heads, props, ctypes, cencs, bodies = cols
         for p in publications:
             m, eta = p.message, p.eta
             at = eta if eta is not None and eta > now else now
+            head, prop = _dumps(m.headers), _dumps(m.properties)
             for queue in self.local_targets(p.route):
-                ready.add(queue)  # a delayed one too: a waiting fetch learns its due time
-                rows.append(
-                    (
-                        queue,
-                        p.priority,
-                        at,
-                        m.task_id,
-                        _dumps(m.headers),
-                        _dumps(m.properties),
-                        m.content_type,
-                        m.content_encoding,
-                        m.body,
-                    )
-                )
-        return rows, ready
+                queues.append(queue)
+                prios.append(p.priority)
+                ats.append(at)
+                tids.append(m.task_id)
+                heads.append(head)
+                props.append(prop)
+                ctypes.append(m.content_type)
+                cencs.append(m.content_encoding)
+                bodies.append(m.body)
+        return cols
 
-    def insert(
-        self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]], ready: set[str]
-    ) -> None:
-        """Insert :meth:`rows` inside the caller's transaction (``cur``'s), and wake the
-        workers of the ``ready`` queues when it commits."""
-        if len(rows) == 1:
-            cur.execute(self._insert, rows[0])
-        else:
-            cur.executemany(self._insert, rows)
-        for queue in sorted(ready):
-            cur.execute("SELECT pg_notify(%s, %s)", (self.queue_channel, queue))
+    def insert(self, cur: psycopg.Cursor[Any], rows: list[list[Any]]) -> None:
+        """Insert :meth:`rows` inside the caller's transaction (``cur``'s, or a statement of
+        its own in autocommit), and wake the fetches waiting on their queues when it commits
+        (a delayed message's too: a waiting fetch learns its due time)."""
+        cur.execute(self._insert, (*rows, self.queue_channel))
 
     # -- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:

@@ -155,12 +155,22 @@ class Database:
             raise self._failed(exc, error, what) from exc
 
     @contextmanager
-    def transaction(self, error: type[CeleriacError], what: str) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor inside one transaction: committed when the block ends, else rolled back."""
+    def transaction(
+        self, error: type[CeleriacError], what: str, *, pipeline: bool = False
+    ) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor inside one transaction: committed when the block ends, else rolled back.
+
+        ``pipeline``: statements go out without waiting for each other's replies (psycopg's
+        pipeline mode) until a result is read, so a transaction of several statements whose
+        last one returns rows costs two round trips (that one, and the COMMIT)."""
         import psycopg
 
         conn = self.connection(error)
         try:
+            if pipeline:
+                with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+                    yield cur
+                return
             with conn.transaction(), conn.cursor() as cur:
                 yield cur
         except psycopg.Error as exc:

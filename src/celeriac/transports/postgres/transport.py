@@ -127,7 +127,9 @@ class PostgresCombined(Combined):
         broker.refuse_broadcast(queues)
         got: list[Delivery] = []
         if results or acks:
-            with broker.db.transaction(BrokerError, "store results, ack and fetch") as cur:
+            with broker.db.transaction(
+                BrokerError, "store results, ack and fetch", pipeline=True
+            ) as cur:
                 if results:
                     self._backend.store_in(cur, results)
                 if acks:
