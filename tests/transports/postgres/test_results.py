@@ -100,13 +100,15 @@ def test_a_chord_is_claimed_once_when_its_parts_finish_together(url: str) -> Non
         backend.close()
 
 
-def test_db_postgresql_is_celerys_spelling_of_the_same_backend(url: str) -> None:
+def test_db_postgresql_and_postgres_are_spellings_of_the_same_store(url: str) -> None:
     backend = create_backend("db+" + url)
+    short = create_backend(url.replace("postgresql://", "postgres://", 1))
     try:
         backend.store_result("x", 3, "SUCCESS")
-        assert backend.get_meta("x")["result"] == 3
+        assert short.get_meta("x")["result"] == 3
     finally:
         backend.close()
+        short.close()
 
 
 def test_rate_limit_slots_are_shared_between_brokers(url: str) -> None:

@@ -56,6 +56,19 @@ def test_a_misspelt_option_is_an_error_for_broker_and_beat_store(url: str) -> No
     assert str(err.value) == hint
 
 
+def test_the_options_are_the_ones_the_readme_lists() -> None:
+    from celeriac.transports.options import option_names
+    from celeriac.transports.postgres.options import PostgresOptions
+
+    assert option_names(PostgresOptions) == [
+        "visibility_timeout",
+        "polling_interval",
+        "dead_letter_max_count",
+        "dead_letter_max_age",
+    ]
+    assert (PostgresOptions().visibility_timeout, PostgresOptions().polling_interval) == (30, 2)
+
+
 def test_the_tables_are_made_once_when_many_start_together(url: str) -> None:
     conninfo, name = parse_url(url)
     errors: list[BaseException] = []
