@@ -191,3 +191,24 @@ def test_a_forked_child_leaves_its_parents_connection_alone(url: str) -> None:
         [sys.executable, "-c", FORK_SCRIPT, url], capture_output=True, text=True, timeout=60
     )
     assert (out.returncode, out.stdout, out.stderr) == (0, "3\n", "")
+
+
+def test_a_row_that_is_no_message_is_dead_lettered_and_the_rest_delivered(url: str) -> None:
+    broker = create_broker(url)
+    try:
+        broker.publish(Publication(msg("good"), Route("bad-rows")))
+        conninfo, name = parse_url(url)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(
+                f'INSERT INTO "{name}".messages (queue, available_at, headers, properties,'
+                " content_type, content_encoding, body)"
+                " VALUES ('bad-rows', 0, 'not json', '{}', 'application/json', 'utf-8', '')"
+            )
+        got = broker.fetch(["bad-rows"], 10, timeout=1)
+        assert [d.message.task_id for d in got] == ["good"]
+        [dead] = broker.dead_letters()
+        assert dead.queue == "bad-rows"
+        assert dead.reason.startswith("unreadable message row: headers are not JSON")
+        assert broker.depth("bad-rows") == 1  # only the good one, leased
+    finally:
+        broker.close()

@@ -241,13 +241,15 @@ class PostgresBroker(Broker):
             except UnreadableRow as exc:
                 reason = f"unreadable message row: {exc}"
                 logger.error("dead-lettered message row %d on %r: %s", row_id, queue, reason)
-                self._dead_letter_row(cur, row_id, reason)
+                with cur.connection.transaction():  # (a savepoint inside the caller's)
+                    self._dead_letter_row(cur, row_id, reason)
                 continue
             out.append(Delivery(message, queue, (row_id, count), count, stored))
         return out, due
 
     def _claim(self, queues: list[str], limit: int) -> tuple[list[Delivery], float]:
-        with self.db.transaction(BrokerError, "fetch") as cur:
+        # One statement: in autocommit it is its own transaction, one round trip.
+        with self.db.cursor(BrokerError, "fetch") as cur:
             return self.claim_rows(cur, queues, limit)
 
     def ack_and_fetch(
@@ -255,7 +257,7 @@ class PostgresBroker(Broker):
     ) -> list[Delivery]:
         if acks and limit > 0:
             self.refuse_broadcast(queues)
-            with self.db.transaction(BrokerError, "ack and fetch") as cur:
+            with self.db.transaction(BrokerError, "ack and fetch", pipeline=True) as cur:
                 self.delete(cur, acks)
                 got, _ = self.claim_rows(cur, list(queues), limit)
             if got or timeout <= 0:
