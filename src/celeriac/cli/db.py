@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from celeriac.exceptions import CeleriacError
@@ -15,35 +13,33 @@ def db() -> None:
 
 
 @db.command()
-@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @click.pass_obj
-def upgrade(state: object, as_json: bool) -> None:
-    """Create or upgrade the tables of the app's PostgreSQL broker and result backend."""
-    from celeriac.transports import scheme_of
-    from celeriac.transports.postgres.admin import upgrade as upgrade_url
-    from celeriac.transports.postgres.connection import SCHEMES, parse_url
+def upgrade(state: object) -> None:
+    """Create or upgrade the tables of the app's broker and result backend (PostgreSQL)."""
+    from celeriac.transports import open_transport, transport_class
 
     app = state.app  # type: ignore[attr-defined]
     urls = [app.conf.broker_url, app.result_backend_url() or ""]
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     done = []
     try:
         for url in urls:
-            if scheme_of(url) not in SCHEMES or parse_url(url) in seen:
+            if not url or url.startswith(("disabled", "rpc")):
                 continue
-            seen.add(parse_url(url))
-            done.append(upgrade_url(url))
+            key = transport_class(url).server_key(url)
+            if key in seen:
+                continue
+            seen.add(key)
+            transport = open_transport(url)
+            try:
+                line = transport.upgrade_schema()
+            finally:
+                transport.close()
+            if line is not None:
+                done.append(line)
     except CeleriacError as exc:
         raise click.ClickException(str(exc)) from exc
     if not done:
-        raise click.ClickException("neither broker_url nor result_backend is a postgresql:// URL")
-    if as_json:
-        click.echo(
-            json.dumps(
-                [{"url": u.url, "schema": u.schema, "from": u.before, "to": u.after} for u in done]
-            )
-        )
-        return
-    for u in done:
-        change = "up to date" if u.before == u.after else f"upgraded {u.before} -> {u.after}"
-        click.echo(f"{u.url} schema {u.schema}: {change}")
+        raise click.ClickException("neither broker_url nor result_backend keeps tables to upgrade")
+    for line in done:
+        click.echo(line)

@@ -4,7 +4,6 @@ by ``celeriac db upgrade``, LISTEN/NOTIFY wake-ups and the idle claim rate, conn
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -111,13 +110,12 @@ def test_an_old_schema_is_refused_until_db_upgrade(url: str, tmp_path: Any) -> N
     old = os.getcwd()
     os.chdir(tmp_path)
     try:
-        out = runner.invoke(cli, ["-A", "dbapp:app", "db", "upgrade", "--json"])
+        out = runner.invoke(cli, ["-A", "dbapp:app", "db", "upgrade"])
         again = runner.invoke(cli, ["-A", "dbapp:app", "db", "upgrade"])
     finally:
         os.chdir(old)
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output)[0]["from"] == 1
-    assert json.loads(out.output)[0]["to"] == schema.LATEST
+    assert out.output.endswith(f"schema {name}: 1 -> {schema.LATEST}\n")
     assert again.output.endswith(f"schema {name}: up to date\n")
     broker = create_broker(url)
     try:

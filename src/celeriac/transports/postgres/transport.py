@@ -86,6 +86,13 @@ class PostgresTransport(Transport):
     def _close_connections(self) -> None:
         self.db.close()
 
+    def upgrade_schema(self) -> str | None:
+        from celeriac.transports.postgres.admin import upgrade
+
+        done = upgrade(self.url)
+        change = "up to date" if done.before == done.after else f"{done.before} -> {done.after}"
+        return f"{done.url} schema {done.schema}: {change}"
+
     def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
         mine, ours = own(self._brokers, broker), own(self._backends, backend)
         if mine is not None and ours is not None:
