@@ -129,6 +129,9 @@ class Database:
             except psycopg.Error as exc:
                 conn.close()
                 raise error(f"{redact(self.url)}: making schema {self.schema!r}: {exc}") from exc
+            except BaseException:  # an out-of-date schema: no connection is kept for it
+                conn.close()
+                raise
             self._ready = True
         return conn
 
