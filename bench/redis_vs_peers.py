@@ -74,13 +74,6 @@ SYSTEMS = [
         notes="task events on: each child sends task.multi batches (PUBLISH) as it works",
     ),
     System(
-        "celeriac prefork dispatch",
-        "celeriac",
-        [[*CELERIAC, "-c", "2"]],
-        notes="worker_prefork_mode='dispatch': the parent consumes and pipes tasks to 2 children",
-        env={"BENCH_PREFORK_MODE": "dispatch"},
-    ),
-    System(
         "celeriac 2 x solo",
         "celeriac",
         [[*CELERIAC, "-P", "solo", "-n", f"w{i}@bench"] for i in (1, 2)],

@@ -70,3 +70,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             return SERIAL if nodeid.startswith(SERIAL) else nodeid
 
     return Scheduler(config, log)
+
+
+# memcached: one private server per test process (tests/memcached_support.py)
+from tests.memcached_support import memcached_server, private_memcached  # noqa: E402, F401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -42,7 +43,31 @@ def test_unknown_name_without_a_close_match_has_no_hint() -> None:
 
 
 def test_default_when_nothing_is_set() -> None:
-    assert Celeriac("proj").conf.broker_url == DEFAULT_BROKER_URL
+    # beside the module that creates the app (this one), not in the working directory
+    expected = f"sqlite:///{Path(__file__).resolve().parent / 'celeriac.sqlite3'}"
+    assert DEFAULT_BROKER_URL == "sqlite:///celeriac.sqlite3"
+    assert Celeriac("proj").conf.broker_url == expected
+
+
+def test_default_sqlite_file_without_a_module_file_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"Celeriac": Celeriac, "__name__": "interactive"}
+    exec("app = Celeriac('proj')", namespace)  # as at the >>> prompt: no __file__
+    assert namespace["app"].conf.broker_url == f"sqlite:///{tmp_path}/celeriac.sqlite3"  # type: ignore[attr-defined]
+
+
+def test_attribute_assignment_is_checked_and_converted() -> None:
+    app = Celeriac("proj", broker_url="memory://")
+    with pytest.raises(ConfigurationError, match="did you mean 'beat_schedule'"):
+        app.conf.beat_schedul = {}
+    app.conf.result_expires = dt.timedelta(hours=1)
+    app.conf.accept_content = "json"
+    assert (app.conf.result_expires, app.conf.accept_content) == (3600.0, ["json"])
+    # set by attribute: explicit, so a config object read later does not replace it
+    app.config_from_object({"result_expires": 5})
+    assert app.conf.result_expires == 3600.0
 
 
 def test_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,3 +177,21 @@ def test_celery_namespace_reads_only_prefixed_names() -> None:
     app.config_from_object(django_settings, namespace="CELERY")
     assert app.conf.broker_url == "memory://django"
     assert app.conf.task_default_queue == "ns"
+
+
+def test_a_celery_setting_without_a_counterpart_is_kept_with_a_warning(caplog) -> None:
+    # A Celery project moving over sets these; they mean nothing here but are not typos.
+    app = Celeriac("celery-settings", broker_url="memory://")
+    with caplog.at_level("WARNING", logger="celeriac"):
+        app.conf.broker_connection_retry_on_startup = True
+        app.conf.update(worker_hijack_root_logger=False)
+    assert app.conf.broker_connection_retry_on_startup is True
+    assert app.conf.get("worker_hijack_root_logger") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "setting 'broker_connection_retry_on_startup' is Celery's and has no effect in Celeriac",
+        "setting 'worker_hijack_root_logger' is Celery's and has no effect in Celeriac",
+    ]
+    with pytest.raises(ConfigurationError, match="did you mean 'broker_connection_timeout'"):
+        app.conf.broker_conection_retry_on_startup = True  # a typo is still one
+    with pytest.raises(ConfigurationError, match="unknown setting 'security_key'"):
+        app.conf.security_key = "key.pem"  # never ignored silently: signing is set otherwise

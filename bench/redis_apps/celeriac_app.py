@@ -11,8 +11,6 @@ app = Celeriac("bench_redis", broker=URL, backend=URL)
 # To compare with code whose default multiplier differed (4, before per-task fairness).
 if os.environ.get("BENCH_PREFETCH_MULTIPLIER"):
     app.conf.worker_prefetch_multiplier = int(os.environ["BENCH_PREFETCH_MULTIPLIER"])
-# "consume" (default): each prefork child consumes; "dispatch": the parent consumes for them.
-app.conf.worker_prefork_mode = os.environ.get("BENCH_PREFORK_MODE", "consume")
 
 
 @app.task(name="bench.echo")

@@ -7,6 +7,8 @@
 ...     return x + y
 """
 
+import logging as _logging
+
 from celeriac import states
 from celeriac.app import Celeriac
 from celeriac.canvas import Signature, chain, chord, group, signature
@@ -31,6 +33,12 @@ from celeriac.tasks.task import Task
 Celery = Celeriac
 
 __version__ = "0.1.0"
+
+# A library's logging etiquette (the logging HOWTO): a program that configured no logging gets
+# Celeriac's errors as exceptions, not also as lines from logging's last-resort handler (an
+# unreachable broker printed a reconnect warning every second besides its one BrokerError).
+# A worker, or any program that configures logging, sees every line as before.
+_logging.getLogger("celeriac").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AsyncResult",

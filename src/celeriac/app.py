@@ -20,6 +20,7 @@ from celeriac.connections import Connections
 from celeriac.control import Control
 from celeriac.current import set_current_app
 from celeriac.discovery import Packages, discover
+from celeriac.home import creator_directory, default_sqlite_url
 from celeriac.keyring import keyring_of
 from celeriac.protocol.message import build_task_message, new_id
 from celeriac.protocol.publication import Publication
@@ -28,7 +29,7 @@ from celeriac.protocol.signing import sign_message
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.routing import Topology
-from celeriac.settings import Settings, settings_from_object
+from celeriac.settings import DEFAULT_BROKER_URL, Settings, settings_from_object
 from celeriac.signals import Signal
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
@@ -41,7 +42,7 @@ R = TypeVar("R")
 class Celeriac:
     """A Celeriac application.
 
-    >>> app = Celeriac("proj")                     # SQLite file in the working directory
+    >>> app = Celeriac("proj")      # celeriac.sqlite3 beside the module that runs this line
     >>> app = Celeriac("proj", broker_url="memory://", task_always_eager=True)
     """
 
@@ -57,6 +58,10 @@ class Celeriac:
     ) -> None:
         self.main = main
         self.conf = Settings()
+        if self.conf.broker_url == DEFAULT_BROKER_URL:
+            # Not relative to the working directory: see celeriac.home. Not explicit either, so
+            # a config object still sets broker_url.
+            self.conf.set_default("broker_url", default_sqlite_url(creator_directory()))
         self.tasks = TaskRegistry()
         #: Celery's hook: receivers (``sender=app``) run once before beat reads beat_schedule.
         self.on_after_configure = Signal("on_after_configure", "The app's settings are final.")

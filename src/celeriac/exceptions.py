@@ -7,6 +7,7 @@
     ├── ProtocolError               a message that cannot be understood
     │   ├── DecodeError             the body does not decode with its content type
     │   ├── ContentDisallowed       the content type is not in ``accept_content``
+    │   ├── EncodeError             an argument the task serializer cannot encode
     │   ├── MessageTooLarge         the encoded message exceeds ``broker_max_message_size``
     │   └── SignatureError          a message or result is unsigned, or its signature is wrong
     ├── BrokerError                 the broker failed or is unreachable
@@ -51,6 +52,11 @@ class DecodeError(ProtocolError):
 
 class ContentDisallowed(ProtocolError):
     """A message's content type is not listed in ``accept_content``."""
+
+
+class EncodeError(ProtocolError, TypeError):
+    """A task's argument cannot be encoded with the task serializer (a ``TypeError`` too, as
+    the serializer's own error was)."""
 
 
 class MessageTooLarge(ProtocolError):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from celeriac import signals
+from celeriac import signals, tracing
 from celeriac.exceptions import ConfigurationError, MessageTooLarge, ProtocolError
 from celeriac.protocol.message import Message, decode_body, read_headers
 from celeriac.protocol.publication import Publication, Route
@@ -232,10 +232,11 @@ def publish(app: Celeriac, broker: Broker, publications: Sequence[Publication]) 
     """Hand ``publications`` to ``broker``, with Celery's ``before_task_publish`` and
     ``after_task_publish`` signals around it (free when no receiver is connected)."""
     announce(app, signals.before_task_publish, publications)
-    if len(publications) == 1:
-        broker.publish(publications[0])
-    else:
-        broker.publish_many(publications)
+    with tracing.publishing(publications):  # a no-op unless OpenTelemetry traces
+        if len(publications) == 1:
+            broker.publish(publications[0])
+        else:
+            broker.publish_many(publications)
     announce(app, signals.after_task_publish, publications)
     if app.conf.task_send_sent_event:
         from celeriac.events.sent import sent

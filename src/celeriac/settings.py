@@ -12,12 +12,16 @@ import dataclasses
 import datetime as dt
 import difflib
 import importlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac.celery_settings import CELERY_ONLY
 from celeriac.exceptions import ConfigurationError
+
+logger = logging.getLogger("celeriac")
 
 DEFAULT_BROKER_URL = "sqlite:///celeriac.sqlite3"
 ENV_VARS = {"broker_url": "CELERIAC_BROKER_URL", "result_backend": "CELERIAC_RESULT_BACKEND"}
@@ -96,13 +100,12 @@ class Settings:
     worker_max_memory_per_child: int | None = None
     #: The most processes/threads ``pool_grow`` may take the pool to (default: 4 x concurrency).
     worker_max_pool_size: int | None = None
-    #: ``"consume"`` (default): each prefork child consumes from the broker itself and this
-    #: process supervises. ``"dispatch"``: this process consumes and pipes tasks to children
-    #: (always the case for a broker that lives in one process, ``memory://``).
-    worker_prefork_mode: str = "consume"
-    #: ``"dispatch"`` mode: jobs a prefork child may have queued in its pipe. 1 (the default):
-    #: one at a time, so a job never waits behind a long task while another child is free. 2
-    #: hides the hand-off latency for short tasks (~20-30% more no-op throughput), at that risk.
+    #: ``--autoscale``: seconds without new work before the pool shrinks (Celery's 30).
+    worker_autoscale_keepalive: float = 30.0
+    #: A prefork worker on ``memory://`` (its children cannot reach the broker, so this process
+    #: consumes and pipes tasks to them): jobs a child may have queued in its pipe. 1 (the
+    #: default): one at a time, so a job never waits behind a long task while another child is
+    #: free. 2 hides the hand-off latency for short tasks (~20-30% more no-op throughput).
     worker_prefork_pipeline: int = 1
     worker_send_task_events: bool = False
     #: s events are kept where the broker stores them (SQLite's event table); older ones are
@@ -115,6 +118,19 @@ class Settings:
     #: time) is dead-lettered instead of run again.
     worker_max_deliveries: int = 5
     worker_log_format: str = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+    #: Port of the worker's Prometheus ``/metrics`` (``--metrics-port``; None: not served;
+    #: needs ``pip install celeriac[metrics]``).
+    worker_metrics_port: int | None = None
+    #: Port of the worker's ``/livez`` and ``/readyz`` (``--health-port``; None: not served).
+    worker_health_port: int | None = None
+    #: Address both of those listen on.
+    worker_http_host: str = "0.0.0.0"
+    #: ``/livez`` fails once the worker's loop has not turned for this many seconds.
+    worker_liveness_timeout: float = 5.0
+
+    # Dashboard
+    #: task names (shell patterns) whose arguments the dashboard shows as ``***``
+    dashboard_masked_tasks: list[str] = field(default_factory=list)
 
     # Misc
     imports: list[str] = field(default_factory=list)
@@ -124,17 +140,34 @@ class Settings:
     beat_schedule: dict[str, Any] = field(default_factory=dict)
 
     _explicit: set[str] = field(default_factory=set, repr=False, compare=False)
+    #: Celery settings without a counterpart here (``celery_settings.py``): kept, not used
+    _celery_only: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, var in ENV_VARS.items():
             value = os.environ.get(var)
             if value:
-                setattr(self, name, value)
+                object.__setattr__(self, name, value)  # not explicit: config objects win
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``app.conf.beat_schedul = ...`` is an error as ``update()`` makes it, and a value set
+        # this way is converted and wins over config objects as ``update()``'s does.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        self._check(name)
+        if name in CELERY_ONLY:
+            self._keep_celery_only(name, value)
+            return
+        object.__setattr__(self, name, _coerce(name, value))
+        explicit = self.__dict__.get("_explicit")
+        if explicit is not None:  # None while the dataclass's __init__ sets the defaults
+            explicit.add(name)
 
     # -- mapping-style access, as Celery's app.conf offers --------------------------------
     def __getitem__(self, name: str) -> Any:
         self._check(name)
-        return getattr(self, name)
+        return self.get(name)
 
     def __setitem__(self, name: str, value: Any) -> None:
         self.update({name: value})
@@ -143,7 +176,20 @@ class Settings:
         return iter(setting_names())
 
     def get(self, name: str, default: Any = None) -> Any:
+        if name in CELERY_ONLY:
+            return self._celery_only.get(name, default)
         return getattr(self, name, default) if name in _NAMES else default
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: Celery's settings set here.
+        if name in CELERY_ONLY:
+            return self.__dict__.get("_celery_only", {}).get(name)
+        raise AttributeError(name)
+
+    def _keep_celery_only(self, name: str, value: Any) -> None:
+        if name not in self._celery_only:
+            logger.warning("setting %r is Celery's and has no effect in Celeriac", name)
+        self._celery_only[name] = value
 
     def update(self, mapping: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         """Set several settings; unknown names raise :class:`ConfigurationError`."""
@@ -151,23 +197,30 @@ class Settings:
         for name in items:
             self._check(name)
         for name, value in items.items():
-            setattr(self, name, _coerce(name, value))
-            self._explicit.add(name)
+            setattr(self, name, value)  # __setattr__ converts it and records it as explicit
 
     def setdefaults(self, mapping: Mapping[str, Any]) -> None:
         """Set settings that were not set explicitly (config objects and presets use this)."""
         for name in mapping:
             self._check(name)
         for name, value in mapping.items():
-            if name not in self._explicit:
-                setattr(self, name, _coerce(name, value))
+            self.set_default(name, value)
+
+    def set_default(self, name: str, value: Any) -> None:
+        """Replace a default without making it explicit (config objects may still set it)."""
+        self._check(name)
+        if name in CELERY_ONLY:
+            self._keep_celery_only(name, value)
+            return
+        if name not in self._explicit:
+            object.__setattr__(self, name, _coerce(name, value))
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in setting_names()}
 
     @staticmethod
     def _check(name: str) -> None:
-        if name not in _NAMES:
+        if name not in _NAMES and name not in CELERY_ONLY:
             close = difflib.get_close_matches(name.lower(), _NAMES, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(f"unknown setting {name!r}{hint}")

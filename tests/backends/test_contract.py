@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,11 +26,13 @@ MakeBackend = Callable[..., ResultBackend]
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("rpc", marks=pytest.mark.amqp),
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("memcached", marks=pytest.mark.memcached),
     ]
 )
 def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     made: list[ResultBackend] = []
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/r.db"
+    options = None
     if request.param == "rpc":
         if "expire" in request.node.name or "expiry" in request.node.name:
             pytest.skip("rpc:// results are messages read once, kept by the client: no expiry")
@@ -39,9 +42,12 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
         request.addfinalizer(lambda: redis_support.drop(prefix))
     if request.param == "postgres":
         url = postgres_support.postgres_url(request)
+    if request.param == "memcached":
+        url = request.getfixturevalue("memcached_server").url
+        options = {"key_prefix": f"{uuid.uuid4().hex}:"}  # the server is shared by the session
 
     def make(expires: float | None = 86400.0) -> ResultBackend:
-        backend = create_backend(url, expires=expires)
+        backend = create_backend(url, expires=expires, transport_options=options)
         made.append(backend)
         if request.param == "rpc":
             # As if this process had sent every task: results come back to its reply queue.

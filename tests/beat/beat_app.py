@@ -31,6 +31,10 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "bad-cron": {"broken-cron": {"task": "beat_app.tick", "schedule": crontab(minute="61")}},
     "bad-cron-string": {"broken-string": {"task": "beat_app.tick", "schedule": "*/5 * *"}},
     "unknown-task": {"typo": {"task": "beat_app.tikc", "schedule": 5.0}},
+    "last-run": {
+        "often": {"task": "beat_app.tick", "schedule": 1.0},
+        "hourly": {"task": "beat_app.tick", "schedule": 3600.0},
+    },
 }
 
 app.conf.beat_schedule = SCHEDULES[os.environ.get("BEAT_TEST_SCHEDULE", "none")]

@@ -321,6 +321,7 @@ def test_missed_ticks_skipped_or_caught_up_after_an_outage() -> None:
     clock = Clock()
     (a,) = beats(app, clock, "a", grace=0.5)
     a.run_once()
+    assert {n: s.last_sent for n, s in a.store.states().items()} == {"keep": None, "skip": None}
     step(clock, 1.0, a)
     assert sorted(sent(app)) == [("keep", T0 + 1), ("skip", T0 + 1)]
     a.stop()
@@ -329,6 +330,10 @@ def test_missed_ticks_skipped_or_caught_up_after_an_outage() -> None:
     restarted = Beat(app, store=a.store, clock=clock, holder="z", grace=0.5)
     restarted.run_once()
     assert sent(app) == [("keep", T0 + 3601)], "one catch-up message, none for 'skip'"
+    # The last send (beat's "last run") is the last message's, not the anchor or the skip.
+    states = a.store.states()
+    assert (states["skip"].last_tick, states["skip"].last_sent) == (T0 + 3601, T0 + 1)
+    assert (states["keep"].last_tick, states["keep"].last_sent) == (T0 + 3601, T0 + 3601.5)
     step(clock, 1.0, restarted)
     assert sorted(sent(app)) == [("keep", T0 + 3602), ("skip", T0 + 3602)]
 

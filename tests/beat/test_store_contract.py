@@ -133,6 +133,27 @@ def test_an_unsent_tick_holds_the_entry_until_settled(store: BeatStore) -> None:
     assert store.states()["e"].last_tick == 3.0
 
 
+def test_last_sent_is_set_by_a_send_only(store: BeatStore) -> None:
+    """The first-sight anchor and a skipped tick are claimed without a message: they move the
+    last tick, never the last send; a settled unsent tick records when it was sent, and one
+    given up records nothing."""
+    store.acquire("a", 10)
+    assert store.claim_tick("a", "e", 1.0, None)  # the anchor
+    assert store.states()["e"] == EntryState(1.0, False, False, last_sent=None)
+    assert store.claim_tick("a", "e", 2.0, 1.0, unsent=True)
+    store.settle_tick("e", 2.0, sent_at=1700000000.25)  # with the broker
+    assert store.states()["e"] == EntryState(2.0, False, False, last_sent=1700000000.25)
+    assert store.claim_tick("a", "e", 3.0, 2.0)  # a skipped tick
+    assert store.claim_tick("a", "e", 4.0, 3.0, unsent=True)
+    store.settle_tick("e", 4.0)  # given up
+    store.settle_tick("e", 4.0, sent_at=1700000009.0)  # settled already: no effect
+    assert store.states()["e"] == EntryState(4.0, False, False, last_sent=1700000000.25)
+    store.put_entry("e", {"task": "t", "schedule": 5.0}, replace=True)
+    store.remove_entry("e")
+    assert store.claim_tick("a", "e", 5.0, None)
+    assert store.states()["e"].last_sent is None, "forgotten with the entry"
+
+
 def test_an_unsent_claim_is_fenced_too(store: BeatStore) -> None:
     assert not store.claim_tick("a", "e", 1.0, None, unsent=True)
     store.acquire("a", 10)

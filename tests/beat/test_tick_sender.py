@@ -5,6 +5,7 @@ step, or neither."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,14 +123,18 @@ def test_a_tick_is_recorded_with_its_message_or_not_at_all(server: Any) -> None:
     sender = tick_sender(app.broker, store)
     assert not sender.claim_and_send("a", "e", 1.0, None, message(app, "e", 1.0)), "no lease"
     store.acquire("a", 10)
+    before = time.time()
     assert sender.claim_and_send("a", "e", 1.0, None, message(app, "e", 1.0))
-    assert store.states()["e"] == EntryState(1.0, False, unsent=False)
+    state = store.states()["e"]
+    assert state == EntryState(1.0, False, unsent=False, last_sent=state.last_sent)
+    assert state.last_sent is not None and before <= state.last_sent <= time.time(), "sent now"
     refused = [("b", 1.0), ("a", None), ("a", 0.5)]  # not the holder; previous does not match
     for holder, previous in refused:
         assert not sender.claim_and_send(holder, "e", 2.0, previous, message(app, "e", 2.0))
     assert store.claim_tick("a", "f", 1.0, None, unsent=True)
     assert not sender.claim_and_send("a", "f", 2.0, 1.0, message(app, "f", 2.0)), "f is unsent"
-    assert store.states()["e"].last_tick == 1.0
+    assert (store.states()["e"].last_tick, store.states()["e"].last_sent) == (1.0, state.last_sent)
+    assert store.states()["f"].last_sent is None, "claimed unsent: not sent (yet)"
     assert ticks_on(app) == [1.0], "one message: the claimed tick's"
 
 
@@ -139,11 +144,12 @@ def test_a_message_the_broker_refuses_leaves_the_tick_unclaimed(server: Any) -> 
     sender = tick_sender(app.broker, store)
     store.acquire("a", 10)
     assert sender.claim_and_send("a", "e", 1.0, None, message(app, "e", 1.0))
+    first = store.states()["e"].last_sent
     app.broker.fetch(["celery"], 10, timeout=0)
     break_queue(app)
     with pytest.raises(BrokerError):
         sender.claim_and_send("a", "e", 2.0, 1.0, message(app, "e", 2.0))
-    assert store.states()["e"] == EntryState(1.0, False, unsent=False), "not recorded"
+    assert store.states()["e"] == EntryState(1.0, False, False, first), "not recorded"
 
 
 def test_a_tick_routed_through_an_exchange_is_stored_with_it(server: Any) -> None:

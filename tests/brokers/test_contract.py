@@ -145,6 +145,18 @@ def test_delayed_message_waits_for_its_eta(broker: Broker) -> None:
     assert time.time() >= eta
 
 
+def test_ready_counts_what_a_fetch_could_take_now(make_broker: MakeBroker) -> None:
+    consumer, producer = make_broker(), make_broker()
+    consumer.publish(Publication(msg("later"), Route("q"), eta=time.time() + 60))
+    consumer.publish(Publication(msg("a"), Route("q")))
+    assert ids(consumer.fetch(["q"], 10, timeout=0)) == ["a"]
+    consumer.stop_consuming(["q"])  # a push broker would otherwise prefetch what comes next
+    for task_id in "bc":
+        producer.publish(Publication(msg(task_id), Route("q")))
+    # "a" is leased and "later" delayed: waiting work is "b" and "c" only.
+    assert producer.ready("q") == 2
+
+
 def test_eta_in_the_past_is_ready_at_once(broker: Broker) -> None:
     broker.publish(Publication(msg("late"), Route("q"), eta=time.time() - 60))
     assert ids(broker.fetch(["q"], 10, timeout=0)) == ["late"]

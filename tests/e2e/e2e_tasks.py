@@ -13,7 +13,6 @@ app = Celeriac(
     "e2e_tasks",
     broker_transport_options={"visibility_timeout": float(os.environ.get("E2E_VT", "30"))},
 )
-app.conf.worker_prefork_mode = os.environ.get("E2E_PREFORK_MODE", "consume")
 LEDGER = Path(os.environ.get("E2E_LEDGER", "ledger"))
 
 if os.environ.get("E2E_CHILD_CRASH"):

@@ -100,8 +100,10 @@ def test_expired_task_is_revoked_and_never_runs(e2e):
 
 def test_warm_shutdown_returns_prefetched_tasks_and_none_is_lost(e2e):
     env, tasks = e2e
+    results = [
+        tasks.sleepy.delay(0.3) for _ in range(20)
+    ]  # all queued: the first fetch leases them
     worker = env.start_worker("-c", "1", "--prefetch-multiplier", "20")
-    results = [tasks.sleepy.delay(0.3) for _ in range(20)]
     wait_for(lambda: env.ledger_entries("start"), 10, "a first task to start")
     assert env.stop_worker(worker) == 0
     done_before = sum(1 for r in results if r.state == states.SUCCESS)

@@ -40,9 +40,6 @@ def test_prefork_worker_runs_async_def_tasks_too(e2e):
     assert tasks.asleep.delay(0.1).get(timeout=10) == 0.1
 
 
-PREFORK_MODES = pytest.mark.parametrize("mode", ["consume", "dispatch"])
-
-
 def test_a_long_task_does_not_hold_back_the_result_of_a_short_one_fetched_with_it(e2e):
     env, tasks = e2e
     short, long = tasks.add.delay(1, 2), tasks.sleepy.delay(3)
@@ -52,10 +49,8 @@ def test_a_long_task_does_not_hold_back_the_result_of_a_short_one_fetched_with_i
     assert long.get(timeout=10) == 3
 
 
-@PREFORK_MODES
-def test_hard_time_limit_kills_the_child_and_the_worker_goes_on(e2e, mode):
+def test_hard_time_limit_kills_the_child_and_the_worker_goes_on(e2e):
     env, tasks = e2e
-    env.env["E2E_PREFORK_MODE"] = mode
     env.start_worker("-c", "1")
     result = tasks.forever.delay()
     with pytest.raises(TimeLimitExceeded):
@@ -135,10 +130,8 @@ def test_revoked_before_start_never_runs_on_any_worker(e2e):
     assert tasks.app.broker.depth("celery") == 0
 
 
-@PREFORK_MODES
-def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e, mode):
+def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e):
     env, tasks = e2e
-    env.env["E2E_PREFORK_MODE"] = mode
     env.start_worker("-c", "1")
     result = tasks.sleepy.delay(30)
     wait_for(lambda: env.ledger_entries("start")[result.id], 10, "the task to start")
@@ -153,10 +146,8 @@ def test_revoke_with_terminate_stops_a_running_task_within_a_second(e2e, mode):
     assert tasks.add.delay(3, 4).get(timeout=10) == 7
 
 
-@PREFORK_MODES
-def test_max_tasks_per_child_replaces_children_and_loses_nothing(e2e, mode):
+def test_max_tasks_per_child_replaces_children_and_loses_nothing(e2e):
     env, tasks = e2e
-    env.env["E2E_PREFORK_MODE"] = mode
     env.start_worker("-c", "1", "--max-tasks-per-child", "10")
     pids = [tasks.pid.delay().get(timeout=10) for _ in range(50)]
     assert len(pids) == 50

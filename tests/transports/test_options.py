@@ -15,12 +15,20 @@ import pytest
 
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.amqp.options import AMQPOptions
+from celeriac.transports.memcached.options import MemcachedOptions
 from celeriac.transports.memory.options import MemoryOptions
 from celeriac.transports.options import BACKEND, BROKER, option_names, parse_options
 from celeriac.transports.redis.options import RedisBackendOptions, RedisOptions
 from celeriac.transports.sqlite.options import SQLiteOptions
 
-ALL = [MemoryOptions, SQLiteOptions, RedisOptions, RedisBackendOptions, AMQPOptions]
+ALL = [
+    MemoryOptions,
+    SQLiteOptions,
+    RedisOptions,
+    RedisBackendOptions,
+    AMQPOptions,
+    MemcachedOptions,
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,6 +243,17 @@ class EntryInfo:
     paused: bool
     last_tick: float | None
     next_tick: float | None
+    #: why beat refuses the entry (an unknown task, ...); None: it runs
+    problem: str | None = None
+    #: when its message last went to the broker (unix seconds); None: never. ``last_tick``
+    #: is the schedule's bookkeeping: the first-sight anchor or a skipped tick count there.
+    last_sent: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.problem is not None:
+            return "unknown task" if "no task named" in self.problem else "invalid"
+        return "paused" if self.paused else "active"
 
     def as_dict(self) -> dict[str, Any]:
         e = self.entry
@@ -256,7 +267,10 @@ class EntryInfo:
             "catchup": e.catchup,
             "source": "dynamic" if e.dynamic else "beat_schedule",
             "paused": self.paused,
+            "state": self.state,
+            "problem": self.problem,
             "last_tick": self.last_tick,
+            "last_sent": self.last_sent,
             "next_tick": self.next_tick,
         }
 
@@ -264,6 +278,7 @@ class EntryInfo:
 def list_entries(app: Celeriac) -> list[EntryInfo]:
     """Every entry with its state; ``next_tick`` is None when paused or finished."""
     tz = app_timezone(app)
+    app.import_modules()  # as beat does before it checks the entries' tasks
     entries = dict(static_entries(app))
     store = app.beat_store
     for name, spec in store.entries().items():
@@ -283,8 +298,18 @@ def list_entries(app: Celeriac) -> list[EntryInfo]:
         if not paused:
             base = last if last is not None else entry.schedule.first_anchor(time.time())
             nxt = entry.schedule.next_after(base, tz)
-        out.append(EntryInfo(entry, paused, last, nxt))
+        sent = state.last_sent if state else None
+        out.append(EntryInfo(entry, paused, last, nxt, _problem(app, entry), sent))
     return out
+
+
+def _problem(app: Celeriac, entry: Entry) -> str | None:
+    """Why ``celeriac beat`` would refuse this entry (as :func:`check_entry` decides)."""
+    try:
+        check_entry(app, entry)
+    except ConfigurationError as exc:
+        return str(exc)
+    return None
 
 
 __all__ = [

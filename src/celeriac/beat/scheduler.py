@@ -360,6 +360,7 @@ class Beat:
         sender = self._tick_sender
         if sender is None or sender.broker is not broker:
             sender = self._tick_sender = tick_sender(broker, self.store)
+            sender.clock = self.clock  # sends are timed as ticks are
         return sender
 
     def _fmt(self, tick: float) -> str:

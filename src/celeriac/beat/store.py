@@ -6,6 +6,8 @@ What the beats of one app share:
 * the **last tick** recorded per entry: ticks up to it are done (sent or skipped), except that
   the last one may be recorded as **unsent**: meant to be sent, its message not yet known to be
   with the broker;
+* the **last send** per entry: when its message last went to the broker (a tick recorded
+  without a message, the first-sight anchor or a skipped one, leaves it as it was);
 * **dynamic entries** (added at runtime) and the set of **paused** entry names;
 * a **version** that changes with every entry change, so beats notice them cheaply.
 
@@ -29,11 +31,14 @@ unchanged.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from celeriac.brokers.base import Broker
     from celeriac.protocol.publication import Publication
     from celeriac.transports.base import Transport
@@ -55,6 +60,8 @@ class EntryState:
     paused: bool
     #: ``last_tick`` was claimed to be sent and is not known to be: send it (again) or give it up.
     unsent: bool = False
+    #: When the entry's message last went to the broker (unix seconds); None: never sent.
+    last_sent: float | None = None
 
 
 class BeatStore(ABC):
@@ -90,9 +97,10 @@ class BeatStore(ABC):
         With ``unsent=True`` the tick is recorded as unsent until :meth:`settle_tick`."""
 
     @abstractmethod
-    def settle_tick(self, entry: str, tick: float) -> None:
-        """``entry``'s unsent ``tick`` needs nothing more: its message is with the broker, or it
-        was given up. No effect unless ``tick`` is the entry's last tick and unsent."""
+    def settle_tick(self, entry: str, tick: float, *, sent_at: float | None = None) -> None:
+        """``entry``'s unsent ``tick`` needs nothing more: its message is with the broker (then
+        ``sent_at`` says since when, recorded as the entry's last send), or it was given up
+        (None). No effect unless ``tick`` is the entry's last tick and unsent."""
 
     @abstractmethod
     def states(self) -> dict[str, EntryState]:
@@ -142,6 +150,8 @@ class TickSender:
     def __init__(self, broker: Broker, store: BeatStore) -> None:
         self.broker = broker
         self.store = store
+        #: what a send is timed by (the entry's last send); beat gives it its own clock
+        self.clock: Callable[[], float] = time.time
 
     def claim_and_send(
         self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
@@ -161,7 +171,7 @@ class TickSender:
     def send(self, entry: str, tick: float, publication: Publication) -> None:
         """Publish an unsent tick's message, then settle the tick."""
         self.broker.publish(publication)
-        self.store.settle_tick(entry, tick)
+        self.store.settle_tick(entry, tick, sent_at=self.clock())
 
 
 def tick_sender(broker: Broker, store: BeatStore) -> TickSender:

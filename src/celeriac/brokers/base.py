@@ -156,6 +156,16 @@ class Broker(ABC):
     def depth(self, queue: str) -> int:
         """Messages on ``queue`` that are ready, delayed or leased."""
 
+    def oldest_age(self, queue: str) -> float | None:
+        """Seconds the oldest ready message of ``queue`` has waited, 0.0 for an empty queue;
+        None where the broker cannot tell without consuming (the default)."""
+        return None
+
+    def ready(self, queue: str) -> int:
+        """Messages on ``queue`` a fetch could take now (neither delayed nor leased): the
+        waiting work an autoscaler reads. Brokers that can count it override this."""
+        return self.depth(queue)
+
     @abstractmethod
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead-lettered messages."""

@@ -33,7 +33,9 @@ def _app(ctx: click.Context) -> Celeriac:
 
 
 @click.group(invoke_without_command=True)
-@click.option("-l", "--loglevel", default="info", show_default=True, type=_LEVELS)
+@click.option(
+    "-l", "--loglevel", default="info", show_default=True, type=_LEVELS, help="Log level."
+)
 @click.option(
     "--lease",
     "lease_ttl",
@@ -62,7 +64,8 @@ def beat(ctx: click.Context, loglevel: str, lease_ttl: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_context
 def beat_list(ctx: click.Context, as_json: bool) -> None:
-    """List entries with their schedule, state, last and next run, and the current leader."""
+    """List entries with their schedule, state, last run (when a message was last sent; never,
+    before the first), next run, and the current leader."""
     app = _app(ctx)
     try:
         infos = api.list_entries(app)
@@ -88,12 +91,15 @@ def beat_list(ctx: click.Context, as_json: bool) -> None:
             e.task,
             e.schedule.describe(),
             "dynamic" if e.dynamic else "beat_schedule",
-            "paused" if info.paused else "active",
-            _when(info.last_tick, tz),
+            info.state,
+            "never" if info.last_sent is None else _when(info.last_sent, tz),
             _when(info.next_tick, tz),
         )
     console = Console()
     console.print(table)
+    for info in infos:
+        if info.problem is not None:  # celeriac beat refuses to start for these
+            console.print(f"[red]{info.problem}[/]")
     if lease:
         console.print(f"leader: {lease.holder} (lease for {lease.expires_at - time.time():.1f}s)")
     else:

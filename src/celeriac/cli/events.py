@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     show_default=True,
     help="Seconds between screen refreshes.",
 )
-@click.option("--tasks", "max_rows", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option(
+    "--tasks",
+    "max_rows",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Tasks shown in the live view.",
+)
 @click.option("--limit", type=click.IntRange(1), help="Stop after this many events.")
 @click.option("--timeout", type=click.FloatRange(0.0), help="Stop after this many seconds.")
 @click.pass_obj

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
 import json
-import logging
 import socket
 import sys
 from typing import Any
@@ -14,11 +14,13 @@ from celeriac import __version__
 from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
 from celeriac.cli.control import control, expand_nodename, inspect, status
+from celeriac.cli.dashboard import dashboard
 from celeriac.cli.db import db
 from celeriac.cli.events import events
+from celeriac.cli.health import health
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
-from celeriac.urls import mask_log_handlers, mask_urls
+from celeriac.urls import mask_urls
 
 
 class _State:
@@ -70,21 +72,44 @@ def cli(ctx: click.Context, app_spec: str | None) -> None:
     ctx.obj = _State(app_spec)
 
 
-def setup_logging(level: str, fmt: str) -> None:
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    mask_log_handlers()
+def _concurrency(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    # As Celery: 0 (or nothing) means worker_concurrency, else the CPU count; below 0 is wrong.
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be 0 (the CPU count) or more, not {value}")
+    return value or None
+
+
+def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from celeriac.worker.autoscale import parse
+
+    try:
+        return None if value is None else parse(value)
+    except CeleriacError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @cli.command()
 @click.option(
     "-Q", "--queues", help="Comma-separated queues to consume (default: the default queue)."
 )
-@click.option("-c", "--concurrency", type=int, help="Tasks run at once (default: CPU count).")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    callback=_concurrency,
+    help="Tasks run at once (default, or 0: worker_concurrency, else the CPU count).",
+)
 @click.option(
     "-P",
     "--pool",
     type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
-    help="Where tasks run (default: prefork).",
+    help="Where tasks run (default: prefork; solo runs one task at a time).",
+)
+@click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    callback=_autoscale,
+    help="Grow the pool up to MAX while work waits, shrink to MIN when idle (prefork, threads).",
 )
 @click.option(
     "-l",
@@ -92,38 +117,92 @@ def setup_logging(level: str, fmt: str) -> None:
     default="warning",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    help="info adds a line per task received and finished (the banner shows at every level).",
 )
-@click.option("-n", "--hostname", help="Node name (default: celeriac@<host>).")
-@click.option("--prefetch-multiplier", type=int, help="Messages leased per slot.")
+@click.option("-n", "--hostname", help="Node name (default: celeriac@<host>; %h is the host).")
+@click.option("--prefetch-multiplier", type=int, help="Messages leased per slot (default: 1).")
 @click.option("--max-tasks-per-child", type=int, help="Replace a prefork child after N tasks.")
 @click.option(
     "--max-memory-per-child", type=int, help="Replace a prefork child above this RSS (KiB)."
+)
+@click.option(
+    "--time-limit", type=float, help="Hard time limit in seconds for tasks that set none."
+)
+@click.option(
+    "--soft-time-limit", type=float, help="Soft time limit in seconds for tasks that set none."
 )
 @click.option(
     "-B", "--beat", "embed_beat", is_flag=True, help="Also run beat here (safe on every node)."
 )
 @click.option("-E", "--task-events", is_flag=True, help="Send task events (monitoring).")
 @click.option("--without-heartbeat", is_flag=True, help="Send no worker-* events.")
+@click.option(
+    "--without-gossip", is_flag=True, help="Accepted for Celery's sake: there is no gossip."
+)
+@click.option(
+    "--without-mingle", is_flag=True, help="Accepted for Celery's sake: there is no mingle."
+)
+@click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["fair", "default"]),
+    help="Accepted for Celery's sake: tasks already go to free slots only (fair).",
+)
+@click.option("-f", "--logfile", help="Log to this file (appending) instead of stderr.")
+@click.option("--pidfile", help="Write the worker's pid here; removed when it stops.")
+@click.option(
+    "-D", "--detach", is_flag=True, help="Run in the background (with --pidfile, --logfile)."
+)
+@click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on this port.")
+@click.option("--health-port", type=int, help="Serve /livez and /readyz on this port.")
 @pass_state
 def worker(
     state: _State,
     queues: str | None,
     concurrency: int | None,
     pool: str | None,
+    autoscale: tuple[int, int] | None,
     loglevel: str,
     hostname: str | None,
     prefetch_multiplier: int | None,
     max_tasks_per_child: int | None,
     max_memory_per_child: int | None,
+    time_limit: float | None,
+    soft_time_limit: float | None,
     embed_beat: bool,
     task_events: bool,
     without_heartbeat: bool,
+    without_gossip: bool,
+    without_mingle: bool,
+    optimization: str | None,
+    logfile: str | None,
+    pidfile: str | None,
+    detach: bool,
+    metrics_port: int | None,
+    health_port: int | None,
 ) -> None:
     """Consume queues and run their tasks."""
+    from celeriac.cli.daemon import Pidfile, setup_logging
+    from celeriac.cli.daemon import detach as become_daemon
     from celeriac.worker import Worker
 
     app = state.app
-    setup_logging(loglevel, app.conf.worker_log_format)
+    if detach and not pidfile:
+        raise click.UsageError("--detach needs --pidfile (to find and stop the worker)")
+    if autoscale is not None and (pool or app.conf.worker_pool) not in ("prefork", "threads"):
+        raise click.UsageError(
+            f"--autoscale: the {pool or app.conf.worker_pool} pool has a fixed size; "
+            "use --pool prefork or threads"
+        )
+    pid = Pidfile(pidfile) if pidfile else None
+    try:
+        if pid is not None:
+            pid.check()
+        setup_logging(loglevel, app.conf.worker_log_format, logfile)
+    except CeleriacError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if detach:
+        become_daemon()
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     # The node's name in the settings, so that every process of this worker (prefork children
     # consume on their own) shares one copy of a broadcast.
@@ -133,19 +212,30 @@ def worker(
     )
     if task_events:  # in the settings: prefork children read it there
         app.conf.worker_send_task_events = True
-    # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
-    w = Worker(
-        app,
-        queues=names or list(app.topology.queues) or None,
-        concurrency=concurrency,
-        pool=pool,
-        hostname=hostname,
-        prefetch_multiplier=prefetch_multiplier,
-        max_tasks_per_child=max_tasks_per_child,
-        max_memory_per_child=max_memory_per_child,
-        heartbeat=not without_heartbeat,  # as Celery: worker-* events unless told otherwise
-    )
+    if time_limit is not None:  # the settings' defaults, which every pool reads
+        app.conf.task_time_limit = time_limit
+    if soft_time_limit is not None:
+        app.conf.task_soft_time_limit = soft_time_limit
+    if metrics_port is not None:
+        app.conf.worker_metrics_port = metrics_port
+    if health_port is not None:
+        app.conf.worker_health_port = health_port
     try:
+        # As Celery: without -Q, a worker consumes every queue of task_queues when it is set.
+        w = Worker(
+            app,
+            queues=names or list(app.topology.queues) or None,
+            concurrency=concurrency,
+            pool=pool,
+            hostname=hostname,
+            prefetch_multiplier=prefetch_multiplier,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            heartbeat=not without_heartbeat,  # as Celery: worker-* events unless told otherwise
+            autoscale=autoscale,
+        )
+        if pid is not None:
+            pid.write()
         if embed_beat:
             from celeriac import signals
             from celeriac.beat.scheduler import start_embedded_beat
@@ -156,6 +246,12 @@ def worker(
         w.start()
     except CeleriacError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if pid is not None:
+            pid.remove()
+
+
+_JSON_KINDS: dict[type, str] = {list: "list (array)", dict: "object"}
 
 
 def _json_arg(value: str | None, kind: type, what: str) -> Any:
@@ -166,7 +262,7 @@ def _json_arg(value: str | None, kind: type, what: str) -> Any:
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(parsed, kind):
-        raise click.BadParameter(f"{what} must be a JSON {kind.__name__}")
+        raise click.BadParameter(f"{what} must be a JSON {_JSON_KINDS[kind]}")
     return parsed
 
 
@@ -177,9 +273,16 @@ def _json_arg(value: str | None, kind: type, what: str) -> Any:
 @click.option("--countdown", type=float, help="Run no earlier than this many seconds from now.")
 @click.option("--expires", type=float, help="Drop the task if not started within N seconds.")
 @click.option("-Q", "--queue", help="Queue to send to.")
-@click.option("--priority", type=int)
+@click.option("--priority", type=int, help="Message priority (0-9 on most brokers).")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--timeout", type=float, default=60.0, show_default=True, help="Seconds --wait waits."
+)
+@click.option(
+    "--unregistered",
+    is_flag=True,
+    help="Send even if the app has no such task (one only other workers define).",
+)
 @pass_state
 def call(
     state: _State,
@@ -192,10 +295,13 @@ def call(
     priority: int | None,
     wait: bool,
     timeout: float,
+    unregistered: bool,
 ) -> None:
     """Send a task by name; print its id, or its result with --wait."""
     args = _json_arg(args_json, list, "--args")
     kwargs = _json_arg(kwargs_json, dict, "--kwargs")
+    if not unregistered:
+        _known_task(state.app, name)
     try:
         result = state.app.send_task(
             name, args, kwargs, countdown=countdown, expires=expires, queue=queue, priority=priority
@@ -209,6 +315,20 @@ def call(
     except Exception as exc:
         raise click.ClickException(f"task failed: {type(exc).__name__}: {exc}") from exc
     click.echo(json.dumps(value) if not isinstance(value, str) else value)
+
+
+def _known_task(app: Celeriac, name: str) -> None:
+    """A name the app does not define is most likely a typo: say so instead of sending a
+    message no worker of this project runs."""
+    app.import_modules()
+    if name in app.tasks:
+        return
+    close = difflib.get_close_matches(name, list(app.tasks), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise click.ClickException(
+        f"no task named {name!r} in app {app.main or '__main__'}; {hint}"
+        "(--unregistered sends it anyway, for a task only other workers define)"
+    )
 
 
 @cli.command()
@@ -228,7 +348,9 @@ def result(state: _State, task_id: str, show_tb: bool, as_json: bool) -> None:
     status = meta.get("status")
     if status == "SUCCESS":
         value = meta.get("result")
-        click.echo(value if isinstance(value, str) else json.dumps(value))
+        click.echo(
+            f"SUCCESS: {value if isinstance(value, str) else json.dumps(value, default=str)}"
+        )
     elif status in ("FAILURE", "REVOKED", "RETRY"):
         err = meta.get("result") or {}
         click.echo(
@@ -260,8 +382,8 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", type=int, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=50, show_default=True, help="Most letters listed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_state
 def dlq_list(state: _State, limit: int, as_json: bool) -> None:
     """List dead letters with the reason each was set aside."""
@@ -307,7 +429,7 @@ def dlq_replay(state: _State, ids: tuple[int, ...]) -> None:
 
 
 @dlq.command("purge")
-@click.option("-f", "--force", is_flag=True)
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
 @pass_state
 def dlq_purge(state: _State, force: bool) -> None:
     """Delete every dead letter."""
@@ -326,7 +448,9 @@ def dlq_purge(state: _State, force: bool) -> None:
     show_default=True,
     help="How many tasks to send.",
 )
-@click.option("-c", "--concurrency", type=int, default=2, show_default=True)
+@click.option(
+    "-c", "--concurrency", type=int, default=2, show_default=True, help="The worker's slots."
+)
 @click.option(
     "--dir",
     "workdir",
@@ -346,6 +470,8 @@ cli.add_command(control)
 cli.add_command(status)
 cli.add_command(events)
 cli.add_command(db)
+cli.add_command(dashboard)
+cli.add_command(health)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from celeriac.exceptions import DecodeError, ProtocolError
+from celeriac.exceptions import DecodeError, EncodeError, ProtocolError
 from celeriac.protocol.serializers import SerializerRegistry
 from celeriac.protocol.timeutil import parse_iso, to_iso
 
@@ -77,6 +77,28 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _encode_error(
+    registry: SerializerRegistry,
+    serializer: str,
+    task_name: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    exc: Exception,
+) -> EncodeError:
+    """Name the task and the argument the serializer refused (it names neither)."""
+    named = [(f"argument {i}", v) for i, v in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for what, value in named:
+        try:
+            registry.dumps(value, serializer)
+        except (TypeError, ValueError, OverflowError) as one:
+            return EncodeError(
+                f"cannot send {task_name}: {what} ({type(value).__name__}) cannot be encoded "
+                f"with the {serializer} serializer: {one}"
+            )
+    return EncodeError(f"cannot send {task_name}: {exc}")
+
+
 def build_task_message(
     registry: SerializerRegistry,
     *,
@@ -110,9 +132,12 @@ def build_task_message(
     """Build a protocol-v2 task message exactly as Celery 5.x lays it out."""
     kwargs = kwargs or {}
     embed = {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
-    body, ctype, cenc, ctype_compression = registry.dumps(
-        [list(args), kwargs, embed], serializer, compression
-    )
+    try:
+        body, ctype, cenc, ctype_compression = registry.dumps(
+            [list(args), kwargs, embed], serializer, compression
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _encode_error(registry, serializer, task_name, args, kwargs, exc) from exc
     headers: dict[str, Any] = {
         "lang": "py",
         "task": task_name,

@@ -7,6 +7,7 @@ default).
 
 from __future__ import annotations
 
+import base64
 import bz2
 import datetime as dt
 import decimal
@@ -31,20 +32,56 @@ class Serializer:
     loads: Callable[[bytes], Any]
 
 
+def _typed(marker: str, value: Any) -> dict[str, Any]:
+    return {"__type__": marker, "__value__": value}
+
+
 def _json_default(obj: Any) -> Any:
-    # One-way conversions, the same Celery's encoder makes, so peers read the same values.
-    if isinstance(obj, dt.datetime | dt.date | dt.time):
-        return obj.isoformat()
-    if isinstance(obj, uuid.UUID | decimal.Decimal):
-        return str(obj)
-    if isinstance(obj, set | frozenset):
-        return list(obj)
+    # kombu's markers ({"__type__": ..., "__value__": ...}), so that Celery decodes these values
+    # back to their types, and so do we (_json_hook). datetime is checked before date (a subclass).
+    if isinstance(obj, dt.datetime):
+        return _typed("datetime", obj.isoformat())
+    if isinstance(obj, dt.date):
+        return _typed("date", obj.isoformat())
+    if isinstance(obj, dt.time):
+        return _typed("time", obj.isoformat())
+    if isinstance(obj, decimal.Decimal):
+        return _typed("decimal", str(obj))
+    if isinstance(obj, uuid.UUID):
+        return _typed("uuid", {"hex": obj.hex})
     if isinstance(obj, bytes):
-        return obj.decode("utf-8", errors="replace")
+        try:
+            return _typed("bytes", obj.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _typed("base64", base64.b64encode(obj).decode("ascii"))
+    if isinstance(obj, set | frozenset):
+        return list(obj)  # one way, as before: kombu has no marker for sets
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": lambda v: dt.datetime.fromisoformat(v).date(),
+    "time": dt.time.fromisoformat,
+    "decimal": decimal.Decimal,
+    "uuid": lambda v: uuid.UUID(**v),
+    "bytes": lambda v: v.encode("utf-8"),
+    "base64": lambda v: base64.b64decode(v.encode("ascii")),
+}
+
+
+def _json_hook(obj: dict[str, Any]) -> Any:
+    # A dict of exactly these two keys with a marker we know is an encoded value; any other
+    # dict (an unknown marker included) is left as it is rather than refused.
+    if len(obj) == 2 and "__type__" in obj and "__value__" in obj:
+        decode = _DECODERS.get(obj["__type__"])
+        if decode is not None:
+            return decode(obj["__value__"])
+    return obj
+
+
 _json_encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(", ", ": "))
+_json_decoder = json.JSONDecoder(object_hook=_json_hook)
 
 
 def _json_dumps(obj: Any) -> bytes:
@@ -52,7 +89,9 @@ def _json_dumps(obj: Any) -> bytes:
 
 
 def _json_loads(data: bytes) -> Any:
-    return json.loads(data)
+    return _json_decoder.decode(
+        data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+    )
 
 
 def _pickle_dumps(obj: Any) -> bytes:
@@ -79,7 +118,7 @@ def _msgpack() -> Serializer | None:
         return msgpack.packb(obj, use_bin_type=True, default=_json_default)  # type: ignore[no-any-return]
 
     def loads(data: bytes) -> Any:
-        return msgpack.unpackb(data, raw=False)
+        return msgpack.unpackb(data, raw=False, object_hook=_json_hook)
 
     return Serializer("msgpack", "application/x-msgpack", "binary", dumps, loads)
 

@@ -1,7 +1,8 @@
 """One package per technology, chosen by URL scheme: the one place that names them.
 
-Each package (``memory``, ``sqlite``, ``redis``, ``amqp``, ``postgres``) holds its connection
-handling, its options, its broker, result backend and beat store, and its server-side scripts; its
+Each package (``memory``, ``sqlite``, ``redis``, ``amqp``, ``postgres``, ``memcached``)
+holds its connection handling, its options, its broker, result backend and beat store
+(those its technology can serve), and its server-side scripts; its
 ``transport`` module is imported only when a URL asks for it, so ``import celeriac`` imports no
 broker client. A new technology is one package plus its lines here.
 """
@@ -28,7 +29,14 @@ TRANSPORTS: dict[str, str] = {
     "postgres": "celeriac.transports.postgres.transport:PostgresTransport",
     # Celery's spelling of a database result backend
     "db+postgresql": "celeriac.transports.postgres.transport:PostgresTransport",
+    # results only: a memcached broker URL is a ConfigurationError saying what to use
+    "memcached": "celeriac.transports.memcached.transport:MemcachedTransport",
+    "cache+memcached": "celeriac.transports.memcached.transport:MemcachedTransport",
 }
+
+
+#: Schemes of result stores that carry no broker: as ``broker_url`` they are a ConfigurationError.
+BACKEND_ONLY = frozenset({"memcached", "cache+memcached"})
 
 
 def scheme_of(url: str) -> str:
@@ -47,6 +55,18 @@ def transport_class(url: str) -> type[Transport]:
     module_name, _, cls_name = target.partition(":")
     cls: type[Transport] = getattr(importlib.import_module(module_name), cls_name)
     return cls
+
+
+def broker_transport_class(url: str) -> type[Transport]:
+    """The transport class for ``broker_url``, refusing a scheme that stores results only."""
+    scheme = scheme_of(url)
+    if scheme in BACKEND_ONLY:
+        raise ConfigurationError(
+            f"{scheme}:// stores results only (it keeps no queues and may evict what it holds):"
+            f" set broker_url to a sqlite://, redis:// or amqp:// URL and use {redact(url)!r} as"
+            " result_backend"
+        )
+    return transport_class(url)
 
 
 #: Result backend schemes that name the broker's server in their own spelling: ``rpc://``
@@ -78,12 +98,14 @@ def open_transport(url: str) -> Transport:
 
 
 __all__ = [
+    "BACKEND_ONLY",
     "TRANSPORTS",
     "BackendConfig",
     "Combined",
     "EventConfig",
     "Transport",
     "backend_server_url",
+    "broker_transport_class",
     "open_transport",
     "scheme_of",
     "transport_class",

@@ -27,6 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend
+from celeriac.metrics.tasks import TaskMetrics, task_metrics
 from celeriac.worker.events import TaskEvents, task_events, wrap_started
 from celeriac.worker.fetcher import Fetcher
 from celeriac.worker.inflight import InFlight
@@ -75,12 +76,15 @@ class Consumer:
         self.fetcher: Fetcher | None = None
         self.settler: Settler | None = None
         self.events: TaskEvents | None = None  # task events (-E), opened by start()
+        #: task counts and runtimes for /metrics (``worker_metrics_port``), made by start()
+        self.metrics: TaskMetrics | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, pool: Pool) -> None:
         self.pool = pool
         self.driven = pool.drives_consumer
         self.events = task_events(self.app, self.hostname)
+        self.metrics = task_metrics(self.app)
         combined = self.app.connections.combined()
         watch = RevocationWatch(combined.backend, self.inflight.task_ids, self._revoke)
         settler = self.settler = Settler(
@@ -145,6 +149,8 @@ class Consumer:
         assert self.settler is not None
         if self.events is not None:
             self.events.outcome(outcome)
+        if self.metrics is not None:
+            self.metrics.observe(outcome)
         self.settler.report(outcome, driven=self.driven)
         self.inflight.reported()
 

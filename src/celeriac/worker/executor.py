@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from celeriac import signals, states
+from celeriac import signals, states, tracing
 from celeriac.exceptions import (
     Ignore,
     NotRegistered,
@@ -257,6 +257,7 @@ def execute(
     value: Any = _NOT_RUN
     error: BaseException | None = None
     token = set_request(call.request)
+    run = tracing.running(job)  # the run's span, when OpenTelemetry traces
     try:
         _prerun(call)
         try:
@@ -266,8 +267,9 @@ def execute(
             error = exc
         # Still in the task's context: what it causes (callbacks, a retry) is built knowing
         # whom it comes from.
-        return _finish_guarded(app, call, value, error)
+        return run.outcome(_finish_guarded(app, call, value, error))
     finally:
+        run.end()
         reset_request(token)
 
 
@@ -279,6 +281,7 @@ async def execute_async(app: Celeriac, job: Job) -> Outcome:
     value: Any = _NOT_RUN
     error: BaseException | None = None
     token = set_request(call.request)
+    run = tracing.running(job)  # the run's span, when OpenTelemetry traces
     try:
         _prerun(call)
         try:
@@ -293,8 +296,9 @@ async def execute_async(app: Celeriac, job: Job) -> Outcome:
                 )
         except BaseException as exc:
             error = exc
-        return _finish_guarded(app, call, value, error)
+        return run.outcome(_finish_guarded(app, call, value, error))
     finally:
+        run.end()
         reset_request(token)
 
 

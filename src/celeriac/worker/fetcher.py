@@ -148,6 +148,8 @@ class Fetcher:
             self.report(outcome)
             return
         self.inflight.working_on(job_id, headers.id)
+        if not self.eager and logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] received", headers.task, headers.id)
         task = self.app.tasks.get(headers.task)
         acks_late = self.app.conf.task_acks_late
         if task is not None and task.acks_late is not None:

@@ -209,14 +209,24 @@ def _shutdown(view: View, args: dict[str, Any]) -> Any:
     return None
 
 
+def _fixed_by_hand(view: View, command: str) -> None:
+    # As Celery: with --autoscale the autoscaler owns the size.
+    if view.worker.autoscale is not None:
+        raise Unsupported(
+            f"{command} is not supported with autoscale; adjust the autoscale range instead"
+        )
+
+
 @command("pool_grow")
 def _pool_grow(view: View, args: dict[str, Any]) -> Any:
+    _fixed_by_hand(view, "pool_grow")
     view.resize(int(args.get("n") or 1))
     return ok("pool will grow")
 
 
 @command("pool_shrink")
 def _pool_shrink(view: View, args: dict[str, Any]) -> Any:
+    _fixed_by_hand(view, "pool_shrink")
     view.resize(-int(args.get("n") or 1))
     return ok("pool will shrink")
 

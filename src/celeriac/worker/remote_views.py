@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.exceptions import Unsupported
 from celeriac.worker.activity import request_info
 from celeriac.worker.overrides import stop_consuming
-from celeriac.worker.resize import max_pool_size, resized
+from celeriac.worker.resize import pool_capacity, resized
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -90,6 +90,10 @@ class View(ABC):
     @abstractmethod
     def cancel_consumer(self, queue: str) -> None: ...
 
+    def _autoscaler(self) -> dict[str, Any]:
+        scaler = self.worker.autoscaler
+        return {} if scaler is None else {"autoscaler": scaler.info()}
+
     def stats(self) -> dict[str, Any]:
         """Celery's ``stats`` reply (the keys Flower and ``celery inspect stats`` read)."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -109,6 +113,7 @@ class View(ABC):
             },
             "broker": {"transport": conf.broker_url.partition("://")[0]},
             "prefetch_count": self.worker.prefetch,
+            **self._autoscaler(),
             "rusage": {
                 "utime": usage.ru_utime,
                 "stime": usage.ru_stime,
@@ -121,7 +126,7 @@ class LocalView(View):
     def __init__(self, worker: Worker) -> None:
         super().__init__(worker)
         #: how far ``pool_grow`` may take a pool that can grow (fixed at start, as prefork's)
-        self.max_size = max_pool_size(self.app.conf, worker.concurrency)
+        self.max_size = pool_capacity(worker)
 
     def active(self) -> list[dict[str, Any]]:
         return self.worker.activity.active()

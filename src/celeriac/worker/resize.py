@@ -8,9 +8,12 @@ refused with a typed reply instead of being half done.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import Unsupported
+
+if TYPE_CHECKING:
+    from celeriac.worker.worker import Worker
 
 #: The default maximum, as a multiple of the starting concurrency.
 GROWTH = 4
@@ -20,6 +23,13 @@ def max_pool_size(conf: Any, concurrency: int) -> int:
     """The most processes or threads the pool may grow to (``worker_max_pool_size``)."""
     configured = conf.worker_max_pool_size
     return max(concurrency, int(configured) if configured else GROWTH * concurrency)
+
+
+def pool_capacity(worker: Worker) -> int:
+    """The most ``worker``'s pool may grow to: :func:`max_pool_size`, and at least
+    ``--autoscale``'s MAX."""
+    most = max_pool_size(worker.app.conf, worker.concurrency)
+    return max(most, worker.autoscale.max) if worker.autoscale is not None else most
 
 
 def resized(hostname: str, size: int, delta: int, maximum: int) -> int:

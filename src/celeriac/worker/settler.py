@@ -395,19 +395,31 @@ class Settler:
         self.on_settled(inflight.settled(o.job_id for o in batch))
 
 
+#: Celery's words for the log line of a finished task
+_DONE = {"SUCCESS": "succeeded", "RETRY": "retried", "REVOKED": "revoked", "IGNORED": "ignored"}
+
+
 def _log(o: Outcome) -> None:
     if o.action is Action.DELAY:
         return
     if o.state == "FAILURE":
+        # The traceback as Celery logs it; it travels in the task-failed event (not across a
+        # dispatch-mode pipe: there the stored result and the event say it).
+        tb = o.event[1].get("traceback") if o.event is not None else None
         logger.error(
-            "Task %s[%s] failed in %.3fs: %s", o.task_name, o.task_id, o.runtime, o.summary
+            "Task %s[%s] failed in %.3fs: %s%s",
+            o.task_name,
+            o.task_id,
+            o.runtime,
+            o.summary,
+            f"\n{tb.rstrip()}" if tb else "",
         )
     elif logger.isEnabledFor(logging.INFO):
         logger.info(
             "Task %s[%s] %s in %.3fs: %s",
             o.task_name,
             o.task_id,
-            (o.state or o.action.value).lower(),
+            _DONE.get(o.state or "", (o.state or o.action.value).lower()),
             o.runtime,
             o.summary,
         )

@@ -42,19 +42,22 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
 from celeriac.exceptions import Unsupported
-from celeriac.urls import redact
+from celeriac.health.pulse import Pulse
+from celeriac.worker.banner import announce
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.overrides import Follower, Overrides, SharedOverrides, apply
 from celeriac.worker.pools._process import die_with_parent, rss_of
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
-from celeriac.worker.resize import max_pool_size, resized
+from celeriac.worker.resize import pool_capacity, resized
 from celeriac.worker.revoked import Revoked, RevokedRing
 from celeriac.worker.worker import Worker
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
+
+    from celeriac.worker.monitor import Monitor
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -81,7 +84,7 @@ class Supervisor:
         self.size = worker.concurrency
         # Shared memory is made once, before the first fork: for as many children as the pool
         # may grow to. A child slot is "wanted" while the pool's size includes it.
-        self.capacity = cap = max_pool_size(worker.app.conf, self.size)
+        self.capacity = cap = pool_capacity(worker)
         self.wanted = [i < self.size for i in range(cap)]
         #: messages each child may hold (the same for children added later)
         self.child_prefetch = max(1, worker.prefetch // self.size)
@@ -103,6 +106,9 @@ class Supervisor:
         self._killed: list[tuple[Death, str] | None] = [None] * cap
         #: when a child over its memory limit was told to stop its task (monotonic; 0: not yet)
         self._memory_warned = [0.0] * cap
+        #: bumped by every turn of the loop: /livez (``worker/monitor.py``)
+        self.pulse = Pulse()
+        self.monitor: Monitor | None = None
 
     # -- running ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -115,9 +121,25 @@ class Supervisor:
         # them share one copy of each broadcast.
         if not app.conf.worker_hostname:
             app.conf.worker_hostname = worker.hostname
+        from celeriac.worker.monitor import monitor_for
+
+        # Before the first fork: children count their tasks where this process reads them.
+        monitor = self.monitor = monitor_for(
+            worker,
+            pulse=self.pulse,
+            consuming=self._consuming,
+            active=lambda: self.custody.slots.active(),
+            supervised=True,
+        )
+        if monitor is not None:
+            monitor.start()
         for i in range(self.size):
             self._spawn(i)
         self.custody.start()
+        if worker.autoscale is not None:
+            from celeriac.worker.autoscale import supervisor_autoscaler
+
+            worker.autoscaler = supervisor_autoscaler(self, worker.autoscale)
         worker.start_remote_control()
         slots = self.custody.slots
         heart = None
@@ -127,27 +149,33 @@ class Supervisor:
         if worker._stopping:  # Worker.stop() came while starting
             self.stop()
         signals.worker_ready.send(worker)
-        logger.warning(
-            "%s ready: queues=%s pool=prefork concurrency=%d (each child consumes) "
-            "prefetch=%d per child broker=%s",
+        per_child = f"{self.child_prefetch} per child"
+        announce(
+            app,
             worker.hostname,
-            ",".join(worker.queues),
+            worker.queues,
+            "prefork",
             self.size,
-            self.child_prefetch,
-            redact(app.conf.broker_url),
+            per_child,
+            consuming_children=True,
         )
         try:
             self._loop()
         finally:
+            if worker.autoscaler is not None:
+                worker.autoscaler.stop()
             worker.stop_remote_control()
             if heart is not None:
                 heart.stop()
+            if monitor is not None:
+                monitor.stop()
             self.custody.stop()
             worker._stopped.set()
         logger.warning("%s stopped", worker.hostname)
 
     def _loop(self) -> None:
         while True:
+            self.pulse.beat()
             with self._lock:
                 alive = {p.sentinel: i for i, p in enumerate(self.children) if p is not None}
                 stopping = self._stopping
@@ -159,6 +187,15 @@ class Supervisor:
                 self._respawn_due()
                 self._enforce_deadlines()
                 self._enforce_memory()
+
+    def _consuming(self) -> bool:
+        """Ready, not stopping, and at least one child alive (/readyz)."""
+        # No lock: a probe must answer even while the loop is stuck holding it.
+        return (
+            self.worker.ready.is_set()
+            and not self._stopping
+            and any(p is not None for p in self.children)
+        )
 
     def _spawn(self, index: int) -> None:
         ctx = mp.get_context("fork")
@@ -180,7 +217,14 @@ class Supervisor:
         self._killed[index] = None
         self._memory_warned[index] = 0.0
         self.overrides.forget(index)
-        proc.start()
+        # A stop signal that reaches the child before it has its own handlers would run this
+        # process's handler there (and the child would never stop): held back across the fork,
+        # it waits in the child until _child_main is ready for it.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.children[index] = proc
         self.born[index] = time.monotonic()
 
@@ -314,7 +358,7 @@ class Supervisor:
             len(live),
             (time.monotonic() - started) * 1e3,
         )
-        if late:
+        if late and timeout > 0:  # 0: the caller does not wait (a resize), nothing is late
             logger.warning(
                 "%d child(ren) did not apply the new settings within %.0fs; they apply them "
                 "when they can",
@@ -372,6 +416,8 @@ class Supervisor:
             first = not self._stopping
             self._stopping = True
             children = [p for p in self.children if p is not None and p.pid]
+        if self.worker.autoscaler is not None:  # no joining here: this may be a signal handler
+            self.worker.autoscaler.halt()
         if first:
             signals.worker_shutdown.send(self.worker)
         sig = signal.SIGKILL if cold else signal.SIGTERM
@@ -393,6 +439,10 @@ def _signal_of(name: str) -> signal.Signals:
     except (KeyError, ValueError):
         logger.warning("unknown signal %r; using SIGTERM", name)
         return signal.SIGTERM
+
+
+#: Signals a child must not see before it has installed its own handlers.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _child_main(
@@ -427,4 +477,5 @@ def _child_main(
     # Warm only, however often: a SIGTERM to the whole process group reaches a child twice
     # (directly and from the parent), and a cold stop is the parent's SIGKILL.
     signal.signal(signal.SIGTERM, lambda signum, frame: child.stop_soon())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork (_spawn)
     child.start()

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac.exceptions import ConfigurationError
-from celeriac.transports import transport_class
-from celeriac.urls import redact
+from celeriac.transports import broker_transport_class
 from celeriac.worker.activity import Activity
+from celeriac.worker.autoscale import Autoscaler, Bounds, check_pool
+from celeriac.worker.banner import announce
 from celeriac.worker.consumer import Consumer
 from celeriac.worker.events import Heart, start_heart
 from celeriac.worker.pools import pool_class
@@ -25,6 +26,7 @@ from celeriac.worker.revoked import Revoked
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.worker.job import Outcome
+    from celeriac.worker.monitor import Monitor
     from celeriac.worker.pools.base import Pool
     from celeriac.worker.remote import RemoteControl
     from celeriac.worker.supervisor import Supervisor
@@ -37,12 +39,11 @@ class Worker:
 
     ``Worker(app).start()`` blocks until a signal (or :meth:`stop`) ends it.
 
-    The prefork pool has two shapes. By default (``worker_prefork_mode = "consume"``) this
-    process only supervises: each of ``concurrency`` child processes is a worker of its own
-    (connection, fetcher, finisher) running one task at a time, so the broker I/O of N children
-    runs in N processes instead of funnelling through this one. ``"dispatch"`` (and any broker
-    that lives in one process, such as ``memory://``) keeps the consuming in this process and
-    pipes each task to a child.
+    With the prefork pool this process only supervises: each of ``concurrency`` child
+    processes is a worker of its own (connection, fetcher, finisher) running one task at a
+    time, so the broker I/O of N children runs in N processes instead of funnelling through this
+    one. Only a broker that lives in this process (``memory://``), which children cannot reach,
+    keeps the consuming here and pipes each task to a child.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Worker:
         install_signal_handlers: bool = True,
         announce: bool = True,
         heartbeat: bool | None = None,
+        autoscale: tuple[int, int] | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -69,6 +71,18 @@ class Worker:
         self.pool_name = pool if isinstance(pool, str) else conf.worker_pool
         if self._pool_factory is not None:
             self.pool_name = getattr(self._pool_factory, "__name__", "custom")
+        if self.pool_name == "solo" and self.concurrency != 1:
+            # Solo runs one task at a time: more slots would only lease messages it cannot run.
+            if concurrency:
+                logger.warning("the solo pool runs one task at a time; -c %d ignored", concurrency)
+            self.concurrency = 1
+        #: ``--autoscale MAX,MIN`` (``autoscale.py``): the pool starts at MIN
+        self.autoscale: Bounds | None = None
+        self.autoscaler: Autoscaler | None = None
+        if autoscale is not None:
+            check_pool(self.pool_name)
+            self.autoscale = Bounds(*autoscale, keepalive=conf.worker_autoscale_keepalive)
+            self.concurrency = self.autoscale.min
         self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
         multiplier = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
         self.prefetch = max(1, self.concurrency * multiplier)
@@ -98,6 +112,7 @@ class Worker:
         self.revoked = Revoked()
         self.activity = Activity(self.hostname)
         self._remote: RemoteControl | None = None
+        self._monitor: Monitor | None = None
 
     def start(self) -> None:
         if self._supervised():
@@ -115,17 +130,12 @@ class Worker:
         """Prefork with consuming children (see the class docstring)?"""
         if self.pool_name != "prefork" or self._pool_factory is not None:
             return False
-        mode = self.app.conf.worker_prefork_mode
-        if mode not in ("consume", "dispatch"):
-            raise ConfigurationError(
-                f"worker_prefork_mode must be 'consume' or 'dispatch', not {mode!r}"
-            )
         # Checked on the class: opening a connection here would leak it into every child.
-        return mode == "consume" and self._broker_shared()
+        return self._broker_shared()
 
     def _broker_shared(self) -> bool:
         """Can other processes reach the broker (every one but ``memory://``)?"""
-        return transport_class(self.app.conf.broker_url).shared_between_processes
+        return broker_transport_class(self.app.conf.broker_url).shared_between_processes
 
     def _boot(self) -> None:
         app = self.app
@@ -134,7 +144,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         app.import_modules()
-        if self.pool_name == "prefork" and not self._broker_shared():
+        if not self._broker_shared() and self.pool_name == "prefork":  # refuses memcached://
             # Prefork children run tasks; tasks that send tasks need a broker they can reach.
             logger.warning(
                 "the %s broker lives in this process only; child processes cannot "
@@ -144,6 +154,8 @@ class Worker:
         factory = self._pool_factory or pool_class(self.pool_name)
         if self.concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
+        if self.autoscale is not None and not hasattr(factory, "resize"):
+            raise ConfigurationError(f"--autoscale: this {self.pool_name} pool cannot resize")
         self.pool = factory(
             app,
             self.concurrency,
@@ -158,8 +170,13 @@ class Worker:
         assert self.consumer.fetcher is not None
         self.consumer.fetcher.revoked = self.pool.revoked_ids = self.revoked
         self.activity.attach(self.pool, self.consumer.inflight)
+        if self.autoscale is not None:
+            from celeriac.worker.autoscale import local_autoscaler
+
+            self.autoscaler = local_autoscaler(self, self.autoscale)
         if self.announce:  # a prefork child leaves remote control to its supervisor
             self.start_remote_control()
+            self._start_monitor()
         self.ready.set()
         if self._stopping:  # a signal came while starting
             threading.Thread(target=self.stop, daemon=True).start()
@@ -171,15 +188,25 @@ class Worker:
                 app, self.hostname, lambda: (consumer.inflight.unfinished, consumer.processed)
             )
         signals.worker_ready.send(self)
-        logger.warning(
-            "%s ready: queues=%s pool=%s concurrency=%d prefetch=%d broker=%s",
-            self.hostname,
-            ",".join(self.queues),
-            self.pool_name,
-            self.concurrency,
-            self.prefetch,
-            redact(app.conf.broker_url),
+        announce(
+            app, self.hostname, self.queues, self.pool_name, self.concurrency, str(self.prefetch)
         )
+
+    def _start_monitor(self) -> None:
+        """/metrics, /livez and /readyz when their ports are set (``worker/monitor.py``)."""
+        from celeriac.health.pulse import Pulse
+        from celeriac.worker.monitor import monitor_for
+
+        consumer = self.consumer
+        self._monitor = monitor_for(
+            self,
+            pulse=Pulse(),
+            consuming=lambda: self.ready.is_set() and not self._stopping,
+            active=lambda: consumer.inflight.unfinished,
+            supervised=False,
+        )
+        if self._monitor is not None:
+            self._monitor.start(watch_lock=consumer.inflight.cond)
 
     def start_remote_control(self) -> None:
         """Answer remote control as this node (``worker_enable_remote_control``)."""
@@ -243,6 +270,8 @@ class Worker:
                 self.stop_remote_control()
                 self.app.close()
                 os._exit(1)
+            if self.autoscaler is not None:
+                self.autoscaler.stop()
             waiting = self.consumer.stop_fetching()
             assert self.pool is not None
             unstarted = waiting + self.pool.stop(cold=False)
@@ -251,6 +280,8 @@ class Worker:
             self.stop_remote_control()
             if self._heart is not None:
                 self._heart.stop()
+            if self._monitor is not None:
+                self._monitor.stop()
             self.app.close()
             logger.log(
                 logging.WARNING if self.announce else logging.INFO,

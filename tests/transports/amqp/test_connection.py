@@ -53,14 +53,15 @@ def wait_for(check: Any, timeout: float) -> float:
 
 
 def test_a_delivery_stays_leased_while_nobody_calls(url: str, q: str) -> None:
-    # heartbeat=1: RabbitMQ drops a connection it hears nothing from for ~2 s
-    broker = create_broker(url + "?heartbeat=1")
+    # heartbeat=2: RabbitMQ drops a connection it hears nothing from for ~4 s (with 1 s, a
+    # loaded machine could delay the I/O thread's beat past RabbitMQ's patience)
+    broker = create_broker(url + "?heartbeat=2")
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(Publication(msg("long"), Route(q)))
         [d] = broker.fetch([q], 1, timeout=5)
         conn = broker.link._conn
-        time.sleep(4.5)  # a long task: no fetch, no ack; the I/O thread keeps the heartbeats
+        time.sleep(5.5)  # a long task: no fetch, no ack; the I/O thread keeps the heartbeats
         assert broker.link._conn is conn and conn is not None and conn.connected
         broker.ack([d])
         assert broker.depth(q) == 0  # acked on the channel it came from: not redelivered

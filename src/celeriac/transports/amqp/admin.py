@@ -50,6 +50,17 @@ class Admin:
 
         return int(self._run(run, f"purging {queue!r}"))
 
+    def ready(self, queue: str) -> int:
+        """RabbitMQ's ready count of ``queue`` itself (its delay cascade holds only delayed
+        messages; what consumers hold is unacked, not ready)."""
+
+        def run() -> int:
+            self.declarations.queue(queue, delays=True)
+            name = self.declarations.queues_of(queue)[0]
+            return int(self._admin_channel().queue_declare(name, passive=True).message_count or 0)
+
+        return int(self._run(run, f"counting {queue!r}"))
+
     def depth(self, queue: str) -> int:
         def run() -> int:
             self.declarations.queue(queue, delays=True)

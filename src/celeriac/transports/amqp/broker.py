@@ -363,6 +363,9 @@ class AMQPBroker(Broker):
     def depth(self, queue: str) -> int:
         return self.admin.depth(queue)
 
+    def ready(self, queue: str) -> int:
+        return self.admin.ready(queue)
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return self.admin.dead_letters(limit)
 

@@ -163,6 +163,9 @@ class Link:
         self._selector: selectors.BaseSelector | None = None
         self._ready: Callable[[], bool] = lambda: False
         self._last_tick = 0.0
+        #: why the last attempt to connect failed (None once connected), for the error a
+        #: caller gets when its work timed out waiting for a connection
+        self.connect_error: str | None = None
 
     # -- handing work over ---------------------------------------------------------------------
     def run(self, fn: Callable[[], T], timeout: float, what: str = "an operation") -> T:
@@ -190,6 +193,12 @@ class Link:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
+            why = self.connect_error
+            if why is not None:  # one error that says why, not only that it took too long
+                raise BrokerError(
+                    f"AMQP: cannot connect to {redact(self.url)} ({why}); gave up on {what} "
+                    f"after {timeout:.1f}s"
+                ) from None
             raise BrokerError(f"AMQP: {what} timed out after {timeout:.1f}s") from None
         except BrokerError:
             raise
@@ -275,8 +284,10 @@ class Link:
             sock.settimeout(IO_TIMEOUT)
         except Exception as exc:
             conn.collect()
+            self.connect_error = str(exc)
             logger.warning("AMQP: cannot connect to %s (%s); retrying soon", redact(self.url), exc)
             return False
+        self.connect_error = None
         assert self._selector is not None
         self._selector.register(sock, selectors.EVENT_READ)
         self._conn, self._sock, self._channels = conn, sock, {}

@@ -31,6 +31,7 @@ class MemoryBeatStore(BeatStore):
         self._lease: Lease | None = None
         self._ticks: dict[str, float] = {}
         self._unsent: set[str] = set()
+        self._sent: dict[str, float] = {}
         self._paused: set[str] = set()
         self._entries: dict[str, dict[str, Any]] = {}
         self._version = 0
@@ -78,16 +79,20 @@ class MemoryBeatStore(BeatStore):
                 self._unsent.add(entry)
             return True
 
-    def settle_tick(self, entry: str, tick: float) -> None:
+    def settle_tick(self, entry: str, tick: float, *, sent_at: float | None = None) -> None:
         with self._lock:
-            if self._ticks.get(entry) == tick:
+            if self._ticks.get(entry) == tick and entry in self._unsent:
                 self._unsent.discard(entry)
+                if sent_at is not None:
+                    self._sent[entry] = sent_at
 
     def states(self) -> dict[str, EntryState]:
         with self._lock:
             names = set(self._ticks) | self._paused
             return {
-                n: EntryState(self._ticks.get(n), n in self._paused, n in self._unsent)
+                n: EntryState(
+                    self._ticks.get(n), n in self._paused, n in self._unsent, self._sent.get(n)
+                )
                 for n in names
             }
 
@@ -104,6 +109,7 @@ class MemoryBeatStore(BeatStore):
             found = self._entries.pop(name, None) is not None
             self._ticks.pop(name, None)
             self._unsent.discard(name)
+            self._sent.pop(name, None)
             self._paused.discard(name)
             self._version += 1
             return found

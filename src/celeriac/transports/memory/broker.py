@@ -175,6 +175,10 @@ class MemoryBroker(Broker):
                 + sum(1 for _, e in self._leased.values() if e.queue == queue)
             )
 
+    def ready(self, queue: str) -> int:
+        with self._cond:
+            return len(self._ready.get(queue, []))
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._cond:
             return list(self._dead[:limit])

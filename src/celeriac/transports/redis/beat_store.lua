@@ -9,6 +9,8 @@
 --   celeriac.beat.ticks     hash entry -> last tick (a float's repr)
 --   celeriac.beat.unsent    hash entry -> its last tick, while that was claimed to be sent and
 --                           is not known to be: the three-step path only, never 'send'
+--   celeriac.beat.sent      hash entry -> when its message last went to the broker (unix s;
+--                           the anchor and skipped ticks, recorded without one, leave it)
 --   celeriac.beat.paused    set of paused entry names
 --   celeriac.beat.entries   hash name -> dynamic entry spec (JSON)
 --   celeriac.beat.version   counter bumped by every entry change
@@ -17,6 +19,7 @@ local cmd, P = ARGV[1], ARGV[2]
 local LEASE, TICKS = P .. 'celeriac.beat.lease', P .. 'celeriac.beat.ticks'
 local PAUSED, ENTRIES = P .. 'celeriac.beat.paused', P .. 'celeriac.beat.entries'
 local VERSION, UNSENT = P .. 'celeriac.beat.version', P .. 'celeriac.beat.unsent'
+local SENT = P .. 'celeriac.beat.sent'
 
 -- The fence and the compare-and-set: holder leads, and entry's last tick is previous ('' =
 -- none) and not unsent.
@@ -55,24 +58,29 @@ elseif cmd == 'claim' then
   if ARGV[7] == '1' then redis.call('HSET', UNSENT, ARGV[4], ARGV[5]) end
   return 1
 
--- settle entry tick
+-- settle entry tick sent_at ('' = given up, not sent)
 elseif cmd == 'settle' then
-  if redis.call('HGET', UNSENT, ARGV[3]) == ARGV[4] then redis.call('HDEL', UNSENT, ARGV[3]) end
+  if redis.call('HGET', UNSENT, ARGV[3]) == ARGV[4] then
+    redis.call('HDEL', UNSENT, ARGV[3])
+    if ARGV[5] ~= '' then redis.call('HSET', SENT, ARGV[3], ARGV[5]) end
+  end
   return 0
 
--- send holder entry tick previous, then (queue, priority, delay, envelope, bind) per message:
+-- send holder entry tick previous sent_at, then (queue, priority, delay, envelope, bind) per
+-- message:
 -- claim the tick and store its messages (one per queue its route reaches), or, refused, do
 -- nothing. The tick is recorded last: a publish that fails leaves it unclaimed, to be tried
 -- again (Redis does not undo a script's earlier writes: of a message routed to two queues, a
 -- copy stored before the failure stays, as with the broker's own publish_many).
 elseif cmd == 'send' then
   if not claimable(ARGV[3], ARGV[4], ARGV[6]) then return 0 end
-  for i = 7, #ARGV, 5 do
+  for i = 8, #ARGV, 5 do
     local stored = broker({'publish', P, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                            ARGV[i + 4]})
     if stored ~= 1 then return stored end
   end
   redis.call('HSET', TICKS, ARGV[4], ARGV[5])
+  redis.call('HSET', SENT, ARGV[4], ARGV[7])
   return 1
 
 -- put name spec replace(0/1)
@@ -86,6 +94,7 @@ elseif cmd == 'remove' then
   local found = redis.call('HDEL', ENTRIES, ARGV[3])
   redis.call('HDEL', TICKS, ARGV[3])
   redis.call('HDEL', UNSENT, ARGV[3])
+  redis.call('HDEL', SENT, ARGV[3])
   redis.call('SREM', PAUSED, ARGV[3])
   redis.call('INCR', VERSION)
   return found

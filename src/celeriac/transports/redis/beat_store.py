@@ -101,14 +101,17 @@ class RedisBeatStore(BeatStore):
         tick: float,
         previous: float | None,
         publishes: list[list[str]],
+        sent_at: float,
     ) -> bool:
         """:meth:`claim_tick` and run the broker's ``publish`` with each of ``publishes``
-        (:meth:`RedisBroker.script_publishes`), in one script call: all or nothing."""
+        (:meth:`RedisBroker.script_publishes`), and record ``sent_at`` as the entry's last
+        send, in one script call: all or nothing."""
         flat = [arg for call in publishes for arg in call]
-        return self._call("send", holder, entry, _num(tick), _num(previous), *flat) == 1
+        args = (_num(tick), _num(previous), _num(sent_at))
+        return self._call("send", holder, entry, *args, *flat) == 1
 
-    def settle_tick(self, entry: str, tick: float) -> None:
-        self._call("settle", entry, _num(tick))
+    def settle_tick(self, entry: str, tick: float, *, sent_at: float | None = None) -> None:
+        self._call("settle", entry, _num(tick), _num(sent_at))
 
     def states(self) -> dict[str, EntryState]:
         try:
@@ -116,13 +119,18 @@ class RedisBeatStore(BeatStore):
                 pipe.hgetall(self._key("ticks"))
                 pipe.smembers(self._key("paused"))
                 pipe.hkeys(self._key("unsent"))
-                ticks, paused, unsent = pipe.execute()
+                pipe.hgetall(self._key("sent"))
+                ticks, paused, unsent, sent = pipe.execute()
         except redis.RedisError as exc:
             raise BrokerError(f"Redis beat store: states failed: {exc}") from exc
         last = {_text(k): float(v) for k, v in ticks.items()}
         stopped = {_text(n) for n in paused}
         waiting = {_text(n) for n in unsent}
-        return {n: EntryState(last.get(n), n in stopped, n in waiting) for n in set(last) | stopped}
+        sends = {_text(k): float(v) for k, v in sent.items()}
+        return {
+            n: EntryState(last.get(n), n in stopped, n in waiting, sends.get(n))
+            for n in set(last) | stopped
+        }
 
     # -- dynamic entries --------------------------------------------------------------------
     def put_entry(self, name: str, spec: dict[str, Any], *, replace: bool) -> bool:
@@ -164,4 +172,4 @@ class RedisTickSender(TickSender):
         publishes = self.broker.script_publishes(publication)
         if publishes is None:
             return super().claim_and_send(holder, entry, tick, previous, publication)
-        return self.store.claim_and_store(holder, entry, tick, previous, publishes)
+        return self.store.claim_and_store(holder, entry, tick, previous, publishes, self.clock())

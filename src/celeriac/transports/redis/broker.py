@@ -32,7 +32,6 @@ included (see ``deadline.py``).
 from __future__ import annotations
 
 import binascii
-import json
 import logging
 import re
 import threading
@@ -51,6 +50,7 @@ from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.timeutil import parse_iso
 from celeriac.routing import kombu_topic_pattern, no_queue_bound
+from celeriac.transports.redis import dead_letter_store
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.deadline import deadline
 from celeriac.transports.redis.envelope import decode_envelope, encode_envelope
@@ -523,6 +523,19 @@ class RedisBroker(Broker):
             return
         self._call("dead_letter", *delivery.tag, reason)
 
+    def ready(self, queue: str) -> int:
+        # The lists only (one per priority bucket); a countdown sent with its ``eta`` header
+        # (``delayed_delivery="queue"``) counts until a fetch parks it.
+        p = self.prefix
+        keys = [f"{p}{queue}"] + [f"{p}{queue}\x06\x16{step}" for step in (3, 6, 9)]
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.llen(key)
+                return sum(int(n) for n in pipe.execute())
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis broker: ready count of {queue!r} failed: {exc}") from exc
+
     def reserve_rate_slot(self, key: str, interval: float) -> float | None:
         return float(self._call("rate", key, repr(float(interval))))
 
@@ -544,29 +557,7 @@ class RedisBroker(Broker):
             raise BrokerError(f"Redis broker: depth of {queue!r} failed: {exc}") from exc
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        try:
-            key = f"{self.prefix}celeriac.dead"
-            docs: Any = self.client.zrange(key, 0, max(0, limit - 1))
-        except redis.RedisError as exc:
-            raise BrokerError(f"Redis broker: reading dead letters failed: {exc}") from exc
-        out = []
-        for raw in docs[:limit]:
-            doc = json.loads(raw.decode("utf-8", "surrogateescape"))
-            envelope = doc["envelope"]
-            try:
-                message = decode_envelope(envelope)
-            except (ValueError, binascii.Error):  # kept as it came off the wire
-                message = Message({}, {}, envelope.encode("utf-8", "surrogateescape"), "", "")
-            out.append(
-                DeadLetter(
-                    id=int(doc["id"]),
-                    queue=doc["queue"],
-                    reason=doc["reason"],
-                    failed_at=float(doc["failed_at"]),
-                    message=message,
-                )
-            )
-        return out
+        return dead_letter_store.read(self.client, self.prefix, limit)
 
     def replay_dead_letters(self, ids: Sequence[Any] | None = None) -> int:
         if ids is not None and not ids:
@@ -574,15 +565,7 @@ class RedisBroker(Broker):
         return int(self._call("replay", *(int(i) for i in ids or ())))
 
     def purge_dead_letters(self) -> int:
-        key = f"{self.prefix}celeriac.dead"
-        try:
-            with self.client.pipeline() as pipe:
-                pipe.zcard(key)
-                pipe.delete(key)
-                n, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise BrokerError(f"Redis broker: purging dead letters failed: {exc}") from exc
-        return int(n)
+        return dead_letter_store.purge(self.client, self.prefix)
 
     def close(self) -> None:
         if self._fanout is not None:

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS celeriac_beat_unsent (
     entry TEXT PRIMARY KEY,
     tick  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS celeriac_beat_sent (
+    entry   TEXT PRIMARY KEY,
+    sent_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS celeriac_beat_entries (
     name       TEXT PRIMARY KEY,
     spec       TEXT NOT NULL,
@@ -157,20 +161,36 @@ class SQLiteBeatStore(BeatStore):
             )
         return True
 
-    def settle_tick(self, entry: str, tick: float) -> None:
+    def settle_tick(self, entry: str, tick: float, *, sent_at: float | None = None) -> None:
         with self.db.write() as conn:
-            conn.execute(
+            settled = conn.execute(
                 "DELETE FROM celeriac_beat_unsent WHERE entry = ? AND tick = ?", (entry, tick)
-            )
+            ).rowcount
+            if settled and sent_at is not None:
+                self.record_sent(conn, entry, sent_at)
+
+    def record_sent(self, conn: sqlite3.Connection, entry: str, sent_at: float) -> None:
+        """Record ``entry``'s last send inside the caller's write transaction."""
+        conn.execute(
+            "INSERT INTO celeriac_beat_sent (entry, sent_at) VALUES (?, ?)"
+            " ON CONFLICT (entry) DO UPDATE SET sent_at = excluded.sent_at",
+            (entry, sent_at),
+        )
 
     def states(self) -> dict[str, EntryState]:
         rows = self._read(
             "SELECT entry, last_tick, paused,"
-            " EXISTS (SELECT 1 FROM celeriac_beat_unsent u WHERE u.entry = s.entry)"
+            " EXISTS (SELECT 1 FROM celeriac_beat_unsent u WHERE u.entry = s.entry),"
+            " (SELECT sent_at FROM celeriac_beat_sent t WHERE t.entry = s.entry)"
             " FROM celeriac_beat_state s"
         )
         return {
-            r[0]: EntryState(float(r[1]) if r[1] is not None else None, bool(r[2]), bool(r[3]))
+            r[0]: EntryState(
+                float(r[1]) if r[1] is not None else None,
+                bool(r[2]),
+                bool(r[3]),
+                float(r[4]) if r[4] is not None else None,
+            )
             for r in rows
         }
 
@@ -200,6 +220,7 @@ class SQLiteBeatStore(BeatStore):
             ).rowcount
             conn.execute("DELETE FROM celeriac_beat_state WHERE entry = ?", (name,))
             conn.execute("DELETE FROM celeriac_beat_unsent WHERE entry = ?", (name,))
+            conn.execute("DELETE FROM celeriac_beat_sent WHERE entry = ?", (name,))
             conn.execute(_BUMP)
             return found == 1
 
@@ -249,4 +270,5 @@ class SQLiteTickSender(TickSender):
             if not self.store.claim(conn, holder, entry, tick, previous):
                 return False
             insert_rows(conn, rows)
+            self.store.record_sent(conn, entry, self.clock())
         return True

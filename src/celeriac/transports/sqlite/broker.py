@@ -339,6 +339,20 @@ class SQLiteBroker(Broker):
         )
         return int(count)
 
+    def oldest_age(self, queue: str) -> float | None:
+        # A ready row's visible_at is when it became ready (published, due, or given back).
+        [(oldest,)] = self.db.read(
+            "SELECT MIN(visible_at) FROM celeriac_messages WHERE queue = ? AND state = 0",
+            (queue,),
+        )
+        return 0.0 if oldest is None else max(0.0, time.time() - float(oldest))
+
+    def ready(self, queue: str) -> int:
+        [(count,)] = self.db.read(
+            "SELECT COUNT(*) FROM celeriac_messages WHERE queue = ? AND state = 0", (queue,)
+        )
+        return int(count)
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = self.db.read(
             "SELECT id, queue, reason, failed_at, headers, properties, content_type,"

@@ -1,0 +1,1 @@
+"""memcached: a result backend only (memcached keeps no queues)."""

@@ -1,0 +1,47 @@
+"""Trace context in the headers of what a client publishes (no worker needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from celeriac import Celeriac, tracing
+
+sdk = pytest.importorskip("opentelemetry.sdk.trace")
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+
+
+def _published(app: Celeriac, queue: str) -> dict:
+    [delivery] = app.broker.fetch([queue], 1, timeout=1)
+    return delivery.message.headers
+
+
+def test_publish_writes_traceparent_of_its_producer_span():
+    app = Celeriac("t", broker_url="memory://")
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.configure(tracer_provider=provider)
+    try:
+        result = app.send_task("t.add", (1, 2), queue="tq")
+        headers = _published(app, "tq")
+    finally:
+        tracing.configure(None)
+    [span] = exporter.get_finished_spans()
+    ctx = span.get_span_context()
+    # W3C: version 00, trace id, parent (the PRODUCER span), flags (sampled); as Celery's
+    # instrumentation writes it, a top-level message header.
+    version, trace_id, parent_id, flags = headers["traceparent"].split("-")
+    assert (version, trace_id, parent_id) == ("00", f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+    assert int(flags, 16) & 1
+    assert span.name == "apply_async/t.add" and span.kind.name == "PRODUCER"
+    assert span.parent is None  # no span of the caller's: a new trace
+    assert span.attributes["messaging.message.id"] == result.id
+
+
+def test_no_trace_headers_without_a_tracer_provider():
+    app = Celeriac("t", broker_url="memory://")
+    app.send_task("t.add", (1, 2), queue="tq")
+    assert "traceparent" not in _published(app, "tq")
