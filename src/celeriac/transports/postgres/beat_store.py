@@ -138,19 +138,39 @@ class PostgresBeatStore(BeatStore):
             )
         return True
 
-    def settle_tick(self, entry: str, tick: float) -> None:
-        self._rows(
-            "DELETE FROM {s}.beat_unsent WHERE entry = %s AND tick = %s RETURNING 1", (entry, tick)
+    def settle_tick(self, entry: str, tick: float, *, sent_at: float | None = None) -> None:
+        with self.db.transaction(BrokerError, "beat: settling a tick") as cur:
+            cur.execute(
+                self._q("DELETE FROM {s}.beat_unsent WHERE entry = %s AND tick = %s"),
+                (entry, tick),
+            )
+            if cur.rowcount and sent_at is not None:
+                self.record_sent(cur, entry, sent_at)
+
+    def record_sent(self, cur: psycopg.Cursor[Any], entry: str, sent_at: float) -> None:
+        """Record ``entry``'s last send inside the caller's transaction (``cur``'s)."""
+        cur.execute(
+            self._q(
+                "INSERT INTO {s}.beat_sent (entry, sent_at) VALUES (%s, %s)"
+                " ON CONFLICT (entry) DO UPDATE SET sent_at = excluded.sent_at"
+            ),
+            (entry, sent_at),
         )
 
     def states(self) -> dict[str, EntryState]:
         rows = self._rows(
             "SELECT entry, last_tick, paused,"
-            " EXISTS (SELECT 1 FROM {s}.beat_unsent u WHERE u.entry = s.entry)"
+            " EXISTS (SELECT 1 FROM {s}.beat_unsent u WHERE u.entry = s.entry),"
+            " (SELECT sent_at FROM {s}.beat_sent t WHERE t.entry = s.entry)"
             " FROM {s}.beat_state s"
         )
         return {
-            r[0]: EntryState(float(r[1]) if r[1] is not None else None, bool(r[2]), bool(r[3]))
+            r[0]: EntryState(
+                float(r[1]) if r[1] is not None else None,
+                bool(r[2]),
+                bool(r[3]),
+                float(r[4]) if r[4] is not None else None,
+            )
             for r in rows
         }
 
@@ -181,6 +201,7 @@ class PostgresBeatStore(BeatStore):
             found = cur.rowcount == 1
             cur.execute(self._q("DELETE FROM {s}.beat_state WHERE entry = %s"), (name,))
             cur.execute(self._q("DELETE FROM {s}.beat_unsent WHERE entry = %s"), (name,))
+            cur.execute(self._q("DELETE FROM {s}.beat_sent WHERE entry = %s"), (name,))
             cur.execute(self._q(_BUMP))
             return found
 
@@ -224,4 +245,5 @@ class PostgresTickSender(TickSender):
             if not self.store.claim(cur, holder, entry, tick, previous):
                 return False
             self.broker.insert(cur, rows)
+            self.store.record_sent(cur, entry, self.clock())
         return True

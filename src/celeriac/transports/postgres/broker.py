@@ -399,6 +399,30 @@ class PostgresBroker(Broker):
             )
         return int(count)
 
+    def oldest_age(self, queue: str) -> float | None:
+        # A ready row's available_at is when it became ready (published, due, given back or
+        # its lease lapsed).
+        now = time.time()
+        with self.db.cursor(BrokerError, "oldest age") as cur:
+            [(oldest,)] = cur.execute(
+                self.db.sql(
+                    "SELECT min(available_at) FROM {s}.messages"
+                    " WHERE queue = %s AND available_at <= %s"
+                ),
+                (queue, now),
+            )
+        return 0.0 if oldest is None else max(0.0, now - float(oldest))
+
+    def ready(self, queue: str) -> int:
+        with self.db.cursor(BrokerError, "ready") as cur:
+            [(count,)] = cur.execute(
+                self.db.sql(
+                    "SELECT count(*) FROM {s}.messages WHERE queue = %s AND available_at <= %s"
+                ),
+                (queue, time.time()),
+            )
+        return int(count)
+
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self.db.cursor(BrokerError, "list dead letters") as cur:
             rows = cur.execute(

@@ -13,6 +13,10 @@ CREATE TABLE {s}.beat_unsent (
     entry text PRIMARY KEY,
     tick  double precision NOT NULL
 );
+CREATE TABLE {s}.beat_sent (
+    entry   text PRIMARY KEY,
+    sent_at double precision NOT NULL
+);
 CREATE TABLE {s}.beat_entries (
     name       text PRIMARY KEY,
     spec       text NOT NULL,
