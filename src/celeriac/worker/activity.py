@@ -77,8 +77,9 @@ class Activity:
         #: tasks started, by name (``stats()["total"]``)
         self.total: Counter[str] = Counter()
         self.inflight: InFlight | None = None
-        #: called with the info of a task as it starts (a prefork child mirrors it)
-        self.on_start: Callable[[dict[str, Any]], None] | None = None
+        #: called with a task as it starts, its start time and pid (a prefork child mirrors
+        #: it: ``lease_slots.py``)
+        self.on_start: Callable[[Job, float, int], None] | None = None
 
     def attach(self, pool: Pool, inflight: InFlight) -> None:
         """Learn of every start of ``pool``'s tasks (chained before its own hook)."""
@@ -98,16 +99,7 @@ class Activity:
             self._started[job.headers.id] = (now, pid)
             self.total[job.headers.task] += 1
         if self.on_start is not None:
-            info = request_info(
-                job.message,
-                job.queue,
-                self.hostname,
-                time_start=now,
-                pid=pid,
-                acknowledged=True,
-                redelivered=job.delivery_count > 1,
-            )
-            self.on_start(info)
+            self.on_start(job, now, pid)
 
     def _held(self) -> list[tuple[Delivery, bool]]:
         """Held deliveries worked on, each with whether it started."""

@@ -274,9 +274,11 @@ class Settler:
         self.safely(lambda: self.broker.ack([delivery]))
 
     def send(self, later: Deferred) -> None:
-        """Store and ack what ``later`` holds on their own (its fetch failed)."""
-        if later.results:
-            self.safely(lambda: self.backend.store_encoded(later.results))
+        """Store and ack what ``later`` holds on their own (its fetch failed): the acks only
+        once the results are stored."""
+        if later.results and not self.safely(lambda: self.backend.store_encoded(later.results)):
+            _left_leased(len(later.acks))  # given up while stopping
+            return
         if later.acks:
             self.safely(lambda: self.broker.ack(later.acks))
 
@@ -387,11 +389,7 @@ class Settler:
             for o in batch
             if inflight.get(o.job_id) is not None and not inflight.is_acked_early(o.job_id)
         ]
-        logger.error(
-            "left %d message(s) leased: what their tasks caused could not be stored before "
-            "stopping; they are delivered again when their leases end",
-            len(held),
-        )
+        _left_leased(len(held))
         self.on_settled(inflight.settled(o.job_id for o in batch))
 
 
@@ -446,3 +444,11 @@ def _results(outcome: Outcome, delivery: Delivery | None) -> list[EncodedResult]
     for task_id, state, meta in outcome.extra_results:
         out.append(EncodedResult(task_id, state, meta, reply_to, task_id))
     return out
+
+
+def _left_leased(count: int) -> None:
+    logger.error(
+        "left %d message(s) leased: what their tasks caused could not be stored before "
+        "stopping; they are delivered again when their leases end",
+        count,
+    )

@@ -71,6 +71,13 @@ ON CONFLICT (task_id) DO UPDATE
 _SWEEP_EVERY = 60.0
 
 
+def _states_sql(count: int) -> str:
+    return (
+        "SELECT task_id, status FROM celeriac_results WHERE task_id IN"
+        f" ({','.join('?' * count)}) AND (expires_at IS NULL OR expires_at > ?)"
+    )
+
+
 class SQLiteBackend(ResultBackend):
     def __init__(self, url: str, *, db: SQLiteFile, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -79,18 +86,21 @@ class SQLiteBackend(ResultBackend):
         self._last_sweep = 0.0
 
     def _store(self, items: Sequence[EncodedResult]) -> None:
-        now = time.time()
-        expires_at = now + self.expires if self.expires else None
         try:
             with self.db.write() as conn:
-                conn.executemany(
-                    _UPSERT, [(r.task_id, r.state, r.meta, expires_at, now) for r in items]
-                )
-                if now - self._last_sweep > _SWEEP_EVERY:
-                    self._last_sweep = now
-                    conn.execute("DELETE FROM celeriac_results WHERE expires_at < ?", (now,))
+                self.store_in(conn, items)
         except (sqlite3.Error, BackendError) as exc:
             raise BackendError(f"storing {len(items)} result(s) failed: {exc}") from exc
+
+    def store_in(self, conn: sqlite3.Connection, items: Sequence[EncodedResult]) -> None:
+        """Store ``items`` inside the caller's write transaction on this file (the broker's,
+        on the combined path: ``transport.py``)."""
+        now = time.time()
+        expires_at = now + self.expires if self.expires else None
+        conn.executemany(_UPSERT, [(r.task_id, r.state, r.meta, expires_at, now) for r in items])
+        if now - self._last_sweep > _SWEEP_EVERY:
+            self._last_sweep = now
+            conn.execute("DELETE FROM celeriac_results WHERE expires_at < ?", (now,))
 
     def _load(self, task_id: str) -> bytes | None:
         rows = self.db.read(
@@ -114,11 +124,17 @@ class SQLiteBackend(ResultBackend):
         ids = list(task_ids)
         for i in range(0, len(ids), 500):  # SQLite caps the number of bound parameters
             chunk = ids[i : i + 500]
-            rows = self.db.read(
-                "SELECT task_id, status FROM celeriac_results WHERE task_id IN"
-                f" ({','.join('?' * len(chunk))}) AND (expires_at IS NULL OR expires_at > ?)",
-                (*chunk, now),
-            )
+            rows = self.db.read(_states_sql(len(chunk)), (*chunk, now))
+            out.update((task_id, str(status)) for task_id, status in rows)
+        return out
+
+    def states_in(self, conn: sqlite3.Connection, task_ids: Sequence[str]) -> dict[str, str]:
+        """:meth:`get_states` read inside the caller's transaction (the combined path)."""
+        out: dict[str, str] = {}
+        now = time.time()
+        for i in range(0, len(task_ids), 500):
+            chunk = task_ids[i : i + 500]
+            rows = conn.execute(_states_sql(len(chunk)), (*chunk, now)).fetchall()
             out.update((task_id, str(status)) for task_id, status in rows)
         return out
 

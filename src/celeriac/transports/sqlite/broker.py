@@ -21,7 +21,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
@@ -83,6 +83,12 @@ UPDATE celeriac_messages
 RETURNING id, queue, delivery_count, headers, properties, content_type, content_encoding, body,
           priority
 """
+
+
+#: Run inside a claim's write transaction: before the claim (``first``: the combined path's
+#: results and acks), or after it with what it claimed (``then``: their stored states).
+First = Callable[[sqlite3.Connection], None]
+Then = Callable[[sqlite3.Connection, list[Delivery]], None]
 
 
 def _dumps(obj: Any) -> str:
@@ -148,24 +154,57 @@ class SQLiteBroker(Broker):
 
     # -- consuming --------------------------------------------------------------------------
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
+        return self.fetch_within(queues, limit, timeout=timeout)
+
+    def fetch_within(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+        first: First | None = None,
+        then: Then | None = None,
+    ) -> list[Delivery]:
+        """:meth:`fetch`, doing more in the claim's transaction: ``first`` before the first
+        claim (it runs even when ``limit`` is 0 or nothing is ready), ``then`` after each claim
+        that leased something. The combined path (``combined.py``) stores results and acks
+        in ``first`` and reads the claimed tasks' states in ``then``: one commit per batch."""
         self.refuse_broadcast(queues)
+        if limit <= 0:
+            if first is not None:
+                try:
+                    with self.db.write() as conn:
+                        first(conn)
+                except (sqlite3.Error, BrokerError) as exc:
+                    raise BrokerError(f"settling failed: {exc}") from exc
+            return []
         deadline = time.time() + timeout
         last_version = -1
         while True:
-            version = self.db.data_version()
+            # With something to settle the claim runs anyway: no need to look for news first
+            # (-1 makes the next turn claim again if this one found nothing).
+            version = self.db.data_version() if first is None else -1
             now = time.time()
             # Only claim when someone committed since our last look or a delayed/leased row
             # came due: an idle worker then costs one counter read per polling interval.
-            if version != last_version or now >= self._next_due:
+            if version != last_version or now >= self._next_due or first is not None:
                 last_version = version
-                got = self._claim(queues, limit, now)
+                got = self._claim(queues, limit, now, first, then)
+                first = None
                 if got:
                     return got
             if now >= deadline:
                 return []
             time.sleep(min(self.options.polling_interval, max(0.0, deadline - now)))
 
-    def _claim(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
+    def _claim(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        first: First | None = None,
+        then: Then | None = None,
+    ) -> list[Delivery]:
         out: list[Delivery] = []
         dead: list[tuple[int, str, str]] = []
         lease_until = now + self.visibility_timeout
@@ -177,6 +216,8 @@ class SQLiteBroker(Broker):
         failed_since = self.db.write_failed_since
         try:
             with self.db.write() as conn:
+                if first is not None:
+                    first(conn)
                 spared = 0
                 if failed_since is not None:
                     # A renewal due up to a lease before we saw a write fail may have failed too.
@@ -198,6 +239,8 @@ class SQLiteBroker(Broker):
                 nxt = conn.execute(
                     "SELECT MIN(visible_at) FROM celeriac_messages WHERE state > 0"
                 ).fetchone()[0]
+                if then is not None and out:
+                    then(conn, out)
         except (sqlite3.Error, BrokerError) as exc:
             raise BrokerError(f"fetch failed: {exc}") from exc
         if failed_since is not None:
@@ -250,13 +293,8 @@ class SQLiteBroker(Broker):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
-        # The delivery count is part of the handle: a worker whose lease ran out and was
-        # re-delivered elsewhere must not delete the copy the other worker is running.
         with self.db.write() as conn:
-            conn.executemany(
-                "DELETE FROM celeriac_messages WHERE id = ? AND delivery_count = ?",
-                [d.tag for d in deliveries],
-            )
+            ack_rows(conn, deliveries)
 
     def requeue(
         self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True
@@ -410,6 +448,16 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> No
         " properties, content_type, content_encoding, body)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
+    )
+
+
+def ack_rows(conn: sqlite3.Connection, deliveries: Sequence[Delivery]) -> None:
+    """Delete acknowledged messages inside the caller's write transaction."""
+    # The delivery count is part of the handle: a worker whose lease ran out and was
+    # re-delivered elsewhere must not delete the copy the other worker is running.
+    conn.executemany(
+        "DELETE FROM celeriac_messages WHERE id = ? AND delivery_count = ?",
+        [d.tag for d in deliveries],
     )
 
 

@@ -32,6 +32,9 @@ BUSY_TIMEOUT_MS = 30_000
 #: tried again after a later write when they did not.
 CHECKPOINT_BUSY_MS = 1_000
 _CHECKPOINT_EVERY = 1.0
+#: First and longest step of a writer waiting for another process's (see _begin).
+_WAIT_FIRST = 0.00005
+_WAIT_MAX = 0.002
 _SQLITE_FULL = 13  # sqlite3.SQLITE_FULL from Python 3.11 on
 
 
@@ -143,7 +146,7 @@ class SQLiteFile:
         conn = self.connection()
         with self._write_lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin(conn)
             except sqlite3.Error as exc:
                 raise self._failed(exc) from exc
             try:
@@ -235,6 +238,36 @@ class WriteLock:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for another process's writer in steps of 50 us to 2 ms.
+
+    SQLite's own busy handler sleeps 1 ms at first and then longer, while a worker's
+    transaction holds the lock for a tenth of that: two prefork children taking turns lost
+    most of their time asleep (2-core machine, prefetch 1: 1,000 tasks/s instead of 3,000).
+    Waits are bounded by the same busy timeout as SQLite's handler.
+    """
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = 0.0
+        delay = _WAIT_FIRST
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, _WAIT_MAX)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) -> int:

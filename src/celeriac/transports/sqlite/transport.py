@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BackendError, BrokerError, CeleriacError
-from celeriac.transports.base import BackendConfig, EventConfig, Transport, own
+from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
 from celeriac.transports.sqlite.connection import SQLiteFile, WriteLock, path_from_url
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Broker
     from celeriac.control.mailbox import Mailbox
     from celeriac.events.channel import EventChannel
+    from celeriac.transports.sqlite.backend import SQLiteBackend
     from celeriac.transports.sqlite.beat_store import SQLiteBeatStore
     from celeriac.transports.sqlite.broker import SQLiteBroker
 
@@ -35,6 +36,7 @@ class SQLiteTransport(Transport):
         self._files: list[SQLiteFile] = []
         self._brokers: list[SQLiteBroker] = []
         self._stores: list[SQLiteBeatStore] = []
+        self._backends: list[SQLiteBackend] = []
 
     @classmethod
     def server_key(cls, url: str) -> str:
@@ -62,7 +64,7 @@ class SQLiteTransport(Transport):
     def _open_backend(self, url: str, config: BackendConfig) -> ResultBackend:
         from celeriac.transports.sqlite import backend
 
-        return backend.SQLiteBackend(
+        made = backend.SQLiteBackend(
             url,
             db=self._file(backend.SCHEMA, BackendError, backend.upgrade),
             serializer=config.serializer,
@@ -70,6 +72,8 @@ class SQLiteTransport(Transport):
             expires=config.expires,
             transport_options=config.transport_options,
         )
+        self._backends.append(made)
+        return made
 
     def _open_beat_store(self, transport_options: dict[str, Any]) -> BeatStore:
         from celeriac.transports.sqlite import beat_store
@@ -99,6 +103,15 @@ class SQLiteTransport(Transport):
         if mine is not None and ours is not None:
             return SQLiteTickSender(mine, ours)
         return super().tick_sender(broker, store)
+
+    def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
+        """Results, acks, the next fetch and its states in one transaction: one file."""
+        from celeriac.transports.sqlite.combined import SQLiteCombined
+
+        mine, ours = own(self._brokers, broker), own(self._backends, backend)
+        if mine is not None and ours is not None:
+            return SQLiteCombined(mine, ours)
+        return super().combine(broker, backend)
 
     def _close_connections(self) -> None:
         files, self._files = self._files, []
