@@ -281,8 +281,16 @@ class Celeriac:
         kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> _AsyncResult[Any]:
-        """Send a task by name (it needs not be registered here)."""
+        """Send a task by name (it needs not be registered here). ``transaction=`` a psycopg
+        connection to the postgresql:// broker's database sends it only if that connection's
+        transaction commits (:mod:`celeriac.transactional`)."""
+        transaction = options.pop("transaction", None)
         publication = self.prepare_message(name, args, kwargs, **options)
+        if transaction is not None:
+            from celeriac.transactional import publish_in
+
+            publish_in(self, self.broker, [publication], transaction)
+            return AsyncResult(str(publication.message.headers["id"]), self, task_name=name)
         sending.publish(self, self.broker, [publication])
         return AsyncResult(str(publication.message.headers["id"]), self, task_name=name)
 

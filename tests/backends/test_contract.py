@@ -13,7 +13,7 @@ import pytest
 
 from celeriac import exceptions
 from celeriac.backends import ChordPart, EncodedResult, ResultBackend, create_backend
-from tests import amqp_support, redis_support
+from tests import amqp_support, postgres_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
 MakeBackend = Callable[..., ResultBackend]
@@ -25,6 +25,7 @@ MakeBackend = Callable[..., ResultBackend]
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("rpc", marks=pytest.mark.amqp),
+        pytest.param("postgres", marks=pytest.mark.postgres),
         pytest.param("memcached", marks=pytest.mark.memcached),
     ]
 )
@@ -39,6 +40,8 @@ def make_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
     if request.param == "redis":
         url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
         request.addfinalizer(lambda: redis_support.drop(prefix))
+    if request.param == "postgres":
+        url = postgres_support.postgres_url(request)
     if request.param == "memcached":
         url = request.getfixturevalue("memcached_server").url
         options = {"key_prefix": f"{uuid.uuid4().hex}:"}  # the server is shared by the session

@@ -35,10 +35,23 @@ def _redis(tmp: Path) -> Iterator[BeatStore]:
         redis_support.drop(prefix)
 
 
+def _postgres(tmp: Path) -> Iterator[BeatStore]:
+    from tests import postgres_support
+
+    schema = postgres_support.new_schema()
+    store = open_transport(postgres_support.url_for(schema)).beat_store()
+    try:
+        yield store
+    finally:
+        store.close()
+        postgres_support.drop(schema)
+
+
 STORES: list[object] = [
     pytest.param(_memory, id="memory"),
     pytest.param(_sqlite, id="sqlite"),
     pytest.param(_redis, id="redis", marks=pytest.mark.redis),
+    pytest.param(_postgres, id="postgres", marks=pytest.mark.postgres),
 ]
 
 

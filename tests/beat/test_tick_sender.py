@@ -1,5 +1,6 @@
 """Tick senders on real servers: where the broker and the beat store share one (SQLite file,
-Redis database), a tick is claimed and its message stored in one atomic step, or neither."""
+Redis database, PostgreSQL schema), a tick is claimed and its message stored in one atomic
+step, or neither."""
 
 from __future__ import annotations
 
@@ -57,10 +58,36 @@ def _redis(tmp: Path) -> Iterator[tuple[Celeriac, type[TickSender], Callable[[Ce
         redis_support.drop(prefix)
 
 
+def _break_postgres(app: Celeriac) -> None:
+    """The messages table refuses every new row (a constraint no row meets)."""
+    import psycopg
+
+    db: Any = app.broker.db  # type: ignore[attr-defined]
+    app.broker.depth("celery")  # the tables exist
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        conn.execute(
+            f'ALTER TABLE "{db.schema}".messages ADD CONSTRAINT refuse CHECK (false) NOT VALID'
+        )
+
+
+def _postgres(tmp: Path) -> Iterator[tuple[Celeriac, type[TickSender], Callable[[Celeriac], None]]]:
+    from celeriac.transports.postgres.beat_store import PostgresTickSender
+    from tests import postgres_support
+
+    schema = postgres_support.new_schema()
+    app = Celeriac("ticks", broker_url=postgres_support.url_for(schema), result_backend=None)
+    try:
+        yield app, PostgresTickSender, _break_postgres
+    finally:
+        app.close()
+        postgres_support.drop(schema)
+
+
 @pytest.fixture(
     params=[
         pytest.param(_sqlite, id="sqlite"),
         pytest.param(_redis, id="redis", marks=pytest.mark.redis),
+        pytest.param(_postgres, id="postgres", marks=pytest.mark.postgres),
     ]
 )
 def server(

@@ -13,7 +13,7 @@ from celeriac.brokers import Broker, create_broker
 from celeriac.protocol.message import Message, build_task_message
 from celeriac.protocol.publication import Publication, Route
 from celeriac.protocol.serializers import default_registry
-from tests import amqp_support, redis_support
+from tests import amqp_support, postgres_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
 LEASE = 0.3  # short visibility timeout for the lease tests
@@ -29,6 +29,7 @@ _LEASE_EXPIRY = ("expired_lease", "stale_ack", "stale_requeue")
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def make_broker(request: pytest.FixtureRequest, tmp_path: Path):
@@ -50,6 +51,8 @@ def make_broker(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "redis":
         url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
         request.addfinalizer(lambda: redis_support.drop(prefix))
+    if request.param == "postgres":
+        url = postgres_support.postgres_url(request)
 
     def make(**transport_options: float) -> Broker:
         broker = create_broker(url, {**defaults, **transport_options})

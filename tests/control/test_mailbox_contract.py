@@ -11,7 +11,7 @@ import pytest
 
 from celeriac.control.mailbox import Mailbox
 from celeriac.transports import transport_class
-from tests import amqp_support, redis_support
+from tests import amqp_support, postgres_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
 MakeMailbox = Callable[[], Mailbox]
@@ -23,6 +23,7 @@ MakeMailbox = Callable[[], Mailbox]
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def make_mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeMailbox]:
@@ -34,6 +35,8 @@ def make_mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mak
     elif request.param == "redis":
         url = redis_support.url_with_prefix(prefix := redis_support.new_prefix())
         request.addfinalizer(lambda: redis_support.drop(prefix))
+    elif request.param == "postgres":
+        url = postgres_support.postgres_url(request)
     made: list[Mailbox] = []
 
     def make() -> Mailbox:

@@ -11,7 +11,7 @@ import pytest
 
 from celeriac.events.channel import Event, EventChannel, Subscription, topic_matches
 from celeriac.transports import EventConfig, transport_class
-from tests import amqp_support, redis_support
+from tests import amqp_support, postgres_support, redis_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
 MakeChannel = Callable[[], EventChannel]
@@ -23,6 +23,7 @@ MakeChannel = Callable[[], EventChannel]
         "sqlite",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 def make_channel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeChannel]:
@@ -32,6 +33,8 @@ def make_channel(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mak
         request.addfinalizer(lambda: redis_support.drop(prefix))
     if request.param == "amqp":
         url = amqp_support.url_for(request.getfixturevalue("amqp_vhost"))
+    if request.param == "postgres":
+        url = postgres_support.postgres_url(request)
     transport = transport_class(url)(url)
     yield lambda: transport.events(EventConfig())
     transport.close()

@@ -15,6 +15,7 @@ from celeriac.app import Celeriac
 from celeriac.cli.beat import beat
 from celeriac.cli.control import control, expand_nodename, inspect, status
 from celeriac.cli.dashboard import dashboard
+from celeriac.cli.db import db
 from celeriac.cli.events import events
 from celeriac.cli.health import health
 from celeriac.cli.loading import load_app
@@ -468,6 +469,7 @@ cli.add_command(inspect)
 cli.add_command(control)
 cli.add_command(status)
 cli.add_command(events)
+cli.add_command(db)
 cli.add_command(dashboard)
 cli.add_command(health)
 

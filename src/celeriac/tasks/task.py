@@ -132,6 +132,27 @@ class Task(Generic[P, R]):
             return self.signature(args, kwargs, **options).apply()
         return self.app.send_task(self.name, args, kwargs, _task=self, **options)
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """:meth:`delay` once the current Django transaction commits (Celery 5.4's; without
+        Django it sends at once: see :mod:`celeriac.transactional`)."""
+        from celeriac.transactional import on_commit
+
+        self.check_arguments(args, kwargs)
+        on_commit(lambda: self.delay(*args, **kwargs))
+
+    def apply_async_on_commit(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """:meth:`apply_async` once the current Django transaction commits (as
+        :meth:`delay_on_commit`)."""
+        from celeriac.transactional import on_commit
+
+        self.check_arguments(tuple(args or ()), dict(kwargs or {}))
+        on_commit(lambda: self.apply_async(args, kwargs, **options))
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """``delay()`` for async code: the publish runs in a thread, the loop never blocks."""
         return await self.aapply_async(args, kwargs)

@@ -1,8 +1,8 @@
 """One package per technology, chosen by URL scheme: the one place that names them.
 
-Each package (``memory``, ``sqlite``, ``redis``, ``amqp``, ``memcached``) holds its connection
-handling, its options, its broker, result backend and beat store (those its technology can
-serve), and its server-side scripts; its
+Each package (``memory``, ``sqlite``, ``redis``, ``amqp``, ``postgres``, ``memcached``)
+holds its connection handling, its options, its broker, result backend and beat store
+(those its technology can serve), and its server-side scripts; its
 ``transport`` module is imported only when a URL asks for it, so ``import celeriac`` imports no
 broker client. A new technology is one package plus its lines here.
 """
@@ -25,6 +25,10 @@ TRANSPORTS: dict[str, str] = {
     "sentinel": "celeriac.transports.redis.transport:RedisTransport",
     "amqp": "celeriac.transports.amqp.transport:AMQPTransport",
     "amqps": "celeriac.transports.amqp.transport:AMQPTransport",
+    "postgresql": "celeriac.transports.postgres.transport:PostgresTransport",
+    "postgres": "celeriac.transports.postgres.transport:PostgresTransport",
+    # Celery's spelling of a database result backend
+    "db+postgresql": "celeriac.transports.postgres.transport:PostgresTransport",
     # results only: a memcached broker URL is a ConfigurationError saying what to use
     "memcached": "celeriac.transports.memcached.transport:MemcachedTransport",
     "cache+memcached": "celeriac.transports.memcached.transport:MemcachedTransport",

@@ -107,6 +107,11 @@ class Transport(ABC):
     def _open_events(self, config: EventConfig) -> EventChannel:
         raise ConfigurationError(f"{_scheme(self.url)}:// carries no events")
 
+    def upgrade_schema(self) -> str | None:
+        """Make or upgrade the tables this technology keeps on the server (``celeriac db
+        upgrade``); a line saying what was done, or None where there is no schema."""
+        return None
+
     def _close_connections(self) -> None:  # noqa: B027 - transports holding nothing
         """Close what the parts shared; called once, after the last part was given back."""
 
