@@ -4,24 +4,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from celeriac import Celeriac
 from celeriac.dashboard.actions import retry_arguments
 from celeriac.dashboard.charts import buckets, line_chart, percentile
 from celeriac.dashboard.config import DashboardConfig
-from celeriac.dashboard.history import Finished, TaskQuery, TaskRow, open_history
+from celeriac.dashboard.history import (
+    Finished,
+    HistoryError,
+    HistoryStore,
+    TaskQuery,
+    TaskRow,
+    open_history,
+)
+from celeriac.dashboard.postgres_history import DEFAULT_SCHEMA, PostgresHistory, history_url
 from celeriac.dashboard.recorder import Recorder
 from celeriac.dashboard.sqlite_history import SQLiteHistory
 from celeriac.exceptions import ConfigurationError
+from tests.conftest import service_url
+from tests.postgres_support import postgres_url
 
 
-@pytest.fixture
-def history(tmp_path: Path) -> Iterator[SQLiteHistory]:
-    store = open_history(f"sqlite:///{tmp_path / 'h.sqlite3'}")
-    assert isinstance(store, SQLiteHistory)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
+    """Each store, empty: an SQLite file, or a PostgreSQL schema of its own, dropped after."""
+    if request.param == "sqlite":
+        store = open_history(f"sqlite:///{tmp_path / 'h.sqlite3'}")
+        assert isinstance(store, SQLiteHistory)
+    else:
+        store = open_history(postgres_url(request))
+        assert isinstance(store, PostgresHistory)
     yield store
     store.close()
 
@@ -30,7 +47,7 @@ def ev(kind: str, uuid: str, at: float, **fields: object) -> dict[str, object]:
     return {"type": kind, "uuid": uuid, "timestamp": at, "hostname": "w@x", **fields}
 
 
-def test_events_make_one_row_and_a_finished_state_stays(history: SQLiteHistory) -> None:
+def test_events_make_one_row_and_a_finished_state_stays(history: HistoryStore) -> None:
     t = 1000.0
     history.record(
         [
@@ -61,7 +78,7 @@ def test_events_make_one_row_and_a_finished_state_stays(history: SQLiteHistory) 
     assert history.count() == 1
 
 
-def test_a_failure_keeps_its_traceback(history: SQLiteHistory) -> None:
+def test_a_failure_keeps_its_traceback(history: HistoryStore) -> None:
     history.record(
         [
             ev("task-received", "f", 1.0, name="p.boom"),
@@ -77,7 +94,7 @@ def test_a_failure_keeps_its_traceback(history: SQLiteHistory) -> None:
     )
 
 
-def _fill(history: SQLiteHistory, n: int) -> None:
+def _fill(history: HistoryStore, n: int) -> None:
     history.record(
         [
             ev("task-received", f"t{i:03d}", 100.0 + i, name=f"p.{'odd' if i % 2 else 'even'}")
@@ -86,7 +103,7 @@ def _fill(history: SQLiteHistory, n: int) -> None:
     )
 
 
-def test_pages_follow_each_other_newest_first(history: SQLiteHistory) -> None:
+def test_pages_follow_each_other_newest_first(history: HistoryStore) -> None:
     _fill(history, 25)
     seen: list[str] = []
     cursor = ""
@@ -98,7 +115,7 @@ def test_pages_follow_each_other_newest_first(history: SQLiteHistory) -> None:
     assert cursor == ""
 
 
-def test_search_by_text_state_and_name(history: SQLiteHistory) -> None:
+def test_search_by_text_state_and_name(history: HistoryStore) -> None:
     _fill(history, 10)
     history.record([ev("task-succeeded", "t004", 300.0, result="x")])
     assert [r.uuid for r in history.page(TaskQuery(text="t00")).rows][:3] == [
@@ -110,16 +127,32 @@ def test_search_by_text_state_and_name(history: SQLiteHistory) -> None:
     assert len(history.page(TaskQuery(name="p.odd")).rows) == 5
     assert len(history.page(TaskQuery(text="odd")).rows) == 5
     assert history.page(TaskQuery(text="%")).rows == []  # LIKE's wildcards are literal
+    assert len(history.page(TaskQuery(text="ODD")).rows) == 5  # ASCII case is ignored
 
 
-def test_prune_drops_what_is_older_than_the_retention(history: SQLiteHistory) -> None:
+def test_tasks_first_seen_together_page_by_id(history: HistoryStore) -> None:
+    history.record([ev("task-received", f"s{i}", 50.0) for i in (3, 1, 4, 0, 2)])
+    first = history.page(TaskQuery(limit=2))
+    second = history.page(TaskQuery(cursor=first.next_cursor, limit=2))
+    third = history.page(TaskQuery(cursor=second.next_cursor, limit=2))
+    assert [r.uuid for p in (first, second, third) for r in p.rows] == [
+        "s4",
+        "s3",
+        "s2",
+        "s1",
+        "s0",
+    ]
+    assert third.next_cursor == ""
+
+
+def test_prune_drops_what_is_older_than_the_retention(history: HistoryStore) -> None:
     _fill(history, 10)
     assert history.prune(105.0) == 5
     assert history.count() == 5
     assert history.get("t004") is None and history.get("t005") is not None
 
 
-def test_masked_tasks_are_stored_with_their_arguments_hidden(history: SQLiteHistory) -> None:
+def test_masked_tasks_are_stored_with_their_arguments_hidden(history: HistoryStore) -> None:
     app = Celeriac("mask", broker_url="memory://")
     config = DashboardConfig(masked_tasks=("p.secret_*",))
     recorder = Recorder(app, history, config)
@@ -157,9 +190,7 @@ def test_chart_buckets_count_and_take_percentiles() -> None:
     assert 'data-total="6"' in svg
 
 
-def test_only_sqlite_histories_for_now(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="not supported"):
-        open_history("postgresql://x/y")
+def test_stored_rows_feed_the_charts(history: HistoryStore) -> None:
     rows = [
         TaskRow(
             f"b{i}",
@@ -183,8 +214,60 @@ def test_only_sqlite_histories_for_now(tmp_path: Path) -> None:
         )
         for i in range(3)
     ]
+    assert isinstance(history, SQLiteHistory | PostgresHistory)
+    history.insert_rows(rows)
+    assert [f.at for f in history.finished_since(1.0)] == [1.0, 2.0]
+    assert history.count() == 3
+
+
+def test_urls_pick_the_store(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="not supported"):
+        open_history("mysql://x/y")
     store = open_history(str(tmp_path / "plain.sqlite3"))  # a bare path works too
     assert isinstance(store, SQLiteHistory)
-    store.insert_rows(rows)
-    assert [f.at for f in store.finished_since(1.0)] == [1.0, 2.0]
+    store.close()
+
+
+def test_postgres_urls_name_a_schema() -> None:
+    assert history_url("postgresql://u@h/db")[1] == DEFAULT_SCHEMA == "celeriac_dashboard"
+    assert history_url("postgres://u@h/db?sslmode=disable&schema=mine")[1] == "mine"
+    with pytest.raises(ConfigurationError, match="schema"):
+        history_url("postgresql://u@h/db?schema=Bad-Name")
+
+
+@pytest.mark.postgres
+def test_postgres_dashboards_starting_together_make_the_tables_once(
+    request: pytest.FixtureRequest,
+) -> None:
+    url = postgres_url(request)
+    schema = history_url(url)[1]
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: open_history(url), range(4)))
+    stores[0].record([ev("task-received", "x", 1.0)])
+    assert [s.count() for s in stores] == [1, 1, 1, 1]
+    for store in stores:
+        store.close()
+    with psycopg.connect(service_url("postgres"), autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+        ).fetchall()
+    assert tables == [("dash_meta",), ("dash_tasks",)]
+
+
+@pytest.mark.postgres
+def test_postgres_history_connects_again_after_losing_its_connection(
+    request: pytest.FixtureRequest,
+) -> None:
+    store = open_history(postgres_url(request))
+    assert isinstance(store, PostgresHistory)
+    store.record([ev("task-received", "y", 1.0)])
+    [idle] = store._idle  # its one connection, between calls; only it is ended (shared server)
+    with psycopg.connect(service_url("postgres"), autocommit=True) as admin:
+        [(ended,)] = admin.execute(
+            "SELECT pg_terminate_backend(%s)", (idle.info.backend_pid,)
+        ).fetchall()
+    assert ended is True
+    with pytest.raises(HistoryError, match="counting tasks"):
+        store.count()
+    assert store.count() == 1
     store.close()

@@ -21,7 +21,7 @@ from celeriac.exceptions import CeleriacError
     "history_url",
     default="sqlite:///celeriac-dashboard.sqlite3",
     show_default=True,
-    help="Where task history is kept.",
+    help="Where task history is kept: sqlite:///file.db or postgresql://user@host/db.",
 )
 @click.option(
     "--retention",

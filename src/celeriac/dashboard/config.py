@@ -22,7 +22,8 @@ DEFAULT_RETENTION = 7 * 86400.0
 class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 5555
-    #: where the history lives (``sqlite:///dashboard.sqlite3`` in the working directory)
+    #: where the history lives (an SQLite file in the working directory by default, or
+    #: ``postgresql://user@host/db``)
     history_url: str = "sqlite:///celeriac-dashboard.sqlite3"
     #: s tasks are kept in the history (by when first seen); 0 keeps them forever
     retention: float = DEFAULT_RETENTION

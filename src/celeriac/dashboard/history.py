@@ -8,7 +8,8 @@ whatever the store holds. A finished task (succeeded, failed, revoked, rejected)
 state when a late event (a client's ``task-sent``) comes after it, as in
 :class:`celeriac.events.State`. Rows older than the retention are pruned.
 
-SQLite (:mod:`.sqlite_history`) is the one store so far; :func:`open_history` picks one by URL.
+Two stores: an SQLite file (:mod:`.sqlite_history`, the default) and PostgreSQL
+(:mod:`.postgres_history`); :func:`open_history` picks one by URL.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celeriac.exceptions import ConfigurationError
+from celeriac.events.state import TASK_STATES
+from celeriac.exceptions import CeleriacError, ConfigurationError
 
 Event = dict[str, Any]
 
@@ -97,6 +99,69 @@ class Finished:
     state: str
 
 
+_TIME_COLUMN = {
+    "task-sent": "sent_at",
+    "task-received": "received_at",
+    "task-started": "started_at",
+    "task-succeeded": "finished_at",
+    "task-failed": "finished_at",
+    "task-revoked": "finished_at",
+    "task-rejected": "finished_at",
+}
+_TEXT_FIELDS = ("name", "args", "kwargs", "result", "exception", "traceback")
+
+
+def row_of(event: Event, now: float) -> tuple[Any, ...] | None:
+    """The upsert's parameters for one event; None when it is not a task event."""
+    kind = str(event.get("type", ""))
+    uuid = event.get("uuid")
+    if kind not in TASK_STATES or not uuid:
+        return None
+    ts = event.get("timestamp")
+    at = float(ts) if isinstance(ts, int | float) else now
+    values: dict[str, Any] = {c: None for c in COLUMNS}
+    values.update(uuid=str(uuid), state=TASK_STATES[kind], seen_at=at, updated_at=at)
+    for name in _TEXT_FIELDS:
+        value = event.get(name)
+        if value is not None and value != "":
+            values[name] = str(value)
+    if kind == "task-sent":
+        values["queue"] = event.get("queue")
+    else:
+        values["worker"] = event.get("hostname")
+    if kind == "task-revoked":
+        how = "terminated" if event.get("terminated") else "expired" if event.get("expired") else ""
+        values["exception"] = f"revoked ({how})" if how else "revoked"
+    runtime = event.get("runtime")
+    if isinstance(runtime, int | float):
+        values["runtime"] = float(runtime)
+    retries = event.get("retries")
+    if isinstance(retries, int):
+        values["retries"] = retries
+    column = _TIME_COLUMN.get(kind)
+    if column:
+        values[column] = at
+    return tuple(values[c] for c in COLUMNS)
+
+
+def cursor_of(row: TaskRow) -> str:
+    """The keyset cursor that continues after ``row`` (its first sight, then its id)."""
+    return f"{row.seen_at!r}:{row.uuid}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str] | None:
+    """``(seen_at, uuid)`` of a cursor; None when it is empty or not one."""
+    at, sep, uuid = cursor.partition(":")
+    try:
+        return (float(at), uuid) if sep else None
+    except ValueError:
+        return None
+
+
+class HistoryError(CeleriacError):
+    """The history store failed (its server went away, a statement failed)."""
+
+
 class HistoryStore(ABC):
     """Where the dashboard keeps task history (module docstring)."""
 
@@ -127,12 +192,18 @@ class HistoryStore(ABC):
 
 
 def open_history(url: str) -> HistoryStore:
-    """The store ``url`` names: ``sqlite:///path`` (or a bare file path)."""
+    """The store ``url`` names: ``sqlite:///path`` (or a bare file path), or
+    ``postgresql://user@host/db`` (``?schema=``, else ``celeriac_dashboard``)."""
     scheme, sep, _ = url.partition("://")
     if not sep or scheme == "sqlite":
         from celeriac.dashboard.sqlite_history import SQLiteHistory
 
         return SQLiteHistory(url)
+    if scheme.lower() in ("postgresql", "postgres"):
+        from celeriac.dashboard.postgres_history import PostgresHistory
+
+        return PostgresHistory(url)
     raise ConfigurationError(
         f"dashboard history store {scheme}:// is not supported; use sqlite:///path/to/file.db"
+        " or postgresql://user@host/db"
     )

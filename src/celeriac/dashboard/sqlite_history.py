@@ -23,8 +23,11 @@ from celeriac.dashboard.history import (
     TaskPage,
     TaskQuery,
     TaskRow,
+    cursor_of,
+    parse_cursor,
+    row_of,
 )
-from celeriac.events.state import FINISHED, TASK_STATES
+from celeriac.events.state import FINISHED
 from celeriac.exceptions import ConfigurationError
 
 SCHEMA = """
@@ -89,61 +92,6 @@ ON CONFLICT (uuid) DO UPDATE SET
     finished_at = COALESCE(excluded.finished_at, finished_at),
     updated_at = MAX(updated_at, excluded.updated_at)
 """
-_TIME_COLUMN = {
-    "task-sent": "sent_at",
-    "task-received": "received_at",
-    "task-started": "started_at",
-    "task-succeeded": "finished_at",
-    "task-failed": "finished_at",
-    "task-revoked": "finished_at",
-    "task-rejected": "finished_at",
-}
-_TEXT_FIELDS = ("name", "args", "kwargs", "result", "exception", "traceback")
-
-
-def row_of(event: Event, now: float) -> tuple[Any, ...] | None:
-    """The upsert's parameters for one event; None when it is not a task event."""
-    kind = str(event.get("type", ""))
-    uuid = event.get("uuid")
-    if kind not in TASK_STATES or not uuid:
-        return None
-    ts = event.get("timestamp")
-    at = float(ts) if isinstance(ts, int | float) else now
-    values: dict[str, Any] = {c: None for c in COLUMNS}
-    values.update(uuid=str(uuid), state=TASK_STATES[kind], seen_at=at, updated_at=at)
-    for name in _TEXT_FIELDS:
-        value = event.get(name)
-        if value is not None and value != "":
-            values[name] = str(value)
-    if kind == "task-sent":
-        values["queue"] = event.get("queue")
-    else:
-        values["worker"] = event.get("hostname")
-    if kind == "task-revoked":
-        how = "terminated" if event.get("terminated") else "expired" if event.get("expired") else ""
-        values["exception"] = f"revoked ({how})" if how else "revoked"
-    runtime = event.get("runtime")
-    if isinstance(runtime, int | float):
-        values["runtime"] = float(runtime)
-    retries = event.get("retries")
-    if isinstance(retries, int):
-        values["retries"] = retries
-    column = _TIME_COLUMN.get(kind)
-    if column:
-        values[column] = at
-    return tuple(values[c] for c in COLUMNS)
-
-
-def _cursor(row: TaskRow) -> str:
-    return f"{row.seen_at!r}:{row.uuid}"
-
-
-def _parse_cursor(cursor: str) -> tuple[float, str] | None:
-    at, sep, uuid = cursor.partition(":")
-    try:
-        return (float(at), uuid) if sep else None
-    except ValueError:
-        return None
 
 
 class SQLiteHistory(HistoryStore):
@@ -216,7 +164,7 @@ class SQLiteHistory(HistoryStore):
                 " OR args LIKE ? ESCAPE '\\' OR kwargs LIKE ? ESCAPE '\\')"
             )
             params += [like[1:] + "%", like + "%", like + "%", like + "%"]
-        after = _parse_cursor(query.cursor)
+        after = parse_cursor(query.cursor)
         if after is not None:
             where.append("(seen_at, uuid) < (?, ?)")
             params += list(after)
@@ -228,7 +176,7 @@ class SQLiteHistory(HistoryStore):
         rows = [TaskRow(*r) for r in self._conn().execute(sql, params)]
         more = len(rows) > query.limit
         rows = rows[: query.limit]
-        return TaskPage(rows, _cursor(rows[-1]) if more and rows else "")
+        return TaskPage(rows, cursor_of(rows[-1]) if more and rows else "")
 
     def get(self, uuid: str) -> TaskRow | None:
         row = (
