@@ -207,3 +207,27 @@ def open_history(url: str) -> HistoryStore:
         f"dashboard history store {scheme}:// is not supported; use sqlite:///path/to/file.db"
         " or postgresql://user@host/db"
     )
+
+
+def page_filter(query: TaskQuery, mark: str, like: str) -> tuple[list[str], list[Any]]:
+    """The WHERE terms and parameters of a page of tasks, newest first, after the query's
+    cursor: ``mark`` is the store's parameter placeholder (``?``, ``%s``) and ``like`` its
+    case-insensitive match (SQLite's ``LIKE`` ignores ASCII case; PostgreSQL's ``ILIKE``)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if query.state:
+        where.append(f"state = {mark}")
+        params.append(query.state)
+    if query.name:
+        where.append(f"name = {mark}")
+        params.append(query.name)
+    if query.text:
+        pattern = "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        columns = ("uuid", "name", "args", "kwargs")
+        where.append("(" + " OR ".join(f"{c} {like} {mark} ESCAPE '\\'" for c in columns) + ")")
+        params += [pattern[1:] + "%", pattern + "%", pattern + "%", pattern + "%"]
+    after = parse_cursor(query.cursor)
+    if after is not None:
+        where.append(f"(seen_at, uuid) < ({mark}, {mark})")
+        params += list(after)
+    return where, params

@@ -31,7 +31,7 @@ from celeriac.dashboard.history import (
     TaskQuery,
     TaskRow,
     cursor_of,
-    parse_cursor,
+    page_filter,
     row_of,
 )
 from celeriac.events.state import FINISHED
@@ -199,26 +199,7 @@ class PostgresHistory(HistoryStore):
             )
 
     def page(self, query: TaskQuery) -> TaskPage:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.state:
-            where.append("state = %s")
-            params.append(query.state)
-        if query.name:
-            where.append("name = %s")
-            params.append(query.name)
-        if query.text:
-            # ILIKE: SQLite's LIKE ignores ASCII case, and the two stores answer alike
-            like = "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append(
-                "(uuid ILIKE %s ESCAPE '\\' OR name ILIKE %s ESCAPE '\\'"
-                " OR args ILIKE %s ESCAPE '\\' OR kwargs ILIKE %s ESCAPE '\\')"
-            )
-            params += [like[1:] + "%", like + "%", like + "%", like + "%"]
-        after = parse_cursor(query.cursor)
-        if after is not None:
-            where.append("(seen_at, uuid) < (%s, %s)")
-            params += list(after)
+        where, params = page_filter(query, "%s", "ILIKE")
         text = f"SELECT {', '.join(COLUMNS)} FROM {{s}}.dash_tasks"
         if where:
             text += " WHERE " + " AND ".join(where)

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from celeriac.dashboard.history import (
     COLUMNS,
@@ -24,7 +23,7 @@ from celeriac.dashboard.history import (
     TaskQuery,
     TaskRow,
     cursor_of,
-    parse_cursor,
+    page_filter,
     row_of,
 )
 from celeriac.events.state import FINISHED
@@ -149,25 +148,7 @@ class SQLiteHistory(HistoryStore):
             )
 
     def page(self, query: TaskQuery) -> TaskPage:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.state:
-            where.append("state = ?")
-            params.append(query.state)
-        if query.name:
-            where.append("name = ?")
-            params.append(query.name)
-        if query.text:
-            like = "%" + query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append(
-                "(uuid LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\'"
-                " OR args LIKE ? ESCAPE '\\' OR kwargs LIKE ? ESCAPE '\\')"
-            )
-            params += [like[1:] + "%", like + "%", like + "%", like + "%"]
-        after = parse_cursor(query.cursor)
-        if after is not None:
-            where.append("(seen_at, uuid) < (?, ?)")
-            params += list(after)
+        where, params = page_filter(query, "?", "LIKE")
         sql = f"SELECT {', '.join(COLUMNS)} FROM dash_tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
