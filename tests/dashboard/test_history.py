@@ -22,10 +22,10 @@ from celeriac.dashboard.history import (
     TaskRow,
     open_history,
 )
-from celeriac.dashboard.postgres_history import DEFAULT_SCHEMA, PostgresHistory, history_url
 from celeriac.dashboard.recorder import Recorder
 from celeriac.dashboard.sqlite_history import SQLiteHistory
 from celeriac.exceptions import ConfigurationError
+from celeriac.transports.postgres.history import DEFAULT_SCHEMA, PostgresHistory, history_url
 from tests.conftest import service_url
 from tests.postgres_support import postgres_url
 

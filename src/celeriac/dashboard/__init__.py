@@ -4,7 +4,7 @@ Workers, queues, a task history that outlives restarts, dead letters, beat entri
 server-rendered with small live updates. Modules: :mod:`.app` (``create_app``), :mod:`.pages`
 and :mod:`.actions` (the routes), :mod:`.views` (what pages show), :mod:`.recorder` (events into
 the history), :mod:`.history` (the store's interface), :mod:`.sqlite_history` and
-:mod:`.postgres_history` (the stores), :mod:`.cluster` (worker stats and queue depths),
+``transports/postgres/history.py`` (the stores), :mod:`.cluster` (worker stats and queue depths),
 :mod:`.charts` (SVG), :mod:`.security` (auth and CSRF),
 :mod:`.config` and :mod:`.server` (running it). Importing this package imports nothing heavy;
 :func:`create_app` needs the extra's packages.

@@ -9,7 +9,7 @@ state when a late event (a client's ``task-sent``) comes after it, as in
 :class:`celeriac.events.State`. Rows older than the retention are pruned.
 
 Two stores: an SQLite file (:mod:`.sqlite_history`, the default) and PostgreSQL
-(:mod:`.postgres_history`); :func:`open_history` picks one by URL.
+(``transports/postgres/history.py``); :func:`open_history` picks one by URL.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeriac.events.state import TASK_STATES
-from celeriac.exceptions import CeleriacError, ConfigurationError
+from celeriac.exceptions import CeleriacError
 
 Event = dict[str, Any]
 
@@ -199,14 +199,10 @@ def open_history(url: str) -> HistoryStore:
         from celeriac.dashboard.sqlite_history import SQLiteHistory
 
         return SQLiteHistory(url)
-    if scheme.lower() in ("postgresql", "postgres"):
-        from celeriac.dashboard.postgres_history import PostgresHistory
+    from celeriac.transports import history_store_class
 
-        return PostgresHistory(url)
-    raise ConfigurationError(
-        f"dashboard history store {scheme}:// is not supported; use sqlite:///path/to/file.db"
-        " or postgresql://user@host/db"
-    )
+    store: HistoryStore = history_store_class(url)(url)
+    return store
 
 
 def page_filter(query: TaskQuery, mark: str, like: str) -> tuple[list[str], list[Any]]:

@@ -35,6 +35,13 @@ TRANSPORTS: dict[str, str] = {
 }
 
 
+#: URL scheme -> "module:class" of the dashboard's task history kept on that server (an SQLite
+#: file needs no transport: its store lives in the dashboard package).
+HISTORY_STORES: dict[str, str] = {
+    "postgresql": "celeriac.transports.postgres.history:PostgresHistory",
+    "postgres": "celeriac.transports.postgres.history:PostgresHistory",
+}
+
 #: Schemes of result stores that carry no broker: as ``broker_url`` they are a ConfigurationError.
 BACKEND_ONLY = frozenset({"memcached", "cache+memcached"})
 
@@ -110,3 +117,16 @@ __all__ = [
     "scheme_of",
     "transport_class",
 ]
+
+
+def history_store_class(url: str) -> type:
+    """The dashboard's history store for ``url`` on a server a transport reaches."""
+    target = HISTORY_STORES.get(scheme_of(url))
+    if target is None:
+        raise ConfigurationError(
+            f"dashboard history store {redact(url)} is not supported; use sqlite:///path/to/file.db"
+            " or postgresql://user@host/db"
+        )
+    module, _, name = target.partition(":")
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
