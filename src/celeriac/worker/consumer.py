@@ -151,6 +151,7 @@ class Consumer:
             slots=lambda: pool.concurrency,
             take_waiting=pool.take_waiting,
             give_back=partial(self.return_unstarted, why="behind a running task"),
+            release=lambda: self.app.broker.stop_consuming(list(self.queues)),
         )
         return self.fair
 

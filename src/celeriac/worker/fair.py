@@ -43,6 +43,7 @@ class FairWatch:
         slots: Callable[[], int],
         take_waiting: Callable[[], list[Job]],
         give_back: Callable[[list[Job]], None],
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.after = after
         self.inflight = inflight
@@ -50,6 +51,9 @@ class FairWatch:
         self.slots = slots
         self.take_waiting = take_waiting
         self.give_back = give_back
+        #: a broker that pushes to its subscribers (RabbitMQ) keeps sending up to its QoS
+        #: prefetch: stop that too when holding back (the next fetch subscribes again)
+        self.release = release
         self._cond = threading.Condition()
         #: running jobs by id: when each started (monotonic)
         self._running: dict[int, float] = {}
@@ -74,22 +78,32 @@ class FairWatch:
     # -- the watch thread -------------------------------------------------------------------------
     def run(self, stopped: threading.Event) -> None:
         while not stopped.is_set():
-            if self._due():
-                self._return_waiting()
+            due = self._due()
+            if due is None:
+                continue
+            if due and self.release is not None:
+                try:
+                    self.release()
+                except Exception:  # the next fetch subscribes again; nothing is lost
+                    logger.exception("could not stop the broker pushing more messages")
+            self._return_waiting()
 
-    def _due(self) -> bool:
-        """Wait until every slot runs a task older than ``after`` (True), or a short while."""
+    def _due(self) -> bool | None:
+        """Wait until every slot runs a task older than ``after``, or a short while (None).
+        True when leasing was just held back, False when it already was."""
         with self._cond:
             running = self._running
             if len(running) < self.slots():
                 self._cond.wait(0.5)  # woken by started() when the last slot fills
-                return False
+                return None
             left = max(running.values()) + self.after - time.monotonic()
             if left > 0:
                 self._cond.wait(left)
-                return False
+                return None
             # Decided under the lock that finished() takes: a task ending now lifts the hold
             # after this, never before it (which would hold leasing back with nothing running).
+            if self.inflight.held_back:
+                return False
             self.inflight.hold_back(True)
             return True
 
