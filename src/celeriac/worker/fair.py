@@ -111,8 +111,6 @@ class FairWatch:
         jobs = self.take_waiting()
         if jobs:
             self.returned += len(jobs)
-            logger.info(
-                "gave back %d prefetched task(s) waiting behind a running one", len(jobs)
-            )
+            logger.info("gave back %d prefetched task(s) waiting behind a running one", len(jobs))
             self.give_back(jobs)
         time.sleep(_RECHECK)
