@@ -29,18 +29,16 @@ def test_a_crashed_child_charges_its_running_task_and_returns_the_rest_uncharged
     broker = RecordingBroker()
     custody._broker = broker  # type: ignore[assignment]
     inflight = InFlight(4)
-    custody.writer(0).attach(inflight)
+    writer = custody.writer(0)
+    writer.attach(inflight)
     messages = [
-        build_task_message(default_registry, task_name="proj.t", task_id=f"t-{i}")
-        for i in range(3)
+        build_task_message(default_registry, task_name="proj.t", task_id=f"t-{i}") for i in range(3)
     ]
     held = inflight.add([Delivery(m, "q", ("q", i), 1) for i, m in enumerate(messages)])
     for job_id, delivery in held:
         inflight.working_on(job_id, str(delivery.message.task_id))
     job_id, delivery = held[1]  # the second of the batch runs when the child dies
     headers = read_headers(delivery.message, default_registry, frozenset({"application/json"}))
-    writer = custody.writer(0)
-    writer.attach(inflight)
     writer.running(Job(job_id, delivery.message, headers, "q", 1, "node@h"), 1.0, 42)
 
     assert custody.child_died(0, Death.CRASHED, "signal 9") == 3
