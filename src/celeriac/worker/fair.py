@@ -8,9 +8,9 @@ jobs out of the pool's waiting list and gives their messages back to the broker 
 charging a delivery, and holds leasing (``InFlight.held_back``) until one of those tasks ends.
 
 The watch is a thread of the consumer's own process: a prefork child runs its task on its main
-thread, so only another thread can act while the task runs. It sleeps while nothing runs, and
-while tasks run it wakes once per ``after`` seconds at most (when the newest running task
-reaches that age), so a fast drain pays a lock per task start and end, not a thread wake.
+thread, so only another thread can act while the task runs. It sleeps until a task starts, and
+while tasks come and go it looks about once per ``after`` seconds (when the newest running task
+would reach that age), so a fast drain pays a lock per task start and end, not a thread wake.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ class FairWatch:
         self._cond = threading.Condition()
         #: running jobs by id: when each started (monotonic)
         self._running: dict[int, float] = {}
+        #: the watch sleeps until a task starts (set under ``_cond``)
+        self._idle = False
+        #: tasks started so far, and as the watch last looked
+        self._starts = 0
+        self._seen_starts = 0
         #: jobs given back so far (for tests and logs)
         self.returned = 0
 
@@ -64,7 +69,11 @@ class FairWatch:
     def started(self, job: Job) -> None:
         with self._cond:
             self._running[job.job_id] = time.monotonic()
-            if len(self._running) >= self.slots():
+            self._starts += 1
+            # Only a watch asleep for want of work needs waking: a busy one looks again
+            # within ``after`` by itself (a wake per task start cost CPU on a fast drain).
+            if self._idle:
+                self._idle = False
                 self._cond.notify()
 
     def finished(self, job_id: int) -> None:
@@ -94,7 +103,15 @@ class FairWatch:
         with self._cond:
             running = self._running
             if len(running) < self.slots():
-                self._cond.wait(0.5)  # woken by started() when the last slot fills
+                if self._starts == self._seen_starts:
+                    # Nothing started since the last look: sleep until a task starts.
+                    self._idle = True
+                    self._cond.wait(1.0)
+                    self._idle = False
+                else:
+                    # Tasks come and go: look again once one that starts now could be due.
+                    self._seen_starts = self._starts
+                    self._cond.wait(self.after)
                 return None
             left = max(running.values()) + self.after - time.monotonic()
             if left > 0:
