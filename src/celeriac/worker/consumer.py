@@ -8,7 +8,9 @@ It wires four parts, each with one job, around one record of what it holds (:cla
   before its message is acknowledged;
 * the :class:`~celeriac.worker.leases.LeaseKeeper` renews the leases of everything held, so
   only a dead worker's messages ever come back;
-* the :class:`~celeriac.worker.leases.RevocationWatch` stops revoked tasks.
+* the :class:`~celeriac.worker.leases.RevocationWatch` stops revoked tasks;
+* the :class:`~celeriac.worker.fair.FairWatch` gives back what was leased ahead and waits
+  behind tasks running longer than ``worker_fair_after``.
 
 A pool that runs one task at a time on the process's main thread (a consuming prefork child,
 solo) *drives* the consumer: between tasks it calls :meth:`Consumer.pump`, which settles the
@@ -263,6 +265,8 @@ class Consumer:
         self.inflight.wait_until_empty(timeout)
         self._running.clear()
         self._stopped.set()
+        if self.fair is not None:
+            self.fair.wake()
         if self.fetcher is not None:
             self.fetcher.scheduler.stop()
         if self.settler is not None:

@@ -85,6 +85,12 @@ class FairWatch:
                 self.inflight.hold_back(False)
 
     # -- the watch thread -------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Make the watch look again now (the consumer is stopping: it must not wait a second
+        for the thread)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def run(self, stopped: threading.Event) -> None:
         while not stopped.is_set():
             due = self._due()
