@@ -92,10 +92,14 @@ class Settings:
     # Worker
     worker_concurrency: int | None = None
     worker_pool: str = "prefork"
-    #: Messages a worker may lease per slot. 1 (ours; Celery's is 4): it leases only for slots
-    #: that are free, so a message never waits behind a running task while a slot of this or
-    #: another worker could run it. More hides the fetch round trip for short tasks, at that risk.
-    worker_prefetch_multiplier: int = 1
+    #: Messages a worker may lease per slot (Celery's 4): one fetch round trip serves several
+    #: short tasks. A message still never waits long behind a running task: see
+    #: ``worker_fair_after``.
+    worker_prefetch_multiplier: int = 4
+    #: Seconds a task may run before the messages leased behind it (not started) go back to
+    #: the broker, uncharged, and leasing waits until it ends (worker/fair.py). 0: lease only
+    #: what runs (a multiplier of 1); None: never give back.
+    worker_fair_after: float | None = 0.1
     worker_max_tasks_per_child: int | None = None
     worker_max_memory_per_child: int | None = None
     #: The most processes/threads ``pool_grow`` may take the pool to (default: 4 x concurrency).

@@ -145,7 +145,7 @@ def test_pool_shrink_and_grow_on_prefork(fleet):
     wait_for(lambda: len(_pool(fleet)["processes"]) == 2, 15, "a second child")
     pool = _pool(fleet)
     assert pool["max-concurrency"] == 2
-    assert fleet.ask("stats")["prefetch_count"] == 2
+    assert fleet.ask("stats")["prefetch_count"] == 8  # 4 per child
     # Two tasks now run at once, in two processes.
     pair = [fleet.tasks.sleepy.apply_async((1.0,), queue=fleet.queue) for _ in range(2)]
     assert [r.get(timeout=15) for r in pair] == [1.0, 1.0]

@@ -184,7 +184,7 @@ def test_solo_says_it_runs_one_task_at_a_time(tmp_path: Path) -> None:
         assert "the solo pool runs one task at a time; -c 2 ignored" in text
         assert "  pool:        solo: one task at a time, in the worker process\n" in text
         assert "  concurrency: 1\n" in text
-        assert re.search(r"solo@e2e ready: queues=celery pool=solo concurrency=1 prefetch=1 ", text)
+        assert re.search(r"solo@e2e ready: queues=celery pool=solo concurrency=1 prefetch=4 ", text)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -38,8 +38,10 @@ def test_tasks_spread_over_free_slots(cluster, broker, record):
         detail=f"4 x 1 s on -c 2 took {span:.1f} s (2 is fair); 6 short tasks sent with a 3 s "
         f"one took {waited:.1f} s",
     )
-    assert span < 3.2
-    assert waited < 1.5
+    # Fair: 2 s (before, a child that leased all four ran them one after another: 4 s).
+    assert span < 3.2, span
+    # Leased behind the long task, they go back after 0.1 s and run on the free child.
+    assert waited < 1.0, waited
 
 
 @cells("memory_limit")

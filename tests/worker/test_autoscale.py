@@ -82,7 +82,7 @@ def test_threads_pool_grows_while_work_waits_and_shrinks_when_idle() -> None:
         while worker.concurrency != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         stats = view.stats()
-        assert (stats["pool"]["max-concurrency"], stats["prefetch_count"]) == (1, 1)
+        assert (stats["pool"]["max-concurrency"], stats["prefetch_count"]) == (1, 4)  # 4 per slot
         assert stats["autoscaler"] == {"max": 3, "min": 1, "current": 1, "qty": 0}
         assert dispatch(view, Command("pool_shrink", {"n": 1}, "t")) == {
             "error": "pool_shrink is not supported with autoscale; adjust the autoscale range "

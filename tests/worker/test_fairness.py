@@ -1,4 +1,5 @@
-"""No head-of-line blocking by default: a worker leases only for the slots it has free."""
+"""Lease ahead, give back when it matters: a worker leases several messages per slot, but what
+waits behind a task running longer than ``worker_fair_after`` goes back to the broker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.worker import Worker
+from celeriac.worker.inflight import InFlight
 
 DURATION = 0.4
 
@@ -33,30 +35,8 @@ def run_workers(app: Celeriac, count: int, **options: object) -> list[Worker]:
 
 
 def test_two_solo_workers_share_four_tasks_two_each(app: Celeriac) -> None:
-    ran_by: list[str] = []
-
-    @app.task
-    def slow(i: int) -> int:
-        ran_by.append(threading.current_thread().name)
-        time.sleep(DURATION)
-        return i
-
-    workers = run_workers(app, 2)
-    try:
-        started = time.monotonic()
-        results = [slow.delay(i) for i in range(4)]
-        assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3]
-        elapsed = time.monotonic() - started
-    finally:
-        for w in workers:
-            w.stop()
-    # Each worker ran two: four tasks in two rounds, not four rounds on one worker.
-    assert sorted(ran_by.count(name) for name in set(ran_by)) == [2, 2]
-    assert elapsed < 3 * DURATION
-
-
-def test_a_larger_multiplier_prefetches_behind_the_running_task(app: Celeriac) -> None:
-    """The opt-in: with a multiplier of 4, the first worker to fetch leases all four."""
+    """Queued before either worker starts: the first leases all four (multiplier 4) and gives
+    three back once its task ran 0.1 s, so the two run two each, in two rounds, not four."""
     ran_by: list[str] = []
 
     @app.task
@@ -66,8 +46,93 @@ def test_a_larger_multiplier_prefetches_behind_the_running_task(app: Celeriac) -
         return i
 
     results = [slow.delay(i) for i in range(4)]
-    first = run_workers(app, 1, prefetch_multiplier=4)  # its first fetch leases all four
-    second = run_workers(app, 1, prefetch_multiplier=4)
+    started = time.monotonic()
+    workers = run_workers(app, 2)
+    try:
+        assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3]
+        elapsed = time.monotonic() - started
+    finally:
+        for w in workers:
+            w.stop()
+    assert workers[0].prefetch == 4
+    assert sorted(ran_by.count(name) for name in set(ran_by)) == [2, 2]
+    assert elapsed < 3 * DURATION
+
+
+def test_prefetched_messages_behind_a_long_task_run_elsewhere_uncharged(app: Celeriac) -> None:
+    runs: dict[str, tuple[str, float, int]] = {}
+
+    @app.task(bind=True)
+    def rec(self: object, name: str, seconds: float) -> None:
+        request = self.request  # type: ignore[attr-defined]
+        runs[name] = (threading.current_thread().name, time.monotonic(), request.delivery_count)
+        time.sleep(seconds)
+
+    long = rec.delay("long", 1.5)
+    short = [rec.delay(f"s{i}", 0.0) for i in range(3)]
+    first = run_workers(app, 1)  # leases all four, runs the long one
+    second = run_workers(app, 1)
+    try:
+        for r in short:
+            r.get(timeout=10)
+        long.get(timeout=10)
+    finally:
+        for w in first + second:
+            w.stop()
+    long_thread, long_start, _ = runs["long"]
+    assert [runs[f"s{i}"][0] != long_thread for i in range(3)] == [True] * 3
+    assert [runs[f"s{i}"][2] for i in range(3)] == [1, 1, 1]  # no delivery charged
+    assert first[0].consumer.fair is not None
+    assert first[0].consumer.fair.returned == 3
+    # 0.1 s, one check, a fetch by the idle worker and slack for a loaded machine.
+    assert max(runs[f"s{i}"][1] for i in range(3)) - long_start < 0.8
+
+
+@pytest.mark.parametrize(("fair_after", "batches"), [(0.1, [4] * 5), (0.0, [1] * 20)])
+def test_short_tasks_are_leased_in_batches(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch, fair_after: float, batches: list[int]
+) -> None:
+    """Each fetch that brought messages, by size: 20 queued tasks on a solo worker take 5 round
+    trips of 4 by default, 20 of 1 with ``worker_fair_after = 0`` (lease only what runs)."""
+    app.conf.worker_fair_after = fair_after
+    sizes: list[int] = []
+    add = InFlight.add
+
+    def counting_add(self: InFlight, deliveries: list[object]) -> object:
+        if deliveries:
+            sizes.append(len(deliveries))
+        return add(self, deliveries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InFlight, "add", counting_add)
+
+    @app.task
+    def noop(i: int) -> int:
+        return i
+
+    results = [noop.delay(i) for i in range(20)]
+    workers = run_workers(app, 1)
+    try:
+        assert [r.get(timeout=10) for r in results] == list(range(20))
+    finally:
+        workers[0].stop()
+    assert sizes == batches
+
+
+def test_without_giving_back_a_worker_runs_what_it_prefetched(app: Celeriac) -> None:
+    """The opt-out (``worker_fair_after = None``): the first worker to fetch leases all four
+    and runs them one after another while the other one idles."""
+    app.conf.worker_fair_after = None
+    ran_by: list[str] = []
+
+    @app.task
+    def slow(i: int) -> int:
+        ran_by.append(threading.current_thread().name)
+        time.sleep(DURATION / 2)
+        return i
+
+    results = [slow.delay(i) for i in range(4)]
+    first = run_workers(app, 1)  # its first fetch leases all four
+    second = run_workers(app, 1)
     try:
         assert [r.get(timeout=10) for r in results] == [0, 1, 2, 3]
     finally:

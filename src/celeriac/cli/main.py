@@ -120,7 +120,7 @@ def _autoscale(ctx: click.Context, param: click.Parameter, value: str | None) ->
     help="info adds a line per task received and finished (the banner shows at every level).",
 )
 @click.option("-n", "--hostname", help="Node name (default: celeriac@<host>; %h is the host).")
-@click.option("--prefetch-multiplier", type=int, help="Messages leased per slot (default: 1).")
+@click.option("--prefetch-multiplier", type=int, help="Messages leased per slot (default: 4).")
 @click.option("--max-tasks-per-child", type=int, help="Replace a prefork child after N tasks.")
 @click.option(
     "--max-memory-per-child", type=int, help="Replace a prefork child above this RSS (KiB)."

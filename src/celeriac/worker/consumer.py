@@ -8,7 +8,9 @@ It wires four parts, each with one job, around one record of what it holds (:cla
   before its message is acknowledged;
 * the :class:`~celeriac.worker.leases.LeaseKeeper` renews the leases of everything held, so
   only a dead worker's messages ever come back;
-* the :class:`~celeriac.worker.leases.RevocationWatch` stops revoked tasks.
+* the :class:`~celeriac.worker.leases.RevocationWatch` stops revoked tasks;
+* the :class:`~celeriac.worker.fair.FairWatch` gives back what was leased ahead and waits
+  behind tasks running longer than ``worker_fair_after``.
 
 A pool that runs one task at a time on the process's main thread (a consuming prefork child,
 solo) *drives* the consumer: between tasks it calls :meth:`Consumer.pump`, which settles the
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING
 from celeriac.backends.base import DisabledBackend
 from celeriac.metrics.tasks import TaskMetrics, task_metrics
 from celeriac.worker.events import TaskEvents, task_events, wrap_started
+from celeriac.worker.fair import FairWatch
 from celeriac.worker.fetcher import Fetcher
 from celeriac.worker.inflight import InFlight
 from celeriac.worker.leases import LeaseKeeper, RevocationWatch
@@ -53,12 +56,16 @@ class Consumer:
         prefetch: int,
         hostname: str,
         refill: int = 1,
+        fair_after: float | None = None,
     ) -> None:
         self.app = app
         self.queues = queues
         self.hostname = hostname
         self.inflight = InFlight(prefetch, refill)
         self.prefetch = self.inflight.prefetch
+        #: give back what waits behind tasks running longer than this (None: never)
+        self.fair_after = fair_after
+        self.fair: FairWatch | None = None
         self.pool: Pool | None = None
         #: The pool's thread drives fetching and settling through :meth:`pump`.
         self.driven = False
@@ -111,6 +118,9 @@ class Consumer:
         pool.on_started = settler.store_started
         if self.events is not None:
             pool.on_started = wrap_started(self.events, settler.store_started)
+        fair = self._fair_watch(pool)
+        if fair is not None:
+            pool.on_started = _also_started(fair, pool.on_started)
         fetcher.fetching.set()
         self._running.set()
         loops: list[tuple[str, Callable[[], None]]] = [
@@ -119,6 +129,8 @@ class Consumer:
         ]
         if not isinstance(combined.backend, DisabledBackend):
             loops.append(("watcher", lambda: watch.run(self._stopped)))
+        if fair is not None:
+            loops.append(("fair", lambda: fair.run(self._stopped)))
         if self.driven:
             pool.pump = self.pump
             loops.append(("flusher", lambda: settler.flush_loop(self._stopped, self._pump_lock)))
@@ -130,6 +142,20 @@ class Consumer:
             self._threads.append(t)
             if name == "fetcher":
                 self._fetcher_thread = t
+
+    def _fair_watch(self, pool: Pool) -> FairWatch | None:
+        """The thread that gives back what waits behind long tasks, when anything can wait."""
+        if self.fair_after is None or self.fair_after <= 0 or self.prefetch <= pool.concurrency:
+            return None
+        self.fair = FairWatch(
+            self.fair_after,
+            self.inflight,
+            slots=lambda: pool.concurrency,
+            take_waiting=pool.take_waiting,
+            give_back=partial(self.return_unstarted, why="behind a running task"),
+            release=lambda: self.app.broker.stop_consuming(list(self.queues)),
+        )
+        return self.fair
 
     def _revoke(self, task_id: str, terminate: bool) -> None:
         assert self.pool is not None
@@ -153,6 +179,8 @@ class Consumer:
             self.metrics.observe(outcome)
         self.settler.report(outcome, driven=self.driven)
         self.inflight.reported()
+        if self.fair is not None:
+            self.fair.finished(outcome.job_id)
 
     def stop_fetching(self) -> list[Job]:
         """Stop leasing more messages; returns jobs still waiting for a rate-limit slot."""
@@ -217,14 +245,14 @@ class Consumer:
                 self._in_fetch = False
                 self._fetches += 1
 
-    def return_unstarted(self, jobs: list[Job]) -> None:
+    def return_unstarted(self, jobs: list[Job], why: str = "") -> None:
         """Give never-started jobs back to the broker without counting a delivery."""
         broker = self.app.broker
         for job in jobs:
             delivery = self.inflight.given_back(job.job_id)
             if delivery is not None and self.settler is not None:
                 self.settler.safely(partial(broker.requeue, delivery, count=False))
-        if jobs:
+        if jobs and not why:
             logger.warning("returned %d unstarted task(s) to the queue", len(jobs))
 
     def drain(self, timeout: float | None = None) -> None:
@@ -237,6 +265,8 @@ class Consumer:
         self.inflight.wait_until_empty(timeout)
         self._running.clear()
         self._stopped.set()
+        if self.fair is not None:
+            self.fair.wake()
         if self.fetcher is not None:
             self.fetcher.scheduler.stop()
         if self.settler is not None:
@@ -250,3 +280,14 @@ class Consumer:
     @property
     def processed(self) -> int:
         return self.inflight.processed
+
+
+def _also_started(
+    fair: FairWatch, started: Callable[[Job, int], None] | None
+) -> Callable[[Job, int], None]:
+    def on_started(job: Job, pid: int) -> None:
+        fair.started(job)
+        if started is not None:
+            started(job, pid)
+
+    return on_started

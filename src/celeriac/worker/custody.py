@@ -9,8 +9,8 @@ Each child mirrors the handles of the messages it holds into a shared-memory slo
   delivery counted (``task_reject_on_worker_lost``; otherwise it fails with ``WorkerLostError``),
   and a child the supervisor killed for its hard time limit or its memory fails the task
   (``TimeLimitExceeded``, ``MemoryLimitExceeded``) and acknowledges it, as the child would
-  have. Nothing else is charged: a child holds only what it runs (see
-  ``worker_prefetch_multiplier``).
+  have. Nothing else is charged: what the child leased and had not started yet (up to
+  ``worker_prefetch_multiplier`` messages) goes back to the queue uncounted.
 
 Brokers whose leases are their connections (RabbitMQ: the channel) need none of this: the
 broker requeues a dead child's messages itself, and they are not renewed.
@@ -111,6 +111,7 @@ class Custody:
 
         For :attr:`Death.REVOKED`, ``detail`` is the id of the task that was terminated."""
         held = self.slots.read(index)
+        running = self.slots.running(index)
         self.slots.clear(index)
         if death is Death.REVOKED and detail not in {h.task_id for h in held}:
             self._store_revoked(detail)  # acknowledged on receipt: nothing else to settle
@@ -123,8 +124,13 @@ class Custody:
             return 0
         if broker is None:
             return 0  # the broker gave them back when the child's connection closed
+        running_id = None if running is None else running.get("id")
         for item in held:
             try:
+                if item.task_id != running_id and death is not Death.REVOKED:
+                    # Leased ahead and never started: not what killed the child.
+                    broker.requeue(item.delivery(), count=False)
+                    continue
                 self._settle(broker, item, death, detail)
             except CeleriacError as exc:
                 logger.error(

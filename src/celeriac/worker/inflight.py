@@ -37,6 +37,8 @@ class InFlight:
         self.processed = 0
         #: called whenever what is held changes (a prefork child mirrors it to its supervisor)
         self.mirror: Callable[[], None] | None = None
+        #: no leasing while every slot runs a long task (see :mod:`celeriac.worker.fair`)
+        self.held_back = False
 
     def _changed(self) -> None:
         if self.mirror is not None:
@@ -58,7 +60,14 @@ class InFlight:
     def room(self) -> int:
         """How many more messages may be fetched now."""
         with self.cond:
-            return self.prefetch - self.unfinished
+            return 0 if self.held_back else self.prefetch - self.unfinished
+
+    def hold_back(self, on: bool) -> None:
+        """Lease nothing more (``on``) until called again with False."""
+        with self.cond:
+            self.held_back = on
+            if not on:
+                self.cond.notify_all()
 
     def wait_for_room(self, running: threading.Event) -> int:
         """Block until a refill's worth of room opened (or ``running`` is cleared); the room.
@@ -68,7 +77,8 @@ class InFlight:
         """
         with self.cond:
             while running.is_set() and (
-                (self.unfinished and self.prefetch - self.unfinished < self.refill)
+                self.held_back
+                or (self.unfinished and self.prefetch - self.unfinished < self.refill)
                 or len(self._held) >= 2 * self.prefetch
             ):
                 self.cond.wait(0.5)

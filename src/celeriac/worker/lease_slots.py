@@ -105,7 +105,7 @@ class LeaseSlots:
         return [], None
 
     def active(self) -> int:
-        """Messages the children hold now (each child leases only what it runs)."""
+        """Messages the children hold now (running, leased ahead, or finished and not settled)."""
         return sum(len(self.read(i)) for i in range(self.count))
 
     def processed(self) -> int:

@@ -10,7 +10,7 @@ work per task; it only
   young, so a broken import does not spin);
 * keeps custody of what the children lease (``custody.py``): renews it from this process, and
   settles what a child held when it dies (a crash requeues the running message with its delivery
-  counted; nothing else is charged, since a child holds only what it runs);
+  counted; what it leased ahead and never started goes back uncounted);
 * backs up the children's own hard time limits: a child whose task is still running a little
   after its limit (C code holding the GIL can keep the child's watchdog from running) is killed
   and its task fails with ``TimeLimitExceeded``;

@@ -84,7 +84,10 @@ class Worker:
             self.autoscale = Bounds(*autoscale, keepalive=conf.worker_autoscale_keepalive)
             self.concurrency = self.autoscale.min
         self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
+        fair_after = conf.worker_fair_after
         multiplier = max(1, prefetch_multiplier or conf.worker_prefetch_multiplier)
+        if fair_after is not None and fair_after <= 0:
+            multiplier = 1  # lease only what runs: nothing ever waits behind a task
         self.prefetch = max(1, self.concurrency * multiplier)
         # Leasing only for free slots (a multiplier of 1) refills one slot at a time; beyond
         # that, in batches of half the prefetch, where one fetch serves several tasks.
@@ -99,7 +102,12 @@ class Worker:
         self.heartbeat = conf.worker_send_task_events if heartbeat is None else heartbeat
         self._heart: Heart | None = None
         self.consumer = Consumer(
-            app, self.queues, prefetch=self.prefetch, hostname=self.hostname, refill=refill
+            app,
+            self.queues,
+            prefetch=self.prefetch,
+            hostname=self.hostname,
+            refill=refill,
+            fair_after=fair_after,
         )
         self.pool: Pool | None = None
         self._stopped = threading.Event()

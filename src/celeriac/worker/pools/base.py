@@ -31,6 +31,25 @@ def drain_jobs(jobs: queue.Queue[Job | None] | queue.SimpleQueue[Job | None]) ->
             taken.append(job)
 
 
+def take_waiting_jobs(jobs: queue.Queue[Job | None] | queue.SimpleQueue[Job | None]) -> list[Job]:
+    """Take every job waiting in ``jobs`` while the pool keeps running: stop markers (a
+    stop or a shrink under way) go back in, after the jobs they followed."""
+    taken: list[Job] = []
+    markers = 0
+    while True:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if job is None:
+            markers += 1
+        else:
+            taken.append(job)
+    for _ in range(markers):
+        jobs.put(None)
+    return taken
+
+
 logger = logging.getLogger("celeriac.worker")
 
 
@@ -85,6 +104,11 @@ class Pool(ABC):
 
     def take_queued(self) -> list[Job]:
         """Jobs submitted but not started, taken back (pools that can end their process)."""
+        return []
+
+    def take_waiting(self) -> list[Job]:
+        """Jobs submitted but not started, taken back while the pool keeps running (each
+        taken either here or by the pool, never both). Pools without a waiting list: none."""
         return []
 
     @abstractmethod

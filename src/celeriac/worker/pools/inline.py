@@ -13,7 +13,7 @@ from abc import abstractmethod
 from typing import Any
 
 from celeriac.worker.job import Job
-from celeriac.worker.pools.base import Pool, drain_jobs
+from celeriac.worker.pools.base import Pool, drain_jobs, take_waiting_jobs
 
 
 class InlinePool(Pool):
@@ -64,6 +64,9 @@ class InlinePool(Pool):
     def take_queued(self) -> list[Job]:
         """Jobs handed to this pool that never started (the pool takes no more afterwards)."""
         return drain_jobs(self._jobs)
+
+    def take_waiting(self) -> list[Job]:
+        return take_waiting_jobs(self._jobs)
 
     def stop(self, *, cold: bool = False) -> list[Job]:
         unstarted = self.take_queued()

@@ -9,7 +9,7 @@ import threading
 from celeriac.worker.executor import execute
 from celeriac.worker.job import Job
 from celeriac.worker.limits import thread_soft_limit
-from celeriac.worker.pools.base import Pool, drain_jobs
+from celeriac.worker.pools.base import Pool, drain_jobs, take_waiting_jobs
 
 
 class ThreadPool(Pool):
@@ -49,6 +49,9 @@ class ThreadPool(Pool):
 
     def submit(self, job: Job) -> None:
         self._jobs.put(job)
+
+    def take_waiting(self) -> list[Job]:
+        return take_waiting_jobs(self._jobs)
 
     def stop(self, *, cold: bool = False) -> list[Job]:
         unstarted = drain_jobs(self._jobs)
