@@ -23,6 +23,7 @@ saying why.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -46,6 +47,25 @@ REPLY_EXCHANGE = "reply.celery.pidbox"
 
 #: A message as the primitives pass it: the decoded JSON body and the headers.
 Raw = tuple[dict[str, Any], dict[str, Any]]
+
+
+#: s a command stays readable in a mailbox kept in tables (RabbitMQ's node queues drop commands
+#: unread after 300 s, as Celery declares them).
+COMMAND_TTL = 300.0
+#: s such a mailbox keeps a reply for a client that stopped waiting.
+REPLY_TTL = 60.0
+
+
+def decode_row(body: str, headers: str) -> Raw | None:
+    """A command or reply kept as two JSON columns (SQLite, PostgreSQL); None, logged, for a
+    row that is not two JSON objects."""
+    try:
+        b, h = json.loads(body), json.loads(headers)
+    except ValueError as exc:
+        logger.warning("dropped an unreadable remote-control row: %s", exc)
+        return None
+    return (b, h) if isinstance(b, dict) and isinstance(h, dict) else None
+
 
 _clock = itertools.count(1)
 _clock_lock = threading.Lock()

@@ -14,27 +14,14 @@ import logging
 import time
 from typing import Any
 
-from celeriac.control.mailbox import Mailbox, Raw
+from celeriac.control.mailbox import COMMAND_TTL, REPLY_TTL, Mailbox, Raw, decode_row
 from celeriac.exceptions import BrokerError
 from celeriac.transports.postgres.connection import Database
 
 logger = logging.getLogger("celeriac.control")
 
-#: s a command is kept (RabbitMQ's node queues drop commands unread after 300 s, as here)
-COMMAND_TTL = 300.0
-#: s a reply is kept for a client that stopped waiting
-REPLY_TTL = 60.0
 #: s between reads of the commands table with no NOTIFY (one lost with a connection is found)
 LOOK_EVERY = 10.0
-
-
-def _raw(body: str, headers: str) -> Raw | None:
-    try:
-        b, h = json.loads(body), json.loads(headers)
-    except ValueError as exc:
-        logger.warning("dropped an unreadable remote-control row: %s", exc)
-        return None
-    return (b, h) if isinstance(b, dict) and isinstance(h, dict) else None
 
 
 class PostgresMailbox(Mailbox):
@@ -77,7 +64,7 @@ class PostgresMailbox(Mailbox):
                 )
                 if rows:
                     self._after = int(rows[-1][0])
-                    return [r for _, b, h in rows if (r := _raw(b, h)) is not None]
+                    return [r for _, b, h in rows if (r := decode_row(b, h)) is not None]
             now = time.monotonic()
             if now >= until:
                 return []
@@ -129,7 +116,7 @@ class PostgresMailbox(Mailbox):
             )
             if rows:
                 rows.sort()
-                return [r for _, b, h in rows if (r := _raw(b, h)) is not None]
+                return [r for _, b, h in rows if (r := decode_row(b, h)) is not None]
             left = until - time.monotonic()
             if left <= 0:
                 return []

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from celeriac.control.mailbox import Mailbox, Raw
+from celeriac.control.mailbox import COMMAND_TTL, REPLY_TTL, Mailbox, Raw, decode_row
 from celeriac.transports.sqlite.connection import SQLiteFile, wait_for_change
 
 logger = logging.getLogger("celeriac.control")
@@ -35,21 +35,8 @@ CREATE TABLE IF NOT EXISTS celeriac_control_replies (
 CREATE INDEX IF NOT EXISTS celeriac_control_replies_oid ON celeriac_control_replies (oid, id);
 """
 
-#: s a command is kept (RabbitMQ's node queues drop commands unread after 300 s, as here).
-COMMAND_TTL = 300.0
-#: s a reply is kept for a client that stopped waiting.
-REPLY_TTL = 60.0
 #: s between looks at the file while waiting.
 _POLL = 0.05
-
-
-def _raw(body: str, headers: str) -> Raw | None:
-    try:
-        b, h = json.loads(body), json.loads(headers)
-    except ValueError as exc:
-        logger.warning("dropped an unreadable remote-control row: %s", exc)
-        return None
-    return (b, h) if isinstance(b, dict) and isinstance(h, dict) else None
 
 
 class SQLiteMailbox(Mailbox):
@@ -77,7 +64,7 @@ class SQLiteMailbox(Mailbox):
             )
             if rows:
                 self._after = int(rows[-1][0])
-                return [r for _, b, h in rows if (r := _raw(b, h)) is not None]
+                return [r for _, b, h in rows if (r := decode_row(b, h)) is not None]
             if time.time() >= deadline:
                 return []
             self._wait(deadline - time.time())
@@ -119,7 +106,7 @@ class SQLiteMailbox(Mailbox):
                 ).fetchall()
             if rows:
                 rows.sort()
-                return [r for _, b, h in rows if (r := _raw(b, h)) is not None]
+                return [r for _, b, h in rows if (r := decode_row(b, h)) is not None]
             if time.time() >= deadline:
                 return []
             self._wait(deadline - time.time())
