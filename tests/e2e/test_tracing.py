@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from celeriac import tracing
+from celeriac.exceptions import TimeoutError
 
 from .conftest import wait_for
 from .observe_support import start_observed
@@ -46,7 +47,11 @@ def test_worker_span_is_a_child_of_the_clients_publish_span(e2e, tmp_path):
         with provider.get_tracer("test").start_as_current_span("client request") as root:
             ok = observe_tasks.ok.apply_async((7,), queue=queue)
             bad = observe_tasks.fail.apply_async((1,), queue=queue)
-        assert ok.get(timeout=30) == 7
+        try:
+            value = ok.get(timeout=30)
+        except TimeoutError:
+            pytest.fail(f"no result; the worker's log:\n{env.log(proc)}")
+        assert value == 7
         with pytest.raises(ValueError):
             bad.get(timeout=30)
         assert env.stop_worker(proc) == 0

@@ -11,6 +11,7 @@ broker goes away, and ready again about ``interval`` s after it answers.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,12 @@ logger = logging.getLogger("celeriac.health")
 
 
 class BrokerProbe:
-    """Probes ``check`` (a broker round trip that raises when it fails) in the background."""
+    """Probes ``check`` (a broker round trip that raises when it fails) in the background.
+
+    The calls run on one thread of their own, kept for the probe's life: its connections stay
+    open between probes (a thread per call opened a connection per probe, an SQLite file's
+    schema check included), and a call that hangs holds up only the probes after it.
+    """
 
     def __init__(
         self, check: Callable[[], object], *, interval: float = 1.0, timeout: float = 2.0
@@ -30,38 +36,47 @@ class BrokerProbe:
         self.error = "not probed yet"
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="celeriac-probe", daemon=True)
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._caller: threading.Thread | None = None
 
     def start(self) -> None:
+        """Probe every ``interval`` s from now on (the first one after an interval: the caller
+        probes once itself first, see ``worker/monitor.py``)."""
         self._thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
+        self._calls.put(None)
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
+        pause = self.interval
+        while not self._stopped.wait(pause):
             started = time.monotonic()
             self.probe_once()
-            self._stopped.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            pause = max(0.0, self.interval - (time.monotonic() - started))
 
     def probe_once(self) -> None:
-        done = threading.Event()
-        outcome: list[BaseException | None] = []
-
-        def run() -> None:
-            try:
-                self.check()
-                outcome.append(None)
-            except Exception as exc:
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="celeriac-probe-call", daemon=True).start()
-        finished = done.wait(self.timeout)
-        error = f"no answer within {self.timeout:.1f}s" if not finished else outcome[0]
+        call = _Call()
+        if self._caller is None:
+            self._caller = threading.Thread(
+                target=self._serve_calls, name="celeriac-probe-call", daemon=True
+            )
+            self._caller.start()
+        self._calls.put(call)
+        finished = call.done.wait(self.timeout)
+        error = f"no answer within {self.timeout:.1f}s" if not finished else call.error
         self._set(error is None, str(error) if error is not None else "")
         if not finished:
-            done.wait()  # one probe at a time: a hung call is not piled on
+            call.done.wait()  # one probe at a time: a hung call is not piled on
+
+    def _serve_calls(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                self.check()
+            except Exception as exc:
+                call.error = exc
+            finally:
+                call.done.set()
 
     def _set(self, ok: bool, error: str) -> None:
         first = self.error == "not probed yet"
@@ -72,3 +87,11 @@ class BrokerProbe:
                 logger.warning("broker does not answer: not ready (%s)", error)
         self.ok = ok
         self.error = error
+
+
+class _Call:
+    """One probe handed to the calling thread: done when it answered, with its error if any."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Exception | None = None

@@ -41,6 +41,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals
+from celeriac._fork import fork_guard
 from celeriac.exceptions import Unsupported
 from celeriac.health.pulse import Pulse
 from celeriac.worker.banner import announce
@@ -116,6 +117,9 @@ class Supervisor:
         if worker.install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        # This process forks while its own threads (probes, remote control, events) talk to
+        # the broker: each fork waits until none is inside a database call (celeriac/_fork.py).
+        fork_guard.arm()
         app.import_modules()
         # Children open their own connections; the node name in the settings is what lets
         # them share one copy of each broadcast.

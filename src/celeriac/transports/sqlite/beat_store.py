@@ -16,6 +16,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+from celeriac._fork import fork_guard
 from celeriac.beat.store import BeatStore, EntryState, Lease, TickSender
 from celeriac.exceptions import BrokerError
 from celeriac.transports.options import BROKER, parse_options
@@ -104,10 +105,11 @@ class SQLiteBeatStore(BeatStore):
             )
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        try:
-            return self.db.connection().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise BrokerError(f"beat store {self.db.path}: {exc}") from exc
+        with fork_guard:
+            try:
+                return self.db.connection().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise BrokerError(f"beat store {self.db.path}: {exc}") from exc
 
     def leader(self) -> Lease | None:
         rows = self._read(
@@ -265,7 +267,7 @@ class SQLiteTickSender(TickSender):
         self, holder: str, entry: str, tick: float, previous: float | None, publication: Publication
     ) -> bool:
         rows = self.broker.rows([publication])
-        self.store.db.connection()  # made the beat tables; the broker's connection made its own
+        self.store.db.open()  # made the beat tables; the broker's connection made its own
         with self.broker.db.write() as conn:
             if not self.store.claim(conn, holder, entry, tick, previous):
                 return False

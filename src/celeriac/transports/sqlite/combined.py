@@ -72,7 +72,7 @@ class SQLiteCombined(Combined):
         # The results tables are created by the backend's first connection; the transaction
         # runs on the broker's.
         if not self._schema_ready:
-            self._backend.db.connection()
+            self._backend.db.open()
             self._schema_ready = True
 
     def _read_states(self, conn: sqlite3.Connection, deliveries: list[Delivery]) -> None:

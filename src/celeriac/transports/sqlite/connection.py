@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from celeriac._fork import generation
+from celeriac._fork import fork_guard, generation
 from celeriac.exceptions import BrokerError, CeleriacError, ConfigurationError
 from celeriac.urls import redact
 
@@ -80,6 +80,8 @@ class SQLiteFile:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
     def connection(self) -> sqlite3.Connection:
+        """This thread's connection. Calls on it belong inside ``with fork_guard:`` (as
+        :meth:`read` and :meth:`write` do): see ``celeriac._fork``."""
         if self._fork_gen != generation():  # forked: the parent's connections are not ours
             self._local = threading.local()
             self._fork_gen = generation()
@@ -143,8 +145,8 @@ class SQLiteFile:
         waiting writer sleep for whole milliseconds, which on a busy worker (fetcher, finisher
         and renewer all writing) cost more than the transactions themselves.
         """
-        conn = self.connection()
-        with self._write_lock:
+        with fork_guard, self._write_lock:
+            conn = self.connection()
             try:
                 _begin(conn)
             except sqlite3.Error as exc:
@@ -163,10 +165,16 @@ class SQLiteFile:
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """The rows of one query; a failure (a damaged file, say) as this file's error type."""
-        try:
-            return self.connection().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise self._error(f"SQLite {self.path}: {exc}") from exc
+        with fork_guard:
+            try:
+                return self.connection().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(f"SQLite {self.path}: {exc}") from exc
+
+    def open(self) -> None:
+        """Open this thread's connection now (which applies the schema)."""
+        with fork_guard:
+            self.connection()
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "anything new?" probe."""
@@ -216,7 +224,8 @@ class SQLiteFile:
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._fork_gen == generation():
-            conn.close()
+            with fork_guard:
+                conn.close()
         self._local = threading.local()
 
 
