@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import signal
 import sqlite3
 import statistics
@@ -256,7 +257,7 @@ def chart_panel(bench: Bench, m: dict[str, dict[str, float]]) -> Panel:
                 a, b = value(m, mine, key), vals[key]
                 if a is not None and b:
                     parts.append(f"{name} {a / b:.2f}x")
-            note = ("Celeriac/this: " + ", ".join(parts)) if parts else ""
+            note = (f"Celeriac / {row.label}:\n" + ", ".join(parts)) if parts else ""
         groups.append(Group(row.label, vals, note))
     return Panel(bench.broker, groups)
 
@@ -282,6 +283,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "![drain and enqueue per system](performance.svg)",
         "",
+        "Under each peer in the chart: Celeriac's rate divided by the peer's (above 1: Celeriac "
+        "is faster). In the tables, *not measured*: the system did not run (its package is not "
+        "installed, or the bench failed); —: the bench does not measure this for that system.",
+        "",
     ]
     for bench in BENCHES:
         entry = report["benches"].get(bench.key)
@@ -290,7 +295,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if entry is None:
             out += ["Not run in this invocation.", ""]
         else:
-            out += [f"`{' '.join(entry['argv'])}` ({entry['seconds']:.0f} s)."]
+            out += [f"`{shlex.join(entry['argv'])}` ({entry['seconds']:.0f} s)."]
             if entry.get("error"):
                 out += ["", f"The bench failed: `{entry['error']}`"]
             out.append("")
@@ -336,7 +341,7 @@ def run_bench(bench: Bench, quick: bool, repeat: int, work: Path) -> dict[str, A
     started = time.perf_counter()
     entry: dict[str, Any] = {"argv": ["python", *argv[1:]], "data": None, "error": None}
     entry["load_before"] = load()
-    print(f"{bench.broker}: {' '.join(entry['argv'])}  (log: {log})", flush=True)
+    print(f"{bench.broker}: {shlex.join(entry['argv'])}  (log: {log})", flush=True)
     with log.open("w") as out:
         proc = subprocess.Popen(argv, cwd=HERE, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -7,6 +7,7 @@ environment) as a dependency. Pure: data in, text out; ``tests/bench`` parses wh
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -112,13 +113,17 @@ def _panel(panel: Panel, top: float) -> list[str]:
                 f'<text x="{x + bar_w / 2 - 1:.1f}" y="{base - h - 4:.1f}" '
                 f'text-anchor="middle" font-size="11">{short(bar)}</text>'
             )
-        out.append(
-            f'<text x="{centre:.1f}" y="{base + 18}" text-anchor="middle" '
-            f'font-weight="bold">{escape(group.label)}</text>'
-        )
-        for n, line in enumerate(group.note.splitlines()):
+        chars = int(slot / 7)  # ~7 px a character at these sizes
+        label = textwrap.wrap(group.label, chars) or [""]
+        for n, line in enumerate(label):
             out.append(
-                f'<text class="note" x="{centre:.1f}" y="{base + 34 + 14 * n}" '
+                f'<text x="{centre:.1f}" y="{base + 18 + 14 * n}" text-anchor="middle" '
+                f'font-weight="bold">{escape(line)}</text>'
+            )
+        lines = [w for part in group.note.splitlines() for w in textwrap.wrap(part, chars)]
+        for n, line in enumerate(lines, start=len(label)):
+            out.append(
+                f'<text class="note" x="{centre:.1f}" y="{base + 20 + 14 * n}" '
                 f'text-anchor="middle" font-size="11" fill="#444">{escape(line)}</text>'
             )
     out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{base}" y2="{base}" stroke="#333"/>')
