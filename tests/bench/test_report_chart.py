@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import report
@@ -72,3 +73,12 @@ def test_report_chart_bars_ratios_and_absent_rows() -> None:
         *["not measured"] * 7,
     ]
     assert "SMOKE RUN" in svg
+
+
+def test_write_docs_renders_both_files_from_a_saved_report(tmp_path: Path) -> None:
+    """What ``--from-json`` does: the markdown links the chart written beside it."""
+    report.write_docs(sample_report(quick=False), tmp_path / "docs")
+    text = (tmp_path / "docs" / "performance.md").read_text()
+    assert "![drain and enqueue per system](performance.svg)" in text
+    svg = (tmp_path / "docs" / "performance.svg").read_text()
+    assert len(bars(svg)) == 4
