@@ -114,14 +114,14 @@ def _panel(panel: Panel, top: float) -> list[str]:
                 f'text-anchor="middle" font-size="11">{short(bar)}</text>'
             )
         chars = int(slot / 7)  # ~7 px a character at these sizes
-        label = textwrap.wrap(group.label, chars) or [""]
-        for n, line in enumerate(label):
+        name = textwrap.wrap(group.label, chars) or [""]
+        for n, line in enumerate(name):
             out.append(
                 f'<text x="{centre:.1f}" y="{base + 18 + 14 * n}" text-anchor="middle" '
                 f'font-weight="bold">{escape(line)}</text>'
             )
         lines = [w for part in group.note.splitlines() for w in textwrap.wrap(part, chars)]
-        for n, line in enumerate(lines, start=len(label)):
+        for n, line in enumerate(lines, start=len(name)):
             out.append(
                 f'<text class="note" x="{centre:.1f}" y="{base + 20 + 14 * n}" '
                 f'text-anchor="middle" font-size="11" fill="#444">{escape(line)}</text>'
