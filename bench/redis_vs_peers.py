@@ -81,6 +81,13 @@ SYSTEMS = [
     ),
     System("celery prefork -c 2", "celery", [[*CELERY, "-c", "2"]], needs="celery"),
     System(
+        "huey -k process -w 2",
+        "huey",
+        [[PY, "-m", "huey.bin.huey_consumer", "huey_app.huey", "-k", "process", "-w", "2", "-q"]],
+        needs="huey",
+        notes="-q: warnings only, as the others log (by default it logs two lines per task)",
+    ),
+    System(
         "dramatiq -p 2 (8 threads)",
         "dramatiq",
         [[PY, "-m", "dramatiq", "dramatiq_app", "-p", "2"]],
