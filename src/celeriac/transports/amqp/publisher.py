@@ -120,12 +120,17 @@ class _Call:
         #: why the line these messages were on is gone, and what it left unconfirmed
         self.error: BaseException | None = None
         self.unconfirmed: list[Outgoing] = []
-        #: set when the call is settled, or when it is to take over reading
-        self.wake = threading.Event()
+        #: set when the call is settled, or when it is to take over reading; made only for a
+        #: caller that sleeps (a lone caller reads its own confirm)
+        self.wake: threading.Event | None = None
 
     @property
     def settled(self) -> bool:
         return self.left == 0 or self.error is not None
+
+    def woken(self) -> None:
+        if self.wake is not None:
+            self.wake.set()
 
 
 class _Line:
@@ -204,7 +209,8 @@ class Publisher:
             if error is None:
                 break
             pending, call.unconfirmed, call.error, call.left = call.unconfirmed, [], None, 0
-            call.wake.clear()
+            if call.wake is not None:
+                call.wake.clear()
             if isinstance(error, amqp.exceptions.ChannelError):
                 if error.reply_code in _REDECLARE:
                     raise Unroutable(
@@ -289,6 +295,8 @@ class Publisher:
                 if reading:
                     self._reader = call
                 else:
+                    if call.wake is None:
+                        call.wake = threading.Event()
                     self._followers[call] = None
             if reading:
                 try:
@@ -297,6 +305,7 @@ class Publisher:
                     self._hand_over_reading()
                 continue
             left = deadline - time.monotonic()
+            assert call.wake is not None
             woken = left > 0 and call.wake.wait(left)
             with self._lock:
                 self._followers.pop(call, None)
@@ -314,7 +323,7 @@ class Publisher:
             self._reader = None
             for follower in self._followers:
                 if not follower.settled:
-                    follower.wake.set()  # it takes over reading
+                    follower.woken()  # it takes over reading
                     break
 
     def _read_for(self, call: _Call, line: _Line | None, deadline: float) -> None:
@@ -426,7 +435,7 @@ class Publisher:
                     call.nacked += 1
                 call.left -= 1
                 if call.left == 0:
-                    call.wake.set()
+                    call.woken()
 
         def on_ack(tag: int, multiple: bool) -> None:
             settle(tag, multiple, False)
@@ -504,7 +513,7 @@ class Publisher:
         for call, item in line.outstanding.values():
             call.unconfirmed.append(item)
             call.error, call.left = exc, 0
-            call.wake.set()
+            call.woken()
         line.outstanding.clear()
         _collect(line.conn)
 
