@@ -274,6 +274,36 @@ def test_without_confirms_a_publish_returns_unconfirmed_and_can_be_lost(
         amqp_support.raw(url, lambda ch: ch.queue_purge(q))
 
 
+def test_without_confirms_requeues_and_dead_letters_are_still_confirmed(
+    url: str, names: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q, dlq = names(), names("dead")
+    broker = create_broker(url, {"confirm_publish": False, "dead_letter_queue": dlq})
+    assert isinstance(broker, AMQPBroker)
+    publisher = broker.link.publisher
+    sent: list[tuple[str, bool]] = []
+    send = publisher.send
+
+    def recording(items: Any, deadline: float, *, confirm: bool = True) -> Any:
+        sent.extend((item.properties["correlation_id"], confirm) for item in items)
+        return send(items, deadline, confirm=confirm)
+
+    monkeypatch.setattr(publisher, "send", recording)
+    try:
+        broker.publish(Publication(msg("again"), Route(q)))
+        broker.publish(Publication(msg("dead"), Route(q)))
+        got = {d.message.task_id: d for d in fetch_all(broker, q, 2, timeout=3)}
+        broker.requeue(got["again"])
+        broker.dead_letter(got["dead"], "poison")
+        assert sent == [("again", False), ("dead", False), ("again", True), ("dead", True)]
+        [back] = fetch_all(broker, q, 1, timeout=3)
+        broker.ack([back])
+        assert back.message.task_id == "again"
+        assert [d.message.task_id for d in broker.dead_letters()] == ["dead"]
+    finally:
+        broker.close()
+
+
 def test_an_idle_publish_connection_is_replaced_before_use(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)

@@ -202,3 +202,30 @@ def test_without_confirms_nothing_is_awaited(fake_amqp: Any) -> None:
     assert publisher.send(_items("m0", "m1"), time.monotonic() + 5, confirm=False) == []
     [conn] = fake_amqp.opened
     assert conn.ch.sent == [b"m0", b"m1"] and publisher.in_flight == 0
+
+
+def test_confirms_returns_and_a_loss_reach_exactly_the_calls_they_concern(
+    fake_amqp: Any,
+) -> None:
+    from celeriac.transports.amqp.publisher import _Call
+
+    fake_amqp.scripts = [[]]
+    publisher = Publisher("amqp://h/")
+    deadline = time.monotonic() + 5
+    a, b, c = _Call(), _Call(), _Call()
+    a_items, b_items, c_items = _items("a0", "a1"), _items("b0"), _items("c0")
+    for call, items in ((a, a_items), (b, b_items), (c, c_items)):
+        assert publisher._write(call, items, deadline)  # tags 1-2, 3, 4
+    [conn] = fake_amqp.opened
+    [ack], [nack] = conn.ch.events["basic_ack"], conn.ch.events["basic_nack"]
+    [on_return] = conn.ch.events["basic_return"]
+    on_return(None, "", "q", types.SimpleNamespace(properties={"correlation_id": "b0"}))
+    nack(2, False)  # a1
+    assert (a.left, a.nacked, b.left) == (1, 1, 1)
+    ack(3, True)  # a0 and b0 at once
+    assert (a.settled, a.nacked, a.returned) == (True, 1, [])
+    assert (b.settled, b.nacked, b.returned) == (True, 0, b_items)
+    assert (c.left, c.error) == (1, None)
+    publisher._kill(publisher._line, ConnectionResetError("cut"))
+    assert (c.error is not None, c.unconfirmed) == (True, c_items)
+    assert a.error is None and b.error is None and b.unconfirmed == []
