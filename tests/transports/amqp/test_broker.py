@@ -253,6 +253,9 @@ def test_without_confirms_a_publish_returns_unconfirmed_and_can_be_lost(
         publisher = broker.link.publisher
         try:
             broker.publish(Publication(msg("first"), Route(q)))  # connected, declared
+            waited = time.monotonic() + 5  # (unconfirmed, it may still be on its way)
+            while direct_depth() != 1 and time.monotonic() < waited:
+                time.sleep(0.01)
             line = publisher._line
             assert line is not None
             # Without confirms the task went out on a channel of its own, not in confirm mode.
@@ -269,8 +272,10 @@ def test_without_confirms_a_publish_returns_unconfirmed_and_can_be_lost(
                 assert publisher.in_flight == 0  # nothing waits for a confirm
             assert direct_depth() == 1  # "second" never reached the queue
         finally:
-            proxy.close()
+            proxy.silent = False
+            proxy.cut()
             broker.close()
+            proxy.close()
         amqp_support.raw(url, lambda ch: ch.queue_purge(q))
 
 
