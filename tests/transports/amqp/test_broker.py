@@ -25,7 +25,7 @@ from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
 from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.declarations import delay_queue
-from celeriac.transports.amqp.publisher import Unconfirmed
+from celeriac.transports.amqp.publisher import Unconfirmed, _Line
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -454,7 +454,6 @@ def test_a_publish_nobody_answers_raises_at_its_deadline(url: str, names: Any) -
 def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
     url: str, names: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import amqp
 
     q = names()
     broker = create_broker(url)
@@ -469,7 +468,7 @@ def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
             raise KeyboardInterrupt
 
         with monkeypatch.context() as m:
-            m.setattr(amqp.Connection, "blocking_read", interrupted)
+            m.setattr(_Line, "read", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 broker.publish(Publication(msg("b"), Route(q)))  # sent, its confirm never read
         assert publisher._line is None and not first.connected

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import socket
 import ssl
+import struct
 import time
 import types
 from typing import Any
@@ -60,6 +61,8 @@ def test_amqps_urls_carry_their_tls_files() -> None:
 
 
 class _FakeChannel:
+    channel_id = 1
+
     def __init__(self) -> None:
         from collections import defaultdict
 
@@ -74,11 +77,19 @@ class _FakeChannel:
         self.sent.append(content.body)
 
 
+def _frame(sig: tuple[int, int], args: bytes) -> bytes:
+    payload = struct.pack(">HH", *sig) + args
+    return struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+
+
+_CODES = {"no exchange": 404, "too large": 406}
+
+
 class _FakeConnection:
     """py-amqp's Connection as the publisher uses it, following a script per connection:
-    "refuse" (it does not open), or what arrives while the publisher waits: ("ack" | "nack",
-    tag, multiple), "cut" (the connection is lost), or a channel error ("no exchange": 404,
-    "too large": 406). Its socket is one end of a socket pair, readable while a step is due."""
+    "refuse" (it does not open), or what RabbitMQ sends once it is open, as real frames on one
+    end of a socket pair: ("ack" | "nack", tag, multiple), "cut" (the connection is lost), or
+    a channel error ("no exchange": 404, "too large": 406)."""
 
     scripts: list[Any] = []
     opened: list[_FakeConnection] = []
@@ -95,25 +106,33 @@ class _FakeConnection:
         if self.script == ["refuse"]:
             raise ConnectionRefusedError("refused")
         self.connected = True
-        self._peer.send(b"x" * len(self.script))  # one byte per step to come
+        for step in self.script:
+            if step == "cut":
+                self._peer.shutdown(socket.SHUT_WR)
+                break
+            if step in _CODES:  # (not channel.close's real arguments: a marker for the fake)
+                self._peer.sendall(_frame((20, 40), struct.pack(">H", _CODES[step])))
+                continue
+            kind, tag, multiple = step
+            sig = (60, 80) if kind == "ack" else (60, 120)
+            self._peer.sendall(_frame(sig, struct.pack(">QB", tag, int(multiple))))
 
     def channel(self) -> _FakeChannel:
         return self.ch
 
-    def blocking_read(self, timeout: float | None = None) -> None:
+    def on_inbound_frame(self, frame: tuple[int, int, bytes]) -> None:
         import amqp.exceptions
 
-        self.sock.recv(1)
-        step = self.script.pop(0)
-        if step == "cut":
-            raise ConnectionResetError("cut")
-        if step == "no exchange":  # RabbitMQ closes the channel: 404
-            raise amqp.exceptions.NotFound("NOT_FOUND - no exchange", None, None, 404)
-        if step == "too large":
-            raise amqp.exceptions.PreconditionFailed("PRECONDITION_FAILED", None, None, 406)
-        kind, tag, multiple = step
-        for callback in list(self.ch.events[f"basic_{kind}"]):
-            callback(tag, multiple)
+        _, _, payload = frame
+        sig = struct.unpack_from(">HH", payload)
+        if sig == (20, 40):
+            [code] = struct.unpack_from(">H", payload, 4)
+            error = amqp.exceptions.error_for_code(code, "closed", None, Exception)
+            raise error
+        tag, bits = struct.unpack_from(">QB", payload, 4)
+        assert sig == (60, 120)  # acks are read by the publisher itself
+        for callback in list(self.ch.events["basic_nack"]):
+            callback(tag, bool(bits & 1))
 
     def collect(self) -> None:
         self.connected = False

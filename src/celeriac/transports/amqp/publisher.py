@@ -70,6 +70,13 @@ _UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.
 _LOST = (OSError, amqp.exceptions.AMQPError)
 #: ``basic.publish``'s argument signature (ticket, exchange, routing key, mandatory, immediate)
 _PUBLISH_ARGS = "Bssbb"
+#: frames as read (AMQP 0-9-1 §4.2.3): type, channel, size; then the payload and 0xCE
+_FRAME_HEADER = struct.Struct(">BHI")
+_FRAME_END = 0xCE
+#: a ``basic.ack`` method frame's payload: class 60, method 80, then delivery tag and multiple
+_ACK = struct.pack(">HH", *spec.Basic.Ack)
+_ACK_ARGS = struct.Struct(">QB")
+_RECV = 65536
 
 
 class Unroutable(BrokerError):
@@ -151,12 +158,44 @@ class _Line:
         self.last_use = time.monotonic()
         self.lost_routes = False  # an unconfirmed message came back: declare again
         self.error: BaseException | None = None  # why it was given up
+        self._buf = bytearray()  # bytes read, not yet a whole frame
+        self.on_ack: Callable[[int, bool], None] = lambda tag, multiple: None
 
     def readable(self, timeout: float) -> bool:
         """Bytes to read within ``timeout`` s (TLS may hold decrypted ones the socket hides)."""
         if self.tls and self.sock.pending() > 0:
             return True
         return bool(self._poll.poll(max(0, math.ceil(timeout * 1000))))
+
+    def read(self) -> None:
+        """Read what has arrived (one ``recv``) and dispatch every whole frame in it.
+
+        A ``basic.ack`` on the confirming channel goes straight to :attr:`on_ack`; any other
+        frame to py-amqp's frame handler, in order. Read here rather than with py-amqp's
+        ``read_frame`` (three ``recv`` and its method dispatch per frame): the acks are most of
+        what this connection receives, and several come in one ``recv`` when callers share it.
+        """
+        data = self.sock.recv(_RECV)  # the socket's timeout bounds it (it was readable)
+        if not data:
+            raise ConnectionError("RabbitMQ closed the connection")
+        buf = self._buf
+        buf += data
+        end, pos = len(buf), 0
+        confirming = self.confirming.channel_id
+        while end - pos > 7:
+            kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
+            stop = pos + 7 + size
+            if stop >= end:
+                break  # the rest is on its way
+            if buf[stop] != _FRAME_END:
+                raise amqp.exceptions.UnexpectedFrame(f"bad frame end {buf[stop]:#x}")
+            if kind == 1 and channel == confirming and buf[pos + 7 : pos + 11] == _ACK:
+                tag, bits = _ACK_ARGS.unpack_from(buf, pos + 11)
+                self.on_ack(tag, bool(bits & 1))
+            else:
+                self.conn.on_inbound_frame((kind, channel, bytes(buf[pos + 7 : stop])))
+            pos = stop + 1
+        del buf[:pos]
 
 
 class Publisher:
@@ -370,7 +409,7 @@ class Publisher:
         """Dispatch every frame that has arrived (under the lock); the line dies on an error."""
         try:
             while True:
-                line.conn.blocking_read(None)  # a partial frame: waited for (socket timeout)
+                line.read()
                 if not line.readable(0):
                     return
         except BaseException as exc:
@@ -496,6 +535,7 @@ class Publisher:
             raise
         line = _Line(conn, channel)
         on_ack, on_nack, on_return = self._handlers(line)
+        line.on_ack = on_ack
         channel.events["basic_ack"].add(on_ack)
         channel.events["basic_nack"].add(on_nack)
         channel.events["basic_return"].add(on_return)
