@@ -282,6 +282,7 @@ class Publisher:
         left). ``alone``: hold the lock until then, so nobody else's message is in flight."""
         if alone:
             with self._lock:
+                self._read_alone(None, deadline)  # others' messages first: not to be blamed
                 if self._write(call, items, deadline):
                     self._read_alone(call, deadline)
             return call.error
@@ -369,7 +370,9 @@ class Publisher:
         """Read and dispatch frames until ``call`` is settled; past the deadline with no confirm,
         the line is given up (RabbitMQ silent, or the connection dead without a word)."""
         while not call.settled:
-            assert line is not None  # (a call in flight is on the current line)
+            if line is None:  # (a call in flight is on the current line: not expected)
+                call.error = ConnectionError("the connection was lost")
+                return
             left = deadline - time.monotonic()
             if left <= 0:
                 with self._lock:
@@ -388,11 +391,13 @@ class Publisher:
                     return
                 self._drain(line)
 
-    def _read_alone(self, call: _Call, deadline: float) -> None:
-        """:meth:`_read_for` while holding the lock all along."""
+    def _read_alone(self, call: _Call | None, deadline: float) -> None:
+        """:meth:`_read_for` while holding the lock all along; for no ``call``: until no
+        message is in flight on the line."""
         line = self._line
-        while not call.settled:
-            assert line is not None
+        while line is not None and line is self._line:
+            if call.settled if call is not None else not line.outstanding:
+                return
             left = deadline - time.monotonic()
             if left <= 0:
                 self._kill(line, TimeoutError("no confirm before the publish deadline"))
@@ -543,7 +548,7 @@ class Publisher:
         self.opened += 1
         return line
 
-    def _kill(self, line: _Line | None, exc: BaseException) -> None:
+    def _kill(self, line: _Line | None, exc: BaseException, *, collect: bool = True) -> None:
         """Give ``line`` up (under the lock): each caller with messages in flight on it learns
         which, and why."""
         if line is None or line is not self._line:
@@ -555,7 +560,8 @@ class Publisher:
             call.error, call.left = exc, 0
             call.woken()
         line.outstanding.clear()
-        _collect(line.conn)
+        if collect:
+            _collect(line.conn)
 
     def _abandon(self, call: _Call, line: _Line | None) -> None:
         """Forget ``call``'s messages in flight (it stops waiting for them)."""
@@ -584,16 +590,17 @@ class Publisher:
             return
         with self._lock:
             self._closed = True
-            line, self._line = self._line, None
-        if line is None:
-            return
-        try:
-            line.sock.settimeout(1.0)
-            line.conn.close()
-        except Exception as exc:  # it was going anyway
-            logger.debug("AMQP: closing the publish connection: %r", exc)
-        finally:
-            _collect(line.conn)
+            line = self._line
+            if line is None:
+                return
+            self._kill(line, BrokerError("the AMQP connection was closed"), collect=False)
+            try:
+                line.sock.settimeout(1.0)
+                line.conn.close()
+            except Exception as exc:  # it was going anyway
+                logger.debug("AMQP: closing the publish connection: %r", exc)
+            finally:
+                _collect(line.conn)
 
 
 def _publish(channel: amqp.Channel, item: Outgoing) -> None:
