@@ -98,7 +98,8 @@ class _FakeConnection:
         self.script = list(_FakeConnection.scripts.pop(0))
         self.ch = _FakeChannel()
         self.sock, self._peer = socket.socketpair()
-        self.transport = types.SimpleNamespace(sock=self.sock)
+        self.transport = types.SimpleNamespace(sock=self.sock, write=self._write)
+        self.frame_max = 131072
         self.connected = False
         _FakeConnection.opened.append(self)
 
@@ -119,6 +120,15 @@ class _FakeConnection:
 
     def channel(self) -> _FakeChannel:
         return self.ch
+
+    def _write(self, data: bytes) -> None:  # one message's frames: keep its body
+        body, pos = b"", 0
+        while pos < len(data):
+            kind, _, size = struct.unpack_from(">BHI", data, pos)
+            if kind == 3:
+                body += data[pos + 7 : pos + 7 + size]
+            pos += size + 8
+        self.ch.sent.append(body)
 
     def on_inbound_frame(self, frame: tuple[int, int, bytes]) -> None:
         import amqp.exceptions

@@ -53,6 +53,7 @@ import amqp.exceptions
 from amqp import spec
 
 from celeriac.exceptions import BrokerError
+from celeriac.transports.amqp.frames import Unsupported, publish_frames
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.urls import connect_params, idle_limit
 
@@ -307,7 +308,7 @@ class Publisher:
                 outstanding[line.tag] = (call, item)
                 call.left += 1
                 try:
-                    _publish(channel, item)
+                    _publish(line.conn, channel, item)
                 except _UNENCODABLE as exc:  # nothing of it was written: the line is fine
                     del outstanding[line.tag]
                     line.tag -= 1
@@ -440,7 +441,7 @@ class Publisher:
                         channel = line.plain = line.conn.channel()
                         channel.events["basic_return"].add(self._on_plain_return(line))
                     for item in items:
-                        _publish(channel, item)
+                        _publish(line.conn, channel, item)
                     line.last_use = time.monotonic()
                     return
                 except amqp.exceptions.ChannelError as exc:
@@ -603,10 +604,25 @@ class Publisher:
                 _collect(line.conn)
 
 
-def _publish(channel: amqp.Channel, item: Outgoing) -> None:
-    # ``send_method`` rather than ``basic_publish``: the latter reads the socket first for a
-    # ``connection.blocked`` and changes the socket's timeout twice, once per message; here the
-    # socket is only read by the one waiting for confirms.
+def _publish(conn: amqp.Connection, channel: amqp.Channel, item: Outgoing) -> None:
+    # Not ``basic_publish``: it reads the socket first for a ``connection.blocked`` and changes
+    # the socket's timeout twice, once per message; here the socket is only read by the one
+    # waiting for confirms. Frames encoded by :mod:`.frames`, or py-amqp when it cannot.
+    try:
+        frames = publish_frames(
+            channel.channel_id,
+            conn.frame_max,
+            item.exchange,
+            item.routing_key,
+            item.mandatory,
+            item.body,
+            item.properties,
+        )
+    except Unsupported:
+        pass
+    else:
+        conn.transport.write(frames)
+        return
     channel.send_method(
         spec.Basic.Publish,
         _PUBLISH_ARGS,
