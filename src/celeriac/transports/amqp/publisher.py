@@ -150,8 +150,11 @@ class _Line:
         self.plain: amqp.Channel | None = None
         self.sock = conn.transport.sock
         self.tls = isinstance(self.sock, ssl.SSLSocket)
-        self._poll = select.poll()
+        # Two: a poll object serves one thread at a time ("concurrent poll() invocation"), and
+        # the reader waits outside the lock while a holder of the lock may look too.
+        self._poll, self._reader_poll = select.poll(), select.poll()
         self._poll.register(self.sock, select.POLLIN)
+        self._reader_poll.register(self.sock, select.POLLIN)
         self.tag = 0
         #: confirming channel's delivery tag -> (call, message), in tag order
         self.outstanding: dict[int, tuple[_Call, Outgoing]] = {}
@@ -162,11 +165,13 @@ class _Line:
         self._buf = bytearray()  # bytes read, not yet a whole frame
         self.on_ack: Callable[[int, bool], None] = lambda tag, multiple: None
 
-    def readable(self, timeout: float) -> bool:
-        """Bytes to read within ``timeout`` s (TLS may hold decrypted ones the socket hides)."""
+    def readable(self, timeout: float, *, reader: bool = False) -> bool:
+        """Bytes to read within ``timeout`` s (TLS may hold decrypted ones the socket hides);
+        under the lock, or ``reader``: by the one reader, outside it."""
         if self.tls and self.sock.pending() > 0:
             return True
-        return bool(self._poll.poll(max(0, math.ceil(timeout * 1000))))
+        poll = self._reader_poll if reader else self._poll
+        return bool(poll.poll(max(0, math.ceil(timeout * 1000))))
 
     def read(self) -> None:
         """Read what has arrived (one ``recv``) and dispatch every whole frame in it.
@@ -381,7 +386,7 @@ class Publisher:
                 return
             try:
                 # In slices: another thread may give the line up meanwhile (settling us).
-                if not line.readable(min(left, _SLICE)):
+                if not line.readable(min(left, _SLICE), reader=True):
                     continue
             except (OSError, ValueError) as exc:  # (closed meanwhile)
                 with self._lock:
@@ -585,12 +590,14 @@ class Publisher:
         return len(line.outstanding) if line is not None else 0
 
     def close(self) -> None:
-        """Close the connection politely (a second at most), or drop it."""
+        """Close the connection politely, once the confirms on their way have come (a second
+        at most each); callers still waiting then get a :class:`BrokerError`."""
         if os.getpid() != self._pid:
             self._closed = True
             return
         with self._lock:
             self._closed = True
+            self._read_alone(None, time.monotonic() + 1.0)
             line = self._line
             if line is None:
                 return
