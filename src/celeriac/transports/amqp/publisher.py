@@ -417,12 +417,15 @@ class Publisher:
                 self._drain(line)
 
     def _drain(self, line: _Line) -> None:
-        """Dispatch every frame that has arrived (under the lock); the line dies on an error."""
+        """Dispatch every frame that has arrived (under the lock); the line dies on an error.
+
+        Looked at first even when a poll said so: another holder of the lock may have read
+        those bytes since, and a ``recv`` with nothing to come would hold the lock until the
+        socket's timeout.
+        """
         try:
-            while True:
+            while line.readable(0):
                 line.read()
-                if not line.readable(0):
-                    return
         except BaseException as exc:
             self._kill(line, exc)
             if not isinstance(exc, Exception):
@@ -434,8 +437,8 @@ class Publisher:
             with self._lock:
                 try:
                     line = self._open(deadline)
-                    if line.readable(0):  # a return, a closed channel: before writing more
-                        self._drain(line)
+                    if self._reader is None:  # (else the reader reads them, and wakes in time)
+                        self._drain(line)  # a return, a closed channel: before writing more
                     if line is not self._line:
                         raise line.error or ConnectionError("the connection was lost")
                     if line.lost_routes:
