@@ -11,7 +11,10 @@ confirm with no thread hand-off (one would cost two thread wake-ups: through the
 thread ``delay()`` ran at 1,095/s against 1,535/s on the caller's own connection,
 bench/README.md), and N concurrent callers share one socket and the same confirms. Reading and
 writing take the same lock (a TLS socket must not do both at once), but a reader waits for
-bytes outside it.
+bytes outside it. A message's frames are built by :mod:`.frames` and written with one
+``sendall``; acks are parsed straight from what one ``recv`` brought (:meth:`_Line.read`).
+Sequentially, that made a confirmed publish cheaper in CPU than py-amqp's own
+``basic_publish`` with ``confirm_publish`` (``bench/amqp_publish.py``).
 
 Per call, the guarantee is unchanged: :meth:`Publisher.send` returns once RabbitMQ confirmed
 every message of that call, and raises for that call alone: :class:`Nacked` (RabbitMQ refused
