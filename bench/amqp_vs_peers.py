@@ -8,8 +8,9 @@ a fresh RabbitMQ vhost (``rabbitmqctl add_vhost``, deleted afterwards) and a fre
 ``--redis`` (counter, Redis results; deleted afterwards). Per system and run:
 
 1. **enqueue/s**: N ``delay()`` calls from one fresh client process, no worker running, with each
-   system's default publishing: Celeriac always waits for the publisher confirm; Celery
-   (``confirm_publish``) and Dramatiq (``confirm_delivery``) do not by default. For those two,
+   system's default publishing: Celeriac waits for the publisher confirm (``... nc``: with
+   ``confirm_publish=False``); Celery (``confirm_publish``) and Dramatiq (``confirm_delivery``)
+   do not by default. For those and ``nc``,
    **enqueue/s with confirms** is measured first by another client with confirms on (that queue
    is then purged), so every system also has a rate with confirms;
 2. **drain/s**: workers started after the N tasks are queued (2 worker processes each);
@@ -77,6 +78,14 @@ SYSTEMS = [
         [[*CELERIAC, "-c", "2"]],
         "celery",
         env={"BENCH_RESULTS": "redis"},
+    ),
+    System(
+        "celeriac -c 2 redis nc",  # confirm_publish=False
+        "amqp_celeriac",
+        [[*CELERIAC, "-c", "2"]],
+        "celery",
+        "confirm_publish",
+        env={"BENCH_RESULTS": "redis", "BENCH_CONFIRM_PUBLISH": "0"},
     ),
     System(BASELINE, "amqp_celery", [[*CELERY, "-c", "2"]], "celery", "confirm_publish"),
     System(
@@ -258,7 +267,25 @@ def versions(started_on: str) -> str:
     return ", ".join(found)
 
 
+def print_issue19(medians: dict[str, dict[str, float]]) -> None:
+    """Issue 19's targets against Dramatiq with its CLI defaults (-p 2 -t 8), results in Redis."""
+    dramatiq = medians.get("dramatiq -p2 -t8")
+    if dramatiq is None:
+        return
+    print("\ntargets (issue 19) vs dramatiq -p2 -t8")
+    checks = [
+        ("celeriac -c 2 redis", "drain/s >= 2x", "drain_per_s", 2.0),
+        ("celeriac -c 2 redis nc", "enqueue/s (confirm_publish=False) >= 1x", "enqueue_per_s", 1.0),
+    ]
+    for name, label, key, goal in checks:
+        if name in medians:
+            ratio = medians[name][key] / dramatiq[key]
+            verdict = "met" if ratio >= goal else "MISSED"
+            print(f"  {name:<24} {label:<42} {ratio:5.2f}x  {verdict}")
+
+
 def print_tables(medians: dict[str, dict[str, float]]) -> None:
+    print_issue19(medians)
     names = list(medians)
     row = "{:<30}" + " {:>20}" * len(names)
     print(row.format("metric", *names))

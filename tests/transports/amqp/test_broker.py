@@ -25,6 +25,7 @@ from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
 from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.declarations import delay_queue
+from celeriac.transports.amqp.publisher import Outgoing, Unconfirmed, _Line
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -179,47 +180,147 @@ def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None
         proxy.close()
 
 
-def test_sync_publishers_have_connections_of_their_own(url: str, names: Any) -> None:
+def raw_all(url: str, q: str, limit: int) -> list[str]:
+    """The correlation ids of up to ``limit`` messages taken off ``q`` by a plain client."""
+
+    def take(ch: Any) -> list[str]:
+        out = []
+        while len(out) < limit and (m := ch.basic_get(q, no_ack=True)) is not None:
+            out.append(m.properties["correlation_id"])
+        return out
+
+    return list(amqp_support.raw(url, take))
+
+
+def test_threads_share_one_publish_connection_and_wait_for_confirms_together(
+    url: str, names: Any
+) -> None:
     q = names()
-    broker = create_broker(url, {"publish_connections": 2})
+    broker = create_broker(url)
     assert isinstance(broker, AMQPBroker)
-    pool = broker.link.publishers
+    publisher = broker.link.publisher
+    threads, calls = 8, 40
     try:
-        broker.publish(Publication(msg("main"), Route(q)))
-        assert pool.idle == 1  # lent to this thread for the call, then given back
+        broker.publish(Publication(msg("main"), Route(q)))  # connected, declared
 
-        def publish_from(n: int) -> None:
-            for i in range(20):
-                broker.publish(Publication(msg(f"t{n}-{i}"), Route(q)))
+        def in_flight(task_id: str) -> bool:
+            with publisher._lock:
+                line = publisher._line
+                assert line is not None
+                return any(
+                    item.properties["correlation_id"] == task_id
+                    for _, item in line.outstanding.values()
+                )
 
-        # Four threads, two publishers: the others wait for one to be given back.
-        with ThreadPoolExecutor(4) as pool_of_threads:
-            list(pool_of_threads.map(publish_from, range(4)))
-        assert pool.idle == 2
+        def publish_from(n: int) -> list[str]:
+            late = []
+            for i in range(calls):
+                task_id = f"t{n}-{i}"
+                broker.publish(Publication(msg(task_id), Route(q)))
+                if in_flight(task_id):  # returned before RabbitMQ confirmed it
+                    late.append(task_id)
+                # and, among them, messages sent without waiting for a confirm
+                item = Outgoing(f"u{n}-{i}".encode(), "", q, {"correlation_id": f"u{n}-{i}"})
+                publisher.send([item], time.monotonic() + 10, confirm=False)
+            return late
+
+        with ThreadPoolExecutor(threads) as pool:
+            assert [late for late in pool.map(publish_from, range(threads))] == [[]] * threads
+        # One connection for all: the callers' confirms were read by whichever of them was
+        # reading, and some callers returned on a confirm another one read for them.
+        assert publisher.opened == 1 and publisher.in_flight == 0
+        assert publisher.waits_shared > 0
 
         async def on_a_loop() -> None:
             broker.publish(Publication(msg("loop"), Route(q)))  # blocks the loop, as any publish
 
         asyncio.run(on_a_loop())
-        broker.publish_many(
-            [Publication(msg(f"many{i}"), Route(q)) for i in range(3)]
-        )  # on a publisher
-        assert pool.idle == 2
-        assert broker.depth(q) == 85
+        broker.publish_many([Publication(msg(f"many{i}"), Route(q)) for i in range(3)])
+        total = 1 + 2 * threads * calls + 1 + 3
+        waited = time.monotonic() + 5  # (the unconfirmed ones may still be on their way)
+        while broker.depth(q) < total and time.monotonic() < waited:
+            time.sleep(0.02)
+        got = raw_all(url, q, total + 1)  # one more than sent: none twice
+        expected = ["main", "loop", *(f"many{i}" for i in range(3))]
+        expected += [f"{k}{n}-{i}" for k in "tu" for n in range(threads) for i in range(calls)]
+        assert sorted(got) == sorted(expected)
+        assert publisher.opened == 1
     finally:
         broker.close()
-    assert pool.idle == 0 and broker.link._closed
+    assert publisher._line is None and broker.link._closed
 
 
-def test_publish_connections_zero_is_read_as_one(url: str, names: Any) -> None:
+def test_without_confirms_a_publish_returns_unconfirmed_and_can_be_lost(
+    url: str, names: Any
+) -> None:
+    """``confirm_publish=False``: the call returns once the message is written, so one written
+    into a connection that silently stopped working is lost without an error; the default
+    raises instead of returning (README, RabbitMQ)."""
     q = names()
-    broker = create_broker(url, {"publish_connections": 0})
+
+    def direct_depth() -> int:
+        return int(amqp_support.raw(url, lambda ch: ch.queue_declare(q, passive=True))[1])
+
+    for confirm in (False, True):
+        proxy = amqp_support.Proxy()
+        options = {"confirm_publish": confirm, "publish_timeout": 1}
+        broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port), options)
+        assert isinstance(broker, AMQPBroker)
+        publisher = broker.link.publisher
+        try:
+            broker.publish(Publication(msg("first"), Route(q)))  # connected, declared
+            waited = time.monotonic() + 5  # (unconfirmed, it may still be on its way)
+            while direct_depth() != 1 and time.monotonic() < waited:
+                time.sleep(0.01)
+            line = publisher._line
+            assert line is not None
+            # Without confirms the task went out on a channel of its own, not in confirm mode.
+            assert (line.plain is not None) is (not confirm)
+            proxy.silent = True  # a partition: nothing arrives, nobody is told
+            started = time.monotonic()
+            if confirm:
+                with pytest.raises(Unconfirmed, match="not confirmed in time"):
+                    broker.publish(Publication(msg("second"), Route(q)))
+                assert time.monotonic() - started >= 0.9  # it waited for the confirm
+            else:
+                broker.publish(Publication(msg("second"), Route(q)))  # returns: written
+                assert time.monotonic() - started < 0.5
+                assert publisher.in_flight == 0  # nothing waits for a confirm
+            assert direct_depth() == 1  # "second" never reached the queue
+        finally:
+            proxy.silent = False
+            proxy.cut()
+            broker.close()
+            proxy.close()
+        amqp_support.raw(url, lambda ch: ch.queue_purge(q))
+
+
+def test_without_confirms_requeues_and_dead_letters_are_still_confirmed(
+    url: str, names: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q, dlq = names(), names("dead")
+    broker = create_broker(url, {"confirm_publish": False, "dead_letter_queue": dlq})
     assert isinstance(broker, AMQPBroker)
+    publisher = broker.link.publisher
+    sent: list[tuple[str, bool]] = []
+    send = publisher.send
+
+    def recording(items: Any, deadline: float, *, confirm: bool = True) -> Any:
+        sent.extend((item.properties["correlation_id"], confirm) for item in items)
+        return send(items, deadline, confirm=confirm)
+
+    monkeypatch.setattr(publisher, "send", recording)
     try:
-        broker.publish(Publication(msg("a"), Route(q)))
-        broker.publish_many([Publication(msg("b"), Route(q)), Publication(msg("c"), Route(q))])
-        assert (broker.link.publishers.limit, broker.link.publishers.idle) == (1, 1)
-        assert broker.depth(q) == 3
+        broker.publish(Publication(msg("again"), Route(q)))
+        broker.publish(Publication(msg("dead"), Route(q)))
+        got = {d.message.task_id: d for d in fetch_all(broker, q, 2, timeout=3)}
+        broker.requeue(got["again"])
+        broker.dead_letter(got["dead"], "poison")
+        assert sent == [("again", False), ("dead", False), ("again", True), ("dead", True)]
+        [back] = fetch_all(broker, q, 1, timeout=3)
+        broker.ack([back])
+        assert back.message.task_id == "again"
+        assert [d.message.task_id for d in broker.dead_letters()] == ["dead"]
     finally:
         broker.close()
 
@@ -230,11 +331,13 @@ def test_an_idle_publish_connection_is_replaced_before_use(url: str, names: Any)
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(Publication(msg("a"), Route(q)))
-        [publisher] = broker.link.publishers._idle
-        first = publisher._conn
+        publisher = broker.link.publisher
+        assert publisher._line is not None
+        first = publisher._line.conn
         publisher._idle_limit = 0.0  # as if it had been idle for half the heartbeat interval
         broker.publish(Publication(msg("b"), Route(q)))
-        assert first is not None and not first.connected and publisher._conn is not first
+        assert not first.connected and publisher._line.conn is not first
+        assert publisher.opened == 2
         assert broker.depth(q) == 2
     finally:
         broker.close()
@@ -367,26 +470,26 @@ def test_a_publish_nobody_answers_raises_at_its_deadline(url: str, names: Any) -
 def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
     url: str, names: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import amqp
 
     q = names()
     broker = create_broker(url)
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(Publication(msg("a"), Route(q)))
-        [publisher] = broker.link.publishers._idle
-        first = publisher._conn
+        publisher = broker.link.publisher
+        assert publisher._line is not None
+        first = publisher._line.conn
 
         def interrupted(self: Any, timeout: float | None = None) -> None:
             raise KeyboardInterrupt
 
         with monkeypatch.context() as m:
-            m.setattr(amqp.Connection, "drain_events", interrupted)
+            m.setattr(_Line, "read", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 broker.publish(Publication(msg("b"), Route(q)))  # sent, its confirm never read
-        assert publisher._conn is None and first is not None and not first.connected
+        assert publisher._line is None and not first.connected
         broker.publish(Publication(msg("c"), Route(q)))
-        assert publisher._conn is not None and publisher._tag == 1  # a new channel's first
+        assert publisher._line is not None and publisher._line.tag == 1  # a new channel's first
         got = fetch_all(broker, q, 3, timeout=2)
         # "b" was never confirmed: it may or may not have reached the queue before the drop
         assert {"a", "c"} <= {d.message.task_id for d in got}
@@ -424,8 +527,8 @@ app = Celeriac("fork", broker=url)
 app.send_task("t", queue=q)  # the parent's I/O thread and publish connection are open
 parent_broker = app.broker
 link = parent_broker.link
-[publisher] = parent_broker.link.publishers._idle
-conns = (link._conn, publisher._conn)
+publisher = parent_broker.link.publisher
+conns = (link._conn, publisher._line.conn)
 
 def in_child():
     parent_broker.close()  # the parent's connections: left alone
@@ -436,8 +539,8 @@ child.start()
 child.join(30)
 assert child.exitcode == 0, child.exitcode
 app.send_task("t", queue=q)
-assert (link._conn, publisher._conn) == conns  # no reconnection was needed
-assert link._conn.connected and publisher._conn.connected
+assert (link._conn, publisher._line.conn) == conns  # no reconnection was needed
+assert link._conn.connected and publisher._line.conn.connected
 print(app.broker.depth(q))
 app.close()
 """

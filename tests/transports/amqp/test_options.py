@@ -63,7 +63,7 @@ def test_kombu_only_options_are_accepted_and_defaults_are_what_they_were(
             "classic",
         )
         assert (broker.publish_timeout, broker.dead_letter_queue) == (10.0, "celeriac.dead")
-        assert broker.link.publishers.limit == 10
+        assert broker.confirm_publish is True
         params = broker.link.params
         assert (params["heartbeat"], params["connect_timeout"]) == (60, 10.0)
     finally:
@@ -77,7 +77,8 @@ def test_given_options_reach_the_broker(amqp_vhost: str) -> None:  # noqa: F811
         "queue_type": "quorum",
         "publish_timeout": 5,
         "dead_letter_queue": "dlq",
-        "publish_connections": 0,
+        "publish_connections": 0,  # our old option: accepted, ignored
+        "confirm_publish": False,
         "heartbeat": 20,
     }
     url = amqp_support.url_for(amqp_vhost)
@@ -88,7 +89,7 @@ def test_given_options_reach_the_broker(amqp_vhost: str) -> None:  # noqa: F811
         assert broker.max_priority is None  # quorum queues ignore priorities
         assert (broker.queue_type, broker.publish_timeout) == ("quorum", 5.0)
         assert broker.dead_letter_queue == "dlq"
-        assert broker.link.publishers.limit == 1  # 0 is read as 1
+        assert broker.confirm_publish is False
         assert broker.link.params["heartbeat"] == 20
     finally:
         broker.close()

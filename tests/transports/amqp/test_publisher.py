@@ -5,7 +5,9 @@ itself is tested against RabbitMQ in test_broker.py)."""
 from __future__ import annotations
 
 import math
+import socket
 import ssl
+import struct
 import time
 import types
 from typing import Any
@@ -14,7 +16,13 @@ import pytest
 
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import Outgoing, Publisher, PublisherPool, Unroutable
+from celeriac.transports.amqp.publisher import (
+    Nacked,
+    Outgoing,
+    Publisher,
+    Unconfirmed,
+    Unroutable,
+)
 from celeriac.transports.amqp.urls import connect_params, idle_limit
 
 
@@ -52,46 +60,36 @@ def test_amqps_urls_carry_their_tls_files() -> None:
     assert connect_params("amqps://h/?no_verify_ssl=1")["ssl"] == {"cert_reqs": ssl.CERT_NONE}
 
 
-def test_the_pool_lends_at_most_its_limit_and_a_thread_waits_for_one() -> None:
-    import threading
-
-    pool = PublisherPool("amqp://localhost", None, 2)
-    soon = time.monotonic() + 5
-    a, b = pool.borrow(soon), pool.borrow(soon)
-    assert a is not b
-    started = time.monotonic()
-    with pytest.raises(BrokerError, match="publish_connections"):
-        pool.borrow(time.monotonic() + 0.2)  # both lent, none given back in time
-    assert 0.15 < time.monotonic() - started < 2
-    threading.Timer(0.1, pool.give_back, (a,)).start()
-    assert pool.borrow(time.monotonic() + 5) is a  # waited for it; no connection was opened
-    pool.give_back(a)
-    pool.give_back(b)
-    pool.close()
-    with pytest.raises(BrokerError, match="closed"):
-        pool.borrow(soon)
-    assert pool.idle == 0
-    assert PublisherPool("amqp://localhost", None, 0).limit == 1
-
-
 class _FakeChannel:
+    channel_id = 1
+
     def __init__(self) -> None:
         from collections import defaultdict
 
         self.events: Any = defaultdict(set)
         self.sent: list[bytes] = []
+        self.confirming = False
 
     def confirm_select(self) -> None:
-        pass
+        self.confirming = True
 
-    def basic_publish(self, message: Any, **_: Any) -> None:
-        self.sent.append(message.body)
+    def send_method(self, sig: Any, argsig: str, args: Any, content: Any) -> None:
+        self.sent.append(content.body)
+
+
+def _frame(sig: tuple[int, int], args: bytes) -> bytes:
+    payload = struct.pack(">HH", *sig) + args
+    return struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+
+
+_CODES = {"no exchange": 404, "too large": 406}
 
 
 class _FakeConnection:
     """py-amqp's Connection as the publisher uses it, following a script per connection:
-    "refuse" (it does not open), or what arrives while the publisher waits: ("ack" | "nack",
-    tag, multiple), or "cut" (the connection is lost)."""
+    "refuse" (it does not open), or what RabbitMQ sends once it is open, as real frames on one
+    end of a socket pair: ("ack" | "nack", tag, multiple), "cut" (the connection is lost), or
+    a channel error ("no exchange": 404, "too large": 406)."""
 
     scripts: list[Any] = []
     opened: list[_FakeConnection] = []
@@ -99,31 +97,57 @@ class _FakeConnection:
     def __init__(self, **_: Any) -> None:
         self.script = list(_FakeConnection.scripts.pop(0))
         self.ch = _FakeChannel()
-        sock = types.SimpleNamespace(settimeout=lambda timeout: None)
-        self.transport = types.SimpleNamespace(sock=sock)
+        self.sock, self._peer = socket.socketpair()
+        self.transport = types.SimpleNamespace(sock=self.sock, write=self._write)
+        self.frame_max = 131072
+        self.connected = False
         _FakeConnection.opened.append(self)
 
     def connect(self) -> None:
         if self.script == ["refuse"]:
             raise ConnectionRefusedError("refused")
+        self.connected = True
+        for step in self.script:
+            if step == "cut":
+                self._peer.shutdown(socket.SHUT_WR)
+                break
+            if step in _CODES:  # (not channel.close's real arguments: a marker for the fake)
+                self._peer.sendall(_frame((20, 40), struct.pack(">H", _CODES[step])))
+                continue
+            kind, tag, multiple = step
+            sig = (60, 80) if kind == "ack" else (60, 120)
+            self._peer.sendall(_frame(sig, struct.pack(">QB", tag, int(multiple))))
 
     def channel(self) -> _FakeChannel:
         return self.ch
 
-    def drain_events(self, timeout: float | None = None) -> None:
-        step = self.script.pop(0)
-        if step == "cut":
-            raise ConnectionResetError("cut")
-        if step == "no exchange":  # RabbitMQ closes the channel: 404
-            import amqp.exceptions
+    def _write(self, data: bytes) -> None:  # one message's frames: keep its body
+        body, pos = b"", 0
+        while pos < len(data):
+            kind, _, size = struct.unpack_from(">BHI", data, pos)
+            if kind == 3:
+                body += data[pos + 7 : pos + 7 + size]
+            pos += size + 8
+        self.ch.sent.append(body)
 
-            raise amqp.exceptions.NotFound("NOT_FOUND - no exchange", None, None, 404)
-        kind, tag, multiple = step
-        for callback in list(self.ch.events[f"basic_{kind}"]):
-            callback(tag, multiple)
+    def on_inbound_frame(self, frame: tuple[int, int, bytes]) -> None:
+        import amqp.exceptions
+
+        _, _, payload = frame
+        sig = struct.unpack_from(">HH", payload)
+        if sig == (20, 40):
+            [code] = struct.unpack_from(">H", payload, 4)
+            error = amqp.exceptions.error_for_code(code, "closed", None, Exception)
+            raise error
+        tag, bits = struct.unpack_from(">QB", payload, 4)
+        assert sig == (60, 120)  # acks are read by the publisher itself
+        for callback in list(self.ch.events["basic_nack"]):
+            callback(tag, bool(bits & 1))
 
     def collect(self) -> None:
-        pass
+        self.connected = False
+        self.sock.close()
+        self._peer.close()
 
 
 @pytest.fixture
@@ -141,15 +165,16 @@ def _items(*names: str) -> list[Outgoing]:
 
 def test_a_connection_that_will_not_open_sends_everything_on_the_next(fake_amqp: Any) -> None:
     fake_amqp.scripts = [["refuse"], [("ack", 2, True)]]
-    publisher = Publisher(connect_params("amqp://h/"))
+    publisher = Publisher("amqp://h/")
     assert publisher.send(_items("m0", "m1"), time.monotonic() + 5) == []
     refused, second = fake_amqp.opened
     assert (refused.ch.sent, second.ch.sent) == ([], [b"m0", b"m1"])
+    assert second.ch.confirming
 
 
 def test_a_cut_sends_again_exactly_what_was_not_confirmed(fake_amqp: Any) -> None:
     fake_amqp.scripts = [[("ack", 2, True), "cut"], [("ack", 1, False)]]
-    publisher = Publisher(connect_params("amqp://h/"))
+    publisher = Publisher("amqp://h/")
     publisher.send(_items("m0", "m1", "m2"), time.monotonic() + 5)
     first, second = fake_amqp.opened
     assert (first.ch.sent, second.ch.sent) == ([b"m0", b"m1", b"m2"], [b"m2"])
@@ -157,16 +182,79 @@ def test_a_cut_sends_again_exactly_what_was_not_confirmed(fake_amqp: Any) -> Non
 
 def test_a_nack_before_a_cut_still_raises(fake_amqp: Any) -> None:
     fake_amqp.scripts = [[("nack", 1, False), "cut"], [("ack", 1, False)]]
-    publisher = Publisher(connect_params("amqp://h/"))
-    with pytest.raises(BrokerError, match="refused 1"):
+    publisher = Publisher("amqp://h/")
+    with pytest.raises(Nacked, match="refused 1"):
         publisher.send(_items("m0", "m1"), time.monotonic() + 5)
     assert fake_amqp.opened[1].ch.sent == [b"m1"]  # the unconfirmed one went again
 
 
 def test_a_missing_exchange_leaves_what_was_confirmed_sent(fake_amqp: Any) -> None:
     fake_amqp.scripts = [[("ack", 1, False), "no exchange"]]
-    publisher = Publisher(connect_params("amqp://h/"))
+    publisher = Publisher("amqp://h/")
     items = _items("m0", "m1", "m2")
     with pytest.raises(Unroutable) as caught:
         publisher.send(items, time.monotonic() + 5)
     assert caught.value.items == items[1:]  # m0 was confirmed: not to be sent twice
+
+
+def test_a_channel_error_goes_to_the_caller_whose_message_causes_it_alone(
+    fake_amqp: Any,
+) -> None:
+    # The channel closed with messages of several callers in flight: each sends its own again
+    # alone; the one refused again is the culprit, the others go through.
+    fake_amqp.scripts = [["too large"], [("ack", 1, False)], ["too large"], ["too large"]]
+    assert Publisher("amqp://h/").send(_items("innocent"), time.monotonic() + 5) == []
+    with pytest.raises(BrokerError, match="refused the publish") as caught:
+        Publisher("amqp://h/").send(_items("culprit"), time.monotonic() + 5)
+    assert not isinstance(caught.value, (Nacked, Unconfirmed, Unroutable))
+    assert [c.ch.sent for c in fake_amqp.opened] == [
+        [b"innocent"],
+        [b"innocent"],
+        [b"culprit"],
+        [b"culprit"],
+    ]
+
+
+def test_no_confirm_before_the_deadline_raises_unconfirmed(fake_amqp: Any) -> None:
+    fake_amqp.scripts = [[]]  # RabbitMQ says nothing
+    publisher = Publisher("amqp://h/")
+    started = time.monotonic()
+    with pytest.raises(Unconfirmed, match="1 publish"):
+        publisher.send(_items("m0"), time.monotonic() + 0.3)
+    assert 0.25 < time.monotonic() - started < 2
+    assert not fake_amqp.opened[0].connected  # given up: silent, or dead without a word
+
+
+def test_without_confirms_nothing_is_awaited(fake_amqp: Any) -> None:
+    fake_amqp.scripts = [[]]
+    publisher = Publisher("amqp://h/")
+    assert publisher.send(_items("m0", "m1"), time.monotonic() + 5, confirm=False) == []
+    [conn] = fake_amqp.opened
+    assert conn.ch.sent == [b"m0", b"m1"] and publisher.in_flight == 0
+
+
+def test_confirms_returns_and_a_loss_reach_exactly_the_calls_they_concern(
+    fake_amqp: Any,
+) -> None:
+    from celeriac.transports.amqp.publisher import _Call
+
+    fake_amqp.scripts = [[]]
+    publisher = Publisher("amqp://h/")
+    deadline = time.monotonic() + 5
+    a, b, c = _Call(), _Call(), _Call()
+    a_items, b_items, c_items = _items("a0", "a1"), _items("b0"), _items("c0")
+    for call, items in ((a, a_items), (b, b_items), (c, c_items)):
+        assert publisher._write(call, items, deadline)  # tags 1-2, 3, 4
+    [conn] = fake_amqp.opened
+    [ack], [nack] = conn.ch.events["basic_ack"], conn.ch.events["basic_nack"]
+    [on_return] = conn.ch.events["basic_return"]
+    on_return(None, "", "q", types.SimpleNamespace(properties={"correlation_id": "b0"}))
+    nack(2, False)  # a1
+    assert (a.left, a.nacked, b.left) == (1, 1, 1)
+    ack(3, True)  # a0 and b0 at once
+    assert (a.settled, a.nacked, a.returned) == (True, 1, [])
+    assert (b.settled, b.nacked, b.returned) == (True, 0, b_items)
+    assert (c.left, c.error) == (1, None)
+    publisher._kill(publisher._line, ConnectionResetError("cut"))
+    assert (c.error is not None, c.unconfirmed) == (True, c_items)
+    assert a.error is None and b.error is None and b.unconfirmed == []

@@ -51,7 +51,7 @@ from celeriac.transports.amqp.declarations import (
 )
 from celeriac.transports.amqp.inbox import Inbox
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import Outgoing, Publisher, Unroutable
+from celeriac.transports.amqp.publisher import Outgoing, Unroutable
 from celeriac.transports.amqp.wire import HDR_COUNT, dead_headers, properties
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class AMQPBroker(Broker):
             logger.warning("quorum queues ignore priorities: max_priority is not applied")
             self.max_priority = None
         self.publish_timeout = opts.publish_timeout
+        #: tasks' publishes wait for RabbitMQ's confirm (requeues, dead letters and results
+        #: always do: they stand for a message already taken)
+        self.confirm_publish = opts.confirm_publish
         self.dead_letter_queue = opts.dead_letter_queue
         self.link = link
         self._closed = False
@@ -122,7 +125,7 @@ class AMQPBroker(Broker):
             for target in self.local_targets(route):
                 self.publish(Publication(message, Route(target), priority, eta))
             return
-        self._send(message, route, priority, eta, dict(message.headers))
+        self._send(message, route, priority, eta, dict(message.headers), self.confirm_publish)
 
     def _send(
         self,
@@ -131,6 +134,7 @@ class AMQPBroker(Broker):
         priority: int,
         eta: float | None,
         headers: dict[str, Any],
+        confirm: bool = True,
     ) -> None:
         delay = 0 if eta is None else math.ceil(eta - time.time())
         target = self.topology.physical(route.name)  # a broadcast's: this node's queue
@@ -158,7 +162,7 @@ class AMQPBroker(Broker):
         if batch is not None:
             batch.append(send)  # publish_many sends it with the rest
         else:
-            self._send_all([send])
+            self._send_all([send], confirm)
 
     def publish_many(self, publications: Sequence[Publication]) -> None:
         """Publish all, then wait for all their confirms: one round trip, not one per message.
@@ -177,17 +181,14 @@ class AMQPBroker(Broker):
         finally:
             self._local.batch = None
         if batch:
-            self._send_all(batch)
+            self._send_all(batch, self.confirm_publish)
 
-    def _send_all(self, sends: list[_Send]) -> None:
-        """Publish on a connection lent to this thread, a batch at once."""
+    def _send_all(self, sends: list[_Send], confirm: bool = True) -> None:
+        """Publish on the process's publishing connection, a batch at once: declare what was
+        not confirmed yet, send, and declare again and send again once what came back (a queue
+        or exchange deleted under us)."""
         deadline = time.monotonic() + self.publish_timeout
-        with self.link.publishers.lent(deadline) as publisher:
-            self._publish(publisher, sends, deadline)
-
-    def _publish(self, publisher: Publisher, sends: list[_Send], deadline: float) -> None:
-        """Declare what was not confirmed yet, send, and declare again and send again once
-        what came back (a queue or exchange deleted under us)."""
+        publisher = self.link.publisher
         declarations = self.declarations
         for attempt in (1, 2):
             declares = {
@@ -196,7 +197,7 @@ class AMQPBroker(Broker):
             if declares:
                 self._declare_all(list(declares.values()), deadline)
             try:
-                returned = publisher.send([s.item for s in sends], deadline)
+                returned = publisher.send([s.item for s in sends], deadline, confirm=confirm)
             except Unroutable as exc:  # an exchange deleted under us
                 returned = exc.items
                 if attempt == 2:

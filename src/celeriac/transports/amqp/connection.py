@@ -27,8 +27,8 @@ that delivered it, so a tag from an older epoch is stale (RabbitMQ requeued the 
 that channel died) and must be dropped rather than acknowledged on a newer channel. A channel
 RabbitMQ closes stays closed (see :class:`_Channel`), so its epoch ends with it.
 
-Publishing with confirms is not done here: a sync caller publishes on a connection of its own
-from a small pool (:mod:`.publisher`), which the link owns.
+Publishing is not done here: sync callers publish on a connection of their own, shared by the
+process's threads (:mod:`.publisher`), which the link owns.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from amqp import spec
 
 from celeriac.exceptions import BrokerError
 from celeriac.transports.amqp.options import AMQPOptions
-from celeriac.transports.amqp.publisher import PublisherPool
+from celeriac.transports.amqp.publisher import Publisher
 from celeriac.transports.amqp.urls import connect_params
 from celeriac.urls import redact
 
@@ -137,7 +137,7 @@ def _readiness(sock: Any) -> Callable[[], bool]:
 
 class Link:
     """One AMQP connection owned by its I/O thread, reopened with backoff when lost, and the
-    pool of connections sync callers publish on (:attr:`publishers`)."""
+    connection sync callers publish on (:attr:`publisher`)."""
 
     def __init__(self, url: str, options: AMQPOptions | None = None) -> None:
         self.url = url
@@ -145,11 +145,7 @@ class Link:
         #: py-amqp's ``Connection`` arguments (heartbeat and timeouts from the URL or options)
         self.params = connect_params(url, self.options)
         self.pid = os.getpid()
-        if self.options.publish_connections < 1:
-            logger.warning(
-                "AMQP: publish_connections=%d is read as 1", self.options.publish_connections
-            )
-        self.publishers = PublisherPool(url, self.options, self.options.publish_connections)
+        self.publisher = Publisher(url, self.options)
         self._jobs: deque[_Job] = deque()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -446,7 +442,7 @@ class Link:
             self._closed = True
             return
         self._closed = True
-        self.publishers.close()
+        self.publisher.close()
         thread = self._thread
         if thread is None:
             return

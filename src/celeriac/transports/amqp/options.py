@@ -36,21 +36,22 @@ class AMQPOptions:
     connect_timeout: float = 10.0
     #: the queue bound to the ``celeriac.dead`` exchange that dead letters are read from
     dead_letter_queue: str = "celeriac.dead"
-    #: how many threads of a process at a time publish, each on a connection of its own (see
-    #: ``publisher.py``); a thread that finds them all in use waits for one. At least 1 (0,
-    #: which once sent publishes through the consuming connection's thread, is read as 1)
-    publish_connections: int = 10
+    #: Celery's name: False publishes tasks without waiting for RabbitMQ's confirm (faster; a
+    #: task written just before RabbitMQ or the connection fails is lost). Requeues, dead
+    #: letters and ``rpc://`` results are confirmed either way
+    confirm_publish: bool = True
     #: dead letters kept at most, the oldest dropped first (None or 0: no cap)
     dead_letter_max_count: int | None = dead_letters.MAX_COUNT
     #: s a dead letter is kept (None or 0: no limit)
     dead_letter_max_age: float | None = dead_letters.MAX_AGE
 
-    #: kombu's names for its py-amqp transport that mean nothing here: ``confirm_publish``
-    #: (every publish is confirmed), connection arguments of py-amqp that we do not pass on
-    #: (our connections set their own), and the retry policy of kombu's ``Connection`` (a lost
-    #: connection is reopened with our own backoff).
+    #: kombu's names for its py-amqp transport that mean nothing here: connection arguments of
+    #: py-amqp that we do not pass on (our connections set their own), and the retry policy of
+    #: kombu's ``Connection`` (a lost connection is reopened with our own backoff); also our
+    #: own ``publish_connections``, from when each publishing thread had a connection (one,
+    #: shared, serves them all now).
     KOMBU_ONLY: ClassVar[frozenset[str]] = KOMBU_RETRY | {
-        "confirm_publish",
+        "publish_connections",
         "client_properties",
         "read_timeout",
         "write_timeout",

@@ -1,45 +1,62 @@
-"""Confirmed publishing for sync callers, on py-amqp.
+"""Confirmed publishing for sync callers, on py-amqp: one connection per process and server,
+shared by every thread, whose confirms are awaited together.
 
-A thread that calls ``delay()`` waits for RabbitMQ's confirm, and whatever else the call costs is
-CPU on that thread. py-amqp publishes and reads the confirm synchronously for ~140 us
-(``bench/amqp_publish.py``), and handing each publish to another thread and back would add two
-thread wake-ups (through the link's I/O thread, ``delay()`` ran at 1,095/s against 1,535/s on a
-connection of the caller's own: bench/README.md). So a caller publishes on a connection lent to
-it from a small pool, one thread at a time on each, like a database connection: one message, or
-a batch (``publish_many``, ``rpc://`` results, dead letters) sent whole before its confirms are
-awaited together. A thread that finds every connection lent waits for one (up to
-``publish_connections``, 10 by default, per process and server). Consuming, declaring and
-acknowledging happen on the link of :mod:`.connection`, which owns the pool.
+A thread that calls ``delay()`` writes its message itself (under a lock, which also numbers it:
+a channel in confirm mode tags its messages 1, 2, 3...) and then waits for the confirm of that
+tag. Waiting is shared, leader and followers: one waiting thread at a time reads the socket and
+hands every confirm to the caller whose tag it names (an ack with ``multiple`` releases all
+callers up to its tag at once); the others sleep until their confirm arrives or the reader's
+own call is done, when one of them takes over the reading. A lone caller thus reads its own
+confirm with no thread hand-off (one would cost two thread wake-ups: through the link's I/O
+thread ``delay()`` ran at 1,095/s against 1,535/s on the caller's own connection,
+bench/README.md), and N concurrent callers share one socket and the same confirms. Reading and
+writing take the same lock (a TLS socket must not do both at once), but a reader waits for
+bytes outside it. A message's frames are built by :mod:`.frames` and written with one
+``sendall``; acks are parsed straight from what one ``recv`` brought (:meth:`_Line.read`).
+Sequentially, that made a confirmed publish cheaper in CPU than py-amqp's own
+``basic_publish`` with ``confirm_publish`` (``bench/amqp_publish.py``).
 
-A publish either is confirmed or raises :class:`~celeriac.exceptions.BrokerError`: a lost
-connection is reopened and the message sent again until ``publish_timeout`` runs out (at least
-once: a confirm lost with its connection means the message may be there twice). The wait for the
-confirm is ours, not py-amqp's: py-amqp waits anew after every frame that is not the confirm (a
-heartbeat, ``connection.blocked``), so a server that stays up but never confirms would hold the
-caller forever; ours ends at the deadline, and it matches confirms to messages by their
-delivery tags. These connections ask for no heartbeats, since nothing would answer them between
-calls; one left idle for half the heartbeat interval is replaced before use instead (a firewall
-may have dropped it silently), and every socket operation has a time limit.
+Per call, the guarantee is unchanged: :meth:`Publisher.send` returns once RabbitMQ confirmed
+every message of that call, and raises for that call alone: :class:`Nacked` (RabbitMQ refused
+one), :class:`Unroutable` (an exchange or queue is gone: declare again), :class:`Unconfirmed`
+(no confirm before ``publish_timeout``). A lost connection is reopened and what it left
+unconfirmed is sent again, per caller, until that caller's deadline (at least once: a confirm
+lost with its connection means the message may be there twice). A channel error other than a
+missing exchange does not say whose message caused it: each caller that had messages in flight
+sends them again *alone* (holding the lock until confirmed), so the one that causes it again is
+the one that gets the error, and the others go through.
+
+Without confirms (``confirm_publish=False``) a message goes out on a second channel, not in
+confirm mode, and the call returns once it is written: what RabbitMQ sends back (a returned
+message, a closed channel) is read before the next write, logged, and makes the next publish
+declare its queues again; a message written just before RabbitMQ or the connection failed is
+lost. The wait for a confirm is ours, not py-amqp's (which waits anew after every frame that is
+not the confirm, so a server that never confirms would hold the caller forever): ours ends at
+the deadline. These connections ask for no heartbeats, since nothing answers them between
+calls; one left idle for half the heartbeat interval is replaced before use (a firewall may
+have dropped it silently), and every socket operation has a time limit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
+import select
+import ssl
 import struct
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import amqp
 import amqp.exceptions
+from amqp import spec
 
 from celeriac.exceptions import BrokerError
+from celeriac.transports.amqp.frames import Unsupported, publish_frames
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.urls import connect_params, idle_limit
 
@@ -49,8 +66,21 @@ logger = logging.getLogger("celeriac.amqp")
 #: an exchange that is not there (both deleted behind our back)
 _REDECLARE = (312, 404)
 _PAUSE_FIRST, _PAUSE_MAX = 0.05, 1.0
-#: what py-amqp raises for a message it cannot encode (before it writes anything)
+#: s a reader waits for bytes before it looks whether its call was settled by another thread
+_SLICE = 0.05
+#: what py-amqp raises for a message it cannot encode (before it writes any of it)
 _UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.error)
+#: what tells a connection is gone (or must be given up)
+_LOST = (OSError, amqp.exceptions.AMQPError)
+#: ``basic.publish``'s argument signature (ticket, exchange, routing key, mandatory, immediate)
+_PUBLISH_ARGS = "Bssbb"
+#: frames as read (AMQP 0-9-1 §4.2.3): type, channel, size; then the payload and 0xCE
+_FRAME_HEADER = struct.Struct(">BHI")
+_FRAME_END = 0xCE
+#: a ``basic.ack`` method frame's payload: class 60, method 80, then delivery tag and multiple
+_ACK = struct.pack(">HH", *spec.Basic.Ack)
+_ACK_ARGS = struct.Struct(">QB")
+_RECV = 65536
 
 
 class Unroutable(BrokerError):
@@ -60,6 +90,15 @@ class Unroutable(BrokerError):
     def __init__(self, message: str, items: Sequence[Outgoing] = ()) -> None:
         super().__init__(message)
         self.items = list(items)
+
+
+class Nacked(BrokerError):
+    """RabbitMQ refused (nacked) a message of this call: it did not take it."""
+
+
+class Unconfirmed(BrokerError):
+    """No confirm came for a message of this call before its deadline (the connection kept
+    failing, or RabbitMQ stayed silent): it may or may not have been taken."""
 
 
 @dataclass(frozen=True)
@@ -80,190 +119,536 @@ class Outgoing:
         return self.exchange, self.routing_key, self.properties.get("correlation_id")
 
 
+class _Call:
+    """One caller's messages in flight and what became of them (changed under the lock)."""
+
+    __slots__ = ("error", "left", "nacked", "returned", "unconfirmed", "wake")
+
+    def __init__(self) -> None:
+        self.left = 0  # messages not confirmed yet on the current line
+        self.nacked = 0
+        self.returned: list[Outgoing] = []
+        #: why the line these messages were on is gone, and what it left unconfirmed
+        self.error: BaseException | None = None
+        self.unconfirmed: list[Outgoing] = []
+        #: set when the call is settled, or when it is to take over reading; made only for a
+        #: caller that sleeps (a lone caller reads its own confirm)
+        self.wake: threading.Event | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.left == 0 or self.error is not None
+
+    def woken(self) -> None:
+        if self.wake is not None:
+            self.wake.set()
+
+
+class _Line:
+    """One open connection: a channel in confirm mode, and one without for unconfirmed sends."""
+
+    def __init__(self, conn: amqp.Connection, confirming: amqp.Channel) -> None:
+        self.conn = conn
+        self.confirming = confirming
+        self.plain: amqp.Channel | None = None
+        self.sock = conn.transport.sock
+        self.tls = isinstance(self.sock, ssl.SSLSocket)
+        # Two: a poll object serves one thread at a time ("concurrent poll() invocation"), and
+        # the reader waits outside the lock while a holder of the lock may look too.
+        self._poll, self._reader_poll = select.poll(), select.poll()
+        self._poll.register(self.sock, select.POLLIN)
+        self._reader_poll.register(self.sock, select.POLLIN)
+        self.tag = 0
+        #: confirming channel's delivery tag -> (call, message), in tag order
+        self.outstanding: dict[int, tuple[_Call, Outgoing]] = {}
+        self.returned_tags: set[int] = set()
+        self.last_use = time.monotonic()
+        self.lost_routes = False  # an unconfirmed message came back: declare again
+        self.error: BaseException | None = None  # why it was given up
+        self._buf = bytearray()  # bytes read, not yet a whole frame
+        self.on_ack: Callable[[int, bool], None] = lambda tag, multiple: None
+
+    def readable(self, timeout: float, *, reader: bool = False) -> bool:
+        """Bytes to read within ``timeout`` s (TLS may hold decrypted ones the socket hides);
+        under the lock, or ``reader``: by the one reader, outside it."""
+        if self.tls and self.sock.pending() > 0:
+            return True
+        poll = self._reader_poll if reader else self._poll
+        return bool(poll.poll(max(0, math.ceil(timeout * 1000))))
+
+    def read(self) -> None:
+        """Read what has arrived (one ``recv``) and dispatch every whole frame in it.
+
+        A ``basic.ack`` on the confirming channel goes straight to :attr:`on_ack`; any other
+        frame to py-amqp's frame handler, in order. Read here rather than with py-amqp's
+        ``read_frame`` (three ``recv`` and its method dispatch per frame): the acks are most of
+        what this connection receives, and several come in one ``recv`` when callers share it.
+        """
+        data = self.sock.recv(_RECV)  # the socket's timeout bounds it (it was readable)
+        if not data:
+            raise ConnectionError("RabbitMQ closed the connection")
+        buf = self._buf
+        buf += data
+        end, pos = len(buf), 0
+        confirming = self.confirming.channel_id
+        while end - pos > 7:
+            kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
+            stop = pos + 7 + size
+            if stop >= end:
+                break  # the rest is on its way
+            if buf[stop] != _FRAME_END:
+                raise amqp.exceptions.UnexpectedFrame(f"bad frame end {buf[stop]:#x}")
+            if kind == 1 and channel == confirming and buf[pos + 7 : pos + 11] == _ACK:
+                tag, bits = _ACK_ARGS.unpack_from(buf, pos + 11)
+                self.on_ack(tag, bool(bits & 1))
+            else:
+                self.conn.on_inbound_frame((kind, channel, bytes(buf[pos + 7 : stop])))
+            pos = stop + 1
+        del buf[:pos]
+
+
 class Publisher:
-    """One py-amqp connection with a confirming channel, used by one thread at a time."""
+    """The process's publishing connection to one server, shared by its threads (see the
+    module docstring)."""
 
-    def __init__(self, params: Mapping[str, Any], idle: float = math.inf) -> None:
-        self._params = dict(params)
-        self._idle_limit = idle
-        self._conn: amqp.Connection | None = None
-        self._channel: amqp.Channel | None = None
-        self._last_use = 0.0
-        # confirm bookkeeping for the channel (events from py-amqp's frame dispatch): the last
-        # delivery tag, the items not confirmed yet, nacks and returns
-        self._tag = 0
-        self._outstanding: dict[int, Outgoing] = {}
-        self._nacked = 0
-        self._returns: list[tuple[str, str, Any]] = []
+    def __init__(self, url: str, options: AMQPOptions | None = None) -> None:
+        self._params = connect_params(url, options, heartbeat=False)
+        self._idle_limit = idle_limit(url, options)
+        self._pid = os.getpid()
+        self._lock = threading.RLock()  # the socket (both ways) and every state below
+        self._line: _Line | None = None
+        self._reader: _Call | None = None
+        self._followers: dict[_Call, None] = {}  # waiting callers, oldest first
+        self._closed = False
+        #: connections opened so far (tests and benches read it)
+        self.opened = 0
+        #: calls settled by a confirm another caller read for them
+        self.waits_shared = 0
 
-    def send(self, items: Sequence[Outgoing], deadline: float) -> list[Outgoing]:
-        """Publish every item, then wait for all their confirms; what a lost connection left
-        unconfirmed is sent again on a new one until ``deadline`` (a :func:`time.monotonic`
-        time).
+    # -- sending -------------------------------------------------------------------------------
+    def send(
+        self,
+        items: Sequence[Outgoing],
+        deadline: float,
+        *,
+        confirm: bool = True,
+    ) -> list[Outgoing]:
+        """Publish every item and, with ``confirm``, return once all are confirmed (until
+        ``deadline``, a :func:`time.monotonic` time); what a lost connection left unconfirmed
+        goes again on a new one.
 
         Returns the mandatory items RabbitMQ returned (no queue took them). Raises
-        :class:`Unroutable` when an exchange is missing, :class:`BrokerError` when RabbitMQ
-        refused a message or the deadline passed.
+        :class:`Unroutable` when an exchange is missing, :class:`Nacked`, :class:`Unconfirmed`,
+        or :class:`BrokerError` when RabbitMQ refused a message otherwise. Without ``confirm``
+        nothing is awaited; :class:`Unroutable` (with every item, none sent) then says that an
+        earlier unconfirmed message came back or its exchange was missing: declare again.
         """
+        if os.getpid() != self._pid:  # forked: before the lock, which a parent thread may hold
+            self._after_fork()
+        if not confirm:
+            self._send_unconfirmed(items, deadline)
+            return []
+        call = _Call()
         pending = list(items)
-        returned: list[Outgoing] = []
-        refused = 0  # nacked, on this connection or one lost since
+        alone = False
         pause = _PAUSE_FIRST
         while True:
-            try:
-                returned += self._send_once(pending, deadline)
-                refused += self._nacked
+            error = self._confirmed(call, pending, deadline, alone)
+            if error is None:
                 break
-            except amqp.exceptions.ChannelError as exc:
-                self._drop()
-                if exc.reply_code in _REDECLARE:
-                    # What was confirmed before the channel closed stays sent.
-                    unconfirmed = {id(item) for item in self._outstanding.values()}
-                    settled = [i for i in pending if id(i) not in unconfirmed]
-                    again = returned + self._settled_returns(settled)
-                    again += [i for i in pending if id(i) in unconfirmed]
-                    raise Unroutable(f"RabbitMQ could not route a message: {exc}", again) from exc
-                # The same publish would fail the same way (access, size): no use sending again.
-                raise BrokerError(f"RabbitMQ refused the publish: {exc}") from exc
-            except _UNENCODABLE as exc:  # a header AMQP cannot carry, a routing key too long
-                self._drop()
-                raise BrokerError(f"cannot publish: {exc}") from exc
-            except (OSError, amqp.exceptions.AMQPError) as exc:
-                # Confirmed (or refused) before the loss: settled. The rest, written or not
-                # (or never reached, when the connection would not open), goes again.
-                unconfirmed = {id(item) for item in self._outstanding.values()}
-                returned += self._settled_returns([i for i in pending if id(i) not in unconfirmed])
-                refused += self._nacked
-                pending = [i for i in pending if id(i) in unconfirmed]
-                self._drop()
-                error: Exception = exc
-            except BaseException:
-                # Interrupted (KeyboardInterrupt...) with confirms perhaps still on their way:
-                # the connection must not serve another publish.
-                self._drop()
-                raise
+            pending, call.unconfirmed, call.error, call.left = call.unconfirmed, [], None, 0
+            if call.wake is not None:
+                call.wake.clear()
+            if isinstance(error, amqp.exceptions.ChannelError):
+                if error.reply_code in _REDECLARE:
+                    raise Unroutable(
+                        f"RabbitMQ could not route a message: {error}", call.returned + pending
+                    ) from error
+                if alone:  # it was ours: the same publish would fail the same way (size...)
+                    raise BrokerError(f"RabbitMQ refused the publish: {error}") from error
+                alone = True  # perhaps another caller's: try again with nobody else's
+                continue
+            if isinstance(error, _UNENCODABLE):  # a header AMQP cannot carry, a key too long
+                raise BrokerError(f"cannot publish: {error}") from error
+            if not isinstance(error, _LOST):
+                raise error
             if time.monotonic() + pause >= deadline:
-                raise BrokerError(
+                raise Unconfirmed(
                     f"{len(pending)} publish(es) not confirmed in time: {error!r}"
                 ) from error
             logger.debug("AMQP: publish failed (%r), %d again soon", error, len(pending))
             time.sleep(pause)
             pause = min(pause * 2, _PAUSE_MAX)
-        if refused:
-            raise BrokerError(f"RabbitMQ refused {refused} message(s) (nack)")
-        return returned
+        if call.nacked:
+            raise Nacked(f"RabbitMQ refused {call.nacked} message(s) (nack)")
+        return call.returned
 
-    def _send_once(self, items: Sequence[Outgoing], deadline: float) -> list[Outgoing]:
-        # Every item is outstanding until confirmed: from before the connection opens (if it
-        # does not, all go again), then by the tags the channel will give them (1, 2, 3...).
-        self._outstanding = {-n: item for n, item in enumerate(items, 1)}
-        self._nacked, self._returns = 0, []
-        channel = self._open(deadline)
-        conn = self._conn
-        assert conn is not None
-        first = self._tag + 1
-        self._outstanding = {first + n: item for n, item in enumerate(items)}
-        self._tag += len(items)
-        for item in items:
-            channel.basic_publish(
-                amqp.Message(item.body, **item.properties),
-                exchange=item.exchange,
-                routing_key=item.routing_key,
-                mandatory=item.mandatory,
-                timeout=_left(deadline),
-            )
-        while self._outstanding:
-            conn.drain_events(timeout=_left(deadline))  # TimeoutError once it has passed
-        self._last_use = time.monotonic()
-        return self._settled_returns(items)
+    def _confirmed(
+        self, call: _Call, items: list[Outgoing], deadline: float, alone: bool
+    ) -> BaseException | None:
+        """Write ``items`` and wait for their confirms: None once all are settled (acked,
+        nacked or returned), else what ended their line (``call.unconfirmed`` says what it
+        left). ``alone``: hold the lock until then, so nobody else's message is in flight."""
+        if alone:
+            with self._lock:
+                self._read_alone(None, deadline)  # others' messages first: not to be blamed
+                if self._write(call, items, deadline):
+                    self._read_alone(call, deadline)
+            return call.error
+        if self._write(call, items, deadline):
+            self._await(call, deadline)
+        return call.error
 
-    def _settled_returns(self, settled: Sequence[Outgoing]) -> list[Outgoing]:
-        """Those of ``settled`` (confirmed) that RabbitMQ returned first.
-
-        A return names the exchange, routing key and properties, not the delivery tag: the
-        correlation id (the task id) tells the messages of one batch apart.
-        """
-        keys = Counter(self._returns)
-        self._returns = []
-        if not keys:
-            return []
-        out = []
-        for item in settled:
-            key = item._returned_as()
-            if keys[key] > 0:
-                keys[key] -= 1
-                out.append(item)
-        return out
-
-    def _on_ack(self, tag: int, multiple: bool) -> None:
-        self._settle(tag, multiple)
-
-    def _on_nack(self, tag: int, multiple: bool) -> None:
-        self._nacked += self._settle(tag, multiple)
-
-    def _settle(self, tag: int, multiple: bool) -> int:
-        if not multiple:
-            return 1 if self._outstanding.pop(tag, None) is not None else 0
-        done = [t for t in self._outstanding if t <= tag]
-        for t in done:
-            del self._outstanding[t]
-        return len(done)
-
-    def _on_return(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
-        props = getattr(message, "properties", None) or {}
-        self._returns.append((exchange, routing_key, props.get("correlation_id")))
-
-    def _open(self, deadline: float) -> amqp.Channel:
-        if self._channel is not None and time.monotonic() - self._last_use > self._idle_limit:
-            self._drop()
-        if self._channel is None:
-            timeout = min(float(self._params["connect_timeout"]), _left(deadline))
-            conn = amqp.Connection(
-                **{**self._params, "connect_timeout": timeout},
-                client_properties={"connection_name": f"celeriac pid {os.getpid()} publish"},
-            )
+    def _write(self, call: _Call, items: Sequence[Outgoing], deadline: float) -> bool:
+        """Publish on the confirming channel, each message tagged for ``call``; False (with
+        ``call.error`` set) when that failed."""
+        with self._lock:
             try:
-                conn.connect()
-                # Every read and write without a timeout of its own (opening the channel, a
-                # polite close) gives up after this long instead of blocking.
-                conn.transport.sock.settimeout(timeout)
-                channel = conn.channel()
-                channel.confirm_select()
-                channel.events["basic_ack"].add(self._on_ack)
-                channel.events["basic_nack"].add(self._on_nack)
-                channel.events["basic_return"].add(self._on_return)
-            except BaseException:
-                conn.collect()
+                line = self._open(deadline)
+            except BaseException as exc:
+                call.error, call.unconfirmed = exc, list(items)
+                if isinstance(exc, Exception):
+                    return False
                 raise
-            self._conn, self._channel, self._tag = conn, channel, 0
-            self._last_use = time.monotonic()
-        return self._channel
+            channel, outstanding = line.confirming, line.outstanding
+            for n, item in enumerate(items):
+                line.tag += 1
+                outstanding[line.tag] = (call, item)
+                call.left += 1
+                try:
+                    _publish(line.conn, channel, item)
+                except _UNENCODABLE as exc:  # nothing of it was written: the line is fine
+                    del outstanding[line.tag]
+                    line.tag -= 1
+                    call.left -= 1
+                    self._abandon(call, line)
+                    call.error = exc
+                    return False
+                except BaseException as exc:
+                    self._kill(line, exc)
+                    call.unconfirmed += items[n + 1 :]
+                    if isinstance(exc, Exception):
+                        return False
+                    raise
+            line.last_use = time.monotonic()
+            return True
+
+    def _await(self, call: _Call, deadline: float) -> None:
+        """Wait until ``call`` is settled: as the reader, or asleep until it is woken."""
+        while True:
+            with self._lock:
+                if call.settled:
+                    return
+                line = self._line
+                reading = self._reader is None
+                if reading:
+                    self._reader = call
+                else:
+                    if call.wake is None:
+                        call.wake = threading.Event()
+                    self._followers[call] = None
+            if reading:
+                try:
+                    self._read_for(call, line, deadline)
+                finally:
+                    self._hand_over_reading()
+                continue
+            left = deadline - time.monotonic()
+            assert call.wake is not None
+            woken = left > 0 and call.wake.wait(left)
+            with self._lock:
+                self._followers.pop(call, None)
+                call.wake.clear()
+                if call.settled:
+                    self.waits_shared += 1
+                    return
+                if not woken:  # in flight still; the others' line stays
+                    self._abandon(call, self._line)
+                    call.error = TimeoutError("no confirm before the publish deadline")
+                    return
+
+    def _hand_over_reading(self) -> None:
+        with self._lock:
+            self._reader = None
+            for follower in self._followers:
+                if not follower.settled:
+                    follower.woken()  # it takes over reading
+                    break
+
+    def _read_for(self, call: _Call, line: _Line | None, deadline: float) -> None:
+        """Read and dispatch frames until ``call`` is settled; past the deadline with no confirm,
+        the line is given up (RabbitMQ silent, or the connection dead without a word)."""
+        while not call.settled:
+            if line is None:  # (a call in flight is on the current line: not expected)
+                call.error = ConnectionError("the connection was lost")
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                with self._lock:
+                    self._kill(line, TimeoutError("no confirm before the publish deadline"))
+                return
+            try:
+                # In slices: another thread may give the line up meanwhile (settling us).
+                if not line.readable(min(left, _SLICE), reader=True):
+                    continue
+            except (OSError, ValueError) as exc:  # (closed meanwhile)
+                with self._lock:
+                    self._kill(line, exc)
+                return
+            with self._lock:
+                if line is not self._line:
+                    return
+                self._drain(line)
+
+    def _read_alone(self, call: _Call | None, deadline: float) -> None:
+        """:meth:`_read_for` while holding the lock all along; for no ``call``: until no
+        message is in flight on the line."""
+        line = self._line
+        while line is not None and line is self._line:
+            if call.settled if call is not None else not line.outstanding:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._kill(line, TimeoutError("no confirm before the publish deadline"))
+                return
+            try:
+                readable = line.readable(left)
+            except (OSError, ValueError) as exc:
+                self._kill(line, exc)
+                return
+            if readable:
+                self._drain(line)
+
+    def _drain(self, line: _Line) -> None:
+        """Dispatch every frame that has arrived (under the lock); the line dies on an error.
+
+        Looked at first even when a poll said so: another holder of the lock may have read
+        those bytes since, and a ``recv`` with nothing to come would hold the lock until the
+        socket's timeout.
+        """
+        try:
+            while line.readable(0):
+                line.read()
+        except BaseException as exc:
+            self._kill(line, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _send_unconfirmed(self, items: Sequence[Outgoing], deadline: float) -> None:
+        pause = _PAUSE_FIRST
+        while True:
+            with self._lock:
+                try:
+                    line = self._open(deadline)
+                    if self._reader is None:  # (else the reader reads them, and wakes in time)
+                        self._drain(line)  # a return, a closed channel: before writing more
+                    if line is not self._line:
+                        raise line.error or ConnectionError("the connection was lost")
+                    if line.lost_routes:
+                        line.lost_routes = False
+                        raise Unroutable("an unconfirmed message came back", items)
+                    channel = line.plain
+                    if channel is None:
+                        channel = line.plain = line.conn.channel()
+                        channel.events["basic_return"].add(self._on_plain_return(line))
+                    for item in items:
+                        _publish(line.conn, channel, item)
+                    line.last_use = time.monotonic()
+                    return
+                except amqp.exceptions.ChannelError as exc:
+                    if exc.reply_code in _REDECLARE:
+                        raise Unroutable(
+                            f"RabbitMQ could not route a message: {exc}", items
+                        ) from exc
+                    raise BrokerError(f"RabbitMQ refused a publish: {exc}") from exc
+                except _UNENCODABLE as exc:
+                    raise BrokerError(f"cannot publish: {exc}") from exc
+                except _LOST as exc:
+                    if self._line is not None:
+                        self._kill(self._line, exc)
+                    error: Exception = exc
+            if time.monotonic() + pause >= deadline:
+                raise BrokerError(f"{len(items)} publish(es) not sent in time: {error!r}")
+            time.sleep(pause)
+            pause = min(pause * 2, _PAUSE_MAX)
+
+    # -- confirms (py-amqp's frame dispatch, on the reading thread, under the lock) -----------
+    def _handlers(self, line: _Line) -> tuple[Callable[..., None], ...]:
+        outstanding = line.outstanding
+
+        def settle(tag: int, multiple: bool, nack: bool) -> None:
+            if multiple:
+                tags = []
+                for t in outstanding:  # in tag order
+                    if t > tag:
+                        break
+                    tags.append(t)
+            else:
+                tags = [tag] if tag in outstanding else []
+            for t in tags:
+                call, _ = outstanding.pop(t)
+                if nack:
+                    call.nacked += 1
+                call.left -= 1
+                if call.left == 0:
+                    call.woken()
+
+        def on_ack(tag: int, multiple: bool) -> None:
+            settle(tag, multiple, False)
+
+        def on_nack(tag: int, multiple: bool) -> None:
+            settle(tag, multiple, True)
+
+        def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+            # A return names no delivery tag; it comes before its message's ack, so the first
+            # message in flight with its exchange, routing key and correlation id is the one.
+            props = getattr(message, "properties", None) or {}
+            key = (exchange, routing_key, props.get("correlation_id"))
+            for t, (call, item) in outstanding.items():
+                if t not in line.returned_tags and item._returned_as() == key:
+                    line.returned_tags.add(t)
+                    call.returned.append(item)
+                    return
+
+        return on_ack, on_nack, on_return
+
+    def _on_plain_return(self, line: _Line) -> Callable[..., None]:
+        def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
+            logger.warning(
+                "AMQP: RabbitMQ returned an unconfirmed message to %r/%r (%s): it is lost",
+                exchange,
+                routing_key,
+                exc,
+            )
+            line.lost_routes = True
+
+        return on_return
+
+    # -- the line ------------------------------------------------------------------------------
+    def _open(self, deadline: float) -> _Line:
+        """The open line (under the lock), replaced first when idle too long."""
+        if self._closed:
+            raise BrokerError("the AMQP connection was closed")
+        line = self._line
+        if line is not None:
+            idle = time.monotonic() - line.last_use > self._idle_limit
+            if not idle or line.outstanding:
+                return line
+            self._kill(line, ConnectionError("idle too long"))
+        timeout = min(float(self._params["connect_timeout"]), _left(deadline))
+        conn = amqp.Connection(
+            **{**self._params, "connect_timeout": timeout},
+            client_properties={"connection_name": f"celeriac pid {os.getpid()} publish"},
+        )
+        try:
+            conn.connect()
+            # Every read and write gives up after this long instead of blocking; waiting for a
+            # confirm is done with poll(), so this only bounds a frame already on its way.
+            conn.transport.sock.settimeout(timeout)
+            channel = conn.channel()
+            channel.confirm_select()
+        except BaseException:
+            conn.collect()
+            raise
+        line = _Line(conn, channel)
+        on_ack, on_nack, on_return = self._handlers(line)
+        line.on_ack = on_ack
+        channel.events["basic_ack"].add(on_ack)
+        channel.events["basic_nack"].add(on_nack)
+        channel.events["basic_return"].add(on_return)
+        self._line = line
+        self.opened += 1
+        return line
+
+    def _kill(self, line: _Line | None, exc: BaseException, *, collect: bool = True) -> None:
+        """Give ``line`` up (under the lock): each caller with messages in flight on it learns
+        which, and why."""
+        if line is None or line is not self._line:
+            return
+        self._line = None
+        line.error = exc
+        for call, item in line.outstanding.values():
+            call.unconfirmed.append(item)
+            call.error, call.left = exc, 0
+            call.woken()
+        line.outstanding.clear()
+        if collect:
+            _collect(line.conn)
+
+    def _abandon(self, call: _Call, line: _Line | None) -> None:
+        """Forget ``call``'s messages in flight (it stops waiting for them)."""
+        if line is None:
+            return
+        for t in [t for t, (c, _) in line.outstanding.items() if c is call]:
+            call.unconfirmed.append(line.outstanding.pop(t)[1])
+        call.left = 0
+
+    def _after_fork(self) -> None:
+        """The parent's connection is not ours (nor is a lock one of its threads held)."""
+        self._lock = threading.RLock()
+        self._line, self._reader, self._followers = None, None, {}
+        self._pid = os.getpid()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages written on the confirming channel and not confirmed yet."""
+        line = self._line
+        return len(line.outstanding) if line is not None else 0
 
     def close(self) -> None:
-        """Close the connection politely (a second at most), or drop it."""
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is None:
+        """Close the connection politely, once the confirms on their way have come (a second
+        at most each); callers still waiting then get a :class:`BrokerError`."""
+        if os.getpid() != self._pid:
+            self._closed = True
             return
-        try:
-            conn.transport.sock.settimeout(1.0)
-            conn.close()
-        except Exception as exc:  # it was going anyway
-            logger.debug("AMQP: closing a publish connection: %r", exc)
-        finally:
-            conn.collect()
-
-    def _drop(self) -> None:
-        """Let the connection go without a word: after an error it may not answer at all."""
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None:
+        with self._lock:
+            self._closed = True
+            self._read_alone(None, time.monotonic() + 1.0)
+            line = self._line
+            if line is None:
+                return
+            self._kill(line, BrokerError("the AMQP connection was closed"), collect=False)
             try:
-                conn.collect()
-            except Exception as exc:
-                logger.debug("AMQP: dropping a publish connection: %r", exc)
+                line.sock.settimeout(1.0)
+                line.conn.close()
+            except Exception as exc:  # it was going anyway
+                logger.debug("AMQP: closing the publish connection: %r", exc)
+            finally:
+                _collect(line.conn)
 
-    def forget(self) -> None:
-        """Let go of a connection a parent process opened, without touching its socket."""
-        self._conn, self._channel = None, None
+
+def _publish(conn: amqp.Connection, channel: amqp.Channel, item: Outgoing) -> None:
+    # Not ``basic_publish``: it reads the socket first for a ``connection.blocked`` and changes
+    # the socket's timeout twice, once per message; here the socket is only read by the one
+    # waiting for confirms. Frames encoded by :mod:`.frames`, or py-amqp when it cannot.
+    try:
+        frames = publish_frames(
+            channel.channel_id,
+            conn.frame_max,
+            item.exchange,
+            item.routing_key,
+            item.mandatory,
+            item.body,
+            item.properties,
+        )
+    except Unsupported:
+        pass
+    else:
+        conn.transport.write(frames)
+        return
+    channel.send_method(
+        spec.Basic.Publish,
+        _PUBLISH_ARGS,
+        (0, item.exchange, item.routing_key, item.mandatory, False),
+        amqp.Message(item.body, **item.properties),
+    )
+
+
+def _collect(conn: amqp.Connection) -> None:
+    try:
+        conn.collect()
+    except Exception as exc:
+        logger.debug("AMQP: dropping a publish connection: %r", exc)
 
 
 def _left(deadline: float) -> float:
@@ -271,87 +656,3 @@ def _left(deadline: float) -> float:
     if left <= 0:
         raise TimeoutError("the publish deadline passed")
     return left
-
-
-class PublisherPool:
-    """Up to ``limit`` publishers (one at least), each lent to one thread at a time; a thread
-    that finds them all lent waits for one to be given back."""
-
-    def __init__(self, url: str, options: AMQPOptions | None, limit: int) -> None:
-        self._params = connect_params(url, options, heartbeat=False)
-        self._idle_limit = idle_limit(url, options)
-        self.limit = max(1, limit)
-        self._idle: list[Publisher] = []
-        self._lent = 0
-        self._cond = threading.Condition()
-        self._pid = os.getpid()
-        self._closed = False
-
-    @contextlib.contextmanager
-    def lent(self, deadline: float) -> Iterator[Publisher]:
-        """A publisher for this thread while the block runs (see :meth:`borrow`)."""
-        publisher = self.borrow(deadline)
-        try:
-            yield publisher
-        finally:
-            self.give_back(publisher)
-
-    def borrow(self, deadline: float) -> Publisher:
-        """A publisher for this thread, waiting until ``deadline`` (a :func:`time.monotonic`
-        time) for one when all are lent; :class:`BrokerError` when none came back in time or
-        the pool is closed."""
-        if os.getpid() != self._pid:  # forked: before the lock, which a parent thread may hold
-            self._after_fork()
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise BrokerError("the AMQP connection was closed")
-                if self._idle:
-                    self._lent += 1
-                    return self._idle.pop()
-                if self._lent < self.limit:
-                    self._lent += 1
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise BrokerError(
-                        f"no publish connection came free in time: all {self.limit} were in "
-                        "use (publish_connections)"
-                    )
-                self._cond.wait(left)
-        return Publisher(self._params, self._idle_limit)
-
-    def _after_fork(self) -> None:
-        """The parent's connections are not ours (nor is a lock one of its threads held)."""
-        for publisher in self._idle:
-            publisher.forget()
-        self._cond = threading.Condition()
-        self._idle, self._lent, self._pid = [], 0, os.getpid()
-
-    def give_back(self, publisher: Publisher) -> None:
-        if os.getpid() != self._pid:  # borrowed before a fork: its connection is the parent's
-            publisher.forget()
-            return
-        with self._cond:
-            self._lent = max(0, self._lent - 1)
-            self._cond.notify()
-            if not self._closed:
-                self._idle.append(publisher)
-                return
-        publisher.close()
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            mine = os.getpid() == self._pid
-            self._cond.notify_all()
-        for publisher in idle:
-            if mine:
-                publisher.close()
-            else:
-                publisher.forget()

@@ -132,8 +132,7 @@ class RPCBackend(ResultBackend):
         link = self._get_link()
         deadline = time.monotonic() + _TIMEOUT
         try:
-            with link.publishers.lent(deadline) as publisher:
-                publisher.send([self._outgoing(*send) for send in sends], deadline)
+            link.publisher.send([self._outgoing(*send) for send in sends], deadline)
         except Exception as exc:
             raise BackendError(f"rpc://: sending {len(sends)} result(s) failed: {exc}") from exc
 
