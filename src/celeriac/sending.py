@@ -236,7 +236,9 @@ def publish(app: Celeriac, broker: Broker, publications: Sequence[Publication]) 
         if len(publications) == 1:
             broker.publish(publications[0])
         else:
-            broker.publish_many(publications)
+            size = broker.max_batch or len(publications)
+            for start in range(0, len(publications), size):
+                broker.publish_many(publications[start : start + size])
     announce(app, signals.after_task_publish, publications)
     if app.conf.task_send_sent_event:
         from celeriac.events.sent import sent

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +73,14 @@ def origin_name() -> str:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives it, in a quarter of
+    the time (every send makes one or two: the task id, the Redis delivery tag)."""
+    x = os.urandom(16).hex()
+    # 122 random bits: the version nibble is 4, the variant's two high bits are 10.
+    return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{_VARIANT[int(x[16], 16) & 3]}{x[17:20]}-{x[20:]}"
+
+
+_VARIANT = "89ab"
 
 
 def _encode_error(

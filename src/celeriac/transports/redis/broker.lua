@@ -311,21 +311,38 @@ local function stored_state(rp, id)
 end
 
 if cmd == 'publish' then
-  -- q, priority, delay (s from now, '' = none), envelope, bind ('1' = declare the binding).
-  -- Delays are relative, so they are measured on one clock (the server's), whatever the
-  -- clients' clocks say; the zset holds server times.
-  local q, priority, delay, envelope = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-  if ARGV[7] == '1' then
-    redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
+  -- Records of five, one or many: q, priority, delay (s from now, '' = none), envelope, bind
+  -- ('1' = declare the binding). Delays are relative, so they are measured on one clock (the
+  -- server's), whatever the clients' clocks say; the zset holds server times. Runs of records
+  -- for the same list go in one LPUSH (in order: the first is served first), and each queue is
+  -- woken once, after its messages are in.
+  local woken, at = {}, nil
+  local run_key, run = nil, {}
+  local function push_run()
+    if run_key then redis.call('LPUSH', run_key, unpack(run)) end
+    run_key, run = nil, {}
   end
-  if delay ~= '' and tonumber(delay) > 0 then
-    redis.call('ZADD', delayed_key(q), now() + tonumber(delay), envelope)
-    redis.call('SADD', QUEUES, q)
-    wake(q, 'd')
-    return 1
+  for i = 3, #ARGV - 4, 5 do
+    local q, priority, delay, envelope = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    if ARGV[i + 4] == '1' then
+      redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
+    end
+    if delay ~= '' and tonumber(delay) > 0 then
+      at = at or now()
+      redis.call('ZADD', delayed_key(q), at + tonumber(delay), envelope)
+      redis.call('SADD', QUEUES, q)
+      woken[q] = 'd'
+    else
+      local key = bucket(q, priority)
+      -- unpack() is bounded by Lua's C stack (8000 values): runs stay well below it.
+      if key ~= run_key or #run >= 1000 then push_run() end
+      run_key = key
+      run[#run + 1] = envelope
+      woken[q] = woken[q] or '1'
+    end
   end
-  redis.call('LPUSH', bucket(q, priority), envelope)
-  wake(q)
+  push_run()
+  for q, token in pairs(woken) do wake(q, token == 'd' and 'd' or nil) end
   return 1
 
 elseif cmd == 'fetch' then
