@@ -178,6 +178,11 @@ def resolve_route(
     ``exchange_type``) win over the matching ``task_routes`` entry, key by key; with neither a
     queue nor an exchange, the task's queue or the default.
     """
+    if not conf.task_routes and all(v is None or v == "" for v in options.values()):
+        # Nothing given, nothing to match (every delay() of an app without task_routes):
+        # the task's queue or the default, as below.
+        name_of_queue = (task.queue if task is not None else None) or conf.task_default_queue
+        return topology.destination(name_of_queue, None, None, None), None
     explicit = {k: v for k, v in options.items() if v not in (None, "")}
     route: dict[str, Any] = {}
     if not explicit.get("queue") and not explicit.get("exchange"):

@@ -69,7 +69,16 @@ def _short_repr(obj: Any) -> str:
 
 
 def origin_name() -> str:
-    return f"gen{os.getpid()}@{socket.gethostname()}"
+    """Celery's ``origin`` header: ``gen<pid>@<host>``, made once per process (a fork has a
+    pid of its own) rather than with two system calls per message."""
+    global _origin
+    pid = os.getpid()
+    if _origin[0] != pid:
+        _origin = (pid, f"gen{pid}@{socket.gethostname()}")
+    return _origin[1]
+
+
+_origin: tuple[int, str] = (0, "")
 
 
 def new_id() -> str:

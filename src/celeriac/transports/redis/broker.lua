@@ -311,37 +311,33 @@ local function stored_state(rp, id)
 end
 
 if cmd == 'publish' then
-  -- Records of five, one or many: q, priority, delay (s from now, '' = none), envelope, bind
-  -- ('1' = declare the binding). Delays are relative, so they are measured on one clock (the
-  -- server's), whatever the clients' clocks say; the zset holds server times. Runs of records
-  -- for the same list go in one LPUSH (in order: the first is served first), and each queue is
-  -- woken once, after its messages are in.
-  local woken, at = {}, nil
-  local run_key, run = nil, {}
-  local function push_run()
-    if run_key then redis.call('LPUSH', run_key, unpack(run)) end
-    run_key, run = nil, {}
-  end
-  for i = 3, #ARGV - 4, 5 do
-    local q, priority, delay, envelope = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    if ARGV[i + 4] == '1' then
+  -- Runs of messages, each: q, priority, delay (s from now, '' = none), bind ('1' = declare
+  -- the binding), count, then that many envelopes, to store in order (the first is served
+  -- first). Delays are relative, so they are measured on one clock (the server's), whatever
+  -- the clients' clocks say; the zset holds server times. Each queue is woken once, after its
+  -- messages are in.
+  local woken, at, i = {}, nil, 3
+  while i <= #ARGV do
+    local q, priority, delay, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 4])
+    if ARGV[i + 3] == '1' then
       redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
     end
+    local first, last = i + 5, i + 4 + n
     if delay ~= '' and tonumber(delay) > 0 then
       at = at or now()
-      redis.call('ZADD', delayed_key(q), at + tonumber(delay), envelope)
+      for j = first, last do redis.call('ZADD', delayed_key(q), at + tonumber(delay), ARGV[j]) end
       redis.call('SADD', QUEUES, q)
       woken[q] = 'd'
     else
+      -- unpack() is bounded by Lua's C stack (8000 values): a run is pushed 1000 at a time.
       local key = bucket(q, priority)
-      -- unpack() is bounded by Lua's C stack (8000 values): runs stay well below it.
-      if key ~= run_key or #run >= 1000 then push_run() end
-      run_key = key
-      run[#run + 1] = envelope
+      for j = first, last, 1000 do
+        redis.call('LPUSH', key, unpack(ARGV, j, math.min(j + 999, last)))
+      end
       woken[q] = woken[q] or '1'
     end
+    i = last + 1
   end
-  push_run()
   for q, token in pairs(woken) do wake(q, token == 'd' and 'd' or nil) end
   return 1
 

@@ -173,25 +173,33 @@ class RedisBroker(Broker):
 
     def _store(self, publications: Sequence[Publication], what: str) -> None:
         """The script's ``publish`` for ``publications``, routed already (each route's name is
-        its queue). The hot path of every ``delay()``: one script call, nothing else."""
-        binding: set[str] = set()
-        eta = None
+        its queue). The hot path of every ``delay()``: one script call, nothing else. Messages
+        in a row for the same queue, priority bucket and delay are one run of the script's
+        arguments (a batch to one queue: six arguments and its envelopes)."""
         calls: list[list[str | int]] = []
         args: list[str | int] = []
-        prefix, bound = self.prefix, self._bound
-        per_call = 2 + 5 * (self.max_batch or len(publications))
+        per_call = self.max_batch or len(publications)
+        in_call = 0
+        run: tuple[str, int, str] | None = None
+        count_at = 0
+        binding: set[str] = set()
+        eta = None
         for p in publications:
-            if not args or len(args) >= per_call:
-                args = ["publish", prefix]
-                calls.append(args)
             queue = p.route.name
             held = self._held(p)
-            envelope = encode_envelope(p.message, p.route, p.priority, new_id())
-            bind = queue not in bound and queue not in binding
-            if bind:
-                binding.add(queue)
-            args += [queue, _bucket_priority(p.priority), _delay(held), envelope]
-            args.append("1" if bind else "0")
+            key = (queue, _bucket_priority(p.priority), _delay(held))
+            if not args or in_call >= per_call:
+                args, in_call, run = ["publish", self.prefix], 0, None
+                calls.append(args)
+            if key != run or held is not None:  # a delay is "from now": each its own
+                bind = queue not in self._bound and queue not in binding
+                if bind:
+                    binding.add(queue)
+                args += [*key, "1" if bind else "0", 0]
+                count_at, run = len(args) - 1, key
+            args[count_at] = int(args[count_at]) + 1
+            args.append(encode_envelope(p.message, p.route, p.priority, new_id()))
+            in_call += 1
             if held is not None and (eta is None or held < eta):
                 eta = held
         try:
@@ -203,7 +211,7 @@ class RedisBroker(Broker):
         except redis.RedisError as exc:
             raise self._refused(what, exc) from exc
         if binding:
-            bound |= binding
+            self._bound |= binding
         if eta is not None:
             self._due(eta)
 
