@@ -425,6 +425,11 @@ def test_publish_many_is_one_script_call_even_after_redis_lost_the_script(tmp_pa
         got = broker.fetch(["q"], 20, timeout=0)
         assert sorted(ids(got)) == sorted(f"{p}{i}" for p in "abc" for i in range(3))
         broker.ack(got)
+        # A batch over script_batch (250): one script call per 250, all in one round trip.
+        before = calls("evalsha")
+        broker.publish_many([Publication(msg(f"d{i}"), Route("q")) for i in range(600)])
+        assert calls("evalsha") == before + 3
+        assert ids(broker.fetch(["q"], 1000, timeout=0)) == [f"d{i}" for i in range(600)]
     finally:
         watcher.close()
         broker.close()

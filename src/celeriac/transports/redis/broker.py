@@ -79,8 +79,12 @@ class RedisBroker(Broker):
     """Leased delivery over Redis, in the layout Celery uses (see the module docstring)."""
 
     priority_higher_first = False  # Celery's Redis buckets: 0 is served first
-    #: One script call runs alone on the server: 1000 envelopes keep Redis busy ~MS ms.
+    #: Messages per round trip (a publish_many call): ~1.3 MB of envelopes of no-op tasks.
     max_batch = 1000
+    #: Messages per script call, several pipelined in one round trip. A script runs alone on
+    #: the server: 1,000 envelopes kept Redis busy 3.0-3.8 ms (measured, `INFO commandstats`),
+    #: 250 keep other clients' commands waiting under 1 ms.
+    script_batch = 250
     options_class = RedisOptions
     options: RedisOptions
 
@@ -164,7 +168,7 @@ class RedisBroker(Broker):
         self._store([publication], "publish")
 
     def publish_many(self, publications: Sequence[Publication]) -> None:
-        """One round trip: one script call per :attr:`max_batch` messages, pipelined."""
+        """One round trip: one script call per :attr:`script_batch` messages, pipelined."""
         with deadline(time.monotonic() + self.publish_timeout):  # bindings read within it
             if self.topology.queues or any(p.route.exchange is not None for p in publications):
                 publications = self._route(publications)
@@ -178,7 +182,7 @@ class RedisBroker(Broker):
         arguments (a batch to one queue: six arguments and its envelopes)."""
         calls: list[list[str | int]] = []
         args: list[str | int] = []
-        per_call = self.max_batch or len(publications)
+        per_call = self.script_batch
         in_call = 0
         run: tuple[str, int, str] | None = None
         count_at = 0
