@@ -156,7 +156,9 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
     env = {
         **os.environ,
         **system.env,
-        "PYTHONPATH": str(APPS),
+        # The caller's PYTHONPATH after the apps: PYTHONPATH=<checkout>/src measures another
+        # checkout of Celeriac (an earlier commit) with this script.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(APPS), os.environ.get("PYTHONPATH")])),
         "BENCH_REDIS_URL": url,
         "BENCH_COUNT_URL": url,
         "BENCH_PREFIX": prefix,
