@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from celeriac._fork import generation
 from celeriac.exceptions import DecodeError, EncodeError, ProtocolError
 from celeriac.protocol.serializers import SerializerRegistry
 from celeriac.protocol.timeutil import parse_iso, to_iso
@@ -72,13 +73,12 @@ def origin_name() -> str:
     """Celery's ``origin`` header: ``gen<pid>@<host>``, made once per process (a fork has a
     pid of its own) rather than with two system calls per message."""
     global _origin
-    pid = os.getpid()
-    if _origin[0] != pid:
-        _origin = (pid, f"gen{pid}@{socket.gethostname()}")
+    if _origin[0] != generation():  # a counter a fork handler bumps: no system call
+        _origin = (generation(), f"gen{os.getpid()}@{socket.gethostname()}")
     return _origin[1]
 
 
-_origin: tuple[int, str] = (0, "")
+_origin: tuple[int, str] = (-1, "")
 
 
 def new_id() -> str:
