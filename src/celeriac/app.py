@@ -354,7 +354,8 @@ class Celeriac:
         Each option is the call's, else the task's, else the setting's (see
         :mod:`celeriac.sending`).
         """
-        sending.check_options(other)
+        if other:
+            sending.check_options(other)
         conf = self.conf
         task = _task if _task is not None else self.tasks.get(name)
         args = tuple(args or ())
