@@ -23,7 +23,7 @@ from celeriac.exceptions import InvalidTaskArguments, ProtocolError
 from celeriac.protocol.message import new_id
 from celeriac.protocol.publication import Publication
 from celeriac.result import AsyncResult, GroupResult
-from celeriac.sending import check_options, publish, reply_to_of
+from celeriac.sending import CallTemplate, check_options, publish, reply_to_of
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -254,9 +254,10 @@ def send_many(
     sigs = list(signatures)
     plan = Plan()
     results: list[AsyncResult[Any]] = []
+    templates: dict[Any, CallTemplate] = {}
     for index, sig in enumerate(sigs):
         try:
-            results.append(_plan_call(app, sig, options, plan))
+            results.append(_plan_call(app, sig, options, plan, templates))
         except (ProtocolError, InvalidTaskArguments) as exc:
             # Raised before anything was sent: say which call, and that the batch is whole.
             note = f"call {index} of {len(sigs)} given to send_many; none of them was sent"
@@ -266,12 +267,18 @@ def send_many(
 
 
 def _plan_call(
-    app: Celeriac, sig: Signature, options: dict[str, Any], plan: Plan
+    app: Celeriac,
+    sig: Signature,
+    options: dict[str, Any],
+    plan: Plan,
+    templates: dict[Any, CallTemplate],
 ) -> AsyncResult[Any]:
     """One signature of :func:`send_many`. A task call is not frozen in place (the same
     signature given twice is two calls, as two ``apply_async()`` are; an id frozen before is
     kept); its arguments are checked against the task's parameters when it is registered
-    here, as ``delay()`` checks them."""
+    here, as ``delay()`` checks them. Calls of one task with the same options share their
+    :class:`~celeriac.sending.CallTemplate` (``templates``): what ``prepare_message``
+    resolves per call (route, priority, serializer, reply queue, ...) is resolved once."""
     if not isinstance(sig, Signature):
         raise TypeError(f"send_many takes signatures (task.s(...)), not {type(sig).__name__}")
     if sig.subtask_type is not None:  # a workflow: planned as apply_async plans it
@@ -284,9 +291,16 @@ def _plan_call(
     task = app.tasks.get(name)
     if task is not None:
         task.check_arguments(args, kwargs)
-    plan.publishes.append(
-        app.prepare_message(name, args, kwargs, task_id=task_id, _task=task, **opts)
-    )
+    try:
+        key: Any = (name, *sorted(opts.items()))
+        template = templates.get(key)
+    except TypeError:  # an unhashable option (link=[...], headers={...}): not shared
+        key, template = None, None
+    if template is None:
+        template = app.call_template(name, _task=task, **opts)
+        if key is not None:
+            templates[key] = template
+    plan.publishes.append(template.publication(args, kwargs, task_id))
     return AsyncResult(task_id, app, task_name=name)
 
 
