@@ -40,7 +40,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.exceptions import NoScriptError
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError, PublishRefused
@@ -54,7 +53,7 @@ from celeriac.transports.redis.deadline import deadline
 from celeriac.transports.redis.envelope import decode_envelope, encode_envelope
 from celeriac.transports.redis.fanout import FanoutSubscriber, fanout_channel, is_broadcast
 from celeriac.transports.redis.options import RedisOptions
-from celeriac.transports.redis.scripts import lua
+from celeriac.transports.redis.scripts import evalsha, evalsha_pipelined, lua
 
 if TYPE_CHECKING:
     from celeriac.backends.base import EncodedResult
@@ -209,25 +208,15 @@ class RedisBroker(Broker):
         try:
             with deadline(time.monotonic() + self.publish_timeout):
                 if len(calls) == 1:
-                    self._evalsha(calls[0])
+                    evalsha(self.client, self._script, calls[0])
                 else:
-                    self._pipelined(calls)
+                    evalsha_pipelined(self.client, self._script, calls)
         except redis.RedisError as exc:
             raise self._refused(what, exc) from exc
         if binding:
             self._bound |= binding
         if eta is not None:
             self._due(eta)
-
-    def _evalsha(self, args: list[str | int]) -> Any:
-        """One call of the script by its SHA (redis-py's ``Script.__call__`` costs ~10 us more
-        per call, measured: isinstance checks against its pipeline classes), loaded first when
-        Redis has lost it (a restart, ``SCRIPT FLUSH``)."""
-        try:
-            return self.client.evalsha(self._script.sha, 0, *args)
-        except NoScriptError:
-            self.client.script_load(self._script.script)
-            return self.client.evalsha(self._script.sha, 0, *args)
 
     def script_publishes(self, publication: Publication) -> list[list[str]] | None:
         """The arguments (queue, priority bucket, delay, envelope, bind) of the ``publish``
@@ -251,30 +240,6 @@ class RedisBroker(Broker):
                 [p.route.name, str(_bucket_priority(p.priority)), _delay(eta), envelope, "1"]
             )
         return out
-
-    def _pipelined(self, calls: list[list[str | int]]) -> None:
-        """Run the script once per argument list, in one round trip.
-
-        By its SHA, as redis-py's ``Script`` would not in a pipeline: there it asks Redis
-        whether the script is loaded (``SCRIPT EXISTS``) first, a round trip per pipeline. When
-        Redis has lost it (a restart, ``SCRIPT FLUSH``), every call failed with NOSCRIPT and
-        changed nothing: load it and run those again.
-        """
-        script = self._script
-        for attempt in (1, 2):
-            with self.client.pipeline(transaction=False) as pipe:
-                for args in calls:
-                    pipe.evalsha(script.sha, 0, *args)
-                results = pipe.execute(raise_on_error=False)
-            for r in results:
-                if isinstance(r, Exception) and not isinstance(r, NoScriptError):
-                    raise r
-            calls = [a for a, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
-            if not calls:
-                return
-            if attempt == 2:
-                raise NoScriptError("the script was lost again as soon as it was loaded")
-            self.client.script_load(script.script)
 
     def _route(self, publications: Sequence[Publication]) -> list[Publication]:
         """Resolve exchanges as kombu does: bindings from Redis, fanouts published at once.
