@@ -222,3 +222,5 @@ def test_signatures_only() -> None:
         app.send_many([("batch.add", (1, 2))])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="unknown apply_async option"):
         app.send_many([], quue="x")
+    with pytest.raises(TypeError, match="task_id names one call"):
+        app.send_many([], task_id="x")

@@ -251,6 +251,8 @@ def send_many(
     the broker in one publish (:func:`~celeriac.sending.publish`, one round trip per
     ``max_batch`` messages). Returns the result handles in the order given."""
     check_options(k for k in options if k not in PUBLISH_OPTIONS)
+    if "task_id" in options:  # it would give every call the same id
+        raise TypeError("send_many: task_id names one call; set it on its signature instead")
     sigs = list(signatures)
     plan = Plan()
     results: list[AsyncResult[Any]] = []
