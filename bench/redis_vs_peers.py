@@ -22,9 +22,10 @@ Then the ratios against Celery and against the fastest other peer, next to issue
 (drain >= 3x Celery and >= 1.5x the fastest peer, enqueue >= 2x Celery, p50 <= 0.5x Celery).
 
 Peers other than Celery are measured only if their package is installed (see SYSTEMS):
-``pip install 'dramatiq[redis]' rq``. arq and taskiq-redis are left out: both pin redis-py < 6,
-which kombu 5.7 (Celery's transport) refuses, so they cannot share one environment with Celery;
-shared/ANCHORS.md has their numbers from a separate run on this kind of machine.
+``pip install 'dramatiq[redis]' rq`` (Huey is a dev dependency already). arq and taskiq-redis
+are left out: both pin redis-py < 6, which kombu 5.7 (Celery's transport) refuses, so they
+cannot share one environment with Celery; shared/ANCHORS.md has their numbers from a separate
+run on this kind of machine.
 """
 
 from __future__ import annotations
@@ -79,13 +80,20 @@ SYSTEMS = [
         [[*CELERIAC, "-P", "solo", "-n", f"w{i}@bench"] for i in (1, 2)],
         notes="two worker processes, each running tasks in its own main thread",
     ),
+    System(
+        "celeriac prefork -c 2, send_many",
+        "celeriac",
+        [[*CELERIAC, "-c", "2"]],
+        notes="the same worker; the client enqueues with app.send_many, 1,000 calls a batch",
+        env={"BENCH_BATCH": "1000"},
+    ),
     System("celery prefork -c 2", "celery", [[*CELERY, "-c", "2"]], needs="celery"),
     System(
         "huey -k process -w 2",
         "huey",
         [[PY, "-m", "huey.bin.huey_consumer", "huey_app.huey", "-k", "process", "-w", "2", "-q"]],
         needs="huey",
-        notes="-q: warnings only, as the others log (by default it logs two lines per task)",
+        notes="RedisHuey (blocking BRPOP), results in the same Redis; -q: quiet",
     ),
     System(
         "dramatiq -p 2 (8 threads)",
@@ -148,7 +156,9 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
     env = {
         **os.environ,
         **system.env,
-        "PYTHONPATH": str(APPS),
+        # The caller's PYTHONPATH after the apps: PYTHONPATH=<checkout>/src measures another
+        # checkout of Celeriac (an earlier commit) with this script.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(APPS), os.environ.get("PYTHONPATH")])),
         "BENCH_REDIS_URL": url,
         "BENCH_COUNT_URL": url,
         "BENCH_PREFIX": prefix,
@@ -189,6 +199,8 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
         keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
         if system.app == "rq":  # RQ keeps jobs under rq:*; DB 14 is the bench's own
             keys += list(client.scan_iter(match="rq:*", count=5000))
+        if system.app == "huey":  # huey.<kind>.<name>, the name carrying the prefix
+            keys += list(client.scan_iter(match=f"huey.*{prefix}*", count=5000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])
         client.close()
@@ -290,8 +302,11 @@ def main() -> None:
 
 
 def print_ratios(medians: dict[str, dict[str, float]]) -> None:
-    """Each Celeriac row against Celery and the fastest other peer, with issue 4's targets."""
+    """Each Celeriac row against Celery and the fastest other peer, with issue 4's targets, and
+    its enqueue against Huey's with issue 19's (>= 1.2x one call at a time, >= 50,000/s with
+    ``send_many``)."""
     celery = next((m for n, m in medians.items() if n.startswith("celery")), None)
+    huey = next((m for n, m in medians.items() if n.startswith("huey")), None)
     peers = {n: m for n, m in medians.items() if not n.startswith(("celeriac", "celery"))}
     fastest = max(peers, key=lambda n: peers[n]["drain_per_s"], default=None)
     for name, m in medians.items():
@@ -305,6 +320,12 @@ def print_ratios(medians: dict[str, dict[str, float]]) -> None:
                 ("rt_p50_ms", "round trip p50 vs Celery", "<= 0.5x"),
             ):
                 print(f"  {label:<32} {m[key] / celery[key]:6.2f}x   (target {target})")
+        if huey is not None and "send_many" not in name:
+            ratio = m["enqueue_per_s"] / huey["enqueue_per_s"]
+            print(f"  {'enqueue vs Huey':<32} {ratio:6.2f}x   (target >= 1.2x)")
+        if "send_many" in name:
+            rate = fmt(m["enqueue_per_s"])
+            print(f"  {'enqueue with send_many':<32} {rate:>7}/s (target >= 50,000)")
         if fastest is not None:
             ratio = m["drain_per_s"] / peers[fastest]["drain_per_s"]
             print(f"  {'drain vs ' + fastest:<32} {ratio:6.2f}x   (target >= 1.5x)")

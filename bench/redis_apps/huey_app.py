@@ -1,25 +1,13 @@
-"""Huey on Redis (``RedisHuey``), results in the same Redis (``huey_consumer huey_app.huey``).
+"""Huey on Redis (``RedisHuey``, its blocking BRPOP consumer), results in the same Redis.
 
-Huey names its keys ``huey.<kind>.<name>``; the storage puts the run's prefix in front so the
-bench's ``{prefix}*`` clean-up finds them.
+Huey names its keys ``huey.<kind>.<name>``: the name carries the run's prefix, so the bench
+finds them with ``huey.*<prefix>*``.
 """
 
 from common import BROKER_DB_URL, PREFIX, done
 from huey import RedisHuey
-from huey.api import Result
-from huey.storage import RedisStorage
 
-_KEYS = ("queue_key", "schedule_key", "result_key", "counter_key", "notify_prefix")
-
-
-class _PrefixedStorage(RedisStorage):  # type: ignore[misc]
-    def __init__(self, name: str, **kwargs: object) -> None:
-        super().__init__(name, **kwargs)
-        for attr in _KEYS:
-            setattr(self, attr, PREFIX + getattr(self, attr))
-
-
-huey = RedisHuey("bench", url=BROKER_DB_URL, storage_class=_PrefixedStorage)
+huey = RedisHuey(f"{PREFIX}huey", url=BROKER_DB_URL)
 
 
 @huey.task()
@@ -29,12 +17,11 @@ def echo_task(i: int) -> int:
 
 
 class _Result:
-    def __init__(self, result: Result) -> None:
+    def __init__(self, result) -> None:
         self.result = result
 
     def get(self, timeout: float) -> int:
-        value: int = self.result.get(blocking=True, timeout=timeout)
-        return value
+        return self.result(blocking=True, timeout=timeout)
 
 
 class echo:

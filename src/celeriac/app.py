@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from celeriac import sending
@@ -22,10 +21,8 @@ from celeriac.current import set_current_app
 from celeriac.discovery import Packages, discover
 from celeriac.home import creator_directory, default_sqlite_url
 from celeriac.keyring import keyring_of
-from celeriac.protocol.message import build_task_message, new_id
 from celeriac.protocol.publication import Publication
 from celeriac.protocol.serializers import SerializerRegistry, default_registry
-from celeriac.protocol.signing import sign_message
 from celeriac.result import AsyncResult
 from celeriac.result import AsyncResult as _AsyncResult
 from celeriac.routing import Topology
@@ -294,6 +291,25 @@ class Celeriac:
         sending.publish(self, self.broker, [publication])
         return AsyncResult(str(publication.message.headers["id"]), self, task_name=name)
 
+    def send_many(
+        self, signatures: Iterable[Signature], /, **options: Any
+    ) -> list[_AsyncResult[Any]]:
+        """Send many task calls at once: ``app.send_many([add.s(1, 2), add.s(3, 4)])``.
+
+        Every message is built first, so an argument the serializer cannot encode raises
+        (:class:`~celeriac.exceptions.EncodeError`, naming the task and the call) before any
+        is sent; then they go to the broker in one round trip per ``max_batch`` messages of
+        the broker (Redis 1,000). ``options`` are ``apply_async``'s and apply to every call,
+        winning over a signature's own; workflows (chains, groups, chords) may be among
+        the signatures. Returns the calls' result handles, in the order given.
+        """
+        from celeriac.canvas.plan import send_many
+
+        sigs = list(signatures)
+        if self.conf.task_always_eager:
+            return [sig.apply(**options) for sig in sigs]
+        return send_many(self, sigs, options)
+
     def prepare_message(
         self,
         name: str,
@@ -335,59 +351,117 @@ class Celeriac:
         Each option is the call's, else the task's, else the setting's (see
         :mod:`celeriac.sending`).
         """
-        sending.check_options(other)
-        conf = self.conf
-        task = _task if _task is not None else self.tasks.get(name)
-        args = tuple(args or ())
-        kwargs = dict(kwargs or {})
-        now = time.time()
-        eta_ts = sending.eta_of(eta, countdown, now)
-        expires_ts = sending.expires_of(expires, task, now)
-        parent_id, root_id = sending.lineage(parent_id, root_id)
-        route_options = {
-            "queue": queue,
-            "exchange": exchange,
-            "routing_key": routing_key,
-            "exchange_type": exchange_type,
-        }
-        route, routed_priority = sending.resolve_route(
-            conf, self.topology, name, args, kwargs, task, route_options
-        )
-        priority = sending.priority_of(priority, routed_priority, task, conf)
-        time_limit, soft_time_limit = sending.time_limits_of(time_limit, soft_time_limit, task)
-        message = build_task_message(
-            self.serializers,
-            task_name=name,
-            task_id=task_id or new_id(),
-            args=args,
-            kwargs=kwargs,
-            serializer=sending.serializer_of(serializer, task, conf),
-            compression=sending.compression_of(compression, task, conf),
-            eta=eta_ts,
-            expires=expires_ts,
+        template = self.call_template(
+            name,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            exchange=exchange,
+            routing_key=routing_key,
+            exchange_type=exchange_type,
+            priority=priority,
+            headers=headers,
+            link=link,
+            link_error=link_error,
+            serializer=serializer,
+            compression=compression,
+            ignore_result=ignore_result,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            shadow=shadow,
             retries=retries,
             root_id=root_id,
             parent_id=parent_id,
             group_id=group_id,
             group_index=group_index,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            shadow=sending.shadow_of(shadow, task),
-            ignore_result=sending.ignore_result_of(ignore_result, task, conf),
-            callbacks=sending.signature_list(link),
-            errbacks=sending.signature_list(link_error),
             chain=chain,
             chord=chord,
-            extra_headers=headers,
-            priority=priority,
-            reply_to=sending.reply_to_of(reply_to, lambda: self.backend.reply_to()),
-            now=now,
+            reply_to=reply_to,
+            _task=_task,
+            **other,
         )
-        sending.check_size(message, name, conf.broker_max_message_size)
-        keyring = keyring_of(conf)
-        if keyring is not None:  # every publish (calls, retries, follow-ups, beat) comes here
-            sign_message(message, keyring)
-        return Publication(message, route, priority, eta_ts)
+        return template.publication(args, kwargs, task_id)
+
+    def call_template(
+        self,
+        name: str,
+        *,
+        countdown: float | None = None,
+        eta: float | dt.datetime | None = None,
+        expires: float | dt.datetime | None = None,
+        queue: Any = None,
+        exchange: Any = None,
+        routing_key: str | None = None,
+        exchange_type: str | None = None,
+        priority: int | None = None,
+        headers: dict[str, Any] | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        serializer: str | None = None,
+        compression: str | None = None,
+        ignore_result: bool | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        shadow: str | None = None,
+        retries: int = 0,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_id: str | None = None,
+        group_index: int | None = None,
+        chain: list[dict[str, Any]] | None = None,
+        chord: dict[str, Any] | None = None,
+        reply_to: str | None = None,
+        _task: Task[Any, Any] | None = None,
+        **other: Any,
+    ) -> sending.CallTemplate:
+        """What :meth:`prepare_message` resolves for calls of ``name`` with these options,
+        whatever their arguments: :meth:`~celeriac.sending.CallTemplate.publication` adds a
+        call's arguments and id. ``send_many`` resolves once per kind of call in a batch."""
+        if other:
+            sending.check_options(other)
+        conf = self.conf
+        task = _task if _task is not None else self.tasks.get(name)
+        parent_id, root_id = sending.lineage(parent_id, root_id)
+        time_limit, soft_time_limit = sending.time_limits_of(time_limit, soft_time_limit, task)
+        fields = {
+            "serializer": sending.serializer_of(serializer, task, conf),
+            "compression": sending.compression_of(compression, task, conf),
+            "retries": retries,
+            "root_id": root_id,
+            "parent_id": parent_id,
+            "group_id": group_id,
+            "group_index": group_index,
+            "time_limit": time_limit,
+            "soft_time_limit": soft_time_limit,
+            "shadow": sending.shadow_of(shadow, task),
+            "ignore_result": sending.ignore_result_of(ignore_result, task, conf),
+            "callbacks": sending.signature_list(link),
+            "errbacks": sending.signature_list(link_error),
+            "chain": chain,
+            "chord": chord,
+            "extra_headers": headers,
+            "reply_to": sending.reply_to_of(reply_to, lambda: self.backend.reply_to()),
+        }
+        return sending.CallTemplate(
+            name=name,
+            task=task,
+            conf=conf,
+            topology=self.topology,
+            registry=self.serializers,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            route_options={
+                "queue": queue,
+                "exchange": exchange,
+                "routing_key": routing_key,
+                "exchange_type": exchange_type,
+            },
+            priority=priority,
+            fields=fields,
+            keyring=keyring_of(conf),
+        )
 
     def __repr__(self) -> str:
         return f"<Celeriac {self.main or '__main__'} broker={redact(self.conf.broker_url)}>"

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from celeriac import signals, tracing
 from celeriac.exceptions import ConfigurationError, MessageTooLarge, ProtocolError
-from celeriac.protocol.message import Message, decode_body, read_headers
+from celeriac.protocol.message import Message, build_task_message, decode_body, new_id, read_headers
 from celeriac.protocol.publication import Publication, Route
+from celeriac.protocol.signing import sign_message
 from celeriac.routing import Topology, coerce_queue
 from celeriac.tasks.context import current_request
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
     from celeriac.brokers.base import Broker
+    from celeriac.protocol.serializers import SerializerRegistry
+    from celeriac.protocol.signing import Keyring
     from celeriac.settings import Settings
     from celeriac.signals import Signal
     from celeriac.tasks.task import Task
@@ -178,6 +182,11 @@ def resolve_route(
     ``exchange_type``) win over the matching ``task_routes`` entry, key by key; with neither a
     queue nor an exchange, the task's queue or the default.
     """
+    if not conf.task_routes and all(v is None or v == "" for v in options.values()):
+        # Nothing given, nothing to match (every delay() of an app without task_routes):
+        # the task's queue or the default, as below.
+        name_of_queue = (task.queue if task is not None else None) or conf.task_default_queue
+        return topology.destination(name_of_queue, None, None, None), None
     explicit = {k: v for k, v in options.items() if v not in (None, "")}
     route: dict[str, Any] = {}
     if not explicit.get("queue") and not explicit.get("exchange"):
@@ -220,6 +229,108 @@ def match_route(
     return {}
 
 
+class CallTemplate:
+    """A task call's message with the call's arguments and id left out: what
+    :meth:`Celeriac.prepare_message <celeriac.app.Celeriac.prepare_message>` resolves from the
+    options, the task and the settings (:meth:`Celeriac.call_template
+    <celeriac.app.Celeriac.call_template>` makes one). :meth:`publication` fills in a call;
+    ``prepare_message`` is one template and one publication, ``send_many`` one template per
+    kind of call in a batch, so the calls of a batch are built exactly as one call is.
+
+    Times (``countdown``, ``expires`` in seconds) count from each call's own ``now``; the
+    route is resolved once unless a ``task_routes`` function must see each call's arguments.
+    """
+
+    __slots__ = (
+        "conf",
+        "countdown",
+        "eta",
+        "expires",
+        "fields",
+        "given_priority",
+        "keyring",
+        "name",
+        "priority",
+        "registry",
+        "route",
+        "route_options",
+        "task",
+        "topology",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        task: Task[Any, Any] | None,
+        conf: Settings,
+        topology: Topology,
+        registry: SerializerRegistry,
+        countdown: float | None,
+        eta: float | dt.datetime | None,
+        expires: float | dt.datetime | None,
+        route_options: dict[str, Any],
+        priority: int | None,
+        fields: dict[str, Any],
+        keyring: Keyring | None,
+    ) -> None:
+        self.name, self.task, self.conf, self.topology = name, task, conf, topology
+        self.registry = registry
+        self.countdown, self.eta, self.expires = countdown, eta, expires
+        self.route_options, self.given_priority = route_options, priority
+        self.fields, self.keyring = fields, keyring
+        self.route: Route | None = None
+        self.priority = 0
+        if _static_routes(conf.task_routes):  # else each call is routed with its arguments
+            self.route, self.priority = self._routed((), {})
+
+    def _routed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Route, int]:
+        route, routed_priority = resolve_route(
+            self.conf, self.topology, self.name, args, kwargs, self.task, self.route_options
+        )
+        return route, priority_of(self.given_priority, routed_priority, self.task, self.conf)
+
+    def publication(
+        self,
+        args: tuple[Any, ...] | list[Any] | None,
+        kwargs: dict[str, Any] | None,
+        task_id: str | None = None,
+    ) -> Publication:
+        """The publication of one call with these arguments (a new id unless given)."""
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        now = time.time()
+        eta_ts = eta_of(self.eta, self.countdown, now)
+        if self.route is None:
+            route, priority = self._routed(args, kwargs)
+        else:
+            route, priority = self.route, self.priority
+        message = build_task_message(
+            self.registry,
+            task_name=self.name,
+            task_id=task_id or new_id(),
+            args=args,
+            kwargs=kwargs,
+            eta=eta_ts,
+            expires=expires_of(self.expires, self.task, now),
+            priority=priority,
+            now=now,
+            **self.fields,
+        )
+        check_size(message, self.name, self.conf.broker_max_message_size)
+        if self.keyring is not None:  # every publish (calls, retries, follow-ups, beat) comes here
+            sign_message(message, self.keyring)
+        return Publication(message, route, priority, eta_ts)
+
+
+def _static_routes(routes: Any) -> bool:
+    """Whether ``task_routes`` routes by task name alone (no function, which sees the call)."""
+    if not routes:
+        return True
+    routers = routes if isinstance(routes, list | tuple) else [routes]
+    return all(isinstance(r, Mapping) for r in routers)
+
+
 def _timestamp(value: float | dt.datetime) -> float:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
@@ -236,7 +347,9 @@ def publish(app: Celeriac, broker: Broker, publications: Sequence[Publication]) 
         if len(publications) == 1:
             broker.publish(publications[0])
         else:
-            broker.publish_many(publications)
+            size = broker.max_batch or len(publications)
+            for start in range(0, len(publications), size):
+                broker.publish_many(publications[start : start + size])
     announce(app, signals.after_task_publish, publications)
     if app.conf.task_send_sent_event:
         from celeriac.events.sent import sent

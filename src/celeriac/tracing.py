@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _available: bool | None = None
 _provider: Any = None
 _tracers: dict[int, Any] = {}
+_trace: Any = None  # opentelemetry.trace, once imported
 
 
 def configure(tracer_provider: Any = None) -> None:
@@ -44,14 +45,20 @@ def configure(tracer_provider: Any = None) -> None:
 
 
 def _tracer() -> Any:
-    """The tracer to use now, or None when tracing is off (no API, or no provider set)."""
-    global _available
+    """The tracer to use now, or None when tracing is off (no API, or no provider set).
+
+    Asked on every publish: the API module is kept once imported (the import statement cost
+    ~1 us a call; the provider itself is still asked each time, as one may be set later)."""
+    global _available, _trace
     if _available is None:
         _available = importlib.util.find_spec("opentelemetry") is not None
     if not _available:
         return None
-    from opentelemetry import trace
+    trace = _trace
+    if trace is None:
+        from opentelemetry import trace
 
+        _trace = trace
     provider = _provider
     if provider is None:
         provider = trace.get_tracer_provider()

@@ -90,7 +90,7 @@ def _install_sqlite(fault: str) -> None:
     SQLiteFile.write = write  # type: ignore[method-assign]
 
 
-# -- Redis: every broker and beat-store command is a call of a registered Lua script ----------
+# -- Redis: every broker and beat-store command is a call of a Lua script, by its SHA ---------
 def _envelope_tick(args: list[Any]) -> float | None:
     for arg in args:
         if isinstance(arg, str) and arg.startswith('{"body"'):
@@ -101,21 +101,21 @@ def _envelope_tick(args: list[Any]) -> float | None:
 
 def _install_redis(fault: str) -> None:
     import redis
-    from redis.commands.core import Script
+    from redis.commands.core import ScriptCommands
 
-    real_call = Script.__call__
+    # Every script call comes here, by SHA (redis-py's Script objects call it too).
+    real_evalsha = ScriptCommands.evalsha
 
-    def call(self: Script, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        argv = list(args or [])
-        tick = _envelope_tick(argv)
+    def evalsha(self: Any, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        tick = _envelope_tick(list(keys_and_args))
         if fault == "stall-in-send" and _fire(tick):
             _stall()
-        result = real_call(self, keys, args, client)
+        result = real_evalsha(self, sha, numkeys, *keys_and_args)
         if fault == "raise-after-send" and result == 1 and _fire(tick):
             raise redis.ConnectionError("Connection closed by server (test fault, after the call)")
         return result
 
-    Script.__call__ = call  # type: ignore[method-assign]
+    ScriptCommands.evalsha = evalsha  # type: ignore[method-assign]
 
 
 def _install_generic() -> None:

@@ -83,6 +83,10 @@ class Broker(ABC):
     #: Whether a lease lives and dies with the connection that took it (AMQP: the channel), so
     #: another connection can neither renew nor give it back.
     leases_follow_connection: ClassVar[bool] = False
+    #: The most messages one :meth:`publish_many` call is given: longer batches are split
+    #: into calls of this size (:func:`celeriac.sending.publish`), each its own round trip.
+    #: None: no limit. A broker whose batch holds a lock or blocks a server sets one.
+    max_batch: ClassVar[int | None] = None
     #: The transport whose connections this broker uses (set when it hands the broker out).
     transport: Transport | None = None
     #: The transport's options class: ``broker_transport_options`` are parsed into it, and an

@@ -14,14 +14,16 @@ Ids are assigned up front (:func:`freeze`), so the caller's result handles exist
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celeriac.canvas.signature import Signature, chain, chord, group
+from celeriac.exceptions import InvalidTaskArguments, ProtocolError
 from celeriac.protocol.message import new_id
 from celeriac.protocol.publication import Publication
 from celeriac.result import AsyncResult, GroupResult
-from celeriac.sending import publish, reply_to_of
+from celeriac.sending import CallTemplate, check_options, publish, reply_to_of
 
 if TYPE_CHECKING:
     from celeriac.app import Celeriac
@@ -237,8 +239,79 @@ def apply_canvas(
     result = freeze(app, sig)
     plan = Plan()
     plan_signature(app, sig, args, kwargs, options, plan)
-    backend = app.backend
-    for gid, size in plan.chord_starts:
-        backend.chord_start(gid, size)
-    publish(app, app.broker, plan.publishes)
+    send_plan(app, plan)
     return result
+
+
+def send_many(
+    app: Celeriac, signatures: Iterable[Signature], options: dict[str, Any]
+) -> list[AsyncResult[Any]]:
+    """Send every signature of ``signatures`` with ``options`` (which win over each one's own,
+    as a group's do over its members'): all messages are built before any is sent, then go to
+    the broker in one publish (:func:`~celeriac.sending.publish`, one round trip per
+    ``max_batch`` messages). Returns the result handles in the order given."""
+    check_options(k for k in options if k not in PUBLISH_OPTIONS)
+    if "task_id" in options:  # it would give every call the same id
+        raise TypeError("send_many: task_id names one call; set it on its signature instead")
+    sigs = list(signatures)
+    plan = Plan()
+    results: list[AsyncResult[Any]] = []
+    templates: dict[Any, CallTemplate] = {}
+    for index, sig in enumerate(sigs):
+        try:
+            results.append(_plan_call(app, sig, options, plan, templates))
+        except (ProtocolError, InvalidTaskArguments) as exc:
+            # Raised before anything was sent: say which call, and that the batch is whole.
+            note = f"call {index} of {len(sigs)} given to send_many; none of them was sent"
+            raise type(exc)(f"{exc} ({note})") from exc
+    send_plan(app, plan)
+    return results
+
+
+def _plan_call(
+    app: Celeriac,
+    sig: Signature,
+    options: dict[str, Any],
+    plan: Plan,
+    templates: dict[Any, CallTemplate],
+) -> AsyncResult[Any]:
+    """One signature of :func:`send_many`. A task call is not frozen in place (the same
+    signature given twice is two calls, as two ``apply_async()`` are; an id frozen before is
+    kept); its arguments are checked against the task's parameters when it is registered
+    here, as ``delay()`` checks them. Calls of one task with the same options share their
+    :class:`~celeriac.sending.CallTemplate` (``templates``): what ``prepare_message``
+    resolves per call (route, priority, serializer, reply queue, ...) is resolved once."""
+    if not isinstance(sig, Signature):
+        raise TypeError(f"send_many takes signatures (task.s(...)), not {type(sig).__name__}")
+    if sig.subtask_type is not None:  # a workflow: planned as apply_async plans it
+        result = freeze(app, sig)
+        plan_signature(app, sig, [], {}, dict(options), plan)
+        return result
+    name, args, kwargs = sig.name, sig["args"], sig["kwargs"]
+    opts = {k: v for k, v in {**sig.options, **options}.items() if k in PUBLISH_OPTIONS}
+    task_id = opts.pop("task_id", None) or new_id()
+    task = app.tasks.get(name)
+    if task is not None:
+        task.check_arguments(args, kwargs)
+    try:
+        key: Any = (name, *sorted(opts.items()))
+        template = templates.get(key)
+    except TypeError:  # an unhashable option (link=[...], headers={...}): not shared
+        key, template = None, None
+    if template is None:
+        template = app.call_template(name, _task=task, **opts)
+        if key is not None:
+            templates[key] = template
+    plan.publishes.append(template.publication(args, kwargs, task_id))
+    return AsyncResult(task_id, app, task_name=name)
+
+
+def send_plan(app: Celeriac, plan: Plan) -> None:
+    """Chord counters first (a header task may finish before the last message is sent), then
+    every message of ``plan``."""
+    if plan.chord_starts:
+        backend = app.backend
+        for gid, size in plan.chord_starts:
+            backend.chord_start(gid, size)
+    if plan.publishes:
+        publish(app, app.broker, plan.publishes)

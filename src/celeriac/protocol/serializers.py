@@ -21,6 +21,7 @@ from typing import Any
 
 from celeriac.exceptions import ConfigurationError, ContentDisallowed, DecodeError
 from celeriac.protocol import bounds
+from celeriac.protocol.jsontext import encoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +81,14 @@ def _json_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
-_json_encoder = json.JSONEncoder(default=_json_default, ensure_ascii=False, separators=(", ", ": "))
 _json_decoder = json.JSONDecoder(object_hook=_json_hook)
 
 
+_json_text = encoder(ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+
+
 def _json_dumps(obj: Any) -> bytes:
-    return _json_encoder.encode(obj).encode("utf-8")
+    return _json_text(obj).encode("utf-8")
 
 
 def _json_loads(data: bytes) -> Any:

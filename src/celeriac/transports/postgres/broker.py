@@ -14,7 +14,6 @@ nothing published an idle worker claims once per ``polling_interval`` (2 s) at m
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError, PublishRefused
+from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.publication import Publication
 from celeriac.transports.postgres.connection import Database
 from celeriac.transports.postgres.options import PostgresOptions
@@ -93,8 +93,8 @@ class _Idle:
     next_look: float
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=str)
+#: Headers and properties as columns: json.dumps(obj, separators=(",", ":"), default=str).
+_dumps = encoder(separators=(",", ":"), default=str)
 
 
 class PostgresBroker(Broker):

@@ -75,8 +75,8 @@ elseif cmd == 'settle' then
 elseif cmd == 'send' then
   if not claimable(ARGV[3], ARGV[4], ARGV[6]) then return 0 end
   for i = 8, #ARGV, 5 do
-    local stored = broker({'publish', P, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-                           ARGV[i + 4]})
+    local stored = broker({'publish', P, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4],
+                           '1', ARGV[i + 3]})
     if stored ~= 1 then return stored end
   end
   redis.call('HSET', TICKS, ARGV[4], ARGV[5])

@@ -311,21 +311,34 @@ local function stored_state(rp, id)
 end
 
 if cmd == 'publish' then
-  -- q, priority, delay (s from now, '' = none), envelope, bind ('1' = declare the binding).
-  -- Delays are relative, so they are measured on one clock (the server's), whatever the
-  -- clients' clocks say; the zset holds server times.
-  local q, priority, delay, envelope = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-  if ARGV[7] == '1' then
-    redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
+  -- Runs of messages, each: q, priority, delay (s from now, '' = none), bind ('1' = declare
+  -- the binding), count, then that many envelopes, to store in order (the first is served
+  -- first). Delays are relative, so they are measured on one clock (the server's), whatever
+  -- the clients' clocks say; the zset holds server times. Each queue is woken once, after its
+  -- messages are in.
+  local woken, at, i = {}, nil, 3
+  while i <= #ARGV do
+    local q, priority, delay, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 4])
+    if ARGV[i + 3] == '1' then
+      redis.call('SADD', P .. '_kombu.binding.' .. q, q .. SEP .. SEP .. q)
+    end
+    local first, last = i + 5, i + 4 + n
+    if delay ~= '' and tonumber(delay) > 0 then
+      at = at or now()
+      for j = first, last do redis.call('ZADD', delayed_key(q), at + tonumber(delay), ARGV[j]) end
+      redis.call('SADD', QUEUES, q)
+      woken[q] = 'd'
+    else
+      -- unpack() is bounded by Lua's C stack (8000 values): a run is pushed 1000 at a time.
+      local key = bucket(q, priority)
+      for j = first, last, 1000 do
+        redis.call('LPUSH', key, unpack(ARGV, j, math.min(j + 999, last)))
+      end
+      woken[q] = woken[q] or '1'
+    end
+    i = last + 1
   end
-  if delay ~= '' and tonumber(delay) > 0 then
-    redis.call('ZADD', delayed_key(q), now() + tonumber(delay), envelope)
-    redis.call('SADD', QUEUES, q)
-    wake(q, 'd')
-    return 1
-  end
-  redis.call('LPUSH', bucket(q, priority), envelope)
-  wake(q)
+  for q, token in pairs(woken) do wake(q, token == 'd' and 'd' or nil) end
   return 1
 
 elseif cmd == 'fetch' then

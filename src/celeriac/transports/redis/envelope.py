@@ -10,9 +10,11 @@ import json
 from typing import Any
 
 from celeriac.exceptions import DecodeError
+from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Route
 
+_dumps = encoder()  # json.dumps's text
 #: Properties the envelope carries for the transport, not for the task.
 _TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
 
@@ -30,7 +32,7 @@ def encode_envelope(message: Message, route: Route, priority: int, tag: str) -> 
     props["priority"] = priority
     props["body_encoding"] = "base64"
     props["delivery_tag"] = tag
-    return json.dumps(
+    return _dumps(
         {
             "body": base64.b64encode(message.body).decode("ascii"),
             "content-encoding": message.content_encoding,

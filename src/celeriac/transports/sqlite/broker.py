@@ -17,7 +17,6 @@ a dead one's messages come back one lease later.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, PublishRefused
+from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.publication import Publication
 from celeriac.transports.sqlite import dead_letters
 from celeriac.transports.sqlite.connection import SQLiteFile
@@ -91,8 +91,8 @@ First = Callable[[sqlite3.Connection], None]
 Then = Callable[[sqlite3.Connection, list[Delivery]], None]
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), default=str)
+#: Headers and properties as columns: json.dumps(obj, separators=(",", ":"), default=str).
+_dumps = encoder(separators=(",", ":"), default=str)
 
 
 class SQLiteBroker(Broker):
