@@ -111,6 +111,8 @@ BENCHES = [
         "redis_vs_peers.py",
         [
             Row("celeriac", "Celeriac", "celeriac prefork -c 2"),
+            # the same worker; its client enqueues with app.send_many, 1,000 calls a batch
+            Row("celeriac_batch", "Celeriac send_many", "celeriac prefork -c 2, send_many"),
             Row("huey", "Huey", "huey -k process -w 2", needs="huey"),
             Row("celery", "Celery", "celery prefork -c 2", needs="celery"),
         ],
@@ -118,7 +120,7 @@ BENCHES = [
             Target("drain_per_s", ">=", 7000),
             Target("drain_per_s", ">=", 2, peer="huey"),
             Target("enqueue_per_s", ">=", 1.2, peer="huey", what="one call at a time"),
-            Target(BATCH, ">=", 50_000),
+            Target("enqueue_per_s", ">=", 50_000, row="celeriac_batch"),
             Target("rt_p50_ms", "<=", 0.6),
             RSS,
         ],
@@ -135,7 +137,7 @@ BENCHES = [
             Row(
                 "celeriac_noconfirm",
                 "Celeriac confirm_publish=False",
-                "celeriac -c 2 redis confirm_publish=False",
+                "celeriac -c 2 redis nc",
             ),
             Row("dramatiq", "Dramatiq", "dramatiq -p2 -t8", needs="dramatiq"),
             Row("celery", "Celery", "celery -c 2 rpc", needs="celery"),
