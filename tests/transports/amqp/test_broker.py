@@ -25,7 +25,8 @@ from celeriac.protocol.serializers import default_registry
 from celeriac.transports import open_transport
 from celeriac.transports.amqp.broker import AMQPBroker
 from celeriac.transports.amqp.declarations import delay_queue
-from celeriac.transports.amqp.publisher import Outgoing, Unconfirmed, _Line
+from celeriac.transports.amqp.line import Line
+from celeriac.transports.amqp.publisher import Outgoing, Unconfirmed
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
 
@@ -484,7 +485,7 @@ def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
             raise KeyboardInterrupt
 
         with monkeypatch.context() as m:
-            m.setattr(_Line, "read", interrupted)
+            m.setattr(Line, "read", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 broker.publish(Publication(msg("b"), Route(q)))  # sent, its confirm never read
         assert publisher._line is None and not first.connected

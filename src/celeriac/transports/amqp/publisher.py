@@ -12,7 +12,7 @@ thread ``delay()`` ran at 1,095/s against 1,535/s on the caller's own connection
 bench/README.md), and N concurrent callers share one socket and the same confirms. Reading and
 writing take the same lock (a TLS socket must not do both at once), but a reader waits for
 bytes outside it. A message's frames are built by :mod:`.frames` and written with one
-``sendall``; acks are parsed straight from what one ``recv`` brought (:meth:`_Line.read`).
+``sendall``; acks are parsed straight from what one ``recv`` brought (:meth:`.line.Line.read`).
 Sequentially, that made a confirmed publish cheaper in CPU than py-amqp's own
 ``basic_publish`` with ``confirm_publish`` (``bench/amqp_publish.py``).
 
@@ -40,10 +40,7 @@ have dropped it silently), and every socket operation has a time limit.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import select
-import ssl
 import struct
 import threading
 import time
@@ -53,10 +50,9 @@ from typing import Any
 
 import amqp
 import amqp.exceptions
-from amqp import spec
 
 from celeriac.exceptions import BrokerError
-from celeriac.transports.amqp.frames import Unsupported, publish_frames
+from celeriac.transports.amqp.line import Line, write_publish
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.urls import connect_params, idle_limit
 
@@ -72,15 +68,6 @@ _SLICE = 0.05
 _UNENCODABLE = (amqp.exceptions.FrameSyntaxError, TypeError, ValueError, struct.error)
 #: what tells a connection is gone (or must be given up)
 _LOST = (OSError, amqp.exceptions.AMQPError)
-#: ``basic.publish``'s argument signature (ticket, exchange, routing key, mandatory, immediate)
-_PUBLISH_ARGS = "Bssbb"
-#: frames as read (AMQP 0-9-1 §4.2.3): type, channel, size; then the payload and 0xCE
-_FRAME_HEADER = struct.Struct(">BHI")
-_FRAME_END = 0xCE
-#: a ``basic.ack`` method frame's payload: class 60, method 80, then delivery tag and multiple
-_ACK = struct.pack(">HH", *spec.Basic.Ack)
-_ACK_ARGS = struct.Struct(">QB")
-_RECV = 65536
 
 
 class Unroutable(BrokerError):
@@ -144,69 +131,6 @@ class _Call:
             self.wake.set()
 
 
-class _Line:
-    """One open connection: a channel in confirm mode, and one without for unconfirmed sends."""
-
-    def __init__(self, conn: amqp.Connection, confirming: amqp.Channel) -> None:
-        self.conn = conn
-        self.confirming = confirming
-        self.plain: amqp.Channel | None = None
-        self.sock = conn.transport.sock
-        self.tls = isinstance(self.sock, ssl.SSLSocket)
-        # Two: a poll object serves one thread at a time ("concurrent poll() invocation"), and
-        # the reader waits outside the lock while a holder of the lock may look too.
-        self._poll, self._reader_poll = select.poll(), select.poll()
-        self._poll.register(self.sock, select.POLLIN)
-        self._reader_poll.register(self.sock, select.POLLIN)
-        self.tag = 0
-        #: confirming channel's delivery tag -> (call, message), in tag order
-        self.outstanding: dict[int, tuple[_Call, Outgoing]] = {}
-        self.returned_tags: set[int] = set()
-        self.last_use = time.monotonic()
-        self.lost_routes = False  # an unconfirmed message came back: declare again
-        self.error: BaseException | None = None  # why it was given up
-        self._buf = bytearray()  # bytes read, not yet a whole frame
-        self.on_ack: Callable[[int, bool], None] = lambda tag, multiple: None
-
-    def readable(self, timeout: float, *, reader: bool = False) -> bool:
-        """Bytes to read within ``timeout`` s (TLS may hold decrypted ones the socket hides);
-        under the lock, or ``reader``: by the one reader, outside it."""
-        if self.tls and self.sock.pending() > 0:
-            return True
-        poll = self._reader_poll if reader else self._poll
-        return bool(poll.poll(max(0, math.ceil(timeout * 1000))))
-
-    def read(self) -> None:
-        """Read what has arrived (one ``recv``) and dispatch every whole frame in it.
-
-        A ``basic.ack`` on the confirming channel goes straight to :attr:`on_ack`; any other
-        frame to py-amqp's frame handler, in order. Read here rather than with py-amqp's
-        ``read_frame`` (three ``recv`` and its method dispatch per frame): the acks are most of
-        what this connection receives, and several come in one ``recv`` when callers share it.
-        """
-        data = self.sock.recv(_RECV)  # the socket's timeout bounds it (it was readable)
-        if not data:
-            raise ConnectionError("RabbitMQ closed the connection")
-        buf = self._buf
-        buf += data
-        end, pos = len(buf), 0
-        confirming = self.confirming.channel_id
-        while end - pos > 7:
-            kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
-            stop = pos + 7 + size
-            if stop >= end:
-                break  # the rest is on its way
-            if buf[stop] != _FRAME_END:
-                raise amqp.exceptions.UnexpectedFrame(f"bad frame end {buf[stop]:#x}")
-            if kind == 1 and channel == confirming and buf[pos + 7 : pos + 11] == _ACK:
-                tag, bits = _ACK_ARGS.unpack_from(buf, pos + 11)
-                self.on_ack(tag, bool(bits & 1))
-            else:
-                self.conn.on_inbound_frame((kind, channel, bytes(buf[pos + 7 : stop])))
-            pos = stop + 1
-        del buf[:pos]
-
-
 class Publisher:
     """The process's publishing connection to one server, shared by its threads (see the
     module docstring)."""
@@ -216,7 +140,7 @@ class Publisher:
         self._idle_limit = idle_limit(url, options)
         self._pid = os.getpid()
         self._lock = threading.RLock()  # the socket (both ways) and every state below
-        self._line: _Line | None = None
+        self._line: Line | None = None
         self._reader: _Call | None = None
         self._followers: dict[_Call, None] = {}  # waiting callers, oldest first
         self._closed = False
@@ -316,7 +240,7 @@ class Publisher:
                 outstanding[line.tag] = (call, item)
                 call.left += 1
                 try:
-                    _publish(line.conn, channel, item)
+                    write_publish(line.conn, channel, item)
                 except _UNENCODABLE as exc:  # nothing of it was written: the line is fine
                     del outstanding[line.tag]
                     line.tag -= 1
@@ -375,7 +299,7 @@ class Publisher:
                     follower.woken()  # it takes over reading
                     break
 
-    def _read_for(self, call: _Call, line: _Line | None, deadline: float) -> None:
+    def _read_for(self, call: _Call, line: Line | None, deadline: float) -> None:
         """Read and dispatch frames until ``call`` is settled; past the deadline with no confirm,
         the line is given up (RabbitMQ silent, or the connection dead without a word)."""
         while not call.settled:
@@ -419,7 +343,7 @@ class Publisher:
             if readable:
                 self._drain(line)
 
-    def _drain(self, line: _Line) -> None:
+    def _drain(self, line: Line) -> None:
         """Dispatch every frame that has arrived (under the lock); the line dies on an error.
 
         Looked at first even when a poll said so: another holder of the lock may have read
@@ -452,7 +376,7 @@ class Publisher:
                         channel = line.plain = line.conn.channel()
                         channel.events["basic_return"].add(self._on_plain_return(line))
                     for item in items:
-                        _publish(line.conn, channel, item)
+                        write_publish(line.conn, channel, item)
                     line.last_use = time.monotonic()
                     return
                 except amqp.exceptions.ChannelError as exc:
@@ -473,7 +397,7 @@ class Publisher:
             pause = min(pause * 2, _PAUSE_MAX)
 
     # -- confirms (py-amqp's frame dispatch, on the reading thread, under the lock) -----------
-    def _handlers(self, line: _Line) -> tuple[Callable[..., None], ...]:
+    def _handlers(self, line: Line) -> tuple[Callable[..., None], ...]:
         outstanding = line.outstanding
 
         def settle(tag: int, multiple: bool, nack: bool) -> None:
@@ -512,7 +436,7 @@ class Publisher:
 
         return on_ack, on_nack, on_return
 
-    def _on_plain_return(self, line: _Line) -> Callable[..., None]:
+    def _on_plain_return(self, line: Line) -> Callable[..., None]:
         def on_return(exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
             logger.warning(
                 "AMQP: RabbitMQ returned an unconfirmed message to %r/%r (%s): it is lost",
@@ -525,7 +449,7 @@ class Publisher:
         return on_return
 
     # -- the line ------------------------------------------------------------------------------
-    def _open(self, deadline: float) -> _Line:
+    def _open(self, deadline: float) -> Line:
         """The open line (under the lock), replaced first when idle too long."""
         if self._closed:
             raise BrokerError("the AMQP connection was closed")
@@ -550,7 +474,7 @@ class Publisher:
         except BaseException:
             conn.collect()
             raise
-        line = _Line(conn, channel)
+        line = Line(conn, channel)
         on_ack, on_nack, on_return = self._handlers(line)
         line.on_ack = on_ack
         channel.events["basic_ack"].add(on_ack)
@@ -560,7 +484,7 @@ class Publisher:
         self.opened += 1
         return line
 
-    def _kill(self, line: _Line | None, exc: BaseException, *, collect: bool = True) -> None:
+    def _kill(self, line: Line | None, exc: BaseException, *, collect: bool = True) -> None:
         """Give ``line`` up (under the lock): each caller with messages in flight on it learns
         which, and why."""
         if line is None or line is not self._line:
@@ -575,7 +499,7 @@ class Publisher:
         if collect:
             _collect(line.conn)
 
-    def _abandon(self, call: _Call, line: _Line | None) -> None:
+    def _abandon(self, call: _Call, line: Line | None) -> None:
         """Forget ``call``'s messages in flight (it stops waiting for them)."""
         if line is None:
             return
@@ -615,33 +539,6 @@ class Publisher:
                 logger.debug("AMQP: closing the publish connection: %r", exc)
             finally:
                 _collect(line.conn)
-
-
-def _publish(conn: amqp.Connection, channel: amqp.Channel, item: Outgoing) -> None:
-    # Not ``basic_publish``: it reads the socket first for a ``connection.blocked`` and changes
-    # the socket's timeout twice, once per message; here the socket is only read by the one
-    # waiting for confirms. Frames encoded by :mod:`.frames`, or py-amqp when it cannot.
-    try:
-        frames = publish_frames(
-            channel.channel_id,
-            conn.frame_max,
-            item.exchange,
-            item.routing_key,
-            item.mandatory,
-            item.body,
-            item.properties,
-        )
-    except Unsupported:
-        pass
-    else:
-        conn.transport.write(frames)
-        return
-    channel.send_method(
-        spec.Basic.Publish,
-        _PUBLISH_ARGS,
-        (0, item.exchange, item.routing_key, item.mandatory, False),
-        amqp.Message(item.body, **item.properties),
-    )
 
 
 def _collect(conn: amqp.Connection) -> None:
