@@ -7,12 +7,11 @@ import importlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from celeriac import sending
 from celeriac._fork import generation
 from celeriac.backends import ResultBackend
-from celeriac.beat.store import BeatStore
 from celeriac.brokers import Broker
 from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
@@ -34,6 +33,9 @@ from celeriac.signals import Signal
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
 from celeriac.urls import redact
+
+if TYPE_CHECKING:
+    from celeriac.beat.store import BeatStore
 
 P = ParamSpec("P")
 R = TypeVar("R")

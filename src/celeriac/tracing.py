@@ -23,6 +23,8 @@ A failed task's span has an ERROR status and the exception recorded.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,15 @@ def configure(tracer_provider: Any = None) -> None:
 def _tracer() -> Any:
     """The tracer to use now, or None when tracing is off (no API, or no provider set)."""
     global _available
+    if (
+        _provider is None
+        and "opentelemetry.trace" not in sys.modules
+        and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    ):
+        # Nobody imported the API's trace module, so nobody set a global provider (and none
+        # is named in the environment, where get_tracer_provider() would load it from):
+        # tracing is off, known without importing the API into every worker process.
+        return None
     if _available is None:
         _available = importlib.util.find_spec("opentelemetry") is not None
     if not _available:
