@@ -6,12 +6,11 @@ import datetime as dt
 import importlib
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from celeriac import sending
 from celeriac._fork import generation
 from celeriac.backends import ResultBackend
-from celeriac.beat.store import BeatStore
 from celeriac.brokers import Broker
 from celeriac.canvas.builtins import register_builtins
 from celeriac.canvas.signature import Signature
@@ -31,6 +30,9 @@ from celeriac.signals import Signal
 from celeriac.tasks.registry import TaskRegistry
 from celeriac.tasks.task import Task
 from celeriac.urls import redact
+
+if TYPE_CHECKING:
+    from celeriac.beat.store import BeatStore
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -18,7 +18,6 @@ published (broadcast needs pub/sub: not there).
 
 from __future__ import annotations
 
-import difflib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -261,6 +260,8 @@ class Topology:
 
     def check_queue(self, name: str) -> None:
         if name not in self.queues and not self.create_missing and self.queues:
+            import difflib  # only for this message
+
             close = difflib.get_close_matches(name, list(self.queues), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"declared: {sorted(self.queues)}"
             raise ConfigurationError(

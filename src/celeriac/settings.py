@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import importlib
 import logging
 import os
@@ -225,6 +224,8 @@ class Settings:
     @staticmethod
     def _check(name: str) -> None:
         if name not in _NAMES and name not in CELERY_ONLY:
+            import difflib  # only for this message
+
             close = difflib.get_close_matches(name.lower(), _NAMES, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigurationError(f"unknown setting {name!r}{hint}")

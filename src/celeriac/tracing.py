@@ -23,6 +23,8 @@ A failed task's span has an ERROR status and the exception recorded.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,15 @@ def _tracer() -> Any:
     Asked on every publish: the API module is kept once imported (the import statement cost
     ~1 us a call; the provider itself is still asked each time, as one may be set later)."""
     global _available, _trace
+    if (
+        _provider is None
+        and "opentelemetry.trace" not in sys.modules
+        and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+    ):
+        # Nobody imported the API's trace module, so nobody set a global provider (and none
+        # is named in the environment, where get_tracer_provider() would load it from):
+        # tracing is off, known without importing the API into every worker process.
+        return None
     if _available is None:
         _available = importlib.util.find_spec("opentelemetry") is not None
     if not _available:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import json
 import socket
 import sys
@@ -12,12 +12,7 @@ import click
 
 from celeriac import __version__
 from celeriac.app import Celeriac
-from celeriac.cli.beat import beat
-from celeriac.cli.control import control, expand_nodename, inspect, status
-from celeriac.cli.dashboard import dashboard
-from celeriac.cli.db import db
-from celeriac.cli.events import events
-from celeriac.cli.health import health
+from celeriac.cli.control import expand_nodename
 from celeriac.cli.loading import load_app
 from celeriac.exceptions import CeleriacError
 from celeriac.urls import mask_urls
@@ -43,8 +38,38 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 
 
+#: Commands defined in modules of their own, imported when run (or listed by --help): a worker
+#: does not carry beat's scheduler or the health probe's HTTP client (email, ssl) in each of
+#: its processes.
+_LAZY_COMMANDS = {
+    "beat": "celeriac.cli.beat",
+    "control": "celeriac.cli.control",
+    "dashboard": "celeriac.cli.dashboard",
+    "db": "celeriac.cli.db",
+    "events": "celeriac.cli.events",
+    "health": "celeriac.cli.health",
+    "inspect": "celeriac.cli.control",
+    "status": "celeriac.cli.control",
+}
+
+
 class _MaskingGroup(click.Group):
-    """Every command's error message, masked: a URL in it shows no password."""
+    """Every command's error message, masked: a URL in it shows no password.
+
+    Also the group that imports a command's module only when that command is wanted.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _LAZY_COMMANDS:
+            module = importlib.import_module(_LAZY_COMMANDS[cmd_name])
+            command = getattr(module, cmd_name)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -323,6 +348,8 @@ def _known_task(app: Celeriac, name: str) -> None:
     app.import_modules()
     if name in app.tasks:
         return
+    import difflib  # only for this message
+
     close = difflib.get_close_matches(name, list(app.tasks), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise click.ClickException(
@@ -462,16 +489,6 @@ def demo(count: int, concurrency: int, workdir: str | None) -> None:
     from celeriac.cli.demo import run_demo
 
     sys.exit(run_demo(count=count, concurrency=concurrency, workdir=workdir))
-
-
-cli.add_command(beat)
-cli.add_command(inspect)
-cli.add_command(control)
-cli.add_command(status)
-cli.add_command(events)
-cli.add_command(db)
-cli.add_command(dashboard)
-cli.add_command(health)
 
 
 def main() -> None:

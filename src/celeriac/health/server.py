@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 logger = logging.getLogger("celeriac.health")
 
@@ -20,6 +19,9 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, routes: Mapping[str, Route]) -> None:
         table = dict(routes)
+        # Here, not at the top: http.server brings http.client, email and more, which a worker
+        # serving neither port would carry in every process.
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import bz2
 import datetime as dt
-import decimal
 import json
 import pickle
+import sys
 import uuid
 import zlib
 from collections.abc import Callable, Iterable
@@ -46,7 +46,9 @@ def _json_default(obj: Any) -> Any:
         return _typed("date", obj.isoformat())
     if isinstance(obj, dt.time):
         return _typed("time", obj.isoformat())
-    if isinstance(obj, decimal.Decimal):
+    # A Decimal exists only once its module is imported: looked up, not imported here.
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(obj, decimal.Decimal):
         return _typed("decimal", str(obj))
     if isinstance(obj, uuid.UUID):
         return _typed("uuid", {"hex": obj.hex})
@@ -60,11 +62,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+def _decimal(value: str) -> Any:
+    import decimal  # on first use: most processes never see a Decimal
+
+    return decimal.Decimal(value)
+
+
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
     "date": lambda v: dt.datetime.fromisoformat(v).date(),
     "time": dt.time.fromisoformat,
-    "decimal": decimal.Decimal,
+    "decimal": _decimal,
     "uuid": lambda v: uuid.UUID(**v),
     "bytes": lambda v: v.encode("utf-8"),
     "base64": lambda v: base64.b64decode(v.encode("ascii")),

@@ -23,8 +23,6 @@ an integer (AMQP and JSON disagree on ``60`` vs ``60.0``), bytes as ``{"$bytes":
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -67,6 +65,10 @@ def key_id(key: bytes) -> str:
     It reveals no more about the key than any signature does, and lets a worker pick the key
     a message was signed with among several (rotation) without trying each.
     """
+    # hashlib and hmac load OpenSSL: imported where a key is used, not by every process.
+    import hashlib
+    import hmac
+
     return hmac.new(key, _ID_DOMAIN, hashlib.sha256).hexdigest()[:16]
 
 
@@ -141,6 +143,8 @@ def _norm(value: Any) -> Any:
 
 def _mac(key: bytes, *parts: bytes) -> str:
     # hmac.digest: OpenSSL's one-shot HMAC, without building an hmac object in Python.
+    import hmac
+
     return hmac.digest(key, b"".join(parts), "sha256").hex()
 
 
@@ -167,6 +171,8 @@ def verify_message(message: Message, keyring: Keyring) -> None:
         raise SignatureError(f"message is not signed (no {SIGNATURE_HEADER} header)")
     key = keyring.key(headers.get(KEY_ID_HEADER))
     expected = _mac(key, *_task_material(message))
+    import hmac
+
     if not isinstance(signature, str) or not hmac.compare_digest(expected, signature):
         raise SignatureError("message signature does not match its content (changed after signing)")
 
@@ -189,6 +195,8 @@ def verify_control(body: Mapping[str, Any], headers: Mapping[str, Any], keyring:
         raise SignatureError(f"not signed (no {SIGNATURE_HEADER} header)")
     key = keyring.key(headers.get(KEY_ID_HEADER))
     expected = _mac(key, _CONTROL_DOMAIN, _control_material(body, headers))
+    import hmac
+
     if not isinstance(signature, str) or not hmac.compare_digest(expected, signature):
         raise SignatureError("signature does not match its content")
 
@@ -212,6 +220,8 @@ def verify_document(doc: Mapping[str, Any], keyring: Keyring, what: str) -> dict
         expected = _mac(keyring.key(kid), _RESULT_DOMAIN, canonical(rest))
     except SignatureError as exc:
         raise SignatureError(f"{what}: {exc}") from None
+    import hmac
+
     if not hmac.compare_digest(expected, signature):
         raise SignatureError(
             f"{what}: signature does not match its content (changed after signing)"

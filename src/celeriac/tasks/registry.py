@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,8 @@ class TaskRegistry:
         return task
 
     def missing_message(self, name: str) -> str:
+        import difflib  # only for this message
+
         close = difflib.get_close_matches(name, self.names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"no task named {name!r}{hint}"

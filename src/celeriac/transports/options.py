@@ -15,7 +15,6 @@ accepted, logged once at INFO, and otherwise ignored.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import types
 from collections.abc import Mapping
@@ -87,6 +86,8 @@ def option_names(cls: type[Any]) -> list[str]:
 
 def _unknown(key: str, setting: str, scheme: str, known: list[str], ignored: frozenset[str]) -> str:
     message = f"unknown {setting} key {key!r} for {scheme}"
+    import difflib  # only for this message
+
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or difflib.get_close_matches(
         key, sorted(ignored), n=1, cutoff=0.6
     )

@@ -8,7 +8,6 @@ result, then acknowledge), so ordering and batching stay in one place.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -275,6 +274,8 @@ def execute(
 
 async def execute_async(app: Celeriac, job: Job) -> Outcome:
     """Run one job on the running event loop: coroutines directly, sync tasks in a thread."""
+    import asyncio  # here and below, not at the top: only async tasks and pools need it
+
     call = prepare(app, job)
     if isinstance(call, Outcome):
         return call
@@ -307,6 +308,8 @@ async def _with_limits(call: Call, awaitable: Awaitable[Any]) -> Any:
     limit = min((t for t in (soft, hard) if t is not None), default=None)
     if limit is None:
         return await awaitable
+    import asyncio
+
     try:
         return await asyncio.wait_for(awaitable, limit)
     except asyncio.TimeoutError:
@@ -379,6 +382,8 @@ def call_task(task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> 
     """Call a task; a coroutine runs to completion on this thread's own event loop."""
     if not task.is_coroutine:
         return task(*args, **kwargs)
+    import asyncio
+
     loop = getattr(_loops, "loop", None)
     if loop is None or loop.is_closed():
         # One loop per thread, kept: connection pools created by one task stay usable by the next.

@@ -44,6 +44,7 @@ from celeriac import signals
 from celeriac._fork import fork_guard
 from celeriac.exceptions import Unsupported
 from celeriac.health.pulse import Pulse
+from celeriac.keyring import keyring_of
 from celeriac.worker.banner import announce
 from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
@@ -121,6 +122,10 @@ class Supervisor:
         # the broker: each fork waits until none is inside a database call (celeriac/_fork.py).
         fork_guard.arm()
         app.import_modules()
+        # With signing on, its keyring is built here, on this thread, before any fork: that
+        # imports hashlib and hmac (imported on first use), and a child forked while another
+        # thread of this process imports a module would wait forever for its import lock.
+        keyring_of(app.conf)
         # Children open their own connections; the node name in the settings is what lets
         # them share one copy of each broadcast.
         if not app.conf.worker_hostname:
