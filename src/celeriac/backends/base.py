@@ -149,6 +149,7 @@ class ResultBackend(ABC):
     def _expect(self, task_id: str) -> None:
         """A wait for ``task_id`` begins: a backend that notifies may start listening now, so
         that its subscription travels alongside the first read instead of after it."""
+        return None
 
     def reply_to(self) -> str | None:
         """The queue results of tasks sent from this process must be sent to, for a backend

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from celeriac.exceptions import DecodeError
+from celeriac.protocol import fastjson
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Route
 
@@ -49,7 +50,7 @@ class BadEnvelope(DecodeError, ValueError):
 def decode_envelope(raw: bytes | str) -> Message:
     """A :class:`Message` from an envelope; :class:`BadEnvelope` when it is not one."""
     try:
-        env = json.loads(raw)
+        env = fastjson.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's limit
         raise BadEnvelope(f"not a JSON envelope: {exc}") from None
     if not isinstance(env, dict) or not isinstance(env.get("properties"), dict):
