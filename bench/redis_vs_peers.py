@@ -22,9 +22,10 @@ Then the ratios against Celery and against the fastest other peer, next to issue
 (drain >= 3x Celery and >= 1.5x the fastest peer, enqueue >= 2x Celery, p50 <= 0.5x Celery).
 
 Peers other than Celery are measured only if their package is installed (see SYSTEMS):
-``pip install 'dramatiq[redis]' rq``. arq and taskiq-redis are left out: both pin redis-py < 6,
-which kombu 5.7 (Celery's transport) refuses, so they cannot share one environment with Celery;
-shared/ANCHORS.md has their numbers from a separate run on this kind of machine.
+``pip install 'dramatiq[redis]' rq``; Huey (a dev dependency) runs as ``RedisHuey``. arq and
+taskiq-redis are left out: both pin redis-py < 6, which kombu 5.7 (Celery's transport) refuses,
+so they cannot share one environment with Celery; shared/ANCHORS.md has their numbers from a
+separate run on this kind of machine.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class System:
     needs: str = ""  # package that must be importable
     notes: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    #: logs INFO lines per task by default (kept, as the system's default, but not shown)
+    chatty: bool = False
 
 
 SYSTEMS = [
@@ -85,6 +88,14 @@ SYSTEMS = [
         "dramatiq",
         [[PY, "-m", "dramatiq", "dramatiq_app", "-p", "2"]],
         needs="dramatiq",
+    ),
+    System(
+        "huey -k process -w 2",
+        "huey",
+        [[PY, "-m", "huey.bin.huey_consumer", "huey_app.huey", "-k", "process", "-w", "2"]],
+        needs="huey",
+        notes="RedisHuey; its blocking get() polls the result from 50 ms up (x1.15 per miss)",
+        chatty=True,
     ),
     System(
         "rq 2 x SimpleWorker",
@@ -141,7 +152,8 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
     env = {
         **os.environ,
         **system.env,
-        "PYTHONPATH": str(APPS),
+        # a PYTHONPATH given to the bench comes after: another checkout's src/ to compare
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(APPS), os.environ.get("PYTHONPATH")])),
         "BENCH_REDIS_URL": url,
         "BENCH_COUNT_URL": url,
         "BENCH_PREFIX": prefix,
@@ -157,7 +169,12 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
             cmd = [arg.format(url=url, prefix=prefix) for arg in template]
             workers.append(
                 subprocess.Popen(
-                    cmd, env=env, cwd=APPS, start_new_session=True, stdout=subprocess.DEVNULL
+                    cmd,
+                    env=env,
+                    cwd=APPS,
+                    start_new_session=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL if system.chatty else None,
                 )
             )
         first = None
@@ -182,6 +199,8 @@ def run_once(system: System, n: int, calls: int, url: str) -> dict[str, float]:
         keys = list(client.scan_iter(match=f"{prefix}*", count=5000))
         if system.app == "rq":  # RQ keeps jobs under rq:*; DB 14 is the bench's own
             keys += list(client.scan_iter(match="rq:*", count=5000))
+        if system.app == "huey":  # huey.redis.<name>, huey.results.<name>, ...
+            keys += list(client.scan_iter(match=f"huey.*.{prefix}*", count=5000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i : i + 1000])
         client.close()
