@@ -84,3 +84,24 @@ def test_invalid_json_raises_json_error() -> None:
         fastjson.loads(b"{nope")
     with pytest.raises(ValueError):
         serializers.JSON.loads(b"[1,")
+
+
+def test_orjson_decodes_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    seen: list[bytes] = []
+
+    class Counting:
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(data: bytes) -> Any:
+            seen.append(data)
+            return orjson.loads(data)
+
+    assert fastjson.ENABLED
+    monkeypatch.setattr(fastjson, "orjson", Counting)
+    body = b'[[1, "a"], {"k": 2.5}, {"callbacks": null}]'
+    assert serializers.JSON.loads(body) == [[1, "a"], {"k": 2.5}, {"callbacks": None}]
+    assert fastjson.loads(b'{"x": [true]}') == {"x": [True]}
+    assert seen == [body, b'{"x": [true]}']
