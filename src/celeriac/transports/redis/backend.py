@@ -208,6 +208,11 @@ class RedisBackend(ResultBackend):
         if current == channel:
             return
         if current is not None:
+            if not self._local.confirmed:
+                # The last wait found its result at once and read no confirmation: read what
+                # came since, so a long join cannot pile confirmations up unread.
+                while listener.get_message(timeout=0.0) is not None:
+                    pass
             listener.unsubscribe(current)  # type: ignore[no-untyped-call]
         listener.subscribe(channel)
         self._local.channel = channel
