@@ -41,7 +41,8 @@ class System:
         # Both task modules live in bench/; each system only sees its own file.
         return {
             **os.environ,
-            "PYTHONPATH": str(HERE),
+            # a PYTHONPATH given to the bench comes after: another checkout's src/ to compare
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
             "CELERIAC_BROKER_URL": f"sqlite:///{db}",
             "HUEY_BENCH_DB": str(db),
         }

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from celeriac import Celeriac, EagerResult, Task
 from celeriac.exceptions import InvalidTaskArguments
+from celeriac.tasks.task import _fits, _simple_parameters
 
 
 @pytest.fixture
@@ -198,3 +202,33 @@ def test_eager_mode_checks_arguments_too(eager_app: Celeriac) -> None:
 
     with pytest.raises(InvalidTaskArguments):
         one.delay()
+
+
+@given(
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(0, 4),
+    st.lists(st.sampled_from(["a", "b", "c", "d", "e", "z"]), max_size=4, unique=True),
+)
+def test_check_arguments_fast_path_agrees_with_bind(
+    required: int, optional: int, positional: int, keywords: list[str]
+) -> None:
+    """The shortcut for plain signatures accepts exactly what ``Signature.bind`` accepts."""
+    names = ["a", "b", "c", "d", "e", "f"][: required + optional]
+    params = [
+        inspect.Parameter(
+            n,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=inspect.Parameter.empty if i < required else None,
+        )
+        for i, n in enumerate(names)
+    ]
+    simple = _simple_parameters(inspect.Signature(params))
+    assert simple == (tuple(names), required)
+    args, kwargs = tuple(range(positional)), dict.fromkeys(keywords, 0)
+    try:
+        inspect.Signature(params).bind(*args, **kwargs)
+        accepted = True
+    except TypeError:
+        accepted = False
+    assert _fits(simple, args, kwargs) is accepted

@@ -61,3 +61,19 @@ def test_arguments_too_big_for_the_slot_are_left_out_and_the_lease_kept() -> Non
     assert info is not None
     assert (info["id"], info["name"], info["worker_pid"]) == ("t-1", "proj.add", 4242)
     assert (info["args"], info["kwargs"]) == (None, None)
+
+
+def test_what_is_held_and_what_runs_change_apart() -> None:
+    """A fetch while a task runs rewrites the held list and keeps the running task, and a
+    task start keeps the held list (each part of the slot is encoded once per change)."""
+    slots, inflight, job = _held((2, 3))
+    running = slots.running(1)
+    other = build_task_message(default_registry, task_name="proj.mul", task_id="t-2", args=(1,))
+    [(other_id, _)] = inflight.add([Delivery(other, "q", ("q", "tag2", 1), 1)])
+    inflight.working_on(other_id, "t-2")
+
+    assert [h.task_id for h in slots.read(1)] == ["t-1", "t-2"]
+    assert slots.running(1) == running
+
+    inflight.settled([job.job_id])
+    assert [h.task_id for h in slots.read(1)] == ["t-2"] and slots.running(1) is None

@@ -86,3 +86,30 @@ def test_warm_stop_finishes_the_running_task_and_gives_back_the_rest(app: Celeri
     assert backend.get_meta(running.id)["result"] == 0.5  # finished before the stop ended
     assert all(backend.get_meta(r.id)["status"] == "PENDING" for r in waiting)
     assert broker.depth("celery") == 3  # given back, not lost
+
+
+def test_outcomes_due_while_jobs_wait_are_settled_in_one_call(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Results and acks that waited past FLUSH_AFTER behind leased jobs go to the broker in one
+    store-ack-fetch call that leases nothing, not as a store and an ack of their own."""
+    from celeriac.transports.base import Combined
+    from celeriac.worker.settler import FLUSH_AFTER
+
+    calls: list[tuple[int, int]] = []  # (acks, limit) of each combined call
+    original = Combined.store_ack_fetch
+
+    def recorded(self: Combined, results: Any, acks: Any, *args: Any, **kw: Any) -> Any:
+        calls.append((len(acks), args[1]))
+        return original(self, results, acks, *args, **kw)
+
+    monkeypatch.setattr(Combined, "store_ack_fetch", recorded)
+    results = [app.tasks["slow"].delay(2 * FLUSH_AFTER) for _ in range(8)]
+    worker, thread = start(app, concurrency=1, prefetch_multiplier=4)
+    try:
+        assert [r.get(timeout=10) for r in results] == [2 * FLUSH_AFTER] * 8
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert sum(acks for acks, _ in calls) == 8  # every ack rode on a combined call
+    assert any(acks and limit == 0 for acks, limit in calls)  # some while jobs waited

@@ -146,6 +146,11 @@ class ResultBackend(ABC):
         """Block until the result may have changed, at most ``timeout`` s (default: sleep)."""
         time.sleep(min(timeout, 0.05))
 
+    def _expect(self, task_id: str) -> None:
+        """A wait for ``task_id`` begins: a backend that notifies may start listening now, so
+        that its subscription travels alongside the first read instead of after it."""
+        return None
+
     def reply_to(self) -> str | None:
         """The queue results of tasks sent from this process must be sent to, for a backend
         that delivers them rather than stores them (``rpc://``); None for the rest."""
@@ -230,6 +235,7 @@ class ResultBackend(ABC):
     ) -> dict[str, Any]:
         token = None if until is None else _WAIT_UNTIL.set(until)
         try:
+            self._expect(task_id)
             while True:
                 change = self._change_token()
                 meta = self.get_meta(task_id)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeriac.exceptions import ConfigurationError, ContentDisallowed, DecodeError
-from celeriac.protocol import bounds
+from celeriac.protocol import bounds, fastjson
 from celeriac.protocol.jsontext import encoder
 
 
@@ -100,9 +100,7 @@ def _json_dumps(obj: Any) -> bytes:
 
 
 def _json_loads(data: bytes) -> Any:
-    return _json_decoder.decode(
-        data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-    )
+    return fastjson.loads_hooked(data, _json_decoder)
 
 
 def _pickle_dumps(obj: Any) -> bytes:

@@ -223,11 +223,14 @@ class Consumer:
         with self._pump_lock:
             fetch = not waiting and fetcher.fetching.is_set()
             # What is settled now goes with the fetch that follows (one round trip where the
-            # transport can do both; see Transport.combine).
-            later: Deferred | None = Deferred() if fetch else None
+            # transport can do both; see Transport.combine); with jobs waiting, results and
+            # acks that are due go together in one call that leases nothing.
+            later: Deferred | None = Deferred() if fetcher.fetching.is_set() else None
             if settler.due(waiting):
                 settler.apply_waiting(later)
             if waiting:
+                if later:
+                    fetcher.fetch_once(0, 0.0, later)
                 return
             if not fetch:
                 time.sleep(0.01)  # stopping: the pool ends its loop once told to

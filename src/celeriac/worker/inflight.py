@@ -54,7 +54,8 @@ class InFlight:
             batch = [(next(self._ids), d) for d in deliveries]
             self._held.update(batch)
             self.unfinished += len(batch)
-        self._changed()
+        if batch:
+            self._changed()
         return batch
 
     def room(self) -> int:

@@ -13,6 +13,7 @@ made odd while writing (a seqlock) tells the reader to look again.
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
 import multiprocessing as mp
 import pickle
@@ -130,6 +131,10 @@ class SlotWriter:
         #: the running task, as :func:`_decode` turns it into remote control's ``active``
         #: info, until it is settled (its id first)
         self._running: tuple[Any, ...] | None = None
+        #: what is held, as the slot says it; each part pickled (None: not yet)
+        self._items: list[tuple[Any, ...]] = []
+        self._items_blob: bytes | None = None
+        self._running_blob: bytes | None = _NONE
 
     def attach(self, inflight: InFlight) -> None:
         """Publish whatever ``inflight`` holds, now and whenever it changes."""
@@ -144,7 +149,10 @@ class SlotWriter:
             running = self._running
             if running is not None and running[0] not in inflight.task_ids():
                 running = self._running = None
-            self._publish(inflight.renewable(), running)
+                self._running_blob = _NONE
+            self._items = _items(inflight.renewable())
+            self._items_blob = None
+            self._publish()
             self.slots._processed[self.index] = inflight.processed
 
     def running(self, job: Job, time_start: float, pid: int) -> None:
@@ -154,7 +162,7 @@ class SlotWriter:
         ``active`` info from them when asked, so a task start costs no JSON decoding here."""
         message = job.message
         headers = message.headers
-        self._running = (
+        running = (
             message.task_id,
             {k: headers[k] for k in _INFO_HEADERS if k in headers},
             message.properties.get("priority"),
@@ -166,15 +174,33 @@ class SlotWriter:
             pid,
             job.delivery_count > 1,
         )
-        if self._inflight is not None:
-            self.refresh()
+        if self._inflight is None:
+            self._running = running
+            return
+        with self._lock:
+            self._running = running
+            self._running_blob = None
+            self._publish()
 
-    def _publish(self, held: Sequence[Delivery], running: tuple[Any, ...] | None) -> None:
-        items = [
-            (d.queue, d.tag, d.delivery_count, d.message.task_id, d.message.headers.get("task"))
-            for d in held
-        ]
-        data = pickle.dumps((items, running), pickle.HIGHEST_PROTOCOL) if items or running else b""
+    def _publish(self) -> None:
+        """Write what is held and what runs, each pickled once per change (a task start
+        re-pickles only the running task, a settlement only the held list)."""
+        items, running = self._items, self._running
+        if not items and running is None:
+            self.slots._write(self.index, b"")
+            return
+        if self._items_blob is None:
+            self._items_blob = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+        if self._running_blob is None:
+            self._running_blob = pickle.dumps(running, pickle.HIGHEST_PROTOCOL)
+        data = self._items_blob + self._running_blob
+        if len(data) > SLOT_SIZE:
+            data = self._fitted(list(items), running)
+        self.slots._write(self.index, data)
+
+    def _fitted(self, items: list[tuple[Any, ...]], running: tuple[Any, ...] | None) -> bytes:
+        """What fits in the slot when everything does not."""
+        data = _encode(items, running)
         while len(data) > SLOT_SIZE and (items or running):
             # Not expected with a child's prefetch of one or a few: keep what fits, and the
             # child's own renewals keep the rest leased (a huge args list goes first).
@@ -185,18 +211,38 @@ class SlotWriter:
                 items.pop()
             else:
                 running = None
-            data = pickle.dumps((items, running), pickle.HIGHEST_PROTOCOL)
+            data = _encode(items, running)
             if not self._warned:
                 self._warned = True
                 logger.warning("lease slot full: the supervisor renews only part of a batch")
-        self.slots._write(self.index, data)
+        return data
+
+
+_NONE = pickle.dumps(None, pickle.HIGHEST_PROTOCOL)
+
+
+def _items(held: Sequence[Delivery]) -> list[tuple[Any, ...]]:
+    return [
+        (d.queue, d.tag, d.delivery_count, d.message.task_id, d.message.headers.get("task"))
+        for d in held
+    ]
+
+
+def _encode(items: list[tuple[Any, ...]], running: tuple[Any, ...] | None) -> bytes:
+    """Two pickles one after the other: what is held, then what runs (or None)."""
+    if not items and running is None:
+        return b""
+    return pickle.dumps(items, pickle.HIGHEST_PROTOCOL) + pickle.dumps(
+        running, pickle.HIGHEST_PROTOCOL
+    )
 
 
 def _decode(data: bytes) -> tuple[list[Held], dict[str, Any] | None]:
     if not data:
         return [], None
     # Written by our own child process with our own code: not input from outside.
-    items, running = pickle.loads(data)
+    stream = io.BytesIO(data)
+    items, running = pickle.load(stream), pickle.load(stream)
     return [Held(*item) for item in items], None if running is None else _info(*running)
 
 

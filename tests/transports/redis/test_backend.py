@@ -173,3 +173,16 @@ def test_key_prefix_from_result_backend_transport_options(prefix: str) -> None:
         assert keys == [f"{prefix}celery-task-meta-tid"]  # the prefix ends in ":"
     finally:
         app.close()
+
+
+def test_waits_on_ready_results_leave_no_confirmations_piling_up(backend: RedisBackend) -> None:
+    """Each wait subscribes as it starts; one that finds its result at once never reads the
+    confirmation, and the next wait reads what came, so a long join leaves at most a few."""
+    for i in range(40):
+        backend.store_result(f"r{i}", i, "SUCCESS")
+    assert [backend.wait_for(f"r{i}", timeout=5)["result"] for i in range(40)] == list(range(40))
+    listener = backend._local.pubsub
+    unread = 0
+    while listener.get_message(timeout=0.2) is not None:
+        unread += 1
+    assert unread <= 4  # the last wait's unsubscribe and subscribe, and the one before's

@@ -162,3 +162,25 @@ def test_a_priority_stored_as_text_does_not_stop_the_claim(
     broker.publish(Publication(msg("good"), Route("q"), priority=5))
     got = broker.fetch(["q"], 10, timeout=0)
     assert [d.message.task_id for d in got] == ["good", "bad"]
+
+
+def test_an_idle_consumer_looks_briskly_just_after_work_then_at_the_polling_interval(
+    broker: SQLiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celeriac.transports.sqlite import broker as module
+
+    pauses: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", pauses.append)  # each look's pause, not slept
+    assert broker.fetch(["q"], 1, timeout=0.05) == []  # never busy: the polling interval
+    assert pauses[0] == broker.options.polling_interval == 0.005
+
+    broker.publish(Publication(msg("a"), Route("q")))
+    assert len(broker.fetch(["q"], 1, timeout=1.0)) == 1
+    pauses.clear()
+    assert broker.fetch(["q"], 1, timeout=0.05) == []  # found one a moment ago
+    assert pauses[0] == module._BRISK_POLL == 0.00025
+
+    broker._found_at -= module._BRISK_FOR  # as if that was a while ago
+    pauses.clear()
+    assert broker.fetch(["q"], 1, timeout=0.05) == []
+    assert pauses[0] == 0.005

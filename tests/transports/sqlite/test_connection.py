@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from celeriac.transports.sqlite.connection import SQLiteFile
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, who INTEGER NOT NULL);"
@@ -39,3 +41,19 @@ def test_processes_opening_a_fresh_file_together_all_succeed(tmp_path: Path) -> 
         assert [p.wait(30) for p in procs] == [0] * 6
         rows = SQLiteFile(path, SCHEMA).connection().execute("SELECT who FROM t").fetchall()
         assert sorted(r[0] for r in rows) == list(range(6))
+
+
+def test_waiting_for_a_change_looks_soon_first_then_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celeriac.transports.sqlite import connection
+
+    db = SQLiteFile(str(tmp_path / "w.sqlite3"), SCHEMA)
+    pauses: list[float] = []
+    monkeypatch.setattr(connection.time, "sleep", pauses.append)
+    clock = iter(range(100))  # time.time(): one second per look, ten looks in all
+    monkeypatch.setattr(connection.time, "time", lambda: float(next(clock)))
+    last = db.data_version()
+    assert connection.wait_for_change(db, last, 9.5, 0.002, first=0.0001) == last
+    assert pauses == pytest.approx([min(0.0001 * 1.5**i, 0.002) for i in range(10)])
+    assert pauses[-1] == 0.002 and pauses[0] == 0.0001

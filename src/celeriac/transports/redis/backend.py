@@ -187,22 +187,46 @@ class RedisBackend(ResultBackend):
             listener = self.client.pubsub()  # type: ignore[no-untyped-call]
             self._local.pubsub = listener
             self._local.channel = None
+            self._local.confirmed = False
             with self._listeners_lock:
                 self._listeners.append(listener)
         return listener
 
-    def _subscribe(self, listener: PubSub, channel: str, until: float) -> None:
-        """Subscribe and wait for Redis to confirm: only then can no publish slip past."""
+    def _expect(self, task_id: str) -> None:
+        """Send the SUBSCRIBE for ``task_id``'s channel without waiting for Redis to confirm:
+        it travels while the caller's first GET does, so a result not ready yet costs two round
+        trips before the wait (this and the GET after the confirmation), not three."""
+        try:
+            with deadline(wait_deadline()):
+                self._send_subscribe(self._listener(), self.key(task_id))
+        except redis.RedisError as exc:
+            logger.warning("subscribing to result %s: %s", task_id, exc)
+            self._drop_listener()
+
+    def _send_subscribe(self, listener: PubSub, channel: str) -> None:
         current = self._local.channel
         if current == channel:
             return
         if current is not None:
+            if not self._local.confirmed:
+                # The last wait found its result at once and read no confirmation: read what
+                # came since, so a long join cannot pile confirmations up unread.
+                while listener.get_message(timeout=0.0) is not None:
+                    pass
             listener.unsubscribe(current)  # type: ignore[no-untyped-call]
         listener.subscribe(channel)
         self._local.channel = channel
+        self._local.confirmed = False
+
+    def _subscribe(self, listener: PubSub, channel: str, until: float) -> None:
+        """Subscribe and wait for Redis to confirm: only then can no publish slip past."""
+        self._send_subscribe(listener, channel)
+        if self._local.confirmed:
+            return
         while time.monotonic() < until:
             msg = listener.get_message(timeout=max(0.0, until - time.monotonic()))
             if msg and msg["type"] == "subscribe" and _text(msg["channel"]) == channel:
+                self._local.confirmed = True
                 return
 
     def _wait_for_change(self, task_id: str, token: Any, timeout: float) -> None:
@@ -216,6 +240,7 @@ class RedisBackend(ResultBackend):
                 # effect was published to nobody, but it is in the key.
                 data: Any = self.client.get(channel)
                 if data is not None and self.decode_meta(data).get("status") in READY_STATES:
+                    self._local.fresh = (task_id, data, time.monotonic())  # no third GET
                     return
                 while (left := until - time.monotonic()) > 0:
                     msg = listener.get_message(timeout=left)
@@ -232,6 +257,7 @@ class RedisBackend(ResultBackend):
         listener = getattr(self._local, "pubsub", None)
         self._local.pubsub = None
         self._local.channel = None
+        self._local.confirmed = False
         if listener is not None:
             with self._listeners_lock:
                 if listener in self._listeners:

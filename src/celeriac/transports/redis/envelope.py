@@ -6,10 +6,10 @@ Written key for key and in kombu's order, so a Celery worker reads ours and we r
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from celeriac.exceptions import DecodeError
+from celeriac.protocol import fastjson
 from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Route
@@ -51,7 +51,7 @@ class BadEnvelope(DecodeError, ValueError):
 def decode_envelope(raw: bytes | str) -> Message:
     """A :class:`Message` from an envelope; :class:`BadEnvelope` when it is not one."""
     try:
-        env = json.loads(raw)
+        env = fastjson.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's limit
         raise BadEnvelope(f"not a JSON envelope: {exc}") from None
     if not isinstance(env, dict) or not isinstance(env.get("properties"), dict):

@@ -279,8 +279,13 @@ def _begin(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) -> int:
-    """Sleep in ``interval`` steps until another connection commits or ``until`` passes."""
+def wait_for_change(
+    db: SQLiteFile, last: int, until: float, interval: float, first: float | None = None
+) -> int:
+    """Sleep in ``interval`` steps until another connection commits or ``until`` passes; with
+    ``first``, the steps start that short and grow by half each look up to ``interval``, so a
+    change that comes soon is seen soon and a long wait still costs few looks."""
+    step = interval if first is None else min(first, interval)
     while True:
         current = db.data_version()
         if current != last:
@@ -288,7 +293,8 @@ def wait_for_change(db: SQLiteFile, last: int, until: float, interval: float) ->
         remaining = until - time.time()
         if remaining <= 0:
             return current
-        time.sleep(min(interval, remaining))
+        time.sleep(min(step, remaining))
+        step = min(step * 1.5, interval)
 
 
 def describe(exc: sqlite3.Error) -> str:

@@ -11,10 +11,10 @@ what can be read of one (:func:`salvage`) instead of failing the listing.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from celeriac.exceptions import DecodeError
+from celeriac.protocol import fastjson
 from celeriac.protocol.message import Message
 
 
@@ -64,7 +64,7 @@ def _object(value: object, column: str) -> dict[str, Any]:
     if not isinstance(value, str | bytes):
         raise UnreadableRow(f"{column} are {_sql_type(value)}, not JSON text")
     try:
-        doc = json.loads(value)
+        doc = fastjson.loads(value)
     except (ValueError, RecursionError) as exc:  # also a blob's UnicodeDecodeError, and JSON
         # nested deeper than Python's recursion limit
         raise UnreadableRow(f"{column} are not JSON: {exc}") from None
