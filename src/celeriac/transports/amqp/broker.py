@@ -274,7 +274,7 @@ class AMQPBroker(Broker):
                 d.delivery_count,
             )
             self._send(message, Route(d.queue), priority, None, headers)
-            self.ack([d])
+            self.inbox.ack([d], written=True)
         return keep
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -321,7 +321,7 @@ class AMQPBroker(Broker):
         self._send(
             message, Route(delivery.queue), priority, delay_until if later else None, headers
         )
-        self.ack([delivery])
+        self.inbox.ack([delivery], written=True)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         if not self.inbox.current(delivery):

@@ -255,19 +255,32 @@ class Inbox:
             return mine[:prefix], mine[prefix:]
         return [], mine
 
-    def ack(self, deliveries: Sequence[Delivery]) -> None:
+    def ack(self, deliveries: Sequence[Delivery], *, written: bool = False) -> None:
         """Forget the deliveries now; the I/O thread writes the ``basic.ack`` after.
 
         AMQP does not answer an ack, so waiting for it to be written bought the caller
-        nothing: an ack lost with its connection means a redelivery either way.
+        nothing: an ack lost with its connection means a redelivery either way. Except where
+        a copy of the message was just sent in its place (a count carried, a requeue): with
+        ``written``, this returns once the ack is on the socket, so that a process that dies
+        running the copy cannot leave the original unacknowledged too (two copies, each
+        counting its own deliveries).
         """
         if not deliveries:
             return
         with self._cond:  # released and handed over in one step: written in this order
             epoch = self._epoch
             run, singles = self._release([d.tag for d in deliveries])
-            if run or singles:
-                self.link.submit(functools.partial(self._write, epoch, run, singles, True))
+            if not (run or singles):
+                return
+            write = functools.partial(self._write, epoch, run, singles, True)
+            if not written:
+                self.link.submit(write)
+                return
+            done = self.link.later(write)
+        try:
+            self.link.wait(done, ADMIN_TIMEOUT, "acknowledging")
+        except BrokerError as exc:  # as with an ack not waited for: the message comes back
+            logger.warning("AMQP: an acknowledgement may not have been written: %s", exc)
 
     def give_back(self, delivery: Delivery) -> None:
         """Put ``delivery`` back in its place in the queue (``basic.reject``, requeued)."""
