@@ -107,6 +107,7 @@ def test_package_claims_only_what_exists() -> None:
         "dashboard": "celeriac.dashboard",
         "metrics": "celeriac.metrics",
         "tracing": "celeriac.tracing",
+        "fast": "celeriac.protocol.fastjson",
     }
     assert set(project["optional-dependencies"]) == {*parts, "dev"}
     for module in parts.values():
