@@ -318,72 +318,16 @@ class Celeriac:
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         *,
-        countdown: float | None = None,
-        eta: float | dt.datetime | None = None,
-        expires: float | dt.datetime | None = None,
-        queue: Any = None,
-        exchange: Any = None,
-        routing_key: str | None = None,
-        exchange_type: str | None = None,
-        priority: int | None = None,
         task_id: str | None = None,
-        headers: dict[str, Any] | None = None,
-        link: Any = None,
-        link_error: Any = None,
-        serializer: str | None = None,
-        compression: str | None = None,
-        ignore_result: bool | None = None,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
-        shadow: str | None = None,
-        retries: int = 0,
-        root_id: str | None = None,
-        parent_id: str | None = None,
-        group_id: str | None = None,
-        group_index: int | None = None,
-        chain: list[dict[str, Any]] | None = None,
-        chord: dict[str, Any] | None = None,
-        reply_to: str | None = None,
-        _task: Task[Any, Any] | None = None,
-        **other: Any,
+        **options: Any,
     ) -> Publication:
         """The :class:`~celeriac.protocol.publication.Publication` for a task call: its
         message, route, priority and ETA (nothing is sent).
 
-        Each option is the call's, else the task's, else the setting's (see
-        :mod:`celeriac.sending`).
+        ``options`` are :meth:`call_template`'s (``apply_async``'s). Each option is the
+        call's, else the task's, else the setting's (see :mod:`celeriac.sending`).
         """
-        template = self.call_template(
-            name,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            queue=queue,
-            exchange=exchange,
-            routing_key=routing_key,
-            exchange_type=exchange_type,
-            priority=priority,
-            headers=headers,
-            link=link,
-            link_error=link_error,
-            serializer=serializer,
-            compression=compression,
-            ignore_result=ignore_result,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            shadow=shadow,
-            retries=retries,
-            root_id=root_id,
-            parent_id=parent_id,
-            group_id=group_id,
-            group_index=group_index,
-            chain=chain,
-            chord=chord,
-            reply_to=reply_to,
-            _task=_task,
-            **other,
-        )
-        return template.publication(args, kwargs, task_id)
+        return self.call_template(name, **options).publication(args, kwargs, task_id)
 
     def call_template(
         self,
