@@ -1,6 +1,6 @@
 """Where a confirmed publish's time goes on RabbitMQ: Celeriac's paths against the raw clients.
 
-    .venv/bin/python bench/amqp_publish.py [--n 3000] [--repeat 5]
+    .venv/bin/python bench/amqp_publish.py [--n 3000] [--repeat 5] [--json out.json]
 
 One private vhost (``rabbitmqctl add_vhost``, deleted afterwards), one durable queue, Celeriac's
 own message for ``echo(i)`` (Celery's headers, persistent, mandatory), sequential: each publish
@@ -18,12 +18,17 @@ each in a fresh process; medians.
 
 RabbitMQ's part is wall minus CPU (less when the publisher also waits for a CPU): it is what no
 client can remove, so it bounds what a sequential confirmed publisher can reach.
+
+``--json`` also writes every run as ``{"runs": {row: [{"enqueue_confirmed_per_s", "wall_us",
+"cpu_us"}, ...]}}``, the shape ``report.py`` reads (issue 19: ``delay()`` within 10% of
+py-amqp's confirmed rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -155,16 +160,19 @@ def main() -> None:
         default=0,
         help="declare the queue with x-queue-version (0: the server's default)",
     )
+    parser.add_argument("--json", type=Path, help="also write all runs here")
+    parser.add_argument("--rows", nargs="*", choices=ROWS, help="only these rows (default: all)")
     args = parser.parse_args()
+    rows = args.rows or ROWS
     vhost = f"bench-publish-{uuid.uuid4().hex[:10]}"
     rabbitmqctl("add_vhost", vhost)
-    results: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    results: dict[str, list[dict[str, float]]] = {row: [] for row in rows}
     load = os.getloadavg()[0]
     try:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         url = f"{args.amqp.rstrip('/')}/{vhost}"
         for _ in range(args.repeat):
-            for row in ROWS:
+            for row in rows:
                 out = subprocess.run(
                     [
                         sys.executable,
@@ -196,13 +204,27 @@ def main() -> None:
         row: {k: statistics.median(r[k] for r in runs) for k in ("per_s", "wall_us", "cpu_us")}
         for row, runs in results.items()
     }
-    celery = medians[ROWS[0]]["per_s"]
+    if args.json:
+        runs = {
+            row: [{"enqueue_confirmed_per_s": r["per_s"]} | r for r in got]
+            for row, got in results.items()
+        }
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": runs}, indent=1)
+            + "\n"
+        )
+    celery = medians.get(ROWS[0], {}).get("per_s", math.nan)
     for row, m in medians.items():
         rate, wall, cpu = m["per_s"], m["wall_us"], m["cpu_us"]
         line = f"{row:<26} {rate:>8,.0f} {wall:>8.0f} {cpu:>8.0f} {wall - cpu:>12.0f}"
         print(f"{line} {rate / celery:>9.2f}x")
+    if "py-amqp" in medians and "delay()" in medians:
+        ratio = medians["delay()"]["per_s"] / medians["py-amqp"]["per_s"]
+        print(f"delay() / py-amqp: {ratio:.2f}x (issue 19: within 10%, >= 0.90x)")
     # What twice Celery's rate allows per call, against RabbitMQ's part alone (the leanest
     # client's wall minus its CPU): the CPU a sequential publisher may spend to reach 2x.
+    if not (math.isfinite(celery) and "py-amqp" in medians):
+        return
     budget = 1e6 / (2 * celery)
     floor = medians["py-amqp"]["wall_us"] - medians["py-amqp"]["cpu_us"]
     print(

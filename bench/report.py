@@ -4,7 +4,8 @@
     .venv/bin/python bench/report.py --quick    # smoke run: small N, 1 repeat, marked as such
     .venv/bin/python bench/report.py --from-json docs/performance.json   # re-render only
 
-Runs ``redis_vs_peers.py``, ``amqp_vs_peers.py`` and ``sqlite_vs_huey.py`` one after another
+Runs ``redis_vs_peers.py``, ``amqp_vs_peers.py``, ``amqp_publish.py`` and ``sqlite_vs_huey.py``
+one after another
 (events off: no ``-E`` rows), reads the JSON each writes (``--json``), takes the median of each
 metric over the runs, and writes a table per broker, issue 19's targets with the measured value
 and met / not met (computed here, from the medians), the machine line, and a chart
@@ -85,7 +86,10 @@ class Bench:
     full_args: list[str] = field(default_factory=list)
     quick_args: list[str] = field(default_factory=list)
     by_systems: bool = True  # the script takes ``--systems`` (sqlite_vs_huey.py does not)
+    systems_flag: str = "--systems"  # how the script is told which rows to run
     extra: list[tuple[str, str]] = field(default_factory=list)  # more columns: (key, label)
+    only: list[str] = field(default_factory=list)  # its columns, where not the usual ones
+    chart: bool = True  # a panel in the drain/enqueue chart (not for a publish-only bench)
 
 
 METRIC_LABELS = {
@@ -96,10 +100,17 @@ METRIC_LABELS = {
     "rt_p50_ms": "round trip p50 ms",
     "rt_p99_ms": "round trip p99 ms",
     "rss_mb": "worker RSS MB",
+    "wall_us": "wall us per call",
+    "cpu_us": "client CPU us per call",
 }
-METRIC_UNITS = {"rt_p50_ms": " ms", "rt_p99_ms": " ms", "rss_mb": " MB"} | {
-    k: "/s" for k in ("enqueue_per_s", "enqueue_confirmed_per_s", BATCH, "drain_per_s")
-}
+METRIC_UNITS = (
+    {"rt_p50_ms": " ms", "rt_p99_ms": " ms", "rss_mb": " MB"}
+    | {
+        "wall_us": " us",
+        "cpu_us": " us",
+    }
+    | {k: "/s" for k in ("enqueue_per_s", "enqueue_confirmed_per_s", BATCH, "drain_per_s")}
+)
 COLUMNS = ["enqueue_per_s", BATCH, "drain_per_s", "rt_p50_ms", "rt_p99_ms", "rss_mb"]
 RSS = Target("rss_mb", "<=", 60, what="prefork -c 2, after a drain")
 QUICK = ["--n", "1000", "--calls", "30"]
@@ -154,6 +165,30 @@ BENCHES = [
         extra=[("enqueue_confirmed_per_s", "enqueue/s with confirms")],
     ),
     Bench(
+        "amqp_confirm",
+        "RabbitMQ, confirmed publish",
+        "amqp_publish.py",
+        [
+            Row("celeriac", "Celeriac delay()", "delay()"),
+            Row("py_amqp", "py-amqp basic_publish", "py-amqp"),
+            Row(
+                "celery",
+                "Celery delay(), confirm_publish",
+                "celery delay(), confirms",
+                needs="celery",
+            ),
+        ],
+        [Target("enqueue_confirmed_per_s", ">=", 0.9, peer="py_amqp", what="within 10%")],
+        "One call at a time, each waiting for its publisher confirm, to one durable queue: "
+        "Celeriac's `delay()`, the raw client (py-amqp, Celery's library, no kombu) publishing "
+        "the same message, and Celery's `delay()` with `confirm_publish`; each row a fresh "
+        "process, rows interleaved.",
+        quick_args=["--n", "300"],
+        systems_flag="--rows",
+        only=["enqueue_confirmed_per_s", "wall_us", "cpu_us"],
+        chart=False,
+    ),
+    Bench(
         "sqlite",
         "SQLite",
         "sqlite_vs_huey.py",
@@ -199,6 +234,8 @@ def fmt(x: float) -> str:
 
 def columns(bench: Bench, m: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
     """The table's metric columns: the batch one only where measured or targeted."""
+    if bench.only:
+        return [(k, METRIC_LABELS[k]) for k in bench.only]
     keys = list(COLUMNS)
     keys[1:1] = [k for k, _ in bench.extra]
     batch_wanted = any(t.metric == BATCH for t in bench.targets)
@@ -315,7 +352,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def render_chart(report: dict[str, Any]) -> str:
     panels = []
-    for bench in BENCHES:
+    for bench in (b for b in BENCHES if b.chart):
         entry = report["benches"].get(bench.key)
         panels.append(chart_panel(bench, medians(entry["data"]) if entry and entry["data"] else {}))
     kind = "SMOKE RUN, not results" if report["meta"]["quick"] else "medians of runs"
@@ -333,7 +370,7 @@ def command(bench: Bench, quick: bool, repeat: int, json_path: Path) -> list[str
     argv = [sys.executable, bench.script, *(bench.quick_args if quick else bench.full_args)]
     argv += ["--repeat", str(repeat), "--json", str(json_path)]
     if bench.by_systems:  # only the rows shown, and only those whose package is installed
-        argv += ["--systems", *(r.system for r in bench.rows if installed(r.needs))]
+        argv += [bench.systems_flag, *(r.system for r in bench.rows if installed(r.needs))]
     return argv
 
 

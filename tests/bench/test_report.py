@@ -9,7 +9,7 @@ from typing import Any
 import report
 from report import BATCH, BENCHES, NOT_MEASURED, Bench, Row, Target
 
-REDIS, AMQP, SQLITE = BENCHES
+REDIS, AMQP, AMQP_CONFIRM, SQLITE = BENCHES
 
 
 def run(**metrics: float) -> dict[str, float]:
@@ -143,6 +143,45 @@ def test_command_asks_only_for_the_rows_whose_package_is_installed(tmp_path: Pat
     argv = report.command(bench, True, 1, tmp_path / "x.json")
     out = str(tmp_path / "x.json")
     assert argv[1:] == ["x.py", "--n", "5", "--repeat", "1", "--json", out, "--systems", "c"]
+
+
+def test_confirmed_publish_bench_has_its_own_columns_and_a_ratio_to_py_amqp() -> None:
+    runs = {
+        "delay()": [
+            {"enqueue_confirmed_per_s": 1500.0, "wall_us": 667.0, "cpu_us": 150.0},
+            {"enqueue_confirmed_per_s": 1600.0, "wall_us": 625.0, "cpu_us": 140.0},
+            {"enqueue_confirmed_per_s": 1400.0, "wall_us": 714.0, "cpu_us": 160.0},
+        ],
+        "py-amqp": [{"enqueue_confirmed_per_s": 1700.0, "wall_us": 588.0, "cpu_us": 130.0}],
+    }
+    m = report.medians({"runs": runs})
+    assert [label for _, label in report.columns(AMQP_CONFIRM, m)] == [
+        "enqueue/s with confirms",
+        "wall us per call",
+        "client CPU us per call",
+    ]
+    assert report.table_rows(AMQP_CONFIRM, m) == [
+        ["Celeriac delay()", "1,500", "667", "150"],
+        ["py-amqp basic_publish", "1,700", "588", "130"],
+        ["Celery delay(), confirm_publish", *[NOT_MEASURED] * 3],
+    ]
+    [target] = AMQP_CONFIRM.targets
+    got = report.evaluate(AMQP_CONFIRM, target, m)
+    assert got.target == "enqueue/s with confirms (within 10%) >= 0.9x py-amqp basic_publish's"
+    assert (got.measured, got.verdict) == ("0.88x (1,500/s vs 1,700/s)", "not met")
+    runs["delay()"] = [{"enqueue_confirmed_per_s": 1530.0, "wall_us": 650.0, "cpu_us": 150.0}]
+    assert report.evaluate(AMQP_CONFIRM, target, report.medians({"runs": runs})).verdict == "met"
+
+
+def test_confirmed_publish_bench_names_its_rows_with_its_own_flag(tmp_path: Path) -> None:
+    argv = report.command(AMQP_CONFIRM, True, 1, tmp_path / "c.json")
+    rows = [r.system for r in AMQP_CONFIRM.rows if report.installed(r.needs)]
+    assert argv[1:] == ["amqp_publish.py", "--n", "300", "--repeat", "1", "--json"] + [
+        str(tmp_path / "c.json"),
+        "--rows",
+        *rows,
+    ]
+    assert rows[:2] == ["delay()", "py-amqp"]
 
 
 def sample_report(quick: bool) -> dict[str, Any]:
