@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from bytecode import compile_sources
 from redis_vs_peers import fmt
 from sqlite_vs_huey import percentile, stop, tree_usage
 
@@ -327,6 +328,7 @@ def main() -> None:
     parser.add_argument("--systems", nargs="*", help="names to run (default: all)")
     parser.add_argument("--json", type=Path, help="also write all runs and medians here")
     args = parser.parse_args()
+    compile_sources()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     systems = [s for s in SYSTEMS if not args.systems or s.name in args.systems]

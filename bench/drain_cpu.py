@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from bytecode import compile_sources
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
@@ -50,6 +52,7 @@ def _nothing() -> None:
 
 def main() -> None:
     broker, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 20000
+    compile_sources()
     cleanup: Callable[[], None] = _nothing
     if broker == "redis":
         import redis

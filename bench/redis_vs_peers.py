@@ -47,6 +47,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
+from bytecode import compile_sources
 from sqlite_vs_huey import percentile, stop, tree_usage
 
 HERE = Path(__file__).resolve().parent
@@ -272,6 +273,7 @@ def main() -> None:
         "--redis-benchmark", action="store_true", help="also run redis-benchmark on the server"
     )
     args = parser.parse_args()
+    compile_sources()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     systems = [

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import huey
+from bytecode import compile_sources
 
 import celeriac
 
@@ -253,6 +254,7 @@ def main() -> None:
         help="compare the Celeriac worker with and without -E (task events) instead of Huey",
     )
     args = parser.parse_args()
+    compile_sources()
     systems = [SYSTEMS[0], EVENTS] if args.events else SYSTEMS
     # A plain `kill` of the bench should still reach the finally blocks that stop the workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
