@@ -62,6 +62,10 @@ ABSENT = [
     "hashlib",
     "hmac",
     "decimal",
+    # the prefork pool forks its children itself and shares memory with them through mmap
+    "multiprocessing",
+    # msgpack is installed (a dev dependency) but no message here is msgpack
+    "msgpack",
     # not difflib: click imports it while parsing any short option (-c, -P)
 ]
 

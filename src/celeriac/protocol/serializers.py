@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import bz2
 import datetime as dt
+import importlib.util
 import json
 import pickle
 import sys
@@ -118,15 +119,19 @@ PICKLE = Serializer(
 
 
 def _msgpack() -> Serializer | None:
-    try:
-        import msgpack
-    except ImportError:
+    # Registered when installed, imported on first use: a process that never sees a msgpack
+    # body does not carry the package (0.3 MB per worker process).
+    if importlib.util.find_spec("msgpack") is None:
         return None
 
     def dumps(obj: Any) -> bytes:
+        import msgpack
+
         return msgpack.packb(obj, use_bin_type=True, default=_json_default)  # type: ignore[no-any-return]
 
     def loads(data: bytes) -> Any:
+        import msgpack
+
         return msgpack.unpackb(data, raw=False, object_hook=_json_hook)
 
     return Serializer("msgpack", "application/x-msgpack", "binary", dumps, loads)

@@ -12,10 +12,8 @@ made odd while writing (a seqlock) tells the reader to look again.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import logging
-import multiprocessing as mp
 import pickle
 import threading
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from celeriac.brokers.base import Delivery
 from celeriac.protocol.message import Message
 from celeriac.worker.activity import request_info
+from celeriac.worker.shared import SharedBytes, SharedInts
 
 if TYPE_CHECKING:
     from celeriac.worker.inflight import InFlight
@@ -60,27 +59,25 @@ class LeaseSlots:
     """One slot per prefork child, in memory shared across the fork."""
 
     def __init__(self, count: int) -> None:
-        ctx = mp.get_context("fork")
         self.count = count
-        self._seq = ctx.RawArray("q", count)
-        self._len = ctx.RawArray("i", count)
-        self._data = ctx.RawArray("c", count * SLOT_SIZE)
+        self._seq = SharedInts(count)
+        self._len = SharedInts(count)
+        self._data = SharedBytes(count * SLOT_SIZE)
         #: outcomes each child applied (worker-heartbeat's ``processed``), and those of the
         #: children replaced so far
-        self._processed = ctx.RawArray("q", count)
+        self._processed = SharedInts(count)
         self._retired = 0
 
     # -- the child's side ---------------------------------------------------------------------
     def writer(self, index: int) -> SlotWriter:
         """The slot for a new child (what the previous one processed is kept in the total)."""
-        self._retired += int(self._processed[index])
+        self._retired += self._processed[index]
         self._processed[index] = 0
         return SlotWriter(self, index)
 
     def _write(self, index: int, data: bytes) -> None:
         self._seq[index] += 1  # odd: being written
-        # memmove: slice assignment to a ctypes array went byte by byte (7 us per write)
-        ctypes.memmove(ctypes.addressof(self._data) + index * SLOT_SIZE, data, len(data))
+        self._data.write(index * SLOT_SIZE, data)
         self._len[index] = len(data)
         self._seq[index] += 1
 
@@ -99,8 +96,7 @@ class LeaseSlots:
             if before % 2:
                 continue  # being written: look again
             size = self._len[index]
-            start = index * SLOT_SIZE
-            data = bytes(self._data[start : start + size])
+            data = self._data.read(index * SLOT_SIZE, size)
             if self._seq[index] == before:
                 return _decode(data)
         return [], None
@@ -111,7 +107,7 @@ class LeaseSlots:
 
     def processed(self) -> int:
         """Outcomes applied by every child so far, replaced ones included."""
-        return self._retired + sum(int(self._processed[i]) for i in range(self.count))
+        return self._retired + sum(self._processed[i] for i in range(self.count))
 
     def clear(self, index: int) -> None:
         """Forget what a dead child held (the supervisor dealt with it)."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import threading
 import time
 from collections.abc import Iterable
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import CeleriacError, Unsupported
+from celeriac.worker.shared import SharedBytes, SharedInts
 
 if TYPE_CHECKING:
     from celeriac.worker.worker import Worker
@@ -124,18 +124,17 @@ class SharedOverrides:
     across the fork (made before the first child)."""
 
     def __init__(self, first: Overrides, slots: int) -> None:
-        ctx = mp.get_context("fork")
-        self._seq = ctx.RawValue("q", 0)
-        self._len = ctx.RawValue("i", 0)
-        self._data = ctx.RawArray("c", SIZE)
+        self._seq = SharedInts(1)
+        self._len = SharedInts(1)
+        self._data = SharedBytes(SIZE)
         #: per child slot: the version it applied last (0: none yet)
-        self._applied = ctx.RawArray("q", slots)
+        self._applied = SharedInts(slots)
         self.current = first
         self.publish(first)
 
     @property
     def version(self) -> int:
-        return int(self._seq.value) // 2
+        return self._seq[0] // 2
 
     # -- the supervisor's side ------------------------------------------------------------------
     def publish(self, overrides: Overrides) -> int:
@@ -147,10 +146,10 @@ class SharedOverrides:
                 f"too many run-time changes to pass to the prefork children ({len(data)} bytes, "
                 f"room for {SIZE}); restart the worker with them in its configuration"
             )
-        self._seq.value += 1  # odd: being written
-        self._data[: len(data)] = data
-        self._len.value = len(data)
-        self._seq.value += 1
+        self._seq[0] += 1  # odd: being written
+        self._data.write(0, data)
+        self._len[0] = len(data)
+        self._seq[0] += 1
         self.current = overrides
         return self.version
 
@@ -172,10 +171,10 @@ class SharedOverrides:
     def read(self) -> tuple[int, Overrides]:
         """The current version and overrides (the last complete write)."""
         while True:
-            before = self._seq.value
+            before = self._seq[0]
             if before % 2 == 0:
-                data = bytes(self._data[: self._len.value])
-                if self._seq.value == before:
+                data = self._data.read(0, self._len[0])
+                if self._seq[0] == before:
                     return before // 2, Overrides.decode(data)
             time.sleep(0.001)  # being written: look again
 

@@ -11,10 +11,11 @@ before it looks an id up, so a child skips a task revoked after it forked.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import threading
 import time
 from collections import OrderedDict
+
+from celeriac.worker.shared import SharedBytes, SharedInts
 
 LIMIT = 50_000
 EXPIRES = 10_800.0
@@ -27,24 +28,21 @@ class RevokedRing:
     supervisor)."""
 
     def __init__(self, size: int = 4096) -> None:
-        ctx = mp.get_context("fork")
         self.size = size
-        self._count = ctx.RawValue("q", 0)
-        self._data = ctx.RawArray("c", size * _WIDTH)
+        self._count = SharedInts(1)
+        self._data = SharedBytes(size * _WIDTH)
 
     def write(self, task_id: str) -> None:
         raw = task_id.encode()[:_WIDTH]
-        start = (self._count.value % self.size) * _WIDTH
-        self._data[start : start + _WIDTH] = raw.ljust(_WIDTH, b"\0")
-        self._count.value += 1
+        self._data.write((self._count[0] % self.size) * _WIDTH, raw.ljust(_WIDTH, b"\0"))
+        self._count[0] += 1
 
     def read_since(self, seen: int) -> tuple[int, list[str]]:
         """Ids written after the first ``seen``; the count to pass next time."""
-        count = self._count.value
+        count = self._count[0]
         out = []
         for n in range(max(seen, count - self.size), count):
-            start = (n % self.size) * _WIDTH
-            out.append(bytes(self._data[start : start + _WIDTH]).rstrip(b"\0").decode())
+            out.append(self._data.read((n % self.size) * _WIDTH, _WIDTH).rstrip(b"\0").decode())
         return count, out
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
 import os
 import signal
 import threading
@@ -36,9 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from multiprocessing.connection import wait
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from celeriac import signals
 from celeriac._fork import fork_guard
@@ -50,15 +48,14 @@ from celeriac.worker.custody import Custody, Death
 from celeriac.worker.events import start_heart
 from celeriac.worker.lease_slots import SlotWriter
 from celeriac.worker.overrides import Follower, Overrides, SharedOverrides, apply
-from celeriac.worker.pools._process import die_with_parent, rss_of
+from celeriac.worker.pools._process import Forked, die_with_parent, rss_of, wait_ready
 from celeriac.worker.pools.child import EXIT_REPLACE, ChildPool, Deadline
 from celeriac.worker.resize import pool_capacity, resized
 from celeriac.worker.revoked import Revoked, RevokedRing
+from celeriac.worker.shared import SharedFloats
 from celeriac.worker.worker import Worker
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
-
     from celeriac.worker.monitor import Monitor
 
 logger = logging.getLogger("celeriac.worker")
@@ -72,7 +69,7 @@ _MEMORY_GRACE = 2.0
 
 
 class _SharedDeadline(Deadline):
-    def __init__(self, cells: Any, index: int) -> None:
+    def __init__(self, cells: SharedFloats, index: int) -> None:
         self.cells, self.index = cells, index
 
     def set(self, when: float) -> None:
@@ -91,8 +88,8 @@ class Supervisor:
         #: messages each child may hold (the same for children added later)
         self.child_prefetch = max(1, worker.prefetch // self.size)
         # One double per child: when its running task must be over (0: no hard limit running).
-        self.deadlines = mp.get_context("fork").RawArray("d", cap)
-        self.children: list[BaseProcess | None] = [None] * cap
+        self.deadlines = SharedFloats(cap)
+        self.children: list[Forked | None] = [None] * cap
         self.born = [0.0] * cap
         self.crashes = [0] * cap
         self.respawn_at = [0.0] * cap
@@ -190,8 +187,8 @@ class Supervisor:
                 stopping = self._stopping
             if stopping and not alive:
                 return
-            for sentinel in wait(list(alive), _TICK):
-                self._reap(alive[sentinel])  # type: ignore[index]
+            for sentinel in wait_ready(alive, _TICK):
+                self._reap(alive[sentinel])
             if not stopping:
                 self._respawn_due()
                 self._enforce_deadlines()
@@ -207,8 +204,7 @@ class Supervisor:
         )
 
     def _spawn(self, index: int) -> None:
-        ctx = mp.get_context("fork")
-        proc = ctx.Process(
+        proc = Forked(
             target=_child_main,
             args=(
                 self.worker,
@@ -220,7 +216,6 @@ class Supervisor:
                 (self.overrides, index),
             ),
             name=f"ForkPoolWorker-{index + 1}",
-            daemon=False,
         )
         self.deadlines[index] = 0.0
         self._killed[index] = None
