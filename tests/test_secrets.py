@@ -192,7 +192,7 @@ def secret_worker(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[b
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
-        redis_support.drop(prefix)
+        redis_support.drop(prefix, db=0)  # this URL names DB 0, not the tests' usual one
 
 
 @pytest.mark.redis
