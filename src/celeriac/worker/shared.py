@@ -13,44 +13,45 @@ callers that need more (a whole record) use a sequence number (a seqlock), as be
 from __future__ import annotations
 
 import mmap
+from typing import Any, ClassVar, Generic, TypeVar
+
+T = TypeVar("T", int, float)
 
 
-class SharedInts:
+class _Cells(Generic[T]):
+    """``count`` cells of the C type :attr:`_code`, zero to start."""
+
+    __slots__ = ("_cells", "_map")
+    _code: ClassVar[str]
+
+    def __init__(self, count: int) -> None:
+        self._map = mmap.mmap(-1, max(1, count) * 8)
+        # Any: typeshed types cast() per literal format, and the format is the subclass's
+        self._cells: Any = memoryview(self._map).cast(self._code)  # type: ignore[call-overload]
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def __getitem__(self, index: int) -> T:
+        value: T = self._cells[index]
+        return value
+
+    def __setitem__(self, index: int, value: T) -> None:
+        self._cells[index] = value
+
+
+class SharedInts(_Cells[int]):
     """``count`` signed 64-bit integers, zero to start."""
 
-    __slots__ = ("_cells", "_map")
-
-    def __init__(self, count: int) -> None:
-        self._map = mmap.mmap(-1, max(1, count) * 8)
-        self._cells = memoryview(self._map).cast("q")
-
-    def __len__(self) -> int:
-        return len(self._cells)
-
-    def __getitem__(self, index: int) -> int:
-        return self._cells[index]
-
-    def __setitem__(self, index: int, value: int) -> None:
-        self._cells[index] = value
+    __slots__ = ()
+    _code = "q"
 
 
-class SharedFloats:
+class SharedFloats(_Cells[float]):
     """``count`` doubles, zero to start."""
 
-    __slots__ = ("_cells", "_map")
-
-    def __init__(self, count: int) -> None:
-        self._map = mmap.mmap(-1, max(1, count) * 8)
-        self._cells = memoryview(self._map).cast("d")
-
-    def __len__(self) -> int:
-        return len(self._cells)
-
-    def __getitem__(self, index: int) -> float:
-        return self._cells[index]
-
-    def __setitem__(self, index: int, value: float) -> None:
-        self._cells[index] = value
+    __slots__ = ()
+    _code = "d"
 
 
 class SharedBytes:
