@@ -176,8 +176,15 @@ def test_confirmed_publish_bench_has_its_own_columns_and_a_ratio_to_py_amqp() ->
 def test_confirmed_publish_bench_names_its_rows_with_its_own_flag(tmp_path: Path) -> None:
     argv = report.command(AMQP_CONFIRM, True, 1, tmp_path / "c.json")
     rows = [r.system for r in AMQP_CONFIRM.rows if report.installed(r.needs)]
-    assert argv[1:] == ["amqp_publish.py", "--n", "300", "--repeat", "1", "--json"] + [
-        str(tmp_path / "c.json"),
+    out = str(tmp_path / "c.json")
+    assert argv[1:] == [
+        "amqp_publish.py",
+        "--n",
+        "300",
+        "--repeat",
+        "1",
+        "--json",
+        out,
         "--rows",
         *rows,
     ]
