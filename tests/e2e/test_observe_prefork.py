@@ -54,9 +54,12 @@ def test_prefork_metrics_count_every_child_and_probes_answer(e2e):
             text = get(port, "/metrics")[1]
             found = samples(text)
             done = found.get('celeriac_tasks_total{state="SUCCESS",task="observe_tasks.ok"}')
-            return found if done == 8 else None
+            # A result is stored before its message is acknowledged (acks are coalesced): the
+            # children hold the last messages a few ms after their results can be read.
+            settled = found.get('celeriac_worker_tasks_active{hostname="w1@observe"}') == 0
+            return found if done == 8 and settled else None
 
-        found = wait_for(counted, 10, "the metrics to count every outcome")
+        found = wait_for(counted, 10, "the metrics to count every outcome and settle")
         assert found['celeriac_tasks_total{state="SUCCESS",task="observe_tasks.ok"}'] == 8
         assert found['celeriac_tasks_total{state="FAILURE",task="observe_tasks.fail"}'] == 3
         assert sorted(k for k in found if k.startswith("celeriac_tasks_total")) == [

@@ -231,6 +231,13 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.children[index] = proc
         self.born[index] = time.monotonic()
+        # The mask above holds signals back from this thread only: another thread can take a
+        # SIGTERM, and Python then runs the handler (stop) on this thread between any two lines,
+        # before the child above was listed for it to signal. Left running, that child would
+        # keep this process waiting for it for ever.
+        if self._stopping:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
 
     def _reap(self, index: int) -> None:
         proc = self.children[index]
