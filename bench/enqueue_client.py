@@ -1,12 +1,15 @@
 """The client side of enqueueing alone: time N sends to a broker, and say where a send's time goes.
 
-    python bench/enqueue_client.py URL [--n 20000] [--mode delay|send_many|group|huey] [--batch K]
+    python bench/enqueue_client.py URL [--n 20000] [--mode delay|send_many|group|huey|lpush]
+        [--batch K]
     py-spy record -r 400 -f raw -o out.txt -- python bench/enqueue_client.py URL ...
     python bench/enqueue_client.py --summarize out.txt --us 124    # us per send, from a run
 
 ``delay``: one ``echo.delay(i)`` at a time; ``send_many``: ``app.send_many`` of ``--batch`` calls;
 ``group``: ``group(...).apply_async()`` of ``--batch`` calls (what a batch cost before
-``send_many``); ``huey``: ``RedisHuey`` on the same Redis, one call at a time (URL: redis://).
+``send_many``); ``huey``: ``RedisHuey`` on the same Redis, one call at a time (URL: redis://);
+``lpush``: no task queue, one redis-py ``LPUSH`` at a time of a Celeriac envelope built once:
+the floor of any enqueue that is one redis-py command (Huey's is one ``LPUSH``).
 One warm-up send first (connections opened, scripts loaded), then the timed loop; it prints the
 sends per second, and wall and process CPU microseconds per send. Queues are purged afterwards.
 ``PYTHONPATH=<checkout>/src`` measures another checkout.
@@ -82,6 +85,9 @@ def summarize(path: str, us: float, root: str = "timed_loop") -> None:
     print(f"{us:7.1f} us  one send ({total} samples)")
 
 
+MODES = ["delay", "send_many", "group", "huey", "lpush"]
+
+
 def sender(url: str, mode: str, batch: int) -> tuple[Any, Any]:
     """(send(first, last), cleanup) for the mode."""
     if mode == "huey":
@@ -107,6 +113,22 @@ def sender(url: str, mode: str, batch: int) -> tuple[Any, Any]:
     def echo(i: int) -> int:
         return i
 
+    if mode == "lpush":
+        import redis
+
+        from celeriac.transports.redis.envelope import encode_envelope
+
+        p = app.prepare_message("bench.echo", (0,), {})
+        envelope = encode_envelope(p.message, p.route, p.priority, "celeriac-1")
+        client = redis.Redis.from_url(url)
+        key = "enqueue-bench.lpush"
+
+        def send_lpush(first: int, last: int) -> None:
+            for _ in range(first, last):
+                client.lpush(key, envelope)
+
+        return send_lpush, lambda: client.delete(key)
+
     def send(first: int, last: int) -> None:
         if mode == "delay":
             for i in range(first, last):
@@ -130,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", nargs="?")
     parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--mode", default="delay", choices=["delay", "send_many", "group", "huey"])
+    parser.add_argument("--mode", default="delay", choices=[*MODES])
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--summarize", metavar="RAW", help="py-spy raw output to summarize")
     parser.add_argument("--us", type=float, help="CPU us per send of the profiled run")
