@@ -134,3 +134,54 @@ def test_shared_memory_is_resident_only_where_written() -> None:
     assert made < 256  # KB: of 4 MB mapped
     assert written >= 4000  # 8 x 512 KB touched now
     assert tail == [4096, [f"id-{i}" for i in range(4090, 4096)]]
+
+
+def test_a_child_ends_though_a_task_left_a_thread_pool_behind() -> None:
+    """``concurrent.futures`` stops its idle threads from a hook run at interpreter exit; a
+    child that only joined its threads waited for that pool for ever (and its supervisor for
+    the child), where ``multiprocessing``'s children end."""
+    got, _ = run(
+        """
+        import concurrent.futures
+        pools = []
+        def task_module_pool():
+            pools.append(concurrent.futures.ThreadPoolExecutor(2))
+            pools[0].submit(time.sleep, 0.01).result()
+        proc = Forked(task_module_pool, (), "ForkPoolWorker-1")
+        proc.start()
+        proc.join(10)
+        alive = proc.is_alive()
+        if alive:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(5)
+        print(json.dumps([alive, proc.exitcode]))
+        """
+    )
+    assert got == [False, 0]
+
+
+def test_a_child_never_returns_into_its_parents_code() -> None:
+    """With stderr unusable (fd 2 closed: ``sys.stderr`` is None), reporting a failure raised
+    again: the child left ``start()`` and ran its parent's code after the fork."""
+    got, _ = run(
+        """
+        parent = os.getpid()
+        def broker_unreachable():
+            raise ConnectionError("broker unreachable")
+        saved, sys.stderr = sys.stderr, None
+        proc = Forked(broker_unreachable, (), "ForkPoolWorker-1")
+        r, w = os.pipe()
+        try:
+            proc.start()
+        finally:
+            if os.getpid() != parent:  # a child here went past start()
+                os.write(w, b"child returned")
+                os._exit(0)
+        sys.stderr = saved
+        proc.join(10)
+        os.close(w)
+        said = os.read(r, 100).decode()
+        print(json.dumps([proc.exitcode, said]))
+        """
+    )
+    assert got == [1, ""]

@@ -243,14 +243,18 @@ class Supervisor:
         proc = self.children[index]
         if proc is None:
             return
-        proc.join(1)
-        code = proc.exitcode
+        # Reaped and unlisted in one step under the lock: terminate() (another thread) kills
+        # only a listed child, which is not reaped yet, so its pid cannot belong to another
+        # process, and it cannot mark the next child of this slot with this one's death.
         with self._lock:
+            proc.join(1)
+            code = proc.exitcode
             self.children[index] = None
             stopping = self._stopping
+            killed = self._killed[index]
         self.deadlines[index] = 0.0
         if code != EXIT_REPLACE:  # it did not settle what it held: settle it here
-            death, detail = self._killed[index] or (Death.CRASHED, f"exit code {code}")
+            death, detail = killed or (Death.CRASHED, f"exit code {code}")
             self.custody.child_died(index, death, detail)
         if stopping:
             return
@@ -309,16 +313,20 @@ class Supervisor:
         """Stop ``task_id``, running in child ``index``, for a revoke: the child is killed and
         the task ends REVOKED (``custody.py``). The child's own SIGTERM, SIGINT and SIGUSR1
         mean other things (a warm stop, nothing, the memory limit), so those become SIGKILL."""
-        proc = self.children[index]
-        if proc is None or not proc.pid or self._killed[index] is not None:
-            return False
         sig = _signal_of(signame)
         if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             sig = signal.SIGKILL
-        logger.warning("task %s revoked: killing child %s (%s)", task_id, proc.pid, sig.name)
-        self._killed[index] = (Death.REVOKED, task_id)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
+        with self._lock:  # see _reap
+            proc = self.children[index]
+            if proc is None or not proc.pid or self._killed[index] is not None:
+                return False
+            running = self.custody.slots.running(index)
+            if running is None or str(running.get("id")) != task_id:
+                return False  # the child finished that task since the caller looked
+            logger.warning("task %s revoked: killing child %s (%s)", task_id, proc.pid, sig.name)
+            self._killed[index] = (Death.REVOKED, task_id)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
         return True
 
     def _enforce_memory(self) -> None:

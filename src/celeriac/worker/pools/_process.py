@@ -70,10 +70,19 @@ class Forked:
     def start(self) -> None:
         _flush_streams()  # or the child would print the parent's buffered output again
         read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
+        try:
+            pid = os.fork()
+        except BaseException:  # EAGAIN, ENOMEM: no child, no pipe
             os.close(read)
-            os._exit(self._bootstrap())
+            os.close(write)
+            raise
+        if pid == 0:  # the child: never returns into the parent's code, whatever happens
+            code = 1
+            try:
+                os.close(read)
+                code = self._bootstrap()
+            finally:
+                os._exit(code)
         os.close(write)  # the child holds the only write end: EOF when it ends
         self.pid, self.sentinel = pid, read
 
@@ -88,12 +97,11 @@ class Forked:
             if exc.code is None or isinstance(exc.code, int):
                 code = exc.code or 0
             else:
-                sys.stderr.write(f"{exc.code}\n")
+                _report(f"{exc.code}\n")
         except BaseException:
-            sys.stderr.write(f"Process {self.name}:\n")
-            traceback.print_exc()
+            _report(f"Process {self.name}:\n", traceback.format_exc())
         finally:
-            _join_threads()
+            _shutdown_threads()
             _flush_streams()
         return code
 
@@ -168,8 +176,22 @@ def _flush_streams() -> None:
             stream.flush()
 
 
-def _join_threads() -> None:
-    # What the interpreter's own exit would wait for, which os._exit skips.
+def _report(*parts: str) -> None:
+    # stderr may be closed (a worker started with 2>&-) or a pipe whose reader died: the child
+    # still ends with its code.
+    with contextlib.suppress(Exception):
+        sys.stderr.write("".join(parts))
+
+
+def _shutdown_threads() -> None:
+    """What the interpreter's own exit does before it ends, which ``os._exit`` skips (and what
+    ``multiprocessing`` does in its children): run the hooks that tell pools of threads to stop
+    (``concurrent.futures`` registers one per executor), then join the non-daemon threads.
+    Joining alone would wait for ever on an idle executor a task left behind."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+        return
     current = threading.current_thread()
     for thread in threading.enumerate():
         if thread is not current and not thread.daemon and thread.is_alive():
