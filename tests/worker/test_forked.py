@@ -185,3 +185,28 @@ def test_a_child_never_returns_into_its_parents_code() -> None:
         """
     )
     assert got == [1, ""]
+
+
+def test_a_childs_end_is_seen_though_a_process_it_forked_lives_on() -> None:
+    """A task that forks (a ``multiprocessing`` pool left running) and then its child killed
+    for a hard time limit: a pipe sentinel stayed open in the grandchild, and the supervisor
+    neither settled nor replaced the dead child."""
+    got, _ = run(
+        """
+        r, w = os.pipe()
+        def forks_then_dies():
+            grandchild = os.fork()
+            if grandchild == 0:
+                time.sleep(30)
+                os._exit(0)
+            os.write(w, str(grandchild).encode())
+            os.kill(os.getpid(), signal.SIGKILL)
+        proc = Forked(forks_then_dies, (), "ForkPoolWorker-1")
+        proc.start()
+        seen = wait_ready([proc.sentinel], 10) == [proc.sentinel]
+        proc.join(5)
+        os.kill(int(os.read(r, 20)), signal.SIGKILL)
+        print(json.dumps([seen, proc.exitcode]))
+        """
+    )
+    assert got == [True, -9]

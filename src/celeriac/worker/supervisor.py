@@ -288,7 +288,11 @@ class Supervisor:
                     and self.respawn_at[i] <= now
                     and not self._stopping
                 ):
-                    self._spawn(i)
+                    try:
+                        self._spawn(i)
+                    except OSError as exc:  # fork refused (EAGAIN, ENOMEM), out of fds
+                        logger.error("cannot start a child process (%s); trying again in 1s", exc)
+                        self.respawn_at[i] = now + 1.0
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()

@@ -69,22 +69,36 @@ class Forked:
 
     def start(self) -> None:
         _flush_streams()  # or the child would print the parent's buffered output again
-        read, write = os.pipe()
+        # The sentinel: a pidfd (Linux >= 5.3), readable once the child ended. Else a pipe whose
+        # only write end the child holds, which also ends at the child's end, unless a process
+        # the task forked (and left running) inherited it: then the child's death goes unseen.
+        read, write = (-1, -1) if _pidfd_works() else os.pipe()
         try:
             pid = os.fork()
         except BaseException:  # EAGAIN, ENOMEM: no child, no pipe
-            os.close(read)
-            os.close(write)
+            for fd in (read, write):
+                if fd >= 0:
+                    os.close(fd)
             raise
         if pid == 0:  # the child: never returns into the parent's code, whatever happens
             code = 1
             try:
-                os.close(read)
+                if read >= 0:
+                    os.close(read)
                 code = self._bootstrap()
             finally:
                 os._exit(code)
-        os.close(write)  # the child holds the only write end: EOF when it ends
-        self.pid, self.sentinel = pid, read
+        self.pid = pid
+        if write < 0:
+            try:
+                self.sentinel = os.pidfd_open(pid)
+            except OSError:  # out of file descriptors: a child nobody could watch must not run
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise
+        else:
+            os.close(write)
+            self.sentinel = read
 
     def _bootstrap(self) -> int:
         code = 1
@@ -133,6 +147,20 @@ class Forked:
         if self.sentinel >= 0:
             os.close(self.sentinel)
             self.sentinel = -1
+
+
+_PIDFD: list[bool] = []
+
+
+def _pidfd_works() -> bool:
+    """Whether this kernel gives process file descriptors (asked once)."""
+    if not _PIDFD:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            _PIDFD.append(True)
+        except (AttributeError, OSError):
+            _PIDFD.append(False)
+    return _PIDFD[0]
 
 
 def wait_ready(fds: Iterable[int], timeout: float | None) -> list[int]:
