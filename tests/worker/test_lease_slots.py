@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 from celeriac.brokers.base import Delivery
 from celeriac.protocol.message import build_task_message, read_headers
 from celeriac.protocol.serializers import default_registry
 from celeriac.worker.activity import request_info
 from celeriac.worker.inflight import InFlight
 from celeriac.worker.job import Job
-from celeriac.worker.lease_slots import SLOT_SIZE, LeaseSlots
+from celeriac.worker.lease_slots import SLOT_SIZE, LeaseSlots, _encode
 
 
 def _held(args: tuple[object, ...]) -> tuple[LeaseSlots, InFlight, Job]:
@@ -77,3 +79,53 @@ def test_what_is_held_and_what_runs_change_apart() -> None:
 
     inflight.settled([job.job_id])
     assert [h.task_id for h in slots.read(1)] == ["t-2"] and slots.running(1) is None
+
+
+def test_a_child_killed_in_the_middle_of_a_write_leaves_its_last_complete_copy() -> None:
+    """The supervisor gives back what a dead child held at once; a child SIGKILLed between the
+    two steps of a write left a slot that read as empty, and those leases had to lapse first."""
+    slots, _, _ = _held((2, 3))
+    [held] = slots.read(1)
+    # What a write that never finished leaves: the sequence odd, the other copy half written.
+    seq = slots._seq[1] + 1
+    slots._seq[1] = seq
+    other = 2 + (seq // 2 + 1) % 2
+    slots._data.write(other * SLOT_SIZE, b"\x80\x05half a pickle")
+    slots._len[other] = 15
+
+    assert slots.read(1) == [held]
+    assert slots.running(1) is not None and slots.running(1)["id"] == "t-1"
+    assert slots.read(0) == []  # the other child's slot is untouched
+    slots.clear(1)
+    assert (slots.read(1), slots.running(1)) == ([], None)
+
+
+def test_writes_alternate_copies_and_the_reader_follows_the_latest() -> None:
+    slots = LeaseSlots(1)
+    one = _encode([("q", "tag", 1, "t-1", "proj.add")], None)
+    for n in range(5):
+        slots._write(0, one if n % 2 == 0 else b"")
+        assert slots._seq[0] == 2 * (n + 1)
+        assert [h.tag for h in slots.read(0)] == (["tag"] if n % 2 == 0 else [])
+
+
+def test_a_reader_racing_a_writer_only_ever_sees_whole_writes() -> None:
+    slots = LeaseSlots(1)
+    payloads = [[(f"q{n}", f"tag{n}", n, f"t-{n}", "proj.add")] * (n + 1) for n in range(3)]
+    encoded = [_encode(p, None) for p in payloads]
+    expected = [[], *([h[1] for h in p] for p in payloads)]
+    done = threading.Event()
+
+    def write() -> None:
+        for n in range(20000):
+            slots._write(0, encoded[n % 3])
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = 0
+    while not done.is_set():
+        assert [h.tag for h in slots.read(0)] in expected
+        seen += 1
+    writer.join()
+    assert seen > 0 and [h.tag for h in slots.read(0)] == expected[(20000 - 1) % 3 + 1]

@@ -6,8 +6,11 @@ own process and, when a child dies, to give back exactly what it held. So nothin
 to its own interpreter (C code holding the GIL, a hung thread) can let its lease lapse, and a
 crash charges a delivery to the message that was running, not to anything else.
 
-A slot is written by one child and read by the supervisor, without a lock: a sequence number
-made odd while writing (a seqlock) tells the reader to look again.
+A slot is written by one child and read by the supervisor, without a lock. It has two copies:
+a write goes into the copy that is not the current one, between two steps of a sequence number
+(odd while writing), so the reader always finds a complete copy, the current one, and looks
+again only if the writer lapped it. A child killed in the middle of a write leaves its last
+complete copy readable: what it held is still given back at once.
 """
 
 from __future__ import annotations
@@ -60,9 +63,10 @@ class LeaseSlots:
 
     def __init__(self, count: int) -> None:
         self.count = count
+        #: writes begun per slot: odd while one is under way; write k (from 1) goes to copy k % 2
         self._seq = SharedInts(count)
-        self._len = SharedInts(count)
-        self._data = SharedBytes(count * SLOT_SIZE)
+        self._len = SharedInts(2 * count)
+        self._data = SharedBytes(2 * count * SLOT_SIZE)
         #: outcomes each child applied (worker-heartbeat's ``processed``), and those of the
         #: children replaced so far
         self._processed = SharedInts(count)
@@ -76,10 +80,14 @@ class LeaseSlots:
         return SlotWriter(self, index)
 
     def _write(self, index: int, data: bytes) -> None:
-        self._seq[index] += 1  # odd: being written
-        self._data.write(index * SLOT_SIZE, data)
-        self._len[index] = len(data)
-        self._seq[index] += 1
+        # Odd: being written, into the copy that is not current (still odd: a write its dead
+        # child left unfinished, in that same copy, which this one does over).
+        seq = self._seq[index] | 1
+        self._seq[index] = seq
+        copy = 2 * index + (seq // 2 + 1) % 2
+        self._data.write(copy * SLOT_SIZE, data)
+        self._len[copy] = len(data)
+        self._seq[index] = seq + 1  # that copy is the current one
 
     # -- the supervisor's side ----------------------------------------------------------------
     def read(self, index: int) -> list[Held]:
@@ -93,11 +101,10 @@ class LeaseSlots:
     def _read(self, index: int) -> tuple[list[Held], dict[str, Any] | None]:
         for _ in range(100):
             before = self._seq[index]
-            if before % 2:
-                continue  # being written: look again
-            size = self._len[index]
-            data = self._data.read(index * SLOT_SIZE, size)
-            if self._seq[index] == before:
+            copy = 2 * index + (before // 2) % 2  # the current copy, complete
+            data = self._data.read(copy * SLOT_SIZE, self._len[copy])
+            # Valid unless the writer began the write after next, which goes into this copy.
+            if self._seq[index] <= before // 2 * 2 + 2:
                 return _decode(data)
         return [], None
 
