@@ -324,10 +324,11 @@ MATRIX: dict[str, Entry] = {
     "soak": Entry(
         "24",
         "soak",
-        "FAULT_SOAK_SECONDS of load (~100 tasks/s) with a random fault every FAULT_SOAK_EVERY "
-        "s (kill -9 a worker or a child; on Redis and RabbitMQ also a proxy cut): 0 lost, "
+        "FAULT_SOAK_SECONDS of load (~12 tasks/s, half what the workers run) with a random "
+        "fault every FAULT_SOAK_EVERY s (kill -9 a worker or a child; on Redis and RabbitMQ "
+        "also a proxy cut): 0 lost, "
         "duplicates <= tasks in flight at the faults (those run twice outside them reported), "
-        "a steady worker's FDs flat",
+        "a steady worker's FDs flat over the second half",
         _all(),
         long=True,
     ),
