@@ -129,3 +129,15 @@ def test_a_reader_racing_a_writer_only_ever_sees_whole_writes() -> None:
         seen += 1
     writer.join()
     assert seen > 0 and [h.tag for h in slots.read(0)] == expected[(20000 - 1) % 3 + 1]
+
+
+def test_a_copy_that_does_not_load_is_read_again_not_raised() -> None:
+    """A torn read (weakly ordered memory) must not end the supervisor's renewal thread."""
+    slots = LeaseSlots(1)
+    slots._write(0, _encode([("q", "tag", 1, "t-1", "proj.add")], None))
+    current = (slots._seq[0] // 2) % 2
+    slots._data.write(current * SLOT_SIZE, b"\x80\x05torn")
+    slots._len[current] = 7
+    assert (slots.read(0), slots.running(0)) == ([], None)
+    slots._write(0, _encode([("q", "tag2", 1, "t-2", "proj.add")], None))
+    assert [h.tag for h in slots.read(0)] == ["tag2"]

@@ -438,15 +438,18 @@ class Supervisor:
         with self._lock:
             first = not self._stopping
             self._stopping = True
-            children = [p for p in self.children if p is not None and p.pid]
         if self.worker.autoscaler is not None:  # no joining here: this may be a signal handler
             self.worker.autoscaler.halt()
         if first:
             signals.worker_shutdown.send(self.worker)
         sig = signal.SIGKILL if cold else signal.SIGTERM
-        for proc in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, sig)  # type: ignore[arg-type]
+        # Under the lock, as in terminate(): a listed child is not reaped yet, so its pid is
+        # still its own (this may run on a remote-control thread while the loop reaps).
+        with self._lock:
+            for proc in self.children:
+                if proc is not None and proc.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, sig)
         if cold:
             self.app.close()
             os._exit(1)
