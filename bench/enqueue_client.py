@@ -152,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", nargs="?")
     parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--mode", default="delay", choices=[*MODES])
+    parser.add_argument("--mode", default="delay", choices=MODES)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--summarize", metavar="RAW", help="py-spy raw output to summarize")
     parser.add_argument("--us", type=float, help="CPU us per send of the profiled run")

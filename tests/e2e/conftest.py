@@ -36,26 +36,14 @@ def ledger_records(ledger: Path) -> list[tuple[Path, list[str]]]:
     return out
 
 
-def process_tree(root: int) -> list[str]:
-    """``pid state name`` of ``root`` and its descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    states: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                head, _, rest = (entry / "stat").read_text().rpartition(")")
-            except OSError:
-                continue
-            fields = rest.split()
-            parents[int(entry.name)] = int(fields[1])
-            states[int(entry.name)] = f"{entry.name} {fields[0]} {head.partition('(')[2]}"
-    found, frontier = [root], [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid]
-        found += kids
-        frontier += kids
-    return [states[p] for p in found if p in states]
+def process_tree(root: int) -> str:
+    """``pid state command`` of ``root`` and its children, as ``ps`` shows them."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=,stat=,args=", "--pid", str(root), "--ppid", str(root)],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout
 
 
 class Env:
@@ -121,7 +109,7 @@ class Env:
             # What a hung stop needs to be told apart: which processes are left, and the log.
             raise AssertionError(
                 f"worker {proc.pid} still running {timeout}s after SIGTERM; its processes "
-                f"left: {process_tree(proc.pid)}\n--- its log:\n{self.log(proc)[-4000:]}"
+                f"left:\n{process_tree(proc.pid)}--- its log:\n{self.log(proc)[-4000:]}"
             ) from None
 
     def ledger_entries(self, kind: str = "run") -> Counter[str]:

@@ -114,21 +114,21 @@ def test_a_reader_racing_a_writer_only_ever_sees_whole_writes() -> None:
     payloads = [[(f"q{n}", f"tag{n}", n, f"t-{n}", "proj.add")] * (n + 1) for n in range(3)]
     encoded = [_encode(p, None) for p in payloads]
     expected = [[], *([h[1] for h in p] for p in payloads)]
-    done = threading.Event()
+    reading, done = threading.Event(), threading.Event()
 
     def write() -> None:
+        reading.wait(10)  # the reader is in its loop: the two overlap
         for n in range(20000):
             slots._write(0, encoded[n % 3])
         done.set()
 
     writer = threading.Thread(target=write)
     writer.start()
-    seen = 0
     while not done.is_set():
         assert [h.tag for h in slots.read(0)] in expected
-        seen += 1
+        reading.set()
     writer.join()
-    assert seen > 0 and [h.tag for h in slots.read(0)] == expected[(20000 - 1) % 3 + 1]
+    assert [h.tag for h in slots.read(0)] == expected[(20000 - 1) % 3 + 1]
 
 
 def test_a_copy_that_does_not_load_is_read_again_not_raised() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import select
@@ -149,18 +150,14 @@ class Forked:
             self.sentinel = -1
 
 
-_PIDFD: list[bool] = []
-
-
+@functools.cache
 def _pidfd_works() -> bool:
     """Whether this kernel gives process file descriptors (asked once)."""
-    if not _PIDFD:
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-            _PIDFD.append(True)
-        except (AttributeError, OSError):
-            _PIDFD.append(False)
-    return _PIDFD[0]
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def wait_ready(fds: Iterable[int], timeout: float | None) -> list[int]:
