@@ -167,3 +167,16 @@ def text(driver: Any, css: str) -> str | None:
         css,
     )
     return None if value is None else str(value)
+
+
+def live_updates(driver: Any, count: int, timeout: float = 10.0) -> None:
+    """Wait until the page's live part has been fetched again ``count`` times from now."""
+    seen: list[str | None] = [driver.execute_script("return live.dataset.updated || null;")]
+
+    def one_more() -> bool:
+        now = driver.execute_script("return live.dataset.updated || null;")
+        if now != seen[-1]:
+            seen.append(now)
+        return len(seen) > count
+
+    wait_for(one_more, timeout, f"{count} live updates")

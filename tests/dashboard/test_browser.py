@@ -14,7 +14,18 @@ from typing import Any
 
 import pytest
 
-from .support import CHROMEDRIVER, CHROMIUM, HERE, Stack, browser, get, screenshot, text, wait_for
+from .support import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    HERE,
+    Stack,
+    browser,
+    get,
+    live_updates,
+    screenshot,
+    text,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -83,9 +94,19 @@ def test_a_task_moves_from_started_to_success_without_a_reload(
     state = f"{row(result.id)} .state"
     wait_for(lambda: text(driver, state) == "STARTED", 20, "STARTED on screen")
     screenshot(driver, "task-started")
+    mark = "window.startedRow = document.querySelector(arguments[0]);"
+    driver.execute_script(mark, row(result.id))
     wait_for(lambda: text(driver, state) == "SUCCESS", 20, "SUCCESS on screen")
     screenshot(driver, "task-succeeded")
     assert driver.execute_script("return window.notReloaded;") == "yes"
+    # the row was updated in place, not drawn again
+    same = "return document.querySelector(arguments[0]) === window.startedRow;"
+    assert driver.execute_script(same, row(result.id)) is True
+    # a new row is inserted beside it; the kept row still shows its own task
+    later = tasks.add.apply_async((20, 22), queue=stack.queue)
+    wait_for(lambda: text(driver, f"{row(later.id)} .state") == "SUCCESS", 20, "the new row")
+    assert driver.execute_script(same, row(result.id)) is True
+    assert driver.execute_script("return window.startedRow.dataset.task;") == result.id
     assert text(driver, f"{row(result.id)} .result") == "1.5"
     assert text(driver, f"{row(result.id)} .args") == "(1.5,)"
 
@@ -126,7 +147,10 @@ def test_a_dead_lettered_message_is_replayed_with_its_button(
     wait_for(lambda: text(driver, f"{row(result.id)} .reason"), 10, "the dead letter on screen")
     assert "set aside on first delivery" in (text(driver, f"{row(result.id)} .reason") or "")
     screenshot(driver, "dead-letter")
-    driver.find_element(By.CSS_SELECTOR, f"{row(result.id)} button.replay").click()
+    button = driver.find_element(By.CSS_SELECTOR, f"{row(result.id)} button.replay")
+    # An update that changes nothing keeps the page's elements: a click is never lost to one.
+    live_updates(driver, 2)
+    button.click()
     wait_for(lambda: text(driver, "#notice") == "replayed 1 message(s)", 10, "the notice")
     assert result.get(timeout=20) == "replayed"
     assert stack.runs(result.id) == 1
