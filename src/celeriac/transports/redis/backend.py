@@ -52,6 +52,7 @@ class RedisBackend(ResultBackend):
     def __init__(self, url: str, *, target: RedisTarget, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.client: redis.Redis = target.client
+        self._conns = target.conns
         prefix = target.prefix
         if prefix and prefix[-1] not in ":_-.":  # Celery's backend adds the separator too
             prefix += "_"
@@ -77,7 +78,7 @@ class RedisBackend(ResultBackend):
 
     def _run(self, command: str, keys: Sequence[str], *args: Any) -> Any:
         try:
-            return self._script(keys=keys, args=[command, *args])
+            return self._script(keys=keys, args=[command, *args], client=self._conns.get())
         except redis.RedisError as exc:
             raise BackendError(f"Redis result backend: {command} failed: {exc}") from exc
 
@@ -91,7 +92,7 @@ class RedisBackend(ResultBackend):
                 return bytes(fresh[1])
         try:
             with deadline(wait_deadline()):
-                data: Any = self.client.get(self.key(task_id))
+                data: Any = self._conns.get().get(self.key(task_id))
         except redis.RedisError as exc:
             raise BackendError(f"reading result {task_id} from Redis failed: {exc}") from exc
         return None if data is None else bytes(data)

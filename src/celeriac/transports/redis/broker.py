@@ -93,6 +93,7 @@ class RedisBroker(Broker):
         super().__init__(url, transport_options)
         opts = self.options
         self.client: redis.Redis = target.client
+        self._conns = target.conns
         self.prefix = target.prefix
         # Capped so that a blocked wait never outlasts the socket timeout.
         self.polling_interval = min(opts.polling_interval, 5.0)
@@ -135,7 +136,7 @@ class RedisBroker(Broker):
         try:
             if not self._caps_sent:
                 self._send_caps()
-            return self._script(args=[args[0], self.prefix, *args[1:]])
+            return evalsha(self._conns.get(), self._script, [args[0], self.prefix, *args[1:]])
         except redis.RedisError as exc:
             raise BrokerError(f"Redis broker: {args[0]} failed: {exc}") from exc
 
@@ -208,7 +209,7 @@ class RedisBroker(Broker):
         try:
             with deadline(time.monotonic() + self.publish_timeout):
                 if len(calls) == 1:
-                    evalsha(self.client, self._script, calls[0])
+                    evalsha(self._conns.get(), self._script, calls[0])
                 else:
                     evalsha_pipelined(self.client, self._script, calls)
         except redis.RedisError as exc:
@@ -470,7 +471,7 @@ class RedisBroker(Broker):
 
     def _wait(self, wake_keys: list[str], seconds: float) -> None:
         try:
-            token = self.client.brpop(wake_keys, timeout=seconds)
+            token = self._conns.get().brpop(wake_keys, timeout=seconds)
         except redis.RedisError as exc:
             raise BrokerError(f"Redis broker: waiting for messages failed: {exc}") from exc
         if token and token[1] == b"d":  # a delayed message was added: learn when it is due

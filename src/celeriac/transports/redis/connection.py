@@ -18,6 +18,8 @@ every key and channel, as kombu and Celery do. The options read here are
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -39,10 +41,52 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 _OURS = ("global_keyprefix", "master_name")
 
 
+class HeldConnections:
+    """A client per thread over ``client``'s pool, each keeping one connection between its
+    thread's commands.
+
+    redis-py takes a connection from the pool for each command and gives it back after: a
+    lock, a pid check and a ``poll()`` (is anything unread on it?) every time, ~12 us of CPU a
+    command here (a PING: 80 us against 68 us with the connection kept, measured), 15% of a
+    ``delay()``'s. The hot paths (a publish, a worker's fetch and wait, a result read) run on
+    the calling thread's client instead; pipelines and pub/sub keep using the pool. A thread
+    keeps its connection until it ends (it goes back to the pool then), so a process holds
+    one per thread that made such a call. A connection redis-py drops after an error is
+    opened again on the next command, as from the pool; a forked child makes its own.
+    """
+
+    __slots__ = ("_local", "shared")
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.shared = client
+        self._local = threading.local()
+
+    def get(self) -> redis.Redis:
+        """This thread's client (it connects on first use: call it where a Redis error is
+        handled, within the caller's deadline)."""
+        local = self._local
+        held: redis.Redis | None = getattr(local, "client", None)
+        pid = os.getpid()
+        if held is None or local.pid != pid:
+            # (A client inherited through fork is left alone: redis-py gives nothing back to
+            # a pool of another process, and closes no socket it did not open.)
+            held = redis.Redis(
+                connection_pool=self.shared.connection_pool, single_connection_client=True
+            )
+            local.client, local.pid = held, pid
+        return held
+
+
 @dataclass(slots=True)
 class RedisTarget:
-    client: redis.Redis
+    """A client (shared, pooled; and one per thread, :attr:`conns`) and the key prefix."""
+
+    conns: HeldConnections
     prefix: str
+
+    @property
+    def client(self) -> redis.Redis:
+        return self.conns.shared
 
 
 def _retry(options: RedisConnectionOptions) -> DeadlineRetry:
@@ -127,7 +171,7 @@ def connect(url: str, options: RedisConnectionOptions | None = None) -> RedisTar
             raise ConfigurationError(f"not a Redis URL: {redact(url)!r}")
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {redact(url)!r}: {mask_urls(str(exc))}") from exc
-    return RedisTarget(bound(client), prefix)
+    return RedisTarget(HeldConnections(bound(client)), prefix)
 
 
 def _first(option: str | None, query: str | None) -> str | None:

@@ -11,14 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
 from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
 from celeriac.transports.redis.broker import RedisBroker
-from celeriac.transports.redis.connection import RedisTarget, client_key, connect, server_key
+from celeriac.transports.redis.connection import (
+    HeldConnections,
+    RedisTarget,
+    client_key,
+    connect,
+    server_key,
+)
 from celeriac.transports.redis.options import (
     RedisBackendOptions,
     RedisConnectionOptions,
@@ -38,7 +42,7 @@ class RedisTransport(Transport):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._clients: dict[tuple[str, ...], redis.Redis] = {}
+        self._clients: dict[tuple[str, ...], HeldConnections] = {}
         self._brokers: list[RedisBroker] = []
         self._backends: list[RedisBackend] = []
         self._stores: list[RedisBeatStore] = []
@@ -50,12 +54,12 @@ class RedisTransport(Transport):
     def _target(self, url: str, options: RedisConnectionOptions) -> RedisTarget:
         target = connect(url, options)
         key = client_key(url, options)
-        client = self._clients.get(key)
-        if client is None:
-            self._clients[key] = target.client
+        conns = self._clients.get(key)
+        if conns is None:
+            self._clients[key] = target.conns
             return target
         target.client.close()  # a pool that never connected: nothing to wait for
-        return RedisTarget(client, target.prefix)
+        return RedisTarget(conns, target.prefix)
 
     def _broker_options(self, given: dict[str, Any]) -> RedisOptions:
         return parse_options(RedisOptions, given, url=self.url, setting=BROKER)
@@ -101,8 +105,8 @@ class RedisTransport(Transport):
 
     def _close_connections(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        for conns in clients:
+            conns.shared.close()
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one script call, when both use one client and

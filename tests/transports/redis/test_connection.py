@@ -1,0 +1,144 @@
+"""HeldConnections: a thread's commands go over one connection it keeps, on the shared Redis.
+
+Connections are told apart by the server's ``CLIENT ID``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from celeriac import Celeriac
+from celeriac.transports.redis.connection import HeldConnections, connect
+from tests.redis_support import base_url, drop, new_prefix, url_with_prefix
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def held() -> Iterator[HeldConnections]:
+    target = connect(base_url())
+    try:
+        yield HeldConnections(target.client)
+    finally:
+        target.client.close()
+
+
+def _in_thread(held: HeldConnections) -> int:
+    ids: list[int] = []
+    t = threading.Thread(target=lambda: ids.append(held.get().client_id()))
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    return ids[0]
+
+
+def test_a_thread_keeps_one_connection_and_another_thread_has_its_own(
+    held: HeldConnections,
+) -> None:
+    mine = held.get()
+    first = mine.client_id()
+    assert [held.get().client_id() for _ in range(5)] == [first] * 5
+    assert held.get() is mine
+    other = _in_thread(held)
+    assert other != first
+    assert held.get().client_id() == first
+
+
+def test_a_thread_that_ends_gives_its_connection_back_to_the_pool(held: HeldConnections) -> None:
+    theirs = _in_thread(held)
+    # The ended thread's client was dropped with its thread-local data: the pool lends its
+    # connection to the next taker instead of opening one.
+    assert held.get().client_id() == theirs
+
+
+def test_a_connection_the_server_closed_is_opened_again_on_the_next_command(
+    held: HeldConnections,
+) -> None:
+    first = held.get().client_id()
+    killer = redis.Redis.from_url(base_url())
+    try:
+        assert killer.client_kill_filter(_id=str(first)) == 1
+    finally:
+        killer.close()
+    again = held.get().client_id()  # retried on a new connection, as from the pool
+    assert again != first
+    assert held.get().client_id() == again
+
+
+def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(
+    held: HeldConnections,
+) -> None:
+    parent = held.get().client_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its connection's id, and exit without cleanup
+        code = 1
+        try:
+            os.write(write, str(held.get().client_id()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = int(f.read() or 0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child not in (0, parent)
+    assert held.get().client_id() == parent  # still open: the child closed nothing of ours
+
+
+def _last_command(name: str) -> str:
+    watcher = redis.Redis.from_url(base_url())
+    try:
+        [entry] = [c for c in watcher.client_list() if c.get("name") == name]
+        return str(entry["cmd"])
+    finally:
+        watcher.close()
+
+
+def test_publish_fetch_and_result_reads_go_over_the_callers_connection() -> None:
+    prefix = new_prefix()
+    url = url_with_prefix(prefix)
+    app = Celeriac("held", broker_url=url, result_backend=url)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    name = f"held-{prefix.rstrip(':')}"
+    try:
+        broker, backend = app.broker, app.backend
+        conns = broker._conns  # type: ignore[attr-defined]
+        assert backend._conns is conns  # type: ignore[attr-defined]  # one client: one each
+
+        def last_command_of(action: Callable[[], object]) -> str:
+            conns.get().client_setname(name)
+            action()
+            # A command through the pool never takes the connection this thread holds.
+            broker.client.exists(f"{prefix}nothing")  # type: ignore[attr-defined]
+            return _last_command(name)
+
+        result: list[Any] = []
+        assert last_command_of(lambda: result.append(add.delay(1, 2))) == "evalsha"
+        got: list[Any] = []
+        assert (
+            last_command_of(lambda: got.extend(broker.fetch(["celery"], 10, timeout=1.0)))
+            == "evalsha"
+        )
+        assert [d.message.task_id for d in got] == [result[0].id]
+        assert last_command_of(lambda: broker.ack(got)) == "evalsha"
+        # nothing there: it waits on its wake list, then looks once more
+        assert last_command_of(lambda: broker.fetch(["celery"], 10, timeout=0.3)) in (
+            "brpop",
+            "evalsha",
+        )
+        assert last_command_of(lambda: result[0].state) == "get"  # a result read
+    finally:
+        app.close()
+        drop(prefix)
