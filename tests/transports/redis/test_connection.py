@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,3 +143,46 @@ def test_publish_fetch_and_result_reads_go_over_the_callers_connection() -> None
     finally:
         app.close()
         drop(prefix)
+
+
+def test_at_most_half_the_pools_connections_are_held() -> None:
+    client = redis.Redis.from_url(base_url(), max_connections=4)
+    conns = HeldConnections(client)
+    release = threading.Event()
+    got: list[redis.Redis] = []
+    lock = threading.Lock()
+
+    def hold() -> None:
+        c = conns.get()
+        c.ping()
+        with lock:
+            got.append(c)
+        release.wait(10)
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # two hold one each; the third takes turns on the pool (the shared client)
+        assert sorted(c is client for c in got) == [False, False, True]
+        assert conns.get() is client  # so does this thread, the cap being reached
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
+    got.clear()  # the two held ones are dropped with their threads (and this list)
+    try:
+        assert _in_thread_client(conns) is not client  # so a new thread holds one again
+    finally:
+        client.close()
+
+
+def _in_thread_client(conns: HeldConnections) -> redis.Redis:
+    out: list[redis.Redis] = []
+    t = threading.Thread(target=lambda: out.append(conns.get()))
+    t.start()
+    t.join(10)
+    return out[0]
