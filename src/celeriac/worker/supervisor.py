@@ -309,9 +309,14 @@ class Supervisor:
             self._kill(i, proc.pid, Death.TIME_LIMIT, detail)
 
     def _kill(self, index: int, pid: int, death: Death, detail: str) -> None:
-        self._killed[index] = (death, detail)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        # Under the lock, as terminate() (a revoke, from another thread) records its reason:
+        # the first reason a child was killed for is its death's, never overwritten by a
+        # second kill that came after it.
+        with self._lock:
+            if self._killed[index] is None:
+                self._killed[index] = (death, detail)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def terminate(self, index: int, task_id: str, signame: str) -> bool:
         """Stop ``task_id``, running in child ``index``, for a revoke: the child is killed and

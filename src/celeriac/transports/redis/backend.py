@@ -239,7 +239,7 @@ class RedisBackend(ResultBackend):
                 self._subscribe(listener, channel, until)
                 # Re-read after subscribing: a result stored before the subscription took
                 # effect was published to nobody, but it is in the key.
-                data: Any = self.client.get(channel)
+                data: Any = self._conns.get().get(channel)
                 if data is not None and self.decode_meta(data).get("status") in READY_STATES:
                     self._local.fresh = (task_id, data, time.monotonic())  # no third GET
                     return
