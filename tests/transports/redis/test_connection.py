@@ -94,6 +94,41 @@ def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(
     assert held.get().client_id() == parent  # still open: the child closed nothing of ours
 
 
+def test_a_command_cut_short_between_send_and_read_leaves_nothing_for_the_next(
+    held: HeldConnections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"{new_prefix()}k"
+    with held.command() as client:
+        client.set(key, "the first command's reply", ex=60)
+        first = client.client_id()
+    read = redis.Redis.parse_response
+
+    def interrupted(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
+        # As a soft time limit (an asynchronous exception) landing after the send
+        monkeypatch.setattr(redis.Redis, "parse_response", read)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(redis.Redis, "parse_response", interrupted)
+    with pytest.raises(KeyboardInterrupt), held.command() as client:
+        client.get(key)
+    with held.command() as client:
+        assert client.echo("mine") == b"mine"  # not the GET's reply, left unread
+        assert client.client_id() != first  # on a new connection
+        client.delete(key)
+
+
+def test_an_error_reply_keeps_the_connection(held: HeldConnections) -> None:
+    key = f"{new_prefix()}list"
+    with held.command() as client:
+        first = client.client_id()
+        client.rpush(key, "x")
+    with pytest.raises(redis.ResponseError), held.command() as client:
+        client.get(key)  # WRONGTYPE: a reply, read whole
+    with held.command() as client:
+        assert client.client_id() == first
+        client.delete(key)
+
+
 def _last_command(name: str) -> str:
     watcher = redis.Redis.from_url(base_url())
     try:

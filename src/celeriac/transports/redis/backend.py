@@ -78,7 +78,8 @@ class RedisBackend(ResultBackend):
 
     def _run(self, command: str, keys: Sequence[str], *args: Any) -> Any:
         try:
-            return self._script(keys=keys, args=[command, *args], client=self._conns.get())
+            with self._conns.command() as client:
+                return self._script(keys=keys, args=[command, *args], client=client)
         except redis.RedisError as exc:
             raise BackendError(f"Redis result backend: {command} failed: {exc}") from exc
 
@@ -91,8 +92,8 @@ class RedisBackend(ResultBackend):
             if fresh[0] == task_id and time.monotonic() - fresh[2] < 1.0:
                 return bytes(fresh[1])
         try:
-            with deadline(wait_deadline()):
-                data: Any = self._conns.get().get(self.key(task_id))
+            with deadline(wait_deadline()), self._conns.command() as client:
+                data: Any = client.get(self.key(task_id))
         except redis.RedisError as exc:
             raise BackendError(f"reading result {task_id} from Redis failed: {exc}") from exc
         return None if data is None else bytes(data)
@@ -239,7 +240,8 @@ class RedisBackend(ResultBackend):
                 self._subscribe(listener, channel, until)
                 # Re-read after subscribing: a result stored before the subscription took
                 # effect was published to nobody, but it is in the key.
-                data: Any = self._conns.get().get(channel)
+                with self._conns.command() as client:
+                    data: Any = client.get(channel)
                 if data is not None and self.decode_meta(data).get("status") in READY_STATES:
                     self._local.fresh = (task_id, data, time.monotonic())  # no third GET
                     return

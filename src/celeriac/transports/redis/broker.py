@@ -136,7 +136,8 @@ class RedisBroker(Broker):
         try:
             if not self._caps_sent:
                 self._send_caps()
-            return evalsha(self._conns.get(), self._script, [args[0], self.prefix, *args[1:]])
+            with self._conns.command() as client:
+                return evalsha(client, self._script, [args[0], self.prefix, *args[1:]])
         except redis.RedisError as exc:
             raise BrokerError(f"Redis broker: {args[0]} failed: {exc}") from exc
 
@@ -209,7 +210,8 @@ class RedisBroker(Broker):
         try:
             with deadline(time.monotonic() + self.publish_timeout):
                 if len(calls) == 1:
-                    evalsha(self._conns.get(), self._script, calls[0])
+                    with self._conns.command() as client:
+                        evalsha(client, self._script, calls[0])
                 else:
                     evalsha_pipelined(self.client, self._script, calls)
         except redis.RedisError as exc:
@@ -471,7 +473,8 @@ class RedisBroker(Broker):
 
     def _wait(self, wake_keys: list[str], seconds: float) -> None:
         try:
-            token = self._conns.get().brpop(wake_keys, timeout=seconds)
+            with self._conns.command() as client:
+                token = client.brpop(wake_keys, timeout=seconds)
         except redis.RedisError as exc:
             raise BrokerError(f"Redis broker: waiting for messages failed: {exc}") from exc
         if token and token[1] == b"d":  # a delayed message was added: learn when it is due

@@ -67,9 +67,14 @@ class HeldConnections:
         self._pid = os.getpid()
         self._count = 0  # clients held by this process's threads
 
+    def command(self) -> HeldCommand:
+        """``with conns.command() as client:`` one command (or a few, one after the other) on
+        this thread's client. It connects on first use: enter it where a Redis error is
+        handled, within the caller's deadline."""
+        return HeldCommand(self.get())
+
     def get(self) -> redis.Redis:
-        """This thread's client (it connects on first use: call it where a Redis error is
-        handled, within the caller's deadline)."""
+        """This thread's client; see :meth:`command`, which keeps it in step."""
         local = self._local
         pid = os.getpid()
         if getattr(local, "pid", None) != pid:
@@ -100,6 +105,32 @@ class HeldConnections:
         if pid == self._pid:  # not for a client the parent held when this process forked
             with self._lock:
                 self._count -= 1
+
+
+class HeldCommand:
+    """A command on a held connection; see :meth:`HeldConnections.command`.
+
+    A connection lent by the pool is checked for unread data when it is lent; a held one is
+    not. redis-py drops a connection when a send or a read fails, but an exception raised
+    between the two (a soft time limit or another asynchronous exception in a task's thread,
+    a signal handler's) would leave the reply unread, and the thread's next command would
+    read it as its own. So a command that ends in anything but a reply Redis sent (an error
+    reply included) drops the connection: the next one opens another.
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def __enter__(self) -> redis.Redis:
+        return self.client
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None and not issubclass(kind, redis.ResponseError):
+            conn = self.client.connection
+            if conn is not None:
+                conn.disconnect()  # type: ignore[no-untyped-call]
 
 
 @dataclass(slots=True)
