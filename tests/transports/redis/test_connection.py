@@ -5,9 +5,11 @@ Connections are told apart by the server's ``CLIENT ID``.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -221,3 +223,77 @@ def _in_thread_client(conns: HeldConnections) -> redis.Redis:
     t.start()
     t.join(10)
     return out[0]
+
+
+def test_a_command_entered_during_one_of_its_threads_own_runs_on_the_pool(
+    held: HeldConnections,
+) -> None:
+    # As from a signal handler or a finalizer that runs mid-command: two commands on one
+    # socket would read each other's replies.
+    with held.command() as outer:
+        assert outer is held.get()
+        with held.command() as inner:
+            assert inner is held.shared
+            assert inner.echo("inner") == b"inner"
+        assert outer.echo("outer") == b"outer"
+    with held.command() as again:
+        assert again is held.get()
+
+
+def test_connections_held_for_a_dropped_client_are_freed_with_it() -> None:
+    target = connect(base_url())
+    conns = HeldConnections(target.client)
+    client = weakref.ref(conns.get())
+    assert client() is not None
+    del conns
+    gc.collect()
+    # nothing (a finalizer) keeps it, its thread-local clients or their pool alive
+    assert client() is None
+    target.client.close()
+
+
+def test_a_fork_while_another_thread_holds_the_count_lock_does_not_hang_the_child(
+    held: HeldConnections,
+) -> None:
+    # Another thread's held client is freed in the child as the fork happens; giving its
+    # place back must not wait for a lock a parent's thread (not the forking one) held.
+    holding, locked, done = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        held.get().ping()
+        holding.set()
+        done.wait(10)
+
+    def locker() -> None:
+        with held._count.lock:
+            locked.set()
+            done.wait(10)
+
+    others = [threading.Thread(target=holder), threading.Thread(target=locker)]
+    for t in others:
+        t.start()
+    try:
+        assert holding.wait(10) and locked.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with held.command() as client:
+                    client.ping()
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        done.set()
+        for t in others:
+            t.join(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung")

@@ -3,15 +3,16 @@
 //
 // Merged, not swapped: replacing the whole block (innerHTML) remade every row and button each
 // time, even when nothing had changed, so a click landing during an update hit an element that
-// was gone. Unchanged nodes are kept; a row keyed by data-task / data-worker / data-queue /
-// data-entry / id is matched by its key (kept, moved, inserted or removed), never rewritten
-// into another row, so a kept button always belongs to the row it was drawn in.
+// was gone. Unchanged nodes are kept; a row keyed by data-letter / data-task / data-worker /
+// data-queue / data-entry / id is matched by its key (kept, moved, inserted or removed), never
+// rewritten into another row, so a kept button always belongs to the row it was drawn in.
 (function () {
   "use strict";
   var live = document.getElementById("live");
   if (!live) return;
   var every = Math.max(250, parseFloat(live.dataset.refresh || "1") * 1000);
-  var KEYS = ["data-task", "data-worker", "data-queue", "data-entry", "id"];
+  // the first a node has is its key (a task can be dead-lettered twice: data-letter first)
+  var KEYS = ["data-letter", "data-task", "data-worker", "data-queue", "data-entry", "id"];
 
   function key(node) {
     if (node.nodeType !== 1) return null;

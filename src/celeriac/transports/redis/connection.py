@@ -42,39 +42,47 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 _OURS = ("global_keyprefix", "master_name")
 
 
+#: Connections held per pool at most (and at most half its ``max_connections``).
+HELD_MAX = 32
+
+
 class HeldConnections:
     """A client per thread over ``client``'s pool, each keeping one connection between its
     thread's commands.
 
     redis-py takes a connection from the pool for each command and gives it back after: a
     lock, a pid check and a ``poll()`` (is anything unread on it?) every time, ~12 us of CPU a
-    command here, 13% of a ``delay()``'s (169 against 194 us, measured). The hot paths (a
-    publish, a worker's fetch, ack and wait, a result read) run on the calling thread's client
-    instead; pipelines and pub/sub keep using the pool. A thread keeps its connection until it
-    ends, when it goes back to the pool. At most half the pool's ``max_connections`` (redis-py's
-    default: 100) are held: past that, a thread takes turns on the pool as before, so threads
-    that hold one never starve the pool. A connection redis-py drops after an error is opened
-    again on the next command, as from the pool; a forked child makes its own.
+    command here (``delay()``: 131.6 against 143.8 us, measured). The hot paths (a publish, a
+    worker's fetch, ack and wait, a result read) run on the calling thread's client instead;
+    pipelines and pub/sub keep using the pool. A thread keeps its connection until it ends,
+    when it goes back to the pool. At most :data:`HELD_MAX`, and half the pool's
+    ``max_connections``, are held: past that a thread takes turns on the pool as before, so
+    threads that hold one never starve it. A connection redis-py drops after an error is
+    opened again on the next command, as from the pool; a forked child makes its own.
     """
 
-    __slots__ = ("_count", "_local", "_lock", "_pid", "shared")
+    __slots__ = ("_count", "_local", "shared")
 
     def __init__(self, client: redis.Redis) -> None:
         self.shared = client
         self._local = threading.local()
-        # reentrant: a finalizer (_release) may run in a collection while this thread holds it
-        self._lock = threading.RLock()
-        self._pid = os.getpid()
-        self._count = 0  # clients held by this process's threads
+        self._count = _Count()
 
     def command(self) -> HeldCommand:
         """``with conns.command() as client:`` one command (or a few, one after the other) on
         this thread's client. It connects on first use: enter it where a Redis error is
-        handled, within the caller's deadline."""
-        return HeldCommand(self.get())
+        handled, within the caller's deadline.
+
+        Entered again on a thread while a command of its own runs (from a signal handler, a
+        finalizer), it runs on a connection the pool lends: two commands on one socket would
+        read each other's replies."""
+        local = self._local
+        if getattr(local, "busy", False):
+            return HeldCommand(self.shared, None)
+        return HeldCommand(self.get(), local)
 
     def get(self) -> redis.Redis:
-        """This thread's client; see :meth:`command`, which keeps it in step."""
+        """This thread's client (outside a :meth:`command`, for tests and inspection)."""
         local = self._local
         pid = os.getpid()
         if getattr(local, "pid", None) != pid:
@@ -86,25 +94,65 @@ class HeldConnections:
 
     def _take(self, pid: int) -> redis.Redis:
         pool = self.shared.connection_pool
-        if self._pid != pid:  # a forked child: nothing held yet (a lock held at the fork, too)
-            self._lock, self._pid, self._count = threading.RLock(), pid, 0
-        cap = getattr(pool, "max_connections", None)
-        with self._lock:
-            if cap is not None and self._count >= cap // 2:
-                return self.shared
-            self._count += 1
+        cap = min(HELD_MAX, getattr(pool, "max_connections", HELD_MAX * 2) // 2)
+        if not self._count.take(cap):
+            return self.shared
         try:
             held = redis.Redis(connection_pool=pool, single_connection_client=True)
         except BaseException:
-            self._release(pid)
+            self._count.give_back(pid)
             raise
-        weakref.finalize(held, self._release, pid)
+        # The count only: a finalizer holding this object would keep it, its thread-local
+        # clients and their pool alive for as long as the process runs.
+        weakref.finalize(held, self._count.give_back, pid)
         return held
 
-    def _release(self, pid: int) -> None:
-        if pid == self._pid:  # not for a client the parent held when this process forked
-            with self._lock:
-                self._count -= 1
+
+class _Count:
+    """How many clients one :class:`HeldConnections`' threads hold in this process."""
+
+    __slots__ = ("__weakref__", "lock", "n", "pid")
+
+    def __init__(self) -> None:
+        self.reset()
+        _COUNTS.add(self)
+        _reset_at_fork()
+
+    def reset(self) -> None:
+        # reentrant: a finalizer (give_back) may run in a collection on a thread holding it
+        self.lock, self.n, self.pid = threading.RLock(), 0, os.getpid()
+
+    def take(self, cap: int) -> bool:
+        with self.lock:
+            if self.n >= cap:
+                return False
+            self.n += 1
+            return True
+
+    def give_back(self, pid: int) -> None:
+        # A client taken before a fork, freed in the child (its other threads' clients are,
+        # as the fork happens): not this process's, and the lock may be one a parent's
+        # thread held at the fork; reset() gives the child its own.
+        if pid != self.pid or pid != os.getpid():
+            return
+        with self.lock:
+            self.n -= 1
+
+
+_COUNTS: weakref.WeakSet[_Count] = weakref.WeakSet()
+_FORK_HOOK: list[bool] = []
+
+
+def _reset_at_fork() -> None:
+    """Once per process, on first use (not at import): a child starts every count afresh."""
+    if not _FORK_HOOK:
+        _FORK_HOOK.append(True)
+        os.register_at_fork(after_in_child=_after_fork)
+
+
+def _after_fork() -> None:
+    for count in list(_COUNTS):
+        count.reset()
 
 
 class HeldCommand:
@@ -118,15 +166,22 @@ class HeldCommand:
     reply included) drops the connection: the next one opens another.
     """
 
-    __slots__ = ("client",)
+    __slots__ = ("_local", "client")
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, local: threading.local | None) -> None:
         self.client = client
+        self._local = local  # None: a command on the pool, nothing to keep in step
 
     def __enter__(self) -> redis.Redis:
+        if self._local is not None:
+            self._local.busy = True
         return self.client
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        local = self._local
+        if local is None:
+            return
+        local.busy = False
         if kind is not None and not issubclass(kind, redis.ResponseError):
             conn = self.client.connection
             if conn is not None:
