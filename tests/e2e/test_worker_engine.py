@@ -249,3 +249,18 @@ def test_children_that_crash_as_they_start_are_restarted_with_a_back_off(e2e):
     time.sleep(1.0)
     assert env.log(worker).count("exited with code 5") <= crashes + 3, "no back-off"
     assert env.stop_worker(worker, timeout=10) == 0  # a warm stop during the back-off
+
+
+def test_revoke_with_terminate_of_a_task_that_just_finished_changes_nothing(e2e):
+    # Regression: the child's slot named the task as running until its next fetch returned
+    # (up to half a second when the queue is empty), so a terminate landing then killed the
+    # idle child and stored REVOKED over the task's SUCCESS.
+    env, tasks = e2e
+    env.start_worker("-c", "1")
+    first = tasks.pid.delay()
+    child = first.get(timeout=10)
+    first.revoke(terminate=True)
+    time.sleep(1.0)
+    assert first.state == states.SUCCESS
+    assert first.get(timeout=1) == child
+    assert tasks.pid.delay().get(timeout=10) == child  # the same child: nothing was killed
