@@ -18,9 +18,6 @@ every key and channel, as kombu and Celery do. The options read here are
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -30,6 +27,7 @@ from redis.backoff import ExponentialBackoff
 
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports.redis.deadline import DeadlineRetry, bound
+from celeriac.transports.redis.held import HeldConnections
 from celeriac.transports.redis.options import RedisConnectionOptions
 from celeriac.urls import mask_urls, redact
 
@@ -40,152 +38,6 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 _OURS = ("global_keyprefix", "master_name")
-
-
-#: Connections held per pool at most (and at most half its ``max_connections``).
-HELD_MAX = 32
-
-
-class HeldConnections:
-    """A client per thread over ``client``'s pool, each keeping one connection between its
-    thread's commands.
-
-    redis-py takes a connection from the pool for each command and gives it back after: a
-    lock, a pid check and a ``poll()`` (is anything unread on it?) every time, ~12 us of CPU a
-    command here (``delay()``: 131.6 against 143.8 us, measured). The hot paths (a publish, a
-    worker's fetch, ack and wait, a result read) run on the calling thread's client instead;
-    pipelines and pub/sub keep using the pool. A thread keeps its connection until it ends,
-    when it goes back to the pool. At most :data:`HELD_MAX`, and half the pool's
-    ``max_connections``, are held: past that a thread takes turns on the pool as before, so
-    threads that hold one never starve it. A connection redis-py drops after an error is
-    opened again on the next command, as from the pool; a forked child makes its own.
-    """
-
-    __slots__ = ("_count", "_local", "shared")
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.shared = client
-        self._local = threading.local()
-        self._count = _Count()
-
-    def command(self) -> HeldCommand:
-        """``with conns.command() as client:`` one command (or a few, one after the other) on
-        this thread's client. It connects on first use: enter it where a Redis error is
-        handled, within the caller's deadline.
-
-        Entered again on a thread while a command of its own runs (from a signal handler, a
-        finalizer), it runs on a connection the pool lends: two commands on one socket would
-        read each other's replies."""
-        local = self._local
-        if getattr(local, "busy", False):
-            return HeldCommand(self.shared, None)
-        return HeldCommand(self.get(), local)
-
-    def get(self) -> redis.Redis:
-        """This thread's client (outside a :meth:`command`, for tests and inspection)."""
-        local = self._local
-        pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            # (A client inherited through fork is left alone: redis-py gives nothing back to
-            # a pool of another process, and closes no socket it did not open.)
-            local.client, local.pid = self._take(pid), pid
-        client: redis.Redis = local.client
-        return client
-
-    def _take(self, pid: int) -> redis.Redis:
-        pool = self.shared.connection_pool
-        cap = min(HELD_MAX, getattr(pool, "max_connections", HELD_MAX * 2) // 2)
-        if not self._count.take(cap):
-            return self.shared
-        try:
-            held = redis.Redis(connection_pool=pool, single_connection_client=True)
-        except BaseException:
-            self._count.give_back(pid)
-            raise
-        # The count only: a finalizer holding this object would keep it, its thread-local
-        # clients and their pool alive for as long as the process runs.
-        weakref.finalize(held, self._count.give_back, pid)
-        return held
-
-
-class _Count:
-    """How many clients one :class:`HeldConnections`' threads hold in this process."""
-
-    __slots__ = ("__weakref__", "lock", "n", "pid")
-
-    def __init__(self) -> None:
-        self.reset()
-        _COUNTS.add(self)
-        _reset_at_fork()
-
-    def reset(self) -> None:
-        # reentrant: a finalizer (give_back) may run in a collection on a thread holding it
-        self.lock, self.n, self.pid = threading.RLock(), 0, os.getpid()
-
-    def take(self, cap: int) -> bool:
-        with self.lock:
-            if self.n >= cap:
-                return False
-            self.n += 1
-            return True
-
-    def give_back(self, pid: int) -> None:
-        # A client taken before a fork, freed in the child (its other threads' clients are,
-        # as the fork happens): not this process's, and the lock may be one a parent's
-        # thread held at the fork; reset() gives the child its own.
-        if pid != self.pid or pid != os.getpid():
-            return
-        with self.lock:
-            self.n -= 1
-
-
-_COUNTS: weakref.WeakSet[_Count] = weakref.WeakSet()
-_FORK_HOOK: list[bool] = []
-
-
-def _reset_at_fork() -> None:
-    """Once per process, on first use (not at import): a child starts every count afresh."""
-    if not _FORK_HOOK:
-        _FORK_HOOK.append(True)
-        os.register_at_fork(after_in_child=_after_fork)
-
-
-def _after_fork() -> None:
-    for count in list(_COUNTS):
-        count.reset()
-
-
-class HeldCommand:
-    """A command on a held connection; see :meth:`HeldConnections.command`.
-
-    A connection lent by the pool is checked for unread data when it is lent; a held one is
-    not. redis-py drops a connection when a send or a read fails, but an exception raised
-    between the two (a soft time limit or another asynchronous exception in a task's thread,
-    a signal handler's) would leave the reply unread, and the thread's next command would
-    read it as its own. So a command that ends in anything but a reply Redis sent (an error
-    reply included) drops the connection: the next one opens another.
-    """
-
-    __slots__ = ("_local", "client")
-
-    def __init__(self, client: redis.Redis, local: threading.local | None) -> None:
-        self.client = client
-        self._local = local  # None: a command on the pool, nothing to keep in step
-
-    def __enter__(self) -> redis.Redis:
-        if self._local is not None:
-            self._local.busy = True
-        return self.client
-
-    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        local = self._local
-        if local is None:
-            return
-        local.busy = False
-        if kind is not None and not issubclass(kind, redis.ResponseError):
-            conn = self.client.connection
-            if conn is not None:
-                conn.disconnect()  # type: ignore[no-untyped-call]
 
 
 @dataclass(slots=True)

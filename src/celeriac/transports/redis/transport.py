@@ -16,13 +16,8 @@ from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
 from celeriac.transports.redis.broker import RedisBroker
-from celeriac.transports.redis.connection import (
-    HeldConnections,
-    RedisTarget,
-    client_key,
-    connect,
-    server_key,
-)
+from celeriac.transports.redis.connection import RedisTarget, client_key, connect, server_key
+from celeriac.transports.redis.held import HeldConnections
 from celeriac.transports.redis.options import (
     RedisBackendOptions,
     RedisConnectionOptions,

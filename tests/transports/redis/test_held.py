@@ -1,4 +1,4 @@
-"""HeldConnections: a thread's commands go over one connection it keeps, on the shared Redis.
+"""HeldConnections (transports/redis/held.py): a thread's commands go over one connection it keeps.
 
 Connections are told apart by the server's ``CLIENT ID``.
 """
@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from celeriac import Celeriac
-from celeriac.transports.redis.connection import HeldConnections, connect
+from celeriac.transports.redis.connection import connect
+from celeriac.transports.redis.held import HeldConnections
 from tests.redis_support import base_url, drop, new_prefix, url_with_prefix
 
 pytestmark = pytest.mark.redis
