@@ -211,9 +211,10 @@ def test_at_most_half_the_pools_connections_are_held() -> None:
         release.set()
         for t in threads:
             t.join(10)
-    got.clear()  # the two held ones are dropped with their threads (and this list)
+    got.clear()
     try:
         assert _in_thread_client(conns) is not client  # so a new thread holds one again
+        assert conns.get() is not client  # and so does this one, over the cap a moment ago
     finally:
         client.close()
 
@@ -298,3 +299,54 @@ def test_a_fork_while_another_thread_holds_the_count_lock_does_not_hang_the_chil
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung")
+
+
+def test_a_command_whose_exit_never_ran_leaves_the_thread_on_a_fresh_connection(
+    held: HeldConnections,
+) -> None:
+    first = held.get().client_id()
+    cmd = held.command()
+    cmd.__enter__()
+    del cmd  # its __exit__ never ran (an exception raised as it began): its reply may be unread
+    with held.command() as client:
+        assert client is held.get()  # still the thread's own: not left on the pool for good
+        assert client.client_id() != first  # but on a new connection
+
+
+def test_a_failed_command_drops_its_connection_before_the_thread_can_take_it_again(
+    held: HeldConnections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = held.get()
+    client.ping()
+    conn = client.connection
+    assert conn is not None
+    drop = conn.disconnect
+    seen: list[bool] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        # As a signal handler running just before the drop: it must not get this connection
+        with held.command() as inner:
+            seen.append(inner is held.shared)
+        return drop(*args, **kwargs)
+
+    monkeypatch.setattr(conn, "disconnect", interrupted)
+    with pytest.raises(KeyboardInterrupt), held.command():
+        raise KeyboardInterrupt
+    assert seen == [True]
+
+
+def test_a_thread_that_ends_gives_its_connection_back_though_its_client_lives_on(
+    held: HeldConnections,
+) -> None:
+    kept: list[redis.Redis] = []
+
+    def use() -> None:
+        kept.append(held.get())
+        kept[0].ping()
+
+    t = threading.Thread(target=use)
+    t.start()
+    t.join(10)
+    # Not left to the client's __del__ (a reference cycle, or this list, can put it off)
+    assert kept[0].connection is None
+    assert held._count.n == 0

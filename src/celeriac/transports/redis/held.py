@@ -47,36 +47,79 @@ class HeldConnections:
         Entered again on a thread while a command of its own runs (from a signal handler, a
         finalizer), it runs on a connection the pool lends: two commands on one socket would
         read each other's replies."""
+        client = self.get()
+        if client is self.shared:
+            return HeldCommand(client, None)
         local = self._local
-        if getattr(local, "busy", False):
-            return HeldCommand(self.shared, None)
-        return HeldCommand(self.get(), local)
+        busy = local.busy
+        if busy is not None:
+            if busy() is not None:  # a command of this thread's runs further up its stack
+                return HeldCommand(self.shared, None)
+            # A command whose end was never seen (an exception at the very start of its
+            # __exit__): its reply may be unread.
+            _drop(client)
+        return HeldCommand(client, local)
 
     def get(self) -> redis.Redis:
-        """This thread's client (outside a :meth:`command`, for tests and inspection)."""
+        """This thread's client, or the shared one while :data:`HELD_MAX` are held (outside a
+        :meth:`command`: for tests and inspection)."""
         local = self._local
         pid = os.getpid()
-        if getattr(local, "pid", None) != pid:
-            # (A client inherited through fork is left alone: redis-py gives nothing back to
-            # a pool of another process, and closes no socket it did not open.)
-            local.client, local.pid = self._take(pid), pid
-        client: redis.Redis = local.client
-        return client
+        lease: _Lease | None = getattr(local, "lease", None)
+        if lease is not None and lease.pid == pid:
+            return lease.client
+        # None yet, or one inherited through fork: that one is dropped (redis-py gives nothing
+        # back to a pool of another process, and closes no socket it did not open).
+        local.lease, local.busy = None, None
+        lease = self._take(pid)
+        if lease is None:
+            return self.shared  # asked again next time: a place may have come free
+        local.lease = lease
+        return lease.client
 
-    def _take(self, pid: int) -> redis.Redis:
+    def _take(self, pid: int) -> _Lease | None:
         pool = self.shared.connection_pool
         cap = min(HELD_MAX, getattr(pool, "max_connections", HELD_MAX * 2) // 2)
-        if not self._count.take(cap):
-            return self.shared
+        count = self._count
+        if not count.take(cap):
+            return None
+        lease = None
         try:
-            held = redis.Redis(connection_pool=pool, single_connection_client=True)
+            client = redis.Redis(connection_pool=pool, single_connection_client=True)
+            lease = _Lease(client, pid)
+            # When the thread's lease goes (the thread ended, or this object was dropped):
+            # the connection goes back to the pool and the place to the count. Not left to
+            # the client's own __del__, which a reference cycle can put off (redis-py 5.0
+            # makes one when a server refuses CLIENT SETINFO); and the count only, not
+            # self, which would stay alive, with every thread's client, as long as the
+            # process.
+            weakref.finalize(lease, _end_lease, client, count, pid)
         except BaseException:
-            self._count.give_back(pid)
+            if lease is None:
+                count.give_back(pid)
             raise
-        # The count only: a finalizer holding this object would keep it, its thread-local
-        # clients and their pool alive for as long as the process runs.
-        weakref.finalize(held, self._count.give_back, pid)
-        return held
+        return lease
+
+
+class _Lease:
+    """One thread's client, while the thread keeps it."""
+
+    __slots__ = ("__weakref__", "client", "pid")
+
+    def __init__(self, client: redis.Redis, pid: int) -> None:
+        self.client, self.pid = client, pid
+
+
+def _end_lease(client: redis.Redis, count: _Count, pid: int) -> None:
+    if pid == os.getpid():
+        client.close()  # its connection back to the pool
+    count.give_back(pid)
+
+
+def _drop(client: redis.Redis) -> None:
+    conn = client.connection
+    if conn is not None:
+        conn.disconnect()  # type: ignore[no-untyped-call]
 
 
 class _Count:
@@ -137,7 +180,7 @@ class HeldCommand:
     reply included) drops the connection: the next one opens another.
     """
 
-    __slots__ = ("_local", "client")
+    __slots__ = ("__weakref__", "_local", "client")
 
     def __init__(self, client: redis.Redis, local: threading.local | None) -> None:
         self.client = client
@@ -145,15 +188,19 @@ class HeldCommand:
 
     def __enter__(self) -> redis.Redis:
         if self._local is not None:
-            self._local.busy = True
+            # A reference to this command, alive while it runs: a command entered under it
+            # (a signal handler's) sees one running; one left over from a command whose
+            # __exit__ never ran is dead, and says its reply may be unread.
+            self._local.busy = weakref.ref(self)
         return self.client
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         local = self._local
         if local is None:
             return
-        local.busy = False
-        if kind is not None and not issubclass(kind, redis.ResponseError):
-            conn = self.client.connection
-            if conn is not None:
-                conn.disconnect()  # type: ignore[no-untyped-call]
+        try:
+            if kind is not None and not issubclass(kind, redis.ResponseError):
+                _drop(self.client)
+        finally:
+            # Only now: a handler running before the drop must not take this connection.
+            local.busy = None
