@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -350,3 +354,40 @@ def test_a_thread_that_ends_gives_its_connection_back_though_its_client_lives_on
     # Not left to the client's __del__ (a reference cycle, or this list, can put it off)
     assert kept[0].connection is None
     assert held._count.n == 0
+
+
+def test_at_exit_a_daemon_threads_connection_mid_command_is_not_lent_to_anyone(
+    tmp_path: Path,
+) -> None:
+    prefix = new_prefix()
+    script = textwrap.dedent(
+        f"""
+        import atexit, threading, time
+        from celeriac.transports.redis.connection import connect
+
+        t = connect({base_url()!r})
+        key, wake = {prefix + "v"!r}, {prefix + "wake"!r}
+        t.client.set(key, "the value", ex=60)
+        # registered first, so it runs after the finalizers' exit hook
+        atexit.register(lambda: print(repr(t.client.get(key)), flush=True))
+        started = threading.Event()
+
+        def worker():
+            while True:
+                with t.conns.command() as c:
+                    started.set()
+                    c.brpop([wake], timeout=1)  # waiting on its held connection at exit
+
+        threading.Thread(target=worker, daemon=True).start()
+        started.wait(10)
+        time.sleep(0.2)
+        """
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "b'the value'"  # not the BRPOP's reply
+    finally:
+        drop(prefix)
