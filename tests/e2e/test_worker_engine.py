@@ -252,9 +252,9 @@ def test_children_that_crash_as_they_start_are_restarted_with_a_back_off(e2e):
 
 
 def test_revoke_with_terminate_of_a_task_that_just_finished_changes_nothing(e2e):
-    # Regression: the child's slot named the task as running until its next fetch returned
-    # (up to half a second when the queue is empty), so a terminate landing then killed the
-    # idle child and stored REVOKED over the task's SUCCESS.
+    # The child's lease slot must stop naming a task as running once it has ended: a terminate
+    # landing just after (while the idle child waits up to half a second in its next fetch)
+    # would kill that child and store REVOKED over the task's SUCCESS.
     env, tasks = e2e
     env.start_worker("-c", "1")
     first = tasks.pid.delay()

@@ -24,26 +24,29 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
         app.close()
 
 
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    """A process standing in for a child, for the supervisor to kill."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_time_limit_kill_after_a_revoke_keeps_the_revoke_as_the_reason(
-    supervisor: Supervisor,
+    supervisor: Supervisor, victim: subprocess.Popen[bytes]
 ) -> None:
-    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        supervisor._killed[0] = (Death.REVOKED, "task-1")  # terminate() got there first
-        supervisor._kill(0, victim.pid, Death.TIME_LIMIT, "hard time limit exceeded")
-        assert victim.wait(10) == -9
-        assert supervisor._killed[0] == (Death.REVOKED, "task-1")
-    finally:
-        victim.kill()
-        victim.wait()
+    supervisor._killed[0] = (Death.REVOKED, "task-1")  # terminate() got there first
+    supervisor._kill(0, victim.pid, Death.TIME_LIMIT, "hard time limit exceeded")
+    assert victim.wait(10) == -9
+    assert supervisor._killed[0] == (Death.REVOKED, "task-1")
 
 
-def test_a_kill_records_its_reason_when_there_is_none(supervisor: Supervisor) -> None:
-    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        supervisor._kill(0, victim.pid, Death.MEMORY, "over max_memory_per_child")
-        assert victim.wait(10) == -9
-        assert supervisor._killed[0] == (Death.MEMORY, "over max_memory_per_child")
-    finally:
-        victim.kill()
-        victim.wait()
+def test_a_kill_records_its_reason_when_there_is_none(
+    supervisor: Supervisor, victim: subprocess.Popen[bytes]
+) -> None:
+    supervisor._kill(0, victim.pid, Death.MEMORY, "over max_memory_per_child")
+    assert victim.wait(10) == -9
+    assert supervisor._killed[0] == (Death.MEMORY, "over max_memory_per_child")

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -26,6 +26,7 @@ from celeriac.transports.redis.held import HeldConnections
 from tests.redis_support import base_url, drop, new_prefix, url_with_prefix
 
 pytestmark = pytest.mark.redis
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -37,13 +38,18 @@ def held() -> Iterator[HeldConnections]:
         target.client.close()
 
 
-def _in_thread(held: HeldConnections) -> int:
-    ids: list[int] = []
-    t = threading.Thread(target=lambda: ids.append(held.get().client_id()))
+def _in_thread(call: Callable[[], T]) -> T:
+    """What ``call`` returns, run on a thread of its own that has ended since."""
+    out: list[T] = []
+    t = threading.Thread(target=lambda: out.append(call()))
     t.start()
     t.join(10)
     assert not t.is_alive()
-    return ids[0]
+    return out[0]
+
+
+def _client_id_in_thread(held: HeldConnections) -> int:
+    return _in_thread(lambda: int(held.get().client_id()))
 
 
 def test_a_thread_keeps_one_connection_and_another_thread_has_its_own(
@@ -53,13 +59,13 @@ def test_a_thread_keeps_one_connection_and_another_thread_has_its_own(
     first = mine.client_id()
     assert [held.get().client_id() for _ in range(5)] == [first] * 5
     assert held.get() is mine
-    other = _in_thread(held)
+    other = _client_id_in_thread(held)
     assert other != first
     assert held.get().client_id() == first
 
 
 def test_a_thread_that_ends_gives_its_connection_back_to_the_pool(held: HeldConnections) -> None:
-    theirs = _in_thread(held)
+    theirs = _client_id_in_thread(held)
     # The ended thread's client was dropped with its thread-local data: the pool lends its
     # connection to the next taker instead of opening one.
     assert held.get().client_id() == theirs
@@ -217,18 +223,10 @@ def test_at_most_half_the_pools_connections_are_held() -> None:
             t.join(10)
     got.clear()
     try:
-        assert _in_thread_client(conns) is not client  # so a new thread holds one again
+        assert _in_thread(conns.get) is not client  # so a new thread holds one again
         assert conns.get() is not client  # and so does this one, over the cap a moment ago
     finally:
         client.close()
-
-
-def _in_thread_client(conns: HeldConnections) -> redis.Redis:
-    out: list[redis.Redis] = []
-    t = threading.Thread(target=lambda: out.append(conns.get()))
-    t.start()
-    t.join(10)
-    return out[0]
 
 
 def test_a_command_entered_during_one_of_its_threads_own_runs_on_the_pool(
@@ -342,17 +340,14 @@ def test_a_failed_command_drops_its_connection_before_the_thread_can_take_it_aga
 def test_a_thread_that_ends_gives_its_connection_back_though_its_client_lives_on(
     held: HeldConnections,
 ) -> None:
-    kept: list[redis.Redis] = []
+    def use() -> redis.Redis:
+        client = held.get()
+        client.ping()
+        return client
 
-    def use() -> None:
-        kept.append(held.get())
-        kept[0].ping()
-
-    t = threading.Thread(target=use)
-    t.start()
-    t.join(10)
-    # Not left to the client's __del__ (a reference cycle, or this list, can put it off)
-    assert kept[0].connection is None
+    kept = _in_thread(use)
+    # Not left to the client's __del__ (a reference cycle, or this reference, can put it off)
+    assert kept.connection is None
     assert held._count.n == 0
 
 
