@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import pytest
+
+from celeriac.protocol import fastjson
 
 SERVICES = {
     "redis": ("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -74,3 +77,16 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 # memcached: one private server per test process (tests/memcached_support.py)
 from tests.memcached_support import memcached_server, private_memcached  # noqa: E402, F401
+
+
+@pytest.fixture(params=["orjson", "json"])
+def json_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test twice: encoding through orjson (a plain value), then through :mod:`json` only,
+    as without the ``fast`` extra."""
+    if request.param == "json":
+        monkeypatch.setattr(fastjson, "ENABLED", False)
+    elif not fastjson.ENABLED:  # a dev dependency: CI proves the orjson path, never skips it
+        if os.environ.get("CI") == "true":
+            pytest.fail("orjson is not installed")
+        pytest.skip("orjson is not installed")
+    yield request.param

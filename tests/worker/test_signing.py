@@ -168,12 +168,15 @@ def test_a_signed_message_runs(setup):
     assert setup.runs.count(result.id) == 1
 
 
+def _other_args(body: bytes, args: list[Any]) -> bytes:
+    _, kwargs, embed = json.loads(body)
+    return json.dumps([args, kwargs, embed]).encode()
+
+
 @pytest.mark.parametrize(
     "forge",
     [
-        pytest.param(
-            lambda m: dataclasses.replace(m, body=m.body.replace(b"[7, 8]", b"[7, 9]")), id="body"
-        ),
+        pytest.param(lambda m: dataclasses.replace(m, body=_other_args(m.body, [7, 9])), id="body"),
         pytest.param(
             lambda m: dataclasses.replace(m, headers={**m.headers, "task": "sig.mul"}), id="task"
         ),

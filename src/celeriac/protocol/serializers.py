@@ -32,6 +32,10 @@ class Serializer:
     content_encoding: str
     dumps: Callable[[Any], bytes]
     loads: Callable[[bytes], Any]
+    #: The bytes Celery writes for a value, where ``dumps`` may spell the same value otherwise
+    #: (the json serializer's orjson path): for text that is a key, not only read (a member of
+    #: Celery's chord sorted set, which a header result's writers must spell alike).
+    exact_dumps: Callable[[Any], bytes] | None = None
 
 
 def _typed(marker: str, value: Any) -> dict[str, Any]:
@@ -93,11 +97,13 @@ def _json_hook(obj: dict[str, Any]) -> Any:
 _json_decoder = json.JSONDecoder(object_hook=_json_hook)
 
 
-_json_text = encoder(ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+_kombu_json = encoder(ensure_ascii=False, separators=(", ", ": "), default=_json_default)
+#: kombu's JSON text, or orjson's for a plain value (fastjson: the same value, spelled tighter)
+_json_dumps = fastjson.bytes_encoder(_kombu_json)
 
 
-def _json_dumps(obj: Any) -> bytes:
-    return _json_text(obj).encode("utf-8")
+def _kombu_json_dumps(obj: Any) -> bytes:
+    return _kombu_json(obj).encode("utf-8")
 
 
 def _json_loads(data: bytes) -> Any:
@@ -112,7 +118,9 @@ def _pickle_loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-JSON = Serializer("json", "application/json", "utf-8", _json_dumps, _json_loads)
+JSON = Serializer(
+    "json", "application/json", "utf-8", _json_dumps, _json_loads, exact_dumps=_kombu_json_dumps
+)
 PICKLE = Serializer(
     "pickle", "application/x-python-serialize", "binary", _pickle_dumps, _pickle_loads
 )

@@ -29,6 +29,7 @@ from celeriac.transports.amqp.line import Line
 from celeriac.transports.amqp.publisher import Outgoing, Unconfirmed
 from tests import amqp_support
 from tests.amqp_support import amqp_vhost  # noqa: F401 - a fixture
+from tests.json_support import spelled_alike
 
 pytestmark = pytest.mark.amqp
 
@@ -72,7 +73,9 @@ def fetch_all(broker: Any, q: str, n: int, timeout: float) -> list[Any]:
     return got
 
 
-def test_celery_and_celeriac_put_the_same_message_on_the_wire(url: str, names: Any) -> None:
+def test_celery_and_celeriac_put_the_same_message_on_the_wire(
+    url: str, names: Any, json_path: str
+) -> None:
     import celery
 
     q_celery, q_ours = names("celery"), names("ours")
@@ -98,7 +101,10 @@ def test_celery_and_celeriac_put_the_same_message_on_the_wire(url: str, names: A
         return [ch.basic_get(q, no_ack=True) for q in (q_celery, q_ours)]
 
     theirs, ours = raw(url, get)
-    assert ours.body == theirs.body
+    if json_path == "json":
+        assert ours.body == theirs.body
+    else:  # the same value, spelled without kombu's spaces
+        assert ours.body != theirs.body and spelled_alike(ours.body) == spelled_alike(theirs.body)
     info = ours.delivery_info
     assert (info["exchange"], info["routing_key"]) == ("", q_ours)  # the default exchange
     tp, op = theirs.properties, ours.properties

@@ -19,6 +19,7 @@ from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.broker import RedisBroker
 from celeriac.transports.redis.envelope import decode_envelope, encode_envelope
 from tests import redis_support
+from tests.json_support import spelled_alike
 
 pytestmark = pytest.mark.redis
 
@@ -90,7 +91,9 @@ def ids(deliveries) -> list[str]:
     return [d.message.task_id for d in deliveries]
 
 
-def test_envelope_is_byte_identical_to_celerys() -> None:
+def test_envelope_is_celerys(json_path: str) -> None:
+    """kombu's envelope: byte for byte through json, value for value (keys in kombu's order)
+    through orjson."""
     captured = json.loads(CAPTURED)
     props = {
         k: v
@@ -105,7 +108,11 @@ def test_envelope_is_byte_identical_to_celerys() -> None:
         "utf-8",
     )
     tag = captured["properties"]["delivery_tag"]
-    assert encode_envelope(message, Route("celery"), 0, tag) == CAPTURED
+    ours = encode_envelope(message, Route("celery"), 0, tag)
+    if json_path == "json":
+        assert ours == CAPTURED
+    else:
+        assert ours != CAPTURED and spelled_alike(ours) == CAPTURED
     back = decode_envelope(CAPTURED)
     assert (back.headers, back.properties, back.body) == (message.headers, props, message.body)
 

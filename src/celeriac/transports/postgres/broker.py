@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, ConfigurationError, PublishRefused
+from celeriac.protocol import fastjson
 from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.publication import Publication
 from celeriac.transports.postgres.connection import Database
@@ -93,8 +94,9 @@ class _Idle:
     next_look: float
 
 
-#: Headers and properties as columns: json.dumps(obj, separators=(",", ":"), default=str).
-_dumps = encoder(separators=(",", ":"), default=str)
+#: Headers and properties as columns: json.dumps(obj, separators=(",", ":"), default=str), or
+#: orjson's text of a plain value (the same value).
+_dumps = fastjson.text_encoder(encoder(separators=(",", ":"), default=str))
 
 
 class PostgresBroker(Broker):

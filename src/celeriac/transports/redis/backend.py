@@ -113,7 +113,10 @@ class RedisBackend(ResultBackend):
             raise BackendError(f"starting chord {group_id} failed: {exc}") from exc
 
     def chord_record(self, parts: Sequence[ChordPart]) -> list[str]:
-        dumps = self.registry.get(self.serializer).dumps
+        # Celery's bytes: a result written twice (by us and by a Celery worker after a crash)
+        # must be one member of the sorted set, counted once.
+        serializer = self.registry.get(self.serializer)
+        dumps = serializer.exact_dumps or serializer.dumps
         args: list[Any] = []
         for p in parts:
             result = self.decode_meta(p.meta).get("result")

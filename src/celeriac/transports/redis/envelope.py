@@ -14,7 +14,7 @@ from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.message import Message
 from celeriac.protocol.publication import Route
 
-_dumps = encoder()  # json.dumps's text
+_dumps = fastjson.text_encoder(encoder())  # json.dumps's text, or orjson's for a plain value
 #: Properties the envelope carries for the transport, not for the task.
 _TRANSPORT_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
 

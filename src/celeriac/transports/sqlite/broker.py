@@ -25,6 +25,7 @@ from typing import Any
 
 from celeriac.brokers.base import Broker, DeadLetter, Delivery
 from celeriac.exceptions import BrokerError, PublishRefused
+from celeriac.protocol import fastjson
 from celeriac.protocol.jsontext import encoder
 from celeriac.protocol.publication import Publication
 from celeriac.transports.sqlite import dead_letters
@@ -96,8 +97,9 @@ First = Callable[[sqlite3.Connection], None]
 Then = Callable[[sqlite3.Connection, list[Delivery]], None]
 
 
-#: Headers and properties as columns: json.dumps(obj, separators=(",", ":"), default=str).
-_dumps = encoder(separators=(",", ":"), default=str)
+#: Headers and properties as columns: json.dumps(obj, separators=(",", ":"), default=str), or
+#: orjson's text of a plain value (the same value).
+_dumps = fastjson.text_encoder(encoder(separators=(",", ":"), default=str))
 
 
 class SQLiteBroker(Broker):
