@@ -22,6 +22,7 @@ from celeriac.transports import (
     backend_server_url,
     transport_class,
 )
+from celeriac.transports.base import combine_apart
 
 if TYPE_CHECKING:
     from celeriac.beat.store import BeatStore
@@ -135,7 +136,7 @@ class Connections:
         transport = broker.transport
         if transport is not None and backend.transport is transport:
             return transport.combine(broker, backend)
-        return Combined(broker, backend)
+        return combine_apart(broker, backend)
 
     def close(self) -> None:
         """Close every part and transport opened here."""

@@ -11,7 +11,8 @@ import pytest
 from celeriac import Celeriac
 from celeriac.exceptions import ConfigurationError
 from celeriac.transports import backend_server_url, open_transport
-from celeriac.transports.base import Combined, Transport
+from celeriac.transports.base import Combined, LookupCarriesResults, Transport
+from celeriac.transports.redis.transport import RedisCombined
 from tests import redis_support
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "celeriac"
@@ -112,13 +113,14 @@ def test_redis_urls_of_one_database_share_a_transport_and_a_client() -> None:
         broker, backend = app.broker, app.backend
         assert broker.transport is backend.transport
         assert broker.client is backend.client  # type: ignore[attr-defined]
-        assert app.connections.combined().carries_results
+        assert type(app.connections.combined()) is RedisCombined  # one script for all
         assert other_db.broker.transport is not other_db.backend.transport
-        assert not other_db.connections.combined().carries_results
+        # two databases: results stored with the worker's own look-up, not in the fetch script
+        assert type(other_db.connections.combined()) is LookupCarriesResults
         # A transport combines only parts it handed out itself.
         transport = broker.transport
         assert transport is not None
-        assert not transport.combine(broker, other_db.backend).carries_results
+        assert type(transport.combine(broker, other_db.backend)) is LookupCarriesResults
     finally:
         app.close()
         other_db.close()

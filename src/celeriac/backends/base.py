@@ -284,6 +284,17 @@ class ResultBackend(ABC):
     def forget_group(self, group_id: str) -> None:  # noqa: B027 - nothing saved, nothing to do
         pass
 
+    #: Whether :meth:`store_then_read_states` is one round trip (see
+    #: :class:`~celeriac.transports.base.LookupCarriesResults`).
+    stores_and_reads_together: bool = False
+
+    def store_then_read_states(
+        self, items: Sequence[EncodedResult], task_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """:meth:`store_encoded` ``items``, then :meth:`get_states` of ``task_ids``."""
+        self.store_encoded(items)
+        return self.get_states(task_ids) if task_ids else {}
+
     def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
         """The stored state of each id that has one, in one round trip where possible."""
         out: dict[str, str] = {}

@@ -18,6 +18,7 @@ transaction, one Redis script call).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -176,8 +177,8 @@ class Transport(ABC):
     # -- the combined path -----------------------------------------------------------------
     def combine(self, broker: Broker, backend: ResultBackend) -> Combined:
         """How a worker finishes batches when this transport gave both ``broker`` and
-        ``backend``. The default stores, acks and fetches in three calls."""
-        return Combined(broker, backend)
+        ``backend``. The default: :func:`combine_apart`."""
+        return combine_apart(broker, backend)
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """How beat claims a tick and sends its message when this transport gave both
@@ -224,6 +225,59 @@ class Combined:
         if results:
             self.backend.store_encoded(results)
         return self.broker.ack_and_fetch(acks, queues, limit, timeout=timeout)
+
+
+class LookupCarriesResults(Combined):
+    """A broker and a result backend on separate servers (RabbitMQ and Redis, say), where the
+    backend stores results and reads states in one round trip: a driven consumer's results
+    wait for its next fetch, which takes what the broker has at once, then stores the results
+    and reads the fetched tasks' stored states in one trip, and only then acks. Where the
+    broker's fetch costs no round trip (RabbitMQ pushes its messages), a batch takes one trip
+    to the backend instead of two. With nothing to fetch, the results are stored (and the
+    acks sent) before waiting for messages: no result waits on an idle queue.
+    """
+
+    carries_results = True
+
+    def store_ack_fetch(
+        self,
+        results: Sequence[EncodedResult],
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        timeout: float,
+    ) -> list[Delivery]:
+        if not results:
+            return self.broker.ack_and_fetch(acks, queues, limit, timeout=timeout)
+        broker = self.broker
+        got = broker.fetch(queues, limit, timeout=0.0) if limit > 0 else []
+        try:
+            ids = [d.message.task_id for d in got if d.message.task_id]
+            found = self.backend.store_then_read_states(results, ids)
+            if acks:
+                broker.ack(acks)
+        except BaseException:
+            # The caller stores and acks again; what was fetched goes back, never worked on.
+            for delivery in got:
+                with contextlib.suppress(Exception):
+                    broker.requeue(delivery, count=False)
+            raise
+        for delivery in got:
+            if delivery.message.task_id:
+                delivery.stored_state = found.get(delivery.message.task_id, "")
+        if got or limit <= 0:
+            return got
+        return broker.fetch(queues, limit, timeout=timeout)
+
+
+def combine_apart(broker: Broker, backend: ResultBackend) -> Combined:
+    """How a worker finishes batches with a broker and a backend that no one call of a
+    transport serves together: :class:`LookupCarriesResults` where the backend can store and
+    read in one trip, else three calls (store, ack and fetch, look up)."""
+    if backend.stores_and_reads_together:
+        return LookupCarriesResults(broker, backend)
+    return Combined(broker, backend)
 
 
 def own(parts: Sequence[P], part: object) -> P | None:

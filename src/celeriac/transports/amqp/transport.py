@@ -18,7 +18,14 @@ from celeriac.transports.amqp.connection import Link
 from celeriac.transports.amqp.options import AMQPOptions
 from celeriac.transports.amqp.rpc_backend import RPCBackend
 from celeriac.transports.amqp.urls import server_key
-from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
+from celeriac.transports.base import (
+    BackendConfig,
+    Combined,
+    EventConfig,
+    Transport,
+    combine_apart,
+    own,
+)
 from celeriac.transports.options import BROKER, parse_options
 
 if TYPE_CHECKING:
@@ -93,7 +100,7 @@ class AMQPTransport(Transport):
         mine, ours = own(self._brokers, broker), own(self._backends, backend)
         if mine is not None and ours is not None:
             return AMQPCombined(mine, ours)
-        return Combined(broker, backend)
+        return combine_apart(broker, backend)
 
 
 class AMQPCombined(Combined):

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from celeriac.exceptions import BrokerError
-from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
+from celeriac.transports.base import (
+    BackendConfig,
+    Combined,
+    EventConfig,
+    Transport,
+    combine_apart,
+    own,
+)
 from celeriac.transports.postgres.connection import SCHEMES, Database, parse_url
 
 if TYPE_CHECKING:
@@ -97,7 +104,7 @@ class PostgresTransport(Transport):
         mine, ours = own(self._brokers, broker), own(self._backends, backend)
         if mine is not None and ours is not None:
             return PostgresCombined(mine, ours)
-        return Combined(broker, backend)
+        return combine_apart(broker, backend)
 
     def tick_sender(self, broker: Broker, store: BeatStore) -> TickSender:
         """Beat's tick and its message in one transaction: both live in this database."""

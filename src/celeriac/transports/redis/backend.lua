@@ -11,6 +11,21 @@ if cmd == 'store' then
   for i = 3, #ARGV do docs[#docs + 1] = ARGV[i] end
   return store_results(KEYS, docs, tonumber(ARGV[2]))
 
+elseif cmd == 'store_read' then
+  -- A worker's results, then the documents of the tasks it fetched next (one trip for both).
+  -- KEYS: ARGV[3] result keys to store, then the keys to read; ARGV[2]: expiry in ms (0 =
+  -- none); ARGV[4..]: documents for the first keys, in order. Returns the read documents.
+  local n = tonumber(ARGV[3])
+  local keys, docs, read = {}, {}, {}
+  for i = 1, n do
+    keys[i] = KEYS[i]
+    docs[i] = ARGV[3 + i]
+  end
+  store_results(keys, docs, tonumber(ARGV[2]))
+  -- GET one by one: unpack() into MGET is bounded by Lua's C stack (8000 values).
+  for i = n + 1, #KEYS do read[#read + 1] = redis.call('GET', KEYS[i]) end
+  return read
+
 elseif cmd == 'chord' then
   -- Record finished chord header tasks as Celery 5.7 does (.j zset scored by group index,
   -- .d dedup set, .s size, .t extra count, .c dispatch claim), and claim completed chords.

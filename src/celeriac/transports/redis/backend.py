@@ -167,12 +167,34 @@ class RedisBackend(ResultBackend):
         except redis.RedisError as exc:
             raise BackendError(f"forgetting group {group_id} failed: {exc}") from exc
 
+    stores_and_reads_together = True
+
+    def store_then_read_states(
+        self, items: Sequence[EncodedResult], task_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """One script call: the results stored, then the documents of ``task_ids`` read."""
+        if not items:
+            return self.get_states(task_ids)
+        ids = list(task_ids)
+        stored = [self.key(r.task_id) for r in items]
+        keys = [*stored, *(self.key(t) for t in ids)]
+        metas = (r.meta for r in items)
+        docs = self._run("store_read", keys, self.expires_ms, len(stored), *metas)
+        return self._states(ids, docs)
+
     def get_states(self, task_ids: Sequence[str]) -> dict[str, str]:
         ids = list(task_ids)
+        if not ids:
+            return {}
         try:
-            docs: Any = self.client.mget([self.key(t) for t in ids]) if ids else []
+            # a worker's lookup before each batch it runs (a broker other than this Redis)
+            with self._conns.command() as client:
+                docs: Any = client.mget([self.key(t) for t in ids])
         except redis.RedisError as exc:
             raise BackendError(f"reading {len(ids)} result state(s) failed: {exc}") from exc
+        return self._states(ids, docs)
+
+    def _states(self, ids: list[str], docs: Any) -> dict[str, str]:
         return {
             task_id: str(self.decode_meta(doc).get("status"))
             for task_id, doc in zip(ids, docs, strict=True)

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from celeriac.transports.base import BackendConfig, Combined, EventConfig, Transport, own
+from celeriac.transports.base import (
+    BackendConfig,
+    Combined,
+    EventConfig,
+    Transport,
+    combine_apart,
+    own,
+)
 from celeriac.transports.options import BACKEND, BROKER, parse_options
 from celeriac.transports.redis.backend import RedisBackend
 from celeriac.transports.redis.beat_store import RedisBeatStore, RedisTickSender
@@ -121,7 +128,7 @@ class RedisTransport(Transport):
         # Lua reads JSON only: results in another format take the three calls.
         if mine is not None and ours is not None and ours.content_type == "application/json":
             return RedisCombined(mine, ours)
-        return Combined(broker, backend)
+        return combine_apart(broker, backend)
 
 
 class RedisCombined(Combined):
