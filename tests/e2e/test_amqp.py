@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from celeriac.brokers import create_broker
-from tests import amqp_support
+from tests import amqp_support, redis_support
 
 from .amqp_env import AmqpEnv
 from .conftest import ledger_records
@@ -87,6 +87,33 @@ def test_celery_client_to_celeriac_worker_results_over_rpc(amqp_e2e, pool):
         assert client.send_task("interop.add", (10,), {"y": 1}).get(timeout=20) == 11
     finally:
         client.close()
+
+
+@pytest.mark.redis
+def test_results_in_redis_each_task_once_with_acks_as_the_children_go(amqp_e2e):
+    """RabbitMQ with Redis results, the common Celery setup: a prefork child stores results
+    in the trip that reads the states of what RabbitMQ sent ahead (LookupCarriesResults).
+    Every task runs once, every result arrives, nothing is left on the queue or held."""
+    env, tasks = amqp_e2e
+    prefix = redis_support.new_prefix()
+    results = redis_support.url_with_prefix(prefix)
+    env.env["CELERIAC_RESULT_BACKEND"] = results
+    try:
+        env.start_worker("-P", "prefork", "-c", "2")
+        tasks.app.conf.update(broker_url=env.url, result_backend=results)
+        tasks.app.close()
+        sent = [tasks.add.delay(i, 1) for i in range(400)]
+        assert [r.get(timeout=30) for r in sent] == [i + 1 for i in range(400)]
+        runs = [parts[1] for _, parts in ledger_records(env.ledger) if parts[0] == "run"]
+        assert sorted(runs) == sorted(r.id for r in sent)  # each exactly once
+        broker = create_broker(env.url)
+        try:
+            wait_for(lambda: broker.depth("celery") == 0, 10, "every message acknowledged")
+        finally:
+            broker.close()
+    finally:
+        tasks.app.close()
+        redis_support.drop(prefix)
 
 
 def test_celeriac_client_to_celery_worker_results_over_rpc(amqp_e2e):

@@ -118,6 +118,12 @@ class Broker(ABC):
     def fetch(self, queues: Sequence[str], limit: int, *, timeout: float) -> list[Delivery]:
         """Lease up to ``limit`` ready messages, waiting up to ``timeout`` s for the first."""
 
+    def arrived(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """Up to ``limit`` messages the server already sent this consumer (AMQP's prefetched
+        deliveries), leased as :meth:`fetch` leases them, taken without a round trip; none
+        where every fetch is a round trip."""
+        return []
+
     @abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages for good."""

@@ -230,11 +230,12 @@ class Combined:
 class LookupCarriesResults(Combined):
     """A broker and a result backend on separate servers (RabbitMQ and Redis, say), where the
     backend stores results and reads states in one round trip: a driven consumer's results
-    wait for its next fetch, which takes what the broker has at once, then stores the results
-    and reads the fetched tasks' stored states in one trip, and only then acks. Where the
-    broker's fetch costs no round trip (RabbitMQ pushes its messages), a batch takes one trip
-    to the backend instead of two. With nothing to fetch, the results are stored (and the
-    acks sent) before waiting for messages: no result waits on an idle queue.
+    wait for its next fetch, which takes what the broker already sent (:meth:`Broker.arrived`:
+    RabbitMQ's prefetched messages, no round trip), stores the results and reads those tasks'
+    stored states in one trip, and only then acks: one trip to the backend for a batch
+    instead of two. With nothing arrived, the results are stored and the acks sent before the
+    fetch waits for messages: no result waits on an idle queue. A broker that sends nothing
+    ahead (every fetch a round trip) keeps three calls: store, ack and fetch, look up.
     """
 
     carries_results = True
@@ -250,15 +251,23 @@ class LookupCarriesResults(Combined):
     ) -> list[Delivery]:
         if not results:
             return self.broker.ack_and_fetch(acks, queues, limit, timeout=timeout)
+        got = self._settle(results, acks, self.broker.arrived(queues, limit))
+        if got or limit <= 0:
+            return got
+        return self.broker.fetch(queues, limit, timeout=timeout)
+
+    def _settle(
+        self, results: Sequence[EncodedResult], acks: Sequence[Delivery], got: list[Delivery]
+    ) -> list[Delivery]:
+        """Store ``results`` and read the states of ``got`` in one trip, then ack ``acks``."""
         broker = self.broker
-        got = broker.fetch(queues, limit, timeout=0.0) if limit > 0 else []
         try:
             ids = [d.message.task_id for d in got if d.message.task_id]
             found = self.backend.store_then_read_states(results, ids)
             if acks:
                 broker.ack(acks)
         except BaseException:
-            # The caller stores and acks again; what was fetched goes back, never worked on.
+            # The caller stores and acks again; what was taken goes back, never worked on.
             for delivery in got:
                 with contextlib.suppress(Exception):
                     broker.requeue(delivery, count=False)
@@ -266,9 +275,7 @@ class LookupCarriesResults(Combined):
         for delivery in got:
             if delivery.message.task_id:
                 delivery.stored_state = found.get(delivery.message.task_id, "")
-        if got or limit <= 0:
-            return got
-        return broker.fetch(queues, limit, timeout=timeout)
+        return got
 
 
 def combine_apart(broker: Broker, backend: ResultBackend) -> Combined:

@@ -246,6 +246,9 @@ class AMQPBroker(Broker):
             if got or timeout <= 0:
                 return got
 
+    def arrived(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        return self._counted(self.inbox.arrived(queues, limit))
+
     def _counted(self, deliveries: list[Delivery]) -> list[Delivery]:
         """Deliveries whose count holds, after putting the others back with it.
 
