@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import struct
 from typing import Any
 
 import amqp
@@ -110,3 +111,21 @@ def test_a_routing_key_too_long_fails_as_in_py_amqp() -> None:
 
     with pytest.raises(struct.error):
         publish_frames(1, FRAME_MAX, "", "k" * 256, True, b"", {})
+
+
+def test_header_names_are_encoded_once_and_the_cache_is_bounded() -> None:
+    from celeriac.transports.amqp import frames
+
+    class Name(str):
+        pass
+
+    many = {f"x-name-{i}": i for i in range(2 * frames._NAMES_MAX)}
+    many[Name("task")] = "t.add"  # a subclass: the same bytes as its text
+    props = {"content_type": "application/json", "application_headers": many}
+    for _ in range(2):  # the second time from the cache
+        assert publish_frames(7, FRAME_MAX, "", "q", False, b"{}", props) == py_amqp(
+            "", "q", False, b"{}", props
+        )
+    assert len(frames._NAMES) <= frames._NAMES_MAX
+    with pytest.raises(struct.error):  # a name past 255 bytes, as py-amqp refuses it
+        publish_frames(7, FRAME_MAX, "", "q", False, b"", {"application_headers": {"n" * 256: 1}})

@@ -104,12 +104,30 @@ def _short(out: bytearray, value: str | bytes) -> None:
     out += data
 
 
+#: Header names as short strings, encoded once: a Celery message repeats the same twenty.
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX = 1024  # names come from users too: the cache stops growing here
+
+
+def _name(key: Any) -> bytes:
+    data = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
+    encoded = struct.pack("B", len(data)) + data  # struct.error past 255
+    if type(key) is str and len(_NAMES) < _NAMES_MAX:
+        _NAMES[key] = encoded
+    return encoded
+
+
 def _table(out: bytearray, table: Mapping[Any, Any]) -> None:
     at = len(out)
     out += b"\0\0\0\0"  # its size, filled in below
+    names = _NAMES
     for key, value in table.items():
-        _short(out, key)
-        _value(out, value)
+        # get() on a str subclass may find the str's entry: the same bytes, as encode() gives
+        out += names.get(key) or _name(key)
+        if value is None:  # first: most Celery headers are None
+            out += b"V"
+        else:
+            _value(out, value)
     _I32.pack_into(out, at, len(out) - at - 4)
 
 
