@@ -98,6 +98,9 @@ class ResultBackend(ABC):
     #: thread the caller stops waiting for at the deadline (an SQLite read waits up to its
     #: 30 s busy timeout while another process holds the file locked).
     bounded_reads: ClassVar[bool] = False
+    #: Whether :meth:`store_then_read_states` is one round trip (see
+    #: :class:`~celeriac.transports.base.LookupCarriesResults`).
+    stores_and_reads_together: ClassVar[bool] = False
     #: ``result_signing``: documents written through :meth:`encode_meta` are signed, and
     #: :meth:`get_meta` (what ``AsyncResult`` reads) raises :class:`SignatureError` for one
     #: that is unsigned or changed. None: signing is off.
@@ -283,10 +286,6 @@ class ResultBackend(ABC):
 
     def forget_group(self, group_id: str) -> None:  # noqa: B027 - nothing saved, nothing to do
         pass
-
-    #: Whether :meth:`store_then_read_states` is one round trip (see
-    #: :class:`~celeriac.transports.base.LookupCarriesResults`).
-    stores_and_reads_together: bool = False
 
     def store_then_read_states(
         self, items: Sequence[EncodedResult], task_ids: Sequence[str]

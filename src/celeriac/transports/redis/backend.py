@@ -48,6 +48,7 @@ class RedisBackend(ResultBackend):
     options_class = RedisBackendOptions
     options: RedisBackendOptions
     bounded_reads = True  # _load and _wait_for_change run within wait_deadline()
+    stores_and_reads_together = True  # the script's store_read
 
     def __init__(self, url: str, *, target: RedisTarget, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -166,8 +167,6 @@ class RedisBackend(ResultBackend):
             self.client.delete(self.group_prefix + group_id)
         except redis.RedisError as exc:
             raise BackendError(f"forgetting group {group_id} failed: {exc}") from exc
-
-    stores_and_reads_together = True
 
     def store_then_read_states(
         self, items: Sequence[EncodedResult], task_ids: Sequence[str]
