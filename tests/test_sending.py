@@ -86,3 +86,85 @@ def test_the_calls_route_wins_over_task_routes_key_by_key(
     assert route() == (Route("tq"), None)  # the task's queue
     assert route(routing_key="bare") == (Route("bare"), None)  # a bare key names a queue
     assert route(exchange="ex", routing_key="k") == (Route("ex", "ex", "k", "direct"), None)
+
+
+# -- the template a call without options reuses -------------------------------------------------
+def _sent(app: Celeriac, queue: str) -> Any:
+    [delivery] = app.broker.fetch([queue], 1, timeout=1)
+    return delivery.message
+
+
+def _counting_templates(app: Celeriac, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    made: list[str] = []
+    original = app.call_template
+
+    def counted(name: str, **options: Any) -> Any:
+        made.append(name)
+        return original(name, **options)
+
+    monkeypatch.setattr(app, "call_template", counted)
+    return made
+
+
+def test_calls_without_options_share_one_template(
+    app: Celeriac, task: Task[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _counting_templates(app, monkeypatch)
+    ids = [task.delay().id for _ in range(3)]
+    assert made == ["proj.t"]
+    assert [_sent(app, "tq").task_id for _ in ids] == ids  # each call its own id
+    task.apply_async(priority=3)  # options: a template of the call's own, not kept
+    task.delay()
+    app.send_task("proj.other")  # by name: one of its own
+    app.send_task("proj.other")
+    assert made == ["proj.t", "proj.t", "proj.other"]
+    assert sorted(_sent(app, "tq").properties["priority"] for _ in range(2)) == [3, 7]
+
+
+def test_a_kept_template_follows_the_settings_and_the_task(
+    app: Celeriac, task: Task[Any, Any]
+) -> None:
+    app.send_task("proj.free")
+    assert _sent(app, "celery").properties["priority"] == 2
+    app.conf.task_default_priority = 5
+    app.send_task("proj.free")
+    assert _sent(app, "celery").properties["priority"] == 5
+    app.conf.update(task_routes={"proj.free": {"queue": "routed"}})
+    app.send_task("proj.free")
+    assert _sent(app, "routed").properties["priority"] == 5
+    task.delay()
+    assert _sent(app, "tq").properties["priority"] == 7
+    task.priority, task.queue = 1, "moved"
+    task.delay()
+    assert _sent(app, "moved").properties["priority"] == 1
+
+
+def test_a_call_from_inside_a_task_is_not_given_the_kept_template(
+    app: Celeriac, task: Task[Any, Any]
+) -> None:
+    from celeriac.tasks.context import Request, set_request
+
+    task.delay()
+    assert _sent(app, "tq").headers["parent_id"] is None
+    token = set_request(Request(id="parent-1", task="proj.p", root_id="root-1"))
+    try:
+        task.delay()
+    finally:
+        set_request(None)
+        del token
+    headers = _sent(app, "tq").headers
+    assert (headers["parent_id"], headers["root_id"]) == ("parent-1", "root-1")
+    task.delay()
+    assert _sent(app, "tq").headers["parent_id"] is None
+
+
+def test_a_kept_template_is_made_again_with_new_connections(
+    app: Celeriac, task: Task[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rpc://'s reply queue is the connections' own: after close() the template reads it again.
+    made = _counting_templates(app, monkeypatch)
+    task.delay()
+    task.delay()
+    app.close()
+    task.delay()
+    assert made == ["proj.t", "proj.t"]

@@ -229,6 +229,28 @@ def match_route(
     return {}
 
 
+def template_inputs(task: Task[Any, Any] | None) -> tuple[Any, ...]:
+    """The task's options a :class:`CallTemplate` is made from (``expires`` is read per call)."""
+    if task is None:
+        return ()
+    return (
+        task.queue,
+        task.priority,
+        task.serializer,
+        task.compression,
+        task.ignore_result,
+        task.time_limit,
+        task.soft_time_limit,
+        task.shadow,
+    )
+
+
+def outside_tasks() -> bool:
+    """Whether a call made now is nobody's child: no task runs in this context, nothing runs
+    eagerly (see :func:`lineage`, :func:`reply_to_of`)."""
+    return current_request() is None and not running_eagerly.get()
+
+
 class CallTemplate:
     """A task call's message with the call's arguments and id left out: what
     :meth:`Celeriac.prepare_message <celeriac.app.Celeriac.prepare_message>` resolves from the

@@ -145,6 +145,9 @@ class Settings:
     _explicit: set[str] = field(default_factory=set, repr=False, compare=False)
     #: Celery settings without a counterpart here (``celery_settings.py``): kept, not used
     _celery_only: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Counts the settings set since this object was made: what is computed from them may be
+    #: kept while it stays the same (a value changed inside a list or dict is not counted).
+    _changes: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, var in ENV_VARS.items():
@@ -163,6 +166,7 @@ class Settings:
             self._keep_celery_only(name, value)
             return
         object.__setattr__(self, name, _coerce(name, value))
+        self._changed()
         explicit = self.__dict__.get("_explicit")
         if explicit is not None:  # None while the dataclass's __init__ sets the defaults
             explicit.add(name)
@@ -217,6 +221,10 @@ class Settings:
             return
         if name not in self._explicit:
             object.__setattr__(self, name, _coerce(name, value))
+            self._changed()
+
+    def _changed(self) -> None:
+        object.__setattr__(self, "_changes", self.__dict__.get("_changes", 0) + 1)
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in setting_names()}

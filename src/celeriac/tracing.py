@@ -37,6 +37,7 @@ _available: bool | None = None
 _provider: Any = None
 _tracers: dict[int, Any] = {}
 _trace: Any = None  # opentelemetry.trace, once imported
+_UNREAD = object()  # an API without the record _tracer() reads: asked the public way
 
 
 def configure(tracer_provider: Any = None) -> None:
@@ -52,15 +53,17 @@ def _tracer() -> Any:
     Asked on every publish: the API module is kept once imported (the import statement cost
     ~1 us a call; the provider itself is still asked each time, as one may be set later)."""
     global _available, _trace
-    if (
-        _provider is None
-        and "opentelemetry.trace" not in sys.modules
-        and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
-    ):
-        # Nobody imported the API's trace module, so nobody set a global provider (and none
-        # is named in the environment, where get_tracer_provider() would load it from):
-        # tracing is off, known without importing the API into every worker process.
-        return None
+    if _provider is None:
+        api = sys.modules.get("opentelemetry.trace")
+        # Nobody imported the API's trace module, or nobody set its global provider (the
+        # API's own record of it, read as get_tracer_provider() reads it: asking that costs
+        # ~4 us a publish, and redis-py imports the API wherever it is installed), and none is
+        # named in the environment, where get_tracer_provider() would load it from: tracing
+        # is off, known without importing the API into every worker process.
+        if (
+            api is None or getattr(api, "_TRACER_PROVIDER", _UNREAD) is None
+        ) and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+            return None
     if _available is None:
         _available = importlib.util.find_spec("opentelemetry") is not None
     if not _available:
