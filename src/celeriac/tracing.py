@@ -38,6 +38,9 @@ _provider: Any = None
 _tracers: dict[int, Any] = {}
 _trace: Any = None  # opentelemetry.trace, once imported
 _UNREAD = object()  # an API without the record _tracer() reads: asked the public way
+#: Whether the environment names a tracer provider (OTEL_PYTHON_TRACER_PROVIDER), as read at
+#: the first publish: the SDK reads its environment at start-up too.
+_named: bool | None = None
 
 
 def configure(tracer_provider: Any = None) -> None:
@@ -51,18 +54,19 @@ def _tracer() -> Any:
     """The tracer to use now, or None when tracing is off (no API, or no provider set).
 
     Asked on every publish: the API module is kept once imported (the import statement cost
-    ~1 us a call; the provider itself is still asked each time, as one may be set later)."""
-    global _available, _trace
+    ~1 us a call; whether a provider is set is still looked at each time, as one may be set
+    later)."""
+    global _available, _trace, _named
     if _provider is None:
         api = sys.modules.get("opentelemetry.trace")
+        if _named is None:  # read once (a lookup that misses raises inside os.environ: ~3 us)
+            _named = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
         # Nobody imported the API's trace module, or nobody set its global provider (the
         # API's own record of it, read as get_tracer_provider() reads it: asking that costs
         # ~4 us a publish, and redis-py imports the API wherever it is installed), and none is
         # named in the environment, where get_tracer_provider() would load it from: tracing
         # is off, known without importing the API into every worker process.
-        if (
-            api is None or getattr(api, "_TRACER_PROVIDER", _UNREAD) is None
-        ) and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+        if not _named and (api is None or getattr(api, "_TRACER_PROVIDER", _UNREAD) is None):
             return None
     if _available is None:
         _available = importlib.util.find_spec("opentelemetry") is not None
