@@ -102,16 +102,29 @@ def _envelope_tick(args: list[Any]) -> float | None:
 def _install_redis(fault: str) -> None:
     import redis
     from redis.commands.core import ScriptCommands
+    from redis.connection import AbstractConnection
 
-    # Every script call comes here, by SHA (redis-py's Script objects call it too).
+    if fault == "stall-in-send":
+        # On the connection: every command is sent here, whether through redis-py's client
+        # (a Script, a pipeline) or straight on a held connection (scripts.execute).
+        real_send = AbstractConnection.send_command
+
+        def send_command(self: Any, *args: Any, **kwargs: Any) -> None:
+            if args and str(args[0]).upper() == "EVALSHA" and _fire(_envelope_tick(list(args))):
+                _stall()
+            real_send(self, *args, **kwargs)
+
+        AbstractConnection.send_command = send_command  # type: ignore[method-assign]
+        return
+
+    # A reply lost once the script ran: raised where redis-py's client hands the reply back
+    # (the beat store's script call comes through here), past its retries.
     real_evalsha = ScriptCommands.evalsha
 
     def evalsha(self: Any, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         tick = _envelope_tick(list(keys_and_args))
-        if fault == "stall-in-send" and _fire(tick):
-            _stall()
         result = real_evalsha(self, sha, numkeys, *keys_and_args)
-        if fault == "raise-after-send" and result == 1 and _fire(tick):
+        if result == 1 and _fire(tick):
             raise redis.ConnectionError("Connection closed by server (test fault, after the call)")
         return result
 

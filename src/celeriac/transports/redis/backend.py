@@ -35,7 +35,7 @@ from celeriac.states import READY_STATES
 from celeriac.transports.redis.connection import RedisTarget
 from celeriac.transports.redis.deadline import deadline
 from celeriac.transports.redis.options import RedisBackendOptions
-from celeriac.transports.redis.scripts import lua
+from celeriac.transports.redis.scripts import evalsha, execute, lua
 
 KEY_PREFIX = "celery-task-meta-"
 GROUP_PREFIX = "celery-taskset-meta-"
@@ -80,7 +80,7 @@ class RedisBackend(ResultBackend):
     def _run(self, command: str, keys: Sequence[str], *args: Any) -> Any:
         try:
             with self._conns.command() as client:
-                return self._script(keys=keys, args=[command, *args], client=client)
+                return evalsha(client, self._script, [command, *args], keys)
         except redis.RedisError as exc:
             raise BackendError(f"Redis result backend: {command} failed: {exc}") from exc
 
@@ -94,7 +94,7 @@ class RedisBackend(ResultBackend):
                 return bytes(fresh[1])
         try:
             with deadline(wait_deadline()), self._conns.command() as client:
-                data: Any = client.get(self.key(task_id))
+                data: Any = execute(client, "GET", self.key(task_id))
         except redis.RedisError as exc:
             raise BackendError(f"reading result {task_id} from Redis failed: {exc}") from exc
         return None if data is None else bytes(data)
@@ -188,7 +188,7 @@ class RedisBackend(ResultBackend):
         try:
             # a worker's lookup before each batch it runs (a broker other than this Redis)
             with self._conns.command() as client:
-                docs: Any = client.mget([self.key(t) for t in ids])
+                docs: Any = execute(client, "MGET", *(self.key(t) for t in ids))
         except redis.RedisError as exc:
             raise BackendError(f"reading {len(ids)} result state(s) failed: {exc}") from exc
         return self._states(ids, docs)
@@ -265,7 +265,7 @@ class RedisBackend(ResultBackend):
                 # Re-read after subscribing: a result stored before the subscription took
                 # effect was published to nobody, but it is in the key.
                 with self._conns.command() as client:
-                    data: Any = client.get(channel)
+                    data: Any = execute(client, "GET", channel)
                 if data is not None and self.decode_meta(data).get("status") in READY_STATES:
                     self._local.fresh = (task_id, data, time.monotonic())  # no third GET
                     return
