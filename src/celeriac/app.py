@@ -338,9 +338,15 @@ class Celeriac:
     def _template(self, name: str, options: dict[str, Any]) -> sending.CallTemplate:
         """``call_template(name, **options)``, kept for the common call: no options (but
         ``_task``), sent from outside any task. Its template then depends on nothing but the
-        settings, the task's options and this process's connections (``rpc://``'s reply
-        queue), so it is made again only when one of those changes: making one cost ~14 us of
-        a ``delay()``'s ~87 us of CPU on RabbitMQ without confirms (measured in one process).
+        settings, the task's options and this process's connections, so it is made again only
+        when one of those changes: making one cost ~14 us of a ``delay()``'s ~87 us of CPU on
+        RabbitMQ without confirms (measured in one process). Settings are seen changed when one
+        is set (``app.conf.x = ...``, ``update()``), not when a list or dict one holds is
+        changed in place.
+
+        ``rpc://``'s reply queue is asked for on every call all the same: RabbitMQ deletes it
+        with its channel, and asking declares it again after a reconnection, before the task
+        that names it is sent.
         """
         if (options and (len(options) > 1 or "_task" not in options)) or (
             not sending.outside_tasks()
@@ -357,7 +363,9 @@ class Celeriac:
                 and template.conf is self.conf
                 and conns is self._connections
             ):
-                return template
+                reply_to = template.fields["reply_to"]
+                if not reply_to or self.backend.reply_to() == reply_to:
+                    return template
         template = self.call_template(name, _task=task)
         if len(self._templates) >= _TEMPLATES_KEPT:  # names sent by send_task may be unbounded
             self._templates.clear()

@@ -105,8 +105,8 @@ def _install_redis(fault: str) -> None:
     from redis.connection import AbstractConnection
 
     if fault == "stall-in-send":
-        # On the connection: every command is sent here, whether through redis-py's client
-        # (a Script, a pipeline) or straight on a held connection (scripts.execute).
+        # On the connection: a command is sent here whether it goes through redis-py's
+        # client (a Script call) or straight on a held connection (scripts.execute).
         real_send = AbstractConnection.send_command
 
         def send_command(self: Any, *args: Any, **kwargs: Any) -> None:

@@ -748,6 +748,49 @@ def test_rpc_results_travel_to_the_senders_reply_queue(url: str) -> None:
         client.close()
 
 
+def test_a_reply_queue_lost_with_its_connection_is_declared_before_the_next_delay(
+    url: str, names: Any
+) -> None:
+    # RabbitMQ deletes rpc://'s reply queue (auto-delete) when its connection drops; the next
+    # delay() names it, so it must be there again before that task goes out, though the call
+    # reuses the template its first call made.
+    proxy = amqp_support.Proxy()
+    proxied = amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port)
+    q = names()
+    app = Celeriac("rpc-again", broker_url=proxied, result_backend="rpc" + proxied[4:])
+
+    @app.task(name="rpc_again.t", queue=q)
+    def t() -> None: ...
+
+    def reply_queue_consumers() -> int | None:
+        def passive(ch: Any) -> Any:
+            return ch.queue_declare(oid, passive=True).consumer_count
+
+        try:
+            return int(raw(url, passive))
+        except Exception:  # NOT_FOUND closes the channel: the queue is gone
+            return None
+
+    try:
+        first = t.delay()
+        oid = app.backend.reply_to()
+        assert oid is not None and reply_queue_consumers() == 1
+        proxy.cut()
+        deadline = time.monotonic() + 10
+        while reply_queue_consumers() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reply_queue_consumers() is None  # deleted with the connection
+        second = t.delay()
+        assert reply_queue_consumers() == 1  # declared again, and consumed, before it went
+        got = fetch_all(app.broker, q, 2, timeout=5)
+        assert [d.message.properties["reply_to"] for d in got] == [oid, oid]
+        assert {d.message.task_id for d in got} == {first.id, second.id}
+        app.broker.ack(got)
+    finally:
+        app.close()
+        proxy.close()
+
+
 def test_a_batch_of_rpc_results_is_confirmed_together_and_all_arrive(url: str) -> None:
     rpc_url = "rpc" + url[4:]
     client = create_backend(rpc_url)

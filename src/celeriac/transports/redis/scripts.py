@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -18,16 +19,19 @@ def lua(*names: str) -> str:
     return "\n".join(folder.joinpath(name).read_text() for name in names)
 
 
+_NO_LOCK = contextlib.nullcontext()
+
+
 def execute(client: redis.Redis, *args: Any) -> Any:
     """``client.execute_command(*args)`` for a command whose reply redis-py does not convert
     (``EVALSHA``, ``GET``, ``MGET``), sent straight on the connection of a client that holds
-    one (:mod:`.held`'s). What redis-py adds around each command there is not needed on a
-    connection one thread holds (a lock) or not wanted on the hot paths (its metrics hooks, a
-    closure and a retry counter per call): ~24 us of a ``delay()``'s ~175 us of CPU here
-    (measured, one process, alternating). Kept: the connection's retry policy (a
-    :class:`.deadline.DeadlineRetry`), a disconnect after each failed attempt, as redis-py
-    does, and a reconnect when a server's maintenance notice asks for one. A client on the pool
-    goes through redis-py as before."""
+    one (:mod:`.held`'s). What redis-py adds around each command is not wanted on the hot
+    paths (its metrics hooks, a closure and a retry counter per call): ~24 us of a
+    ``delay()``'s ~175 us of CPU here (measured, one process, alternating). Kept: the client's
+    lock, the connection's retry policy (a :class:`.deadline.DeadlineRetry`), a disconnect
+    after each failed attempt, as redis-py does, and a reconnect when a server's maintenance
+    notice asks for one. A client on the pool goes through redis-py as before. Not kept:
+    redis-py's own metrics and debug logs of these commands."""
     conn: Any = client.connection  # redis-py's connection methods are untyped
     if conn is None:
         return client.execute_command(*args)  # type: ignore[no-untyped-call]
@@ -36,13 +40,16 @@ def execute(client: redis.Redis, *args: Any) -> Any:
         conn.send_command(*args)
         return conn.read_response()
 
-    try:
-        return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
-    finally:
-        should_reconnect = getattr(conn, "should_reconnect", None)  # redis-py >= 6.2
-        if should_reconnect is not None and should_reconnect():
-            conn.disconnect()
-            conn.connect()
+    # The client's own lock, which redis-py also takes to re-authenticate on this connection
+    # from a credential provider's thread.
+    with getattr(client, "single_connection_lock", _NO_LOCK):
+        try:
+            return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        finally:
+            should_reconnect = getattr(conn, "should_reconnect", None)  # redis-py >= 6.2
+            if should_reconnect is not None and should_reconnect():
+                conn.disconnect()
+                conn.connect()
 
 
 def evalsha(
