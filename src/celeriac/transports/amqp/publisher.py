@@ -35,15 +35,23 @@ not the confirm, so a server that never confirms would hold the caller forever):
 the deadline. These connections ask for no heartbeats, since nothing answers them between
 calls; one left idle for half the heartbeat interval is replaced before use (a firewall may
 have dropped it silently), and every socket operation has a time limit.
+
+At the interpreter's exit the connection is closed politely (``connection.close``, answered by
+RabbitMQ once it has handled every frame before it): a process that sent its last messages
+without confirms and exits has them all queued. Closed by the exit alone, RabbitMQ drops what
+it had not handled yet (seen: 177 of 10,000 sent at 8,900/s to a loaded RabbitMQ, its log
+saying "client unexpectedly closed TCP connection").
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +156,7 @@ class Publisher:
         self.opened = 0
         #: calls settled by a confirm another caller read for them
         self.waits_shared = 0
+        self._exit_hook = False  # _close_at_exit registered for this publisher
 
     # -- sending -------------------------------------------------------------------------------
     def send(
@@ -474,6 +483,9 @@ class Publisher:
         except BaseException:
             conn.collect()
             raise
+        if not self._exit_hook:
+            self._exit_hook = True
+            atexit.register(_close_at_exit, weakref.ref(self))
         line = Line(conn, channel)
         on_ack, on_nack, on_return = self._handlers(line)
         line.on_ack = on_ack
@@ -539,6 +551,24 @@ class Publisher:
                 logger.debug("AMQP: closing the publish connection: %r", exc)
             finally:
                 _collect(line.conn)
+
+
+#: s the exit waits for a thread still publishing before it closes the connection anyway
+EXIT_WAIT = 2.0
+
+
+def _close_at_exit(ref: weakref.ref[Publisher]) -> None:
+    publisher = ref()
+    if publisher is None or publisher._closed or os.getpid() != publisher._pid:
+        return  # gone, closed already, or a forked child's copy (the parent's connection)
+    # A daemon thread may still be mid-publish: its message goes first, within a bound.
+    if publisher._lock.acquire(timeout=EXIT_WAIT):
+        try:
+            publisher.close()
+        finally:
+            publisher._lock.release()
+    else:  # its socket is not ours to close under it: the exit closes it
+        logger.warning("AMQP: a publish still ran at exit; its connection was not closed first")
 
 
 def _collect(conn: amqp.Connection) -> None:
