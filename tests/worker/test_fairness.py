@@ -88,6 +88,28 @@ def test_prefetched_messages_behind_a_long_task_run_elsewhere_uncharged(app: Cel
     assert max(runs[f"s{i}"][1] for i in range(3)) - long_start < 0.8
 
 
+def test_tasks_acked_on_receipt_behind_a_long_task_still_run(app: Celeriac) -> None:
+    # Their messages are gone once received (acks_late=False): nothing to give back, so
+    # they wait for the long task and run here rather than vanish.
+    ran: list[str] = []
+
+    @app.task(acks_late=False)
+    def early(name: str, seconds: float) -> str:
+        time.sleep(seconds)
+        ran.append(name)
+        return name
+
+    results = [early.delay("long", 0.6), *(early.delay(f"s{i}", 0.0) for i in range(3))]
+    workers = run_workers(app, 1)
+    try:
+        assert [r.get(timeout=10) for r in results] == ["long", "s0", "s1", "s2"]
+    finally:
+        workers[0].stop()
+    assert sorted(ran) == ["long", "s0", "s1", "s2"]
+    assert workers[0].consumer.fair is not None
+    assert workers[0].consumer.fair.returned == 0  # none given back to the broker
+
+
 @pytest.mark.parametrize(("fair_after", "batches"), [(0.1, [4] * 5), (0.0, [1] * 20)])
 def test_short_tasks_are_leased_in_batches(
     app: Celeriac, monkeypatch: pytest.MonkeyPatch, fair_after: float, batches: list[int]

@@ -147,11 +147,22 @@ class Consumer:
         """The thread that gives back what waits behind long tasks, when anything can wait."""
         if self.fair_after is None or self.fair_after <= 0 or self.prefetch <= pool.concurrency:
             return None
+        inflight = self.inflight
+
+        def take_returnable() -> list[Job]:
+            # A job acknowledged on receipt (acks_late=False) has no message left to give
+            # back: it goes back in the pool's waiting line and runs here.
+            taken = pool.take_waiting()
+            for job in taken:
+                if inflight.is_acked_early(job.job_id):
+                    pool.submit(job)
+            return [job for job in taken if not inflight.is_acked_early(job.job_id)]
+
         self.fair = FairWatch(
             self.fair_after,
             self.inflight,
             slots=lambda: pool.concurrency,
-            take_waiting=pool.take_waiting,
+            take_waiting=take_returnable,
             give_back=partial(self.return_unstarted, why="behind a running task"),
             release=lambda: self.app.broker.stop_consuming(list(self.queues)),
         )
