@@ -553,7 +553,7 @@ class Publisher:
                 _collect(line.conn)
 
 
-#: s the exit waits for a thread still publishing before it closes the connection anyway
+#: s the exit waits for a thread still publishing; past that the connection is left to the exit
 EXIT_WAIT = 2.0
 
 
