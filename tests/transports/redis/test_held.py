@@ -13,7 +13,7 @@ import textwrap
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,15 +27,6 @@ from tests.redis_support import base_url, drop, new_prefix, url_with_prefix
 
 pytestmark = pytest.mark.redis
 T = TypeVar("T")
-
-
-@pytest.fixture
-def held() -> Iterator[HeldConnections]:
-    target = connect(base_url())
-    try:
-        yield HeldConnections(target.client)
-    finally:
-        target.client.close()
 
 
 def _in_thread(call: Callable[[], T]) -> T:

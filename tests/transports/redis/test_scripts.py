@@ -24,15 +24,6 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def held() -> Iterator[HeldConnections]:
-    target = connect(base_url())
-    try:
-        yield HeldConnections(target.client)
-    finally:
-        target.client.close()
-
-
-@pytest.fixture
 def key() -> Iterator[str]:
     name = f"{new_prefix()}k"
     yield name
