@@ -88,6 +88,30 @@ def test_warm_stop_finishes_the_running_task_and_gives_back_the_rest(app: Celeri
     assert broker.depth("celery") == 3  # given back, not lost
 
 
+def test_warm_stop_sends_again_what_was_acked_on_receipt_and_never_started(app: Celeriac) -> None:
+    broker, backend = app.broker, app.backend
+
+    @app.task(name="early", acks_late=False)
+    def early(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    running = early.delay(0.5)
+    waiting = [early.delay(0) for _ in range(3)]
+    worker, thread = start(app, concurrency=1, prefetch_multiplier=4)
+    deadline = time.monotonic() + 5
+    while len(worker.consumer.inflight) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    worker.stop()
+    thread.join(10)
+    assert backend.get_meta(running.id)["result"] == 0.5
+    # Their messages were acknowledged when fetched: the broker had no copy left to give back.
+    back = broker.fetch(["celery"], 10, timeout=0)
+    assert [d.message.task_id for d in back] == [r.id for r in waiting]
+    assert [d.delivery_count for d in back] == [1, 1, 1]
+
+
 def test_outcomes_due_while_jobs_wait_are_settled_in_one_call(
     app: Celeriac, monkeypatch: pytest.MonkeyPatch
 ) -> None:

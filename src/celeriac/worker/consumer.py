@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend
 from celeriac.metrics.tasks import TaskMetrics, task_metrics
+from celeriac.protocol.publication import Publication, Route
 from celeriac.worker.events import TaskEvents, task_events, wrap_started
 from celeriac.worker.fair import FairWatch
 from celeriac.worker.fetcher import Fetcher
@@ -263,8 +264,15 @@ class Consumer:
         """Give never-started jobs back to the broker without counting a delivery."""
         broker = self.app.broker
         for job in jobs:
+            early = self.inflight.is_acked_early(job.job_id)
             delivery = self.inflight.given_back(job.job_id)
-            if delivery is not None and self.settler is not None:
+            if self.settler is None:
+                continue
+            if early:
+                # Acknowledged on receipt (acks_late=False): the broker keeps no copy to give
+                # back, so the message is sent again rather than lost with this worker.
+                self.settler.safely(partial(broker.publish, _again(job)))
+            elif delivery is not None:
                 self.settler.safely(partial(broker.requeue, delivery, count=False))
         if jobs and not why:
             logger.warning("returned %d unstarted task(s) to the queue", len(jobs))
@@ -294,6 +302,15 @@ class Consumer:
     @property
     def processed(self) -> int:
         return self.inflight.processed
+
+
+def _again(job: Job) -> Publication:
+    """A never-started job's message, published again as it came: same queue and priority,
+    and its ETA if one is still ahead."""
+    message = job.message
+    priority = int(message.properties.get("priority") or 0)
+    eta = job.headers.eta if job.headers.eta is not None and job.headers.eta > time.time() else None
+    return Publication(message, Route(job.queue), priority, eta)
 
 
 def _also_started(

@@ -655,6 +655,54 @@ def test_acks_are_batched_only_over_the_lowest_outstanding_tags(url: str, names:
         broker.close()
 
 
+def test_a_consumer_cancelled_gives_back_all_it_received_when_a_republish_fails(
+    url: str, names: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = names()
+    broker, other = create_broker(url), create_broker(url)
+    try:
+        assert broker.fetch([q], 3, timeout=0.2) == []  # subscribed with room for 3
+        for i in range(3):
+            other.publish(Publication(msg(f"m{i}"), Route(q)))
+        deadline = time.monotonic() + 5
+        while broker.inbox.arrivals < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broker.inbox.arrivals == 3  # received, none fetched
+
+        tried: list[str] = []
+
+        def refuse(message: Message, *args: Any) -> None:
+            tried.append(message.task_id)
+            raise BrokerError("refused")
+
+        monkeypatch.setattr(broker, "_send", refuse)
+        with pytest.raises(BrokerError, match="refused"):
+            broker.stop_consuming([q])
+        assert tried == ["m0"]  # the rest were rejected back, not republished
+        # broker's connection is still open: only what it gave back can reach another consumer
+        got = fetch_all(other, q, 3, timeout=5)
+        assert sorted(d.message.task_id for d in got) == ["m0", "m1", "m2"]
+        other.ack(got)
+    finally:
+        broker.close()
+        other.close()
+
+
+def test_consumers_replaced_leave_no_count_behind(url: str, names: Any) -> None:
+    q = names()
+    broker = create_broker(url)
+    try:
+        for n in range(1, 6):  # each fetch asks for more than the consumer has room for
+            broker.publish_many([Publication(msg(f"m{n}-{i}"), Route(q)) for i in range(n)])
+            got = fetch_all(broker, q, n, timeout=5)
+            assert len(got) == n
+            broker.ack(got)
+        assert len(broker.inbox._consumers) == 1
+        assert dict(broker.inbox._held_by) == {}  # one entry per consumer tag ever used, before
+    finally:
+        broker.close()
+
+
 def test_acks_do_not_wait_for_the_wire_but_are_written_before_close(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)

@@ -303,8 +303,19 @@ class AMQPBroker(Broker):
         """Nothing to do: a delivery stays leased while its channel lives."""
 
     def stop_consuming(self, queues: Sequence[str]) -> None:
+        failed: Exception | None = None
         for delivery in self.inbox.unsubscribe(queues):
-            self.requeue(delivery, count=False)  # received, never fetched: not a delivery
+            if failed is None:
+                try:
+                    self.requeue(delivery, count=False)  # received, never fetched: uncounted
+                    continue
+                except Exception as exc:  # raised below, once every delivery is given back
+                    failed = exc
+            # A republish failed: this one and the rest are rejected back into the queue (a
+            # delivery too many counted on each) rather than held until the channel closes.
+            self.inbox.give_back(delivery)
+        if failed is not None:
+            raise failed
 
     def requeue(
         self, delivery: Delivery, *, delay_until: float | None = None, count: bool = True

@@ -259,6 +259,9 @@ class Inbox:
         for t in mine:
             _, ctag = self._held.pop(t)
             self._held_by[ctag] -= 1
+            if not self._held_by[ctag]:
+                # One entry per consumer tag ever used would grow with every resubscription.
+                del self._held_by[ctag]
         if prefix > 1:
             return mine[:prefix], mine[prefix:]
         return [], mine
