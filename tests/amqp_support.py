@@ -13,6 +13,7 @@ import select
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -119,6 +120,11 @@ class Proxy:
         self.refusing = False
         #: while True, whatever either side sends is dropped, and no connection is closed
         self.silent = False
+        #: while True, nothing is read from the clients (RabbitMQ's flow control): their writes
+        #: fill the socket buffers and then block
+        self.paused = False
+        #: s each read from RabbitMQ is held before it is passed on (a server slow to answer)
+        self.lag = 0.0
         self.cuts = 0
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
 
@@ -145,7 +151,8 @@ class Proxy:
         watched = [a, b]
         try:
             while watched:
-                ready, _, _ = select.select(watched, [], [], 1.0)
+                wanted = [s for s in watched if not (self.paused and s is a)]
+                ready, _, _ = select.select(wanted, [], [], 0.05 if self.paused else 1.0)
                 for src in ready:
                     try:
                         data = src.recv(65536)
@@ -156,6 +163,8 @@ class Proxy:
                             watched.remove(src)
                             continue
                         return
+                    if self.lag and src is b:
+                        time.sleep(self.lag)
                     if not self.silent:
                         peers[src].sendall(data)
         except (OSError, ValueError):  # ValueError: cut() closed a socket select() was given

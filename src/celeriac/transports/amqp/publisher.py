@@ -533,7 +533,13 @@ class Publisher:
 
     def close(self) -> None:
         """Close the connection politely, once the confirms on their way have come (a second
-        at most each); callers still waiting then get a :class:`BrokerError`."""
+        at most); callers still waiting then get a :class:`BrokerError`.
+
+        RabbitMQ answers ``connection.close`` once it has handled every frame written before
+        it, which takes seconds when it is behind: until then (``CLOSE_WAIT`` at most) the
+        connection stays open, since one dropped sooner loses what it had not handled yet
+        (106-133 of 100,000 unconfirmed messages, in 3 of 8 runs against a flooded RabbitMQ,
+        when this wait was 1 s)."""
         if os.getpid() != self._pid:
             self._closed = True
             return
@@ -545,7 +551,7 @@ class Publisher:
                 return
             self._kill(line, BrokerError("the AMQP connection was closed"), collect=False)
             try:
-                line.sock.settimeout(1.0)
+                line.sock.settimeout(CLOSE_WAIT)
                 line.conn.close()
             except Exception as exc:  # it was going anyway
                 logger.debug("AMQP: closing the publish connection: %r", exc)
@@ -555,6 +561,8 @@ class Publisher:
 
 #: s the exit waits for a thread still publishing; past that the connection is left to the exit
 EXIT_WAIT = 2.0
+#: s a polite close waits for RabbitMQ's answer (see :meth:`Publisher.close`)
+CLOSE_WAIT = 10.0
 
 
 def _close_at_exit(ref: weakref.ref[Publisher]) -> None:
