@@ -41,6 +41,15 @@ def sleepy(self, seconds: float) -> float:
     return seconds
 
 
+@app.task(bind=True, acks_late=False)
+def sleepy_early(self, seconds: float) -> float:
+    """:func:`sleepy`, acknowledged on receipt."""
+    _record("start", self.request.id)
+    time.sleep(seconds)
+    _record("end", self.request.id)
+    return seconds
+
+
 @app.task(bind=True)
 def stamp(self) -> float:
     now = time.time()

@@ -98,10 +98,11 @@ def test_expired_task_is_revoked_and_never_runs(e2e):
     assert "expired" in str(result.info)
 
 
-def test_warm_shutdown_returns_prefetched_tasks_and_none_is_lost(e2e):
+@pytest.mark.parametrize("task", ["sleepy", "sleepy_early"])  # the second acked on receipt
+def test_warm_shutdown_returns_prefetched_tasks_and_none_is_lost(e2e, task):
     env, tasks = e2e
     results = [
-        tasks.sleepy.delay(0.3) for _ in range(20)
+        getattr(tasks, task).delay(0.3) for _ in range(20)
     ]  # all queued: the first fetch leases them
     worker = env.start_worker("-c", "1", "--prefetch-multiplier", "20")
     wait_for(lambda: env.ledger_entries("start"), 10, "a first task to start")
