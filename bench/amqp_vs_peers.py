@@ -154,7 +154,11 @@ def run_once(system: System, n: int, calls: int, amqp: str, url: str) -> dict[st
         env = {
             **os.environ,
             **system.env,
-            "PYTHONPATH": f"{APPS}{os.pathsep}{HERE / 'redis_apps'}",
+            # The caller's PYTHONPATH after the apps: PYTHONPATH=<checkout>/src measures another
+            # checkout, as in redis_vs_peers.py.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(APPS), str(HERE / "redis_apps"), os.environ.get("PYTHONPATH")])
+            ),
             "BENCH_AMQP_URL": amqp_url,
             "BENCH_REDIS_URL": url,
             "BENCH_COUNT_URL": url,

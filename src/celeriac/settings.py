@@ -95,6 +95,11 @@ class Settings:
     #: short tasks. A message still never waits long behind a running task: see
     #: ``worker_fair_after``.
     worker_prefetch_multiplier: int = 4
+    #: How many times ``worker_prefetch_multiplier`` a slot may lease while its tasks run in
+    #: well under 4 ms on average (each fetch and settlement then serves more of them); 1:
+    #: never more than the multiplier. Only with a multiplier above 1 and ``worker_fair_after``
+    #: set.
+    worker_prefetch_growth: int = 4
     #: Seconds a task may run before the messages leased behind it (not started) go back to
     #: the broker, uncharged, and leasing waits until it ends (worker/fair.py). 0: lease only
     #: what runs (a multiplier of 1); None: never give back.

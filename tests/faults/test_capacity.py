@@ -113,11 +113,17 @@ def test_backlog_does_not_grow_the_worker(cluster, broker, record):
         allowed=0,
         detail=f"{n} queued; in 2 s ran {ran} ({ran / 2:.0f}/s); largest process "
         f"{peak_rss // 1024} MB; leased at most "
-        + ("(RabbitMQ's qos)" if broker == "amqp" else f"{peak_leased} (prefetch 8)"),
+        + (
+            "(RabbitMQ's qos)"
+            if broker == "amqp"
+            else f"{peak_leased} (prefetch 8, up to 32 for tasks this short)"
+        ),
     )
     assert dups == 0
     assert peak_rss < 150 * 1024
-    assert peak_leased <= 2 * 4
+    # 2 slots x worker_prefetch_multiplier (4) x worker_prefetch_growth (4): the no-op tasks
+    # run in well under 4 ms, so the window grows to its configured bound, and no further.
+    assert peak_leased <= 2 * 4 * c.app.conf.worker_prefetch_growth
     assert c.app.broker.depth(queue) == n - ran  # the rest is still there, returned
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from celeriac import Celeriac
-from celeriac.worker import Worker
+from celeriac.worker import Worker, inflight
 from celeriac.worker.inflight import InFlight
 
 DURATION = 0.4
@@ -110,13 +110,36 @@ def test_tasks_acked_on_receipt_behind_a_long_task_still_run(app: Celeriac) -> N
     assert workers[0].consumer.fair.returned == 0  # none given back to the broker
 
 
-@pytest.mark.parametrize(("fair_after", "batches"), [(0.1, [4] * 5), (0.0, [1] * 20)])
+@pytest.mark.parametrize(
+    ("fair_after", "seconds", "growth", "batches"),
+    [
+        (0.1, 0.0, 4, [4, 16]),
+        (0.1, 0.005, 4, [4] * 5),
+        (0.1, 0.0, 1, [4] * 5),
+        (None, 0.0, 4, [4] * 5),
+        (0.0, 0.0, 4, [1] * 20),
+    ],
+)
 def test_short_tasks_are_leased_in_batches(
-    app: Celeriac, monkeypatch: pytest.MonkeyPatch, fair_after: float, batches: list[int]
+    app: Celeriac,
+    monkeypatch: pytest.MonkeyPatch,
+    fair_after: float | None,
+    seconds: float,
+    growth: int,
+    batches: list[int],
 ) -> None:
-    """Each fetch that brought messages, by size: 20 queued tasks on a solo worker take 5 round
-    trips of 4 by default, 20 of 1 with ``worker_fair_after = 0`` (lease only what runs)."""
+    """Each fetch that brought messages, by size: 20 queued tasks on a solo worker. By default
+    the first fetch takes 4 (``worker_prefetch_multiplier``); once the tasks are seen to run
+    in well under LEASE_AHEAD (4 ms) the window grows to 16 and one more fetch takes the rest,
+    where 5 ms tasks keep batches of 4. The window stays fixed with ``worker_prefetch_growth =
+    1`` and without giving back (``None``), and ``worker_fair_after = 0`` leases only what
+    runs: 20 fetches of 1."""
     app.conf.worker_fair_after = fair_after
+    app.conf.worker_prefetch_growth = growth
+    if not seconds:
+        # A no-op's run time on a loaded machine may reach a fraction of a millisecond: the
+        # window is sized against a second, so that any no-op is short enough for 16.
+        monkeypatch.setattr(inflight, "LEASE_AHEAD", 1.0)
     sizes: list[int] = []
     add = InFlight.add
 
@@ -129,6 +152,7 @@ def test_short_tasks_are_leased_in_batches(
 
     @app.task
     def noop(i: int) -> int:
+        time.sleep(seconds)
         return i
 
     results = [noop.delay(i) for i in range(20)]

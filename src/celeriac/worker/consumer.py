@@ -58,11 +58,14 @@ class Consumer:
         hostname: str,
         refill: int = 1,
         fair_after: float | None = None,
+        slots: int = 0,
+        growth: int = 1,
     ) -> None:
         self.app = app
         self.queues = queues
         self.hostname = hostname
-        self.inflight = InFlight(prefetch, refill)
+        # With slots, the lease window grows for short tasks (see InFlight).
+        self.inflight = InFlight(prefetch, refill, slots=slots, growth=growth)
         self.prefetch = self.inflight.prefetch
         #: give back what waits behind tasks running longer than this (None: never)
         self.fair_after = fair_after
@@ -190,7 +193,7 @@ class Consumer:
         if self.metrics is not None:
             self.metrics.observe(outcome)
         self.settler.report(outcome, driven=self.driven)
-        self.inflight.reported()
+        self.inflight.reported(outcome.runtime)
         if self.fair is not None:
             self.fair.finished(outcome.job_id)
 

@@ -10,7 +10,8 @@ Each child mirrors the handles of the messages it holds into a shared-memory slo
   and a child the supervisor killed for its hard time limit or its memory fails the task
   (``TimeLimitExceeded``, ``MemoryLimitExceeded``) and acknowledges it, as the child would
   have. Nothing else is charged: what the child leased and had not started yet (up to
-  ``worker_prefetch_multiplier`` messages) goes back to the queue uncounted.
+  ``worker_prefetch_multiplier`` messages, ``worker_prefetch_growth`` times that for short
+  tasks) goes back to the queue uncounted.
 
 Brokers whose leases are their connections (RabbitMQ: the channel) need none of this: the
 broker requeues a dead child's messages itself, and they are not renewed.

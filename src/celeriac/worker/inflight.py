@@ -17,15 +17,41 @@ if TYPE_CHECKING:
     from celeriac.brokers.base import Delivery
 
 
-class InFlight:
-    """Leased messages by job id, and how many of them still wait for their outcome."""
+#: s of work a slot may have leased behind the task it runs when tasks are short: the lease
+#: window grows past ``worker_prefetch_multiplier`` (up to ``worker_prefetch_growth`` times)
+#: while the tasks' average run time keeps what waits under this
+LEASE_AHEAD = 0.004
+#: weight of each new run time in the running average
+_WEIGHT = 0.2
 
-    def __init__(self, prefetch: int, refill: int = 1) -> None:
+
+class InFlight:
+    """Leased messages by job id, and how many of them still wait for their outcome.
+
+    With ``slots`` and a ``growth`` beyond 1 (a prefetch beyond one message per slot,
+    fairness on), the prefetch adapts: every fetch and settlement costs the same whatever the
+    batch (round trips, lease slot writes, thread wake-ups: ~0.85 ms of CPU on RabbitMQ with
+    Redis results), so short tasks are leased in bigger batches, as many per slot as
+    :data:`LEASE_AHEAD` of their average run time, between ``prefetch`` and ``growth`` times
+    it. Longer tasks keep the floor; what waits behind a task that runs long is given back
+    (:mod:`.fair`).
+    """
+
+    def __init__(self, prefetch: int, refill: int = 1, *, slots: int = 0, growth: int = 1) -> None:
         #: messages dispatched and not finished that this consumer may hold
         self.prefetch = max(1, prefetch)
+        #: the window's bounds, per slot; equal: fixed
+        self.slots = max(0, slots) if growth > 1 else 0
+        self.growth = max(1, growth)
+        self._floor = self._ceiling = self.prefetch // self.slots if self.slots else 0
+        if self.slots:
+            self._ceiling = self.growth * self._floor
         #: how much room must open before a waiting fetcher is woken: 1 leases for every slot
         #: that frees up; more (with a prefetch beyond the slots) refills in batches
+        self._batches = refill > 1
         self.refill = max(1, min(refill, self.prefetch))
+        #: average run time of the tasks settled here, s (0: none yet)
+        self.runtime = 0.0
         self.cond = threading.Condition()
         self._held: dict[int, Delivery] = {}
         self._task_ids: dict[int, str] = {}
@@ -100,13 +126,45 @@ class InFlight:
         return job_id in self._acked_early
 
     # -- outcomes --------------------------------------------------------------------------------
-    def reported(self) -> None:
-        """An outcome came back: its slot is free."""
+    def reported(self, runtime: float = 0.0) -> None:
+        """An outcome came back (its task ran ``runtime`` s; 0: never started): its slot is
+        free."""
         with self.cond:
             self.unfinished -= 1
-            # Wake the fetcher only when a whole refill's worth of room has opened up.
-            if self.prefetch - self.unfinished == self.refill:
+            resized = runtime > 0 and self._ceiling > self._floor and self._adapt(runtime)
+            # Wake the fetcher only when a whole refill's worth of room has opened up (or the
+            # window changed, which may have skipped that point).
+            if resized or self.prefetch - self.unfinished == self.refill:
                 self.cond.notify_all()
+
+    def _adapt(self, runtime: float) -> bool:
+        """Fold ``runtime`` into the average and size the window by it (under ``cond``);
+        whether the window changed."""
+        average = self.runtime = (
+            runtime if not self.runtime else self.runtime + _WEIGHT * (runtime - self.runtime)
+        )
+        per_slot = min(self._ceiling, max(self._floor, int(LEASE_AHEAD / average)))
+        prefetch = per_slot * self.slots
+        if prefetch == self.prefetch:
+            return False
+        self.prefetch = prefetch
+        if self._batches:
+            self.refill = max(1, prefetch // 2)
+        return True
+
+    def resized(self, slots: int, per_slot: int) -> None:
+        """The pool now has ``slots`` slots, ``per_slot`` messages each at the floor."""
+        with self.cond:
+            if self.slots:
+                now = self.prefetch // self.slots
+                self.slots, self._floor = slots, per_slot
+                self._ceiling = self.growth * per_slot
+                self.prefetch = max(1, slots * max(per_slot, min(now, self._ceiling)))
+            else:
+                self.prefetch = max(1, slots * per_slot)
+            if self._batches:
+                self.refill = max(1, self.prefetch // 2)
+            self.cond.notify_all()
 
     def get(self, job_id: int) -> Delivery | None:
         with self.cond:

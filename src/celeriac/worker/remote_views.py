@@ -199,10 +199,7 @@ class LocalView(View):
         size = resized(self.hostname, worker.concurrency, n, self.max_size)
         per_slot = max(1, worker.prefetch // worker.concurrency)
         resize(n)
-        inflight = worker.consumer.inflight
-        with inflight.cond:  # room for the slots added (none beyond those left)
-            inflight.prefetch = max(1, inflight.prefetch + n * per_slot)
-            inflight.cond.notify_all()
+        worker.consumer.inflight.resized(size, per_slot)  # room for the slots added, or less
         worker.concurrency, worker.prefetch = size, size * per_slot
 
     def add_consumer(self, queue: str) -> None:

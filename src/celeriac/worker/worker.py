@@ -108,6 +108,10 @@ class Worker:
             hostname=self.hostname,
             refill=refill,
             fair_after=fair_after,
+            # Leasing beyond the slots, with what waits behind a long task given back: the
+            # window may grow for short tasks (fixed with a multiplier of 1).
+            slots=self.concurrency if multiplier > 1 and fair_after is not None else 0,
+            growth=conf.worker_prefetch_growth,
         )
         self.pool: Pool | None = None
         self._stopped = threading.Event()
