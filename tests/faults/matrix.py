@@ -181,7 +181,8 @@ MATRIX: dict[str, Entry] = {
         "17",
         "backlog memory bound",
         "10,000 queued tasks (5,000 on RabbitMQ) before one worker starts: it leases at most its "
-        "prefetch, and its RSS stays under 150 MB a process while it drains",
+        "prefetch (times worker_prefetch_growth for tasks this short), and its RSS stays under "
+        "150 MB a process while it drains",
         _all(),
     ),
     "backpressure": Entry(

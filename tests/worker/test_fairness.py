@@ -164,6 +164,39 @@ def test_short_tasks_are_leased_in_batches(
     assert sizes == batches
 
 
+def test_a_window_that_shrinks_by_half_releases_what_the_broker_sent_ahead(
+    app: Celeriac, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ keeps sending up to the prefetch a consumer subscribed with: once the window
+    falls to half its largest, the consumer is released (``stop_consuming``: what was sent and
+    not fetched goes back) and the next fetch subscribes with the new room. Once, not per task."""
+    monkeypatch.setattr(inflight, "LEASE_AHEAD", 0.02)  # no-ops: 16 a slot; 30 ms tasks: 4
+    released: list[list[str]] = []
+    broker = type(app.broker)
+    stop = broker.stop_consuming
+
+    def counted(self: object, queues: list[str]) -> None:
+        released.append(list(queues))
+        stop(self, queues)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(broker, "stop_consuming", counted)
+
+    @app.task
+    def work(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    results = [work.delay(0.0) for _ in range(20)] + [work.delay(0.03) for _ in range(5)]
+    workers = run_workers(app, 1)
+    try:
+        assert [r.get(timeout=10) for r in results] == [0.0] * 20 + [0.03] * 5
+        window = workers[0].consumer.inflight.prefetch
+    finally:
+        workers[0].stop()
+    assert window == 4
+    assert released == [["celery"]]
+
+
 def test_without_giving_back_a_worker_runs_what_it_prefetched(app: Celeriac) -> None:
     """The opt-out (``worker_fair_after = None``): the first worker to fetch leases all four
     and runs them one after another while the other one idles."""

@@ -61,3 +61,17 @@ def test_resizing_the_pool_keeps_the_window_per_slot() -> None:
     fixed = InFlight(8, 4)
     fixed.resized(3, 4)
     assert (fixed.prefetch, fixed.refill) == (12, 6)
+
+
+def test_a_window_reports_shrinking_once_it_halved_from_its_largest() -> None:
+    inflight = InFlight(4, 2, slots=1, growth=GROWTH)
+    settle(inflight, [LEASE_AHEAD / 100])  # 16
+    assert inflight.shrunk() is False
+    inflight.unfinished += 1
+    # the average: 0.01 + 0.2 x (0.87 - 0.01) = 0.182 of LEASE_AHEAD: 5 a slot
+    assert inflight.reported(LEASE_AHEAD * 0.87) is True
+    assert (inflight.prefetch, inflight.shrunk()) == (5, True)
+    settle(inflight, [LEASE_AHEAD / 4] * 3)  # 4 <-> 5: no more
+    assert (inflight.prefetch, inflight.shrunk()) == (4, False)
+    inflight.unfinished += 1
+    assert inflight.reported(LEASE_AHEAD / 4) is False  # unchanged

@@ -29,6 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from celeriac.backends.base import DisabledBackend
+from celeriac.exceptions import CeleriacError
 from celeriac.metrics.tasks import TaskMetrics, task_metrics
 from celeriac.protocol.publication import Publication, Route
 from celeriac.worker.events import TaskEvents, task_events, wrap_started
@@ -193,9 +194,22 @@ class Consumer:
         if self.metrics is not None:
             self.metrics.observe(outcome)
         self.settler.report(outcome, driven=self.driven)
-        self.inflight.reported(outcome.runtime)
+        runtime = outcome.runtime
+        if runtime and self.fetcher is not None and self.fetcher.scheduler.holding():
+            runtime = 0.0  # jobs wait for rate-limit slots: leasing more would only hoard
+        if self.inflight.reported(runtime) and self.inflight.shrunk():
+            self._release_excess()
         if self.fair is not None:
             self.fair.finished(outcome.job_id)
+
+    def _release_excess(self) -> None:
+        """The lease window fell to half its largest: a broker that sends ahead (RabbitMQ)
+        still sends up to the old one. Subscribing afresh (on the next fetch) sets the new
+        one; what it had sent and nobody fetched goes back uncounted."""
+        try:
+            self.app.broker.stop_consuming(list(self.queues))
+        except CeleriacError as exc:
+            logger.warning("could not narrow the lease window: %s", exc)
 
     def stop_fetching(self) -> list[Job]:
         """Stop leasing more messages; returns jobs still waiting for a rate-limit slot."""

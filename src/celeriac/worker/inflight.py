@@ -48,10 +48,12 @@ class InFlight:
             self._ceiling = self.growth * self._floor
         #: how much room must open before a waiting fetcher is woken: 1 leases for every slot
         #: that frees up; more (with a prefetch beyond the slots) refills in batches
-        self._batches = refill > 1
+        self._batches = refill > 1 or self.slots > 0
         self.refill = max(1, min(refill, self.prefetch))
         #: average run time of the tasks settled here, s (0: none yet)
         self.runtime = 0.0
+        #: the largest window since :meth:`shrunk` last said yes
+        self._peak = self.prefetch
         self.cond = threading.Condition()
         self._held: dict[int, Delivery] = {}
         self._task_ids: dict[int, str] = {}
@@ -126,9 +128,9 @@ class InFlight:
         return job_id in self._acked_early
 
     # -- outcomes --------------------------------------------------------------------------------
-    def reported(self, runtime: float = 0.0) -> None:
-        """An outcome came back (its task ran ``runtime`` s; 0: never started): its slot is
-        free."""
+    def reported(self, runtime: float = 0.0) -> bool:
+        """An outcome came back (its task ran ``runtime`` s; 0: never started or not to be
+        counted): its slot is free. Whether the window changed."""
         with self.cond:
             self.unfinished -= 1
             resized = runtime > 0 and self._ceiling > self._floor and self._adapt(runtime)
@@ -136,6 +138,7 @@ class InFlight:
             # window changed, which may have skipped that point).
             if resized or self.prefetch - self.unfinished == self.refill:
                 self.cond.notify_all()
+        return resized
 
     def _adapt(self, runtime: float) -> bool:
         """Fold ``runtime`` into the average and size the window by it (under ``cond``);
@@ -151,6 +154,17 @@ class InFlight:
         if self._batches:
             self.refill = max(1, prefetch // 2)
         return True
+
+    def shrunk(self) -> bool:
+        """Has the window fallen to half its largest since the last yes? A broker that sends
+        ahead (RabbitMQ's ``basic.qos``, set when a consumer subscribes) would otherwise go on
+        sending up to the old window."""
+        with self.cond:
+            if self.prefetch * 2 > self._peak:
+                self._peak = max(self._peak, self.prefetch)
+                return False
+            self._peak = self.prefetch
+            return True
 
     def resized(self, slots: int, per_slot: int) -> None:
         """The pool now has ``slots`` slots, ``per_slot`` messages each at the floor."""

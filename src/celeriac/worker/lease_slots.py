@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 
-#: Bytes per slot: a handle is a queue name, a tag and a few ids (~150 bytes for Redis).
-SLOT_SIZE = 8192
+#: Bytes per slot: a handle is a queue name, a tag and a few ids (~150-220 bytes for Redis),
+#: and a child may hold 16 of them (``worker_prefetch_growth``), with the running task's body.
+SLOT_SIZE = 16384
 _EMPTY = Message({}, {}, b"")
 #: The message headers remote control's ``active`` reads of a running task.
 _INFO_HEADERS = ("id", "task", "argsrepr", "kwargsrepr", "compression")

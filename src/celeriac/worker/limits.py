@@ -142,6 +142,10 @@ class RateScheduler:
             heapq.heappush(self._heap, (when, next(self._seq), job))
             self._cond.notify()
 
+    def holding(self) -> bool:
+        """Is any job waiting for its rate-limit slot? (Read without the lock: a hint.)"""
+        return bool(self._heap)
+
     def next_due(self) -> float:
         """When the next held job may start (``time.time()``); infinity when none is held."""
         with self._cond:

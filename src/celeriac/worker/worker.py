@@ -109,8 +109,11 @@ class Worker:
             refill=refill,
             fair_after=fair_after,
             # Leasing beyond the slots, with what waits behind a long task given back: the
-            # window may grow for short tasks (fixed with a multiplier of 1).
-            slots=self.concurrency if multiplier > 1 and fair_after is not None else 0,
+            # window may grow for short tasks (fixed with a multiplier of 1). Not for asyncio's
+            # slots, which are coroutines by the hundred waiting on I/O.
+            slots=self.concurrency
+            if multiplier > 1 and fair_after is not None and self.pool_name != "asyncio"
+            else 0,
             growth=conf.worker_prefetch_growth,
         )
         self.pool: Pool | None = None

@@ -771,29 +771,6 @@ def test_consumers_replaced_leave_no_count_behind(url: str, names: Any) -> None:
         broker.close()
 
 
-def test_a_consumer_asked_for_less_for_a_while_is_sent_less(url: str, names: Any) -> None:
-    # A worker's lease window shrinks when its tasks get longer: RabbitMQ must not keep
-    # sending up to the old window, deliveries beyond what the worker leases.
-    from celeriac.transports.amqp.inbox import SHRINK_AFTER
-
-    q = names()
-    broker, other = create_broker(url), create_broker(url)
-    assert isinstance(broker, AMQPBroker)
-    inbox = broker.inbox
-    try:
-        assert broker.fetch([q], 16, timeout=0.2) == []  # subscribed with room for 16
-        for _ in range(SHRINK_AFTER):
-            assert broker.fetch([q], 4, timeout=0.01) == []
-        other.publish_many([Publication(msg(f"m{i}"), Route(q)) for i in range(20)])
-        got = fetch_all(broker, q, 4, timeout=5)
-        time.sleep(0.3)  # what RabbitMQ would send beyond the 4 has had time to arrive
-        assert (len(got), inbox.arrivals) == (4, 4)
-        broker.ack(got)
-    finally:
-        broker.close()
-        other.close()
-
-
 def test_acks_do_not_wait_for_the_wire_but_are_written_before_close(url: str, names: Any) -> None:
     q = names()
     broker = create_broker(url)

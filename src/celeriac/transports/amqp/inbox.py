@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celeriac.broker.amqp")
 
 ADMIN_TIMEOUT = 30.0
-#: fetches after which a consumer whose prefetch exceeds the largest room any of them asked
-#: for subscribes afresh with that room (a worker's lease window shrank: RabbitMQ would
-#: otherwise keep sending up to the old one, beyond what the worker leases)
-SHRINK_AFTER = 16
 
 
 class Inbox:
@@ -63,8 +59,6 @@ class Inbox:
         self._buffer: deque[Delivery] = deque()
         self._epoch = 0
         self._consumers: dict[str, tuple[str, int]] = {}  # queue -> (consumer tag, prefetch)
-        #: queue -> (largest room asked for, fetches) since the prefetch was last checked
-        self._asked: dict[str, tuple[int, int]] = {}
         self._held: dict[int, tuple[str, str]] = {}  # delivery tag -> (queue, consumer tag)
         self._held_by: Counter[str] = Counter()
         #: deliveries received so far (``depth`` reads it to see whether one came in between)
@@ -121,24 +115,9 @@ class Inbox:
                 return False
             for q in queues:
                 current = self._consumers.get(q)
-                if current is None or not self._fits(q, current, limit):
+                if current is None or current[1] - self._held_by[current[0]] < limit:
                     return False
         return True
-
-    def _fits(self, queue: str, consumer: tuple[str, int], limit: int) -> bool:
-        """Does ``consumer``'s prefetch leave room for ``limit`` more, and not stay above
-        every room asked for over :data:`SHRINK_AFTER` fetches? (Under ``_cond``.)"""
-        largest, fetches = self._asked.get(queue, (0, 0))
-        largest, fetches = max(largest, limit), fetches + 1
-        self._asked[queue] = (largest, fetches)
-        if consumer[1] - self._held_by[consumer[0]] < limit:
-            return False
-        if fetches < SHRINK_AFTER:
-            return True
-        if consumer[1] <= largest:
-            self._asked[queue] = (0, 0)  # the next SHRINK_AFTER fetches are looked at afresh
-            return True
-        return False
 
     def _take(self, queues: set[str], limit: int) -> list[Delivery]:
         out: list[Delivery] = []
@@ -164,35 +143,31 @@ class Inbox:
             if chan.epoch != self._epoch:  # new channel: nothing held on the old one counts
                 self._epoch = chan.epoch
                 self._consumers.clear()
-                self._asked.clear()
                 self._held.clear()
                 self._held_by.clear()
                 self._buffer.clear()
-            plan: list[tuple[str, str | None, int]] = []
+            plan: list[tuple[str, str | None]] = []
             for q in queues:
                 current = self._consumers.get(q)
                 if current is None:
-                    plan.append((q, None, limit))
-                elif not self._fits(q, current, limit):
+                    plan.append((q, None))
+                elif current[1] - self._held_by[current[0]] < limit:
                     # The caller holds more than this consumer's prefetch allows (it fetches
-                    # without acking), or its window shrank: subscribe afresh with room for
-                    # the most it asked for lately.
-                    plan.append((q, current[0], max(limit, self._asked[q][0])))
-            for q, _, _ in plan:
-                self._asked[q] = (0, 0)
+                    # without acking): subscribe afresh with room for what it asks now.
+                    plan.append((q, current[0]))
         ch = chan.channel
-        for q, old, prefetch in plan:
+        for q, old in plan:
             self.declarations.queue(q)
             if old is not None:
                 ch.basic_cancel(old)
-            ch.basic_qos(0, prefetch, False)
+            ch.basic_qos(0, limit, False)
             ctag = ch.basic_consume(
                 self._topology().physical(q),
                 callback=functools.partial(self._on_message, q, chan.epoch),
                 on_cancel=self._on_cancel,
             )
             with self._cond:
-                self._consumers[q] = (str(ctag), prefetch)
+                self._consumers[q] = (str(ctag), limit)
         if sync:
             # Twice: RabbitMQ may answer the first round trip before it forwards a delivery
             # its queue had already sent to our channel.
@@ -225,8 +200,6 @@ class Inbox:
             chan = self.link.existing("consume")
             with self._cond:
                 tags = [self._consumers.pop(q)[0] for q in gone if q in self._consumers]
-                for q in gone:
-                    self._asked.pop(q, None)
             if chan is not None and chan.epoch == self._epoch:
                 for ctag in tags:
                     chan.channel.basic_cancel(ctag)
