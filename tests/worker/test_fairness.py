@@ -168,9 +168,11 @@ def test_a_window_that_shrinks_by_half_releases_what_the_broker_sent_ahead(
     app: Celeriac, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RabbitMQ keeps sending up to the prefetch a consumer subscribed with: once the window
-    falls to half its largest, the consumer is released (``stop_consuming``: what was sent and
-    not fetched goes back) and the next fetch subscribes with the new room. Once, not per task."""
+    stays at half its largest or less (for SETTLE), the consumer is released
+    (``stop_consuming``: what was sent and not fetched goes back) and the next fetch subscribes
+    with the new room. Once, not per task."""
     monkeypatch.setattr(inflight, "LEASE_AHEAD", 0.02)  # no-ops: 16 a slot; 30 ms tasks: 4
+    monkeypatch.setattr(inflight, "SETTLE", 0.05)  # the window stays low for 2 tasks of 30 ms
     released: list[list[str]] = []
     broker = type(app.broker)
     stop = broker.stop_consuming

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
+from celeriac.worker import inflight as inflight_module
 from celeriac.worker.inflight import LEASE_AHEAD, InFlight
 
 GROWTH = 4
@@ -27,9 +30,9 @@ def test_short_tasks_grow_the_window_and_longer_ones_shrink_it_to_the_floor() ->
     inflight = InFlight(8, 4, slots=2, growth=GROWTH)  # 2 slots, 4 each at the floor
     settle(inflight, [LEASE_AHEAD / 100])
     assert (inflight.prefetch, inflight.refill) == (2 * 4 * GROWTH, 4 * GROWTH)
-    settle(inflight, [LEASE_AHEAD / 6] * 30)  # the average converges on 6 per slot
+    settle(inflight, [LEASE_AHEAD / 6] * 60)  # the average converges on 6 per slot
     assert (inflight.prefetch, inflight.refill) == (12, 6)
-    settle(inflight, [LEASE_AHEAD] * 30)  # one per slot would do: never below the floor
+    settle(inflight, [LEASE_AHEAD] * 60)  # one per slot would do: never below the floor
     assert (inflight.prefetch, inflight.refill) == (8, 4)
 
 
@@ -63,15 +66,31 @@ def test_resizing_the_pool_keeps_the_window_per_slot() -> None:
     assert (fixed.prefetch, fixed.refill) == (12, 6)
 
 
-def test_a_window_reports_shrinking_once_it_halved_from_its_largest() -> None:
+def test_a_consumer_is_released_once_its_window_stayed_halved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     inflight = InFlight(4, 2, slots=1, growth=GROWTH)
     settle(inflight, [LEASE_AHEAD / 100])  # 16
-    assert inflight.shrunk() is False
     inflight.unfinished += 1
-    # the average: 0.01 + 0.2 x (0.87 - 0.01) = 0.182 of LEASE_AHEAD: 5 a slot
-    assert inflight.reported(LEASE_AHEAD * 0.87) is True
-    assert (inflight.prefetch, inflight.shrunk()) == (5, True)
-    settle(inflight, [LEASE_AHEAD / 4] * 3)  # 4 <-> 5: no more
-    assert (inflight.prefetch, inflight.shrunk()) == (4, False)
+    # the average: 0.01 + 0.1 x (1.7 - 0.01) = 0.179 of LEASE_AHEAD: 5 a slot, but only just
+    # now: a dip (a preempted task) does not release the consumer
+    assert inflight.reported(LEASE_AHEAD * 1.7) is False
+    assert inflight.prefetch == 5
+    monkeypatch.setattr(inflight_module, "SETTLE", 0.0)
     inflight.unfinished += 1
-    assert inflight.reported(LEASE_AHEAD / 4) is False  # unchanged
+    assert inflight.reported(LEASE_AHEAD / 5) is True  # still low, SETTLE (now 0) later
+    releases = []
+    for _ in range(30):  # 4 <-> 5 a slot from here on: no more releases
+        inflight.unfinished += 1
+        releases.append(inflight.reported(LEASE_AHEAD / 4))
+    assert (inflight.prefetch, releases) == (4, [False] * 30)
+
+
+def test_a_short_dip_of_the_window_releases_nothing() -> None:
+    inflight = InFlight(4, 2, slots=1, growth=GROWTH)
+    got = []
+    for runtime in [LEASE_AHEAD / 100] * 5 + [LEASE_AHEAD * 3] + [LEASE_AHEAD / 100] * 30:
+        inflight.unfinished += 1
+        got.append(inflight.reported(runtime))
+    assert got == [False] * 36
+    assert inflight.prefetch == 16  # back up: the spike averaged out

@@ -197,15 +197,16 @@ class Consumer:
         runtime = outcome.runtime
         if runtime and self.fetcher is not None and self.fetcher.scheduler.holding():
             runtime = 0.0  # jobs wait for rate-limit slots: leasing more would only hoard
-        if self.inflight.reported(runtime) and self.inflight.shrunk():
+        if self.inflight.reported(runtime):
             self._release_excess()
         if self.fair is not None:
             self.fair.finished(outcome.job_id)
 
     def _release_excess(self) -> None:
-        """The lease window fell to half its largest: a broker that sends ahead (RabbitMQ)
-        still sends up to the old one. Subscribing afresh (on the next fetch) sets the new
-        one; what it had sent and nobody fetched goes back uncounted."""
+        """The lease window stayed at half its largest or less: a broker that sends ahead
+        (RabbitMQ) still sends up to the old one. Subscribing afresh (on the next fetch) sets
+        the new one; what it had sent and nobody fetched goes back uncounted."""
+        logger.info("lease window now %d: sent-ahead messages go back", self.inflight.prefetch)
         try:
             self.app.broker.stop_consuming(list(self.queues))
         except CeleriacError as exc:
