@@ -74,6 +74,22 @@ def fetch_all(broker: Any, q: str, n: int, timeout: float) -> list[Any]:
     return got
 
 
+def proxied(url: str, proxy: amqp_support.Proxy, options: dict[str, Any] | None = None) -> Any:
+    """A broker on ``url``'s vhost that reaches RabbitMQ through ``proxy``."""
+    return create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port), options)
+
+
+def settled_depth(url: str, q: str, expected: int) -> int:
+    """``q``'s message count once it read ``expected`` three times running (RabbitMQ's count
+    trails what it routed by a moment), or the last one read after 10 s."""
+    counts: list[int] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and counts[-3:] != [expected] * 3:
+        counts.append(int(amqp_support.raw(url, lambda ch: ch.queue_declare(q, passive=True))[1]))
+        time.sleep(0.05)
+    return counts[-1]
+
+
 def test_celery_and_celeriac_put_the_same_message_on_the_wire(
     url: str, names: Any, json_path: str
 ) -> None:
@@ -168,7 +184,7 @@ def test_queues_are_declared_as_celery_declares_them(url: str, names: Any) -> No
 def test_a_publish_that_cannot_be_confirmed_raises(url: str, names: Any) -> None:
     proxy = amqp_support.Proxy()
     q = names()
-    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    broker = proxied(url, proxy)
     assert isinstance(broker, AMQPBroker)
     broker.publish_timeout = 1.0
     try:
@@ -272,7 +288,7 @@ def test_without_confirms_a_publish_returns_unconfirmed_and_can_be_lost(
     for confirm in (False, True):
         proxy = amqp_support.Proxy()
         options = {"confirm_publish": confirm, "publish_timeout": 1}
-        broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port), options)
+        broker = proxied(url, proxy, options)
         assert isinstance(broker, AMQPBroker)
         publisher = broker.link.publisher
         try:
@@ -342,12 +358,7 @@ def test_a_process_that_exits_after_unconfirmed_publishes_closes_its_connection_
     # The queue's count trails what RabbitMQ routed by up to ~0.25 s (2,599 of 3,000 read at
     # once, 3,000 always by then, in 90 runs; without the hook 21 of 90 runs of 10,000 lost
     # 12-179 for good).
-    counts = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and counts[-3:] != [3000] * 3:
-        counts.append(int(amqp_support.raw(url, lambda ch: ch.queue_declare(q, passive=True))[1]))
-        time.sleep(0.05)
-    assert counts[-1] == 3000
+    assert settled_depth(url, q, 3000) == 3000
 
 
 def test_a_publisher_rabbitmq_stops_reading_for_seconds_keeps_its_connection(
@@ -358,9 +369,7 @@ def test_a_publisher_rabbitmq_stops_reading_for_seconds_keeps_its_connection(
     # not read yet (1,152 of 20,001 here): without confirms nobody would have known.
     q = names()
     proxy = amqp_support.Proxy()
-    broker = create_broker(
-        amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port), {"confirm_publish": False}
-    )
+    broker = proxied(url, proxy, {"confirm_publish": False})
     assert isinstance(broker, AMQPBroker)
     try:
         broker.publish(Publication(msg("m0"), Route(q)))
@@ -375,12 +384,7 @@ def test_a_publisher_rabbitmq_stops_reading_for_seconds_keeps_its_connection(
     finally:
         broker.close()
         proxy.close()
-    counts = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and counts[-3:] != [20_001] * 3:
-        counts.append(int(amqp_support.raw(url, lambda ch: ch.queue_declare(q, passive=True))[1]))
-        time.sleep(0.05)
-    assert counts[-1] == 20_001
+    assert settled_depth(url, q, 20_001) == 20_001
 
 
 def test_closing_waits_for_a_rabbitmq_slow_to_answer(
@@ -390,9 +394,7 @@ def test_closing_waits_for_a_rabbitmq_slow_to_answer(
     # second dropped the connection while RabbitMQ was still handling what it had been sent.
     q = names()
     proxy = amqp_support.Proxy()
-    broker = create_broker(
-        amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port), {"confirm_publish": False}
-    )
+    broker = proxied(url, proxy, {"confirm_publish": False})
     assert isinstance(broker, AMQPBroker)
     publisher = broker.link.publisher
     try:
@@ -562,7 +564,7 @@ def test_a_header_amqp_cannot_carry_is_a_broker_error(url: str, names: Any) -> N
 def test_a_publish_nobody_answers_raises_at_its_deadline(url: str, names: Any) -> None:
     proxy = amqp_support.Proxy()
     q = names()
-    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    broker = proxied(url, proxy)
     assert isinstance(broker, AMQPBroker)
     broker.publish_timeout = 2.0
     try:
@@ -616,7 +618,7 @@ def test_an_interrupted_publish_does_not_leave_its_confirm_to_the_next(
 def test_a_publish_after_a_cut_is_sent_on_a_new_connection(url: str, names: Any) -> None:
     proxy = amqp_support.Proxy()
     q = names()
-    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    broker = proxied(url, proxy)
     try:
         broker.publish(Publication(msg("before"), Route(q)))
         proxy.cut()  # both the I/O thread's connection and this thread's publish one
@@ -676,7 +678,7 @@ def test_a_forked_child_publishes_on_its_own_connections(url: str, names: Any) -
 def test_a_cut_connection_requeues_and_stale_handles_are_dropped(url: str, names: Any) -> None:
     proxy = amqp_support.Proxy()
     q = names()
-    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    broker = proxied(url, proxy)
     try:
         broker.publish(Publication(msg("a"), Route(q)))
         [stale] = broker.fetch([q], 10, timeout=2)
@@ -1107,7 +1109,7 @@ def test_publish_many_across_a_cut_connection_sends_everything_or_raises(
 ) -> None:
     proxy = amqp_support.Proxy()
     q = names()
-    broker = create_broker(amqp_support.url_for(url.rsplit("/", 1)[1], proxy.port))
+    broker = proxied(url, proxy)
     try:
         broker.publish(Publication(msg("warm"), Route(q)))
         sent: list[str] = []
